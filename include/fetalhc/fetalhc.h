@@ -1,0 +1,13 @@
+// fetalhc/fetalhc.h - the whole public API in one include.
+#pragma once
+
+#include "fetalhc/ellipse.h"
+#include "fetalhc/expected.h"
+#include "fetalhc/growth.h"
+#include "fetalhc/hc18.h"
+#include "fetalhc/image_io.h"
+#include "fetalhc/measure.h"
+#include "fetalhc/metrics.h"
+#include "fetalhc/overlay.h"
+#include "fetalhc/segmenter.h"
+#include "fetalhc/trainer.h"

@@ -1,0 +1,58 @@
+// fetalhc/hc18.h - the HC18 data layout, the grouped train/validation split and the COCO export.
+//
+//   auto recs = fetalhc::read_hc18_training("../shared/hc18");   // labelled images
+//   fetalhc::Split s = fetalhc::grouped_split(*recs, 0.15, "fetalhc-v1");
+//
+// Layout (see the data folder's README): training_set/NNN_HC.png with NNN_HC_Mask.png,
+// training_set_pixel_size_and_HC.csv, optionally training_set_ellipses.csv (reference ellipses in
+// pixels, project conventions), test_set/ and test_set_pixel_size.csv.
+// Images sharing the 3-digit prefix come from one examination; the split keeps them together.
+// Thread safety: pure functions.
+#pragma once
+
+#include "fetalhc/ellipse.h"
+#include "fetalhc/expected.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace fetalhc {
+
+struct Hc18Record {
+    std::string filename;      // e.g. "017_2HC.png"
+    std::string image_path;    // full path of the image
+    std::string mask_path;     // full path of the filled mask ("" if absent)
+    double pixel_size_mm = 0;
+    double hc_mm = 0;          // official reference HC
+    bool has_ellipse = false;
+    Ellipse ellipse_px;        // reference ellipse, when training_set_ellipses.csv is present
+};
+
+// Reads the labelled part of an HC18-layout folder. Errors name the missing file.
+Expected<std::vector<Hc18Record>> read_hc18_training(const std::string& data_dir);
+
+// "017_2HC.png" -> "017": the examination an image belongs to.
+std::string examination_id(const std::string& filename);
+
+struct Split {
+    std::vector<Hc18Record> train, validation;
+};
+
+// Deterministic split by examination: an examination goes to validation when a hash of
+// salt + examination id falls below `validation_fraction`. Independent of file order and of which
+// other files are present, so the same examination always lands on the same side.
+Split grouped_split(const std::vector<Hc18Record>& records, double validation_fraction,
+                    const std::string& salt);
+
+// Reads a pixel-size CSV (`filename,pixel size(mm)[,...]`, header optional). Keys are file names.
+Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_path);
+
+// Checks a pixel size (mm per pixel); returns an error message naming `what`, or "" when valid.
+std::string check_pixel_size(double mm, const std::string& what);
+
+// COCO instance-segmentation export of the labelled images: one category "fetal_head", one
+// annotation per image with the mask's outer polygon, area, bbox [x, y, w, h] and iscrowd 0.
+Expected<std::string> coco_annotations_json(const std::vector<Hc18Record>& records);
+
+}  // namespace fetalhc

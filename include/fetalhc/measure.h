@@ -1,0 +1,87 @@
+// fetalhc/measure.h - image -> segmented head -> ellipse -> HC, BPD, OFD, GA, centile, quality.
+//
+//   auto seg = fetalhc::Segmenter::load("models/fetalhc_unet.pt");
+//   fetalhc::Measurer m(*seg);
+//   fetalhc::MeasureOptions o; o.pixel_size_mm = 0.128; o.ga_weeks = 20.0;  // GA optional
+//   auto r = m.measure(gray8, o, "scan.png");
+//   if (r) std::cout << r->hc_mm << " mm, " << r->quality << "\n"; else std::cerr << r.error();
+//
+// Units: lengths in mm unless the name ends in _px; the ellipse in `ellipse_px` uses the project's
+// pixel conventions (see ellipse.h); `ellipse_mm` is the same ellipse with every length in mm.
+// HC = Ramanujan II perimeter x pixel size; BPD = 2b, OFD = 2a (outer-outer, as the reference
+// ellipse is the skull's outer contour); cephalic index = 100 b / a.
+// Thread safety: measure() may be called concurrently on one Measurer.
+#pragma once
+
+#include "fetalhc/ellipse.h"
+#include "fetalhc/expected.h"
+#include "fetalhc/growth.h"
+#include "fetalhc/segmenter.h"
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fetalhc {
+
+struct MeasureOptions {
+    double pixel_size_mm = 0;            // mm per pixel, isotropic; required (0 < s <= 2)
+    std::optional<double> ga_weeks;      // known GA (e.g. from a dating scan) for the centile
+    EllipseFitOptions fit;
+    // Quality thresholds.
+    double min_presence = 0.5;           // detection score below this -> review
+    double min_certainty = 0.6;          // mean |2p-1| inside the head below this -> review
+    double max_fit_rms_px = 2.5;         // RMS orthogonal residual above this -> review
+    double max_cut_fraction = 0.10;      // share of the boundary on the border/sector edge
+    double min_cephalic_index = 65, max_cephalic_index = 95;
+};
+
+struct Timings {
+    double decode_ms = 0, network_ms = 0, postprocess_ms = 0, fit_ms = 0, total_ms = 0;
+};
+
+struct Measurement {
+    std::string source;                 // file name or label given by the caller
+    cv::Size image_size;
+    double pixel_size_mm = 0;
+    Ellipse ellipse_px;                 // fitted ellipse (px)
+    Ellipse ellipse_mm;                 // the same, lengths in mm
+    double hc_mm = 0, bpd_mm = 0, ofd_mm = 0, cephalic_index = 0;
+    GaEstimate ga_hadlock, ga_intergrowth;
+    std::optional<double> ga_weeks_given;
+    std::optional<Centile> centile;     // when a GA was given
+    float presence = 0;                 // detection score
+    double certainty = 0;               // mean |2p-1| in the segmented head
+    double fit_rms_px = 0;
+    int boundary_points = 0, inliers = 0, cut_points = 0;
+    std::string quality;                // "ok" or "review"
+    std::vector<std::string> reasons;   // why "review"
+    Timings timings;
+};
+
+// Everything after the network: boundary, fit, numbers, quality. Public so tests and the HTTP
+// stages can run it on their own.
+Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const cv::Mat& gray8,
+                                                const MeasureOptions& opt, const std::string& source);
+
+// Numbers and quality checks from an ellipse alone (pixel size in mm/px).
+Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm,
+                                     std::optional<double> ga_weeks);
+
+class Measurer {
+public:
+    explicit Measurer(Segmenter seg) : seg_(std::move(seg)) {}
+    Expected<Measurement> measure(const cv::Mat& gray8, const MeasureOptions& opt,
+                                  const std::string& source = "image") const;
+    // Reads the file too (decode time is reported in timings).
+    Expected<Measurement> measure_file(const std::string& path, const MeasureOptions& opt) const;
+    const Segmenter& segmenter() const { return seg_; }
+
+private:
+    Segmenter seg_;
+};
+
+// JSON object with every field of a measurement (mm unless _px; angles in radians).
+std::string to_json(const Measurement& m, int indent = -1);
+
+}  // namespace fetalhc

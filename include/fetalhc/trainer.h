@@ -1,0 +1,79 @@
+// fetalhc/trainer.h - trains the segmentation network from scratch with LibTorch.
+//
+//   fetalhc::TrainConfig cfg = *fetalhc::load_train_config("configs/default.json");
+//   fetalhc::TrainOptions opt{.data_dir = "../shared/hc18", .out_dir = "runs/a"};
+//   auto report = fetalhc::train(cfg, opt);   // writes checkpoints, split.json, report.json
+//
+// Every hyper-parameter lives in the JSON config (keys as the fields below). The split is grouped
+// by examination and written to out_dir/split.json. Training resumes from out_dir/checkpoint.pt
+// with opt.resume. Seeds are fixed (config `seed`), so a run is repeatable on the same machine.
+// Thread safety: one training per process.
+#pragma once
+
+#include "fetalhc/expected.h"
+#include "fetalhc/segmenter.h"
+
+#include <string>
+
+namespace fetalhc {
+
+struct AugmentConfig {
+    double flip_horizontal = 0.5, flip_vertical = 0.5;
+    double rotate90 = 0.5;                        // probability of a 90/180/270 degree turn
+    double brightness_min = 0.8, brightness_max = 1.5;
+    double blur_sigma_max = 5.0;                  // Gaussian blur sigma ~ U[0, max], original pixels
+    double blur_probability = 0.5;
+    double rotate_degrees = 20;                   // extra small rotation ~ U[-r, r]
+    double scale_min = 0.8, scale_max = 1.2;      // zoom around the image centre
+    double translate = 0.1;                       // shift ~ U[-t, t] of the input size
+    double contrast_gamma = 0.3;                  // gamma ~ exp(U[-g, g])
+    double noise_std = 0.03;                      // additive Gaussian noise (intensity 0..1)
+    double negative_probability = 0.05;           // samples shifted so no head is in view
+};
+
+struct TrainConfig {
+    NetworkConfig network;
+    std::string resize_mode = "letterbox";  // the only mode: aspect kept, zero padding
+    int epochs = 40;
+    int steps_per_epoch = 0;       // 0 = one pass over the training images per epoch
+    int validation_steps = 0;      // 0 = the whole validation split
+    int batch_size = 8;
+    std::string optimizer = "adam";  // "adam" (AdamW-style decoupled decay) or "sgd"
+    double learning_rate = 2e-3;
+    std::string schedule = "cosine";  // "cosine" or "constant" or "step"
+    int warmup_steps = 100;
+    double step_gamma = 0.1;          // for "step": lr *= gamma at 2/3 of training
+    double momentum = 0.9;            // SGD momentum / Adam beta1
+    double weight_decay = 1e-4;
+    double loss_bce = 1.0, loss_dice = 1.0, loss_presence = 0.1;
+    double validation_fraction = 0.15;
+    std::string split_salt = "fetalhc-split-v1";
+    unsigned seed = 42;
+    int threads = 0;                  // 0 = all cores
+    AugmentConfig augment;
+};
+
+Expected<TrainConfig> load_train_config(const std::string& json_path);
+std::string to_json(const TrainConfig& cfg);
+
+struct TrainOptions {
+    std::string data_dir;
+    std::string out_dir;
+    bool resume = false;
+    long long max_steps = -1;  // stop after this many optimizer steps in total (-1 = no limit)
+    int limit = 0;             // use only the first N images of each side of the split (0 = all)
+    bool progress = true;      // progress bar with ETA on stderr
+};
+
+struct TrainReport {
+    std::string model_path;    // out_dir/model.pt: the best epoch by validation HC MAD
+    double best_hc_mad_mm = 0;
+    double best_dice = 0;
+    int epochs_done = 0;
+    long long steps_done = 0;
+    double wall_seconds = 0;
+};
+
+Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt);
+
+}  // namespace fetalhc

@@ -1,0 +1,294 @@
+#include "fetalhc/ellipse.h"
+
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+namespace fetalhc {
+
+Ellipse Ellipse::normalized() const {
+    Ellipse e = *this;
+    if (e.b > e.a) {
+        std::swap(e.a, e.b);
+        e.angle += CV_PI / 2;
+    }
+    e.angle = std::fmod(e.angle, CV_PI);
+    if (e.angle < 0) e.angle += CV_PI;
+    if (e.angle >= CV_PI) e.angle = 0;  // fmod rounding at exactly pi
+    return e;
+}
+
+Ellipse Ellipse::scaled(double s) const { return {cx * s, cy * s, a * s, b * s, angle}; }
+
+bool Ellipse::valid() const {
+    return std::isfinite(cx) && std::isfinite(cy) && std::isfinite(a) && std::isfinite(b) &&
+           std::isfinite(angle) && b > 0 && a >= b;
+}
+
+double ramanujan_perimeter(double a, double b) {
+    if (a + b <= 0) return 0;
+    const double h = std::pow((a - b) / (a + b), 2);
+    return CV_PI * (a + b) * (1 + 3 * h / (10 + std::sqrt(4 - 3 * h)));
+}
+
+double integrated_perimeter(double a, double b, int steps) {
+    // Arc length of (a cos t, b sin t) by the composite Simpson rule over one quarter, times 4.
+    const int n = steps + (steps % 2);
+    const double h = (CV_PI / 2) / n;
+    auto f = [&](double t) { return std::hypot(a * std::sin(t), b * std::cos(t)); };
+    double s = f(0) + f(CV_PI / 2);
+    for (int i = 1; i < n; ++i) s += f(i * h) * (i % 2 ? 4 : 2);
+    return 4 * s * h / 3;
+}
+
+cv::Point2d ellipse_point(const Ellipse& e, double t) {
+    const double c = std::cos(e.angle), s = std::sin(e.angle);
+    const double x = e.a * std::cos(t), y = e.b * std::sin(t);
+    return {e.cx + c * x - s * y, e.cy + s * x + c * y};
+}
+
+namespace {
+
+struct Closest {
+    double dist;   // signed: > 0 outside
+    double phi;    // parametric angle of the closest point
+};
+
+// Closest point on an axis-aligned ellipse (semi-axes a >= b) to (u, v): the root of
+// G(t) = (a u / (t + a^2))^2 + (b v / (t + b^2))^2 - 1 by bisection, after Eberly,
+// "Distance from a point to an ellipse, an ellipsoid, or a hyperellipsoid" (Geometric Tools, 2013).
+Closest closest_axis_aligned(double a, double b, double u, double v) {
+    const double su = u < 0 ? -1 : 1, sv = v < 0 ? -1 : 1;
+    u = std::abs(u);
+    v = std::abs(v);
+    double x, y;
+    if (v > 1e-12 * b) {
+        if (u > 1e-12 * a) {
+            double lo = -b * b + b * v, hi = -b * b + std::sqrt(a * a * u * u + b * b * v * v);
+            for (int i = 0; i < 60 && hi - lo > 1e-12 * (std::abs(hi) + 1); ++i) {
+                const double t = 0.5 * (lo + hi);
+                const double gx = a * u / (t + a * a), gy = b * v / (t + b * b);
+                (gx * gx + gy * gy - 1 > 0 ? lo : hi) = t;
+            }
+            const double t = 0.5 * (lo + hi);
+            x = a * a * u / (t + a * a);
+            y = b * b * v / (t + b * b);
+        } else {
+            x = 0;
+            y = b;
+        }
+    } else {
+        const double lim = (a * a - b * b) / a;
+        if (u < lim) {
+            x = a * a * u / (a * a - b * b);
+            y = b * std::sqrt(std::max(0.0, 1 - (x / a) * (x / a)));
+        } else {
+            x = a;
+            y = 0;
+        }
+    }
+    const double d = std::hypot(u - x, v - y);
+    const bool outside = (u / a) * (u / a) + (v / b) * (v / b) > 1;
+    return {outside ? d : -d, std::atan2(sv * y / b, su * x / a)};
+}
+
+Closest closest(const Ellipse& e, cv::Point2d p) {
+    const double c = std::cos(e.angle), s = std::sin(e.angle);
+    const double dx = p.x - e.cx, dy = p.y - e.cy;
+    return closest_axis_aligned(e.a, e.b, c * dx + s * dy, -s * dx + c * dy);
+}
+
+Ellipse from_rotated_rect(const cv::RotatedRect& r) {
+    Ellipse e{r.center.x, r.center.y, r.size.width / 2.0, r.size.height / 2.0, r.angle * CV_PI / 180.0};
+    return e.normalized();
+}
+
+bool direct_fit(const std::vector<cv::Point2f>& pts, Ellipse& out) {
+    if (pts.size() < 5) return false;
+    try {
+        out = from_rotated_rect(cv::fitEllipseDirect(pts));
+    } catch (const cv::Exception&) {
+        return false;
+    }
+    return out.valid();
+}
+
+// Sampson approximation of the distance to the ellipse: |F| / |grad F| for the implicit form
+// F = (u/a)^2 + (v/b)^2 - 1 in the ellipse frame. Cheap; used to score RANSAC candidates.
+double sampson_distance(const Ellipse& e, double c, double s, cv::Point2d p) {
+    const double dx = p.x - e.cx, dy = p.y - e.cy;
+    const double u = c * dx + s * dy, v = -s * dx + c * dy;
+    const double ia2 = 1 / (e.a * e.a), ib2 = 1 / (e.b * e.b);
+    const double F = u * u * ia2 + v * v * ib2 - 1;
+    const double g = 2 * std::hypot(u * ia2, v * ib2);
+    return std::abs(F) / std::max(g, 1e-12);
+}
+
+// Levenberg-Marquardt on orthogonal distances with the analytic Jacobian at the closest points
+// (the closest point's parameter is held fixed when differentiating: it is stationary).
+Ellipse geometric_refine(Ellipse e, const std::vector<cv::Point2d>& pts, int iterations = 15) {
+    double lambda = 1e-3;
+    auto cost = [&](const Ellipse& q) {
+        double c2 = 0;
+        for (const auto& p : pts) {
+            const double d = closest(q, p).dist;
+            c2 += d * d;
+        }
+        return c2;
+    };
+    double current = cost(e);
+    for (int it = 0; it < iterations; ++it) {
+        cv::Matx<double, 5, 5> JtJ = cv::Matx<double, 5, 5>::zeros();
+        cv::Vec<double, 5> Jtr = cv::Vec<double, 5>::zeros();
+        const double c = std::cos(e.angle), s = std::sin(e.angle);
+        for (const auto& p : pts) {
+            const Closest q = closest(e, p);
+            const double cp = std::cos(q.phi), sp = std::sin(q.phi);
+            // Outward unit normal at the closest point, in image axes.
+            double nx_l = cp / e.a, ny_l = sp / e.b;
+            const double nn = std::hypot(nx_l, ny_l);
+            nx_l /= nn;
+            ny_l /= nn;
+            const double nx = c * nx_l - s * ny_l, ny = s * nx_l + c * ny_l;
+            // d(dist)/d(param) = -n . dX/d(param)
+            const double xl = e.a * cp, yl = e.b * sp;
+            cv::Vec<double, 5> J(-nx, -ny, -(nx * c * cp + ny * s * cp), -(-nx * s * sp + ny * c * sp),
+                                 -(nx * (-s * xl - c * yl) + ny * (c * xl - s * yl)));
+            JtJ += J * J.t();
+            Jtr += J * q.dist;
+        }
+        bool improved = false;
+        for (int tries = 0; tries < 6 && !improved; ++tries) {
+            cv::Matx<double, 5, 5> A = JtJ;
+            for (int k = 0; k < 5; ++k) A(k, k) *= 1 + lambda;
+            cv::Vec<double, 5> delta;
+            if (!cv::solve(A, -Jtr, delta, cv::DECOMP_CHOLESKY)) break;
+            Ellipse cand{e.cx + delta[0], e.cy + delta[1], e.a + delta[2], e.b + delta[3], e.angle + delta[4]};
+            if (cand.a <= 0 || cand.b <= 0) {
+                lambda *= 10;
+                continue;
+            }
+            const double cc = cost(cand);
+            if (cc < current) {
+                const double gain = current - cc;
+                e = cand;
+                current = cc;
+                lambda = std::max(lambda / 10, 1e-9);
+                improved = true;
+                if (gain < 1e-10 * (current + 1e-12)) return e.normalized();
+            } else {
+                lambda *= 10;
+            }
+        }
+        if (!improved) break;
+    }
+    return e.normalized();
+}
+
+}  // namespace
+
+double distance_to_ellipse(const Ellipse& e, cv::Point2d p) { return std::abs(closest(e, p).dist); }
+
+cv::Mat rasterize(const Ellipse& e, cv::Size size) {
+    cv::Mat m = cv::Mat::zeros(size, CV_8U);
+    if (!e.valid()) return m;
+    // Sub-pixel drawing: 8 fractional bits, with the half-pixel shift of the pixel-centre convention.
+    const int shift = 8;
+    const double k = 1 << shift;
+    cv::ellipse(m, cv::Point(int(std::lround(e.cx * k)), int(std::lround(e.cy * k))),
+                cv::Size(int(std::lround(e.a * k)), int(std::lround(e.b * k))), e.angle * 180 / CV_PI, 0, 360,
+                cv::Scalar(255), cv::FILLED, cv::LINE_8, shift);
+    return m;
+}
+
+EllipseFit fit_ellipse(const std::vector<cv::Point2d>& points, const EllipseFitOptions& opt) {
+    EllipseFit fit;
+    fit.points = int(points.size());
+    fit.inlier_mask.assign(points.size(), 0);
+    if (int(points.size()) < std::max(opt.min_points, 6)) {
+        fit.message = "only " + std::to_string(points.size()) + " boundary points; at least " +
+                      std::to_string(std::max(opt.min_points, 6)) + " are needed to fit an ellipse";
+        return fit;
+    }
+    std::vector<cv::Point2f> all(points.begin(), points.end());
+    cv::Rect2f box = cv::boundingRect(all);
+    const double extent = std::max(box.width, box.height) + 1;
+    auto plausible = [&](const Ellipse& e) { return e.valid() && e.a < 5 * extent && e.b > 0.5; };
+
+    auto count_inliers = [&](const Ellipse& e) {
+        const double c = std::cos(e.angle), s = std::sin(e.angle);
+        int n = 0;
+        for (const auto& p : points) n += sampson_distance(e, c, s, p) < opt.inlier_px;
+        return n;
+    };
+
+    Ellipse best;
+    int best_inliers = -1;
+    if (direct_fit(all, best) && plausible(best)) best_inliers = count_inliers(best);
+    // RANSAC only when the plain fit leaves more than 5% of the points outside the band.
+    if (best_inliers < 0.95 * points.size()) {
+        std::mt19937 rng(opt.seed);
+        std::uniform_int_distribution<size_t> pick(0, points.size() - 1);
+        std::vector<cv::Point2f> sample(6);
+        for (int it = 0; it < opt.ransac_iterations; ++it) {
+            for (auto& q : sample) q = all[pick(rng)];
+            Ellipse cand;
+            if (!direct_fit(sample, cand) || !plausible(cand)) continue;
+            const int n = count_inliers(cand);
+            if (n > best_inliers) best = cand, best_inliers = n;
+        }
+    }
+    if (best_inliers < opt.min_points) {
+        fit.message = "no ellipse is consistent with the boundary points";
+        return fit;
+    }
+
+    // Refit on the consensus, then alternate sigma-clipping and geometric refinement.
+    std::vector<unsigned char> keep(points.size());
+    double band = opt.inlier_px;
+    std::vector<double> dist(points.size());
+    for (int round = 0; round < 3; ++round) {
+        for (size_t i = 0; i < points.size(); ++i) dist[i] = std::abs(closest(best, points[i]).dist);
+        if (round > 0) {
+            std::vector<double> kept;
+            for (size_t i = 0; i < points.size(); ++i)
+                if (keep[i]) kept.push_back(dist[i]);
+            std::nth_element(kept.begin(), kept.begin() + kept.size() / 2, kept.end());
+            const double sigma = 1.4826 * kept[kept.size() / 2];
+            band = std::max(opt.outlier_sigmas * sigma, 0.75);
+        }
+        std::vector<cv::Point2f> in_f;
+        std::vector<cv::Point2d> in_d;
+        for (size_t i = 0; i < points.size(); ++i) {
+            keep[i] = dist[i] < band;
+            if (keep[i]) in_f.push_back(all[i]), in_d.push_back(points[i]);
+        }
+        if (int(in_d.size()) < opt.min_points) break;
+        Ellipse e;
+        if (round == 0 && direct_fit(in_f, e) && plausible(e)) best = e;
+        if (opt.geometric_refine) {
+            Ellipse g = geometric_refine(best, in_d);
+            if (plausible(g)) best = g;
+        }
+    }
+    for (size_t i = 0; i < points.size(); ++i) dist[i] = std::abs(closest(best, points[i]).dist);
+    double ss = 0;
+    int n = 0;
+    for (size_t i = 0; i < points.size(); ++i) {
+        fit.inlier_mask[i] = dist[i] < band;
+        if (fit.inlier_mask[i]) ss += dist[i] * dist[i], ++n;
+    }
+    if (n < opt.min_points) {
+        fit.message = "too few boundary points agree on one ellipse";
+        return fit;
+    }
+    fit.ok = true;
+    fit.ellipse = best.normalized();
+    fit.inliers = n;
+    fit.rms_px = std::sqrt(ss / n);
+    return fit;
+}
+
+}  // namespace fetalhc

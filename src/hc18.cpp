@@ -1,0 +1,179 @@
+#include "fetalhc/hc18.h"
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace fetalhc {
+namespace {
+
+std::vector<std::string> split_csv_line(const std::string& line) {
+    std::vector<std::string> out;
+    std::string cell;
+    std::stringstream ss(line);
+    while (std::getline(ss, cell, ',')) {
+        while (!cell.empty() && (cell.back() == '\r' || cell.back() == ' ')) cell.pop_back();
+        while (!cell.empty() && cell.front() == ' ') cell.erase(cell.begin());
+        out.push_back(cell);
+    }
+    return out;
+}
+
+bool parse_double(const std::string& s, double& v) {
+    try {
+        size_t used = 0;
+        v = std::stod(s, &used);
+        return used == s.size();
+    } catch (const std::exception&) {
+        return false;
+    }
+}
+
+// FNV-1a, 64 bit: a stable hash (std::hash may differ between standard libraries).
+uint64_t fnv1a(const std::string& s) {
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+    return h;
+}
+
+}  // namespace
+
+std::string check_pixel_size(double mm, const std::string& what) {
+    if (!std::isfinite(mm)) return "pixel size for " + what + " is not a number; give it in mm per pixel, e.g. --pixel-size 0.13";
+    if (mm <= 0)
+        return "pixel size for " + what + " must be positive (got " + std::to_string(mm) +
+               "); give it in mm per pixel, e.g. --pixel-size 0.13";
+    if (mm > 2)
+        return "pixel size for " + what + " is " + std::to_string(mm) +
+               " mm, over the 2 mm/pixel plausible for ultrasound; check the unit (mm per pixel, not pixels per mm or cm)";
+    return "";
+}
+
+Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_path) {
+    std::ifstream in(csv_path);
+    if (!in) return make_error("cannot open pixel-size CSV '" + csv_path + "': check the path");
+    std::map<std::string, double> out;
+    std::string line;
+    int lineno = 0;
+    while (std::getline(in, line)) {
+        ++lineno;
+        auto cells = split_csv_line(line);
+        if (cells.empty() || cells[0].empty()) continue;
+        double v = 0;
+        if (cells.size() < 2 || !parse_double(cells[1], v)) {
+            if (lineno == 1) continue;  // header
+            return make_error("pixel-size CSV '" + csv_path + "' line " + std::to_string(lineno) +
+                              ": expected `filename,pixel size(mm)`, got '" + line + "'");
+        }
+        out[cells[0]] = v;
+    }
+    if (out.empty()) return make_error("pixel-size CSV '" + csv_path + "' has no rows of `filename,pixel size(mm)`");
+    return out;
+}
+
+std::string examination_id(const std::string& filename) {
+    const std::string base = fs::path(filename).filename().string();
+    size_t n = 0;
+    while (n < base.size() && std::isdigit(static_cast<unsigned char>(base[n]))) ++n;
+    return n ? base.substr(0, n) : base;
+}
+
+Expected<std::vector<Hc18Record>> read_hc18_training(const std::string& data_dir) {
+    const fs::path dir(data_dir);
+    const fs::path hc_csv = dir / "training_set_pixel_size_and_HC.csv";
+    const fs::path img_dir = dir / "training_set";
+    if (!fs::is_directory(img_dir))
+        return make_error("'" + data_dir + "' is not an HC18-layout folder: '" + img_dir.string() +
+                          "' is missing (expected training_set/ and training_set_pixel_size_and_HC.csv)");
+    std::ifstream in(hc_csv);
+    if (!in) return make_error("cannot open '" + hc_csv.string() + "': the HC18 reference CSV is required");
+    std::vector<Hc18Record> recs;
+    std::map<std::string, size_t> index;
+    std::string line;
+    int lineno = 0;
+    while (std::getline(in, line)) {
+        ++lineno;
+        auto c = split_csv_line(line);
+        if (c.size() < 3) continue;
+        Hc18Record r;
+        if (!parse_double(c[1], r.pixel_size_mm) || !parse_double(c[2], r.hc_mm)) {
+            if (lineno == 1) continue;
+            return make_error("'" + hc_csv.string() + "' line " + std::to_string(lineno) + " is not `filename,pixel size,HC`");
+        }
+        r.filename = c[0];
+        r.image_path = (img_dir / r.filename).string();
+        const std::string stem = fs::path(r.filename).stem().string();
+        const fs::path mask = img_dir / (stem + "_Mask.png");
+        r.mask_path = fs::exists(mask) ? mask.string() : "";
+        if (!fs::exists(r.image_path)) continue;  // rows for held-back images
+        index[r.filename] = recs.size();
+        recs.push_back(r);
+    }
+    std::ifstream ell(dir / "training_set_ellipses.csv");
+    if (ell) {
+        lineno = 0;
+        while (std::getline(ell, line)) {
+            ++lineno;
+            auto c = split_csv_line(line);
+            if (c.size() < 8 || !index.count(c[0])) continue;
+            double v[5];
+            bool good = true;
+            for (int k = 0; k < 5; ++k) good &= parse_double(c[3 + k], v[k]);
+            if (!good) continue;
+            auto& r = recs[index[c[0]]];
+            r.ellipse_px = Ellipse{v[0], v[1], v[2], v[3], v[4]}.normalized();
+            r.has_ellipse = true;
+        }
+    }
+    if (recs.empty()) return make_error("no labelled images found under '" + img_dir.string() + "'");
+    return recs;
+}
+
+Split grouped_split(const std::vector<Hc18Record>& records, double fraction, const std::string& salt) {
+    Split s;
+    for (const auto& r : records) {
+        const uint64_t h = fnv1a(salt + ":" + examination_id(r.filename));
+        const double u = double(h % 1000000) / 1e6;
+        (u < fraction ? s.validation : s.train).push_back(r);
+    }
+    return s;
+}
+
+Expected<std::string> coco_annotations_json(const std::vector<Hc18Record>& records) {
+    nlohmann::json images = nlohmann::json::array(), anns = nlohmann::json::array();
+    int id = 0;
+    for (const auto& r : records) {
+        ++id;
+        if (r.mask_path.empty()) return make_error("no mask for '" + r.filename + "': COCO export needs *_Mask.png files");
+        cv::Mat mask = cv::imread(r.mask_path, cv::IMREAD_GRAYSCALE);
+        if (mask.empty()) return make_error("cannot read mask '" + r.mask_path + "'");
+        images.push_back({{"id", id}, {"file_name", r.filename}, {"width", mask.cols}, {"height", mask.rows},
+                          {"pixel_size_mm", r.pixel_size_mm}, {"hc_mm", r.hc_mm}});
+        std::vector<std::vector<cv::Point>> contours;
+        cv::findContours(mask > 127, contours, cv::RETR_EXTERNAL, cv::CHAIN_APPROX_SIMPLE);
+        if (contours.empty()) continue;
+        auto largest = std::max_element(contours.begin(), contours.end(), [](const auto& a, const auto& b) {
+            return cv::contourArea(a) < cv::contourArea(b);
+        });
+        nlohmann::json poly = nlohmann::json::array();
+        for (const auto& p : *largest) poly.push_back(p.x), poly.push_back(p.y);
+        const cv::Rect bb = cv::boundingRect(*largest);
+        anns.push_back({{"id", id}, {"image_id", id}, {"category_id", 1},
+                        {"segmentation", nlohmann::json::array({poly})},
+                        {"area", cv::countNonZero(mask > 127)},
+                        {"bbox", {bb.x, bb.y, bb.width, bb.height}}, {"iscrowd", 0}});
+    }
+    nlohmann::json j{{"info", {{"description", "HC18 fetal head masks exported by fetalhc"}, {"license", "CC BY 4.0"}}},
+                     {"images", images}, {"annotations", anns},
+                     {"categories", {{{"id", 1}, {"name", "fetal_head"}, {"supercategory", "anatomy"}}}}};
+    return j.dump();
+}
+
+}  // namespace fetalhc

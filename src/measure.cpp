@@ -1,0 +1,173 @@
+#include "fetalhc/measure.h"
+
+#include "fetalhc/hc18.h"
+#include "fetalhc/image_io.h"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+namespace fetalhc {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+std::string fmt(double v, int digits = 1) {
+    std::ostringstream s;
+    s.setf(std::ios::fixed);
+    s.precision(digits);
+    s << v;
+    return s.str();
+}
+
+}  // namespace
+
+Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm, std::optional<double> ga_weeks) {
+    Measurement m;
+    m.pixel_size_mm = pixel_size_mm;
+    m.ellipse_px = px.normalized();
+    m.ellipse_mm = m.ellipse_px.scaled(pixel_size_mm);
+    m.hc_mm = ramanujan_perimeter(m.ellipse_mm);
+    m.ofd_mm = 2 * m.ellipse_mm.a;
+    m.bpd_mm = 2 * m.ellipse_mm.b;
+    m.cephalic_index = m.ellipse_mm.a > 0 ? 100 * m.ellipse_mm.b / m.ellipse_mm.a : 0;
+    m.ga_hadlock = hadlock_ga(m.hc_mm);
+    m.ga_intergrowth = intergrowth_ga(m.hc_mm);
+    m.ga_weeks_given = ga_weeks;
+    if (ga_weeks) m.centile = intergrowth_hc_centile(m.hc_mm, *ga_weeks);
+    m.quality = "ok";
+    if (m.hc_mm < 40 || m.hc_mm > 400) m.reasons.push_back("HC " + fmt(m.hc_mm) + " mm is outside the plausible 40..400 mm");
+    return m;
+}
+
+Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const cv::Mat& gray8,
+                                                const MeasureOptions& opt, const std::string& source) {
+    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty()) return make_error(e);
+    auto t0 = Clock::now();
+    Boundary bnd = extract_boundary(seg, gray8);
+    const double post_ms = ms_since(t0);
+    if (!bnd.found)
+        return make_error("no fetal head found in '" + source + "' (detection score " + fmt(seg.presence, 2) +
+                          "); check that the image is a head in the standard HC plane");
+    auto t1 = Clock::now();
+    EllipseFit fit = fit_ellipse(bnd.points, opt.fit);
+    const double fit_ms = ms_since(t1);
+    if (!fit.ok)
+        return make_error("cannot fit an ellipse to the head in '" + source + "': " + fit.message +
+                          (bnd.cut_points.size() > bnd.points.size() ? " (most of the head is outside the image)" : ""));
+
+    Measurement m = measurement_from_ellipse(fit.ellipse, opt.pixel_size_mm, opt.ga_weeks);
+    m.source = source;
+    m.image_size = gray8.size();
+    m.presence = seg.presence;
+    m.certainty = bnd.mean_confidence;
+    m.fit_rms_px = fit.rms_px;
+    m.boundary_points = int(bnd.points.size());
+    m.inliers = fit.inliers;
+    m.cut_points = int(bnd.cut_points.size());
+    m.timings.network_ms = seg.network_ms;
+    m.timings.postprocess_ms = post_ms;
+    m.timings.fit_ms = fit_ms;
+
+    if (seg.presence < opt.min_presence) m.reasons.push_back("low detection confidence (" + fmt(seg.presence, 2) + ")");
+    if (bnd.mean_confidence < opt.min_certainty)
+        m.reasons.push_back("uncertain segmentation (certainty " + fmt(bnd.mean_confidence, 2) + ")");
+    if (fit.rms_px > opt.max_fit_rms_px) m.reasons.push_back("poor ellipse fit (RMS " + fmt(fit.rms_px, 2) + " px)");
+    const double inlier_share = double(fit.inliers) / std::max(1, fit.points);
+    if (inlier_share < 0.8)
+        m.reasons.push_back("boundary is not elliptical (" + fmt(100 * (1 - inlier_share), 0) + "% of points rejected)");
+    const double cut_share = double(bnd.cut_points.size()) / std::max<size_t>(1, bnd.cut_points.size() + bnd.points.size());
+    if (cut_share > opt.max_cut_fraction)
+        m.reasons.push_back("head cut by the image border or sector edge (" + fmt(100 * cut_share, 0) + "% of the boundary)");
+    if (m.cephalic_index < opt.min_cephalic_index || m.cephalic_index > opt.max_cephalic_index)
+        m.reasons.push_back("cephalic index " + fmt(m.cephalic_index) + " outside " + fmt(opt.min_cephalic_index, 0) + ".." +
+                            fmt(opt.max_cephalic_index, 0));
+    m.quality = m.reasons.empty() ? "ok" : "review";
+    return m;
+}
+
+Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source) const {
+    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty()) return make_error(e);
+    try {
+        auto t0 = Clock::now();
+        Segmentation seg = seg_.segment(gray8);
+        auto r = measure_from_segmentation(seg, gray8, opt, source);
+        if (r) r->timings.total_ms = ms_since(t0);
+        return r;
+    } catch (const std::exception& e) {
+        return make_error("measuring '" + source + "' failed: " + e.what());
+    }
+}
+
+Expected<Measurement> Measurer::measure_file(const std::string& path, const MeasureOptions& opt) const {
+    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + path + "'"); !e.empty()) return make_error(e);
+    auto t0 = Clock::now();
+    auto img = load_grayscale(path);
+    if (!img) return make_error(img.error());
+    const double decode_ms = ms_since(t0);
+    auto r = measure(*img, opt, path);
+    if (r) {
+        r->timings.decode_ms = decode_ms;
+        r->timings.total_ms += decode_ms;
+    }
+    return r;
+}
+
+namespace {
+
+nlohmann::json ellipse_json(const Ellipse& e) {
+    return {{"center_x", e.cx}, {"center_y", e.cy}, {"semi_axis_a", e.a}, {"semi_axis_b", e.b}, {"angle_rad", e.angle}};
+}
+
+nlohmann::json ga_json(const GaEstimate& g) {
+    nlohmann::json j{{"in_range", g.in_range}};
+    j["weeks"] = g.in_range ? nlohmann::json(g.weeks) : nlohmann::json(nullptr);
+    j["text"] = g.in_range ? format_weeks(g.weeks) : "";
+    if (!g.note.empty()) j["note"] = g.note;
+    return j;
+}
+
+}  // namespace
+
+std::string to_json(const Measurement& m, int indent) {
+    nlohmann::json j{{"source", m.source},
+                     {"image_width", m.image_size.width},
+                     {"image_height", m.image_size.height},
+                     {"pixel_size_mm", m.pixel_size_mm},
+                     {"hc_mm", m.hc_mm},
+                     {"bpd_mm", m.bpd_mm},
+                     {"ofd_mm", m.ofd_mm},
+                     {"cephalic_index", m.cephalic_index},
+                     {"ellipse_px", ellipse_json(m.ellipse_px)},
+                     {"ellipse_mm", ellipse_json(m.ellipse_mm)},
+                     {"ga_hadlock", ga_json(m.ga_hadlock)},
+                     {"ga_intergrowth", ga_json(m.ga_intergrowth)},
+                     {"quality", m.quality},
+                     {"reasons", m.reasons},
+                     {"detection_score", m.presence},
+                     {"segmentation_certainty", m.certainty},
+                     {"fit_rms_px", m.fit_rms_px},
+                     {"boundary_points", m.boundary_points},
+                     {"inliers", m.inliers},
+                     {"cut_points", m.cut_points},
+                     {"timings_ms",
+                      {{"decode", m.timings.decode_ms}, {"network", m.timings.network_ms},
+                       {"postprocess", m.timings.postprocess_ms}, {"fit", m.timings.fit_ms}, {"total", m.timings.total_ms}}}};
+    if (m.ga_weeks_given) j["ga_weeks_given"] = *m.ga_weeks_given;
+    if (m.centile) {
+        const Centile& c = *m.centile;
+        nlohmann::json cj{{"in_range", c.in_range}};
+        if (c.in_range) {
+            cj.update({{"median_mm", c.median_mm}, {"sd_mm", c.sd_mm}, {"z", c.z}, {"centile", c.centile},
+                       {"below_3rd", c.below_3rd}, {"above_97th", c.above_97th}});
+        }
+        if (!c.note.empty()) cj["note"] = c.note;
+        j["centile"] = cj;
+    }
+    return j.dump(indent);
+}
+
+}  // namespace fetalhc

@@ -1,0 +1,122 @@
+#include "network.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+namespace fetalhc::detail {
+
+namespace nn = torch::nn;
+
+ConvBlockImpl::ConvBlockImpl(int in, int out) {
+    c1 = register_module("c1", nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1).bias(false)));
+    b1 = register_module("b1", nn::BatchNorm2d(out));
+    c2 = register_module("c2", nn::Conv2d(nn::Conv2dOptions(out, out, 3).padding(1).bias(false)));
+    b2 = register_module("b2", nn::BatchNorm2d(out));
+}
+
+torch::Tensor ConvBlockImpl::forward(torch::Tensor x) {
+    x = torch::relu(b1(c1(x)));
+    return torch::relu(b2(c2(x)));
+}
+
+static int channels_at(const NetworkConfig& c, int level) {
+    return std::min(c.base_channels << level, c.max_channels);
+}
+
+UNetImpl::UNetImpl(const NetworkConfig& c) : cfg(c) {
+    if (cfg.depth < 1 || cfg.depth > 6 || cfg.base_channels < 2)
+        throw std::invalid_argument("network config: depth must be 1..6 and base_channels >= 2");
+    const int m = 1 << cfg.depth;
+    if (cfg.input_width % m || cfg.input_height % m)
+        throw std::invalid_argument("network config: input size must be a multiple of 2^depth");
+    down = register_module("down", nn::ModuleList());
+    up = register_module("up", nn::ModuleList());
+    down->push_back(ConvBlock(1, channels_at(cfg, 0)));
+    for (int l = 1; l <= cfg.depth; ++l) down->push_back(ConvBlock(channels_at(cfg, l - 1), channels_at(cfg, l)));
+    for (int l = cfg.depth - 1; l >= 0; --l)
+        up->push_back(ConvBlock(channels_at(cfg, l + 1) + channels_at(cfg, l), channels_at(cfg, l)));
+    head = register_module("head", nn::Conv2d(nn::Conv2dOptions(channels_at(cfg, 0), 1, 1)));
+    presence = register_module("presence", nn::Linear(channels_at(cfg, cfg.depth), 1));
+}
+
+std::pair<torch::Tensor, torch::Tensor> UNetImpl::forward(torch::Tensor x) {
+    std::vector<torch::Tensor> skips;
+    x = down[0]->as<ConvBlock>()->forward(x);
+    for (int l = 1; l <= cfg.depth; ++l) {
+        skips.push_back(x);
+        x = down[l]->as<ConvBlock>()->forward(torch::max_pool2d(x, 2));
+    }
+    auto pooled = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+    auto pres = presence(pooled).squeeze(1);
+    for (int i = 0; i < cfg.depth; ++i) {
+        auto skip = skips[skips.size() - 1 - i];
+        x = torch::upsample_bilinear2d(x, {skip.size(2), skip.size(3)}, false);
+        x = up[i]->as<ConvBlock>()->forward(torch::cat({x, skip}, 1));
+    }
+    return {head(x), pres};
+}
+
+torch::Tensor normalise_batch(const torch::Tensor& t) {
+    auto f = t.scalar_type() == torch::kByte ? t.to(torch::kFloat32).div_(255.0) : t;
+    return (f - 0.5) / 0.25;
+}
+
+long long count_parameters(nn::Module& m) {
+    long long n = 0;
+    for (const auto& p : m.parameters()) n += p.numel();
+    return n;
+}
+
+std::string network_config_json(const NetworkConfig& c) {
+    nlohmann::json j{{"input_width", c.input_width}, {"input_height", c.input_height},
+                     {"base_channels", c.base_channels}, {"depth", c.depth},
+                     {"max_channels", c.max_channels}, {"architecture", "unet-bn"}};
+    return j.dump();
+}
+
+NetworkConfig network_config_from_json(const std::string& text) {
+    auto j = nlohmann::json::parse(text);
+    NetworkConfig c;
+    c.input_width = j.value("input_width", c.input_width);
+    c.input_height = j.value("input_height", c.input_height);
+    c.base_channels = j.value("base_channels", c.base_channels);
+    c.depth = j.value("depth", c.depth);
+    c.max_channels = j.value("max_channels", c.max_channels);
+    return c;
+}
+
+void save_model(UNet& net, const std::string& path, const std::string& metadata_json) {
+    torch::serialize::OutputArchive ar;
+    net->save(ar);
+    ar.write("fetalhc_network_config", c10::IValue(network_config_json(net->cfg)));
+    ar.write("fetalhc_metadata", c10::IValue(metadata_json));
+    ar.save_to(path);
+}
+
+LoadedModel load_model(const std::string& path) {
+    torch::serialize::InputArchive ar;
+    ar.load_from(path);
+    c10::IValue cfg_v, meta_v;
+    if (!ar.try_read("fetalhc_network_config", cfg_v) || !cfg_v.isString())
+        throw std::runtime_error("not a fetalhc model file (no network config inside)");
+    LoadedModel lm;
+    lm.cfg = network_config_from_json(cfg_v.toStringRef());
+    if (ar.try_read("fetalhc_metadata", meta_v) && meta_v.isString()) lm.metadata = meta_v.toStringRef();
+    lm.net = UNet(lm.cfg);
+    lm.net->load(ar);
+    lm.net->eval();
+    return lm;
+}
+
+void set_threads(int threads) {
+    static std::mutex mu;
+    std::lock_guard<std::mutex> lock(mu);
+    int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    if (torch::get_num_threads() != n) torch::set_num_threads(n);
+}
+
+}  // namespace fetalhc::detail

@@ -1,0 +1,56 @@
+// Internal: the segmentation network (LibTorch). Only segmenter.cpp and trainer.cpp include this.
+#pragma once
+
+#include "fetalhc/segmenter.h"
+
+#include <torch/torch.h>
+
+#include <string>
+#include <utility>
+
+namespace fetalhc::detail {
+
+// conv3x3-BN-ReLU twice.
+struct ConvBlockImpl : torch::nn::Module {
+    ConvBlockImpl(int in, int out);
+    torch::Tensor forward(torch::Tensor x);
+    torch::nn::Conv2d c1{nullptr}, c2{nullptr};
+    torch::nn::BatchNorm2d b1{nullptr}, b2{nullptr};
+};
+TORCH_MODULE(ConvBlock);
+
+// U-Net style encoder-decoder for one object per image. Outputs the per-pixel head logit at the
+// input resolution and, from the pooled bottleneck, one presence logit (is a head in view?).
+struct UNetImpl : torch::nn::Module {
+    explicit UNetImpl(const NetworkConfig& cfg);
+    // x: [N,1,H,W] normalised intensities. Returns {mask logits [N,1,H,W], presence logits [N]}.
+    std::pair<torch::Tensor, torch::Tensor> forward(torch::Tensor x);
+
+    NetworkConfig cfg;
+    torch::nn::ModuleList down{nullptr}, up{nullptr};
+    torch::nn::Conv2d head{nullptr};
+    torch::nn::Linear presence{nullptr};
+};
+TORCH_MODULE(UNet);
+
+// Intensity normalisation shared by training and inference: 8-bit value v -> (v/255 - 0.5) / 0.25.
+torch::Tensor normalise_batch(const torch::Tensor& u8_or_float01);
+
+long long count_parameters(torch::nn::Module& m);
+
+// Model file: the module's parameters and buffers plus two strings, the network config and
+// free-form metadata (JSON).
+void save_model(UNet& net, const std::string& path, const std::string& metadata_json);
+struct LoadedModel {
+    UNet net{nullptr};
+    NetworkConfig cfg;
+    std::string metadata;
+};
+LoadedModel load_model(const std::string& path);  // throws c10::Error / std::runtime_error
+
+std::string network_config_json(const NetworkConfig& c);
+NetworkConfig network_config_from_json(const std::string& text);
+
+void set_threads(int threads);  // 0 = all cores
+
+}  // namespace fetalhc::detail

@@ -1,0 +1,461 @@
+// fetalhc command-line interface: parses arguments and wires library calls, nothing more.
+// Exit codes: 0 everything measured, 1 some inputs failed, 2 usage error.
+#include "fetalhc/fetalhc.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr int kExitOk = 0, kExitSomeFailed = 1, kExitUsage = 2;
+
+std::string default_model() {
+    if (const char* env = std::getenv("FETALHC_MODEL")) return env;
+#ifdef FETALHC_DEFAULT_MODEL
+    return FETALHC_DEFAULT_MODEL;
+#else
+    return "models/fetalhc_unet.pt";
+#endif
+}
+
+void error(const std::string& msg) { std::fprintf(stderr, "error: %s\n", msg.c_str()); }
+
+std::string num(double v, int digits) {
+    if (!std::isfinite(v)) return "";
+    std::ostringstream s;
+    s.setf(std::ios::fixed);
+    s.precision(digits);
+    s << v;
+    return s.str();
+}
+
+std::string csv_quote(const std::string& s) {
+    if (s.find_first_of(",\"\n") == std::string::npos) return s;
+    std::string q = "\"";
+    for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return q + "\"";
+}
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
+    return s;
+}
+
+// ---- measure ------------------------------------------------------------------------------------
+
+struct MeasureArgs {
+    std::vector<std::string> paths;
+    double pixel_size = std::numeric_limits<double>::quiet_NaN();
+    std::string pixel_sizes_csv, format = "text", overlay_dir, model = default_model();
+    double ga_weeks = std::numeric_limits<double>::quiet_NaN();
+    int threads = 0;
+};
+
+void print_text(const fetalhc::Measurement& m) {
+    std::printf("%s\n", m.source.c_str());
+    std::printf("  HC   %.1f mm   BPD %.1f mm   OFD %.1f mm   cephalic index %.1f\n", m.hc_mm, m.bpd_mm, m.ofd_mm, m.cephalic_index);
+    const auto& e = m.ellipse_px;
+    std::printf("  ellipse (px)  centre (%.1f, %.1f)  a %.1f  b %.1f  angle %.3f rad   pixel size %.4f mm\n", e.cx, e.cy, e.a, e.b,
+                e.angle, m.pixel_size_mm);
+    auto ga = [](const char* name, const fetalhc::GaEstimate& g) {
+        if (g.in_range) std::printf("  GA %-13s %s (%.1f weeks)\n", name, fetalhc::format_weeks(g.weeks).c_str(), g.weeks);
+        else std::printf("  GA %-13s n/a: %s\n", name, g.note.c_str());
+    };
+    ga("Hadlock", m.ga_hadlock);
+    ga("INTERGROWTH", m.ga_intergrowth);
+    if (m.centile) {
+        const auto& c = *m.centile;
+        if (c.in_range)
+            std::printf("  HC for GA %.1f w: centile %.1f (z %.2f; median %.1f mm)%s\n", *m.ga_weeks_given, c.centile, c.z,
+                        c.median_mm, c.below_3rd ? "  BELOW 3rd" : c.above_97th ? "  ABOVE 97th" : "");
+        else std::printf("  centile n/a: %s\n", c.note.c_str());
+    }
+    std::printf("  quality %s%s%s\n", m.quality.c_str(), m.reasons.empty() ? "" : ": ", join(m.reasons, "; ").c_str());
+    std::printf("  time %.1f ms (decode %.1f, network %.1f, post %.1f, fit %.1f)\n", m.timings.total_ms, m.timings.decode_ms,
+                m.timings.network_ms, m.timings.postprocess_ms, m.timings.fit_ms);
+}
+
+int run_measure(const MeasureArgs& a) {
+    const bool have_size = std::isfinite(a.pixel_size) || !a.pixel_sizes_csv.empty();
+    if (std::isfinite(a.pixel_size) && !a.pixel_sizes_csv.empty()) {
+        error("give either --pixel-size or --pixel-sizes, not both");
+        return kExitUsage;
+    }
+    if (!have_size) {
+        error("the pixel size is missing: pass --pixel-size MM (mm per pixel) or --pixel-sizes CSV (filename,pixel size(mm))");
+        return kExitUsage;
+    }
+    if (std::isfinite(a.pixel_size)) {
+        if (auto e = fetalhc::check_pixel_size(a.pixel_size, "--pixel-size"); !e.empty()) {
+            error(e);
+            return kExitUsage;
+        }
+    }
+    if (!std::isnan(a.ga_weeks) && !(a.ga_weeks > 0 && a.ga_weeks < 45)) {
+        error("--ga-weeks must be a gestational age in weeks (e.g. 20.5), got " + std::to_string(a.ga_weeks));
+        return kExitUsage;
+    }
+    std::map<std::string, double> sizes;
+    if (!a.pixel_sizes_csv.empty()) {
+        auto s = fetalhc::read_pixel_sizes(a.pixel_sizes_csv);
+        if (!s) {
+            error(s.error());
+            return kExitUsage;
+        }
+        sizes = *s;
+    }
+    if (!a.overlay_dir.empty()) {
+        std::error_code ec;
+        fs::create_directories(a.overlay_dir, ec);
+        if (ec || !fs::is_directory(a.overlay_dir)) {
+            error("cannot create overlay folder '" + a.overlay_dir + "': " + ec.message());
+            return kExitUsage;
+        }
+    }
+    auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
+    if (!seg) {
+        error(seg.error());
+        return kExitUsage;
+    }
+    fetalhc::Measurer measurer(*seg);
+
+    const auto items = fetalhc::expand_inputs(a.paths);
+    int failed = 0;
+    json all = json::array();
+    if (a.format == "hc18") std::printf("filename,center_x_mm,center_y_mm,semi_axes_a_mm,semi_axes_b_mm,angle_rad\n");
+    if (a.format == "csv")
+        std::printf("file,hc_mm,bpd_mm,ofd_mm,cephalic_index,center_x_px,center_y_px,semi_axis_a_px,semi_axis_b_px,angle_rad,"
+                    "pixel_size_mm,ga_hadlock_weeks,ga_intergrowth_weeks,ga_given_weeks,centile,z,quality,reasons,error\n");
+    for (const auto& item : items) {
+        const std::string name = fs::path(item.path).filename().string();
+        fetalhc::Expected<fetalhc::Measurement> r = fetalhc::make_error(item.error);
+        cv::Mat gray;
+        if (item.error.empty()) {
+            fetalhc::MeasureOptions o;
+            if (!sizes.empty()) {
+                auto it = sizes.find(name);
+                o.pixel_size_mm = it == sizes.end() ? std::numeric_limits<double>::quiet_NaN() : it->second;
+                if (it == sizes.end())
+                    r = fetalhc::make_error("'" + name + "' has no row in '" + a.pixel_sizes_csv +
+                                            "'; add `" + name + ",<mm per pixel>` or use --pixel-size");
+            } else {
+                o.pixel_size_mm = a.pixel_size;
+            }
+            if (!std::isnan(a.ga_weeks)) o.ga_weeks = a.ga_weeks;
+            if (std::isfinite(o.pixel_size_mm) || sizes.empty()) {
+                auto img = fetalhc::load_grayscale(item.path);
+                if (!img) {
+                    r = fetalhc::make_error(img.error());
+                } else {
+                    gray = *img;
+                    r = measurer.measure(gray, o, item.path);
+                }
+            }
+        }
+        if (!r) {
+            ++failed;
+            error(r.error());
+        }
+        if (r && !a.overlay_dir.empty()) {
+            const fs::path out = fs::path(a.overlay_dir) / (fs::path(item.path).stem().string() + "_overlay.png");
+            if (!cv::imwrite(out.string(), fetalhc::draw_overlay(gray, *r))) error("cannot write overlay '" + out.string() + "'");
+        }
+        if (a.format == "hc18") {
+            if (r) {
+                const auto& e = r->ellipse_mm;
+                std::printf("%s,%s,%s,%s,%s,%s\n", name.c_str(), num(e.cx, 6).c_str(), num(e.cy, 6).c_str(), num(e.a, 6).c_str(),
+                            num(e.b, 6).c_str(), num(e.angle, 6).c_str());
+            } else {
+                std::printf("%s,,,,,\n", name.c_str());
+            }
+        } else if (a.format == "csv") {
+            if (r) {
+                const auto& m = *r;
+                const auto& e = m.ellipse_px;
+                std::string cent, z;
+                if (m.centile && m.centile->in_range) cent = num(m.centile->centile, 1), z = num(m.centile->z, 3);
+                std::printf("%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,\n", csv_quote(item.path).c_str(),
+                            num(m.hc_mm, 2).c_str(), num(m.bpd_mm, 2).c_str(), num(m.ofd_mm, 2).c_str(),
+                            num(m.cephalic_index, 1).c_str(), num(e.cx, 3).c_str(), num(e.cy, 3).c_str(), num(e.a, 3).c_str(),
+                            num(e.b, 3).c_str(), num(e.angle, 6).c_str(), num(m.pixel_size_mm, 6).c_str(),
+                            m.ga_hadlock.in_range ? num(m.ga_hadlock.weeks, 2).c_str() : "",
+                            m.ga_intergrowth.in_range ? num(m.ga_intergrowth.weeks, 2).c_str() : "",
+                            m.ga_weeks_given ? num(*m.ga_weeks_given, 2).c_str() : "", cent.c_str(), z.c_str(),
+                            m.quality.c_str(), csv_quote(join(m.reasons, "; ")).c_str());
+            } else {
+                std::printf("%s,,,,,,,,,,,,,,,,,,%s\n", csv_quote(item.path).c_str(), csv_quote(r.error()).c_str());
+            }
+        } else if (a.format == "json") {
+            all.push_back(r ? json::parse(fetalhc::to_json(*r)) : json{{"source", item.path}, {"error", r.error()}});
+        } else if (r) {
+            print_text(*r);
+        }
+        std::fflush(stdout);
+    }
+    if (a.format == "json") std::printf("%s\n", all.dump(2).c_str());
+    return failed ? kExitSomeFailed : kExitOk;
+}
+
+// ---- evaluate -------------------------------------------------------------------------------------
+
+struct EvalArgs {
+    std::string data, model = default_model(), split = "all";
+    bool json_out = false;
+    int worst = 10, threads = 0;
+};
+
+int run_evaluate(const EvalArgs& a) {
+    auto recs = fetalhc::read_hc18_training(a.data);
+    if (!recs) {
+        error(recs.error());
+        return kExitUsage;
+    }
+    auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
+    if (!seg) {
+        error(seg.error());
+        return kExitUsage;
+    }
+    std::vector<fetalhc::Hc18Record> chosen = *recs;
+    if (a.split != "all") {
+        // The split the model was trained with, read from the model's metadata.
+        json meta = json::parse(seg->info().metadata.empty() ? "{}" : seg->info().metadata, nullptr, false);
+        if (!meta.is_object() || !meta.contains("split_salt")) {
+            error("model '" + a.model + "' records no training split; use --split all");
+            return kExitUsage;
+        }
+        auto s = fetalhc::grouped_split(*recs, meta["validation_fraction"].get<double>(), meta["split_salt"].get<std::string>());
+        chosen = a.split == "validation" ? s.validation : s.train;
+    }
+    fetalhc::Measurer measurer(*seg);
+    const double t1 = fetalhc::intergrowth_hc_median(14), t2 = fetalhc::intergrowth_hc_median(28);
+    struct Row {
+        std::string file;
+        double ref_hc, hc = NAN, diff = NAN, dice = 0, hd_mm = NAN, iou = 0, score = 0;
+        std::string quality, error;
+        int trimester;
+    };
+    std::vector<Row> rows;
+    std::vector<fetalhc::Detection> dets;
+    double ms_total = 0;
+    for (const auto& r : chosen) {
+        Row row;
+        row.file = r.filename;
+        row.ref_hc = r.hc_mm;
+        row.trimester = r.hc_mm < t1 ? 1 : r.hc_mm < t2 ? 2 : 3;
+        fetalhc::MeasureOptions o;
+        o.pixel_size_mm = r.pixel_size_mm;
+        auto m = measurer.measure_file(r.image_path, o);
+        cv::Mat ref = r.mask_path.empty() ? cv::Mat() : cv::imread(r.mask_path, cv::IMREAD_GRAYSCALE);
+        fetalhc::Detection d;
+        if (m) {
+            ms_total += m->timings.total_ms;
+            row.hc = m->hc_mm;
+            row.diff = m->hc_mm - r.hc_mm;
+            row.quality = m->quality;
+            if (ref.empty() && r.has_ellipse) ref = fetalhc::rasterize(r.ellipse_px, m->image_size);
+            if (!ref.empty()) {
+                cv::Mat pred = fetalhc::rasterize(m->ellipse_px, ref.size());
+                row.dice = fetalhc::dice(pred, ref);
+                row.iou = fetalhc::iou(pred, ref);
+                row.hd_mm = fetalhc::hausdorff_px(pred, ref) * r.pixel_size_mm;
+            }
+            d.detected = true;
+            d.score = m->presence;
+            d.iou = row.iou;
+        } else {
+            row.error = m.error();
+        }
+        dets.push_back(d);
+        rows.push_back(row);
+    }
+    auto summarise = [&](int tri) {
+        json s;
+        std::vector<double> ad, sd, dc, hd;
+        int n = 0, failed = 0, review = 0;
+        for (const auto& r : rows) {
+            if (tri && r.trimester != tri) continue;
+            ++n;
+            if (!r.error.empty()) {
+                ++failed;
+                continue;
+            }
+            review += r.quality == "review";
+            ad.push_back(std::abs(r.diff));
+            sd.push_back(r.diff);
+            dc.push_back(r.dice);
+            hd.push_back(r.hd_mm);
+        }
+        auto mean = [](const std::vector<double>& v) {
+            double sum = 0;
+            for (double x : v) sum += x;
+            return v.empty() ? NAN : sum / v.size();
+        };
+        auto sdv = [&](const std::vector<double>& v) {
+            const double mu = mean(v);
+            double sum = 0;
+            for (double x : v) sum += (x - mu) * (x - mu);
+            return v.size() < 2 ? NAN : std::sqrt(sum / (v.size() - 1));
+        };
+        s["images"] = n;
+        s["failed"] = failed;
+        s["flagged_review"] = review;
+        s["hc_abs_diff_mm"] = {{"mean", mean(ad)}, {"sd", sdv(ad)}};
+        s["hc_signed_diff_mm"] = {{"mean", mean(sd)}, {"sd", sdv(sd)}};
+        s["dice"] = {{"mean", mean(dc)}, {"sd", sdv(dc)}};
+        s["hausdorff_mm"] = {{"mean", mean(hd)}, {"sd", sdv(hd)}};
+        s["over_10mm"] = std::count_if(ad.begin(), ad.end(), [](double x) { return x > 10; });
+        return s;
+    };
+    json out;
+    out["data"] = a.data;
+    out["model"] = a.model;
+    out["split"] = a.split;
+    out["overall"] = summarise(0);
+    out["trimester_boundaries_hc_mm"] = {t1, t2};
+    out["per_trimester"] = {{"first", summarise(1)}, {"second", summarise(2)}, {"third", summarise(3)}};
+    double ap_sum = 0, ar_sum = 0;
+    for (int k = 0; k < 10; ++k) {
+        ap_sum += fetalhc::average_precision(dets, 0.5 + 0.05 * k);
+        ar_sum += fetalhc::recall(dets, 0.5 + 0.05 * k);
+    }
+    out["mask_ap50"] = fetalhc::average_precision(dets, 0.5);
+    out["mask_ap"] = ap_sum / 10;
+    out["mask_ar"] = ar_sum / 10;
+    out["mean_ms_per_image"] = rows.empty() ? 0 : ms_total / rows.size();
+    std::vector<const Row*> order;
+    for (const auto& r : rows) order.push_back(&r);
+    std::sort(order.begin(), order.end(), [](const Row* x, const Row* y) {
+        const double ex = x->error.empty() ? std::abs(x->diff) : 1e9, ey = y->error.empty() ? std::abs(y->diff) : 1e9;
+        return ex > ey;
+    });
+    json worst = json::array();
+    for (int i = 0; i < std::min<int>(a.worst, int(order.size())); ++i) {
+        const Row& r = *order[i];
+        json w{{"file", r.file}, {"ref_hc_mm", r.ref_hc}, {"trimester", r.trimester}};
+        if (r.error.empty()) w.update({{"hc_mm", r.hc}, {"diff_mm", r.diff}, {"dice", r.dice}, {"quality", r.quality}});
+        else w["error"] = r.error;
+        worst.push_back(w);
+    }
+    out["worst"] = worst;
+    if (a.json_out) {
+        std::printf("%s\n", out.dump(2).c_str());
+    } else {
+        auto line = [](const char* name, const json& s) {
+            std::printf("%-8s n=%4d  |HC diff| %6.2f +- %5.2f mm  signed %+6.2f mm  Dice %6.2f%%  HD %5.2f mm  >10mm %d  failed %d  review %d\n",
+                        name, s["images"].get<int>(), s["hc_abs_diff_mm"]["mean"].get<double>(),
+                        s["hc_abs_diff_mm"]["sd"].is_number() ? s["hc_abs_diff_mm"]["sd"].get<double>() : 0.0,
+                        s["hc_signed_diff_mm"]["mean"].get<double>(), 100 * s["dice"]["mean"].get<double>(),
+                        s["hausdorff_mm"]["mean"].get<double>(), s["over_10mm"].get<int>(), s["failed"].get<int>(),
+                        s["flagged_review"].get<int>());
+        };
+        std::printf("fetalhc evaluate: %s (%s split), model %s\n", a.data.c_str(), a.split.c_str(), a.model.c_str());
+        line("all", out["overall"]);
+        for (const char* t : {"first", "second", "third"})
+            if (out["per_trimester"][t]["images"].get<int>() > 0 && out["per_trimester"][t]["hc_abs_diff_mm"]["mean"].is_number())
+                line(t, out["per_trimester"][t]);
+        std::printf("mask AP50 %.3f  AP[.5:.95] %.3f  AR %.3f  mean %.1f ms/image\nworst:\n", out["mask_ap50"].get<double>(),
+                    out["mask_ap"].get<double>(), out["mask_ar"].get<double>(), out["mean_ms_per_image"].get<double>());
+        for (const auto& w : worst) std::printf("  %s\n", w.dump().c_str());
+    }
+    const bool any_failed = out["overall"]["failed"].get<int>() > 0;
+    return any_failed ? kExitSomeFailed : kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"fetalhc - fetal head circumference (HC) from 2D ultrasound images"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", std::string("fetalhc ") + FETALHC_VERSION_STRING);
+
+    MeasureArgs ma;
+    auto* meas = app.add_subcommand("measure", "measure HC, BPD, OFD, GA (and centile) on images or folders");
+    meas->add_option("paths", ma.paths, "image files (PNG, JPEG, BMP, TIFF) or folders of them")->required();
+    meas->add_option("--pixel-size", ma.pixel_size, "pixel size in mm per pixel, for every image");
+    meas->add_option("--pixel-sizes", ma.pixel_sizes_csv, "CSV `filename,pixel size(mm)` (the HC18 layout)");
+    meas->add_option("--ga-weeks", ma.ga_weeks, "known gestational age in weeks, for the INTERGROWTH-21st centile");
+    meas->add_option("--format", ma.format, "output format")->check(CLI::IsMember({"text", "json", "csv", "hc18"}))->capture_default_str();
+    meas->add_option("--overlay", ma.overlay_dir, "write <image>_overlay.png with the ellipse and numbers into this folder");
+    meas->add_option("--threads", ma.threads, "CPU threads for the network (0 = all cores)")->capture_default_str();
+    meas->add_option("--model", ma.model, "model file (or set FETALHC_MODEL)")->capture_default_str();
+
+    EvalArgs ea;
+    auto* ev = app.add_subcommand("evaluate", "HC18 metrics (HC difference, Dice, Hausdorff, mask AP/AR) on a labelled folder");
+    ev->add_option("--data", ea.data, "HC18-layout folder (training_set/ + training_set_pixel_size_and_HC.csv)")->required();
+    ev->add_option("--split", ea.split, "which images: all, or the model's grouped validation/train split")
+        ->check(CLI::IsMember({"all", "validation", "train"}))->capture_default_str();
+    ev->add_flag("--json", ea.json_out, "print JSON instead of a table");
+    ev->add_option("--worst", ea.worst, "how many worst cases to list")->capture_default_str();
+    ev->add_option("--threads", ea.threads, "CPU threads (0 = all cores)")->capture_default_str();
+    ev->add_option("--model", ea.model, "model file")->capture_default_str();
+
+    std::string coco_data, coco_out;
+    auto* ds = app.add_subcommand("dataset", "data set tools");
+    ds->require_subcommand(1);
+    auto* coco = ds->add_subcommand("coco", "export HC18 masks as COCO instance-segmentation annotations");
+    coco->add_option("--data", coco_data, "HC18-layout folder")->required();
+    coco->add_option("--out", coco_out, "annotations JSON to write")->required();
+
+    std::string tdata, tconfig, tout;
+    bool resume = false;
+    long long max_steps = -1;
+    int limit = 0;
+    auto* tr = app.add_subcommand("train", "train the segmentation network from scratch (LibTorch, CPU)");
+    tr->add_option("--data", tdata, "HC18-layout data folder")->required();
+    tr->add_option("--config", tconfig, "training config JSON (see configs/default.json)")->required();
+    tr->add_option("--out", tout, "run folder: checkpoints, split.json, report.json, model.pt")->required();
+    tr->add_flag("--resume", resume, "resume from the run folder's last checkpoint");
+    tr->add_option("--max-steps", max_steps, "stop after this many optimizer steps (smoke tests)");
+    tr->add_option("--limit", limit, "use at most N images on each side of the split (smoke tests)");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        const int rc = app.exit(e);
+        return rc == 0 ? kExitOk : kExitUsage;
+    }
+
+    if (meas->parsed()) return run_measure(ma);
+    if (ev->parsed()) return run_evaluate(ea);
+    if (coco->parsed()) {
+        auto recs = fetalhc::read_hc18_training(coco_data);
+        if (!recs) return error(recs.error()), kExitUsage;
+        auto j = fetalhc::coco_annotations_json(*recs);
+        if (!j) return error(j.error()), kExitSomeFailed;
+        std::ofstream o(coco_out);
+        if (!(o << *j)) return error("cannot write '" + coco_out + "'"), kExitSomeFailed;
+        std::fprintf(stderr, "wrote %zu images to %s\n", recs->size(), coco_out.c_str());
+        return kExitOk;
+    }
+    if (tr->parsed()) {
+        auto cfg = fetalhc::load_train_config(tconfig);
+        if (!cfg) return error(cfg.error()), kExitUsage;
+        fetalhc::TrainOptions o;
+        o.data_dir = tdata;
+        o.out_dir = tout;
+        o.resume = resume;
+        o.max_steps = max_steps;
+        o.limit = limit;
+        auto r = fetalhc::train(*cfg, o);
+        if (!r) return error(r.error()), kExitSomeFailed;
+        std::fprintf(stderr, "model: %s (best validation HC MAD %.2f mm, %d epochs, %.0f s)\n", r->model_path.c_str(),
+                     r->best_hc_mad_mm, r->epochs_done, r->wall_seconds);
+        return kExitOk;
+    }
+    return kExitUsage;
+}
