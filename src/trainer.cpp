@@ -447,7 +447,7 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
                 const double el = std::chrono::duration<double>(Clock::now() - run_start).count();
                 const double per = el / std::max<long long>(1, step - run_start_step);
                 const long long left = (opt.max_steps >= 0 ? std::min(opt.max_steps, total_steps) : total_steps) - step;
-                if (tty || s + 1 == steps_per_epoch || (s + 1) % std::max(1, steps_per_epoch / 4) == 0) {
+                if (opt.progress && (tty || s + 1 == steps_per_epoch || (s + 1) % std::max(1, steps_per_epoch / 4) == 0)) {
                     const int width = 24, done = int(width * double(s + 1) / steps_per_epoch);
                     std::fprintf(stderr, "%sepoch %d/%d [%s%s] %d/%d loss %.4f lr %.2e %.2f s/step ETA %s%s", tty ? "\r" : "",
                                  epoch + 1, cfg.epochs, std::string(done, '#').c_str(), std::string(width - done, '.').c_str(),

@@ -1,0 +1,79 @@
+// Pipeline stage benchmarks at 800x540: decode, network, post-process (boundary), fit, end to end.
+// Run: build/bench/bench_pipeline [--benchmark_repetitions=5 --benchmark_report_aggregates_only=true]
+// Synthetic image with a fixed seed, so runs are comparable; the shipped model is used.
+#include "fetalhc/fetalhc.h"
+
+#include <benchmark/benchmark.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <filesystem>
+
+namespace {
+
+cv::Mat synthetic_scan(int w, int h) {
+    cv::Mat img(h, w, CV_8U);
+    cv::setRNGSeed(1234);
+    cv::randu(img, 10, 70);
+    cv::GaussianBlur(img, img, {0, 0}, 1.5);
+    cv::ellipse(img, {w / 2, h / 2}, {w / 4, h / 3}, 20, 0, 360, cv::Scalar(230), 6);
+    return img;
+}
+
+const fetalhc::Segmenter& segmenter() {
+    static auto s = fetalhc::Segmenter::load(FETALHC_DEFAULT_MODEL, {2});
+    if (!s) throw std::runtime_error(s.error());
+    return *s;
+}
+
+std::vector<unsigned char> png_bytes(const cv::Mat& img) {
+    std::vector<unsigned char> buf;
+    cv::imencode(".png", img, buf);
+    return buf;
+}
+
+void BM_Decode(benchmark::State& st) {
+    auto bytes = png_bytes(synthetic_scan(int(st.range(1)), int(st.range(0))));
+    for (auto _ : st) benchmark::DoNotOptimize(fetalhc::decode_grayscale(bytes, "bench.png"));
+}
+
+void BM_Network(benchmark::State& st) {
+    cv::Mat img = synthetic_scan(int(st.range(1)), int(st.range(0)));
+    for (auto _ : st) benchmark::DoNotOptimize(segmenter().segment(img));
+}
+
+void BM_Boundary(benchmark::State& st) {
+    cv::Mat img = synthetic_scan(int(st.range(1)), int(st.range(0)));
+    auto seg = segmenter().segment(img);
+    for (auto _ : st) benchmark::DoNotOptimize(fetalhc::extract_boundary(seg, img));
+}
+
+void BM_Fit(benchmark::State& st) {
+    cv::Mat img = synthetic_scan(int(st.range(1)), int(st.range(0)));
+    auto b = fetalhc::extract_boundary(segmenter().segment(img), img);
+    if (b.points.size() < 12) {
+        st.SkipWithError("no boundary found on the synthetic image");
+        return;
+    }
+    for (auto _ : st) benchmark::DoNotOptimize(fetalhc::fit_ellipse(b.points));
+}
+
+void BM_EndToEnd(benchmark::State& st) {
+    auto bytes = png_bytes(synthetic_scan(int(st.range(1)), int(st.range(0))));
+    fetalhc::Measurer m(segmenter());
+    fetalhc::MeasureOptions o;
+    o.pixel_size_mm = 0.15;
+    for (auto _ : st) {
+        auto img = fetalhc::decode_grayscale(bytes, "bench.png");
+        benchmark::DoNotOptimize(m.measure(*img, o, "bench.png"));
+    }
+}
+
+}  // namespace
+
+BENCHMARK(BM_Decode)->Args({540, 800})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Network)->Args({540, 800})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Boundary)->Args({540, 800})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Fit)->Args({540, 800})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_EndToEnd)->Args({540, 800})->Unit(benchmark::kMillisecond);
+BENCHMARK_MAIN();

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs fetalhc's build dependencies from Debian 12 and builds everything into build/.
+# Usage: scripts/setup.sh            (then: build/fetalhc --help)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(build-essential cmake ninja-build pkg-config libtorch-dev libopencv-dev libcli11-dev
+          nlohmann-json3-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+cmake --preset release >/dev/null
+cmake --build --preset release -j "$(nproc)"
+echo "setup: built build/fetalhc" >&2

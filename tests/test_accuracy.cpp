@@ -1,0 +1,66 @@
+// Accuracy of the shipped model on its grouped validation split of ../shared/hc18.
+// Skips (with a message) when the data or the model is absent.
+#include "fetalhc/hc18.h"
+#include "fetalhc/image_io.h"
+#include "fetalhc/measure.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+namespace fs = std::filesystem;
+using namespace fetalhc;
+
+namespace {
+
+// The model card states the figure in a line "validation_hc_mad_mm: X.XX".
+double model_card_mad() {
+    std::ifstream in(FETALHC_MODEL_CARD);
+    std::string line;
+    const std::regex re(R"(validation_hc_mad_mm:\s*([0-9.]+))");
+    std::smatch m;
+    while (std::getline(in, line))
+        if (std::regex_search(line, m, re)) return std::stod(m[1]);
+    return NAN;
+}
+
+}  // namespace
+
+TEST(ShippedModel, ValidationSplitHcMadMeetsTargetAndMatchesModelCard) {
+    const std::string data = FETALHC_DATA_DIR, model = FETALHC_DEFAULT_MODEL;
+    if (!fs::exists(fs::path(data) / "training_set")) GTEST_SKIP() << "HC18 data not found at " << data << "; accuracy not checked";
+    if (!fs::exists(model)) GTEST_SKIP() << "model " << model << " not found";
+    auto seg = Segmenter::load(model, {0});
+    ASSERT_TRUE(seg) << seg.error();
+    auto meta = nlohmann::json::parse(seg->info().metadata);
+    auto recs = read_hc18_training(data);
+    ASSERT_TRUE(recs) << recs.error();
+    Split split = grouped_split(*recs, meta["validation_fraction"].get<double>(), meta["split_salt"].get<std::string>());
+    ASSERT_GT(split.validation.size(), 100u);
+
+    Measurer m(*seg);
+    double abs_sum = 0;
+    int failed = 0;
+    for (const auto& r : split.validation) {
+        MeasureOptions o;
+        o.pixel_size_mm = r.pixel_size_mm;
+        auto res = m.measure_file(r.image_path, o);
+        if (res) {
+            abs_sum += std::abs(res->hc_mm - r.hc_mm);
+        } else {
+            ++failed;
+            abs_sum += r.hc_mm;  // a failure counts as missing the whole head
+        }
+    }
+    const double mad = abs_sum / split.validation.size();
+    std::printf("validation HC MAD %.3f mm over %zu images (%d failed)\n", mad, split.validation.size(), failed);
+    EXPECT_LE(mad, 2.5) << "acceptance: HC mean absolute difference <= 2.5 mm";
+    const double card = model_card_mad();
+    ASSERT_TRUE(std::isfinite(card)) << "models/MODEL_CARD.md lacks a 'validation_hc_mad_mm:' line";
+    // The card is rounded to 0.01 mm; oneDNN kernels may differ in the last bits between CPUs.
+    EXPECT_NEAR(mad, card, 0.02) << "the model card's figure does not match this run";
+}

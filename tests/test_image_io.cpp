@@ -1,0 +1,408 @@
+// Tests for fetalhc/image_io.h: decoding every supported format to 8-bit grayscale, error
+// messages for unusable files, and the expansion of folders into image lists.
+//
+// Tolerance classes:
+//   - exact: lossless formats (PNG, TIFF, BMP) of gray images must round-trip bit for bit;
+//   - colour conversion: OpenCV's fixed-point BGR->gray rounds, so luminance is checked within 1;
+//   - 16-bit scaling: v * 255 / max rounded to 8 bits, within 1 grey level;
+//   - JPEG: lossy; a smooth gradient at quality 95 stays within a mean error of 2 grey levels.
+#include "fetalhc/image_io.h"
+
+#include <gtest/gtest.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh folder per test, removed afterwards.
+class ImageIo : public ::testing::Test {
+protected:
+    void SetUp() override {
+        static std::atomic<int> counter{0};
+        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+        dir_ = fs::temp_directory_path() /
+               ("fetalhc_test_image_io_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + "_" + info->name());
+        fs::remove_all(dir_);
+        fs::create_directories(dir_);
+    }
+    void TearDown() override {
+        std::error_code ec;
+        fs::remove_all(dir_, ec);
+    }
+
+    std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+    std::string write_image(const std::string& name, const cv::Mat& img, const std::vector<int>& params = {}) const {
+        const std::string p = path(name);
+        EXPECT_TRUE(cv::imwrite(p, img, params)) << "test setup: cannot write " << p;
+        return p;
+    }
+
+    std::string write_bytes(const std::string& name, const std::string& bytes) const {
+        const std::string p = path(name);
+        std::ofstream out(p, std::ios::binary);
+        out << bytes;
+        return p;
+    }
+
+    std::string read_bytes(const std::string& p) const {
+        std::ifstream in(p, std::ios::binary);
+        return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    }
+
+    fs::path dir_;
+};
+
+// A smooth 8-bit pattern with every grey level present, so round trips are meaningful.
+cv::Mat gray_pattern(int w = 96, int h = 64) {
+    cv::Mat m(h, w, CV_8U);
+    for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) m.at<uint8_t>(y, x) = static_cast<uint8_t>((x * 255 / (w - 1) + y) % 256);
+    return m;
+}
+
+double max_abs_diff(const cv::Mat& a, const cv::Mat& b) {
+    cv::Mat d;
+    cv::absdiff(a, b, d);
+    double mx = 0;
+    cv::minMaxLoc(d, nullptr, &mx);
+    return mx;
+}
+
+void expect_gray8(const cv::Mat& m, cv::Size size) {
+    EXPECT_EQ(m.type(), CV_8UC1);
+    EXPECT_EQ(m.size(), size);
+    EXPECT_TRUE(m.isContinuous());
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+    return haystack.find(needle) != std::string::npos;
+}
+
+// ---- supported inputs -------------------------------------------------------------------------------
+
+TEST_F(ImageIo, Gray8PngRoundTripsExactly) {
+    const cv::Mat src = gray_pattern();
+    auto img = fetalhc::load_grayscale(write_image("gray.png", src));
+    ASSERT_TRUE(img) << img.error();
+    expect_gray8(*img, src.size());
+    EXPECT_EQ(max_abs_diff(*img, src), 0);
+}
+
+TEST_F(ImageIo, BgrPngBecomesLuminance) {
+    // Uniform colour B=10, G=200, R=50: Y = 0.299 R + 0.587 G + 0.114 B = 133.49.
+    cv::Mat src(48, 64, CV_8UC3, cv::Scalar(10, 200, 50));
+    auto img = fetalhc::load_grayscale(write_image("colour.png", src));
+    ASSERT_TRUE(img) << img.error();
+    expect_gray8(*img, src.size());
+    double lo, hi;
+    cv::minMaxLoc(*img, &lo, &hi);
+    EXPECT_NEAR(lo, 133.49, 1.0);
+    EXPECT_NEAR(hi, 133.49, 1.0);
+}
+
+TEST_F(ImageIo, GrayStoredAsBgrKeepsItsValues) {
+    // Ultrasound exported as RGB with R = G = B must come back unchanged.
+    const cv::Mat gray = gray_pattern();
+    cv::Mat bgr;
+    cv::cvtColor(gray, bgr, cv::COLOR_GRAY2BGR);
+    auto img = fetalhc::load_grayscale(write_image("rgb_gray.png", bgr));
+    ASSERT_TRUE(img) << img.error();
+    EXPECT_LE(max_abs_diff(*img, gray), 1);
+}
+
+TEST_F(ImageIo, BgraPngIgnoresAlpha) {
+    cv::Mat src(40, 50, CV_8UC4, cv::Scalar(10, 200, 50, 128));
+    auto img = fetalhc::load_grayscale(write_image("alpha.png", src));
+    ASSERT_TRUE(img) << img.error();
+    expect_gray8(*img, src.size());
+    EXPECT_NEAR(img->at<uint8_t>(20, 25), 133.49, 1.0);
+}
+
+TEST_F(ImageIo, Gray16PngIsScaledByItsMaximum) {
+    // Values 0..4000 in 16 bits: the maximum maps to 255 and v to v * 255 / 4000.
+    cv::Mat src(64, 80, CV_16U);
+    for (int y = 0; y < src.rows; ++y)
+        for (int x = 0; x < src.cols; ++x) src.at<uint16_t>(y, x) = static_cast<uint16_t>(x * 50);  // 0..3950
+    src.at<uint16_t>(0, 0) = 4000;
+    auto img = fetalhc::load_grayscale(write_image("deep.png", src));
+    ASSERT_TRUE(img) << img.error();
+    expect_gray8(*img, src.size());
+    EXPECT_EQ(img->at<uint8_t>(0, 0), 255);
+    for (int x : {1, 10, 40, 79}) EXPECT_NEAR(img->at<uint8_t>(5, x), x * 50 * 255.0 / 4000.0, 1.0) << "x=" << x;
+}
+
+TEST_F(ImageIo, Gray16WithSmallValuesIsStretchedNotCrushed) {
+    // A 12-bit detector's values 0..1023 must not all collapse to 0..3 (dividing by 256 would).
+    cv::Mat src(40, 40, CV_16U, cv::Scalar(0));
+    src(cv::Rect(0, 0, 20, 40)).setTo(1023);
+    auto img = fetalhc::load_grayscale(write_image("twelve_bit.png", src));
+    ASSERT_TRUE(img) << img.error();
+    EXPECT_EQ(img->at<uint8_t>(10, 5), 255);
+    EXPECT_EQ(img->at<uint8_t>(10, 30), 0);
+}
+
+TEST_F(ImageIo, TiffRoundTripsExactly) {
+    const cv::Mat src = gray_pattern();
+    auto img = fetalhc::load_grayscale(write_image("scan.tif", src));
+    ASSERT_TRUE(img) << img.error();
+    expect_gray8(*img, src.size());
+    EXPECT_EQ(max_abs_diff(*img, src), 0);
+}
+
+TEST_F(ImageIo, BmpRoundTripsExactly) {
+    const cv::Mat src = gray_pattern();
+    auto img = fetalhc::load_grayscale(write_image("scan.bmp", src));
+    ASSERT_TRUE(img) << img.error();
+    expect_gray8(*img, src.size());
+    EXPECT_EQ(max_abs_diff(*img, src), 0);
+}
+
+TEST_F(ImageIo, JpegDecodesCloseToTheOriginal) {
+    cv::Mat src(64, 96, CV_8U);
+    for (int y = 0; y < src.rows; ++y)
+        for (int x = 0; x < src.cols; ++x) src.at<uint8_t>(y, x) = static_cast<uint8_t>(40 + x + y);
+    auto img = fetalhc::load_grayscale(write_image("scan.jpg", src, {cv::IMWRITE_JPEG_QUALITY, 95}));
+    ASSERT_TRUE(img) << img.error();
+    expect_gray8(*img, src.size());
+    cv::Mat d;
+    cv::absdiff(*img, src, d);
+    EXPECT_LT(cv::mean(d)[0], 2.0);
+}
+
+TEST_F(ImageIo, ColourJpegDecodes) {
+    cv::Mat src(64, 96, CV_8UC3, cv::Scalar(10, 200, 50));
+    auto img = fetalhc::load_grayscale(write_image("colour.jpeg", src, {cv::IMWRITE_JPEG_QUALITY, 95}));
+    ASSERT_TRUE(img) << img.error();
+    expect_gray8(*img, src.size());
+    EXPECT_NEAR(cv::mean(*img)[0], 133.49, 2.0);
+}
+
+TEST_F(ImageIo, ExtensionDoesNotDecideTheDecoder) {
+    // A PNG saved with a .jpg name (common after renaming) still decodes: the bytes decide.
+    const cv::Mat src = gray_pattern();
+    const std::string png = write_image("real.png", src);
+    const std::string renamed = write_bytes("renamed.jpg", read_bytes(png));
+    auto img = fetalhc::load_grayscale(renamed);
+    ASSERT_TRUE(img) << img.error();
+    EXPECT_EQ(max_abs_diff(*img, src), 0);
+}
+
+TEST_F(ImageIo, SmallestAcceptedSizeLoads) {
+    cv::Mat src(fetalhc::kMinImageSide, fetalhc::kMinImageSide, CV_8U, cv::Scalar(77));
+    auto img = fetalhc::load_grayscale(write_image("min.png", src));
+    ASSERT_TRUE(img) << img.error();
+    expect_gray8(*img, src.size());
+}
+
+TEST_F(ImageIo, DecodeGrayscaleReadsBytesInMemory) {
+    const cv::Mat src = gray_pattern();
+    std::vector<unsigned char> bytes;
+    ASSERT_TRUE(cv::imencode(".png", src, bytes));
+    auto img = fetalhc::decode_grayscale(bytes, "upload.png");
+    ASSERT_TRUE(img) << img.error();
+    EXPECT_EQ(max_abs_diff(*img, src), 0);
+}
+
+// ---- to_gray8 on Mats --------------------------------------------------------------------------------
+
+TEST(ToGray8, FloatImageIsScaledByItsMaximum) {
+    cv::Mat f(40, 40, CV_32F, cv::Scalar(0.25f));
+    f.at<float>(0, 0) = 1.0f;
+    auto g = fetalhc::to_gray8(f, "float");
+    ASSERT_TRUE(g) << g.error();
+    EXPECT_EQ(g->type(), CV_8UC1);
+    EXPECT_EQ(g->at<uint8_t>(0, 0), 255);
+    EXPECT_NEAR(g->at<uint8_t>(10, 10), 0.25 * 255, 1.0);
+}
+
+TEST(ToGray8, RoiOfALargerImageComesBackContinuous) {
+    cv::Mat big = gray_pattern(200, 100);
+    cv::Mat roi = big(cv::Rect(10, 10, 64, 48));
+    ASSERT_FALSE(roi.isContinuous());
+    auto g = fetalhc::to_gray8(roi, "roi");
+    ASSERT_TRUE(g) << g.error();
+    expect_gray8(*g, roi.size());
+    EXPECT_EQ(max_abs_diff(*g, roi), 0);
+}
+
+TEST(ToGray8, TwoChannelsAreRejectedByName) {
+    cv::Mat two(40, 40, CV_8UC2, cv::Scalar(1, 2));
+    auto g = fetalhc::to_gray8(two, "odd.png");
+    ASSERT_FALSE(g);
+    EXPECT_TRUE(contains(g.error(), "odd.png")) << g.error();
+    EXPECT_TRUE(contains(g.error(), "2 channels")) << g.error();
+}
+
+TEST(ToGray8, EmptyMatIsAnError) {
+    auto g = fetalhc::to_gray8(cv::Mat(), "nothing.png");
+    ASSERT_FALSE(g);
+    EXPECT_TRUE(contains(g.error(), "nothing.png")) << g.error();
+}
+
+// ---- unusable files: the message names the file ----------------------------------------------------
+
+TEST_F(ImageIo, MissingFileIsNamed) {
+    const std::string p = path("no_such_scan.png");
+    auto img = fetalhc::load_grayscale(p);
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), p)) << img.error();
+    EXPECT_TRUE(contains(img.error(), "does not exist")) << img.error();
+}
+
+TEST_F(ImageIo, DirectoryIsNotAnImage) {
+    fs::create_directories(dir_ / "scans.png");  // a folder, even with an image-like name
+    auto img = fetalhc::load_grayscale(path("scans.png"));
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), path("scans.png"))) << img.error();
+    EXPECT_TRUE(contains(img.error(), "folder")) << img.error();
+}
+
+TEST_F(ImageIo, TextFileNamedPngIsNotAnImage) {
+    const std::string p = write_bytes("notes.png", "this is a text file, not an ultrasound scan\n");
+    auto img = fetalhc::load_grayscale(p);
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), p)) << img.error();
+    EXPECT_TRUE(contains(img.error(), "not a readable image")) << img.error();
+}
+
+TEST_F(ImageIo, TruncatedPngIsAnError) {
+    // Keep the signature and header but cut the image data short, as an interrupted copy would.
+    const std::string full = read_bytes(write_image("full.png", gray_pattern(400, 300)));
+    ASSERT_GT(full.size(), 400u);
+    const std::string p = write_bytes("cut.png", full.substr(0, 200));
+    auto img = fetalhc::load_grayscale(p);
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), p)) << img.error();
+}
+
+TEST_F(ImageIo, ZeroByteFileIsAnError) {
+    const std::string p = write_bytes("empty.png", "");
+    auto img = fetalhc::load_grayscale(p);
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), p)) << img.error();
+    EXPECT_TRUE(contains(img.error(), "0 bytes")) << img.error();
+}
+
+TEST_F(ImageIo, TinyImageIsRejectedWithItsSize) {
+    const std::string p = write_image("tiny.png", cv::Mat(10, 10, CV_8U, cv::Scalar(128)));
+    auto img = fetalhc::load_grayscale(p);
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), p)) << img.error();
+    EXPECT_TRUE(contains(img.error(), "10x10")) << img.error();
+}
+
+TEST_F(ImageIo, ThinImageIsRejected) {
+    // Large in one direction is not enough: both sides must reach the minimum.
+    const std::string p = write_image("strip.png", cv::Mat(fetalhc::kMinImageSide - 1, 500, CV_8U, cv::Scalar(9)));
+    auto img = fetalhc::load_grayscale(p);
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), p)) << img.error();
+}
+
+TEST(DecodeGrayscale, EmptyBytesNameTheUpload) {
+    auto img = fetalhc::decode_grayscale({}, "upload-17.png");
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), "upload-17.png")) << img.error();
+}
+
+TEST(DecodeGrayscale, GarbageBytesNameTheUpload) {
+    const std::string junk = "GIF89a? no, just junk";
+    auto img = fetalhc::decode_grayscale(std::vector<unsigned char>(junk.begin(), junk.end()), "form-field");
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), "form-field")) << img.error();
+}
+
+// ---- expand_inputs --------------------------------------------------------------------------------------
+
+TEST(HasImageExtension, KnowsTheSupportedFormatsInAnyCase) {
+    for (const char* p : {"a.png", "a.PNG", "b.jpg", "b.JPEG", "c.bmp", "d.tif", "d.TIFF", "dir.x/e.Png"})
+        EXPECT_TRUE(fetalhc::has_image_extension(p)) << p;
+    for (const char* p : {"a.txt", "a.csv", "png", "a.png.bak", "a", "a.gif", "dir.png/readme"})
+        EXPECT_FALSE(fetalhc::has_image_extension(p)) << p;
+}
+
+TEST_F(ImageIo, FolderExpandsToSortedImagesWithoutMasksOrOtherFiles) {
+    const cv::Mat m = gray_pattern();
+    write_image("b_HC.png", m);
+    write_image("a_HC.jpg", m);
+    write_image("a_HC_Mask.png", m);  // HC18 label beside its image: not an input
+    write_image("c.TIFF", m);
+    write_bytes("notes.txt", "not an image");
+    write_bytes("pixel_sizes.csv", "a_HC.jpg,0.1\n");
+    fs::create_directories(dir_ / "sub");  // folders are not entered
+    write_image("sub/d.png", m);
+
+    const auto items = fetalhc::expand_inputs({dir_.string()});
+    std::vector<std::string> names;
+    for (const auto& it : items) {
+        EXPECT_TRUE(it.error.empty()) << it.path << ": " << it.error;
+        names.push_back(fs::path(it.path).filename().string());
+    }
+    EXPECT_EQ(names, (std::vector<std::string>{"a_HC.jpg", "b_HC.png", "c.TIFF"}));
+    // Each path is usable as is.
+    for (const auto& it : items) EXPECT_TRUE(fs::exists(it.path)) << it.path;
+}
+
+TEST_F(ImageIo, EmptyFolderIsAnErrorEntryNamingIt) {
+    fs::create_directories(dir_ / "empty");
+    const auto items = fetalhc::expand_inputs({path("empty")});
+    ASSERT_EQ(items.size(), 1u);
+    EXPECT_FALSE(items[0].error.empty());
+    EXPECT_TRUE(contains(items[0].error, path("empty"))) << items[0].error;
+}
+
+TEST_F(ImageIo, FolderWithOnlyMasksAndTextIsAnErrorEntry) {
+    fs::create_directories(dir_ / "labels");
+    write_image("labels/001_HC_Mask.png", gray_pattern());
+    write_bytes("labels/readme.txt", "masks only");
+    const auto items = fetalhc::expand_inputs({path("labels")});
+    ASSERT_EQ(items.size(), 1u);
+    EXPECT_FALSE(items[0].error.empty());
+}
+
+TEST_F(ImageIo, MissingPathPassesThroughAndFailsAtLoad) {
+    const std::string missing = path("gone.png");
+    const auto items = fetalhc::expand_inputs({missing});
+    ASSERT_EQ(items.size(), 1u);
+    EXPECT_EQ(items[0].path, missing);
+    EXPECT_TRUE(items[0].error.empty()) << "the error belongs to load time, not to expansion";
+    auto img = fetalhc::load_grayscale(items[0].path);
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), missing)) << img.error();
+}
+
+TEST_F(ImageIo, MixedInputsKeepTheGivenOrder) {
+    const cv::Mat m = gray_pattern();
+    fs::create_directories(dir_ / "folder");
+    write_image("folder/y.png", m);
+    write_image("folder/x.png", m);
+    const std::string z = write_image("z.png", m);
+    fs::create_directories(dir_ / "nothing");
+    const auto items = fetalhc::expand_inputs({z, path("folder"), path("nothing"), path("missing.png")});
+    ASSERT_EQ(items.size(), 5u);
+    EXPECT_EQ(items[0].path, z);
+    EXPECT_EQ(fs::path(items[1].path).filename(), "x.png");
+    EXPECT_EQ(fs::path(items[2].path).filename(), "y.png");
+    EXPECT_FALSE(items[3].error.empty());
+    EXPECT_EQ(items[4].path, path("missing.png"));
+    EXPECT_TRUE(items[4].error.empty());
+}
+
+TEST(ExpandInputs, NothingInNothingOut) {
+    EXPECT_TRUE(fetalhc::expand_inputs({}).empty());
+}
+
+}  // namespace

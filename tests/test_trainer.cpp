@@ -1,0 +1,179 @@
+// Trainer smoke test: 2 steps on a synthetic HC18-layout folder, save, reload, infer, resume.
+#include "fetalhc/hc18.h"
+#include "fetalhc/measure.h"
+#include "fetalhc/segmenter.h"
+#include "fetalhc/trainer.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+namespace fs = std::filesystem;
+using namespace fetalhc;
+
+namespace {
+
+// A tiny data set in the HC18 layout: bright elliptic rings in speckle, with filled masks.
+fs::path make_synthetic_hc18(const fs::path& root, int exams) {
+    fs::create_directories(root / "training_set");
+    std::ofstream csv(root / "training_set_pixel_size_and_HC.csv");
+    csv << "filename,pixel size(mm),head circumference (mm)\n";
+    std::mt19937 rng(7);
+    std::uniform_real_distribution<double> U(0, 1);
+    for (int i = 1; i <= exams; ++i) {
+        char name[32];
+        std::snprintf(name, sizeof name, "%03d_HC", i);
+        cv::Mat img(150, 200, CV_8U), mask = cv::Mat::zeros(150, 200, CV_8U);
+        cv::randu(img, 0, 60);
+        Ellipse e{100 + 20 * (U(rng) - 0.5), 75 + 10 * (U(rng) - 0.5), 50 + 10 * U(rng), 38 + 6 * U(rng), U(rng) * CV_PI};
+        const cv::Point c(int(e.cx), int(e.cy));
+        const cv::Size ax(int(e.a), int(e.b));
+        cv::ellipse(img, c, ax, e.angle * 180 / CV_PI, 0, 360, cv::Scalar(220), 3);
+        cv::ellipse(mask, c, ax, e.angle * 180 / CV_PI, 0, 360, cv::Scalar(255), cv::FILLED);
+        cv::imwrite((root / "training_set" / (std::string(name) + ".png")).string(), img);
+        cv::imwrite((root / "training_set" / (std::string(name) + "_Mask.png")).string(), mask);
+        csv << name << ".png,0.5," << ramanujan_perimeter(e.a, e.b) * 0.5 << "\n";
+    }
+    return root;
+}
+
+TrainConfig tiny_config() {
+    TrainConfig c;
+    c.network.input_width = 64;
+    c.network.input_height = 48;
+    c.network.base_channels = 4;
+    c.network.depth = 2;
+    c.network.max_channels = 16;
+    c.batch_size = 2;
+    c.epochs = 2;
+    c.steps_per_epoch = 1;
+    c.validation_fraction = 0.5;
+    c.warmup_steps = 0;
+    c.threads = 1;
+    return c;
+}
+
+}  // namespace
+
+class TrainerSmoke : public ::testing::Test {
+protected:
+    void SetUp() override {
+        dir_ = fs::temp_directory_path() / ("fetalhc_trainer_" + std::to_string(::getpid()));
+        fs::remove_all(dir_);
+        make_synthetic_hc18(dir_ / "data", 8);
+    }
+    void TearDown() override { fs::remove_all(dir_); }
+    fs::path dir_;
+};
+
+TEST_F(TrainerSmoke, TrainsTwoStepsSavesReloadsAndInfers) {
+    TrainOptions o;
+    o.data_dir = (dir_ / "data").string();
+    o.out_dir = (dir_ / "run").string();
+    o.progress = false;
+    o.max_steps = 2;
+    auto rep = train(tiny_config(), o);
+    ASSERT_TRUE(rep) << rep.error();
+    EXPECT_EQ(rep->steps_done, 2);
+    EXPECT_TRUE(fs::exists(dir_ / "run" / "report.json"));
+    EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoint.json"));
+
+    // The split file keeps each examination on one side.
+    std::ifstream sf(dir_ / "run" / "split.json");
+    auto split = nlohmann::json::parse(sf);
+    ASSERT_FALSE(split["train"].empty());
+    ASSERT_FALSE(split["validation"].empty());
+    for (const auto& v : split["validation"])
+        for (const auto& t : split["train"])
+            EXPECT_NE(examination_id(v.get<std::string>()), examination_id(t.get<std::string>()));
+
+    auto seg = Segmenter::load(rep->model_path, {1});
+    ASSERT_TRUE(seg) << seg.error();
+    EXPECT_EQ(seg->info().config.input_width, 64);
+    EXPECT_GT(seg->info().parameters, 1000);
+    auto meta = nlohmann::json::parse(seg->info().metadata);
+    EXPECT_EQ(meta["split_salt"], tiny_config().split_salt);
+
+    cv::Mat img = cv::imread((dir_ / "data" / "training_set" / "001_HC.png").string(), cv::IMREAD_GRAYSCALE);
+    Segmentation s = seg->segment(img);
+    ASSERT_EQ(s.probability_full().size(), img.size());
+    double lo, hi;
+    cv::minMaxLoc(s.net_probability, &lo, &hi);
+    EXPECT_GE(lo, 0.0);
+    EXPECT_LE(hi, 1.0);
+    EXPECT_GE(s.presence, 0.0f);
+    EXPECT_LE(s.presence, 1.0f);
+}
+
+TEST_F(TrainerSmoke, ResumeContinuesFromTheCheckpoint) {
+    TrainOptions o;
+    o.data_dir = (dir_ / "data").string();
+    o.out_dir = (dir_ / "run").string();
+    o.progress = false;
+    o.max_steps = 1;
+    ASSERT_TRUE(train(tiny_config(), o));
+    o.resume = true;
+    o.max_steps = 2;
+    auto rep = train(tiny_config(), o);
+    ASSERT_TRUE(rep) << rep.error();
+    EXPECT_EQ(rep->steps_done, 2);
+    std::ifstream st(dir_ / "run" / "checkpoint.json");
+    auto j = nlohmann::json::parse(st);
+    EXPECT_EQ(j["history"].size(), 2u);  // one entry per epoch across both runs
+}
+
+TEST_F(TrainerSmoke, ResumeWithoutCheckpointIsAClearError) {
+    TrainOptions o;
+    o.data_dir = (dir_ / "data").string();
+    o.out_dir = (dir_ / "empty_run").string();
+    o.resume = true;
+    auto rep = train(tiny_config(), o);
+    ASSERT_FALSE(rep);
+    EXPECT_NE(rep.error().find("checkpoint"), std::string::npos);
+}
+
+TEST_F(TrainerSmoke, MissingDataFolderIsAClearError) {
+    TrainOptions o;
+    o.data_dir = (dir_ / "nope").string();
+    o.out_dir = (dir_ / "run").string();
+    auto rep = train(tiny_config(), o);
+    ASSERT_FALSE(rep);
+    EXPECT_NE(rep.error().find("nope"), std::string::npos);
+}
+
+TEST(TrainConfig, UnknownKeysAndBadValuesAreRejected) {
+    const fs::path p = fs::temp_directory_path() / "fetalhc_bad_config.json";
+    {
+        std::ofstream(p) << R"({"epochs": 3, "learning_rat": 0.1})";
+    }
+    auto c = load_train_config(p.string());
+    ASSERT_FALSE(c);
+    EXPECT_NE(c.error().find("learning_rat"), std::string::npos);
+    {
+        std::ofstream(p) << R"({"optimizer": "rmsprop"})";
+    }
+    EXPECT_FALSE(load_train_config(p.string()));
+    {
+        std::ofstream(p) << R"({"epochs": 3, "augment": {"rotate90": 0.25}, "network": {"base_channels": 8}})";
+    }
+    auto ok = load_train_config(p.string());
+    ASSERT_TRUE(ok) << ok.error();
+    EXPECT_EQ(ok->epochs, 3);
+    EXPECT_DOUBLE_EQ(ok->augment.rotate90, 0.25);
+    EXPECT_EQ(ok->network.base_channels, 8);
+    {
+        std::ofstream(p) << "{not json";
+    }
+    EXPECT_FALSE(load_train_config(p.string()));
+    fs::remove(p);
+}
+
+TEST(TrainConfig, ShippedDefaultConfigLoads) {
+    auto c = load_train_config(std::string(FETALHC_SOURCE_DIR) + "/configs/default.json");
+    ASSERT_TRUE(c) << c.error();
+}
