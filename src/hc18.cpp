@@ -146,6 +146,34 @@ Split grouped_split(const std::vector<Hc18Record>& records, double fraction, con
     return s;
 }
 
+std::vector<cv::Point2d> mask_edge_points(const cv::Mat& mask) {
+    std::vector<cv::Point2d> pts;
+    for (int y = 0; y < mask.rows; ++y) {
+        const unsigned char* r = mask.ptr<unsigned char>(y);
+        const unsigned char* below = y + 1 < mask.rows ? mask.ptr<unsigned char>(y + 1) : nullptr;
+        for (int x = 0; x < mask.cols; ++x) {
+            if (x + 1 < mask.cols && (r[x] != 0) != (r[x + 1] != 0)) pts.push_back({x + 0.5, double(y)});
+            if (below && (r[x] != 0) != (below[x] != 0)) pts.push_back({double(x), y + 0.5});
+        }
+    }
+    return pts;
+}
+
+double mask_to_reference_scale(const std::vector<Hc18Record>& records) {
+    double sum = 0;
+    int n = 0;
+    for (const auto& r : records) {
+        if (r.mask_path.empty()) continue;
+        cv::Mat mask = cv::imread(r.mask_path, cv::IMREAD_GRAYSCALE);
+        if (mask.empty()) continue;
+        EllipseFit f = fit_ellipse(mask_edge_points(mask > 127));
+        if (!f.ok) continue;
+        const double hc = ramanujan_perimeter(f.ellipse) * r.pixel_size_mm;
+        if (hc > 0) sum += r.hc_mm / hc, ++n;
+    }
+    return n ? sum / n : std::numeric_limits<double>::quiet_NaN();
+}
+
 Expected<std::string> coco_annotations_json(const std::vector<Hc18Record>& records) {
     nlohmann::json images = nlohmann::json::array(), anns = nlohmann::json::array();
     int id = 0;

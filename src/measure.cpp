@@ -59,7 +59,10 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
         return make_error("cannot fit an ellipse to the head in '" + source + "': " + fit.message +
                           (bnd.cut_points.size() > bnd.points.size() ? " (most of the head is outside the image)" : ""));
 
-    Measurement m = measurement_from_ellipse(fit.ellipse, opt.pixel_size_mm, opt.ga_weeks);
+    Ellipse e = fit.ellipse;
+    e.a *= seg.axis_scale;
+    e.b *= seg.axis_scale;
+    Measurement m = measurement_from_ellipse(e, opt.pixel_size_mm, opt.ga_weeks);
     m.source = source;
     m.image_size = gray8.size();
     m.presence = seg.presence;

@@ -2,6 +2,8 @@
 
 #include "network.h"
 
+#include <nlohmann/json.hpp>
+
 #include <opencv2/imgproc.hpp>
 
 #include <chrono>
@@ -66,6 +68,11 @@ Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOpti
         impl->info.config = lm.cfg;
         impl->info.metadata = lm.metadata;
         impl->info.parameters = detail::count_parameters(*lm.net);
+        if (!lm.metadata.empty()) {
+            auto meta = nlohmann::json::parse(lm.metadata, nullptr, false);
+            if (meta.is_object() && meta.contains("axis_scale") && meta["axis_scale"].is_number())
+                impl->info.axis_scale = meta["axis_scale"].get<double>();
+        }
         return Segmenter(impl);
     } catch (const std::exception& e) {
         std::string what = e.what();
@@ -90,8 +97,22 @@ Segmentation Segmenter::segment(const cv::Mat& gray8) const {
     out.net_probability = cv::Mat(input.rows, input.cols, CV_32F);
     std::memcpy(out.net_probability.data, prob.data_ptr<float>(), sizeof(float) * input.total());
     out.presence = torch::sigmoid(presence).item<float>();
+    out.axis_scale = impl_->info.axis_scale;
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
+}
+
+Expected<std::string> Segmenter::rewrite_metadata(const std::string& in, const std::string& out,
+                                                  const std::string& json_patch) {
+    try {
+        auto lm = detail::load_model(in);
+        auto meta = nlohmann::json::parse(lm.metadata.empty() ? "{}" : lm.metadata);
+        meta.update(nlohmann::json::parse(json_patch));
+        detail::save_model(lm.net, out, meta.dump());
+        return meta.dump(2);
+    } catch (const std::exception& e) {
+        return make_error("cannot rewrite model '" + in + "' to '" + out + "': " + e.what());
+    }
 }
 
 }  // namespace fetalhc

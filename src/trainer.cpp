@@ -102,7 +102,8 @@ std::string config_from_json(const json& j, TrainConfig& c) {
 struct Sample {
     std::string filename;
     double pixel_size_mm = 0, hc_mm = 0;
-    cv::Mat base, base_mask;  // image and mask resized to `base_scale` x the letterbox scale
+    cv::Mat base, base_mask;  // image and mask resized by base_scale (kBaseOversample x the letterbox scale)
+    double base_scale = 1;    // base pixels per original pixel
     cv::Mat full;             // original image (validation only: the sector test uses it)
 };
 
@@ -125,6 +126,7 @@ Expected<std::vector<Sample>> preload(const std::vector<Hc18Record>& recs, cv::S
         const double k = kBaseOversample * std::min(double(net.width) / img->cols, double(net.height) / img->rows);
         const cv::Size bs(std::max(1, int(std::lround(img->cols * k))), std::max(1, int(std::lround(img->rows * k))));
         cv::resize(*img, s.base, bs, 0, 0, cv::INTER_AREA);
+        s.base_scale = double(bs.width) / img->cols;
         cv::Mat mf;
         mask.convertTo(mf, CV_32F, 1.0 / 255);
         cv::resize(mf, s.base_mask, bs, 0, 0, cv::INTER_AREA);
@@ -171,7 +173,8 @@ struct Augmenter {
 
         cv::Mat f;
         img_out.convertTo(f, CV_32F, 1.0 / 255);
-        const double sigma = chance(a.blur_probability) ? uni(0, a.blur_sigma_max) * zoom : 0;
+        // The blur sigma is drawn in original pixels; zoom * base_scale is net pixels per original pixel.
+        const double sigma = chance(a.blur_probability) ? uni(0, a.blur_sigma_max) * zoom * s.base_scale : 0;
         if (sigma > 0.3) cv::GaussianBlur(f, f, {0, 0}, sigma);
         if (a.contrast_gamma > 0) cv::pow(f, std::exp(uni(-a.contrast_gamma, a.contrast_gamma)), f);
         f *= uni(a.brightness_min, a.brightness_max);
@@ -228,7 +231,8 @@ struct EvalResult {
     int failed = 0, n = 0;
 };
 
-EvalResult evaluate(detail::UNet& net, const std::vector<Sample>& val, const TrainConfig& cfg, int max_batches) {
+EvalResult evaluate(detail::UNet& net, const std::vector<Sample>& val, const TrainConfig& cfg, int max_batches,
+                    double axis_scale) {
     net->eval();
     torch::NoGradGuard ng;
     EvalResult r;
@@ -265,6 +269,7 @@ EvalResult evaluate(detail::UNet& net, const std::vector<Sample>& val, const Tra
             seg.net_probability = cv::Mat(ns, CV_32F);
             std::memcpy(seg.net_probability.data, prob[long(k)].data_ptr<float>(), sizeof(float) * ns.area());
             seg.presence = pp[long(k)].item<float>();
+            seg.axis_scale = axis_scale;
             cv::Mat pm = seg.net_probability >= 0.5f, gm = masks[k] >= 0.5f;
             const double a = cv::countNonZero(pm), b = cv::countNonZero(gm);
             cv::Mat both;
@@ -321,6 +326,9 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
     try {
         const auto t_start = Clock::now();
         detail::set_threads(cfg.threads);
+        // OpenCV's own worker threads would fight LibTorch's OpenMP threads for the same cores;
+        // augmentation is cheap, so it runs on the calling thread.
+        cv::setNumThreads(1);
         torch::manual_seed(cfg.seed);
         cv::setRNGSeed(int(cfg.seed));
         fs::create_directories(opt.out_dir);
@@ -345,6 +353,11 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
             write_text(out / "split.json", sj.dump(1));
             write_text(out / "config.json", to_json(cfg));
         }
+        // The masks' boundary lies slightly outside the reference ellipses; the factor that maps one
+        // to the other is measured on the training images and stored with the model.
+        double axis_scale = mask_to_reference_scale(split.train);
+        if (!std::isfinite(axis_scale)) axis_scale = 1;
+        std::fprintf(stderr, "fetalhc train: mask-to-reference axis scale %.5f (training split)\n", axis_scale);
         const cv::Size ns(cfg.network.input_width, cfg.network.input_height);
         std::fprintf(stderr, "fetalhc train: %zu train / %zu validation images (grouped by examination), loading...\n",
                      split.train.size(), split.validation.size());
@@ -408,7 +421,7 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
             std::shuffle(order.begin(), order.end(), rng);
             Augmenter aug{cfg.augment, ns, rng};
             cv::theRNG().state = cfg.seed * 7919ull + epoch;
-            double loss_sum = 0;
+            double loss_sum = 0, aug_seconds = 0;
             int n_steps = 0;
             size_t cursor = 0;
             for (int s = 0; s < steps_per_epoch; ++s) {
@@ -418,6 +431,7 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
                 }
                 std::vector<cv::Mat> imgs(cfg.batch_size), masks(cfg.batch_size);
                 std::vector<float> pres(cfg.batch_size);
+                const auto t_aug = Clock::now();
                 for (int b = 0; b < cfg.batch_size; ++b) {
                     if (cursor == order.size()) {
                         std::shuffle(order.begin(), order.end(), rng);
@@ -427,6 +441,7 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
                 }
                 auto x = detail::normalise_batch(to_tensor(imgs));
                 auto y = to_tensor(masks);
+                aug_seconds += std::chrono::duration<double>(Clock::now() - t_aug).count();
                 auto yp = torch::from_blob(pres.data(), {cfg.batch_size}, torch::kFloat32).clone();
                 const double lr = lr_at(cfg, step, total_steps);
                 for (auto& g : optim->param_groups()) g.options().set_lr(lr);
@@ -458,21 +473,22 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
             if (tty) std::fprintf(stderr, "\n");
             if (n_steps == 0) break;
             const auto t_val = Clock::now();
-            EvalResult ev = evaluate(net, *val_set, cfg, cfg.validation_steps);
+            EvalResult ev = evaluate(net, *val_set, cfg, cfg.validation_steps, axis_scale);
             const double val_s = std::chrono::duration<double>(Clock::now() - t_val).count();
             const double wall = prior_seconds + std::chrono::duration<double>(Clock::now() - t_start).count();
             history.push_back({{"epoch", epoch + 1}, {"step", step}, {"train_loss", loss_sum / n_steps},
                                {"val_loss", ev.loss}, {"val_dice", ev.dice}, {"val_hc_mad_mm", ev.hc_mad},
                                {"val_failed", ev.failed}, {"val_images", ev.n}, {"lr", lr_at(cfg, step, total_steps)},
                                {"wall_seconds", wall}});
-            std::fprintf(stderr, "epoch %d: train loss %.4f | val loss %.4f Dice %.4f HC MAD %.2f mm (%d failed of %d) | %.0f s val | %s total\n",
-                         epoch + 1, loss_sum / n_steps, ev.loss, ev.dice, ev.hc_mad, ev.failed, ev.n, val_s, hms(wall).c_str());
+            std::fprintf(stderr, "epoch %d: train loss %.4f | val loss %.4f Dice %.4f HC MAD %.2f mm (%d failed of %d) | %.0f s augment, %.0f s val | %s total\n",
+                         epoch + 1, loss_sum / n_steps, ev.loss, ev.dice, ev.hc_mad, ev.failed, ev.n, aug_seconds, val_s, hms(wall).c_str());
             if (ev.hc_mad < best) {
                 best = ev.hc_mad;
                 json meta{{"trained_by", "fetalhc train"}, {"epoch", epoch + 1}, {"step", step},
                           {"val_hc_mad_mm", ev.hc_mad}, {"val_dice_net", ev.dice}, {"val_failed", ev.failed},
                           {"val_images", ev.n}, {"split_salt", cfg.split_salt},
-                          {"validation_fraction", cfg.validation_fraction}, {"config", config_to_json(cfg)}};
+                          {"validation_fraction", cfg.validation_fraction}, {"axis_scale", axis_scale},
+                          {"config", config_to_json(cfg)}};
                 detail::save_model(net, (out / "model.pt").string(), meta.dump());
                 rep.best_dice = ev.dice;
             }

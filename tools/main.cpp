@@ -7,6 +7,7 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -60,6 +61,7 @@ std::string join(const std::vector<std::string>& v, const std::string& sep) {
 
 struct MeasureArgs {
     std::vector<std::string> paths;
+    bool pixel_size_given = false;
     double pixel_size = std::numeric_limits<double>::quiet_NaN();
     std::string pixel_sizes_csv, format = "text", overlay_dir, model = default_model();
     double ga_weeks = std::numeric_limits<double>::quiet_NaN();
@@ -91,8 +93,8 @@ void print_text(const fetalhc::Measurement& m) {
 }
 
 int run_measure(const MeasureArgs& a) {
-    const bool have_size = std::isfinite(a.pixel_size) || !a.pixel_sizes_csv.empty();
-    if (std::isfinite(a.pixel_size) && !a.pixel_sizes_csv.empty()) {
+    const bool have_size = a.pixel_size_given || !a.pixel_sizes_csv.empty();
+    if (a.pixel_size_given && !a.pixel_sizes_csv.empty()) {
         error("give either --pixel-size or --pixel-sizes, not both");
         return kExitUsage;
     }
@@ -100,7 +102,7 @@ int run_measure(const MeasureArgs& a) {
         error("the pixel size is missing: pass --pixel-size MM (mm per pixel) or --pixel-sizes CSV (filename,pixel size(mm))");
         return kExitUsage;
     }
-    if (std::isfinite(a.pixel_size)) {
+    if (a.pixel_size_given) {
         if (auto e = fetalhc::check_pixel_size(a.pixel_size, "--pixel-size"); !e.empty()) {
             error(e);
             return kExitUsage;
@@ -158,12 +160,18 @@ int run_measure(const MeasureArgs& a) {
             }
             if (!std::isnan(a.ga_weeks)) o.ga_weeks = a.ga_weeks;
             if (std::isfinite(o.pixel_size_mm) || sizes.empty()) {
+                const auto t0 = std::chrono::steady_clock::now();
                 auto img = fetalhc::load_grayscale(item.path);
+                const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
                 if (!img) {
                     r = fetalhc::make_error(img.error());
                 } else {
                     gray = *img;
                     r = measurer.measure(gray, o, item.path);
+                    if (r) {
+                        r->timings.decode_ms = decode_ms;
+                        r->timings.total_ms += decode_ms;
+                    }
                 }
             }
         }
@@ -376,6 +384,22 @@ int run_evaluate(const EvalArgs& a) {
     return any_failed ? kExitSomeFailed : kExitOk;
 }
 
+int run_calibrate(const std::string& data, const std::string& in, const std::string& out) {
+    auto seg = fetalhc::Segmenter::load(in, {});
+    if (!seg) return error(seg.error()), kExitUsage;
+    json meta = json::parse(seg->info().metadata.empty() ? "{}" : seg->info().metadata, nullptr, false);
+    if (!meta.is_object() || !meta.contains("split_salt")) return error("model '" + in + "' records no training split"), kExitUsage;
+    auto recs = fetalhc::read_hc18_training(data);
+    if (!recs) return error(recs.error()), kExitUsage;
+    auto split = fetalhc::grouped_split(*recs, meta["validation_fraction"].get<double>(), meta["split_salt"].get<std::string>());
+    const double f = fetalhc::mask_to_reference_scale(split.train);
+    if (!std::isfinite(f)) return error("no training masks found under '" + data + "'"), kExitSomeFailed;
+    auto r = fetalhc::Segmenter::rewrite_metadata(in, out, json{{"axis_scale", f}}.dump());
+    if (!r) return error(r.error()), kExitSomeFailed;
+    std::fprintf(stderr, "axis scale %.5f from %zu training images; wrote %s\n", f, split.train.size(), out.c_str());
+    return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -411,6 +435,15 @@ int main(int argc, char** argv) {
     coco->add_option("--data", coco_data, "HC18-layout folder")->required();
     coco->add_option("--out", coco_out, "annotations JSON to write")->required();
 
+    std::string cal_data, cal_in = default_model(), cal_out;
+    auto* mdl = app.add_subcommand("model", "model file tools");
+    mdl->require_subcommand(1);
+    auto* cal = mdl->add_subcommand("calibrate",
+                                    "store the mask-to-reference axis scale, measured on the model's training split");
+    cal->add_option("--data", cal_data, "HC18-layout folder the model was trained on")->required();
+    cal->add_option("--model", cal_in, "model to read")->capture_default_str();
+    cal->add_option("--out", cal_out, "model file to write (may equal --model)")->required();
+
     std::string tdata, tconfig, tout;
     bool resume = false;
     long long max_steps = -1;
@@ -430,7 +463,9 @@ int main(int argc, char** argv) {
         return rc == 0 ? kExitOk : kExitUsage;
     }
 
+    ma.pixel_size_given = meas->count("--pixel-size") > 0;
     if (meas->parsed()) return run_measure(ma);
+    if (cal->parsed()) return run_calibrate(cal_data, cal_in, cal_out);
     if (ev->parsed()) return run_evaluate(ea);
     if (coco->parsed()) {
         auto recs = fetalhc::read_hc18_training(coco_data);

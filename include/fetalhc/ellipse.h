@@ -40,13 +40,13 @@ inline double ramanujan_perimeter(const Ellipse& e) { return ramanujan_perimeter
 // Perimeter by numerical integration of the arc length (reference for tests; slow).
 double integrated_perimeter(double a, double b, int steps = 200000);
 
-// Signed-free geometric distance from a point to the ellipse curve (px).
+// Unsigned geometric (orthogonal) distance from a point to the ellipse curve (px).
 double distance_to_ellipse(const Ellipse& e, cv::Point2d p);
 
 // Point on the ellipse at parametric angle t (x = a cos t, y = b sin t in the ellipse frame).
 cv::Point2d ellipse_point(const Ellipse& e, double t);
 
-// Filled ellipse as a CV_8U mask (255 inside) of the given size.
+// Filled ellipse as a CV_8U mask (255 inside) of the given size; a pixel is inside when its centre is.
 cv::Mat rasterize(const Ellipse& e, cv::Size size);
 
 struct EllipseFitOptions {

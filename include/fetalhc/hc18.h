@@ -51,6 +51,18 @@ Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_
 // Checks a pixel size (mm per pixel); returns an error message naming `what`, or "" when valid.
 std::string check_pixel_size(double mm, const std::string& what);
 
+// How the official reference relates to the filled masks: the mean over `records` of
+// official HC / HC of the ellipse fitted to the mask's boundary (the edges between inside and
+// outside pixels). The data set's reference ellipses are the mask ellipses with both semi-axes
+// scaled by such a factor (0.990..1.000), so a network that learns the masks reports HC that
+// much too large; multiplying its semi-axes by this factor undoes that. Records without a mask
+// are skipped; NaN when none has one. Computed on training images only.
+double mask_to_reference_scale(const std::vector<Hc18Record>& records);
+
+// Sub-pixel boundary of a binary mask: the midpoints of the edges between inside (nonzero) and
+// outside pixels, in pixel coordinates.
+std::vector<cv::Point2d> mask_edge_points(const cv::Mat& mask);
+
 // COCO instance-segmentation export of the labelled images: one category "fetal_head", one
 // annotation per image with the mask's outer polygon, area, bbox [x, y, w, h] and iscrowd 0.
 Expected<std::string> coco_annotations_json(const std::vector<Hc18Record>& records);

@@ -50,6 +50,7 @@ struct NetworkConfig {
 struct Segmentation {
     cv::Mat net_probability;  // CV_32F at the network input size, head probability in [0,1]
     float presence = 0;       // probability that a head is in view (the detection head)
+    double axis_scale = 1;    // the model's mask-to-reference factor (ModelInfo::axis_scale)
     Letterbox letterbox;
     double network_ms = 0;    // forward pass time
 
@@ -66,6 +67,10 @@ struct ModelInfo {
     NetworkConfig config;
     long long parameters = 0;
     std::string metadata;  // JSON text written by the trainer (split, metrics, ...)
+    // Factor applied to fitted semi-axes: the network learns the filled masks, whose boundary
+    // lies slightly outside the reference ellipse (see mask_to_reference_scale in hc18.h).
+    // Read from the metadata key "axis_scale"; 1 when absent.
+    double axis_scale = 1;
 };
 
 class Segmenter {
@@ -74,6 +79,11 @@ public:
     // gray8: CV_8UC1 image of any size (>= 16 px each side).
     Segmentation segment(const cv::Mat& gray8) const;
     const ModelInfo& info() const;
+
+    // Writes a copy of the model file at `in` to `out` with metadata keys replaced or added
+    // (a JSON object), e.g. {"axis_scale": 0.993}. Returns the merged metadata.
+    static Expected<std::string> rewrite_metadata(const std::string& in, const std::string& out,
+                                                  const std::string& json_patch);
 
     struct Impl;  // defined with LibTorch in segmenter.cpp
     explicit Segmenter(std::shared_ptr<const Impl> impl);
