@@ -38,7 +38,7 @@ using Clock = std::chrono::steady_clock;
 #define FETALHC_FIELDS_TRAIN(X) \
     X(resize_mode) X(epochs) X(steps_per_epoch) X(validation_steps) X(batch_size) X(optimizer) X(learning_rate) \
     X(schedule) X(warmup_steps) X(step_gamma) X(momentum) X(weight_decay) X(loss_bce) X(loss_dice) X(loss_presence) \
-    X(validation_fraction) X(split_salt) X(seed) X(threads)
+    X(validation_fraction) X(split_salt) X(seed) X(threads) X(init_weights)
 #define FETALHC_FIELDS_NET(X) X(input_width) X(input_height) X(base_channels) X(depth) X(max_channels)
 
 json config_to_json(const TrainConfig& c) {
@@ -367,6 +367,17 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
         if (!val_set) return make_error(val_set.error());
 
         detail::UNet net(cfg.network);
+        if (!cfg.init_weights.empty() && !opt.resume) {
+            auto init = detail::load_model(cfg.init_weights);
+            if (detail::network_config_json(init.cfg) != detail::network_config_json(cfg.network))
+                return make_error("init_weights '" + cfg.init_weights + "' has a different network config than this run's");
+            torch::NoGradGuard ng;
+            auto src = init.net->named_parameters(), dst = net->named_parameters();
+            for (auto& p : dst) p.value().copy_(src[p.key()]);
+            auto sb = init.net->named_buffers(), db = net->named_buffers();
+            for (auto& b : db) b.value().copy_(sb[b.key()]);
+            std::fprintf(stderr, "fetalhc train: initialised from %s\n", cfg.init_weights.c_str());
+        }
         net->train();
         std::unique_ptr<torch::optim::Optimizer> optim;
         if (cfg.optimizer == "adam")

@@ -50,6 +50,7 @@ struct TrainConfig {
     std::string split_salt = "fetalhc-split-v1";
     unsigned seed = 42;
     int threads = 0;                  // 0 = all cores
+    std::string init_weights;         // start from this model file's weights (fine-tuning); "" = random
     AugmentConfig augment;
 };
 
