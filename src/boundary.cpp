@@ -8,12 +8,12 @@
 namespace fetalhc {
 namespace {
 
-// Convex hull of the ultrasound sector in network coordinates: pixels brighter than the black
-// surround, small gaps closed, largest region kept. Empty when the image has no dark surround.
-std::vector<cv::Point> sector_hull(const cv::Mat& gray8, const Letterbox& lb) {
-    if (gray8.empty()) return {};
-    cv::Mat small = lb.apply(gray8, cv::INTER_AREA);
-    cv::Mat on = small > 3;
+// Convex hull of the ultrasound sector in the network frame: pixels brighter than the black
+// surround, small gaps closed, largest region kept. Empty when the image has no dark surround
+// or the sector covers the whole valid area (then it has no edge worth testing).
+std::vector<cv::Point> sector_hull(const cv::Mat& gray_net, double valid_area) {
+    if (gray_net.empty()) return {};
+    cv::Mat on = gray_net > 3;
     cv::morphologyEx(on, on, cv::MORPH_CLOSE, cv::getStructuringElement(cv::MORPH_ELLIPSE, {7, 7}));
     cv::Mat labels, stats, centroids;
     int n = cv::connectedComponentsWithStats(on, labels, stats, centroids, 8, CV_32S);
@@ -25,8 +25,7 @@ std::vector<cv::Point> sector_hull(const cv::Mat& gray8, const Letterbox& lb) {
     cv::findNonZero(labels == best, pts);
     std::vector<cv::Point> hull;
     cv::convexHull(pts, hull);
-    // A hull that fills the whole letterbox area has no sector edge worth testing.
-    if (cv::contourArea(hull) > 0.97 * lb.resized.area()) return {};
+    if (cv::contourArea(hull) > 0.97 * valid_area) return {};
     return hull;
 }
 
@@ -37,10 +36,30 @@ Boundary extract_boundary(const Segmentation& seg, const cv::Mat& gray8) {
     const cv::Mat& P = seg.net_probability;
     if (P.empty()) return out;
     const Letterbox& lb = seg.letterbox;
-    const cv::Rect roi(lb.offset_x, lb.offset_y, lb.resized.width, lb.resized.height);
+    const cv::Matx23d A = seg.to_net();
+    cv::Matx23d Ai;
+    cv::invertAffineTransform(A, Ai);
+    const double det = std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0));  // net pixels per image pixel
+
+    // Valid: network pixels that show the image (not letterbox padding or the outside of a crop).
+    cv::Mat valid = cv::Mat::zeros(P.size(), CV_8U);
+    cv::Mat gray_net;
+    if (!seg.refined) {
+        valid(cv::Rect(lb.offset_x, lb.offset_y, lb.resized.width, lb.resized.height)).setTo(255);
+        if (!gray8.empty()) gray_net = lb.apply(gray8, cv::INTER_AREA);
+    } else {
+        const cv::Mat ones(lb.image_size, CV_8U, cv::Scalar(255));
+        cv::warpAffine(ones, valid, A, P.size(), cv::INTER_NEAREST, cv::BORDER_CONSTANT, 0);
+        if (!gray8.empty()) gray_net = warp_to_frame(gray8, A, P.size());
+    }
+    // Distance (net pixels) to the nearest pixel that is not valid; the frame's edge counts as such.
+    cv::Mat padded, dist;
+    cv::copyMakeBorder(valid, padded, 1, 1, 1, 1, cv::BORDER_CONSTANT, 0);
+    cv::distanceTransform(padded, dist, cv::DIST_L2, 3);
+    dist = dist(cv::Rect(1, 1, P.cols, P.rows));
 
     cv::Mat inside = cv::Mat::zeros(P.size(), CV_8U);
-    inside(roi).setTo(255, P(roi) >= 0.5f);
+    inside.setTo(255, (P >= 0.5f) & valid);
     cv::Mat labels, stats, centroids;
     int n = cv::connectedComponentsWithStats(inside, labels, stats, centroids, 8, CV_32S);
     int best = 0, best_area = 0;
@@ -50,41 +69,47 @@ Boundary extract_boundary(const Segmentation& seg, const cv::Mat& gray8) {
     if (best == 0 || best_area < 30) return out;
 
     out.found = true;
-    out.area_px = best_area / (lb.scale_x * lb.scale_y);
+    out.area_px = best_area / det;
 
     // Certainty: mean |2p-1| over the component's bounding box grown by 10%.
     cv::Rect bb(stats.at<int>(best, cv::CC_STAT_LEFT), stats.at<int>(best, cv::CC_STAT_TOP),
                 stats.at<int>(best, cv::CC_STAT_WIDTH), stats.at<int>(best, cv::CC_STAT_HEIGHT));
-    bb = cv::Rect(bb.x - bb.width / 10, bb.y - bb.height / 10, bb.width * 12 / 10, bb.height * 12 / 10) & roi;
+    bb = cv::Rect(bb.x - bb.width / 10, bb.y - bb.height / 10, bb.width * 12 / 10, bb.height * 12 / 10) &
+         cv::boundingRect(valid);
     cv::Mat conf = cv::abs(P(bb) * 2.0 - 1.0);
-    out.mean_confidence = cv::mean(conf)[0];
+    out.mean_confidence = cv::mean(conf, valid(bb))[0];
 
-    const std::vector<cv::Point> hull = sector_hull(gray8, lb);
+    const std::vector<cv::Point> hull = sector_hull(gray_net, cv::countNonZero(valid));
+    auto to_image = [&](cv::Point2d q) {
+        return cv::Point2d(Ai(0, 0) * q.x + Ai(0, 1) * q.y + Ai(0, 2), Ai(1, 0) * q.x + Ai(1, 1) * q.y + Ai(1, 2));
+    };
     auto is_cut = [&](cv::Point2d q) {
-        // Within a pixel of the letterbox edge: the head runs out of the image there.
-        if (q.x < roi.x + 1.0 || q.y < roi.y + 1.0 || q.x > roi.x + roi.width - 2.0 || q.y > roi.y + roi.height - 2.0)
-            return true;
+        // Within about a pixel of the image's edge in the frame: the head runs out of the image there.
+        const int xi = std::clamp(int(std::lround(q.x)), 0, P.cols - 1), yi = std::clamp(int(std::lround(q.y)), 0, P.rows - 1);
+        if (dist.at<float>(yi, xi) < 2.0f) return true;
         return !hull.empty() && cv::pointPolygonTest(hull, cv::Point2f(float(q.x), float(q.y)), true) < 1.5;
     };
     auto add = [&](double x, double y) {
         cv::Point2d q(x, y);
-        (is_cut(q) ? out.cut_points : out.points).push_back(lb.to_image(q));
+        (is_cut(q) ? out.cut_points : out.points).push_back(to_image(q));
     };
 
-    // 0.5 crossings on every pixel edge between a component pixel and a background pixel.
-    for (int y = roi.y; y < roi.y + roi.height; ++y) {
+    // 0.5 crossings on every pixel edge between a component pixel and a valid background pixel.
+    for (int y = 0; y < P.rows; ++y) {
         const int* L = labels.ptr<int>(y);
         const float* p = P.ptr<float>(y);
-        for (int x = roi.x; x < roi.x + roi.width; ++x) {
+        const uchar* V = valid.ptr<uchar>(y);
+        for (int x = 0; x < P.cols; ++x) {
+            if (!V[x]) continue;
             const bool in = L[x] == best;
-            if (x + 1 < roi.x + roi.width) {
+            if (x + 1 < P.cols && V[x + 1]) {
                 const bool in_r = L[x + 1] == best;
                 if (in != in_r && (in ? p[x + 1] : p[x]) < 0.5f) {
                     const double t = (0.5 - p[x]) / (double(p[x + 1]) - p[x]);
                     add(x + std::clamp(t, 0.0, 1.0), y);
                 }
             }
-            if (y + 1 < roi.y + roi.height) {
+            if (y + 1 < P.rows && valid.ptr<uchar>(y + 1)[x]) {
                 const float pd = P.ptr<float>(y + 1)[x];
                 const bool in_d = labels.ptr<int>(y + 1)[x] == best;
                 if (in != in_d && (in ? pd : p[x]) < 0.5f) {
@@ -92,9 +117,8 @@ Boundary extract_boundary(const Segmentation& seg, const cv::Mat& gray8) {
                     add(x, y + std::clamp(t, 0.0, 1.0));
                 }
             }
-            // A component pixel on the letterbox edge: the head is cut by the image border.
-            if (in && (x == roi.x || y == roi.y || x == roi.x + roi.width - 1 || y == roi.y + roi.height - 1))
-                out.cut_points.push_back(lb.to_image({double(x), double(y)}));
+            // A component pixel on the edge of the valid area: the head is cut by the image border.
+            if (in && dist.at<float>(y, x) < 1.5f) out.cut_points.push_back(to_image({double(x), double(y)}));
         }
     }
     return out;

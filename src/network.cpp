@@ -89,11 +89,18 @@ NetworkConfig network_config_from_json(const std::string& text) {
     return c;
 }
 
-void save_model(UNet& net, const std::string& path, const std::string& metadata_json) {
+void save_model(UNet& net, const std::string& path, const std::string& metadata_json, const Refiner* refine) {
     torch::serialize::OutputArchive ar;
     net->save(ar);
     ar.write("fetalhc_network_config", c10::IValue(network_config_json(net->cfg)));
     ar.write("fetalhc_metadata", c10::IValue(metadata_json));
+    if (refine && refine->net) {
+        torch::serialize::OutputArchive sub;
+        refine->net->save(sub);
+        ar.write("refine", sub);
+        nlohmann::json j{{"network", nlohmann::json::parse(network_config_json(refine->net->cfg))}, {"margin", refine->margin}};
+        ar.write("fetalhc_refine", c10::IValue(j.dump()));
+    }
     ar.save_to(path);
 }
 
@@ -109,6 +116,16 @@ LoadedModel load_model(const std::string& path) {
     lm.net = UNet(lm.cfg);
     lm.net->load(ar);
     lm.net->eval();
+    c10::IValue ref_v;
+    if (ar.try_read("fetalhc_refine", ref_v) && ref_v.isString()) {
+        auto j = nlohmann::json::parse(ref_v.toStringRef());
+        torch::serialize::InputArchive sub;
+        if (!ar.try_read("refine", sub)) throw std::runtime_error("model file names a refinement network but holds none");
+        lm.refine.net = UNet(network_config_from_json(j["network"].dump()));
+        lm.refine.net->load(sub);
+        lm.refine.net->eval();
+        lm.refine.margin = j.value("margin", 1.2);
+    }
     return lm;
 }
 

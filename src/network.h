@@ -40,11 +40,18 @@ long long count_parameters(torch::nn::Module& m);
 
 // Model file: the module's parameters and buffers plus two strings, the network config and
 // free-form metadata (JSON).
-void save_model(UNet& net, const std::string& path, const std::string& metadata_json);
+// A model file may also hold a refinement network (coarse-to-fine) under the key "refine", with
+// its config and crop margin in "fetalhc_refine".
+struct Refiner {
+    UNet net{nullptr};
+    double margin = 1.2;
+};
+void save_model(UNet& net, const std::string& path, const std::string& metadata_json, const Refiner* refine = nullptr);
 struct LoadedModel {
     UNet net{nullptr};
     NetworkConfig cfg;
     std::string metadata;
+    Refiner refine;  // refine.net is null when the file has none
 };
 LoadedModel load_model(const std::string& path);  // throws c10::Error / std::runtime_error
 
@@ -52,5 +59,14 @@ std::string network_config_json(const NetworkConfig& c);
 NetworkConfig network_config_from_json(const std::string& text);
 
 void set_threads(int threads);  // 0 = all cores
+
+// One forward pass on a CV_8UC1 image already in the network frame. Returns the probability map
+// (CV_32F, same size) and the presence probability. Call inside an inference or no-grad guard.
+std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8);
+
+// Second pass of the coarse-to-fine pipeline: fits an ellipse to the first pass's boundary, crops
+// around it and re-segments with the refinement network. Returns `coarse` unchanged when no
+// ellipse can be fitted.
+Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r);
 
 }  // namespace fetalhc::detail

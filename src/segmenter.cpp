@@ -2,6 +2,8 @@
 
 #include "network.h"
 
+#include "fetalhc/ellipse.h"
+
 #include <nlohmann/json.hpp>
 
 #include <opencv2/imgproc.hpp>
@@ -40,8 +42,51 @@ cv::Mat Letterbox::apply(const cv::Mat& img, int interpolation) const {
     return canvas;
 }
 
+cv::Matx23d Letterbox::affine() const {
+    return {scale_x, 0, 0.5 * scale_x - 0.5 + offset_x, 0, scale_y, 0.5 * scale_y - 0.5 + offset_y};
+}
+
+cv::Matx23d crop_frame(const Ellipse& e, cv::Size net, double margin) {
+    const double s = std::min(net.width / (2 * e.a * margin), net.height / (2 * e.b * margin));
+    const double c = std::cos(e.angle), sn = std::sin(e.angle);
+    // crop = centre + s * R(-angle) * (p - c_e)
+    cv::Matx23d A(s * c, s * sn, 0, -s * sn, s * c, 0);
+    A(0, 2) = (net.width - 1) / 2.0 - (A(0, 0) * e.cx + A(0, 1) * e.cy);
+    A(1, 2) = (net.height - 1) / 2.0 - (A(1, 0) * e.cx + A(1, 1) * e.cy);
+    return A;
+}
+
+cv::Mat warp_to_frame(const cv::Mat& img, const cv::Matx23d& A, cv::Size size) {
+    const double zoom = std::sqrt(std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0)));
+    cv::Mat src = img;
+    cv::Matx23d M = A;
+    if (zoom < 1 / 1.5) {
+        // Reduce first (area averaging), then map the reduced pixels: p_small = k (p + 0.5) - 0.5.
+        const double k = std::min(1.0, 1.5 * zoom);
+        const cv::Size small(std::max(1, int(std::lround(img.cols * k))), std::max(1, int(std::lround(img.rows * k))));
+        cv::resize(img, src, small, 0, 0, cv::INTER_AREA);
+        const double kx = double(small.width) / img.cols, ky = double(small.height) / img.rows;
+        // A = M' * S where S maps image -> small; M' = A * S^-1.
+        for (int r = 0; r < 2; ++r) {
+            const double a0 = A(r, 0), a1 = A(r, 1);
+            M(r, 0) = a0 / kx;
+            M(r, 1) = a1 / ky;
+            M(r, 2) = A(r, 2) + a0 * (0.5 / kx - 0.5) + a1 * (0.5 / ky - 0.5);
+        }
+    }
+    cv::Mat out;
+    cv::warpAffine(src, out, M, size, cv::INTER_LINEAR, cv::BORDER_CONSTANT, 0);
+    return out;
+}
+
 cv::Mat Segmentation::probability_full() const {
     if (net_probability.empty()) return {};
+    if (refined) {
+        cv::Mat full;
+        cv::warpAffine(net_probability, full, crop_to_net, letterbox.image_size, cv::INTER_LINEAR | cv::WARP_INVERSE_MAP,
+                       cv::BORDER_CONSTANT, 0);
+        return full;
+    }
     const Letterbox& lb = letterbox;
     cv::Mat roi = net_probability(cv::Rect(lb.offset_x, lb.offset_y, lb.resized.width, lb.resized.height));
     cv::Mat full;
@@ -51,8 +96,38 @@ cv::Mat Segmentation::probability_full() const {
 
 struct Segmenter::Impl {
     mutable detail::UNet net{nullptr};  // forward() is not const in LibTorch; used read-only
+    mutable detail::Refiner refine;     // refine.net null when the model has no second pass
     ModelInfo info;
 };
+
+namespace detail {
+
+std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8) {
+    CV_Assert(input8.type() == CV_8UC1 && input8.isContinuous());
+    auto x = torch::from_blob(input8.data, {1, 1, input8.rows, input8.cols}, torch::kByte);
+    auto [logits, presence] = net->forward(normalise_batch(x));
+    auto prob = torch::sigmoid(logits).contiguous();
+    cv::Mat p(input8.rows, input8.cols, CV_32F);
+    std::memcpy(p.data, prob.data_ptr<float>(), sizeof(float) * input8.total());
+    return {p, torch::sigmoid(presence).item<float>()};
+}
+
+Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r) {
+    Boundary b = extract_boundary(coarse, gray8);
+    if (!b.found) return coarse;
+    EllipseFit fit = fit_ellipse(b.points);
+    if (!fit.ok || fit.ellipse.b < 2) return coarse;
+    const auto& cfg = r.net->cfg;
+    const cv::Size ns(cfg.input_width, cfg.input_height);
+    Segmentation out = coarse;
+    out.refined = true;
+    out.crop_to_net = crop_frame(fit.ellipse, ns, r.margin);
+    cv::Mat input = warp_to_frame(gray8, out.crop_to_net, ns);
+    out.net_probability = forward_one(r.net, input).first;
+    return out;
+}
+
+}  // namespace detail
 
 Segmenter::Segmenter(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
@@ -64,10 +139,15 @@ Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOpti
         auto lm = detail::load_model(path);
         auto impl = std::make_shared<Impl>();
         impl->net = lm.net;
+        impl->refine = lm.refine;
+        if (lm.refine.net) {
+            impl->info.refine_config = lm.refine.net->cfg;
+            impl->info.refine_margin = lm.refine.margin;
+        }
         impl->info.path = path;
         impl->info.config = lm.cfg;
         impl->info.metadata = lm.metadata;
-        impl->info.parameters = detail::count_parameters(*lm.net);
+        impl->info.parameters = detail::count_parameters(*lm.net) + (lm.refine.net ? detail::count_parameters(*lm.refine.net) : 0);
         if (!lm.metadata.empty()) {
             auto meta = nlohmann::json::parse(lm.metadata, nullptr, false);
             if (meta.is_object() && meta.contains("axis_scale") && meta["axis_scale"].is_number())
@@ -91,13 +171,9 @@ Segmentation Segmenter::segment(const cv::Mat& gray8) const {
 
     auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode guard;
-    auto x = torch::from_blob(input.data, {1, 1, input.rows, input.cols}, torch::kByte);
-    auto [logits, presence] = impl_->net->forward(detail::normalise_batch(x));
-    auto prob = torch::sigmoid(logits).contiguous();
-    out.net_probability = cv::Mat(input.rows, input.cols, CV_32F);
-    std::memcpy(out.net_probability.data, prob.data_ptr<float>(), sizeof(float) * input.total());
-    out.presence = torch::sigmoid(presence).item<float>();
+    std::tie(out.net_probability, out.presence) = detail::forward_one(impl_->net, input);
     out.axis_scale = impl_->info.axis_scale;
+    if (impl_->refine.net) out = detail::refine_segmentation(out, gray8, impl_->refine);
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
 }
@@ -108,10 +184,48 @@ Expected<std::string> Segmenter::rewrite_metadata(const std::string& in, const s
         auto lm = detail::load_model(in);
         auto meta = nlohmann::json::parse(lm.metadata.empty() ? "{}" : lm.metadata);
         meta.update(nlohmann::json::parse(json_patch));
-        detail::save_model(lm.net, out, meta.dump());
+        detail::save_model(lm.net, out, meta.dump(), &lm.refine);
         return meta.dump(2);
     } catch (const std::exception& e) {
         return make_error("cannot rewrite model '" + in + "' to '" + out + "': " + e.what());
+    }
+}
+
+Expected<std::string> Segmenter::average_models(const std::vector<std::string>& in, const std::string& out) {
+    if (in.empty()) return make_error("model average: name at least one input model");
+    try {
+        auto first = detail::load_model(in[0]);
+        if (first.refine.net) return make_error("model average: '" + in[0] + "' is a two-pass model; average single-pass checkpoints");
+        const std::string cfg = detail::network_config_json(first.cfg);
+        auto acc_params = first.net->named_parameters();
+        auto acc_buffers = first.net->named_buffers();
+        torch::NoGradGuard no_grad;
+        for (size_t i = 1; i < in.size(); ++i) {
+            // Trainer checkpoints (checkpoint_model.pt) hold weights only: they take the first model's config.
+            torch::serialize::InputArchive ar;
+            ar.load_from(in[i]);
+            c10::IValue cfg_v;
+            if (ar.try_read("fetalhc_network_config", cfg_v) && cfg_v.isString() &&
+                detail::network_config_json(detail::network_config_from_json(cfg_v.toStringRef())) != cfg)
+                return make_error("model average: '" + in[i] + "' has a different network config from '" + in[0] + "'");
+            detail::LoadedModel m;
+            m.net = detail::UNet(first.cfg);
+            m.net->load(ar);
+            for (const auto& p : m.net->named_parameters()) acc_params[p.key()].add_(p.value());
+            for (const auto& b : m.net->named_buffers())
+                if (b.value().is_floating_point()) acc_buffers[b.key()].add_(b.value());
+        }
+        const double n = static_cast<double>(in.size());
+        for (auto& p : acc_params) p.value().div_(n);
+        for (auto& b : acc_buffers)
+            if (b.value().is_floating_point()) b.value().div_(n);
+        auto meta = nlohmann::json::parse(first.metadata.empty() ? "{}" : first.metadata, nullptr, false);
+        if (!meta.is_object()) meta = nlohmann::json::object();
+        meta["averaged_from"] = in;
+        detail::save_model(first.net, out, meta.dump());
+        return meta.dump(2);
+    } catch (const std::exception& e) {
+        return make_error(std::string("model average: ") + e.what());
     }
 }
 

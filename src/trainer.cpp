@@ -38,7 +38,7 @@ using Clock = std::chrono::steady_clock;
 #define FETALHC_FIELDS_TRAIN(X) \
     X(resize_mode) X(epochs) X(steps_per_epoch) X(validation_steps) X(batch_size) X(optimizer) X(learning_rate) \
     X(schedule) X(warmup_steps) X(step_gamma) X(momentum) X(weight_decay) X(loss_bce) X(loss_dice) X(loss_presence) \
-    X(validation_fraction) X(split_salt) X(seed) X(threads) X(init_weights)
+    X(validation_fraction) X(split_salt) X(seed) X(threads) X(init_weights) X(stage) X(coarse_model) X(crop_margin)
 #define FETALHC_FIELDS_NET(X) X(input_width) X(input_height) X(base_channels) X(depth) X(max_channels)
 
 json config_to_json(const TrainConfig& c) {
@@ -92,6 +92,9 @@ std::string config_from_json(const json& j, TrainConfig& c) {
     if (c.schedule != "cosine" && c.schedule != "constant" && c.schedule != "step")
         return "schedule must be \"cosine\", \"constant\" or \"step\"";
     if (c.resize_mode != "letterbox") return "resize_mode must be \"letterbox\"";
+    if (c.stage != "coarse" && c.stage != "refine") return "stage must be \"coarse\" or \"refine\"";
+    if (c.stage == "refine" && c.coarse_model.empty()) return "stage \"refine\" needs coarse_model (a model from a coarse run)";
+    if (c.crop_margin < 1.0 || c.crop_margin > 3.0) return "crop_margin must be in [1, 3]";
     if (c.batch_size < 1 || c.epochs < 1 || c.learning_rate <= 0) return "batch_size, epochs and learning_rate must be positive";
     if (c.validation_fraction <= 0 || c.validation_fraction >= 1) return "validation_fraction must be in (0, 1)";
     return "";
@@ -104,12 +107,14 @@ struct Sample {
     double pixel_size_mm = 0, hc_mm = 0;
     cv::Mat base, base_mask;  // image and mask resized by base_scale (kBaseOversample x the letterbox scale)
     double base_scale = 1;    // base pixels per original pixel
-    cv::Mat full;             // original image (validation only: the sector test uses it)
+    cv::Mat full;             // original image (validation, and the refine stage's crops)
+    cv::Mat full_mask;        // refine stage: the original mask (CV_8U)
+    Ellipse ref;              // refine stage: the reference ellipse (original pixels)
 };
 
 constexpr double kBaseOversample = 1.5;  // keep detail for zoom-in augmentation
 
-Expected<std::vector<Sample>> preload(const std::vector<Hc18Record>& recs, cv::Size net, bool keep_full) {
+Expected<std::vector<Sample>> preload(const std::vector<Hc18Record>& recs, cv::Size net, bool keep_full, bool refine) {
     std::vector<Sample> out;
     out.reserve(recs.size());
     for (const auto& r : recs) {
@@ -130,7 +135,14 @@ Expected<std::vector<Sample>> preload(const std::vector<Hc18Record>& recs, cv::S
         cv::Mat mf;
         mask.convertTo(mf, CV_32F, 1.0 / 255);
         cv::resize(mf, s.base_mask, bs, 0, 0, cv::INTER_AREA);
-        if (keep_full) s.full = *img;
+        if (keep_full || refine) s.full = *img;
+        if (refine) {
+            if (!r.has_ellipse)
+                return make_error("the refine stage needs reference ellipses: '" + r.filename +
+                                  "' has none (training_set_ellipses.csv missing?)");
+            s.full_mask = mask;
+            s.ref = r.ellipse_px;
+        }
         out.push_back(std::move(s));
     }
     return out;
@@ -170,11 +182,39 @@ struct Augmenter {
         M(1, 2) = cn.y + ty - (M(1, 0) * cb.x + M(1, 1) * cb.y);
         cv::warpAffine(s.base, img_out, M, net, cv::INTER_LINEAR, cv::BORDER_CONSTANT, 0);
         cv::warpAffine(s.base_mask, mask_out, M, net, cv::INTER_LINEAR, cv::BORDER_CONSTANT, 0);
+        return photometric(img_out, mask_out, zoom * s.base_scale);
+    }
 
+    // Refine stage: a head-centred crop around a jittered reference ellipse (what the first pass
+    // would have found), flipped within the crop frame.
+    float make_crop(const Sample& s, double margin, cv::Mat& img_out, cv::Mat& mask_out) {
+        Ellipse e = s.ref;
+        const double shift = uni(0, a.translate) * e.a, dir = uni(0, 2 * CV_PI);
+        e.cx += shift * std::cos(dir);
+        e.cy += shift * std::sin(dir);
+        const double k = uni(a.scale_min, a.scale_max);
+        e.a *= k;
+        e.b *= k * uni(0.95, 1.05);
+        if (e.b > e.a) e.b = e.a;
+        e.angle += uni(-a.rotate_degrees, a.rotate_degrees) * CV_PI / 180 + (chance(a.rotate90) ? CV_PI : 0);
+        cv::Matx23d A = crop_frame(e, net, margin);
+        if (chance(a.flip_horizontal))  // mirror about the crop's vertical centre line
+            for (int c = 0; c < 3; ++c) A(0, c) = (c == 2 ? net.width - 1 : 0) - A(0, c);
+        if (chance(a.flip_vertical))
+            for (int c = 0; c < 3; ++c) A(1, c) = (c == 2 ? net.height - 1 : 0) - A(1, c);
+        img_out = warp_to_frame(s.full, A, net);
+        warp_to_frame(s.full_mask, A, net).convertTo(mask_out, CV_32F, 1.0 / 255);
+        const double zoom = std::sqrt(std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0)));
+        return photometric(img_out, mask_out, zoom);
+    }
+
+    // Blur (sigma drawn in original pixels; net_per_orig converts), gamma, brightness, noise.
+    float photometric(cv::Mat& img_out, const cv::Mat& mask_out, double net_per_orig) {
+        const double zoom = net_per_orig;
         cv::Mat f;
         img_out.convertTo(f, CV_32F, 1.0 / 255);
         // The blur sigma is drawn in original pixels; zoom * base_scale is net pixels per original pixel.
-        const double sigma = chance(a.blur_probability) ? uni(0, a.blur_sigma_max) * zoom * s.base_scale : 0;
+        const double sigma = chance(a.blur_probability) ? uni(0, a.blur_sigma_max) * zoom : 0;
         if (sigma > 0.3) cv::GaussianBlur(f, f, {0, 0}, sigma);
         if (a.contrast_gamma > 0) cv::pow(f, std::exp(uni(-a.contrast_gamma, a.contrast_gamma)), f);
         f *= uni(a.brightness_min, a.brightness_max);
@@ -296,6 +336,54 @@ EvalResult evaluate(detail::UNet& net, const std::vector<Sample>& val, const Tra
     return r;
 }
 
+// Refine stage: the whole two-pass pipeline on each validation image. `coarse` holds the frozen
+// first pass's segmentation of each image (computed once). Loss and Dice are measured in the crop.
+EvalResult evaluate_refine(detail::UNet& net, const std::vector<Sample>& val, const std::vector<Segmentation>& coarse,
+                           const TrainConfig& cfg, double axis_scale) {
+    net->eval();
+    torch::NoGradGuard ng;
+    EvalResult r;
+    const cv::Size ns(cfg.network.input_width, cfg.network.input_height);
+    const detail::Refiner ref{net, cfg.crop_margin};
+    double hc_abs = 0, dice_sum = 0, loss_sum = 0;
+    int n_crops = 0;
+    for (size_t i = 0; i < val.size(); ++i) {
+        const Sample& s = val[i];
+        Segmentation seg = detail::refine_segmentation(coarse[i], s.full, ref);
+        seg.axis_scale = axis_scale;
+        if (seg.refined) {
+            cv::Mat m;
+            warp_to_frame(s.full_mask, seg.crop_to_net, ns).convertTo(m, CV_32F, 1.0 / 255);
+            cv::Mat p = cv::min(cv::max(seg.net_probability, 1e-6), 1 - 1e-6), lp, l1p;
+            cv::log(p, lp);
+            cv::log(1 - p, l1p);
+            const double bce = -cv::mean(m.mul(lp) + (1 - m).mul(l1p))[0];
+            const double soft = 1 - (2 * cv::sum(p.mul(m))[0] + 1) / (cv::sum(p)[0] + cv::sum(m)[0] + 1);
+            loss_sum += cfg.loss_bce * bce + cfg.loss_dice * soft;
+            cv::Mat pm = seg.net_probability >= 0.5f, gm = m >= 0.5f, both;
+            cv::bitwise_and(pm, gm, both);
+            const double a = cv::countNonZero(pm), b = cv::countNonZero(gm);
+            dice_sum += a + b > 0 ? 2.0 * cv::countNonZero(both) / (a + b) : 1.0;
+            ++n_crops;
+        }
+        MeasureOptions mo;
+        mo.pixel_size_mm = s.pixel_size_mm;
+        auto m = measure_from_segmentation(seg, s.full, mo, s.filename);
+        if (m) {
+            hc_abs += std::abs(m->hc_mm - s.hc_mm);
+        } else {
+            hc_abs += s.hc_mm;
+            ++r.failed;
+        }
+        ++r.n;
+    }
+    if (r.n) r.hc_mad = hc_abs / r.n;
+    if (n_crops) r.loss = loss_sum / n_crops, r.dice = dice_sum / n_crops;
+    r.failed += r.n - n_crops;  // no first-pass ellipse: the second pass could not run
+    net->train();
+    return r;
+}
+
 void write_text(const fs::path& p, const std::string& text) {
     const fs::path tmp = p.string() + ".tmp";
     {
@@ -361,16 +449,36 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
         const cv::Size ns(cfg.network.input_width, cfg.network.input_height);
         std::fprintf(stderr, "fetalhc train: %zu train / %zu validation images (grouped by examination), loading...\n",
                      split.train.size(), split.validation.size());
-        auto train_set = preload(split.train, ns, false);
+        const bool refine = cfg.stage == "refine";
+        auto train_set = preload(split.train, ns, false, refine);
         if (!train_set) return make_error(train_set.error());
-        auto val_set = preload(split.validation, ns, true);
+        auto val_set = preload(split.validation, ns, true, refine);
         if (!val_set) return make_error(val_set.error());
+
+        // Refine stage: the frozen first pass, run once over the validation images.
+        detail::LoadedModel coarse;
+        std::vector<Segmentation> coarse_val;
+        if (refine) {
+            coarse = detail::load_model(cfg.coarse_model);
+            if (coarse.refine.net) return make_error("coarse_model '" + cfg.coarse_model + "' already has a second pass");
+            torch::NoGradGuard ng;
+            const cv::Size cs(coarse.cfg.input_width, coarse.cfg.input_height);
+            for (const auto& s : *val_set) {
+                Segmentation seg;
+                seg.letterbox = Letterbox::fit(s.full.size(), cs);
+                std::tie(seg.net_probability, seg.presence) = detail::forward_one(coarse.net, seg.letterbox.apply(s.full, cv::INTER_AREA));
+                coarse_val.push_back(seg);
+            }
+            std::fprintf(stderr, "fetalhc train: refine stage over the first pass of %s\n", cfg.coarse_model.c_str());
+        }
 
         detail::UNet net(cfg.network);
         if (!cfg.init_weights.empty() && !opt.resume) {
             auto init = detail::load_model(cfg.init_weights);
-            if (detail::network_config_json(init.cfg) != detail::network_config_json(cfg.network))
-                return make_error("init_weights '" + cfg.init_weights + "' has a different network config than this run's");
+            // The weights do not depend on the input size, so a refine run may start from a coarse model.
+            if (init.cfg.base_channels != cfg.network.base_channels || init.cfg.depth != cfg.network.depth ||
+                init.cfg.max_channels != cfg.network.max_channels)
+                return make_error("init_weights '" + cfg.init_weights + "' has different channels or depth than this run's network");
             torch::NoGradGuard ng;
             auto src = init.net->named_parameters(), dst = net->named_parameters();
             for (auto& p : dst) p.value().copy_(src[p.key()]);
@@ -448,7 +556,8 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
                         std::shuffle(order.begin(), order.end(), rng);
                         cursor = 0;
                     }
-                    pres[b] = aug.make((*train_set)[order[cursor++]], imgs[b], masks[b]);
+                    const Sample& smp = (*train_set)[order[cursor++]];
+                    pres[b] = refine ? aug.make_crop(smp, cfg.crop_margin, imgs[b], masks[b]) : aug.make(smp, imgs[b], masks[b]);
                 }
                 auto x = detail::normalise_batch(to_tensor(imgs));
                 auto y = to_tensor(masks);
@@ -484,7 +593,8 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
             if (tty) std::fprintf(stderr, "\n");
             if (n_steps == 0) break;
             const auto t_val = Clock::now();
-            EvalResult ev = evaluate(net, *val_set, cfg, cfg.validation_steps, axis_scale);
+            EvalResult ev = refine ? evaluate_refine(net, *val_set, coarse_val, cfg, axis_scale)
+                                   : evaluate(net, *val_set, cfg, cfg.validation_steps, axis_scale);
             const double val_s = std::chrono::duration<double>(Clock::now() - t_val).count();
             const double wall = prior_seconds + std::chrono::duration<double>(Clock::now() - t_start).count();
             history.push_back({{"epoch", epoch + 1}, {"step", step}, {"train_loss", loss_sum / n_steps},
@@ -500,7 +610,13 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
                           {"val_images", ev.n}, {"split_salt", cfg.split_salt},
                           {"validation_fraction", cfg.validation_fraction}, {"axis_scale", axis_scale},
                           {"config", config_to_json(cfg)}};
-                detail::save_model(net, (out / "model.pt").string(), meta.dump());
+                if (refine) {
+                    const detail::Refiner r{net, cfg.crop_margin};
+                    meta["coarse_model"] = cfg.coarse_model;
+                    detail::save_model(coarse.net, (out / "model.pt").string(), meta.dump(), &r);
+                } else {
+                    detail::save_model(net, (out / "model.pt").string(), meta.dump());
+                }
                 rep.best_dice = ev.dice;
             }
             // Checkpoint after every epoch: model, optimizer, position, history.

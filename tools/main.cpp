@@ -444,6 +444,12 @@ int main(int argc, char** argv) {
     cal->add_option("--model", cal_in, "model to read")->capture_default_str();
     cal->add_option("--out", cal_out, "model file to write (may equal --model)")->required();
 
+    std::vector<std::string> avg_in;
+    std::string avg_out;
+    auto* avg = mdl->add_subcommand("average", "average the weights of models from one training run (same network)");
+    avg->add_option("models", avg_in, "model files to average")->required();
+    avg->add_option("--out", avg_out, "model file to write")->required();
+
     std::string tdata, tconfig, tout;
     bool resume = false;
     long long max_steps = -1;
@@ -466,6 +472,12 @@ int main(int argc, char** argv) {
     ma.pixel_size_given = meas->count("--pixel-size") > 0;
     if (meas->parsed()) return run_measure(ma);
     if (cal->parsed()) return run_calibrate(cal_data, cal_in, cal_out);
+    if (avg->parsed()) {
+        auto r = fetalhc::Segmenter::average_models(avg_in, avg_out);
+        if (!r) return error(r.error()), kExitSomeFailed;
+        std::fprintf(stderr, "averaged %zu models into %s\n", avg_in.size(), avg_out.c_str());
+        return kExitOk;
+    }
     if (ev->parsed()) return run_evaluate(ea);
     if (coco->parsed()) {
         auto recs = fetalhc::read_hc18_training(coco_data);

@@ -37,7 +37,20 @@ struct Letterbox {
     cv::Point2d to_image(cv::Point2d net) const;
     cv::Point2d to_net(cv::Point2d img) const;
     cv::Mat apply(const cv::Mat& img, int interpolation) const;  // image -> net_size canvas
+    cv::Matx23d affine() const;  // the same mapping as a 2x3 affine (image -> net)
 };
+
+struct Ellipse;
+
+// Head-centred crop frame used by the refinement pass: the image is turned so that the ellipse's
+// major axis runs along +x, centred in a `net`-sized crop, and zoomed so that the ellipse grown by
+// `margin` just fits. Returns the image -> crop affine.
+cv::Matx23d crop_frame(const Ellipse& e, cv::Size net, double margin);
+
+// Resamples `img` into the frame of the affine A (image -> frame) at `size`. Areas zoomed out by
+// more than 1.5x are first reduced with pixel-area averaging so speckle does not alias.
+// Pixels outside the image are 0. Works on CV_8U and CV_32F.
+cv::Mat warp_to_frame(const cv::Mat& img, const cv::Matx23d& A, cv::Size size);
 
 // Network hyper-parameters stored inside the model file.
 struct NetworkConfig {
@@ -51,8 +64,14 @@ struct Segmentation {
     cv::Mat net_probability;  // CV_32F at the network input size, head probability in [0,1]
     float presence = 0;       // probability that a head is in view (the detection head)
     double axis_scale = 1;    // the model's mask-to-reference factor (ModelInfo::axis_scale)
-    Letterbox letterbox;
-    double network_ms = 0;    // forward pass time
+    Letterbox letterbox;      // the whole-image pass (its image_size is the input image's)
+    // Set when net_probability comes from the refinement pass on a head-centred crop: the
+    // image -> crop affine (see crop_frame). Otherwise the frame is the letterbox.
+    bool refined = false;
+    cv::Matx23d crop_to_net = cv::Matx23d::eye();
+    double network_ms = 0;    // forward pass time (both passes)
+
+    cv::Matx23d to_net() const { return refined ? crop_to_net : letterbox.affine(); }
 
     // Probability map resized back to the input image (bilinear), CV_32F.
     cv::Mat probability_full() const;
@@ -65,6 +84,10 @@ struct SegmenterOptions {
 struct ModelInfo {
     std::string path;
     NetworkConfig config;
+    // Optional second network that re-segments a crop centred on the first pass's ellipse at a
+    // fixed head size (coarse-to-fine). refine_config.input_width == 0 when the model has none.
+    NetworkConfig refine_config{0, 0, 0, 0, 0};
+    double refine_margin = 0;
     long long parameters = 0;
     std::string metadata;  // JSON text written by the trainer (split, metrics, ...)
     // Factor applied to fitted semi-axes: the network learns the filled masks, whose boundary
@@ -84,6 +107,11 @@ public:
     // (a JSON object), e.g. {"axis_scale": 0.993}. Returns the merged metadata.
     static Expected<std::string> rewrite_metadata(const std::string& in, const std::string& out,
                                                   const std::string& json_patch);
+
+    // Writes the element-wise mean of the parameters and batch-norm statistics of models that share
+    // one network config (weight averaging of checkpoints from one training run). The metadata of
+    // the first model is kept, with "averaged_from" added.
+    static Expected<std::string> average_models(const std::vector<std::string>& in, const std::string& out);
 
     struct Impl;  // defined with LibTorch in segmenter.cpp
     explicit Segmenter(std::shared_ptr<const Impl> impl);

@@ -51,6 +51,14 @@ struct TrainConfig {
     unsigned seed = 42;
     int threads = 0;                  // 0 = all cores
     std::string init_weights;         // start from this model file's weights (fine-tuning); "" = random
+    // "coarse": the whole-image network. "refine": the second, head-centred pass of a coarse-to-fine
+    // model; trains on crops around the reference ellipses (jittered by the augment settings:
+    // translate = centre shift as a fraction of the semi-major axis, scale_min/max, rotate_degrees,
+    // rotate90 = chance of a half turn) and validates the whole two-pass pipeline with the frozen
+    // `coarse_model`. Its model.pt holds both networks.
+    std::string stage = "coarse";
+    std::string coarse_model;
+    double crop_margin = 1.2;         // refine: the crop is the ellipse grown by this factor
     AugmentConfig augment;
 };
 
