@@ -105,6 +105,20 @@ Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptio
     }
 }
 
+Expected<Measurement> Measurer::measure_near(const cv::Mat& gray8, const MeasureOptions& opt, const Ellipse& prior,
+                                             const std::string& source) const {
+    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty()) return make_error(e);
+    try {
+        auto t0 = Clock::now();
+        Segmentation seg = seg_.segment_near(gray8, prior);
+        auto r = measure_from_segmentation(seg, gray8, opt, source);
+        if (r) r->timings.total_ms = ms_since(t0);
+        return r;
+    } catch (const std::exception& e) {
+        return make_error("measuring '" + source + "' failed: " + e.what());
+    }
+}
+
 Expected<Measurement> Measurer::measure_file(const std::string& path, const MeasureOptions& opt) const {
     if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + path + "'"); !e.empty()) return make_error(e);
     auto t0 = Clock::now();

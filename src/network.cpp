@@ -89,14 +89,27 @@ NetworkConfig network_config_from_json(const std::string& text) {
     return c;
 }
 
+// Weights are stored as 16-bit floats (half the file; inference runs in float32 after loading).
+static UNet half_copy(UNet& net) {
+    UNet h(net->cfg);
+    torch::NoGradGuard ng;
+    auto src = net->named_parameters(), dst = h->named_parameters();
+    for (auto& p : dst) p.value().copy_(src[p.key()]);
+    auto sb = net->named_buffers(), db = h->named_buffers();
+    for (auto& b : db) b.value().copy_(sb[b.key()]);
+    h->to(torch::kHalf);
+    return h;
+}
+
 void save_model(UNet& net, const std::string& path, const std::string& metadata_json, const Refiner* refine) {
     torch::serialize::OutputArchive ar;
-    net->save(ar);
+    half_copy(net)->save(ar);
     ar.write("fetalhc_network_config", c10::IValue(network_config_json(net->cfg)));
     ar.write("fetalhc_metadata", c10::IValue(metadata_json));
     if (refine && refine->net) {
         torch::serialize::OutputArchive sub;
-        refine->net->save(sub);
+        UNet r = refine->net;
+        half_copy(r)->save(sub);
         ar.write("refine", sub);
         nlohmann::json j{{"network", nlohmann::json::parse(network_config_json(refine->net->cfg))}, {"margin", refine->margin}};
         ar.write("fetalhc_refine", c10::IValue(j.dump()));
@@ -115,6 +128,7 @@ LoadedModel load_model(const std::string& path) {
     if (ar.try_read("fetalhc_metadata", meta_v) && meta_v.isString()) lm.metadata = meta_v.toStringRef();
     lm.net = UNet(lm.cfg);
     lm.net->load(ar);
+    lm.net->to(torch::kFloat);
     lm.net->eval();
     c10::IValue ref_v;
     if (ar.try_read("fetalhc_refine", ref_v) && ref_v.isString()) {
@@ -123,6 +137,7 @@ LoadedModel load_model(const std::string& path) {
         if (!ar.try_read("refine", sub)) throw std::runtime_error("model file names a refinement network but holds none");
         lm.refine.net = UNet(network_config_from_json(j["network"].dump()));
         lm.refine.net->load(sub);
+        lm.refine.net->to(torch::kFloat);
         lm.refine.net->eval();
         lm.refine.margin = j.value("margin", 1.2);
     }

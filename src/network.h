@@ -38,8 +38,8 @@ torch::Tensor normalise_batch(const torch::Tensor& u8_or_float01);
 
 long long count_parameters(torch::nn::Module& m);
 
-// Model file: the module's parameters and buffers plus two strings, the network config and
-// free-form metadata (JSON).
+// Model file: the module's parameters and buffers (stored as float16, loaded as float32) plus two
+// strings, the network config and free-form metadata (JSON).
 // A model file may also hold a refinement network (coarse-to-fine) under the key "refine", with
 // its config and crop margin in "fetalhc_refine".
 struct Refiner {

@@ -178,6 +178,26 @@ Segmentation Segmenter::segment(const cv::Mat& gray8) const {
     return out;
 }
 
+Segmentation Segmenter::segment_near(const cv::Mat& gray8, const Ellipse& prior) const {
+    if (!impl_->refine.net || !prior.valid()) return segment(gray8);
+    CV_Assert(gray8.type() == CV_8UC1 && !gray8.empty());
+    const auto& cfg = impl_->info.config;
+    const auto& rc = impl_->refine.net->cfg;
+    const cv::Size ns(rc.input_width, rc.input_height);
+    Segmentation out;
+    out.letterbox = Letterbox::fit(gray8.size(), {cfg.input_width, cfg.input_height});
+    out.axis_scale = impl_->info.axis_scale;
+    out.refined = true;
+    out.crop_to_net = crop_frame(prior, ns, impl_->refine.margin);
+    auto t0 = std::chrono::steady_clock::now();
+    c10::InferenceMode guard;
+    cv::Mat input = warp_to_frame(gray8, out.crop_to_net, ns);
+    // The second network's own score: is the crop still centred on a head?
+    std::tie(out.net_probability, out.presence) = detail::forward_one(impl_->refine.net, input);
+    out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return out;
+}
+
 Expected<std::string> Segmenter::rewrite_metadata(const std::string& in, const std::string& out,
                                                   const std::string& json_patch) {
     try {

@@ -66,6 +66,7 @@ struct MeasureArgs {
     std::string pixel_sizes_csv, format = "text", overlay_dir, model = default_model();
     double ga_weeks = std::numeric_limits<double>::quiet_NaN();
     int threads = 0;
+    int redetect_every = 10;
 };
 
 void print_text(const fetalhc::Measurement& m) {
@@ -90,6 +91,87 @@ void print_text(const fetalhc::Measurement& m) {
     std::printf("  quality %s%s%s\n", m.quality.c_str(), m.reasons.empty() ? "" : ": ", join(m.reasons, "; ").c_str());
     std::printf("  time %.1f ms (decode %.1f, network %.1f, post %.1f, fit %.1f)\n", m.timings.total_ms, m.timings.decode_ms,
                 m.timings.network_ms, m.timings.postprocess_ms, m.timings.fit_ms);
+}
+
+std::string csv_row(const std::string& file, const fetalhc::Measurement& m) {
+    const auto& e = m.ellipse_px;
+    std::string cent, z;
+    if (m.centile && m.centile->in_range) cent = num(m.centile->centile, 1), z = num(m.centile->z, 3);
+    const std::vector<std::string> cols{csv_quote(file), num(m.hc_mm, 2), num(m.bpd_mm, 2), num(m.ofd_mm, 2),
+                                        num(m.cephalic_index, 1), num(e.cx, 3), num(e.cy, 3), num(e.a, 3), num(e.b, 3),
+                                        num(e.angle, 6), num(m.pixel_size_mm, 6),
+                                        m.ga_hadlock.in_range ? num(m.ga_hadlock.weeks, 2) : "",
+                                        m.ga_intergrowth.in_range ? num(m.ga_intergrowth.weeks, 2) : "",
+                                        m.ga_weeks_given ? num(*m.ga_weeks_given, 2) : "", cent, z, m.quality,
+                                        csv_quote(join(m.reasons, "; ")), ""};
+    return join(cols, ",");
+}
+
+// One video: per-frame results as they come, then the summary. Returns false when it failed.
+bool run_video(const fetalhc::Measurer& measurer, const std::string& path, const fetalhc::VideoOptions& vo,
+               const std::string& format, json& all) {
+    if (format == "hc18") {
+        error("'" + path + "': --format hc18 takes still images only; use --format csv or json for videos");
+        return false;
+    }
+    json frames = json::array();
+    auto s = fetalhc::measure_video(measurer, path, vo, [&](const fetalhc::VideoFrame& f) {
+        const std::string label = path + "#" + std::to_string(f.index);
+        if (format == "json") {
+            json j = f.result ? json::parse(fetalhc::to_json(*f.result)) : json{{"error", f.result.error()}};
+            j["frame"] = f.index;
+            j["time_s"] = f.time_s;
+            j["tracked"] = f.tracked;
+            frames.push_back(j);
+        } else if (format == "csv") {
+            if (f.result) std::printf("%s\n", csv_row(label, *f.result).c_str());
+            else std::printf("%s,,,,,,,,,,,,,,,,,,%s\n", csv_quote(label).c_str(), csv_quote(f.result.error()).c_str());
+        } else if (f.result) {
+            std::printf("%s  t %.2f s  HC %.1f mm  %s%s\n", label.c_str(), f.time_s, f.result->hc_mm, f.result->quality.c_str(),
+                        f.tracked ? "  (tracked)" : "");
+        } else {
+            std::printf("%s  t %.2f s  no measurement: %s\n", label.c_str(), f.time_s, f.result.error().c_str());
+        }
+        std::fflush(stdout);
+    });
+    if (!s) {
+        error(s.error());
+        if (format == "json") all.push_back({{"source", path}, {"error", s.error()}});
+        return false;
+    }
+    json summary{{"frames", s->frames}, {"measured", s->measured}, {"ok_frames", s->ok}, {"seconds", s->seconds},
+                 {"frames_per_second", s->frames_per_second}, {"has_estimate", s->has_estimate}};
+    if (s->has_estimate)
+        summary.update({{"hc_median_mm", s->hc_median_mm}, {"bpd_median_mm", s->bpd_median_mm},
+                        {"ofd_median_mm", s->ofd_median_mm}, {"hc_iqr_mm", s->hc_iqr_mm}, {"estimate_frame", s->estimate_frame},
+                        {"estimate", json::parse(fetalhc::to_json(s->estimate))}});
+    if (format == "json") {
+        all.push_back({{"source", path}, {"frames", frames}, {"summary", summary}});
+    } else if (format == "csv") {
+        const std::string label = path + "#summary";
+        if (s->has_estimate) {
+            fetalhc::Measurement m = s->estimate;
+            m.hc_mm = s->hc_median_mm;
+            m.bpd_mm = s->bpd_median_mm;
+            m.ofd_mm = s->ofd_median_mm;
+            m.reasons = {"median of " + std::to_string(s->ok) + " ok frames of " + std::to_string(s->frames) +
+                         "; ellipse of frame " + std::to_string(s->estimate_frame)};
+            std::printf("%s\n", csv_row(label, m).c_str());
+        } else {
+            std::printf("%s,,,,,,,,,,,,,,,,review,,no frame judged ok\n", csv_quote(label).c_str());
+        }
+    } else {
+        std::printf("%s: %d frames, %d measured, %d ok, %.1f frames/s\n", path.c_str(), s->frames, s->measured, s->ok,
+                    s->frames_per_second);
+        if (s->has_estimate)
+            std::printf("  summary over ok frames: HC %.1f mm (median; IQR %.1f mm)  BPD %.1f mm  OFD %.1f mm  (closest frame %d)\n",
+                        s->hc_median_mm, s->hc_iqr_mm, s->bpd_median_mm, s->ofd_median_mm, s->estimate_frame);
+        else
+            std::printf("  no frame judged ok: no summary estimate; review the video\n");
+    }
+    std::fflush(stdout);
+    if (!s->has_estimate) error("'" + path + "': no frame gave an ok measurement");
+    return s->has_estimate;
 }
 
 int run_measure(const MeasureArgs& a) {
@@ -145,6 +227,18 @@ int run_measure(const MeasureArgs& a) {
                     "pixel_size_mm,ga_hadlock_weeks,ga_intergrowth_weeks,ga_given_weeks,centile,z,quality,reasons,error\n");
     for (const auto& item : items) {
         const std::string name = fs::path(item.path).filename().string();
+        if (item.error.empty() && fetalhc::has_video_extension(item.path)) {
+            fetalhc::VideoOptions vo;
+            vo.measure.pixel_size_mm = a.pixel_size;
+            if (!sizes.empty()) {
+                auto it = sizes.find(name);
+                vo.measure.pixel_size_mm = it == sizes.end() ? std::numeric_limits<double>::quiet_NaN() : it->second;
+            }
+            if (!std::isnan(a.ga_weeks)) vo.measure.ga_weeks = a.ga_weeks;
+            vo.redetect_every = a.redetect_every;
+            if (!run_video(measurer, item.path, vo, a.format, all)) ++failed;
+            continue;
+        }
         fetalhc::Expected<fetalhc::Measurement> r = fetalhc::make_error(item.error);
         cv::Mat gray;
         if (item.error.empty()) {
@@ -193,18 +287,7 @@ int run_measure(const MeasureArgs& a) {
             }
         } else if (a.format == "csv") {
             if (r) {
-                const auto& m = *r;
-                const auto& e = m.ellipse_px;
-                std::string cent, z;
-                if (m.centile && m.centile->in_range) cent = num(m.centile->centile, 1), z = num(m.centile->z, 3);
-                std::printf("%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,\n", csv_quote(item.path).c_str(),
-                            num(m.hc_mm, 2).c_str(), num(m.bpd_mm, 2).c_str(), num(m.ofd_mm, 2).c_str(),
-                            num(m.cephalic_index, 1).c_str(), num(e.cx, 3).c_str(), num(e.cy, 3).c_str(), num(e.a, 3).c_str(),
-                            num(e.b, 3).c_str(), num(e.angle, 6).c_str(), num(m.pixel_size_mm, 6).c_str(),
-                            m.ga_hadlock.in_range ? num(m.ga_hadlock.weeks, 2).c_str() : "",
-                            m.ga_intergrowth.in_range ? num(m.ga_intergrowth.weeks, 2).c_str() : "",
-                            m.ga_weeks_given ? num(*m.ga_weeks_given, 2).c_str() : "", cent.c_str(), z.c_str(),
-                            m.quality.c_str(), csv_quote(join(m.reasons, "; ")).c_str());
+                std::printf("%s\n", csv_row(item.path, *r).c_str());
             } else {
                 std::printf("%s,,,,,,,,,,,,,,,,,,%s\n", csv_quote(item.path).c_str(), csv_quote(r.error()).c_str());
             }
@@ -294,7 +377,7 @@ int run_evaluate(const EvalArgs& a) {
     auto summarise = [&](int tri) {
         json s;
         std::vector<double> ad, sd, dc, hd;
-        int n = 0, failed = 0, review = 0;
+        int n = 0, failed = 0, review = 0, gross = 0, gross_flagged = 0, good_flagged = 0;
         for (const auto& r : rows) {
             if (tri && r.trimester != tri) continue;
             ++n;
@@ -303,6 +386,9 @@ int run_evaluate(const EvalArgs& a) {
                 continue;
             }
             review += r.quality == "review";
+            // How well the review flag tracks real failures (errors over 5 mm).
+            if (std::abs(r.diff) > 5) ++gross, gross_flagged += r.quality == "review";
+            else good_flagged += r.quality == "review";
             ad.push_back(std::abs(r.diff));
             sd.push_back(r.diff);
             dc.push_back(r.dice);
@@ -327,6 +413,8 @@ int run_evaluate(const EvalArgs& a) {
         s["dice"] = {{"mean", mean(dc)}, {"sd", sdv(dc)}};
         s["hausdorff_mm"] = {{"mean", mean(hd)}, {"sd", sdv(hd)}};
         s["over_10mm"] = std::count_if(ad.begin(), ad.end(), [](double x) { return x > 10; });
+        s["review_flag"] = {{"errors_over_5mm", gross}, {"errors_over_5mm_flagged", gross_flagged},
+                            {"good_flagged", good_flagged}, {"good", int(ad.size()) - gross}};
         return s;
     };
     json out;
@@ -373,6 +461,10 @@ int run_evaluate(const EvalArgs& a) {
         };
         std::printf("fetalhc evaluate: %s (%s split), model %s\n", a.data.c_str(), a.split.c_str(), a.model.c_str());
         line("all", out["overall"]);
+        const json& rf = out["overall"]["review_flag"];
+        std::printf("review flag: %d of %d errors > 5 mm flagged; %d of %d others flagged needlessly\n",
+                    rf["errors_over_5mm_flagged"].get<int>(), rf["errors_over_5mm"].get<int>(), rf["good_flagged"].get<int>(),
+                    rf["good"].get<int>());
         for (const char* t : {"first", "second", "third"})
             if (out["per_trimester"][t]["images"].get<int>() > 0 && out["per_trimester"][t]["hc_abs_diff_mm"]["mean"].is_number())
                 line(t, out["per_trimester"][t]);
@@ -409,7 +501,7 @@ int main(int argc, char** argv) {
 
     MeasureArgs ma;
     auto* meas = app.add_subcommand("measure", "measure HC, BPD, OFD, GA (and centile) on images or folders");
-    meas->add_option("paths", ma.paths, "image files (PNG, JPEG, BMP, TIFF) or folders of them")->required();
+    meas->add_option("paths", ma.paths, "image files (PNG, JPEG, BMP, TIFF), folders of images, or videos (MP4, AVI, ...)")->required();
     meas->add_option("--pixel-size", ma.pixel_size, "pixel size in mm per pixel, for every image");
     meas->add_option("--pixel-sizes", ma.pixel_sizes_csv, "CSV `filename,pixel size(mm)` (the HC18 layout)");
     meas->add_option("--ga-weeks", ma.ga_weeks, "known gestational age in weeks, for the INTERGROWTH-21st centile");
@@ -417,6 +509,9 @@ int main(int argc, char** argv) {
     meas->add_option("--overlay", ma.overlay_dir, "write <image>_overlay.png with the ellipse and numbers into this folder");
     meas->add_option("--threads", ma.threads, "CPU threads for the network (0 = all cores)")->capture_default_str();
     meas->add_option("--model", ma.model, "model file (or set FETALHC_MODEL)")->capture_default_str();
+    meas->add_option("--redetect-every", ma.redetect_every,
+                     "videos: whole-image pass at least every N frames, tracking between (1 = every frame)")
+        ->check(CLI::Range(1, 100000))->capture_default_str();
 
     EvalArgs ea;
     auto* ev = app.add_subcommand("evaluate", "HC18 metrics (HC difference, Dice, Hausdorff, mask AP/AR) on a labelled folder");

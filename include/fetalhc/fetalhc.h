@@ -11,3 +11,4 @@
 #include "fetalhc/overlay.h"
 #include "fetalhc/segmenter.h"
 #include "fetalhc/trainer.h"
+#include "fetalhc/video.h"

@@ -73,6 +73,10 @@ public:
     explicit Measurer(Segmenter seg) : seg_(std::move(seg)) {}
     Expected<Measurement> measure(const cv::Mat& gray8, const MeasureOptions& opt,
                                   const std::string& source = "image") const;
+    // Same, tracking a head found on a previous frame (see Segmenter::segment_near): `prior` is
+    // that frame's ellipse_px, in input pixels.
+    Expected<Measurement> measure_near(const cv::Mat& gray8, const MeasureOptions& opt, const Ellipse& prior,
+                                       const std::string& source = "image") const;
     // Reads the file too (decode time is reported in timings).
     Expected<Measurement> measure_file(const std::string& path, const MeasureOptions& opt) const;
     const Segmenter& segmenter() const { return seg_; }

@@ -101,6 +101,10 @@ public:
     static Expected<Segmenter> load(const std::string& model_path, const SegmenterOptions& opt = {});
     // gray8: CV_8UC1 image of any size (>= 16 px each side).
     Segmentation segment(const cv::Mat& gray8) const;
+    // Tracking (video): with a two-pass model, skips the whole-image pass and re-segments the crop
+    // around `prior` (an ellipse found on a previous frame, input pixels). Without a second
+    // network it is the same as segment(gray8).
+    Segmentation segment_near(const cv::Mat& gray8, const Ellipse& prior) const;
     const ModelInfo& info() const;
 
     // Writes a copy of the model file at `in` to `out` with metadata keys replaced or added
