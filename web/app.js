@@ -30,6 +30,7 @@
     hc: $('hc'), bpd: $('bpd'), ofd: $('ofd'), ci: $('ci'), gaHadlock: $('ga-hadlock'),
     gaIntergrowth: $('ga-intergrowth'), centile: $('centile'), timings: $('timings'), results: $('results'),
     reset: $('reset-ellipse'), accept: $('accept'), acceptStatus: $('accept-status'),
+    openPregnancy: $('open-pregnancy'),
     message: $('message'), messageText: $('message-text'), messageClose: $('message-close'),
     serverStatus: $('server-status'), token: $('token'), tokenSettings: $('token-settings'),
     tabMeasure: $('tab-measure'), tabPregnancy: $('tab-pregnancy'),
@@ -48,6 +49,7 @@
     hover: null,          // handle under the pointer
     perimeterTimer: 0,
     perimeterSeq: 0,
+    measureSeq: 0,        // bumps on every new file or measurement; stale responses are dropped
     accepted: false,
     growthCurve: null,
     chart: null,
@@ -294,9 +296,9 @@
     drawHandle('center', '#ffd400');
     ctx.setTransform(1, 0, 0, 1, 0, 0);
 
-    const api = toApi(e);
-    cv.dataset.ellipse = JSON.stringify(api);
-    cv.dataset.handles = JSON.stringify(handles(normalise(e)));
+    // State for tests and tools: the ellipse as the API has it, and the handle positions (image px).
+    cv.dataset.ellipse = JSON.stringify(toApi(e));
+    cv.dataset.handles = JSON.stringify(h);
     cv.dataset.drawn = '1';
   }
 
@@ -386,11 +388,18 @@
     draw();
     showLocalNumbers();
     syncEllipseFields();
+    changedSinceAccept();
+    schedulePerimeter();
+  }
+
+  function changedSinceAccept() {
+    if (!state.measurement) return;
+    el.accept.disabled = false;
     if (state.accepted) {
       state.accepted = false;
+      el.openPregnancy.hidden = true;
       el.acceptStatus.textContent = 'Changed since it was accepted: accept again to save this version.';
     }
-    schedulePerimeter();
   }
 
   function schedulePerimeter() {
@@ -440,6 +449,7 @@
     el.ellFields.disabled = true;
     el.timings.textContent = '';
     el.acceptStatus.textContent = '';
+    el.openPregnancy.hidden = true;
     delete el.canvas.dataset.ellipse;
     el.canvas.dataset.drawn = '0';
   }
@@ -448,6 +458,7 @@
 
   function chooseFile(file) {
     clearMessage();
+    state.measureSeq++;
     resetResults();
     if (!file) return;
     const okType = /^image\/(png|jpeg)$/.test(file.type) || /\.(png|jpe?g)$/i.test(file.name);
@@ -533,11 +544,13 @@
 
     resetResults();
     draw();
+    const seq = ++state.measureSeq;
     el.measure.disabled = true;
     el.measure.textContent = 'Measuring\u2026';
     el.measure.setAttribute('aria-busy', 'true');
     try {
       const m = await api('/v1/measure', { method: 'POST', body: fd });
+      if (seq !== state.measureSeq) return;  // another image was chosen meanwhile
       state.measurement = m;
       state.autoEllipse = normalise(fromApi(m.ellipse_px));
       state.ellipse = { ...state.autoEllipse };
@@ -560,7 +573,7 @@
         el.hc.dataset.value = m.hc_mm.toFixed(3);
       }
     } catch (err) {
-      showMessage('Measurement failed: ' + err.message);
+      if (seq === state.measureSeq) showMessage('Measurement failed: ' + err.message);
     } finally {
       el.measure.disabled = false;
       el.measure.textContent = 'Measure';
@@ -574,7 +587,11 @@
       if (state.ellipse) ellipseChanged();
     }
   });
-  el.gaWeeks.addEventListener('input', () => { if (state.ellipse) schedulePerimeter(); });
+  el.gaWeeks.addEventListener('input', () => {
+    if (!state.ellipse) return;
+    changedSinceAccept();
+    schedulePerimeter();
+  });
 
   el.reset.addEventListener('click', () => {
     if (!state.autoEllipse) return;
@@ -738,21 +755,24 @@
     const ga = gaWeeksValue();
     if (ga !== null) body.ga_weeks = ga;
     el.accept.disabled = true;
+    let saved = false;
     try {
       const exam = await api('/v1/exams', {
         method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
       });
+      saved = true;
       state.accepted = true;
+      el.openPregnancy.hidden = false;
       localStorage.setItem(STORAGE_PREGNANCY, pid);
       el.viewPregnancyId.value = pid;
       const hc = exam && Number.isFinite(exam.hc_mm) ? ` HC ${exam.hc_mm.toFixed(1)} mm,` : '';
       el.acceptStatus.textContent = `Saved for pregnancy ${pid}:${hc} ${corrected ? 'corrected by hand' : 'automatic ellipse'}.`;
       el.acceptStatus.dataset.examId = exam && exam.id !== undefined ? String(exam.id) : '';
-      showMessage(`Exam saved for pregnancy ${pid}${corrected ? ' (corrected)' : ''}. Open the Pregnancy tab for the growth chart.`, 'success');
+      showMessage(`Exam saved for pregnancy ${pid}${corrected ? ' (corrected)' : ''}. See the growth chart in the Pregnancy tab.`, 'success');
     } catch (err) {
       showMessage('Could not save the exam: ' + err.message);
     } finally {
-      el.accept.disabled = false;
+      el.accept.disabled = saved;
     }
   });
 
@@ -779,6 +799,7 @@
 
   el.tabMeasure.addEventListener('click', () => selectTab('measure'));
   el.tabPregnancy.addEventListener('click', () => selectTab('pregnancy'));
+  el.openPregnancy.addEventListener('click', () => selectTab('pregnancy', true));
   for (const tab of [el.tabMeasure, el.tabPregnancy]) {
     tab.addEventListener('keydown', (ev) => {
       if (ev.key === 'ArrowRight' || ev.key === 'ArrowLeft' || ev.key === 'Home' || ev.key === 'End') {

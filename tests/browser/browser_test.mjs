@@ -287,7 +287,7 @@ async function run(opts, ctx) {
   check(chartType === 'function', `Chart.js was not loaded from /static/chart.umd.min.js (typeof Chart = ${chartType})`);
   const scripts = await wd.exec(`return Array.from(document.querySelectorAll('script[src], link[href]'))
     .map(e => e.src || e.href);`);
-  const external = scripts.filter((u) => !u.startsWith(base));
+  const external = scripts.filter((u) => !u.startsWith(base + '/') && !u.startsWith('data:'));
   check(external.length === 0, `the page loads assets from elsewhere: ${external.join(', ')}`);
 
   // 2. Upload an image with its pixel size, known GA, pregnancy id and exam date.
