@@ -873,7 +873,7 @@
     }
     const curveStyle = (label, color, dash) => ({
       type: 'line', label, borderColor: color, backgroundColor: color, borderWidth: 2, borderDash: dash,
-      pointRadius: 0, pointHitRadius: 0, fill: false, tension: 0.2,
+      pointRadius: 0, pointHitRadius: 0, pointStyle: 'line', fill: false, tension: 0.2,
     });
     const datasets = [
       { ...curveStyle('97th centile', '#c0392b', [6, 4]), data: line('p97') },
