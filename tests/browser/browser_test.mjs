@@ -294,6 +294,13 @@ async function run(opts, ctx) {
   const pregnancyId = `browser-test-${process.pid}-${Date.now()}`;
   const examDate = '2026-03-14';
   await wd.type('#file', imagePath, false);
+  // Without a pixel size the page refuses to measure and says why in the message area.
+  await wd.exec('document.getElementById("pixel-size").value = "";');
+  await wd.click('#measure');
+  const noPixel = await pageMessage(wd);
+  check(noPixel && noPixel.kind.includes('message-error') && /pixel size/i.test(noPixel.text),
+    `measuring without a pixel size should show an error, got ${JSON.stringify(noPixel)}`);
+  check((await wd.attr('#canvas', 'data-drawn')) !== '1', 'an ellipse was drawn without a pixel size');
   await wd.type('#pixel-size', String(pixelSize));
   await wd.type('#ga-weeks', String(gaWeeks));
   await wd.type('#pregnancy-id', pregnancyId);
