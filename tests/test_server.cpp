@@ -11,13 +11,16 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
-#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <set>
 #include <sstream>
@@ -86,12 +89,26 @@ void expect_error(const httplib::Result& r, int status, const std::string& conta
     if (!contains.empty()) EXPECT_NE(j["error"].get<std::string>().find(contains), std::string::npos) << j["error"];
 }
 
-// Log lines written by the server (spdlog's default logger, redirected for the whole test program).
-std::ostringstream& log_capture() {
-    static std::ostringstream out;
-    return out;
-}
-std::mutex g_log_mu;
+// Log lines written by the server (spdlog's default logger is redirected here for the whole program).
+class CaptureSink : public spdlog::sinks::base_sink<std::mutex> {
+public:
+    std::string text() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return text_;
+    }
+
+protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+        spdlog::memory_buf_t buf;
+        formatter_->format(msg, buf);
+        text_.append(buf.data(), buf.size());
+    }
+    void flush_() override {}
+
+private:
+    std::string text_;
+};
+std::shared_ptr<CaptureSink> g_logs;
 
 struct Instance {
     fs::path dir;
@@ -118,8 +135,8 @@ Instance start(ServerOptions o, const std::string& tag) {
 class ServerApi : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
-        auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log_capture());
-        spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+        g_logs = std::make_shared<CaptureSink>();
+        spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", g_logs));
         if (!fs::exists(kModel)) return;
         ServerOptions o;
         o.model_path = kModel;
@@ -501,20 +518,27 @@ TEST_F(ServerApi, MetricsCountRequestsWithoutPatientData) {
     f.push_back({"pregnancy_id", id, "", ""});
     measure_ok(f);
     expect_error(cli_->Get("/v1/pregnancies/" + id), 404);
-    auto r = cli_->Get("/metrics");
-    ASSERT_TRUE(r);
-    ASSERT_EQ(r->status, 200);
-    EXPECT_EQ(r->get_header_value("Content-Type").rfind("text/plain", 0), 0u);
-    const std::string& t = r->body;
-    EXPECT_NE(t.find("fetalhc_http_requests_total{method=\"POST\",route=\"/v1/measure\",status=\"200\"}"), std::string::npos);
-    EXPECT_NE(t.find("fetalhc_http_requests_total{method=\"GET\",route=\"/v1/pregnancies/{id}\",status=\"404\"}"), std::string::npos);
-    EXPECT_NE(t.find("fetalhc_http_request_duration_seconds_bucket{route=\"/v1/measure\",le=\"+Inf\"}"), std::string::npos);
-    EXPECT_NE(t.find("fetalhc_http_errors_total{route=\"/v1/pregnancies/{id}\"}"), std::string::npos);
+    const std::vector<std::string> wanted{
+        "fetalhc_http_requests_total{method=\"POST\",route=\"/v1/measure\",status=\"200\"}",
+        "fetalhc_http_requests_total{method=\"GET\",route=\"/v1/pregnancies/{id}\",status=\"404\"}",
+        "fetalhc_http_request_duration_seconds_bucket{route=\"/v1/measure\",le=\"+Inf\"}",
+        "fetalhc_http_errors_total{route=\"/v1/pregnancies/{id}\"}"};
+    // A request is counted just after its response is sent: poll briefly for the last one.
+    std::string t;
+    for (int i = 0; i < 100; ++i) {
+        auto r = cli_->Get("/metrics");
+        ASSERT_TRUE(r);
+        ASSERT_EQ(r->status, 200);
+        EXPECT_EQ(r->get_header_value("Content-Type").rfind("text/plain", 0), 0u);
+        t = r->body;
+        if (std::all_of(wanted.begin(), wanted.end(), [&](const std::string& w) { return t.find(w) != std::string::npos; })) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    for (const auto& w : wanted) EXPECT_NE(t.find(w), std::string::npos) << w;
     EXPECT_NE(t.find("fetalhc_model_ready 1"), std::string::npos);
     EXPECT_EQ(t.find(id), std::string::npos);
     // The request log names routes, never the id or the image hash.
-    spdlog::default_logger()->flush();
-    const std::string logs = log_capture().str();
+    const std::string logs = g_logs->text();
     EXPECT_NE(logs.find("POST /v1/measure 200"), std::string::npos);
     EXPECT_NE(logs.find("GET /v1/pregnancies/{id} 404"), std::string::npos);
     EXPECT_EQ(logs.find(id), std::string::npos);

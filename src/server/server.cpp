@@ -345,8 +345,12 @@ struct Server::Impl {
 
     void route(const std::string& method, const std::string& pattern, const std::string& label, Handler fn) {
         routes.push_back({method, std::regex(pattern), label});
-        auto wrapped = [fn](const Request& req, Response& res) {
+        // The token is checked here, after httplib has read the body, so that a rejected request
+        // leaves the keep-alive connection in a clean state.
+        const bool needs_token = method != "GET";
+        auto wrapped = [this, fn, needs_token](const Request& req, Response& res) {
             try {
+                if (needs_token) check_token(req, res);
                 fn(req, res);
             } catch (const HttpError& e) {
                 send_error(res, e.status, e.message);
@@ -357,6 +361,17 @@ struct Server::Impl {
         };
         if (method == "GET") http.Get(pattern, httplib::Server::Handler(wrapped));
         else http.Post(pattern, httplib::Server::Handler(wrapped));
+    }
+
+    void check_token(const Request& req, Response& res) const {
+        if (token.empty()) return;
+        const std::string auth = req.get_header_value("Authorization");
+        const std::string prefix = "Bearer ";
+        if (auth.rfind(prefix, 0) == 0 && same_token(auth.substr(prefix.size()), token)) return;
+        res.set_header("WWW-Authenticate", "Bearer");
+        throw HttpError{401, auth.empty() ? "this server requires 'Authorization: Bearer <token>' on every POST; the token is the "
+                                            "first line of the server's --token-file"
+                                          : "the bearer token is wrong; use the first line of the server's --token-file"};
     }
 
     std::string route_label(const Request& req) const {
@@ -407,21 +422,9 @@ struct Server::Impl {
             int yes = 1;
             setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
         });
-        http.set_pre_routing_handler([this](const Request& req, Response& res) {
+        http.set_pre_routing_handler([](const Request&, Response&) {
             t_request_start = Clock::now();
             t_request_timed = true;
-            if (!token.empty() && req.method != "GET" && req.method != "HEAD" && req.method != "OPTIONS") {
-                const std::string auth = req.get_header_value("Authorization");
-                const std::string prefix = "Bearer ";
-                if (auth.rfind(prefix, 0) != 0 || !same_token(auth.substr(prefix.size()), token)) {
-                    res.set_header("WWW-Authenticate", "Bearer");
-                    send_error(res, 401,
-                               auth.empty() ? "this server requires 'Authorization: Bearer <token>' on every POST; the token is "
-                                              "the first line of the server's --token-file"
-                                            : "the bearer token is wrong; use the first line of the server's --token-file");
-                    return httplib::Server::HandlerResponse::Handled;
-                }
-            }
             return httplib::Server::HandlerResponse::Unhandled;
         });
         http.set_error_handler(httplib::Server::HandlerWithResponse([this](const Request& req, Response& res) {
@@ -445,9 +448,9 @@ struct Server::Impl {
             if (t_request_timed) seconds = ms_since(t_request_start) / 1000;
             t_request_timed = false;
             const std::string label = route_label(req);
-            metrics.observe(req.method, label, res.status, seconds);
             // Route pattern only: the path may hold a pregnancy id or an image hash.
             if (opt.log_requests) spdlog::info("{} {} {} {:.1f} ms", req.method, label, res.status, seconds < 0 ? 0.0 : seconds * 1000);
+            metrics.observe(req.method, label, res.status, seconds);
         });
 
         route("GET", "/", "/", [](const Request&, Response& res) { serve_asset("index.html", res); });
