@@ -341,6 +341,9 @@ TEST_F(ServerApi, FitEllipseFromPointsAndFromAMask) {
     expect_error(cli_->Post("/v1/fit-ellipse", R"({"points": [[1,2],[3,4],[5,6]]})", "application/json"), 422, "cannot fit");
     expect_error(cli_->Post("/v1/fit-ellipse", R"({"points": [[1,2],[3]]})", "application/json"), 400, "points");
     expect_error(cli_->Post("/v1/fit-ellipse", R"({"pts": []})", "application/json"), 400, "points");
+    json many = json::array();
+    for (int k = 0; k < 20001; ++k) many.push_back({k % 640, k % 480});
+    expect_error(cli_->Post("/v1/fit-ellipse", json{{"points", many}}.dump(), "application/json"), 400, "at most");
     expect_error(cli_->Post("/v1/fit-ellipse", "{not json", "application/json"), 400, "JSON");
     expect_error(cli_->Post("/v1/fit-ellipse", httplib::MultipartFormDataItems{{"mask", png(cv::Mat::zeros(100, 100, CV_8U)), "m.png", "image/png"}}),
                  422, "white");

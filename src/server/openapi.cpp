@@ -199,7 +199,7 @@ std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
          {{"required", true},
           {"content",
            {{"application/json",
-             {{"schema", {{"type", "object"}, {"required", {"points"}}, {"properties", {{"points", {{"type", "array"}, {"items", ref("Point")}}}}}}}}},
+             {{"schema", {{"type", "object"}, {"required", {"points"}}, {"properties", {{"points", {{"type", "array"}, {"items", ref("Point")}, {"maxItems", 20000}}}}}}}}},
             {"multipart/form-data",
              {{"schema", {{"type", "object"}, {"properties", {{"mask", {{"type", "string"}, {"format", "binary"}}}}}}}}}}}}},
         {"responses",

@@ -39,6 +39,8 @@ using Clock = std::chrono::steady_clock;
 using httplib::Request;
 using httplib::Response;
 
+constexpr size_t kMaxFitPoints = 20000;  // a head boundary needs hundreds; bounds the RANSAC cost
+
 double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
 
 // A failed request: thrown by the validation helpers, turned into {"error": message} by the route wrapper.
@@ -54,32 +56,34 @@ void send_json(Response& res, int status, const json& j) {
 
 void send_error(Response& res, int status, const std::string& message) { send_json(res, status, {{"error", message}}); }
 
-// Counting semaphore: how many requests may run the network at once.
+// How many requests may run the network at once. Waiting requests are admitted first come, first
+// served (tickets), so that under load no request waits much longer than the others.
 class Slots {
 public:
-    explicit Slots(int n) : free_(n), total_(n) {}
+    explicit Slots(int n) : total_(n) {}
     void acquire() {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return free_ > 0; });
-        --free_;
+        const unsigned long long ticket = next_++;
+        cv_.wait(lock, [&] { return ticket < released_ + total_; });
     }
     void release() {
         {
             std::lock_guard<std::mutex> lock(mu_);
-            ++free_;
+            ++released_;
         }
-        cv_.notify_one();
+        cv_.notify_all();
     }
     int in_use() const {
         std::lock_guard<std::mutex> lock(mu_);
-        return total_ - free_;
+        return int(std::min<unsigned long long>(next_ - released_, total_));
     }
-    int total() const { return total_; }
+    int total() const { return int(total_); }
 
 private:
     mutable std::mutex mu_;
     std::condition_variable cv_;
-    int free_, total_;
+    unsigned long long next_ = 0, released_ = 0;
+    const unsigned long long total_;
 };
 
 struct SlotGuard {
@@ -601,6 +605,9 @@ struct Server::Impl {
             const json body = parse_json_body(req);
             if (!body.contains("points") || !body["points"].is_array())
                 throw HttpError{400, "'points' must be an array of [x, y] pixel coordinates (or send a mask image as multipart)"};
+            if (body["points"].size() > kMaxFitPoints)
+                throw HttpError{400, "'points' has " + std::to_string(body["points"].size()) + " entries; send at most " +
+                                         std::to_string(kMaxFitPoints) + " boundary points"};
             for (const auto& p : body["points"]) {
                 if (!p.is_array() || p.size() != 2 || !p[0].is_number() || !p[1].is_number() ||
                     !std::isfinite(p[0].get<double>()) || !std::isfinite(p[1].get<double>()))
