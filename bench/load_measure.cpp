@@ -6,7 +6,8 @@
 //   build/bench/load_measure --image ../shared/hc18/training_set/001_HC.png --pixel-size 0.0897
 //
 // Latency is measured by the client from sending the request to reading the whole response, for
-// every request; throughput counts the successful responses completed within --duration.
+// every request; throughput counts the successful responses completed within --duration. The
+// server's CPU time per request shows what the cores can give when the machine is shared.
 #include <CLI/CLI.hpp>
 #include <httplib.h>
 #include <opencv2/imgcodecs.hpp>
@@ -19,7 +20,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -73,6 +76,22 @@ double peak_rss_mib(pid_t pid) {
     while (std::getline(in, line))
         if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
     return -1;
+}
+
+// CPU time (user + system, seconds) a process has used so far, from /proc/<pid>/stat; -1 when unknown.
+double cpu_seconds(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto close_paren = stat.rfind(')');
+    if (close_paren == std::string::npos) return -1;
+    std::istringstream fields(stat.substr(close_paren + 2));
+    std::string f;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && fields >> f; ++i) {  // field 3 is the state; 14 utime, 15 stime
+        if (i == 14) utime = std::stoull(f);
+        if (i == 15) stime = std::stoull(f);
+    }
+    return double(utime + stime) / double(sysconf(_SC_CLK_TCK));
 }
 
 double percentile(std::vector<double> v, double p) {
@@ -165,7 +184,9 @@ int main(int argc, char** argv) {
 
     std::mutex mu;
     std::vector<double> latencies_ms;
+    std::map<std::string, int> error_kinds;  // what went wrong, with counts
     std::atomic<long> ok{0}, errors{0}, ok_in_time{0};
+    const double cpu0 = child > 0 ? cpu_seconds(child) : -1;
     const auto t0 = Clock::now();
     const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(duration));
     std::vector<std::thread> pool;
@@ -182,6 +203,12 @@ int main(int argc, char** argv) {
                 mine.push_back(std::chrono::duration<double, std::milli>(done - t).count());
                 const bool good = r && r->status == 200;
                 (good ? ok : errors)++;
+                if (!good) {
+                    const std::string kind = r ? "HTTP " + std::to_string(r->status) + " " + r->body.substr(0, 120)
+                                               : "no response: " + httplib::to_string(r.error());
+                    std::lock_guard<std::mutex> lock(mu);
+                    ++error_kinds[kind];
+                }
                 if (good && done <= deadline) ++ok_in_time;
             }
             std::lock_guard<std::mutex> lock(mu);
@@ -191,6 +218,7 @@ int main(int argc, char** argv) {
     const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
 
     const double rss = child > 0 ? peak_rss_mib(child) : -1;
+    const double cpu = child > 0 ? cpu_seconds(child) - cpu0 : -1;
     if (child > 0) {
         kill(child, SIGTERM);
         waitpid(child, nullptr, 0);
@@ -201,9 +229,13 @@ int main(int argc, char** argv) {
                 clients, duration, elapsed - duration,
                 image.empty() ? "synthetic 800x540" : image.c_str(), bytes.size(), pixel_size);
     std::printf("requests %ld ok, %ld errors\n", ok.load(), errors.load());
+    for (const auto& [kind, n] : error_kinds) std::printf("  error x%d: %s\n", n, kind.c_str());
     std::printf("throughput %.1f req/s (responses completed within the %.0f s)\n", ok_in_time.load() / duration, duration);
     std::printf("latency ms: p50 %.0f  p90 %.0f  p99 %.0f  max %.0f\n", percentile(latencies_ms, 50), percentile(latencies_ms, 90),
                 percentile(latencies_ms, 99), percentile(latencies_ms, 100));
     if (rss >= 0) std::printf("server peak RSS %.0f MiB\n", rss);
+    if (cpu >= 0 && ok + errors > 0)
+        std::printf("server CPU %.1f s over %.1f s (%.2f cores busy), %.0f ms CPU per request\n", cpu, elapsed, cpu / elapsed,
+                    1000 * cpu / double(ok + errors));
     return errors.load() == 0 ? 0 : 1;
 }

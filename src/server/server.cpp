@@ -419,6 +419,9 @@ struct Server::Impl {
         http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
         http.set_payload_max_length(opt.max_upload_bytes);
         http.set_keep_alive_max_count(1000);
+        // Generous socket timeouts: uploads over slow links, and a machine busy with other work.
+        http.set_read_timeout(30, 0);
+        http.set_write_timeout(30, 0);
         http.set_tcp_nodelay(true);
         // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server
         // bind the same port silently and share its connections.
