@@ -236,6 +236,7 @@ TEST_F(ServerApi, MeasureReturnsTheNumbersAndStoresTheImage) {
     EXPECT_TRUE(m["quality"] == "ok" || m["quality"] == "review");
     EXPECT_TRUE(m["reasons"].is_array());
     EXPECT_GT(m["timings_ms"]["total"].get<double>(), 0);
+    EXPECT_GE(m["timings_ms"]["queue"].get<double>(), 0);
     EXPECT_EQ(m["pregnancy_id"], "test-P1");
     EXPECT_EQ(m["exam_date"], "2026-03-14");
     EXPECT_EQ(m["image_sha256"], sha256_hex(scan_));

@@ -90,7 +90,7 @@ json schemas() {
              {"boundary_points", {{"type", "integer"}}},
              {"inliers", {{"type", "integer"}}},
              {"cut_points", {{"type", "integer"}}},
-             {"timings_ms", {{"type", "object"}, {"additionalProperties", {{"type", "number"}}}}},
+             {"timings_ms", {{"type", "object"}, {"description", "decode, network, postprocess, fit, total; queue = wait for a network slot"}, {"additionalProperties", {{"type", "number"}}}}},
              {"image_sha256", {{"type", "string"}}},
              {"image_url", {{"type", "string"}, {"description", "/v1/images/<sha256>"}}},
              {"pregnancy_id", {{"type", "string"}}},

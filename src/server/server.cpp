@@ -528,7 +528,7 @@ struct Server::Impl {
     }
 
     void measure(const Request& req, Response& res) {
-        auto measurer_ = require_model();
+        auto model = require_model();
         const auto& up = require_upload(req, "image");
         MeasureOptions o;
         o.pixel_size_mm = form_pixel_size(req);
@@ -541,9 +541,12 @@ struct Server::Impl {
         cv::Mat gray = decode_upload(up);
         const double decode_ms = ms_since(t0);
         Expected<Measurement> m = make_error("");
+        double queue_ms = 0;
         {
+            const auto tq = Clock::now();
             SlotGuard slot(*slots);
-            m = measurer_->measure(gray, o, upload_name(up));
+            queue_ms = ms_since(tq);
+            m = model->measure(gray, o, upload_name(up));
         }
         if (!m) throw HttpError{422, m.error()};
         m->timings.decode_ms = decode_ms;
@@ -551,6 +554,7 @@ struct Server::Impl {
         auto sha = store->put_image(up.content);
         if (!sha) throw HttpError{500, sha.error()};
         json j = json::parse(to_json(*m));
+        j["timings_ms"]["queue"] = queue_ms;  // waiting for a network slot (not part of total)
         j["image_sha256"] = *sha;
         j["image_url"] = "/v1/images/" + *sha;
         if (pid) j["pregnancy_id"] = *pid;
@@ -559,7 +563,7 @@ struct Server::Impl {
     }
 
     void segment(const Request& req, Response& res) {
-        auto measurer_ = require_model();
+        auto model = require_model();
         const auto& up = require_upload(req, "image");
         const std::string format = form_field(req, "format").value_or("png");
         if (format != "png" && format != "json") throw HttpError{400, "'format' must be 'png' (mask image) or 'json' (contour)"};
@@ -567,7 +571,7 @@ struct Server::Impl {
         Segmentation seg;
         {
             SlotGuard slot(*slots);
-            seg = measurer_->segmenter().segment(gray);
+            seg = model->segmenter().segment(gray);
         }
         const Boundary b = extract_boundary(seg, gray);
         if (!b.found)
