@@ -110,9 +110,17 @@ private:
 };
 std::shared_ptr<CaptureSink> g_logs;
 
+// A started server and its temporary folder (removed with it).
 struct Instance {
     fs::path dir;
     std::unique_ptr<Server> server;
+    Instance() = default;
+    Instance(Instance&&) = default;
+    ~Instance() {
+        if (server) server->stop();
+        std::error_code ec;
+        if (!dir.empty()) fs::remove_all(dir, ec);
+    }
     std::unique_ptr<httplib::Client> client() const {
         auto c = std::make_unique<httplib::Client>("127.0.0.1", server->port());
         c->set_read_timeout(60, 0);
@@ -147,10 +155,6 @@ protected:
         scan_ = synthetic_scan();
     }
     static void TearDownTestSuite() {
-        if (!inst_) return;
-        inst_->server->stop();
-        std::error_code ec;
-        fs::remove_all(inst_->dir, ec);
         delete inst_;
         inst_ = nullptr;
     }
