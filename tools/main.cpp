@@ -1,6 +1,7 @@
 // fetalhc command-line interface: parses arguments and wires library calls, nothing more.
 // Exit codes: 0 everything measured, 1 some inputs failed, 2 usage error.
 #include "fetalhc/fetalhc.h"
+#include "fetalhc/server.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -16,6 +18,7 @@
 #include <iostream>
 #include <map>
 #include <sstream>
+#include <thread>
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -492,6 +495,38 @@ int run_calibrate(const std::string& data, const std::string& in, const std::str
     return kExitOk;
 }
 
+// ---- serve ----------------------------------------------------------------------------------------
+
+int run_serve(fetalhc::ServerOptions o, double max_upload_mb) {
+    if (!(max_upload_mb > 0 && max_upload_mb <= 1024)) {
+        error("--max-upload-mb must be in (0, 1024]");
+        return kExitUsage;
+    }
+    o.max_upload_bytes = size_t(max_upload_mb * (1 << 20));
+    // Ctrl-C / SIGTERM are taken by one waiting thread (blocked everywhere else, so the server's
+    // threads inherit the mask): it stops the server, which finishes the requests in flight.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    auto server = fetalhc::Server::create(o);
+    if (!server) {
+        error(server.error());
+        return kExitUsage;
+    }
+    fetalhc::Server* s = server->get();
+    std::thread([s, stop_signals] {
+        int sig = 0;
+        sigwait(&stop_signals, &sig);
+        s->stop();
+    }).detach();
+    std::printf("fetalhc: open %s  (the model loads in the background; GET /health says when ready)\n", s->url().c_str());
+    std::fflush(stdout);
+    s->run();
+    return kExitOk;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -557,6 +592,18 @@ int main(int argc, char** argv) {
     tr->add_option("--max-steps", max_steps, "stop after this many optimizer steps (smoke tests)");
     tr->add_option("--limit", limit, "use at most N images on each side of the split (smoke tests)");
 
+    fetalhc::ServerOptions so;
+    so.model_path = default_model();
+    double max_upload_mb = 20;
+    auto* srv = app.add_subcommand("serve", "HTTP service: JSON API (see /openapi.json), web page, per-pregnancy history");
+    srv->add_option("--host", so.host, "address to listen on; off loopback every POST needs the bearer token")->capture_default_str();
+    srv->add_option("--port", so.port, "TCP port (0 = any free port)")->capture_default_str();
+    srv->add_option("--db", so.db_path, "SQLite database (created if missing); images go to <db>.images/")->capture_default_str();
+    srv->add_option("--threads", so.threads, "requests running the network at once (0 = CPU cores)")->capture_default_str();
+    srv->add_option("--token-file", so.token_file, "file whose first line is the bearer token (required off loopback)");
+    srv->add_option("--max-upload-mb", max_upload_mb, "request body cap in MB; larger uploads get 413")->capture_default_str();
+    srv->add_option("--model", so.model_path, "model file (or set FETALHC_MODEL)")->capture_default_str();
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -566,6 +613,7 @@ int main(int argc, char** argv) {
 
     ma.pixel_size_given = meas->count("--pixel-size") > 0;
     if (meas->parsed()) return run_measure(ma);
+    if (srv->parsed()) return run_serve(so, max_upload_mb);
     if (cal->parsed()) return run_calibrate(cal_data, cal_in, cal_out);
     if (avg->parsed()) {
         auto r = fetalhc::Segmenter::average_models(avg_in, avg_out);

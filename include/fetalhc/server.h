@@ -1,0 +1,71 @@
+// fetalhc/server.h - the HTTP service behind `fetalhc serve`: JSON API, web page, SQLite history.
+//
+//   fetalhc::ServerOptions o; o.port = 0; o.db_path = "/tmp/x.db"; o.model_path = "models/fetalhc_unet.pt";
+//   auto s = fetalhc::Server::create(o);       // opens the DB, reads the token, binds the port
+//   if (!s) { std::cerr << s.error(); return; }
+//   (*s)->start();                              // serves on a background thread, loads the model
+//   std::cout << (*s)->url();                   // e.g. http://127.0.0.1:41234/
+//   ...; (*s)->stop();
+//
+// Endpoints (the OpenAPI 3 document is served at /openapi.json; README "HTTP service"):
+//   GET  /  /static/<file>  /openapi.json  /health  /metrics  /v1/growth-curve
+//   POST /v1/measure /v1/segment /v1/fit-ellipse /v1/perimeter /v1/exams
+//   GET  /v1/images/<sha256>  /v1/pregnancies/<id>  /v1/pregnancies/<id>/export.csv
+// Errors are JSON {"error": "..."} with 400, 401, 404, 413, 422, 503 as documented there.
+// Security: when a token file is given (required when the host is not a loopback address) every
+// POST needs "Authorization: Bearer <first line of the token file>". Logs name the method, the
+// route pattern, the status and the time; never a pregnancy id, a hash or image bytes.
+// Concurrency: HTTP connections are served by a thread pool; at most `threads` requests run the
+// network at once (the others wait for a slot). The model is loaded once and shared read-only.
+#pragma once
+
+#include "fetalhc/expected.h"
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace fetalhc {
+
+struct ServerOptions {
+    std::string host = "127.0.0.1";
+    int port = 8080;                       // 0 = any free port (see Server::port)
+    std::string db_path = "fetalhc.db";    // images go to <db_path>.images/
+    std::string model_path;
+    int threads = 0;                       // requests running the network at once; 0 = CPU cores
+    int torch_threads = 0;                 // LibTorch threads per request; 0 = cores / threads (>= 1)
+    int connection_threads = 64;           // HTTP connections served at once (keep-alive clients)
+    std::string token_file;                // first line is the bearer token
+    size_t max_upload_bytes = 20u << 20;   // larger request bodies get 413
+    bool log_requests = true;              // one spdlog line per request
+};
+
+bool is_loopback_host(const std::string& host);
+
+class Server {
+public:
+    // Validates the options, opens the store, reads the token and binds the port. The model is
+    // not loaded yet: start() or run() load it on a background thread (/health answers 503 until
+    // it is ready).
+    static Expected<std::unique_ptr<Server>> create(const ServerOptions& options);
+    ~Server();  // stops and joins
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+    int port() const;
+    std::string url() const;   // http://host:port/
+    void start();              // serve on a background thread
+    void run();                // serve on this thread until stop()
+    void stop();
+    bool ready() const;        // the model is loaded
+    // Blocks until the model is loaded or failed to load (or the timeout passes); true when ready.
+    bool wait_ready(double timeout_s) const;
+
+    struct Impl;
+
+private:
+    explicit Server(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fetalhc

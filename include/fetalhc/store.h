@@ -1,0 +1,79 @@
+// fetalhc/store.h - pregnancies, exams and uploaded images (embedded SQLite + files by content hash).
+//
+//   auto store = fetalhc::Store::open("fetalhc.db");         // images go to fetalhc.db.images/
+//   auto sha = (*store)->put_image(bytes);                     // idempotent, returns the SHA-256 hex
+//   fetalhc::Exam e; e.pregnancy_id = "P-0042"; ...; auto saved = (*store)->add_exam(e);
+//   auto h = (*store)->history("P-0042");                      // h->found, h->exams by exam_date
+//
+// Pregnancies are identified by a pseudonymous id chosen by the user (1..64 chars of
+// [A-Za-z0-9_.-], see valid_pregnancy_id); no other personal data is stored. An exam keeps the
+// accepted ellipse (pixels, project conventions, see ellipse.h), the numbers derived from it and
+// whether a clinician corrected it. Images are written once to <db>.images/<sha256> (write to a
+// temporary file, then rename), so a crash never leaves a partial image under its final name.
+// Thread safety: every member may be called concurrently (one connection behind a mutex).
+#pragma once
+
+#include "fetalhc/ellipse.h"
+#include "fetalhc/expected.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fetalhc {
+
+struct Exam {
+    long long id = 0;                    // set by add_exam
+    std::string pregnancy_id;
+    std::string exam_date;               // YYYY-MM-DD
+    std::string image_sha256;            // lower-case hex of a stored image
+    double pixel_size_mm = 0;
+    Ellipse ellipse_px;
+    double hc_mm = 0, bpd_mm = 0, ofd_mm = 0;
+    std::optional<double> ga_hadlock_weeks, ga_intergrowth_weeks, ga_weeks_given, centile;
+    std::string quality;                 // "ok" or "review"
+    std::vector<std::string> reasons;
+    bool corrected = false;              // the clinician moved the ellipse before accepting
+    bool accepted = true;
+    std::string created_at;              // UTC, YYYY-MM-DDTHH:MM:SSZ; set by add_exam
+};
+
+struct History {
+    bool found = false;                  // false: no such pregnancy
+    std::vector<Exam> exams;             // sorted by exam_date, then id
+};
+
+class Store {
+public:
+    // Opens or creates the database (and its image folder <db_path>.images/).
+    static Expected<std::unique_ptr<Store>> open(const std::string& db_path);
+    ~Store();
+    Store(const Store&) = delete;
+    Store& operator=(const Store&) = delete;
+
+    // Stores image bytes under their SHA-256 (nothing is rewritten when already present).
+    Expected<std::string> put_image(const std::string& bytes);
+    // Path of a stored image, or nullopt when unknown (sha256 must be 64 lower-case hex digits).
+    std::optional<std::string> image_path(const std::string& sha256) const;
+
+    // Saves an exam, creating its pregnancy when new; returns it with id and created_at set.
+    Expected<Exam> add_exam(const Exam& exam);
+    Expected<History> history(const std::string& pregnancy_id) const;
+
+    const std::string& image_dir() const;
+
+    struct Impl;
+
+private:
+    explicit Store(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+// Lower-case hex SHA-256 of the bytes.
+std::string sha256_hex(const std::string& bytes);
+bool valid_sha256(const std::string& s);            // 64 lower-case hex digits
+bool valid_pregnancy_id(const std::string& s);      // 1..64 chars of [A-Za-z0-9_.-]
+bool valid_date(const std::string& s);              // a real calendar date as YYYY-MM-DD
+
+}  // namespace fetalhc

@@ -1,0 +1,282 @@
+#include "fetalhc/store.h"
+
+#include <nlohmann/json.hpp>
+#include <openssl/evp.h>
+#include <sqlite3.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <random>
+
+namespace fs = std::filesystem;
+
+namespace fetalhc {
+
+namespace {
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS pregnancies (
+  id TEXT PRIMARY KEY,
+  created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS exams (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  pregnancy_id TEXT NOT NULL REFERENCES pregnancies(id),
+  exam_date TEXT NOT NULL,
+  image_sha256 TEXT NOT NULL,
+  pixel_size_mm REAL NOT NULL,
+  center_x REAL NOT NULL, center_y REAL NOT NULL,
+  semi_axis_a REAL NOT NULL, semi_axis_b REAL NOT NULL, angle_rad REAL NOT NULL,
+  hc_mm REAL NOT NULL, bpd_mm REAL NOT NULL, ofd_mm REAL NOT NULL,
+  ga_hadlock_weeks REAL, ga_intergrowth_weeks REAL, ga_weeks_given REAL, centile REAL,
+  quality TEXT NOT NULL,
+  reasons TEXT NOT NULL,
+  corrected INTEGER NOT NULL,
+  accepted INTEGER NOT NULL,
+  created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS exams_by_pregnancy ON exams(pregnancy_id, exam_date, id);
+)sql";
+
+constexpr const char* kNow = "strftime('%Y-%m-%dT%H:%M:%SZ','now')";
+
+// A prepared statement that finalizes itself.
+class Stmt {
+public:
+    Stmt(sqlite3* db, const std::string& sql) { ok_ = sqlite3_prepare_v2(db, sql.c_str(), -1, &s_, nullptr) == SQLITE_OK; }
+    ~Stmt() { sqlite3_finalize(s_); }
+    Stmt(const Stmt&) = delete;
+    Stmt& operator=(const Stmt&) = delete;
+    bool ok() const { return ok_; }
+    sqlite3_stmt* get() { return s_; }
+    void bind(int i, const std::string& v) { sqlite3_bind_text(s_, i, v.c_str(), int(v.size()), SQLITE_TRANSIENT); }
+    void bind(int i, double v) { sqlite3_bind_double(s_, i, v); }
+    void bind(int i, const std::optional<double>& v) { v ? bind(i, *v) : void(sqlite3_bind_null(s_, i)); }
+    void bind_int(int i, long long v) { sqlite3_bind_int64(s_, i, v); }
+    int step() { return sqlite3_step(s_); }
+    std::string text(int c) {
+        const auto* p = sqlite3_column_text(s_, c);
+        return p ? reinterpret_cast<const char*>(p) : "";
+    }
+    double real(int c) { return sqlite3_column_double(s_, c); }
+    std::optional<double> opt(int c) {
+        if (sqlite3_column_type(s_, c) == SQLITE_NULL) return std::nullopt;
+        return real(c);
+    }
+    long long integer(int c) { return sqlite3_column_int64(s_, c); }
+
+private:
+    sqlite3_stmt* s_ = nullptr;
+    bool ok_ = false;
+};
+
+const char* kExamColumns =
+    "id, pregnancy_id, exam_date, image_sha256, pixel_size_mm, center_x, center_y, semi_axis_a, semi_axis_b, angle_rad, "
+    "hc_mm, bpd_mm, ofd_mm, ga_hadlock_weeks, ga_intergrowth_weeks, ga_weeks_given, centile, quality, reasons, corrected, "
+    "accepted, created_at";
+
+Exam read_exam(Stmt& s) {
+    Exam e;
+    e.id = s.integer(0);
+    e.pregnancy_id = s.text(1);
+    e.exam_date = s.text(2);
+    e.image_sha256 = s.text(3);
+    e.pixel_size_mm = s.real(4);
+    e.ellipse_px = {s.real(5), s.real(6), s.real(7), s.real(8), s.real(9)};
+    e.hc_mm = s.real(10);
+    e.bpd_mm = s.real(11);
+    e.ofd_mm = s.real(12);
+    e.ga_hadlock_weeks = s.opt(13);
+    e.ga_intergrowth_weeks = s.opt(14);
+    e.ga_weeks_given = s.opt(15);
+    e.centile = s.opt(16);
+    e.quality = s.text(17);
+    auto r = nlohmann::json::parse(s.text(18), nullptr, false);
+    if (r.is_array())
+        for (const auto& x : r)
+            if (x.is_string()) e.reasons.push_back(x.get<std::string>());
+    e.corrected = s.integer(19) != 0;
+    e.accepted = s.integer(20) != 0;
+    e.created_at = s.text(21);
+    return e;
+}
+
+}  // namespace
+
+struct Store::Impl {
+    sqlite3* db = nullptr;
+    std::string path, images;
+    mutable std::mutex mu;
+
+    ~Impl() { sqlite3_close(db); }
+    std::string error(const std::string& what) const { return what + " in '" + path + "': " + sqlite3_errmsg(db); }
+    bool exec(const std::string& sql) { return sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK; }
+};
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::~Store() = default;
+
+const std::string& Store::image_dir() const { return impl_->images; }
+
+Expected<std::unique_ptr<Store>> Store::open(const std::string& db_path) {
+    if (db_path.empty()) return make_error("the database path is empty; pass --db PATH (e.g. fetalhc.db)");
+    auto impl = std::make_unique<Impl>();
+    impl->path = db_path;
+    impl->images = db_path + ".images";
+    std::error_code ec;
+    const fs::path parent = fs::path(db_path).parent_path();
+    if (!parent.empty()) fs::create_directories(parent, ec);
+    fs::create_directories(impl->images, ec);
+    if (!fs::is_directory(impl->images))
+        return make_error("cannot create the image folder '" + impl->images + "'" + (ec ? ": " + ec.message() : std::string()) +
+                          "; check that the folder of --db is writable");
+    if (sqlite3_open_v2(db_path.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) !=
+        SQLITE_OK)
+        return make_error(impl->error("cannot open the database") + "; check --db");
+    sqlite3_busy_timeout(impl->db, 5000);
+    // WAL keeps readers and the writer apart; NORMAL sync is durable across application crashes.
+    if (!impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;") || !impl->exec(kSchema))
+        return make_error(impl->error("cannot set up the database") + "; is it a fetalhc database?");
+    return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+Expected<std::string> Store::put_image(const std::string& bytes) {
+    const std::string sha = sha256_hex(bytes);
+    const fs::path dest = fs::path(impl_->images) / sha;
+    std::error_code ec;
+    if (fs::exists(dest, ec) && fs::file_size(dest, ec) == bytes.size()) return sha;
+    // Unique temporary name in the same folder, then an atomic rename onto the final name.
+    thread_local std::mt19937_64 rng{std::random_device{}()};
+    const fs::path tmp = fs::path(impl_->images) / (".tmp-" + sha.substr(0, 16) + "-" + std::to_string(rng()));
+    {
+        std::ofstream out(tmp, std::ios::binary);
+        if (!out.write(bytes.data(), std::streamsize(bytes.size())) || !out.flush()) {
+            fs::remove(tmp, ec);
+            return make_error("cannot write the image to '" + impl_->images + "'; check free disk space and permissions");
+        }
+    }
+    fs::rename(tmp, dest, ec);
+    if (ec) {
+        fs::remove(tmp, ec);
+        return make_error("cannot store the image in '" + impl_->images + "': " + ec.message());
+    }
+    return sha;
+}
+
+std::optional<std::string> Store::image_path(const std::string& sha256) const {
+    if (!valid_sha256(sha256)) return std::nullopt;
+    const fs::path p = fs::path(impl_->images) / sha256;
+    std::error_code ec;
+    if (!fs::is_regular_file(p, ec)) return std::nullopt;
+    return p.string();
+}
+
+Expected<Exam> Store::add_exam(const Exam& in) {
+    if (!valid_pregnancy_id(in.pregnancy_id)) return make_error("invalid pregnancy id");
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    sqlite3* db = impl_->db;
+    if (!impl_->exec("BEGIN IMMEDIATE")) return make_error(impl_->error("cannot start a transaction"));
+    auto fail = [&](const std::string& what) {
+        Error e = make_error(impl_->error(what));
+        impl_->exec("ROLLBACK");
+        return e;
+    };
+    {
+        Stmt p(db, std::string("INSERT OR IGNORE INTO pregnancies(id, created_at) VALUES(?1, ") + kNow + ")");
+        if (!p.ok()) return fail("cannot prepare the pregnancy insert");
+        p.bind(1, in.pregnancy_id);
+        if (p.step() != SQLITE_DONE) return fail("cannot save the pregnancy");
+    }
+    long long id = 0;
+    {
+        Stmt s(db, std::string("INSERT INTO exams(pregnancy_id, exam_date, image_sha256, pixel_size_mm, center_x, center_y, "
+                               "semi_axis_a, semi_axis_b, angle_rad, hc_mm, bpd_mm, ofd_mm, ga_hadlock_weeks, "
+                               "ga_intergrowth_weeks, ga_weeks_given, centile, quality, reasons, corrected, accepted, "
+                               "created_at) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,") +
+                       kNow + ")");
+        if (!s.ok()) return fail("cannot prepare the exam insert");
+        const Ellipse& e = in.ellipse_px;
+        s.bind(1, in.pregnancy_id);
+        s.bind(2, in.exam_date);
+        s.bind(3, in.image_sha256);
+        s.bind(4, in.pixel_size_mm);
+        s.bind(5, e.cx);
+        s.bind(6, e.cy);
+        s.bind(7, e.a);
+        s.bind(8, e.b);
+        s.bind(9, e.angle);
+        s.bind(10, in.hc_mm);
+        s.bind(11, in.bpd_mm);
+        s.bind(12, in.ofd_mm);
+        s.bind(13, in.ga_hadlock_weeks);
+        s.bind(14, in.ga_intergrowth_weeks);
+        s.bind(15, in.ga_weeks_given);
+        s.bind(16, in.centile);
+        s.bind(17, in.quality);
+        s.bind(18, nlohmann::json(in.reasons).dump());
+        s.bind_int(19, in.corrected);
+        s.bind_int(20, in.accepted);
+        if (s.step() != SQLITE_DONE) return fail("cannot save the exam");
+        id = sqlite3_last_insert_rowid(db);
+    }
+    if (!impl_->exec("COMMIT")) return fail("cannot commit the exam");
+    Stmt q(db, std::string("SELECT ") + kExamColumns + " FROM exams WHERE id = ?1");
+    if (!q.ok()) return make_error(impl_->error("cannot read the saved exam"));
+    q.bind_int(1, id);
+    if (q.step() != SQLITE_ROW) return make_error(impl_->error("cannot read the saved exam"));
+    return read_exam(q);
+}
+
+Expected<History> Store::history(const std::string& pregnancy_id) const {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    History h;
+    Stmt p(impl_->db, "SELECT 1 FROM pregnancies WHERE id = ?1");
+    if (!p.ok()) return make_error(impl_->error("cannot look up the pregnancy"));
+    p.bind(1, pregnancy_id);
+    h.found = p.step() == SQLITE_ROW;
+    if (!h.found) return h;
+    Stmt s(impl_->db, std::string("SELECT ") + kExamColumns + " FROM exams WHERE pregnancy_id = ?1 ORDER BY exam_date, id");
+    if (!s.ok()) return make_error(impl_->error("cannot read the exams"));
+    s.bind(1, pregnancy_id);
+    int rc;
+    while ((rc = s.step()) == SQLITE_ROW) h.exams.push_back(read_exam(s));
+    if (rc != SQLITE_DONE) return make_error(impl_->error("cannot read the exams"));
+    return h;
+}
+
+std::string sha256_hex(const std::string& bytes) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < n; ++i) out += {hex[md[i] >> 4], hex[md[i] & 15]};
+    return out;
+}
+
+bool valid_sha256(const std::string& s) {
+    return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
+}
+
+bool valid_pregnancy_id(const std::string& s) {
+    if (s.empty() || s.size() > 64) return false;
+    for (unsigned char c : s)
+        if (!std::isalnum(c) && c != '_' && c != '.' && c != '-') return false;
+    return true;
+}
+
+bool valid_date(const std::string& s) {
+    if (s.size() != 10 || s[4] != '-' || s[7] != '-') return false;
+    for (int i : {0, 1, 2, 3, 5, 6, 8, 9})
+        if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
+    const int y = std::stoi(s.substr(0, 4)), m = std::stoi(s.substr(5, 2)), d = std::stoi(s.substr(8, 2));
+    if (y < 1900 || m < 1 || m > 12 || d < 1) return false;
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return d <= days[m - 1] + (m == 2 && leap);
+}
+
+}  // namespace fetalhc

@@ -1,0 +1,538 @@
+// End-to-end browser test of the fetalhc web page, in headless Chromium driven through chromedriver
+// (W3C WebDriver over HTTP with Node's built-in fetch; no npm packages).
+//
+//   node tests/browser/browser_test.mjs --binary build/fetalhc --model models/fetalhc_unet.pt \
+//        --data ../shared/hc18 [--image training_set/NNN_HC.png] [--artifacts build/artifacts]
+//
+// It starts `fetalhc serve` on a free port with a fresh database, uploads an HC18 image through the
+// file input, waits for the ellipse, drags a major-axis handle with pointer actions and checks that
+// HC changes the right way (locally and after the server refresh), accepts the corrected exam,
+// checks what the server stored, opens the pregnancy view and checks the exam is on the Chart.js
+// growth chart and in the table, and fetches the CSV export. Screenshots go to
+// <artifacts>/browser_*.png.
+//
+// Exit codes: 0 passed, 1 failed (with the reason), 77 skipped (no HC18 data, no model, or no
+// chromium/chromedriver); CTest maps 77 to "skipped".
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+const SKIP = 77;
+
+// ---------------------------------------------------------------- arguments
+
+function parseArgs(argv) {
+  const opts = {
+    binary: 'build/fetalhc', model: '', data: '', image: '', pixelSize: null, gaWeeks: 21,
+    artifacts: 'build/artifacts', chromium: '', chromedriver: '', keep: false, serverUrl: '',
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) usage(`missing value for ${arg}`);
+      return argv[++i];
+    };
+    switch (arg) {
+      case '--binary': opts.binary = value(); break;
+      case '--model': opts.model = value(); break;
+      case '--data': opts.data = value(); break;
+      case '--image': opts.image = value(); break;
+      case '--pixel-size': opts.pixelSize = Number(value()); break;
+      case '--ga-weeks': opts.gaWeeks = Number(value()); break;
+      case '--artifacts': opts.artifacts = value(); break;
+      case '--chromium': opts.chromium = value(); break;
+      case '--chromedriver': opts.chromedriver = value(); break;
+      case '--keep-temp': opts.keep = true; break;
+      case '--server-url': opts.serverUrl = value().replace(/\/+$/, ''); break;
+      case '-h': case '--help': usage(); break;
+      default: usage(`unknown argument ${arg}`);
+    }
+  }
+  return opts;
+}
+
+function usage(problem) {
+  if (problem) console.error(`browser_test: ${problem}`);
+  console.error('usage: node browser_test.mjs --binary FETALHC --model MODEL --data HC18_DIR ' +
+    '[--image REL_OR_ABS_PNG] [--pixel-size MM] [--ga-weeks W] [--artifacts DIR] [--chromium PATH] ' +
+    '[--chromedriver PATH] [--keep-temp] [--server-url URL (use a running server instead of starting one)]');
+  process.exit(problem ? 2 : 0);
+}
+
+function skip(why) {
+  console.log(`SKIP browser test: ${why}`);
+  process.exit(SKIP);
+}
+
+function which(names, extraDirs = []) {
+  const dirs = [...(process.env.PATH || '').split(path.delimiter), ...extraDirs].filter(Boolean);
+  for (const name of names) {
+    if (path.isAbsolute(name)) {
+      if (isExecutable(name)) return name;
+      continue;
+    }
+    for (const dir of dirs) {
+      const p = path.join(dir, name);
+      if (isExecutable(p)) return p;
+    }
+  }
+  return null;
+}
+
+function isExecutable(p) {
+  try {
+    fs.accessSync(p, fs.constants.X_OK);
+    return fs.statSync(p).isFile();
+  } catch (_) {
+    return false;
+  }
+}
+
+// Pixel size of an HC18 training image from training_set_pixel_size_and_HC.csv (null when absent).
+function hc18Row(dataDir, fileName) {
+  const csv = path.join(dataDir, 'training_set_pixel_size_and_HC.csv');
+  if (!fs.existsSync(csv)) return null;
+  for (const line of fs.readFileSync(csv, 'utf8').split(/\r?\n/)) {
+    const [name, ps, hc] = line.split(',');
+    if (name === fileName) return { pixelSize: Number(ps), hc: Number(hc) };
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------- small helpers
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+class TestFailure extends Error {}
+function check(cond, message) {
+  if (!cond) throw new TestFailure(message);
+}
+
+async function waitFor(what, fn, timeoutMs, intervalMs = 200) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (err) {
+      if (err instanceof TestFailure) throw err;
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      const detail = last instanceof Error ? ` (last error: ${last.message})` : '';
+      throw new TestFailure(`timed out after ${timeoutMs / 1000} s waiting for ${what}${detail}`);
+    }
+    await sleep(intervalMs);
+  }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+// A child process whose output is kept (the tail is printed when the test fails).
+function startProcess(label, cmd, args, opts = {}) {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+  const log = [];
+  const keep = (chunk) => {
+    log.push(chunk.toString());
+    while (log.length > 400) log.shift();
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  child.exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  child.on('error', (err) => keep(`${label} could not start: ${err.message}\n`));
+  child.label = label;
+  child.logTail = (n = 40) => log.join('').split('\n').slice(-n).join('\n');
+  return child;
+}
+
+async function stopProcess(child) {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  const done = await Promise.race([child.exited, sleep(5000).then(() => null)]);
+  if (!done) {
+    child.kill('SIGKILL');
+    await child.exited;
+  }
+}
+
+// ---------------------------------------------------------------- WebDriver client
+
+const ELEMENT_KEY = 'element-6066-11e4-a52e-4f735466cecf';
+
+class WebDriver {
+  constructor(base) {
+    this.base = base;
+    this.session = null;
+  }
+
+  async cmd(method, route, body) {
+    const url = this.base + (this.session && !route.startsWith('/session') && !route.startsWith('/status')
+      ? `/session/${this.session}${route}` : route);
+    const res = await fetch(url, {
+      method, headers: body ? { 'Content-Type': 'application/json' } : {},
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const json = await res.json().catch(() => ({}));
+    if (!res.ok || (json.value && json.value.error)) {
+      const v = json.value || {};
+      throw new Error(`WebDriver ${method} ${route}: ${v.error || res.status} ${v.message || ''}`.trim());
+    }
+    return json.value;
+  }
+
+  async start(chromium, profileDir) {
+    const caps = {
+      capabilities: {
+        alwaysMatch: {
+          browserName: 'chrome',
+          'goog:chromeOptions': {
+            binary: chromium,
+            args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
+              '--window-size=1500,1100', '--no-first-run', '--no-default-browser-check',
+              '--disable-extensions', '--disable-background-networking', `--user-data-dir=${profileDir}`],
+          },
+        },
+      },
+    };
+    const v = await this.cmd('POST', '/session', caps);
+    this.session = v.sessionId;
+    await this.cmd('POST', '/timeouts', { script: 30000, pageLoad: 60000, implicit: 0 });
+  }
+
+  async quit() {
+    if (!this.session) return;
+    try {
+      await this.cmd('DELETE', `/session/${this.session}`);
+    } finally {
+      this.session = null;
+    }
+  }
+
+  navigate(url) { return this.cmd('POST', '/url', { url }); }
+  exec(script, ...args) { return this.cmd('POST', '/execute/sync', { script, args }); }
+
+  async find(css) {
+    const v = await this.cmd('POST', '/element', { using: 'css selector', value: css });
+    return v[ELEMENT_KEY];
+  }
+
+  async click(css) {
+    const id = await this.find(css);
+    await this.exec('arguments[0].scrollIntoView({block: "center"});', { [ELEMENT_KEY]: id });
+    await this.cmd('POST', `/element/${id}/click`, {});
+  }
+
+  async type(css, text, clear = true) {
+    const id = await this.find(css);
+    if (clear) await this.cmd('POST', `/element/${id}/clear`, {});
+    await this.cmd('POST', `/element/${id}/value`, { text });
+  }
+
+  text(css) { return this.exec('const e = document.querySelector(arguments[0]); return e ? e.textContent : null;', css); }
+
+  attr(css, name) {
+    return this.exec('const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;',
+      css, name);
+  }
+
+  actions(actions) { return this.cmd('POST', '/actions', { actions }); }
+
+  async screenshot(file) {
+    const b64 = await this.cmd('GET', '/screenshot');
+    fs.writeFileSync(file, Buffer.from(b64, 'base64'));
+    console.log(`screenshot: ${file}`);
+  }
+}
+
+// ---------------------------------------------------------------- the test
+
+function ramanujan(a, b) {
+  const h = ((a - b) / (a + b)) ** 2;
+  return Math.PI * (a + b) * (1 + (3 * h) / (10 + Math.sqrt(4 - 3 * h)));
+}
+
+async function pageMessage(wd) {
+  return wd.exec(`const m = document.getElementById('message');
+    return m.hidden ? null : {kind: m.className, text: document.getElementById('message-text').textContent};`);
+}
+
+async function failIfErrorShown(wd, step) {
+  const m = await pageMessage(wd);
+  if (m && m.kind.includes('message-error')) throw new TestFailure(`${step}: the page shows an error: ${m.text}`);
+}
+
+async function run(opts, ctx) {
+  const { base, pixelSize, gaWeeks, imagePath, truthHc } = ctx;
+  const wd = ctx.wd;
+  const shot = (name) => wd.screenshot(path.join(opts.artifacts, `browser_${name}.png`));
+
+  // 1. The page and its assets (including Chart.js) come from the binary.
+  await wd.navigate(base + '/');
+  await waitFor('the page script to start (body[data-ready])',
+    async () => (await wd.attr('body', 'data-ready')) === '1', 15000);
+  const chartType = await wd.exec('return typeof window.Chart;');
+  check(chartType === 'function', `Chart.js was not loaded from /static/chart.umd.min.js (typeof Chart = ${chartType})`);
+  const scripts = await wd.exec(`return Array.from(document.querySelectorAll('script[src], link[href]'))
+    .map(e => e.src || e.href);`);
+  const external = scripts.filter((u) => !u.startsWith(base + '/') && !u.startsWith('data:'));
+  check(external.length === 0, `the page loads assets from elsewhere: ${external.join(', ')}`);
+
+  // 2. Upload an image with its pixel size, known GA, pregnancy id and exam date.
+  const pregnancyId = `browser-test-${process.pid}-${Date.now()}`;
+  const examDate = '2026-03-14';
+  await wd.type('#file', imagePath, false);
+  // Without a pixel size the page refuses to measure and says why in the message area.
+  await wd.exec('document.getElementById("pixel-size").value = "";');
+  await wd.click('#measure');
+  const noPixel = await pageMessage(wd);
+  check(noPixel && noPixel.kind.includes('message-error') && /pixel size/i.test(noPixel.text),
+    `measuring without a pixel size should show an error, got ${JSON.stringify(noPixel)}`);
+  check((await wd.attr('#canvas', 'data-drawn')) !== '1', 'an ellipse was drawn without a pixel size');
+  await wd.type('#pixel-size', String(pixelSize));
+  await wd.type('#ga-weeks', String(gaWeeks));
+  await wd.type('#pregnancy-id', pregnancyId);
+  await wd.exec(`const d = document.getElementById('exam-date'); d.value = arguments[0];
+    d.dispatchEvent(new Event('change'));`, examDate);
+  await wd.click('#measure');
+
+  // 3. The ellipse is drawn and the numbers shown.
+  await waitFor('the ellipse to be drawn (#canvas[data-drawn="1"])', async () => {
+    await failIfErrorShown(wd, 'measuring');
+    return (await wd.attr('#canvas', 'data-drawn')) === '1';
+  }, 180000, 300);
+  const ellipse0 = JSON.parse(await wd.attr('#canvas', 'data-ellipse'));
+  const hcText0 = await wd.text('#hc');
+  const hc0 = Number(await wd.attr('#hc', 'data-value'));
+  console.log(`measured: HC ${hcText0} (HC18 reference ${truthHc ?? 'n/a'} mm), ellipse ${JSON.stringify(ellipse0)}`);
+  check(/^\d+(\.\d)? mm$/.test(hcText0.trim()), `#hc should read like "174.3 mm", got "${hcText0}"`);
+  check(Number.isFinite(hc0) && hc0 > 0, `#hc has no numeric value (data-value ${hc0})`);
+  const expected0 = ramanujan(ellipse0.semi_axis_a, ellipse0.semi_axis_b) * pixelSize;
+  check(Math.abs(expected0 - hc0) < 0.05, `#hc ${hc0} is not the perimeter of the drawn ellipse x pixel size (${expected0.toFixed(3)})`);
+  check(ellipse0.semi_axis_a >= ellipse0.semi_axis_b && ellipse0.angle_rad >= 0 && ellipse0.angle_rad < Math.PI,
+    'the drawn ellipse breaks the a >= b, angle in [0, pi) convention');
+  const quality = await wd.attr('#quality', 'data-quality');
+  check(quality === 'ok' || quality === 'review', `quality badge shows "${quality}"`);
+  const gaText = await wd.text('#ga-hadlock');
+  check(gaText && gaText !== '\u2013', 'GA (Hadlock) is not shown');
+  const centileText = await wd.text('#centile');
+  check(centileText && centileText !== '\u2013', 'the centile is not shown although a GA was given');
+  check(await wd.exec('return document.getElementById("corrected-flag").hidden;'),
+    'the exam is marked corrected before any correction');
+  await shot('measured');
+
+  // 4. Drag one end of the major axis along the axis, outward when it stays on the canvas, else inward.
+  const plan = await wd.exec(`
+    const cv = document.getElementById('canvas');
+    cv.scrollIntoView({block: 'center'});
+    const r = cv.getBoundingClientRect(), k = r.width / cv.width;
+    const h = JSON.parse(cv.dataset.handles), e = JSON.parse(cv.dataset.ellipse);
+    const toClient = (p) => ({x: r.left + (p.x + 0.5) * k, y: r.top + (p.y + 0.5) * k});
+    const inside = (p) => p.x > r.left + 4 && p.x < r.right - 4 && p.y > r.top + 4 && p.y < r.bottom - 4 &&
+                          p.x < window.innerWidth - 4 && p.y < window.innerHeight - 4 && p.x > 4 && p.y > 4;
+    const dist = 40;   // CSS pixels
+    for (const sign of [1, -1]) {
+      for (const [name, s] of [['major1', 1], ['major2', -1]]) {
+        const start = toClient(h[name]);
+        const ux = Math.cos(e.angle_rad) * s, uy = Math.sin(e.angle_rad) * s;
+        const end = {x: start.x + sign * dist * ux, y: start.y + sign * dist * uy};
+        if (inside(start) && inside(end)) return {name, sign, start, end, k};
+      }
+    }
+    return null;`);
+  check(plan, 'neither end of the major axis can be dragged inside the visible canvas');
+  const steps = 8;
+  const moves = [];
+  for (let i = 1; i <= steps; i++) {
+    const t = i / steps;
+    moves.push({
+      type: 'pointerMove', duration: 20, origin: 'viewport',
+      x: Math.round(plan.start.x + (plan.end.x - plan.start.x) * t),
+      y: Math.round(plan.start.y + (plan.end.y - plan.start.y) * t),
+    });
+  }
+  await wd.actions([{
+    type: 'pointer', id: 'mouse', parameters: { pointerType: 'mouse' },
+    actions: [
+      { type: 'pointerMove', duration: 0, origin: 'viewport', x: Math.round(plan.start.x), y: Math.round(plan.start.y) },
+      { type: 'pointerDown', button: 0 },
+      { type: 'pause', duration: 50 },
+      ...moves,
+      { type: 'pointerUp', button: 0 },
+    ],
+  }]);
+  await wd.cmd('DELETE', '/actions');
+
+  const ellipse1 = JSON.parse(await wd.attr('#canvas', 'data-ellipse'));
+  const hc1Local = Number(await wd.attr('#hc', 'data-value'));
+  console.log(`dragged ${plan.name} ${plan.sign > 0 ? 'outward' : 'inward'} by 40 CSS px: ` +
+    `a ${ellipse0.semi_axis_a.toFixed(1)} -> ${ellipse1.semi_axis_a.toFixed(1)} px, HC ${hc0.toFixed(2)} -> ${hc1Local.toFixed(2)} mm`);
+  const da = ellipse1.semi_axis_a - ellipse0.semi_axis_a;
+  const expectDa = (40 / plan.k) * plan.sign;   // image pixels
+  check(Math.abs(da - expectDa) < 3,
+    `the drag should change semi-axis a by ~${expectDa.toFixed(1)} px, it changed by ${da.toFixed(1)} px`);
+  check(Math.abs(ellipse1.semi_axis_b - ellipse0.semi_axis_b) < 0.01, 'dragging the major axis changed b');
+  check(Math.abs(ellipse1.center_x - ellipse0.center_x) < 0.01 && Math.abs(ellipse1.center_y - ellipse0.center_y) < 0.01,
+    'dragging the major axis moved the centre');
+  check(plan.sign > 0 ? hc1Local > hc0 + 1 : hc1Local < hc0 - 1,
+    `HC should ${plan.sign > 0 ? 'grow' : 'shrink'} after the drag: ${hc0.toFixed(2)} -> ${hc1Local.toFixed(2)} mm`);
+  check(Math.abs(ramanujan(ellipse1.semi_axis_a, ellipse1.semi_axis_b) * pixelSize - hc1Local) < 0.05,
+    '#hc after the drag is not the perimeter of the drawn ellipse');
+  check(!(await wd.exec('return document.getElementById("corrected-flag").hidden;')),
+    'the "corrected" badge is not shown after the drag');
+  // Keyboard correction on the focused image: 'a' lengthens the major axis by 1 px, 'z' shortens it.
+  await wd.type('#canvas', 'aaa', false);
+  const aKeys = JSON.parse(await wd.attr('#canvas', 'data-ellipse')).semi_axis_a;
+  check(Math.abs(aKeys - ellipse1.semi_axis_a - 3) < 0.01,
+    `three 'a' key presses should add 3 px to a: ${ellipse1.semi_axis_a.toFixed(2)} -> ${aKeys.toFixed(2)}`);
+  await wd.type('#canvas', 'zzz', false);
+  const aBack = JSON.parse(await wd.attr('#canvas', 'data-ellipse')).semi_axis_a;
+  check(Math.abs(aBack - ellipse1.semi_axis_a) < 0.01, `'z' key presses should undo 'a': a = ${aBack.toFixed(2)}`);
+  // The debounced POST /v1/perimeter refresh arrives and agrees with the local numbers.
+  await waitFor('the GA/centile refresh from /v1/perimeter', async () => {
+    await failIfErrorShown(wd, 'refreshing GA');
+    return (await wd.exec(`return document.querySelectorAll('#results output.pending').length === 0 &&
+      !!document.getElementById('results').dataset.updated;`));
+  }, 15000);
+  const hc1 = Number(await wd.attr('#hc', 'data-value'));
+  check(Math.abs(hc1 - hc1Local) < 0.05, `server HC ${hc1} differs from the page's ${hc1Local}`);
+  await shot('corrected');
+
+  // 5. Accept: the server stores the corrected ellipse.
+  await wd.click('#accept');
+  await waitFor('the accept confirmation', async () => {
+    await failIfErrorShown(wd, 'accepting');
+    const m = await pageMessage(wd);
+    return m && m.kind.includes('message-success');
+  }, 15000);
+  const stored = await (await fetch(`${base}/v1/pregnancies/${encodeURIComponent(pregnancyId)}`)).json();
+  check(Array.isArray(stored.exams) && stored.exams.length === 1,
+    `the server should hold 1 exam for ${pregnancyId}, got ${JSON.stringify(stored).slice(0, 300)}`);
+  const exam = stored.exams[0];
+  check(exam.corrected === true, 'the stored exam is not marked corrected');
+  check(exam.exam_date === examDate, `stored exam_date ${exam.exam_date}, expected ${examDate}`);
+  check(Math.abs(exam.hc_mm - hc1) < 0.1, `stored HC ${exam.hc_mm} differs from the accepted ${hc1}`);
+  check(Math.abs(exam.ellipse_px.semi_axis_a - ellipse1.semi_axis_a) < 0.01, 'the stored ellipse is not the corrected one');
+
+  // 6. Pregnancy view: the exam is a point on the growth chart and a row in the table.
+  await wd.click('#tab-pregnancy');
+  await waitFor('the growth chart with the exam (#chart[data-points] >= 1)', async () => {
+    await failIfErrorShown(wd, 'pregnancy view');
+    const loading = await wd.attr('#chart', 'data-loading');
+    return !loading && Number(await wd.attr('#chart', 'data-points')) >= 1;
+  }, 15000);
+  const chart = await wd.exec(`const c = Chart.getChart('chart');
+    return c ? c.data.datasets.map(d => ({label: d.label, n: d.data.length,
+      points: d.data.filter(p => p.date).map(p => [p.x, p.y])})) : null;`);
+  check(chart, 'no Chart.js chart on #chart');
+  const curves = chart.filter((d) => /centile/.test(d.label));
+  check(curves.length === 3 && curves.every((d) => d.n > 10), `expected 3 centile curves, got ${JSON.stringify(curves)}`);
+  const examPoints = chart.flatMap((d) => d.points);
+  check(examPoints.length === 1, `expected 1 exam point on the chart, got ${JSON.stringify(examPoints)}`);
+  check(Math.abs(examPoints[0][0] - gaWeeks) < 1e-6 && Math.abs(examPoints[0][1] - exam.hc_mm) < 1e-6,
+    `the chart point ${JSON.stringify(examPoints[0])} should be (GA ${gaWeeks}, HC ${exam.hc_mm})`);
+  const rows = await wd.exec(`return Array.from(document.querySelectorAll('#exams-body tr')).map(r => r.textContent);`);
+  check(rows.length === 1 && rows[0].includes(examDate) && rows[0].includes('corrected'),
+    `the exams table should list the corrected exam, got ${JSON.stringify(rows)}`);
+  await shot('pregnancy');
+
+  // 7. CSV export link.
+  const href = await wd.exec('return document.getElementById("export-csv").href;');
+  const csvRes = await fetch(href);
+  const csv = await csvRes.text();
+  check(csvRes.ok && csv.trim().split('\n').length >= 2, `CSV export ${href}: ${csvRes.status} ${csv.slice(0, 200)}`);
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2));
+
+  // What the test needs; missing data, model or browser means "skip", a missing binary is a failure.
+  if (!opts.data || !fs.existsSync(opts.data)) skip(`HC18 data folder '${opts.data}' not found`);
+  let imagePath = opts.image || 'training_set/300_HC.png';
+  if (!path.isAbsolute(imagePath)) imagePath = path.join(opts.data, imagePath);
+  imagePath = path.resolve(imagePath);
+  if (!fs.existsSync(imagePath)) skip(`test image '${imagePath}' not found`);
+  if (!opts.serverUrl && (!opts.model || !fs.existsSync(opts.model))) skip(`model '${opts.model}' not found`);
+  const chromium = which(opts.chromium ? [opts.chromium] : ['chromium', 'chromium-browser', 'google-chrome']);
+  if (!chromium) skip('chromium not found (apt-get install chromium chromium-driver)');
+  const chromedriver = which(opts.chromedriver ? [opts.chromedriver] : ['chromedriver'], ['/usr/lib/chromium']);
+  if (!chromedriver) skip('chromedriver not found (apt-get install chromium-driver)');
+  if (!opts.serverUrl && !isExecutable(opts.binary)) {
+    console.error(`FAIL browser test: fetalhc binary '${opts.binary}' is missing or not executable`);
+    process.exit(1);
+  }
+  const row = hc18Row(opts.data, path.basename(imagePath));
+  const pixelSize = opts.pixelSize ?? (row ? row.pixelSize : 0.1);
+  fs.mkdirSync(opts.artifacts, { recursive: true });
+
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'fetalhc_browser_'));
+  let server = null, driver = null, wd = null;
+  let failed = null;
+  try {
+    let base = opts.serverUrl;
+    if (!base) {
+      const port = await freePort();
+      base = `http://127.0.0.1:${port}`;
+      const env = { ...process.env };
+      delete env.FETALHC_MODEL;
+      server = startProcess('fetalhc serve', path.resolve(opts.binary),
+        ['serve', '--port', String(port), '--db', path.join(tmp, 't.db'), '--model', path.resolve(opts.model)], { env });
+    }
+    await waitFor(`${base}/health to answer 200`, async () => {
+      if (server && server.exitCode !== null) throw new TestFailure(`fetalhc serve exited with code ${server.exitCode}`);
+      const res = await fetch(`${base}/health`);
+      return res.status === 200;
+    }, 180000, 250);
+    console.log(`server ready at ${base}`);
+
+    const dport = await freePort();
+    driver = startProcess('chromedriver', chromedriver, [`--port=${dport}`, '--allowed-ips=127.0.0.1']);
+    wd = new WebDriver(`http://127.0.0.1:${dport}`);
+    await waitFor('chromedriver to be ready', async () => {
+      if (driver.exitCode !== null) throw new TestFailure(`chromedriver exited with code ${driver.exitCode}`);
+      return (await wd.cmd('GET', '/status')).ready;
+    }, 30000);
+    await wd.start(chromium, path.join(tmp, 'profile'));
+
+    await run(opts, { base, pixelSize, gaWeeks: opts.gaWeeks, imagePath, truthHc: row ? row.hc : null, wd });
+  } catch (err) {
+    failed = err;
+  }
+
+  if (failed && wd && wd.session) {
+    try {
+      const m = await pageMessage(wd);
+      if (m) console.error(`page message: [${m.kind}] ${m.text}`);
+      await wd.screenshot(path.join(opts.artifacts, 'browser_failure.png'));
+    } catch (_) { /* the browser may be gone */ }
+  }
+  try { if (wd) await wd.quit(); } catch (_) { /* ignore */ }
+  await stopProcess(driver);
+  await stopProcess(server);
+  if (failed) {
+    console.error(`FAIL browser test: ${failed instanceof TestFailure ? failed.message : failed.stack}`);
+    if (server) console.error(`--- fetalhc serve output (tail) ---\n${server.logTail()}`);
+    if (driver && !(failed instanceof TestFailure)) console.error(`--- chromedriver output (tail) ---\n${driver.logTail(20)}`);
+  }
+  if (opts.keep) console.log(`kept ${tmp}`);
+  else fs.rmSync(tmp, { recursive: true, force: true });
+  if (failed) process.exit(1);
+  console.log('PASS browser test');
+}
+
+main().catch((err) => {
+  console.error(`FAIL browser test: ${err.stack || err}`);
+  process.exit(1);
+});
