@@ -104,6 +104,7 @@ static UNet half_copy(UNet& net) {
 void save_model(UNet& net, const std::string& path, const std::string& metadata_json, const Refiner* refine) {
     torch::serialize::OutputArchive ar;
     half_copy(net)->save(ar);
+    ar.write("fetalhc_weights_dtype", c10::IValue(std::string("float16")));
     ar.write("fetalhc_network_config", c10::IValue(network_config_json(net->cfg)));
     ar.write("fetalhc_metadata", c10::IValue(metadata_json));
     if (refine && refine->net) {
@@ -126,7 +127,11 @@ LoadedModel load_model(const std::string& path) {
     LoadedModel lm;
     lm.cfg = network_config_from_json(cfg_v.toStringRef());
     if (ar.try_read("fetalhc_metadata", meta_v) && meta_v.isString()) lm.metadata = meta_v.toStringRef();
+    // Module::load keeps the stored dtype, so a float16 file is read into a float16 module first.
+    c10::IValue dtype_v;
+    const bool half = ar.try_read("fetalhc_weights_dtype", dtype_v) && dtype_v.isString() && dtype_v.toStringRef() == "float16";
     lm.net = UNet(lm.cfg);
+    if (half) lm.net->to(torch::kHalf);
     lm.net->load(ar);
     lm.net->to(torch::kFloat);
     lm.net->eval();
@@ -136,6 +141,7 @@ LoadedModel load_model(const std::string& path) {
         torch::serialize::InputArchive sub;
         if (!ar.try_read("refine", sub)) throw std::runtime_error("model file names a refinement network but holds none");
         lm.refine.net = UNet(network_config_from_json(j["network"].dump()));
+        if (half) lm.refine.net->to(torch::kHalf);
         lm.refine.net->load(sub);
         lm.refine.net->to(torch::kFloat);
         lm.refine.net->eval();

@@ -115,7 +115,11 @@ std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8) {
 Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r) {
     Boundary b = extract_boundary(coarse, gray8);
     if (!b.found) return coarse;
-    EllipseFit fit = fit_ellipse(b.points);
+    // The crop only needs a rough ellipse: a short RANSAC without the geometric refinement.
+    EllipseFitOptions quick;
+    quick.ransac_iterations = 60;
+    quick.geometric_refine = false;
+    EllipseFit fit = fit_ellipse(b.points, quick);
     if (!fit.ok || fit.ellipse.b < 2) return coarse;
     const auto& cfg = r.net->cfg;
     const cv::Size ns(cfg.input_width, cfg.input_height);
