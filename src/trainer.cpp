@@ -413,6 +413,8 @@ std::string to_json(const TrainConfig& cfg) { return config_to_json(cfg).dump(2)
 Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
     try {
         const auto t_start = Clock::now();
+        if (cfg.stage == "refine" && cfg.coarse_model.empty())
+            return make_error("stage \"refine\" needs coarse_model (a model file from a coarse run)");
         detail::set_threads(cfg.threads);
         // OpenCV's own worker threads would fight LibTorch's OpenMP threads for the same cores;
         // augmentation is cheap, so it runs on the calling thread.

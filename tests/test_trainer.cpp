@@ -23,6 +23,8 @@ fs::path make_synthetic_hc18(const fs::path& root, int exams) {
     fs::create_directories(root / "training_set");
     std::ofstream csv(root / "training_set_pixel_size_and_HC.csv");
     csv << "filename,pixel size(mm),head circumference (mm)\n";
+    std::ofstream ell(root / "training_set_ellipses.csv");
+    ell << "filename,pixel_size_mm,hc_mm,center_x_px,center_y_px,semi_axis_a_px,semi_axis_b_px,angle_rad\n";
     std::mt19937 rng(7);
     std::uniform_real_distribution<double> U(0, 1);
     for (int i = 1; i <= exams; ++i) {
@@ -38,6 +40,8 @@ fs::path make_synthetic_hc18(const fs::path& root, int exams) {
         cv::imwrite((root / "training_set" / (std::string(name) + ".png")).string(), img);
         cv::imwrite((root / "training_set" / (std::string(name) + "_Mask.png")).string(), mask);
         csv << name << ".png,0.5," << ramanujan_perimeter(e.a, e.b) * 0.5 << "\n";
+        ell << name << ".png,0.5," << ramanujan_perimeter(e.a, e.b) * 0.5 << "," << e.cx << "," << e.cy << "," << e.a << ","
+            << e.b << "," << e.angle << "\n";
     }
     return root;
 }
@@ -108,6 +112,49 @@ TEST_F(TrainerSmoke, TrainsTwoStepsSavesReloadsAndInfers) {
     EXPECT_LE(hi, 1.0);
     EXPECT_GE(s.presence, 0.0f);
     EXPECT_LE(s.presence, 1.0f);
+}
+
+// Coarse-to-fine: a refine run on crops, over a frozen coarse model, writes one file with both
+// networks; the loaded Segmenter then runs the second pass.
+TEST_F(TrainerSmoke, RefineStageWritesATwoPassModel) {
+    TrainOptions o;
+    o.data_dir = (dir_ / "data").string();
+    o.out_dir = (dir_ / "coarse").string();
+    o.progress = false;
+    o.max_steps = 2;
+    auto coarse = train(tiny_config(), o);
+    ASSERT_TRUE(coarse) << coarse.error();
+
+    TrainConfig rc = tiny_config();
+    rc.stage = "refine";
+    rc.coarse_model = coarse->model_path;
+    rc.init_weights = coarse->model_path;  // same channels, other input size: allowed
+    rc.network.input_width = 48;
+    rc.network.input_height = 32;
+    o.out_dir = (dir_ / "refine").string();
+    auto rep = train(rc, o);
+    ASSERT_TRUE(rep) << rep.error();
+    EXPECT_EQ(rep->steps_done, 2);
+
+    auto seg = Segmenter::load(rep->model_path, {1});
+    ASSERT_TRUE(seg) << seg.error();
+    EXPECT_EQ(seg->info().config.input_width, 64);         // pass 1 as trained in the coarse run
+    EXPECT_EQ(seg->info().refine_config.input_width, 48);  // pass 2
+    EXPECT_DOUBLE_EQ(seg->info().refine_margin, rc.crop_margin);
+    cv::Mat img = cv::imread((dir_ / "data" / "training_set" / "001_HC.png").string(), cv::IMREAD_GRAYSCALE);
+    Segmentation s = seg->segment(img);
+    ASSERT_EQ(s.probability_full().size(), img.size());
+    // Tracking from a known ellipse always runs the second pass, in the crop frame.
+    Segmentation t = seg->segment_near(img, Ellipse{100, 75, 50, 40, 0.3});
+    EXPECT_TRUE(t.refined);
+    EXPECT_EQ(t.net_probability.size(), cv::Size(48, 32));
+    EXPECT_EQ(t.probability_full().size(), img.size());
+
+    // A refine run without a coarse model is a config error.
+    rc.coarse_model.clear();
+    auto bad = train(rc, o);
+    ASSERT_FALSE(bad);
+    EXPECT_NE(bad.error().find("coarse_model"), std::string::npos) << bad.error();
 }
 
 TEST_F(TrainerSmoke, ResumeContinuesFromTheCheckpoint) {
