@@ -404,6 +404,28 @@ else
     skip "evaluate and dataset coco on real images (../shared/hc18 absent at '$DATA')"
 fi
 
+# ---- bench -----------------------------------------------------------------------------------------------------
+
+run bench --runs 0 --model "$MODEL"
+expect "bench --runs 0: usage error" 2 --err "--runs"
+run bench --model "$T/no_such_model.pt"
+expect "bench with a missing model: exit 2 naming it" 2 --err "no_such_model.pt"
+if ((HAVE_MODEL)); then
+    run bench --model "$MODEL" --runs 2 --video-frames 4 --threads 2
+    expect "bench: stage table, images/s and video frames/s" 0 --out "total (file -> HC)" --out "images/s" \
+        --out-re "video +[0-9.]+ frames/s over a 4-frame cine loop"
+    run bench --model "$MODEL" --runs 2 --video-frames 4 --json
+    expect "bench --json: medians and throughput" 0 --out '"median_ms"' --out '"images_per_s"' --out '"runs": 2' \
+        --out '"video_frames": 4'
+    check "bench --json: valid JSON" "not valid JSON" valid_json "$T/out"
+    if ((HAVE_PYTHON)); then
+        check "bench --json: positive timings, total >= network" "a timing is not positive or total < network" \
+            python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); m=j["median_ms"]; sys.exit(0 if min(m.values())>0 and m["total"]>=m["network"] and j["video_frames_per_s"]>0 else 1)' "$T/out"
+    fi
+else
+    skip "bench runs (model '$MODEL' absent)"
+fi
+
 # ---- summary ---------------------------------------------------------------------------------------------------
 
 echo

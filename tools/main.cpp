@@ -3,6 +3,8 @@
 #include "fetalhc/fetalhc.h"
 #include "fetalhc/server.h"
 
+#include "bench.h"
+
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -604,6 +606,16 @@ int main(int argc, char** argv) {
     srv->add_option("--max-upload-mb", max_upload_mb, "request body cap in MB; larger uploads get 413")->capture_default_str();
     srv->add_option("--model", so.model_path, "model file (or set FETALHC_MODEL)")->capture_default_str();
 
+    fetalhc_cli::BenchArgs ba;
+    ba.model = default_model();
+    auto* bn = app.add_subcommand("bench", "median ms per image (file on disk -> HC) per stage, images/s and video frames/s here");
+    bn->add_option("image", ba.image, "image to time (PNG, JPEG, ...); default: a synthetic 800x540 scan");
+    bn->add_option("--threads", ba.threads, "CPU threads for the network (0 = all cores)")->capture_default_str();
+    bn->add_option("--runs", ba.runs, "timed end-to-end runs, after 3 warm-up runs")->capture_default_str();
+    bn->add_option("--video-frames", ba.video_frames, "frames of the synthetic cine loop (0 = skip)")->capture_default_str();
+    bn->add_option("--model", ba.model, "model file (or set FETALHC_MODEL)")->capture_default_str();
+    bn->add_flag("--json", ba.json, "print JSON");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -614,6 +626,7 @@ int main(int argc, char** argv) {
     ma.pixel_size_given = meas->count("--pixel-size") > 0;
     if (meas->parsed()) return run_measure(ma);
     if (srv->parsed()) return run_serve(so, max_upload_mb);
+    if (bn->parsed()) return fetalhc_cli::run_bench(ba);
     if (cal->parsed()) return run_calibrate(cal_data, cal_in, cal_out);
     if (avg->parsed()) {
         auto r = fetalhc::Segmenter::average_models(avg_in, avg_out);
