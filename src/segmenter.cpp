@@ -215,6 +215,27 @@ Expected<std::string> Segmenter::rewrite_metadata(const std::string& in, const s
     }
 }
 
+Expected<std::string> Segmenter::combine_models(const std::string& coarse, const std::string& two_pass,
+                                                const std::string& out) {
+    try {
+        auto c = detail::load_model(coarse);
+        auto t = detail::load_model(two_pass);
+        if (c.refine.net) return make_error("model combine: '" + coarse + "' already has a second pass; name a one-pass model");
+        if (!t.refine.net) return make_error("model combine: '" + two_pass + "' has no second pass to take");
+        auto cm = nlohmann::json::parse(c.metadata.empty() ? "{}" : c.metadata, nullptr, false);
+        auto meta = nlohmann::json::parse(t.metadata.empty() ? "{}" : t.metadata, nullptr, false);
+        if (!meta.is_object()) meta = nlohmann::json::object();
+        if (cm.is_object() && cm.contains("split_salt") && meta.contains("split_salt") &&
+            (cm["split_salt"] != meta["split_salt"] || cm.value("validation_fraction", 0.0) != meta.value("validation_fraction", 0.0)))
+            return make_error("model combine: '" + coarse + "' and '" + two_pass + "' were trained on different splits");
+        meta["coarse_model"] = coarse;
+        detail::save_model(c.net, out, meta.dump(), &t.refine);
+        return meta.dump(2);
+    } catch (const std::exception& e) {
+        return make_error(std::string("model combine: ") + e.what());
+    }
+}
+
 Expected<std::string> Segmenter::average_models(const std::vector<std::string>& in, const std::string& out) {
     if (in.empty()) return make_error("model average: name at least one input model");
     try {

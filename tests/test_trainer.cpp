@@ -150,6 +150,20 @@ TEST_F(TrainerSmoke, RefineStageWritesATwoPassModel) {
     EXPECT_EQ(t.net_probability.size(), cv::Size(48, 32));
     EXPECT_EQ(t.probability_full().size(), img.size());
 
+    // Another first pass can be swapped in under the same second pass.
+    const std::string combined = (dir_ / "combined.pt").string();
+    auto comb = Segmenter::combine_models(coarse->model_path, rep->model_path, combined);
+    ASSERT_TRUE(comb) << comb.error();
+    auto cseg = Segmenter::load(combined, {1});
+    ASSERT_TRUE(cseg) << cseg.error();
+    EXPECT_EQ(cseg->info().config.input_width, 64);
+    EXPECT_EQ(cseg->info().refine_config.input_width, 48);
+    EXPECT_EQ(nlohmann::json::parse(cseg->info().metadata)["coarse_model"], coarse->model_path);
+    // The roles cannot be swapped: the first argument must be one-pass, the second two-pass.
+    auto swapped = Segmenter::combine_models(rep->model_path, coarse->model_path, combined);
+    ASSERT_FALSE(swapped);
+    EXPECT_NE(swapped.error().find("already has a second pass"), std::string::npos) << swapped.error();
+
     // A refine run without a coarse model is a config error.
     rc.coarse_model.clear();
     auto bad = train(rc, o);

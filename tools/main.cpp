@@ -19,6 +19,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -313,6 +314,7 @@ struct EvalArgs {
     std::string data, model = default_model(), split = "all";
     bool json_out = false;
     int worst = 10, threads = 0;
+    std::string per_image_csv;
 };
 
 int run_evaluate(const EvalArgs& a) {
@@ -343,6 +345,7 @@ int run_evaluate(const EvalArgs& a) {
         std::string file;
         double ref_hc, hc = NAN, diff = NAN, dice = 0, hd_mm = NAN, iou = 0, score = 0;
         std::string quality, error;
+        std::optional<fetalhc::Measurement> m;
         int trimester;
     };
     std::vector<Row> rows;
@@ -363,6 +366,7 @@ int run_evaluate(const EvalArgs& a) {
             row.hc = m->hc_mm;
             row.diff = m->hc_mm - r.hc_mm;
             row.quality = m->quality;
+            row.m = *m;
             if (ref.empty() && r.has_ellipse) ref = fetalhc::rasterize(r.ellipse_px, m->image_size);
             if (!ref.empty()) {
                 cv::Mat pred = fetalhc::rasterize(m->ellipse_px, ref.size());
@@ -453,6 +457,29 @@ int run_evaluate(const EvalArgs& a) {
         worst.push_back(w);
     }
     out["worst"] = worst;
+    if (!a.per_image_csv.empty()) {
+        std::ofstream f(a.per_image_csv);
+        f << "filename,ref_hc_mm,hc_mm,diff_mm,dice,hausdorff_mm,trimester,quality,detection_score,certainty,fit_rms_px,"
+             "inlier_share,cut_share,reasons_or_error\n";
+        for (const auto& r : rows) {
+            f << csv_quote(r.file) << ',' << num(r.ref_hc, 2) << ',';
+            if (!r.m) {
+                f << ",,,," << r.trimester << ",,,,,,," << csv_quote(r.error) << '\n';
+                continue;
+            }
+            const auto& m = *r.m;
+            f << num(r.hc, 2) << ',' << num(r.diff, 2) << ',' << num(r.dice, 4) << ',' << num(r.hd_mm, 2) << ','
+              << r.trimester << ',' << r.quality << ',' << num(m.presence, 3) << ',' << num(m.certainty, 3) << ','
+              << num(m.fit_rms_px, 3) << ',' << num(double(m.inliers) / std::max(1, m.boundary_points), 3) << ','
+              << num(double(m.cut_points) / std::max(1, m.cut_points + m.boundary_points), 3) << ','
+              << csv_quote(join(m.reasons, "; "))
+              << '\n';
+        }
+        if (!f) {
+            error("cannot write '" + a.per_image_csv + "'");
+            return kExitSomeFailed;
+        }
+    }
     if (a.json_out) {
         std::printf("%s\n", out.dump(2).c_str());
     } else {
@@ -556,6 +583,7 @@ int main(int argc, char** argv) {
     ev->add_option("--split", ea.split, "which images: all, or the model's grouped validation/train split")
         ->check(CLI::IsMember({"all", "validation", "train"}))->capture_default_str();
     ev->add_flag("--json", ea.json_out, "print JSON instead of a table");
+    ev->add_option("--per-image", ea.per_image_csv, "also write one CSV row per image (errors, quality signals, reasons)");
     ev->add_option("--worst", ea.worst, "how many worst cases to list")->capture_default_str();
     ev->add_option("--threads", ea.threads, "CPU threads (0 = all cores)")->capture_default_str();
     ev->add_option("--model", ea.model, "model file")->capture_default_str();
@@ -581,6 +609,12 @@ int main(int argc, char** argv) {
     auto* avg = mdl->add_subcommand("average", "average the weights of models from one training run (same network)");
     avg->add_option("models", avg_in, "model files to average")->required();
     avg->add_option("--out", avg_out, "model file to write")->required();
+
+    std::string comb_coarse, comb_two, comb_out;
+    auto* comb = mdl->add_subcommand("combine", "two-pass model from a one-pass model's network and another model's second pass");
+    comb->add_option("--coarse", comb_coarse, "one-pass model whose network becomes the first pass")->required();
+    comb->add_option("--refine", comb_two, "two-pass model whose second pass (and metadata) is kept")->required();
+    comb->add_option("--out", comb_out, "model file to write")->required();
 
     std::string tdata, tconfig, tout;
     bool resume = false;
@@ -632,6 +666,12 @@ int main(int argc, char** argv) {
         auto r = fetalhc::Segmenter::average_models(avg_in, avg_out);
         if (!r) return error(r.error()), kExitSomeFailed;
         std::fprintf(stderr, "averaged %zu models into %s\n", avg_in.size(), avg_out.c_str());
+        return kExitOk;
+    }
+    if (comb->parsed()) {
+        auto r = fetalhc::Segmenter::combine_models(comb_coarse, comb_two, comb_out);
+        if (!r) return error(r.error()), kExitSomeFailed;
+        std::fprintf(stderr, "wrote %s\n", comb_out.c_str());
         return kExitOk;
     }
     if (ev->parsed()) return run_evaluate(ea);

@@ -117,6 +117,11 @@ public:
     // the first model is kept, with "averaged_from" added.
     static Expected<std::string> average_models(const std::vector<std::string>& in, const std::string& out);
 
+    // Writes a two-pass model made of the first-pass network of `coarse` (a one-pass model) and the
+    // second-pass network, crop margin and metadata of `two_pass`. Both must have been trained on
+    // the same split; the metadata records the coarse file as "coarse_model".
+    static Expected<std::string> combine_models(const std::string& coarse, const std::string& two_pass,
+                                                const std::string& out);
     struct Impl;  // defined with LibTorch in segmenter.cpp
     explicit Segmenter(std::shared_ptr<const Impl> impl);
 
