@@ -397,6 +397,10 @@ if ((HAVE_DATA)); then
         expect "evaluate --json: the metrics" 0 --out '"hc_abs_diff_mm"' --out '"dice"' --out '"hausdorff_mm"' \
             --out '"mask_ap50"' --out '"per_trimester"' --out '"images": 3' --out '"worst"'
         check "evaluate --json: valid JSON" "not valid JSON" valid_json "$T/out"
+        run evaluate --data "$T/hc18" --model "$MODEL" --per-image "$T/rows.csv"
+        expect "evaluate --per-image: exit 0" 0 --out Dice
+        check "evaluate --per-image: header and one row per image" "not 4 lines with the header first" \
+            bash -c '[[ $(wc -l <"$1") == 4 ]] && head -1 "$1" | grep -q "^filename,ref_hc_mm,hc_mm,diff_mm"' _ "$T/rows.csv"
     else
         skip "evaluate on real images (model '$MODEL' absent)"
     fi
