@@ -21,8 +21,12 @@ std::vector<cv::Point> sector_hull(const cv::Mat& gray_net, double valid_area) {
     for (int i = 1; i < n; ++i)
         if (stats.at<int>(i, cv::CC_STAT_AREA) > best_area) best = i, best_area = stats.at<int>(i, cv::CC_STAT_AREA);
     if (best == 0) return {};
+    // The hull of a region is the hull of its outer contour (far fewer points than its pixels).
+    std::vector<std::vector<cv::Point>> contours;
+    cv::findContours(labels == best, contours, cv::RETR_EXTERNAL, cv::CHAIN_APPROX_SIMPLE);
     std::vector<cv::Point> pts;
-    cv::findNonZero(labels == best, pts);
+    for (const auto& c : contours) pts.insert(pts.end(), c.begin(), c.end());
+    if (pts.size() < 3) return {};
     std::vector<cv::Point> hull;
     cv::convexHull(pts, hull);
     if (cv::contourArea(hull) > 0.97 * valid_area) return {};
@@ -46,11 +50,11 @@ Boundary extract_boundary(const Segmentation& seg, const cv::Mat& gray8) {
     cv::Mat gray_net;
     if (!seg.refined) {
         valid(cv::Rect(lb.offset_x, lb.offset_y, lb.resized.width, lb.resized.height)).setTo(255);
-        if (!gray8.empty()) gray_net = lb.apply(gray8, cv::INTER_AREA);
+        if (!gray8.empty()) gray_net = seg.net_input.empty() ? lb.apply(gray8, cv::INTER_AREA) : seg.net_input;
     } else {
         const cv::Mat ones(lb.image_size, CV_8U, cv::Scalar(255));
         cv::warpAffine(ones, valid, A, P.size(), cv::INTER_NEAREST, cv::BORDER_CONSTANT, 0);
-        if (!gray8.empty()) gray_net = warp_to_frame(gray8, A, P.size());
+        if (!gray8.empty()) gray_net = seg.net_input.empty() ? warp_to_frame(gray8, A, P.size()) : seg.net_input;
     }
     // Distance (net pixels) to the nearest pixel that is not valid; the frame's edge counts as such.
     cv::Mat padded, dist;

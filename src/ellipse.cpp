@@ -57,7 +57,7 @@ struct Closest {
 };
 
 // Closest point on an axis-aligned ellipse (semi-axes a >= b) to (u, v): the root of
-// G(t) = (a u / (t + a^2))^2 + (b v / (t + b^2))^2 - 1 by bisection, after Eberly,
+// G(t) = (a u / (t + a^2))^2 + (b v / (t + b^2))^2 - 1, after Eberly,
 // "Distance from a point to an ellipse, an ellipsoid, or a hyperellipsoid" (Geometric Tools, 2013).
 Closest closest_axis_aligned(double a, double b, double u, double v) {
     const double su = u < 0 ? -1 : 1, sv = v < 0 ? -1 : 1;
@@ -66,13 +66,25 @@ Closest closest_axis_aligned(double a, double b, double u, double v) {
     double x, y;
     if (v > 1e-12 * b) {
         if (u > 1e-12 * a) {
-            double lo = -b * b + b * v, hi = -b * b + std::sqrt(a * a * u * u + b * b * v * v);
-            for (int i = 0; i < 60 && hi - lo > 1e-12 * (std::abs(hi) + 1); ++i) {
-                const double t = 0.5 * (lo + hi);
-                const double gx = a * u / (t + a * a), gy = b * v / (t + b * b);
-                (gx * gx + gy * gy - 1 > 0 ? lo : hi) = t;
+            // G is convex and decreasing for t > -b^2, and G(t0) >= 0 at t0 = -b^2 + b v, so Newton's
+            // method from t0 climbs to the root without overshooting (a handful of steps instead of
+            // ~40 bisections). The bracket [t0, hi] guards against rounding.
+            const double lo = -b * b + b * v, hi = -b * b + std::sqrt(a * a * u * u + b * b * v * v);
+            const double au = a * u, bv = b * v;
+            double t = lo;
+            for (int i = 0; i < 40; ++i) {
+                const double ia = 1 / (t + a * a), ib = 1 / (t + b * b);
+                const double gx = au * ia, gy = bv * ib;
+                const double G = gx * gx + gy * gy - 1;
+                if (G <= 0) break;
+                const double dG = -2 * (gx * gx * ia + gy * gy * ib);
+                const double next = std::min(hi, t - G / dG);
+                if (!(next > t) || next - t <= 1e-13 * (std::abs(t) + a * a)) {
+                    t = std::max(t, next);
+                    break;
+                }
+                t = next;
             }
-            const double t = 0.5 * (lo + hi);
             x = a * a * u / (t + a * a);
             y = b * b * v / (t + b * b);
         } else {

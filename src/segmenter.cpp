@@ -128,6 +128,7 @@ Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray
     out.crop_to_net = crop_frame(fit.ellipse, ns, r.margin);
     cv::Mat input = warp_to_frame(gray8, out.crop_to_net, ns);
     out.net_probability = forward_one(r.net, input).first;
+    out.net_input = input;
     return out;
 }
 
@@ -176,6 +177,7 @@ Segmentation Segmenter::segment(const cv::Mat& gray8) const {
     auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode guard;
     std::tie(out.net_probability, out.presence) = detail::forward_one(impl_->net, input);
+    out.net_input = input;
     out.axis_scale = impl_->info.axis_scale;
     if (impl_->refine.net) out = detail::refine_segmentation(out, gray8, impl_->refine);
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -198,6 +200,7 @@ Segmentation Segmenter::segment_near(const cv::Mat& gray8, const Ellipse& prior)
     cv::Mat input = warp_to_frame(gray8, out.crop_to_net, ns);
     // The second network's own score: is the crop still centred on a head?
     std::tie(out.net_probability, out.presence) = detail::forward_one(impl_->refine.net, input);
+    out.net_input = input;
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
 }

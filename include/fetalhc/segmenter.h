@@ -70,6 +70,9 @@ struct Segmentation {
     bool refined = false;
     cv::Matx23d crop_to_net = cv::Matx23d::eye();
     double network_ms = 0;    // forward pass time (both passes)
+    // The 8-bit image the last network saw (net_probability's frame), kept so later stages need
+    // not resample the input again. Empty when the segmentation was built by hand.
+    cv::Mat net_input;
 
     cv::Matx23d to_net() const { return refined ? crop_to_net : letterbox.affine(); }
 
