@@ -92,11 +92,17 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     return m;
 }
 
-Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source) const {
+namespace {
+
+// Segmentation (whole image or tracked) followed by everything after the network, timed, with
+// exceptions turned into errors naming the source.
+template <class SegmentFn>
+Expected<Measurement> segment_and_measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source,
+                                          SegmentFn segment) {
     if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty()) return make_error(e);
     try {
         auto t0 = Clock::now();
-        Segmentation seg = seg_.segment(gray8);
+        Segmentation seg = segment();
         auto r = measure_from_segmentation(seg, gray8, opt, source);
         if (r) r->timings.total_ms = ms_since(t0);
         return r;
@@ -105,18 +111,15 @@ Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptio
     }
 }
 
+}  // namespace
+
+Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source) const {
+    return segment_and_measure(gray8, opt, source, [&] { return seg_.segment(gray8); });
+}
+
 Expected<Measurement> Measurer::measure_near(const cv::Mat& gray8, const MeasureOptions& opt, const Ellipse& prior,
                                              const std::string& source) const {
-    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty()) return make_error(e);
-    try {
-        auto t0 = Clock::now();
-        Segmentation seg = seg_.segment_near(gray8, prior);
-        auto r = measure_from_segmentation(seg, gray8, opt, source);
-        if (r) r->timings.total_ms = ms_since(t0);
-        return r;
-    } catch (const std::exception& e) {
-        return make_error("measuring '" + source + "' failed: " + e.what());
-    }
+    return segment_and_measure(gray8, opt, source, [&] { return seg_.segment_near(gray8, prior); });
 }
 
 Expected<Measurement> Measurer::measure_file(const std::string& path, const MeasureOptions& opt) const {
