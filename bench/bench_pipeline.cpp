@@ -2,6 +2,7 @@
 // Run: build/bench/bench_pipeline [--benchmark_repetitions=5 --benchmark_report_aggregates_only=true]
 // Synthetic image with a fixed seed, so runs are comparable; the shipped model is used.
 #include "fetalhc/fetalhc.h"
+#include "synthetic_scan.h"
 
 #include <benchmark/benchmark.h>
 #include <opencv2/imgcodecs.hpp>
@@ -11,14 +12,7 @@
 
 namespace {
 
-cv::Mat synthetic_scan(int w, int h) {
-    cv::Mat img(h, w, CV_8U);
-    cv::setRNGSeed(1234);
-    cv::randu(img, 10, 70);
-    cv::GaussianBlur(img, img, {0, 0}, 1.5);
-    cv::ellipse(img, {w / 2, h / 2}, {w / 4, h / 3}, 20, 0, 360, cv::Scalar(230), 6);
-    return img;
-}
+using fetalhc_bench::synthetic_scan;
 
 const fetalhc::Segmenter& segmenter() {
     static auto s = fetalhc::Segmenter::load(FETALHC_DEFAULT_MODEL, {2});

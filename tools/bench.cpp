@@ -1,6 +1,7 @@
 #include "bench.h"
 
 #include "fetalhc/fetalhc.h"
+#include "synthetic_scan.h"
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -18,16 +19,6 @@ namespace fs = std::filesystem;
 
 namespace fetalhc_cli {
 namespace {
-
-// Speckle-like background with one bright elliptical ring, as in bench/bench_pipeline.cpp.
-cv::Mat synthetic_scan(int w, int h, cv::Point2d centre) {
-    cv::Mat img(h, w, CV_8U);
-    cv::setRNGSeed(1234);
-    cv::randu(img, 10, 70);
-    cv::GaussianBlur(img, img, {0, 0}, 1.5);
-    cv::ellipse(img, cv::Point(int(centre.x), int(centre.y)), {w / 4, h / 3}, 20, 0, 360, cv::Scalar(230), 6);
-    return img;
-}
 
 struct Stats {
     double median = 0, p90 = 0;
@@ -69,7 +60,7 @@ int run_bench(const BenchArgs& a) {
     std::string image = a.image;
     cv::Mat frame0;
     if (image.empty()) {
-        frame0 = synthetic_scan(800, 540, {400, 270});
+        frame0 = fetalhc_bench::synthetic_scan(800, 540);
         image = (tmp.path / "synthetic_800x540.png").string();
         if (!cv::imwrite(image, frame0)) return std::fprintf(stderr, "error: cannot write '%s'\n", image.c_str()), 1;
     } else {
