@@ -72,15 +72,20 @@ protected:
         make_synthetic_hc18(dir_ / "data", 8);
     }
     void TearDown() override { fs::remove_all(dir_); }
+    // A quiet run of `steps` optimizer steps on the synthetic data, into dir_/run_name.
+    TrainOptions smoke_run(const std::string& run_name, long long steps) const {
+        TrainOptions o;
+        o.data_dir = (dir_ / "data").string();
+        o.out_dir = (dir_ / run_name).string();
+        o.progress = false;
+        o.max_steps = steps;
+        return o;
+    }
     fs::path dir_;
 };
 
 TEST_F(TrainerSmoke, TrainsTwoStepsSavesReloadsAndInfers) {
-    TrainOptions o;
-    o.data_dir = (dir_ / "data").string();
-    o.out_dir = (dir_ / "run").string();
-    o.progress = false;
-    o.max_steps = 2;
+    TrainOptions o = smoke_run("run", 2);
     auto rep = train(tiny_config(), o);
     ASSERT_TRUE(rep) << rep.error();
     EXPECT_EQ(rep->steps_done, 2);
@@ -117,11 +122,7 @@ TEST_F(TrainerSmoke, TrainsTwoStepsSavesReloadsAndInfers) {
 // Coarse-to-fine: a refine run on crops, over a frozen coarse model, writes one file with both
 // networks; the loaded Segmenter then runs the second pass.
 TEST_F(TrainerSmoke, RefineStageWritesATwoPassModel) {
-    TrainOptions o;
-    o.data_dir = (dir_ / "data").string();
-    o.out_dir = (dir_ / "coarse").string();
-    o.progress = false;
-    o.max_steps = 2;
+    TrainOptions o = smoke_run("coarse", 2);
     auto coarse = train(tiny_config(), o);
     ASSERT_TRUE(coarse) << coarse.error();
 
@@ -172,11 +173,7 @@ TEST_F(TrainerSmoke, RefineStageWritesATwoPassModel) {
 }
 
 TEST_F(TrainerSmoke, ResumeContinuesFromTheCheckpoint) {
-    TrainOptions o;
-    o.data_dir = (dir_ / "data").string();
-    o.out_dir = (dir_ / "run").string();
-    o.progress = false;
-    o.max_steps = 1;
+    TrainOptions o = smoke_run("run", 1);
     ASSERT_TRUE(train(tiny_config(), o));
     o.resume = true;
     o.max_steps = 2;
