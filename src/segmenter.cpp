@@ -205,6 +205,16 @@ Segmentation Segmenter::segment_near(const cv::Mat& gray8, const Ellipse& prior)
     return out;
 }
 
+namespace {
+
+// A model's metadata as a JSON object; empty when the file has none or it is not an object.
+nlohmann::json metadata_object(const std::string& text) {
+    auto j = nlohmann::json::parse(text.empty() ? "{}" : text, nullptr, false);
+    return j.is_object() ? j : nlohmann::json::object();
+}
+
+}  // namespace
+
 Expected<std::string> Segmenter::rewrite_metadata(const std::string& in, const std::string& out,
                                                   const std::string& json_patch) {
     try {
@@ -225,10 +235,9 @@ Expected<std::string> Segmenter::combine_models(const std::string& coarse, const
         auto t = detail::load_model(two_pass);
         if (c.refine.net) return make_error("model combine: '" + coarse + "' already has a second pass; name a one-pass model");
         if (!t.refine.net) return make_error("model combine: '" + two_pass + "' has no second pass to take");
-        auto cm = nlohmann::json::parse(c.metadata.empty() ? "{}" : c.metadata, nullptr, false);
-        auto meta = nlohmann::json::parse(t.metadata.empty() ? "{}" : t.metadata, nullptr, false);
-        if (!meta.is_object()) meta = nlohmann::json::object();
-        if (cm.is_object() && cm.contains("split_salt") && meta.contains("split_salt") &&
+        const auto cm = metadata_object(c.metadata);
+        auto meta = metadata_object(t.metadata);
+        if (cm.contains("split_salt") && meta.contains("split_salt") &&
             (cm["split_salt"] != meta["split_salt"] || cm.value("validation_fraction", 0.0) != meta.value("validation_fraction", 0.0)))
             return make_error("model combine: '" + coarse + "' and '" + two_pass + "' were trained on different splits");
         meta["coarse_model"] = coarse;
@@ -267,8 +276,7 @@ Expected<std::string> Segmenter::average_models(const std::vector<std::string>& 
         for (auto& p : acc_params) p.value().div_(n);
         for (auto& b : acc_buffers)
             if (b.value().is_floating_point()) b.value().div_(n);
-        auto meta = nlohmann::json::parse(first.metadata.empty() ? "{}" : first.metadata, nullptr, false);
-        if (!meta.is_object()) meta = nlohmann::json::object();
+        auto meta = metadata_object(first.metadata);
         meta["averaged_from"] = in;
         detail::save_model(first.net, out, meta.dump());
         return meta.dump(2);
