@@ -127,17 +127,6 @@ bool direct_fit(const std::vector<cv::Point2f>& pts, Ellipse& out) {
     return out.valid();
 }
 
-// Sampson approximation of the distance to the ellipse: |F| / |grad F| for the implicit form
-// F = (u/a)^2 + (v/b)^2 - 1 in the ellipse frame. Cheap; used to score RANSAC candidates.
-double sampson_distance(const Ellipse& e, double c, double s, cv::Point2d p) {
-    const double dx = p.x - e.cx, dy = p.y - e.cy;
-    const double u = c * dx + s * dy, v = -s * dx + c * dy;
-    const double ia2 = 1 / (e.a * e.a), ib2 = 1 / (e.b * e.b);
-    const double F = u * u * ia2 + v * v * ib2 - 1;
-    const double g = 2 * std::hypot(u * ia2, v * ib2);
-    return std::abs(F) / std::max(g, 1e-12);
-}
-
 // Levenberg-Marquardt on orthogonal distances with the analytic Jacobian at the closest points
 // (the closest point's parameter is held fixed when differentiating: it is stationary).
 Ellipse geometric_refine(Ellipse e, const std::vector<cv::Point2d>& pts, int iterations = 15) {
@@ -189,7 +178,10 @@ Ellipse geometric_refine(Ellipse e, const std::vector<cv::Point2d>& pts, int ite
                 current = cc;
                 lambda = std::max(lambda / 10, 1e-9);
                 improved = true;
-                if (gain < 1e-10 * (current + 1e-12)) return e.normalized();
+                // Converged: the step moved no point of the ellipse by more than 1/1000 px.
+                const double moved = std::max({std::abs(delta[0]), std::abs(delta[1]), std::abs(delta[2]),
+                                               std::abs(delta[3]), std::abs(delta[4]) * e.a});
+                if (moved < 1e-3 || gain < 1e-10 * (current + 1e-12)) return e.normalized();
             } else {
                 lambda *= 10;
             }
@@ -238,10 +230,22 @@ EllipseFit fit_ellipse(const std::vector<cv::Point2d>& points, const EllipseFitO
     const double extent = std::max(box.width, box.height) + 1;
     auto plausible = [&](const Ellipse& e) { return e.valid() && e.a < 5 * extent && e.b > 0.5; };
 
+    // RANSAC score: points whose Sampson distance |F| / |grad F| (a cheap first-order approximation
+    // of the orthogonal distance) is inside the band. F = P dx^2 + Q dx dy + R dy^2 - 1 is the
+    // rotated ellipse (u/a)^2 + (v/b)^2 - 1 expanded about the centre, grad F = (2P dx + Q dy,
+    // Q dx + 2R dy); the test is done squared, F^2 < t^2 |grad F|^2, without sqrt or division.
     auto count_inliers = [&](const Ellipse& e) {
         const double c = std::cos(e.angle), s = std::sin(e.angle);
+        const double ia2 = 1 / (e.a * e.a), ib2 = 1 / (e.b * e.b);
+        const double P = c * c * ia2 + s * s * ib2, Q = 2 * c * s * (ia2 - ib2), R = s * s * ia2 + c * c * ib2;
+        const double t2 = opt.inlier_px * opt.inlier_px;
         int n = 0;
-        for (const auto& p : points) n += sampson_distance(e, c, s, p) < opt.inlier_px;
+        for (const auto& p : points) {
+            const double dx = p.x - e.cx, dy = p.y - e.cy;
+            const double F = P * dx * dx + Q * dx * dy + R * dy * dy - 1;
+            const double gx = 2 * P * dx + Q * dy, gy = Q * dx + 2 * R * dy;
+            n += F * F < t2 * (gx * gx + gy * gy);
+        }
         return n;
     };
 

@@ -1,5 +1,6 @@
 #include "network.h"
 
+#include <ATen/Config.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -11,8 +12,8 @@ namespace fetalhc::detail {
 
 namespace nn = torch::nn;
 
-ConvBlockImpl::ConvBlockImpl(int in, int out) {
-    c1 = register_module("c1", nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1).bias(false)));
+ConvBlockImpl::ConvBlockImpl(int in, int out, int stride) {
+    c1 = register_module("c1", nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1).stride(stride).bias(false)));
     b1 = register_module("b1", nn::BatchNorm2d(out));
     c2 = register_module("c2", nn::Conv2d(nn::Conv2dOptions(out, out, 3).padding(1).bias(false)));
     b2 = register_module("b2", nn::BatchNorm2d(out));
@@ -30,12 +31,15 @@ static int channels_at(const NetworkConfig& c, int level) {
 UNetImpl::UNetImpl(const NetworkConfig& c) : cfg(c) {
     if (cfg.depth < 1 || cfg.depth > 6 || cfg.base_channels < 2)
         throw std::invalid_argument("network config: depth must be 1..6 and base_channels >= 2");
-    const int m = 1 << cfg.depth;
+    if (cfg.stem_stride != 1 && cfg.stem_stride != 2)
+        throw std::invalid_argument("network config: stem_stride must be 1 or 2");
+    const int m = cfg.stem_stride << cfg.depth;
     if (cfg.input_width % m || cfg.input_height % m)
-        throw std::invalid_argument("network config: input size must be a multiple of 2^depth");
+        throw std::invalid_argument("network config: input size must be a multiple of " + std::to_string(m) +
+                                    " (stem_stride x 2^depth)");
     down = register_module("down", nn::ModuleList());
     up = register_module("up", nn::ModuleList());
-    down->push_back(ConvBlock(1, channels_at(cfg, 0)));
+    down->push_back(ConvBlock(1, channels_at(cfg, 0), cfg.stem_stride));
     for (int l = 1; l <= cfg.depth; ++l) down->push_back(ConvBlock(channels_at(cfg, l - 1), channels_at(cfg, l)));
     for (int l = cfg.depth - 1; l >= 0; --l)
         up->push_back(ConvBlock(channels_at(cfg, l + 1) + channels_at(cfg, l), channels_at(cfg, l)));
@@ -43,7 +47,14 @@ UNetImpl::UNetImpl(const NetworkConfig& c) : cfg(c) {
     presence = register_module("presence", nn::Linear(channels_at(cfg, cfg.depth), 1));
 }
 
+// Logits of a stride-2 stem come at half the input size; bring them to the input size.
+static torch::Tensor to_input_size(const torch::Tensor& logits, const std::vector<int64_t>& size) {
+    if (logits.size(2) == size[0] && logits.size(3) == size[1]) return logits;
+    return torch::upsample_bilinear2d(logits, size, false);
+}
+
 std::pair<torch::Tensor, torch::Tensor> UNetImpl::forward(torch::Tensor x) {
+    const std::vector<int64_t> input_size{x.size(2), x.size(3)};
     std::vector<torch::Tensor> skips;
     x = down[0]->as<ConvBlock>()->forward(x);
     for (int l = 1; l <= cfg.depth; ++l) {
@@ -57,7 +68,76 @@ std::pair<torch::Tensor, torch::Tensor> UNetImpl::forward(torch::Tensor x) {
         x = torch::upsample_bilinear2d(x, {skip.size(2), skip.size(3)}, false);
         x = up[i]->as<ConvBlock>()->forward(torch::cat({x, skip}, 1));
     }
-    return {head(x), pres};
+    return {to_input_size(head(x), input_size), pres};
+}
+
+struct FrozenConv {
+    torch::Tensor weight, bias;
+    int padding = 0, stride = 1;
+    torch::Tensor operator()(const torch::Tensor& x) const {
+#if AT_MKLDNN_ENABLED()
+        if (x.scalar_type() == torch::kFloat && at::globalContext().userEnabledMkldnn())
+            return at::mkldnn_convolution(x, weight, bias, {padding, padding}, {stride, stride}, {1, 1}, 1);
+#endif
+        return torch::conv2d(x, weight, bias, stride, padding);
+    }
+};
+
+struct FrozenUNet {
+    std::vector<std::pair<FrozenConv, FrozenConv>> down, up;
+    FrozenConv head;
+    torch::Tensor presence_weight, presence_bias;
+};
+
+// Eval-mode batch norm y = (x - mean) / sqrt(var + eps) * gamma + beta folded into the bias-free
+// convolution before it: w' = w * s, b' = beta - mean * s with s = gamma / sqrt(var + eps).
+static FrozenConv fold(const torch::nn::Conv2d& c, const torch::nn::BatchNorm2d& bn) {
+    auto s = bn->weight / torch::sqrt(bn->running_var + bn->options.eps());
+    FrozenConv f;
+    f.weight = (c->weight * s.view({-1, 1, 1, 1})).contiguous(torch::MemoryFormat::ChannelsLast);
+    f.bias = (bn->bias - bn->running_mean * s).contiguous();
+    f.padding = static_cast<int>(c->weight.size(-1) / 2);  // every convolution here keeps the size
+    f.stride = static_cast<int>(c->options.stride()->at(0));  // ... or halves it (the stem)
+    return f;
+}
+
+void UNetImpl::freeze() {
+    torch::NoGradGuard no_grad;
+    auto f = std::make_shared<FrozenUNet>();
+    auto block = [](const std::shared_ptr<torch::nn::Module>& m) {
+        auto* b = m->as<ConvBlock>();
+        return std::make_pair(fold(b->c1, b->b1), fold(b->c2, b->b2));
+    };
+    for (const auto& m : *down) f->down.push_back(block(m));
+    for (const auto& m : *up) f->up.push_back(block(m));
+    f->head.weight = head->weight.detach().clone().contiguous(torch::MemoryFormat::ChannelsLast);
+    f->head.bias = head->bias.detach().clone();
+    f->presence_weight = presence->weight.detach().clone();
+    f->presence_bias = presence->bias.detach().clone();
+    frozen = std::move(f);
+}
+
+std::pair<torch::Tensor, torch::Tensor> UNetImpl::infer(const torch::Tensor& input) const {
+    if (!frozen) return const_cast<UNetImpl*>(this)->forward(input);
+    const FrozenUNet& f = *frozen;
+    const std::vector<int64_t> input_size{input.size(2), input.size(3)};
+    auto block = [](const torch::Tensor& x, const std::pair<FrozenConv, FrozenConv>& b) {
+        return b.second(b.first(x).relu_()).relu_();
+    };
+    std::vector<torch::Tensor> skips;
+    auto x = block(input.contiguous(torch::MemoryFormat::ChannelsLast), f.down[0]);
+    for (int l = 1; l <= cfg.depth; ++l) {
+        skips.push_back(x);
+        x = block(torch::max_pool2d(x, 2), f.down[l]);
+    }
+    auto pooled = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
+    auto pres = torch::linear(pooled, f.presence_weight, f.presence_bias).squeeze(1);
+    for (int i = 0; i < cfg.depth; ++i) {
+        const auto& skip = skips[skips.size() - 1 - i];
+        x = torch::upsample_bilinear2d(x, {skip.size(2), skip.size(3)}, false);
+        x = block(torch::cat({x, skip}, 1), f.up[i]);
+    }
+    return {to_input_size(f.head(x), input_size), pres};
 }
 
 torch::Tensor normalise_batch(const torch::Tensor& t) {
@@ -74,7 +154,7 @@ long long count_parameters(nn::Module& m) {
 std::string network_config_json(const NetworkConfig& c) {
     nlohmann::json j{{"input_width", c.input_width}, {"input_height", c.input_height},
                      {"base_channels", c.base_channels}, {"depth", c.depth},
-                     {"max_channels", c.max_channels}, {"architecture", "unet-bn"}};
+                     {"max_channels", c.max_channels}, {"stem_stride", c.stem_stride}, {"architecture", "unet-bn"}};
     return j.dump();
 }
 
@@ -86,6 +166,7 @@ NetworkConfig network_config_from_json(const std::string& text) {
     c.base_channels = j.value("base_channels", c.base_channels);
     c.depth = j.value("depth", c.depth);
     c.max_channels = j.value("max_channels", c.max_channels);
+    c.stem_stride = j.value("stem_stride", 1);  // files written before the option have none
     return c;
 }
 
@@ -135,6 +216,7 @@ LoadedModel load_model(const std::string& path) {
     lm.net->load(ar);
     lm.net->to(torch::kFloat);
     lm.net->eval();
+    lm.net->freeze();
     c10::IValue ref_v;
     if (ar.try_read("fetalhc_refine", ref_v) && ref_v.isString()) {
         auto j = nlohmann::json::parse(ref_v.toStringRef());
@@ -145,6 +227,7 @@ LoadedModel load_model(const std::string& path) {
         lm.refine.net->load(sub);
         lm.refine.net->to(torch::kFloat);
         lm.refine.net->eval();
+        lm.refine.net->freeze();
         lm.refine.margin = j.value("margin", 1.2);
     }
     return lm;

@@ -12,12 +12,14 @@ namespace fetalhc::detail {
 
 // conv3x3-BN-ReLU twice.
 struct ConvBlockImpl : torch::nn::Module {
-    ConvBlockImpl(int in, int out);
+    ConvBlockImpl(int in, int out, int stride = 1);  // stride of the first convolution
     torch::Tensor forward(torch::Tensor x);
     torch::nn::Conv2d c1{nullptr}, c2{nullptr};
     torch::nn::BatchNorm2d b1{nullptr}, b2{nullptr};
 };
 TORCH_MODULE(ConvBlock);
+
+struct FrozenUNet;
 
 // U-Net style encoder-decoder for one object per image. Outputs the per-pixel head logit at the
 // input resolution and, from the pooled bottleneck, one presence logit (is a head in view?).
@@ -25,6 +27,15 @@ struct UNetImpl : torch::nn::Module {
     explicit UNetImpl(const NetworkConfig& cfg);
     // x: [N,1,H,W] normalised intensities. Returns {mask logits [N,1,H,W], presence logits [N]}.
     std::pair<torch::Tensor, torch::Tensor> forward(torch::Tensor x);
+
+    // Inference only. freeze() takes a copy of the current weights in a faster form: batch norm
+    // folded into the convolutions, channels-last tensors, oneDNN convolutions for every layer
+    // (ATen would send the small deep layers of a batch of one to its slow reference kernel).
+    // infer() then gives the same result as forward() in eval mode to float rounding; before
+    // freeze() it is forward(). Weights changed after freeze() are not seen until the next call.
+    void freeze();
+    std::pair<torch::Tensor, torch::Tensor> infer(const torch::Tensor& x) const;
+    std::shared_ptr<const FrozenUNet> frozen;
 
     NetworkConfig cfg;
     torch::nn::ModuleList down{nullptr}, up{nullptr};

@@ -105,7 +105,7 @@ namespace detail {
 std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8) {
     CV_Assert(input8.type() == CV_8UC1 && input8.isContinuous());
     auto x = torch::from_blob(input8.data, {1, 1, input8.rows, input8.cols}, torch::kByte);
-    auto [logits, presence] = net->forward(normalise_batch(x));
+    auto [logits, presence] = net->infer(normalise_batch(x));
     auto prob = torch::sigmoid(logits).contiguous();
     cv::Mat p(input8.rows, input8.cols, CV_32F);
     std::memcpy(p.data, prob.data_ptr<float>(), sizeof(float) * input8.total());

@@ -39,7 +39,7 @@ using Clock = std::chrono::steady_clock;
     X(resize_mode) X(epochs) X(steps_per_epoch) X(validation_steps) X(batch_size) X(optimizer) X(learning_rate) \
     X(schedule) X(warmup_steps) X(step_gamma) X(momentum) X(weight_decay) X(loss_bce) X(loss_dice) X(loss_presence) \
     X(validation_fraction) X(split_salt) X(seed) X(threads) X(init_weights) X(stage) X(coarse_model) X(crop_margin)
-#define FETALHC_FIELDS_NET(X) X(input_width) X(input_height) X(base_channels) X(depth) X(max_channels)
+#define FETALHC_FIELDS_NET(X) X(input_width) X(input_height) X(base_channels) X(depth) X(max_channels) X(stem_stride)
 
 json config_to_json(const TrainConfig& c) {
     json j, a, n;
@@ -479,7 +479,7 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
             auto init = detail::load_model(cfg.init_weights);
             // The weights do not depend on the input size, so a refine run may start from a coarse model.
             if (init.cfg.base_channels != cfg.network.base_channels || init.cfg.depth != cfg.network.depth ||
-                init.cfg.max_channels != cfg.network.max_channels)
+                init.cfg.max_channels != cfg.network.max_channels || init.cfg.stem_stride != cfg.network.stem_stride)
                 return make_error("init_weights '" + cfg.init_weights + "' has different channels or depth than this run's network");
             torch::NoGradGuard ng;
             auto src = init.net->named_parameters(), dst = net->named_parameters();

@@ -9,7 +9,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
 
 namespace fetalhc {
 
@@ -30,6 +37,77 @@ double quantile(std::vector<double> v, double q) {
     return i + 1 < v.size() ? v[i] + (pos - i) * (v[i + 1] - v[i]) : v[i];
 }
 
+// One decoded frame and the decision taken when it was handed out: track from `prior` or not.
+struct FrameJob {
+    VideoFrame f;
+    cv::Mat frame;
+    bool track = false;
+    Ellipse prior;
+};
+
+void measure_frame(const Measurer& measurer, const MeasureOptions& mo, const std::string& path, FrameJob& job) {
+    const std::string label = path + "#" + std::to_string(job.f.index);
+    auto gray = to_gray8(job.frame, label);
+    job.frame.release();
+    if (!gray) {
+        job.f.result = make_error(gray.error());
+        return;
+    }
+    job.f.tracked = job.track;
+    job.f.result = job.track ? measurer.measure_near(*gray, mo, job.prior, label) : measurer.measure(*gray, mo, label);
+    if (job.track && (!job.f.result || job.f.result->quality != "ok")) {
+        // Lost the head: fall back to the whole-image pass on this frame.
+        job.f.tracked = false;
+        job.f.result = measurer.measure(*gray, mo, label);
+    }
+}
+
+// A fixed set of threads running the tasks handed to them, first come first served.
+class WorkerPool {
+public:
+    explicit WorkerPool(int n) {
+        for (int i = 0; i < n; ++i) threads_.emplace_back([this] { loop(); });
+    }
+    ~WorkerPool() {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            stop_ = true;
+        }
+        cv_.notify_all();
+        for (auto& t : threads_) t.join();
+    }
+    std::future<void> submit(std::function<void()> fn) {
+        std::packaged_task<void()> task(std::move(fn));
+        auto done = task.get_future();
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            queue_.push_back(std::move(task));
+        }
+        cv_.notify_one();
+        return done;
+    }
+
+private:
+    void loop() {
+        for (;;) {
+            std::packaged_task<void()> task;
+            {
+                std::unique_lock<std::mutex> lock(mu_);
+                cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+                if (queue_.empty()) return;
+                task = std::move(queue_.front());
+                queue_.pop_front();
+            }
+            task();
+        }
+    }
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<std::packaged_task<void()>> queue_;
+    bool stop_ = false;
+    std::vector<std::thread> threads_;
+};
+
 }  // namespace
 
 Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string& path, const VideoOptions& opt,
@@ -47,6 +125,7 @@ Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string
     if (!cap.isOpened())
         return make_error("cannot read video '" + path + "': not a video OpenCV can decode (try MP4 or AVI)");
     const double fps = cap.get(cv::CAP_PROP_FPS);
+    const int workers = opt.workers > 0 ? opt.workers : int(std::max(1u, std::thread::hardware_concurrency()));
 
     VideoSummary s;
     s.source = path;
@@ -54,45 +133,53 @@ Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string
     std::vector<int> ok_index;
     Ellipse prior;
     bool have_prior = false;
-    int since_detect = 0;
-    cv::Mat frame;
-    for (int i = 0; opt.max_frames <= 0 || i < opt.max_frames; ++i) {
-        bool got = false;
-        try {
-            got = cap.read(frame);
-        } catch (const cv::Exception&) {
-            got = false;
-        }
-        if (!got || frame.empty()) break;
-        VideoFrame f;
-        f.index = i;
-        const double pos_ms = cap.get(cv::CAP_PROP_POS_MSEC);
-        f.time_s = pos_ms > 0 ? pos_ms / 1000 : fps > 0 ? i / fps : 0;
-        const std::string label = path + "#" + std::to_string(i);
-        auto gray = to_gray8(frame, label);
-        if (!gray) {
-            f.result = make_error(gray.error());
-        } else {
-            f.tracked = have_prior && since_detect < opt.redetect_every;
-            f.result = f.tracked ? measurer.measure_near(*gray, opt.measure, prior, label) : measurer.measure(*gray, opt.measure, label);
-            if (f.tracked && (!f.result || f.result->quality != "ok")) {
-                // Lost the head: fall back to the whole-image pass on this frame.
-                f.tracked = false;
-                f.result = measurer.measure(*gray, opt.measure, label);
-            }
-            since_detect = f.tracked ? since_detect + 1 : 1;
-        }
+    int since_detect = 0;  // frames handed out since the last whole-image pass
+    std::deque<std::pair<std::shared_ptr<FrameJob>, std::future<void>>> in_flight;
+    // Takes the oldest frame in flight (frame order), waits for it and updates the tracking state.
+    auto collect = [&] {
+        auto [job, done] = std::move(in_flight.front());
+        in_flight.pop_front();
+        if (done.valid()) done.get();
+        VideoFrame& f = job->f;
+        if (job->track && !f.tracked) since_detect = std::min(since_detect, 1 + int(in_flight.size()));
         ++s.frames;
         if (f.result) {
             ++s.measured;
             have_prior = f.result->quality == "ok";
             prior = f.result->ellipse_px;
-            if (f.result->quality == "ok") ok.push_back(*f.result), ok_index.push_back(i);
+            if (f.result->quality == "ok") ok.push_back(*f.result), ok_index.push_back(f.index);
         } else {
             have_prior = false;
         }
         if (on_frame) on_frame(f);
+    };
+    std::optional<WorkerPool> pool;
+    if (workers > 1) pool.emplace(workers);
+    for (int i = 0; opt.max_frames <= 0 || i < opt.max_frames; ++i) {
+        auto job = std::make_shared<FrameJob>();
+        bool got = false;
+        try {
+            got = cap.read(job->frame);
+        } catch (const cv::Exception&) {
+            got = false;
+        }
+        if (!got || job->frame.empty()) break;
+        while (int(in_flight.size()) >= workers) collect();
+        job->f.index = i;
+        const double pos_ms = cap.get(cv::CAP_PROP_POS_MSEC);
+        job->f.time_s = pos_ms > 0 ? pos_ms / 1000 : fps > 0 ? i / fps : 0;
+        job->track = have_prior && since_detect < opt.redetect_every;
+        job->prior = prior;
+        since_detect = job->track ? since_detect + 1 : 1;
+        if (pool) {
+            in_flight.emplace_back(job, pool->submit([&measurer, &opt, &path, job] { measure_frame(measurer, opt.measure, path, *job); }));
+        } else {
+            measure_frame(measurer, opt.measure, path, *job);
+            in_flight.emplace_back(job, std::future<void>());
+        }
     }
+    while (!in_flight.empty()) collect();
+    pool.reset();
     if (s.frames == 0) return make_error("video '" + path + "' has no readable frames; check that the file is complete");
     s.ok = int(ok.size());
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -100,6 +100,23 @@ TEST(Video, EveryFrameIsReportedInOrder) {
     auto s5 = measure_video(*m, (dir / "ring.avi").string(), vo);
     ASSERT_TRUE(s5) << s5.error();
     EXPECT_EQ(s5->frames, 5);
+    // Frames measured on worker threads: still every frame, in order, and the same results from
+    // run to run (the tracking decisions depend on finished frames only, not on timing).
+    vo.max_frames = 0;
+    for (int workers : {1, 3}) {
+        vo.workers = workers;
+        std::vector<std::pair<int, double>> runs[2];
+        for (auto& run : runs) {
+            auto sw = measure_video(*m, (dir / "ring.avi").string(), vo, [&](const VideoFrame& f) {
+                run.emplace_back(f.index, f.result ? f.result->hc_mm : -1.0);
+            });
+            ASSERT_TRUE(sw) << sw.error();
+            EXPECT_EQ(sw->frames, 12) << workers << " workers";
+        }
+        ASSERT_EQ(runs[0].size(), 12u) << workers << " workers";
+        for (int i = 0; i < 12; ++i) EXPECT_EQ(runs[0][i].first, i) << workers << " workers";
+        EXPECT_EQ(runs[0], runs[1]) << workers << " workers: two runs differ";
+    }
     fs::remove_all(dir);
 }
 

@@ -46,8 +46,8 @@ struct TempDir {
 }  // namespace
 
 int run_bench(const BenchArgs& a) {
-    if (a.runs < 1 || a.threads < 0 || a.video_frames < 0) {
-        std::fprintf(stderr, "error: --runs must be >= 1, --threads >= 0, --video-frames >= 0\n");
+    if (a.runs < 1 || a.threads < 0 || a.video_frames < 0 || a.workers < 0) {
+        std::fprintf(stderr, "error: --runs must be >= 1, --threads >= 0, --video-frames >= 0, --workers >= 0\n");
         return 2;
     }
     auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
@@ -109,6 +109,7 @@ int run_bench(const BenchArgs& a) {
         w.release();
         fetalhc::VideoOptions vo;
         vo.measure = opt;
+        vo.workers = a.workers;
         auto s = fetalhc::measure_video(measurer, avi.string(), vo);
         if (!s) return std::fprintf(stderr, "error: %s\n", s.error().c_str()), 1;
         video_fps = s->frames_per_second;
@@ -137,6 +138,7 @@ int run_bench(const BenchArgs& a) {
                                      {"fit", sf.p90}, {"total", st.p90}}},
                          {"images_per_s", per_s},
                          {"video_frames", a.video_frames},
+                         {"video_workers", a.workers},
                          {"video_frames_ok", video_ok},
                          {"video_frames_per_s", video_fps}};
         std::printf("%s\n", j.dump(2).c_str());
@@ -154,8 +156,9 @@ int run_bench(const BenchArgs& a) {
     std::printf("%-22s %10.1f %10.1f\n", "total (file -> HC)", st.median, st.p90);
     std::printf("images/s   %.1f (1000 / median total)\n", per_s);
     if (a.video_frames > 0)
-        std::printf("video      %.1f frames/s over a %d-frame cine loop (%d frames ok; tracking, whole-image pass every %d)\n",
-                    video_fps, a.video_frames, video_ok, fetalhc::VideoOptions{}.redetect_every);
+        std::printf("video      %.1f frames/s over a %d-frame cine loop (%d frames ok; tracking, whole-image pass every %d; %s)\n",
+                    video_fps, a.video_frames, video_ok, fetalhc::VideoOptions{}.redetect_every,
+                    a.workers == 0 ? "one worker per core" : (std::to_string(a.workers) + " workers").c_str());
     return failed ? 1 : 0;
 }
 

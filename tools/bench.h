@@ -12,6 +12,7 @@ struct BenchArgs {
     int threads = 2;
     int runs = 30;              // timed end-to-end runs (after 3 warm-up runs)
     int video_frames = 60;      // frames of the synthetic cine loop (0 = skip the video part)
+    int workers = 0;            // video: frames measured at once (0 = one per core)
     bool json = false;
 };
 

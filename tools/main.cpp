@@ -73,6 +73,7 @@ struct MeasureArgs {
     double ga_weeks = std::numeric_limits<double>::quiet_NaN();
     int threads = 0;
     int redetect_every = 10;
+    int workers = 0;
 };
 
 void print_text(const fetalhc::Measurement& m) {
@@ -242,6 +243,7 @@ int run_measure(const MeasureArgs& a) {
             }
             if (!std::isnan(a.ga_weeks)) vo.measure.ga_weeks = a.ga_weeks;
             vo.redetect_every = a.redetect_every;
+            vo.workers = a.workers;
             if (!run_video(measurer, item.path, vo, a.format, all)) ++failed;
             continue;
         }
@@ -576,6 +578,8 @@ int main(int argc, char** argv) {
     meas->add_option("--redetect-every", ma.redetect_every,
                      "videos: whole-image pass at least every N frames, tracking between (1 = every frame)")
         ->check(CLI::Range(1, 100000))->capture_default_str();
+    meas->add_option("--workers", ma.workers, "videos: frames measured at once, each on one core (0 = one per core)")
+        ->check(CLI::Range(0, 256))->capture_default_str();
 
     EvalArgs ea;
     auto* ev = app.add_subcommand("evaluate", "HC18 metrics (HC difference, Dice, Hausdorff, mask AP/AR) on a labelled folder");
@@ -647,6 +651,7 @@ int main(int argc, char** argv) {
     bn->add_option("--threads", ba.threads, "CPU threads for the network (0 = all cores)")->capture_default_str();
     bn->add_option("--runs", ba.runs, "timed end-to-end runs, after 3 warm-up runs")->capture_default_str();
     bn->add_option("--video-frames", ba.video_frames, "frames of the synthetic cine loop (0 = skip)")->capture_default_str();
+    bn->add_option("--workers", ba.workers, "video: frames measured at once (0 = one per core)")->capture_default_str();
     bn->add_option("--model", ba.model, "model file (or set FETALHC_MODEL)")->capture_default_str();
     bn->add_flag("--json", ba.json, "print JSON");
 

@@ -54,10 +54,14 @@ cv::Mat warp_to_frame(const cv::Mat& img, const cv::Matx23d& A, cv::Size size);
 
 // Network hyper-parameters stored inside the model file.
 struct NetworkConfig {
-    int input_width = 288, input_height = 192;  // multiples of 2^depth
+    int input_width = 288, input_height = 192;  // multiples of 2^depth (2^(depth+1) with stem_stride 2)
     int base_channels = 16;
     int depth = 4;                              // down-sampling steps
     int max_channels = 128;
+    // 1: every level of the U-Net, the finest at the input size. 2: the first convolution strides
+    // by 2, so the network works and predicts at half the input size and its logits are upsampled
+    // bilinearly to the input size (about a quarter of the compute of the finest level).
+    int stem_stride = 1;
 };
 
 struct Segmentation {

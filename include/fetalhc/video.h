@@ -11,6 +11,11 @@
 // frames between only re-segment the crop around the previous frame's head (tracking).
 // The summary is the median over the frames judged `ok`, which is robust to the frames where the
 // probe passes through other planes. Containers: whatever OpenCV's videoio reads (MP4, AVI, ...).
+// Throughput: the calling thread decodes while `workers` threads measure frames at once (each
+// network pass then runs on one core, which uses small networks better than splitting one pass
+// over cores). A frame is tracked from the newest ok ellipse among the frames already finished,
+// so with W workers the prior may be up to W frames old; results stay in frame order and do not
+// depend on timing. workers = 1 measures on the calling thread, one frame after the other.
 // Thread safety: one call per thread; the Measurer may be shared.
 #pragma once
 
@@ -27,6 +32,7 @@ struct VideoOptions {
     MeasureOptions measure;
     int redetect_every = 10;  // run the whole-image pass at least this often (frames); 1 = always
     int max_frames = 0;       // stop after this many frames (0 = all)
+    int workers = 0;          // frames measured at once (0 = one per core, 1 = on the calling thread)
 };
 
 struct VideoFrame {

@@ -1,0 +1,113 @@
+// The frozen inference form of the network (folded batch norm, channels-last, oneDNN for every
+// convolution) must give what the training form gives in eval mode.
+#include "network.h"
+
+#include <gtest/gtest.h>
+
+using fetalhc::detail::UNet;
+
+namespace {
+
+UNet random_eval_net(int width, int height, int base, int depth) {
+    torch::manual_seed(7);
+    fetalhc::NetworkConfig cfg;
+    cfg.input_width = width;
+    cfg.input_height = height;
+    cfg.base_channels = base;
+    cfg.depth = depth;
+    cfg.max_channels = 64;
+    UNet net(cfg);
+    torch::NoGradGuard no_grad;
+    // Non-trivial batch-norm statistics and affine terms, so that folding them is really tested.
+    for (auto& b : net->named_buffers()) {
+        if (b.key().find("running_mean") != std::string::npos) b.value().uniform_(-0.5, 0.5);
+        if (b.key().find("running_var") != std::string::npos) b.value().uniform_(0.5, 2.0);
+    }
+    for (auto& p : net->named_parameters())
+        if (p.key().find(".b1.") != std::string::npos || p.key().find(".b2.") != std::string::npos) p.value().uniform_(0.5, 1.5);
+    net->eval();
+    return net;
+}
+
+void expect_same(UNet& net, int width, int height) {
+    auto x = torch::randn({1, 1, height, width});
+    c10::InferenceMode guard;
+    auto [ref_logits, ref_presence] = net->forward(x);
+    auto [logits, presence] = net->infer(x);
+    ASSERT_EQ(logits.sizes(), ref_logits.sizes());
+    const float scale = ref_logits.abs().max().item<float>();
+    ASSERT_GT(scale, 0.0f);
+    EXPECT_LT((logits - ref_logits).abs().max().item<float>(), 1e-4f * std::max(1.0f, scale));
+    EXPECT_NEAR(presence.item<float>(), ref_presence.item<float>(), 1e-4f);
+}
+
+}  // namespace
+
+TEST(FrozenNetwork, BeforeFreezeInferIsForward) {
+    UNet net = random_eval_net(64, 48, 4, 3);
+    ASSERT_FALSE(net->frozen);
+    auto x = torch::randn({1, 1, 48, 64});
+    c10::InferenceMode guard;
+    EXPECT_TRUE(torch::equal(net->infer(x).first, net->forward(x).first));
+}
+
+TEST(FrozenNetwork, MatchesTheTrainingFormInEvalMode) {
+    // 192x128 at depth 4 leaves 12x8 maps at the bottom: the small layers ATen would not hand to oneDNN.
+    UNet net = random_eval_net(192, 128, 8, 4);
+    net->freeze();
+    ASSERT_TRUE(net->frozen);
+    expect_same(net, 192, 128);
+    expect_same(net, 256, 208);  // any size that is a multiple of 2^depth
+}
+
+TEST(FrozenNetwork, FreezeCopiesTheWeightsOfThatMoment) {
+    UNet net = random_eval_net(64, 48, 4, 3);
+    net->freeze();
+    auto x = torch::randn({1, 1, 48, 64});
+    c10::InferenceMode guard;
+    auto before = net->infer(x).first.clone();
+    {
+        torch::NoGradGuard no_grad;
+        net->head->bias.add_(1.0);
+    }
+    EXPECT_TRUE(torch::allclose(net->infer(x).first, before));
+    net->freeze();
+    EXPECT_TRUE(torch::allclose(net->infer(x).first, before + 1.0, 1e-4, 1e-4));
+}
+
+TEST(FrozenNetwork, StrideTwoStemPredictsAtTheInputSizeAndFreezesToo) {
+    torch::manual_seed(3);
+    fetalhc::NetworkConfig cfg;
+    cfg.input_width = 128;
+    cfg.input_height = 96;
+    cfg.base_channels = 6;
+    cfg.depth = 3;
+    cfg.max_channels = 32;
+    cfg.stem_stride = 2;
+    UNet net(cfg);
+    net->eval();
+    auto x = torch::randn({2, 1, 96, 128});
+    {
+        c10::InferenceMode guard;
+        auto [logits, presence] = net->forward(x);
+        EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{2, 1, 96, 128}));
+        EXPECT_EQ(presence.sizes(), (std::vector<int64_t>{2}));
+    }
+    net->freeze();
+    expect_same(net, 128, 96);
+}
+
+TEST(FrozenNetwork, StemStrideAndSizeAreChecked) {
+    fetalhc::NetworkConfig cfg;
+    cfg.input_width = 208;  // a multiple of 2^4 = 16 but not of 2 x 2^4 = 32
+    cfg.input_height = 128;
+    cfg.depth = 4;
+    cfg.stem_stride = 2;
+    EXPECT_THROW(UNet{cfg}, std::invalid_argument);
+    cfg.stem_stride = 3;
+    cfg.input_width = 192;
+    EXPECT_THROW(UNet{cfg}, std::invalid_argument);
+    cfg.stem_stride = 1;
+    cfg.input_width = 208;
+    EXPECT_NO_THROW(UNet{cfg});
+}
