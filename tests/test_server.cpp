@@ -13,6 +13,9 @@
 #include <opencv2/imgproc.hpp>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -629,6 +632,46 @@ TEST(ServerModel, UnloadableModelGives503) {
     ASSERT_TRUE(g);
     EXPECT_EQ(g->status, 200);
     in.server->stop();
+    fs::remove_all(dir);
+}
+
+// The model is read from a named pipe, so loading stays blocked until the test writes to it: a
+// deterministic window in which the server answers but the model is not ready.
+TEST(ServerModel, HealthIs503WhileTheModelLoads) {
+    const fs::path dir = temp_dir("loading");
+    const fs::path pipe = dir / "model.pt";
+    ASSERT_EQ(::mkfifo(pipe.c_str(), 0600), 0) << "mkfifo failed";
+    ServerOptions o;
+    o.model_path = pipe.string();
+    o.log_requests = false;
+    Instance in = start(o, "loading");
+    auto c = in.client();
+    auto h = c->Get("/health");
+    auto m = c->Post("/v1/measure", measure_form(synthetic_scan()));
+    EXPECT_FALSE(in.server->ready());
+    // Release the loader before any assertion can end the test (it would otherwise wait forever):
+    // feed the pipe whenever the loader has it open for reading (LibTorch may open it more than
+    // once) until loading has ended.
+    std::string status = "loading";
+    for (int tries = 0; tries < 2000; ++tries) {
+        const int fd = ::open(pipe.c_str(), O_WRONLY | O_NONBLOCK);  // fails while no reader waits
+        if (fd >= 0) {
+            const char junk[] = "not a model";
+            EXPECT_GT(::write(fd, junk, sizeof junk), 0);
+            ::close(fd);
+        }
+        if (auto now = c->Get("/health"); now && (status = body_json(now)["status"]) != "loading") break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 503);
+    EXPECT_EQ(body_json(h)["status"], "loading");
+    expect_error(m, 503, "still loading");
+    EXPECT_FALSE(in.server->ready());
+    EXPECT_EQ(status, "failed");
+    auto after = c->Get("/health");
+    ASSERT_TRUE(after);
+    EXPECT_EQ(after->status, 503);
     fs::remove_all(dir);
 }
 

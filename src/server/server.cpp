@@ -736,7 +736,8 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     if (o.threads < 0) return make_error("--threads must be >= 0 (0 = one per CPU core)");
     if (o.max_upload_bytes == 0) return make_error("--max-upload-mb must be positive");
     std::error_code ec;
-    if (o.model_path.empty() || !fs::is_regular_file(o.model_path, ec))
+    // Any file but a folder: a named pipe is fine too (read when the model loads).
+    if (o.model_path.empty() || !fs::exists(o.model_path, ec) || fs::is_directory(o.model_path, ec))
         return make_error("model file '" + o.model_path + "' not found; pass --model PATH (e.g. models/fetalhc_unet.pt)");
     auto impl = std::make_unique<Impl>();
     impl->opt = o;
