@@ -14,6 +14,7 @@
   const STORAGE_PREGNANCY = 'fetalhc.lastPregnancyId';
   const STORAGE_TOKEN = 'fetalhc.token';   // sessionStorage: this tab only
   const PREGNANCY_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+  const PIXEL_SIZE_RULE = 'Enter the pixel size in mm per pixel (greater than 0, at most 2).';
   const PREGNANCY_ID_RULE = 'The pregnancy id must be 1 to 64 letters, digits, "_", "." or "-" (a pseudonymous id).';
   const PERIMETER_DEBOUNCE_MS = 250;
   const HANDLE_RADIUS_CSS = 7;     // drawn handle radius, CSS pixels
@@ -114,6 +115,13 @@
     el.messageText.textContent = text;
     el.message.className = 'message message-' + kind;
     el.message.hidden = false;
+  }
+
+  // Shows why an action cannot go on and puts the cursor in the field to fix: `return refuse(...)`.
+  function refuse(input, message) {
+    showMessage(message);
+    input.focus();
+    return null;
   }
 
   function clearMessage() {
@@ -510,23 +518,12 @@
     ev.preventDefault();
     clearMessage();
     const file = el.file.files[0];
-    if (!file) {
-      showMessage('Choose an image first (PNG or JPEG).');
-      el.drop.focus();
-      return;
-    }
+    if (!file) return refuse(el.drop, 'Choose an image first (PNG or JPEG).');
     const ps = pixelSizeValue();
-    if (ps === null) {
-      showMessage('Enter the pixel size in mm per pixel (greater than 0, at most 2).');
-      el.pixelSize.focus();
-      return;
-    }
+    if (ps === null) return refuse(el.pixelSize, PIXEL_SIZE_RULE);
     const ga = readNumber(el.gaWeeks);
-    if (ga !== null && !(ga > 0 && ga < 45)) {
-      showMessage('The known GA must be in weeks, between 0 and 45 (e.g. 22.4), or left empty.');
-      el.gaWeeks.focus();
-      return;
-    }
+    if (ga !== null && !(ga > 0 && ga < 45))
+      return refuse(el.gaWeeks, 'The known GA must be in weeks, between 0 and 45 (e.g. 22.4), or left empty.');
     localStorage.setItem(STORAGE_PIXEL_SIZE, String(ps));
 
     const fd = new FormData();
@@ -534,11 +531,7 @@
     fd.append('pixel_size_mm', String(ps));
     if (ga !== null) fd.append('ga_weeks', String(ga));
     const pid = el.pregnancyId.value.trim();
-    if (pid && !PREGNANCY_ID_RE.test(pid)) {
-      showMessage(PREGNANCY_ID_RULE);
-      el.pregnancyId.focus();
-      return;
-    }
+    if (pid && !PREGNANCY_ID_RE.test(pid)) return refuse(el.pregnancyId, PREGNANCY_ID_RULE);
     if (pid) fd.append('pregnancy_id', pid);
     if (el.examDate.value) fd.append('exam_date', el.examDate.value);
 
@@ -726,27 +719,12 @@
     const m = state.measurement;
     if (!m || !state.ellipse) return;
     const pid = el.pregnancyId.value.trim();
-    if (!pid) {
-      showMessage('Enter the pregnancy id to save this exam.');
-      el.pregnancyId.focus();
-      return;
-    }
-    if (!PREGNANCY_ID_RE.test(pid)) {
-      showMessage(PREGNANCY_ID_RULE);
-      el.pregnancyId.focus();
-      return;
-    }
-    if (!/^\d{4}-\d{2}-\d{2}$/.test(el.examDate.value)) {
-      showMessage('Enter the exam date to save this exam.');
-      el.examDate.focus();
-      return;
-    }
+    if (!pid) return refuse(el.pregnancyId, 'Enter the pregnancy id to save this exam.');
+    if (!PREGNANCY_ID_RE.test(pid)) return refuse(el.pregnancyId, PREGNANCY_ID_RULE);
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(el.examDate.value))
+      return refuse(el.examDate, 'Enter the exam date to save this exam.');
     const ps = pixelSizeValue();
-    if (ps === null) {
-      showMessage('Enter the pixel size in mm per pixel (greater than 0, at most 2).');
-      el.pixelSize.focus();
-      return;
-    }
+    if (ps === null) return refuse(el.pixelSize, PIXEL_SIZE_RULE);
     const corrected = isCorrected();
     const body = {
       pregnancy_id: pid, exam_date: el.examDate.value, image_sha256: m.image_sha256, pixel_size_mm: ps,

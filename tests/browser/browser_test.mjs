@@ -446,6 +446,10 @@ async function run(opts, ctx) {
   const rows = await wd.exec(`return Array.from(document.querySelectorAll('#exams-body tr')).map(r => r.textContent);`);
   check(rows.length === 1 && rows[0].includes(examDate) && rows[0].includes('corrected'),
     `the exams table should list the corrected exam, got ${JSON.stringify(rows)}`);
+  const table = await wd.exec(`const p = document.querySelector('.exams-panel');
+    return {scroll: p.scrollWidth, client: p.clientWidth};`);
+  check(table.scroll <= table.client + 1,
+    `the exams table should fit its panel without sideways scrolling, got ${JSON.stringify(table)}`);
   await shot('pregnancy');
 
   // 7. CSV export link.
