@@ -8,7 +8,7 @@ using fetalhc::detail::UNet;
 
 namespace {
 
-UNet random_eval_net(int width, int height, int base, int depth) {
+UNet random_eval_net(int width, int height, int base, int depth, int stem_stride = 1) {
     torch::manual_seed(7);
     fetalhc::NetworkConfig cfg;
     cfg.input_width = width;
@@ -16,6 +16,7 @@ UNet random_eval_net(int width, int height, int base, int depth) {
     cfg.base_channels = base;
     cfg.depth = depth;
     cfg.max_channels = 64;
+    cfg.stem_stride = stem_stride;
     UNet net(cfg);
     torch::NoGradGuard no_grad;
     // Non-trivial batch-norm statistics and affine terms, so that folding them is really tested.
@@ -76,16 +77,7 @@ TEST(FrozenNetwork, FreezeCopiesTheWeightsOfThatMoment) {
 }
 
 TEST(FrozenNetwork, StrideTwoStemPredictsAtTheInputSizeAndFreezesToo) {
-    torch::manual_seed(3);
-    fetalhc::NetworkConfig cfg;
-    cfg.input_width = 128;
-    cfg.input_height = 96;
-    cfg.base_channels = 6;
-    cfg.depth = 3;
-    cfg.max_channels = 32;
-    cfg.stem_stride = 2;
-    UNet net(cfg);
-    net->eval();
+    UNet net = random_eval_net(128, 96, 6, 3, 2);
     auto x = torch::randn({2, 1, 96, 128});
     {
         c10::InferenceMode guard;
