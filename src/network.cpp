@@ -47,28 +47,37 @@ UNetImpl::UNetImpl(const NetworkConfig& c) : cfg(c) {
     presence = register_module("presence", nn::Linear(channels_at(cfg, cfg.depth), 1));
 }
 
-// Logits of a stride-2 stem come at half the input size; bring them to the input size.
-static torch::Tensor to_input_size(const torch::Tensor& logits, const std::vector<int64_t>& size) {
-    if (logits.size(2) == size[0] && logits.size(3) == size[1]) return logits;
-    return torch::upsample_bilinear2d(logits, size, false);
+// The U-Net traversal, shared by the training form (forward) and the frozen form (infer), which
+// differ only in their layers: down(l, x) and up(i, x) run a level's convolution block, head(x)
+// gives the logits and presence(pooled) the presence logits. Logits of a stride-2 stem come at half
+// the input size and are upsampled bilinearly to it.
+template <class Down, class Up, class Head, class Presence>
+static std::pair<torch::Tensor, torch::Tensor> run_unet(int depth, torch::Tensor x, Down down, Up up, Head head,
+                                                        Presence presence) {
+    const std::vector<int64_t> input_size{x.size(2), x.size(3)};
+    std::vector<torch::Tensor> skips;
+    x = down(0, x);
+    for (int l = 1; l <= depth; ++l) {
+        skips.push_back(x);
+        x = down(l, torch::max_pool2d(x, 2));
+    }
+    auto pres = presence(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1)).squeeze(1);
+    for (int i = 0; i < depth; ++i) {
+        const auto& skip = skips[skips.size() - 1 - i];
+        x = torch::upsample_bilinear2d(x, {skip.size(2), skip.size(3)}, false);
+        x = up(i, torch::cat({x, skip}, 1));
+    }
+    auto logits = head(x);
+    if (logits.size(2) != input_size[0] || logits.size(3) != input_size[1])
+        logits = torch::upsample_bilinear2d(logits, input_size, false);
+    return {logits, pres};
 }
 
 std::pair<torch::Tensor, torch::Tensor> UNetImpl::forward(torch::Tensor x) {
-    const std::vector<int64_t> input_size{x.size(2), x.size(3)};
-    std::vector<torch::Tensor> skips;
-    x = down[0]->as<ConvBlock>()->forward(x);
-    for (int l = 1; l <= cfg.depth; ++l) {
-        skips.push_back(x);
-        x = down[l]->as<ConvBlock>()->forward(torch::max_pool2d(x, 2));
-    }
-    auto pooled = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
-    auto pres = presence(pooled).squeeze(1);
-    for (int i = 0; i < cfg.depth; ++i) {
-        auto skip = skips[skips.size() - 1 - i];
-        x = torch::upsample_bilinear2d(x, {skip.size(2), skip.size(3)}, false);
-        x = up[i]->as<ConvBlock>()->forward(torch::cat({x, skip}, 1));
-    }
-    return {to_input_size(head(x), input_size), pres};
+    return run_unet(
+        cfg.depth, x, [this](int l, const torch::Tensor& t) { return down[l]->as<ConvBlock>()->forward(t); },
+        [this](int i, const torch::Tensor& t) { return up[i]->as<ConvBlock>()->forward(t); },
+        [this](const torch::Tensor& t) { return head(t); }, [this](const torch::Tensor& t) { return presence(t); });
 }
 
 struct FrozenConv {
@@ -120,24 +129,14 @@ void UNetImpl::freeze() {
 std::pair<torch::Tensor, torch::Tensor> UNetImpl::infer(const torch::Tensor& input) const {
     if (!frozen) return const_cast<UNetImpl*>(this)->forward(input);
     const FrozenUNet& f = *frozen;
-    const std::vector<int64_t> input_size{input.size(2), input.size(3)};
-    auto block = [](const torch::Tensor& x, const std::pair<FrozenConv, FrozenConv>& b) {
+    auto block = [](const std::pair<FrozenConv, FrozenConv>& b, const torch::Tensor& x) {
         return b.second(b.first(x).relu_()).relu_();
     };
-    std::vector<torch::Tensor> skips;
-    auto x = block(input.contiguous(torch::MemoryFormat::ChannelsLast), f.down[0]);
-    for (int l = 1; l <= cfg.depth; ++l) {
-        skips.push_back(x);
-        x = block(torch::max_pool2d(x, 2), f.down[l]);
-    }
-    auto pooled = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
-    auto pres = torch::linear(pooled, f.presence_weight, f.presence_bias).squeeze(1);
-    for (int i = 0; i < cfg.depth; ++i) {
-        const auto& skip = skips[skips.size() - 1 - i];
-        x = torch::upsample_bilinear2d(x, {skip.size(2), skip.size(3)}, false);
-        x = block(torch::cat({x, skip}, 1), f.up[i]);
-    }
-    return {to_input_size(f.head(x), input_size), pres};
+    return run_unet(
+        cfg.depth, input.contiguous(torch::MemoryFormat::ChannelsLast),
+        [&](int l, const torch::Tensor& t) { return block(f.down[l], t); },
+        [&](int i, const torch::Tensor& t) { return block(f.up[i], t); }, [&](const torch::Tensor& t) { return f.head(t); },
+        [&](const torch::Tensor& t) { return torch::linear(t, f.presence_weight, f.presence_bias); });
 }
 
 torch::Tensor normalise_batch(const torch::Tensor& t) {

@@ -480,7 +480,7 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
             // The weights do not depend on the input size, so a refine run may start from a coarse model.
             if (init.cfg.base_channels != cfg.network.base_channels || init.cfg.depth != cfg.network.depth ||
                 init.cfg.max_channels != cfg.network.max_channels || init.cfg.stem_stride != cfg.network.stem_stride)
-                return make_error("init_weights '" + cfg.init_weights + "' has different channels or depth than this run's network");
+                return make_error("init_weights '" + cfg.init_weights + "' has different channels, depth or stem stride than this run's network");
             torch::NoGradGuard ng;
             auto src = init.net->named_parameters(), dst = net->named_parameters();
             for (auto& p : dst) p.value().copy_(src[p.key()]);
