@@ -38,7 +38,7 @@ using Clock = std::chrono::steady_clock;
 #define FETALHC_FIELDS_TRAIN(X) \
     X(resize_mode) X(epochs) X(steps_per_epoch) X(validation_steps) X(batch_size) X(optimizer) X(learning_rate) \
     X(schedule) X(warmup_steps) X(step_gamma) X(momentum) X(weight_decay) X(loss_bce) X(loss_dice) X(loss_presence) \
-    X(validation_fraction) X(split_salt) X(seed) X(threads) X(init_weights) X(stage) X(coarse_model) X(crop_margin)
+    X(loss_boundary) X(boundary_band) X(validation_fraction) X(split_salt) X(seed) X(threads) X(init_weights) X(stage) X(coarse_model) X(crop_margin)
 #define FETALHC_FIELDS_NET(X) X(input_width) X(input_height) X(base_channels) X(depth) X(max_channels) X(stem_stride)
 
 json config_to_json(const TrainConfig& c) {
@@ -97,6 +97,8 @@ std::string config_from_json(const json& j, TrainConfig& c) {
     if (c.crop_margin < 1.0 || c.crop_margin > 3.0) return "crop_margin must be in [1, 3]";
     if (c.batch_size < 1 || c.epochs < 1 || c.learning_rate <= 0) return "batch_size, epochs and learning_rate must be positive";
     if (c.validation_fraction <= 0 || c.validation_fraction >= 1) return "validation_fraction must be in (0, 1)";
+    if (c.loss_boundary < 0 || c.boundary_band < 0 || c.boundary_band > 32)
+        return "loss_boundary must be >= 0 and boundary_band in [0, 32] (output pixels)";
     return "";
 }
 
@@ -246,6 +248,16 @@ torch::Tensor soft_dice_loss(const torch::Tensor& logits, const torch::Tensor& t
     auto inter = (p * g).sum(1), denom = p.sum(1) + g.sum(1);
     auto d = 1 - (2 * inter + 1) / (denom + 1);
     return (d * weight).sum() / weight.sum().clamp_min(1);
+}
+
+// Per-pixel BCE weights 1 + loss_boundary * (max - min of the target over a (2 band + 1)^2 window): pixels
+// within `band` output pixels of the mask outline, where the ellipse fit reads its points, count more.
+torch::Tensor boundary_weights(const torch::Tensor& target, const TrainConfig& c) {
+    if (c.loss_boundary <= 0 || c.boundary_band <= 0) return torch::ones_like(target);
+    const long k = 2L * c.boundary_band + 1;
+    auto hi = torch::max_pool2d(target, {k, k}, {1, 1}, {c.boundary_band, c.boundary_band});
+    auto lo = -torch::max_pool2d(-target, {k, k}, {1, 1}, {c.boundary_band, c.boundary_band});
+    return 1 + c.loss_boundary * (hi - lo);
 }
 
 std::string hms(double s) {
@@ -569,7 +581,7 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
                 for (auto& g : optim->param_groups()) g.options().set_lr(lr);
                 optim->zero_grad();
                 auto [logits, plog] = net->forward(x);
-                auto loss = cfg.loss_bce * torch::binary_cross_entropy_with_logits(logits, y) +
+                auto loss = cfg.loss_bce * torch::binary_cross_entropy_with_logits(logits, y, boundary_weights(y, cfg)) +
                             cfg.loss_dice * soft_dice_loss(logits, y, yp) +
                             cfg.loss_presence * torch::binary_cross_entropy_with_logits(plog, yp);
                 loss.backward();

@@ -185,6 +185,22 @@ TEST_F(TrainerSmoke, ResumeContinuesFromTheCheckpoint) {
     EXPECT_EQ(j["history"].size(), 2u);  // one entry per epoch across both runs
 }
 
+// The boundary term weights the BCE of pixels near the mask outline by up to 1 + loss_boundary:
+// from the same seed, the first step's loss must come out higher than with plain BCE.
+TEST_F(TrainerSmoke, BoundaryWeightRaisesTheFirstStepLoss) {
+    auto first_loss = [&](const std::string& run, double weight) {
+        TrainConfig c = tiny_config();
+        c.loss_boundary = weight;
+        c.boundary_band = 2;
+        auto rep = train(c, smoke_run(run, 1));
+        EXPECT_TRUE(rep) << rep.error();
+        std::ifstream st(dir_ / run / "checkpoint.json");
+        return nlohmann::json::parse(st)["history"][0]["train_loss"].get<double>();
+    };
+    const double plain = first_loss("plain", 0), weighted = first_loss("weighted", 5);
+    EXPECT_GT(weighted, plain + 0.05) << "plain " << plain << ", weighted " << weighted;
+}
+
 TEST_F(TrainerSmoke, ResumeWithoutCheckpointIsAClearError) {
     TrainOptions o;
     o.data_dir = (dir_ / "data").string();
@@ -216,6 +232,12 @@ TEST(TrainConfig, UnknownKeysAndBadValuesAreRejected) {
         std::ofstream(p) << R"({"optimizer": "rmsprop"})";
     }
     EXPECT_FALSE(load_train_config(p.string()));
+    {
+        std::ofstream(p) << R"({"loss_boundary": -1})";
+    }
+    auto neg = load_train_config(p.string());
+    ASSERT_FALSE(neg);
+    EXPECT_NE(neg.error().find("loss_boundary"), std::string::npos) << neg.error();
     {
         std::ofstream(p) << R"({"epochs": 3, "augment": {"rotate90": 0.25}, "network": {"base_channels": 8}})";
     }
