@@ -78,6 +78,11 @@ std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8);
 // Second pass of the coarse-to-fine pipeline: fits an ellipse to the first pass's boundary, crops
 // around it and re-segments with the refinement network. Returns `coarse` unchanged when no
 // ellipse can be fitted.
+// When the head the second network finds covers less than kSecondLookAreaShare of the crop's
+// ellipse, or its centre lies more than kSecondLookShift semi-major axes from the crop's centre, it
+// crops once more around that head (see needs_second_look).
 Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r);
+inline constexpr double kSecondLookAreaShare = 0.6, kSecondLookShift = 0.2;
+bool needs_second_look(const Segmentation& refined, const Ellipse& crop_ellipse);
 
 }  // namespace fetalhc::detail

@@ -129,7 +129,30 @@ Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray
     cv::Mat input = warp_to_frame(gray8, out.crop_to_net, ns);
     out.net_probability = forward_one(r.net, input).first;
     out.net_input = input;
-    return out;
+    if (!needs_second_look(out, fit.ellipse)) return out;
+    // The first pass took more than the head (e.g. the head and the fluid beside it): crop again
+    // around the head the second network found, so that it is seen at its trained size.
+    Boundary b2 = extract_boundary(out, gray8);
+    if (!b2.found) return out;
+    EllipseFit fit2 = fit_ellipse(b2.points, quick);
+    if (!fit2.ok || fit2.ellipse.b < 2) return out;
+    Segmentation again = out;
+    again.crop_to_net = crop_frame(fit2.ellipse, ns, r.margin);
+    again.net_input = warp_to_frame(gray8, again.crop_to_net, ns);
+    again.net_probability = forward_one(r.net, again.net_input).first;
+    return again;
+}
+
+bool needs_second_look(const Segmentation& refined, const Ellipse& crop_ellipse) {
+    const cv::Matx23d& A = refined.crop_to_net;
+    const double s = std::sqrt(std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0)));
+    const double expected = CV_PI * (s * crop_ellipse.a) * (s * crop_ellipse.b);
+    const cv::Moments m = cv::moments(refined.net_probability > 0.5f, true);
+    if (m.m00 < 16 || expected <= 0) return false;  // nothing found: the caller's checks handle it
+    const cv::Size ns = refined.net_probability.size();
+    const double dx = m.m10 / m.m00 - (ns.width - 1) / 2.0, dy = m.m01 / m.m00 - (ns.height - 1) / 2.0;
+    return m.m00 < kSecondLookAreaShare * expected ||
+           std::hypot(dx, dy) > kSecondLookShift * s * crop_ellipse.a;
 }
 
 }  // namespace detail

@@ -34,7 +34,7 @@ using Clock = std::chrono::steady_clock;
 #define FETALHC_FIELDS_AUG(X) \
     X(flip_horizontal) X(flip_vertical) X(rotate90) X(brightness_min) X(brightness_max) X(blur_sigma_max) \
     X(blur_probability) X(rotate_degrees) X(scale_min) X(scale_max) X(translate) X(contrast_gamma) X(noise_std) \
-    X(negative_probability)
+    X(negative_probability) X(wide_crop_probability) X(wide_scale_max) X(wide_translate)
 #define FETALHC_FIELDS_TRAIN(X) \
     X(resize_mode) X(epochs) X(steps_per_epoch) X(validation_steps) X(batch_size) X(optimizer) X(learning_rate) \
     X(schedule) X(warmup_steps) X(step_gamma) X(momentum) X(weight_decay) X(loss_bce) X(loss_dice) X(loss_presence) \
@@ -97,6 +97,9 @@ std::string config_from_json(const json& j, TrainConfig& c) {
     if (c.crop_margin < 1.0 || c.crop_margin > 3.0) return "crop_margin must be in [1, 3]";
     if (c.batch_size < 1 || c.epochs < 1 || c.learning_rate <= 0) return "batch_size, epochs and learning_rate must be positive";
     if (c.validation_fraction <= 0 || c.validation_fraction >= 1) return "validation_fraction must be in (0, 1)";
+    if (c.augment.wide_crop_probability < 0 || c.augment.wide_crop_probability > 1 ||
+        c.augment.wide_scale_max < c.augment.scale_max || c.augment.wide_translate < 0)
+        return "augment: wide_crop_probability must be in [0, 1], wide_scale_max >= scale_max, wide_translate >= 0";
     if (c.loss_boundary < 0 || c.boundary_band < 0 || c.boundary_band > 32)
         return "loss_boundary must be >= 0 and boundary_band in [0, 32] (output pixels)";
     return "";
@@ -191,10 +194,13 @@ struct Augmenter {
     // would have found), flipped within the crop frame.
     float make_crop(const Sample& s, double margin, cv::Mat& img_out, cv::Mat& mask_out) {
         Ellipse e = s.ref;
-        const double shift = uni(0, a.translate) * e.a, dir = uni(0, 2 * CV_PI);
+        // Now and then a first pass that took the head together with its surroundings: a crop up to
+        // wide_scale_max times too large and off-centre (the head then looks small in it).
+        const bool wide = a.wide_crop_probability > 0 && chance(a.wide_crop_probability);
+        const double shift = uni(0, wide ? a.wide_translate : a.translate) * e.a, dir = uni(0, 2 * CV_PI);
         e.cx += shift * std::cos(dir);
         e.cy += shift * std::sin(dir);
-        const double k = uni(a.scale_min, a.scale_max);
+        const double k = wide ? std::exp(uni(std::log(a.scale_max), std::log(a.wide_scale_max))) : uni(a.scale_min, a.scale_max);
         e.a *= k;
         e.b *= k * uni(0.95, 1.05);
         if (e.b > e.a) e.b = e.a;

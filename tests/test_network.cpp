@@ -1,6 +1,9 @@
 // The frozen inference form of the network (folded batch norm, channels-last, oneDNN for every
-// convolution) must give what the training form gives in eval mode.
+// convolution) must give what the training form gives in eval mode; the second pass's decision to
+// crop again.
 #include "network.h"
+
+#include "fetalhc/ellipse.h"
 
 #include <gtest/gtest.h>
 
@@ -102,4 +105,34 @@ TEST(FrozenNetwork, StemStrideAndSizeAreChecked) {
     cfg.stem_stride = 1;
     cfg.input_width = 208;
     EXPECT_NO_THROW(UNet{cfg});
+}
+
+// The second pass crops again only when the head it found is much smaller than the crop's ellipse
+// or away from the crop's centre (a first pass that took the head with its surroundings).
+TEST(SecondLook, OnlyForASmallOrOffCentreHead) {
+    using fetalhc::Ellipse;
+    const cv::Size ns(256, 192);
+    const Ellipse crop_ellipse{400, 270, 150, 110, 0.3};
+    fetalhc::Segmentation seg;
+    seg.refined = true;
+    seg.crop_to_net = fetalhc::crop_frame(crop_ellipse, ns, 1.2);
+    const double s = std::sqrt(seg.crop_to_net(0, 0) * seg.crop_to_net(1, 1) - seg.crop_to_net(0, 1) * seg.crop_to_net(1, 0));
+    const double cx = (ns.width - 1) / 2.0, cy = (ns.height - 1) / 2.0;
+    auto head_at = [&](double dx, double scale) {  // the crop's ellipse in net pixels, moved and scaled
+        Ellipse e{cx + dx, cy, s * crop_ellipse.a * scale, s * crop_ellipse.b * scale, 0};
+        cv::Mat m;
+        fetalhc::rasterize(e, ns).convertTo(m, CV_32F, 1.0 / 255);
+        return m;
+    };
+    using fetalhc::detail::needs_second_look;
+    seg.net_probability = head_at(0, 1.0);
+    EXPECT_FALSE(needs_second_look(seg, crop_ellipse)) << "the head fills the crop's ellipse";
+    seg.net_probability = head_at(0, 0.85);  // 72% of the area
+    EXPECT_FALSE(needs_second_look(seg, crop_ellipse));
+    seg.net_probability = head_at(0, 0.6);  // 36% of the area
+    EXPECT_TRUE(needs_second_look(seg, crop_ellipse)) << "the head is much smaller than the crop's ellipse";
+    seg.net_probability = head_at(0.3 * s * crop_ellipse.a, 1.0);
+    EXPECT_TRUE(needs_second_look(seg, crop_ellipse)) << "the head is off the crop's centre";
+    seg.net_probability = cv::Mat::zeros(ns, CV_32F);
+    EXPECT_FALSE(needs_second_look(seg, crop_ellipse)) << "nothing found is left to the caller's checks";
 }

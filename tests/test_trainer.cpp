@@ -239,6 +239,12 @@ TEST(TrainConfig, UnknownKeysAndBadValuesAreRejected) {
     ASSERT_FALSE(neg);
     EXPECT_NE(neg.error().find("loss_boundary"), std::string::npos) << neg.error();
     {
+        std::ofstream(p) << R"({"augment": {"wide_crop_probability": 0.2, "scale_max": 1.3, "wide_scale_max": 1.1}})";
+    }
+    auto wide = load_train_config(p.string());
+    ASSERT_FALSE(wide);
+    EXPECT_NE(wide.error().find("wide_scale_max"), std::string::npos) << wide.error();
+    {
         std::ofstream(p) << R"({"epochs": 3, "augment": {"rotate90": 0.25}, "network": {"base_channels": 8}})";
     }
     auto ok = load_train_config(p.string());

@@ -29,6 +29,10 @@ struct AugmentConfig {
     double contrast_gamma = 0.3;                  // gamma ~ exp(U[-g, g])
     double noise_std = 0.03;                      // additive Gaussian noise (intensity 0..1)
     double negative_probability = 0.05;           // samples shifted so no head is in view
+    // Refine stage: chance that a crop is drawn as if the first pass had merged the head with its
+    // surroundings: ellipse scaled by exp(U[ln scale_max, ln wide_scale_max]), centre shifted by up
+    // to wide_translate semi-major axes.
+    double wide_crop_probability = 0, wide_scale_max = 2.5, wide_translate = 0.8;
 };
 
 struct TrainConfig {
