@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <string>
 #include <utility>
 
@@ -82,6 +83,8 @@ std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8);
 // ellipse, or its centre lies more than kSecondLookShift semi-major axes from the crop's centre, it
 // crops once more around that head (see needs_second_look).
 Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r);
+// Linear scale of an image -> frame affine (frame pixels per image pixel): sqrt(|det|).
+inline double frame_zoom(const cv::Matx23d& A) { return std::sqrt(std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0))); }
 inline constexpr double kSecondLookAreaShare = 0.6, kSecondLookShift = 0.2;
 bool needs_second_look(const Segmentation& refined, const Ellipse& crop_ellipse);
 

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 namespace fetalhc {
 
@@ -57,7 +58,7 @@ cv::Matx23d crop_frame(const Ellipse& e, cv::Size net, double margin) {
 }
 
 cv::Mat warp_to_frame(const cv::Mat& img, const cv::Matx23d& A, cv::Size size) {
-    const double zoom = std::sqrt(std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0)));
+    const double zoom = detail::frame_zoom(A);
     cv::Mat src = img;
     cv::Matx23d M = A;
     if (zoom < 1 / 1.5) {
@@ -113,39 +114,41 @@ std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8) {
 }
 
 Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r) {
-    Boundary b = extract_boundary(coarse, gray8);
-    if (!b.found) return coarse;
     // The crop only needs a rough ellipse: a short RANSAC without the geometric refinement.
-    EllipseFitOptions quick;
-    quick.ransac_iterations = 60;
-    quick.geometric_refine = false;
-    EllipseFit fit = fit_ellipse(b.points, quick);
-    if (!fit.ok || fit.ellipse.b < 2) return coarse;
+    auto rough_ellipse = [&](const Segmentation& seg) -> std::optional<Ellipse> {
+        Boundary b = extract_boundary(seg, gray8);
+        if (!b.found) return std::nullopt;
+        EllipseFitOptions quick;
+        quick.ransac_iterations = 60;
+        quick.geometric_refine = false;
+        EllipseFit fit = fit_ellipse(b.points, quick);
+        if (!fit.ok || fit.ellipse.b < 2) return std::nullopt;
+        return fit.ellipse;
+    };
     const auto& cfg = r.net->cfg;
     const cv::Size ns(cfg.input_width, cfg.input_height);
+    auto segment_crop = [&](Segmentation& seg, const Ellipse& around) {
+        seg.crop_to_net = crop_frame(around, ns, r.margin);
+        seg.net_input = warp_to_frame(gray8, seg.crop_to_net, ns);
+        seg.net_probability = forward_one(r.net, seg.net_input).first;
+    };
+    const auto first = rough_ellipse(coarse);
+    if (!first) return coarse;
     Segmentation out = coarse;
     out.refined = true;
-    out.crop_to_net = crop_frame(fit.ellipse, ns, r.margin);
-    cv::Mat input = warp_to_frame(gray8, out.crop_to_net, ns);
-    out.net_probability = forward_one(r.net, input).first;
-    out.net_input = input;
-    if (!needs_second_look(out, fit.ellipse)) return out;
+    segment_crop(out, *first);
+    if (!needs_second_look(out, *first)) return out;
     // The first pass took more than the head (e.g. the head and the fluid beside it): crop again
     // around the head the second network found, so that it is seen at its trained size.
-    Boundary b2 = extract_boundary(out, gray8);
-    if (!b2.found) return out;
-    EllipseFit fit2 = fit_ellipse(b2.points, quick);
-    if (!fit2.ok || fit2.ellipse.b < 2) return out;
+    const auto head = rough_ellipse(out);
+    if (!head) return out;
     Segmentation again = out;
-    again.crop_to_net = crop_frame(fit2.ellipse, ns, r.margin);
-    again.net_input = warp_to_frame(gray8, again.crop_to_net, ns);
-    again.net_probability = forward_one(r.net, again.net_input).first;
+    segment_crop(again, *head);
     return again;
 }
 
 bool needs_second_look(const Segmentation& refined, const Ellipse& crop_ellipse) {
-    const cv::Matx23d& A = refined.crop_to_net;
-    const double s = std::sqrt(std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0)));
+    const double s = frame_zoom(refined.crop_to_net);
     const double expected = CV_PI * (s * crop_ellipse.a) * (s * crop_ellipse.b);
     const cv::Moments m = cv::moments(refined.net_probability > 0.5f, true);
     if (m.m00 < 16 || expected <= 0) return false;  // nothing found: the caller's checks handle it

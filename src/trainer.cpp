@@ -101,7 +101,7 @@ std::string config_from_json(const json& j, TrainConfig& c) {
         c.augment.wide_scale_max < c.augment.scale_max || c.augment.wide_translate < 0)
         return "augment: wide_crop_probability must be in [0, 1], wide_scale_max >= scale_max, wide_translate >= 0";
     if (c.loss_boundary < 0 || c.boundary_band < 0 || c.boundary_band > 32)
-        return "loss_boundary must be >= 0 and boundary_band in [0, 32] (output pixels)";
+        return "loss_boundary must be >= 0 and boundary_band in [0, 32] (pixels at the network input size)";
     return "";
 }
 
@@ -212,7 +212,7 @@ struct Augmenter {
             for (int c = 0; c < 3; ++c) A(1, c) = (c == 2 ? net.height - 1 : 0) - A(1, c);
         img_out = warp_to_frame(s.full, A, net);
         warp_to_frame(s.full_mask, A, net).convertTo(mask_out, CV_32F, 1.0 / 255);
-        const double zoom = std::sqrt(std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0)));
+        const double zoom = detail::frame_zoom(A);
         return photometric(img_out, mask_out, zoom);
     }
 
@@ -257,9 +257,10 @@ torch::Tensor soft_dice_loss(const torch::Tensor& logits, const torch::Tensor& t
 }
 
 // Per-pixel BCE weights 1 + loss_boundary * (max - min of the target over a (2 band + 1)^2 window): pixels
-// within `band` output pixels of the mask outline, where the ellipse fit reads its points, count more.
+// within `band` pixels (at the network input size, where the logits are compared) of the mask outline,
+// where the ellipse fit reads its points, count more.
 torch::Tensor boundary_weights(const torch::Tensor& target, const TrainConfig& c) {
-    if (c.loss_boundary <= 0 || c.boundary_band <= 0) return torch::ones_like(target);
+    if (c.loss_boundary <= 0 || c.boundary_band <= 0) return {};  // undefined: unweighted BCE
     const long k = 2L * c.boundary_band + 1;
     auto hi = torch::max_pool2d(target, {k, k}, {1, 1}, {c.boundary_band, c.boundary_band});
     auto lo = -torch::max_pool2d(-target, {k, k}, {1, 1}, {c.boundary_band, c.boundary_band});

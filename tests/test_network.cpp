@@ -116,7 +116,7 @@ TEST(SecondLook, OnlyForASmallOrOffCentreHead) {
     fetalhc::Segmentation seg;
     seg.refined = true;
     seg.crop_to_net = fetalhc::crop_frame(crop_ellipse, ns, 1.2);
-    const double s = std::sqrt(seg.crop_to_net(0, 0) * seg.crop_to_net(1, 1) - seg.crop_to_net(0, 1) * seg.crop_to_net(1, 0));
+    const double s = fetalhc::detail::frame_zoom(seg.crop_to_net);
     const double cx = (ns.width - 1) / 2.0, cy = (ns.height - 1) / 2.0;
     auto head_at = [&](double dx, double scale) {  // the crop's ellipse in net pixels, moved and scaled
         Ellipse e{cx + dx, cy, s * crop_ellipse.a * scale, s * crop_ellipse.b * scale, 0};

@@ -51,7 +51,7 @@ struct TrainConfig {
     double weight_decay = 1e-4;
     double loss_bce = 1.0, loss_dice = 1.0, loss_presence = 0.1;
     double loss_boundary = 0;         // extra BCE weight on pixels near the mask outline (0 = plain BCE)
-    int boundary_band = 3;            // half-width of that band, network output pixels
+    int boundary_band = 3;            // half-width of that band, pixels at the network input size
     double validation_fraction = 0.15;
     std::string split_salt = "fetalhc-split-v1";
     unsigned seed = 42;
