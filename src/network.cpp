@@ -150,6 +150,25 @@ long long count_parameters(nn::Module& m) {
     return n;
 }
 
+void copy_weights(nn::Module& dst, nn::Module& src) {
+    torch::NoGradGuard ng;
+    auto sp = src.named_parameters(), sb = src.named_buffers();
+    for (auto& p : dst.named_parameters()) p.value().copy_(sp[p.key()]);
+    for (auto& b : dst.named_buffers()) b.value().copy_(sb[b.key()]);
+}
+
+void ema_update(nn::Module& avg, nn::Module& net, double decay) {
+    torch::NoGradGuard ng;
+    auto np = net.named_parameters(), nb = net.named_buffers();
+    for (auto& p : avg.named_parameters()) p.value().lerp_(np[p.key()], 1 - decay);
+    for (auto& b : avg.named_buffers()) {
+        if (b.value().is_floating_point())
+            b.value().lerp_(nb[b.key()], 1 - decay);
+        else
+            b.value().copy_(nb[b.key()]);
+    }
+}
+
 std::string network_config_json(const NetworkConfig& c) {
     nlohmann::json j{{"input_width", c.input_width}, {"input_height", c.input_height},
                      {"base_channels", c.base_channels}, {"depth", c.depth},

@@ -50,6 +50,13 @@ torch::Tensor normalise_batch(const torch::Tensor& u8_or_float01);
 
 long long count_parameters(torch::nn::Module& m);
 
+// Training-time weight averaging; both modules must have the same architecture.
+// copy_weights: dst's parameters and buffers := src's.
+// ema_update: avg := decay * avg + (1 - decay) * net for every parameter and floating-point buffer
+// (batch-norm statistics); integer buffers (batch counters) are copied.
+void copy_weights(torch::nn::Module& dst, torch::nn::Module& src);
+void ema_update(torch::nn::Module& avg, torch::nn::Module& net, double decay);
+
 // Model file: the module's parameters and buffers (stored as float16, loaded as float32) plus two
 // strings, the network config and free-form metadata (JSON).
 // A model file may also hold a refinement network (coarse-to-fine) under the key "refine", with

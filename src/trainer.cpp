@@ -38,7 +38,7 @@ using Clock = std::chrono::steady_clock;
 #define FETALHC_FIELDS_TRAIN(X) \
     X(resize_mode) X(epochs) X(steps_per_epoch) X(validation_steps) X(batch_size) X(optimizer) X(learning_rate) \
     X(schedule) X(warmup_steps) X(step_gamma) X(momentum) X(weight_decay) X(loss_bce) X(loss_dice) X(loss_presence) \
-    X(loss_boundary) X(boundary_band) X(validation_fraction) X(split_salt) X(seed) X(threads) X(init_weights) X(stage) X(coarse_model) X(crop_margin)
+    X(loss_boundary) X(boundary_band) X(ema_decay) X(validation_fraction) X(split_salt) X(seed) X(threads) X(init_weights) X(stage) X(coarse_model) X(crop_margin)
 #define FETALHC_FIELDS_NET(X) X(input_width) X(input_height) X(base_channels) X(depth) X(max_channels) X(stem_stride)
 
 json config_to_json(const TrainConfig& c) {
@@ -102,6 +102,7 @@ std::string config_from_json(const json& j, TrainConfig& c) {
         return "augment: wide_crop_probability must be in [0, 1], wide_scale_max >= scale_max, wide_translate >= 0";
     if (c.loss_boundary < 0 || c.boundary_band < 0 || c.boundary_band > 32)
         return "loss_boundary must be >= 0 and boundary_band in [0, 32] (pixels at the network input size)";
+    if (c.ema_decay < 0 || c.ema_decay >= 1) return "ema_decay must be in [0, 1) (0 = no weight averaging)";
     return "";
 }
 
@@ -500,11 +501,7 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
             if (init.cfg.base_channels != cfg.network.base_channels || init.cfg.depth != cfg.network.depth ||
                 init.cfg.max_channels != cfg.network.max_channels || init.cfg.stem_stride != cfg.network.stem_stride)
                 return make_error("init_weights '" + cfg.init_weights + "' has different channels, depth or stem stride than this run's network");
-            torch::NoGradGuard ng;
-            auto src = init.net->named_parameters(), dst = net->named_parameters();
-            for (auto& p : dst) p.value().copy_(src[p.key()]);
-            auto sb = init.net->named_buffers(), db = net->named_buffers();
-            for (auto& b : db) b.value().copy_(sb[b.key()]);
+            detail::copy_weights(*net, *init.net);
             std::fprintf(stderr, "fetalhc train: initialised from %s\n", cfg.init_weights.c_str());
         }
         net->train();
@@ -527,6 +524,13 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
         double prior_seconds = 0;
         json history = json::array();
 
+        // Weight averaging: `ema` is what is validated and saved when ema_decay > 0.
+        detail::UNet ema{nullptr};
+        if (cfg.ema_decay > 0) {
+            ema = detail::UNet(cfg.network);
+            detail::copy_weights(*ema, *net);
+        }
+        const fs::path ck_ema = out / "checkpoint_ema.pt";
         const fs::path ck_model = out / "checkpoint_model.pt", ck_optim = out / "checkpoint_optim.pt", ck_state = out / "checkpoint.json";
         if (opt.resume) {
             if (!fs::exists(ck_state))
@@ -543,6 +547,13 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
             net->load(am);
             ao.load_from(ck_optim.string());
             optim->load(ao);
+            if (ema) {
+                if (!fs::exists(ck_ema))
+                    return make_error("--resume: '" + opt.out_dir + "' has no checkpoint_ema.pt (the run was started without ema_decay); resume with the same config");
+                torch::serialize::InputArchive ae;
+                ae.load_from(ck_ema.string());
+                ema->load(ae);
+            }
             std::fprintf(stderr, "resumed at epoch %d, step %lld\n", start_epoch, step);
         }
         std::fprintf(stderr, "network: %lld parameters, input %dx%d; %d steps/epoch x %d epochs, batch %d, %d threads\n",
@@ -593,6 +604,7 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
                             cfg.loss_presence * torch::binary_cross_entropy_with_logits(plog, yp);
                 loss.backward();
                 optim->step();
+                if (ema) detail::ema_update(*ema, *net, std::min(cfg.ema_decay, (1.0 + step) / (10.0 + step)));
                 const double lv = loss.item<double>();
                 if (!std::isfinite(lv))
                     return make_error("training diverged (loss is " + std::to_string(lv) + ") at step " + std::to_string(step) +
@@ -614,16 +626,26 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
             if (tty) std::fprintf(stderr, "\n");
             if (n_steps == 0) break;
             const auto t_val = Clock::now();
-            EvalResult ev = refine ? evaluate_refine(net, *val_set, coarse_val, cfg, axis_scale)
-                                   : evaluate(net, *val_set, cfg, cfg.validation_steps, axis_scale);
+            auto validate = [&](detail::UNet& m) {
+                return refine ? evaluate_refine(m, *val_set, coarse_val, cfg, axis_scale)
+                              : evaluate(m, *val_set, cfg, cfg.validation_steps, axis_scale);
+            };
+            detail::UNet& kept = ema ? ema : net;  // the weights validated and saved
+            EvalResult ev = validate(kept);
+            // With averaging on, the raw weights are measured too, to show what the average adds.
+            const double raw_mad = ema ? validate(net).hc_mad : ev.hc_mad;
             const double val_s = std::chrono::duration<double>(Clock::now() - t_val).count();
             const double wall = prior_seconds + std::chrono::duration<double>(Clock::now() - t_start).count();
             history.push_back({{"epoch", epoch + 1}, {"step", step}, {"train_loss", loss_sum / n_steps},
                                {"val_loss", ev.loss}, {"val_dice", ev.dice}, {"val_hc_mad_mm", ev.hc_mad},
                                {"val_failed", ev.failed}, {"val_images", ev.n}, {"lr", lr_at(cfg, step, total_steps)},
                                {"wall_seconds", wall}});
-            std::fprintf(stderr, "epoch %d: train loss %.4f | val loss %.4f Dice %.4f HC MAD %.2f mm (%d failed of %d) | %.0f s augment, %.0f s val | %s total\n",
-                         epoch + 1, loss_sum / n_steps, ev.loss, ev.dice, ev.hc_mad, ev.failed, ev.n, aug_seconds, val_s, hms(wall).c_str());
+            if (ema) history.back()["val_hc_mad_mm_raw_weights"] = raw_mad;
+            char raw_note[64] = "";
+            if (ema) std::snprintf(raw_note, sizeof raw_note, " [averaged weights; raw %.2f mm]", raw_mad);
+            std::fprintf(stderr, "epoch %d: train loss %.4f | val loss %.4f Dice %.4f HC MAD %.2f mm (%d failed of %d)%s | %.0f s augment, %.0f s val | %s total\n",
+                         epoch + 1, loss_sum / n_steps, ev.loss, ev.dice, ev.hc_mad, ev.failed, ev.n,
+                         raw_note, aug_seconds, val_s, hms(wall).c_str());
             if (ev.hc_mad < best) {
                 best = ev.hc_mad;
                 json meta{{"trained_by", "fetalhc train"}, {"epoch", epoch + 1}, {"step", step},
@@ -632,11 +654,11 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
                           {"validation_fraction", cfg.validation_fraction}, {"axis_scale", axis_scale},
                           {"config", config_to_json(cfg)}};
                 if (refine) {
-                    const detail::Refiner r{net, cfg.crop_margin};
+                    const detail::Refiner r{kept, cfg.crop_margin};
                     meta["coarse_model"] = cfg.coarse_model;
                     detail::save_model(coarse.net, (out / "model.pt").string(), meta.dump(), &r);
                 } else {
-                    detail::save_model(net, (out / "model.pt").string(), meta.dump());
+                    detail::save_model(kept, (out / "model.pt").string(), meta.dump());
                 }
                 rep.best_dice = ev.dice;
             }
@@ -647,6 +669,12 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
                 am.save_to((out / "checkpoint_model.pt.tmp").string());
                 optim->save(ao);
                 ao.save_to((out / "checkpoint_optim.pt.tmp").string());
+                if (ema) {
+                    torch::serialize::OutputArchive ae;
+                    ema->save(ae);
+                    ae.save_to((out / "checkpoint_ema.pt.tmp").string());
+                    fs::rename(out / "checkpoint_ema.pt.tmp", ck_ema);
+                }
                 fs::rename(out / "checkpoint_model.pt.tmp", ck_model);
                 fs::rename(out / "checkpoint_optim.pt.tmp", ck_optim);
                 json st{{"epoch", epoch + 1}, {"step", step}, {"best_hc_mad_mm", best}, {"history", history}, {"wall_seconds", wall}};

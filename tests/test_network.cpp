@@ -136,3 +136,27 @@ TEST(SecondLook, OnlyForASmallOrOffCentreHead) {
     seg.net_probability = cv::Mat::zeros(ns, CV_32F);
     EXPECT_FALSE(needs_second_look(seg, crop_ellipse)) << "nothing found is left to the caller's checks";
 }
+
+// Weight averaging: every parameter and batch-norm statistic moves by (1 - decay) towards the
+// training network's; the integer batch counter is copied; copy_weights makes the two equal.
+TEST(WeightAverage, EmaMovesEachTensorByOneMinusDecay) {
+    UNet avg = random_eval_net(32, 32, 4, 2), net = random_eval_net(32, 32, 4, 2);
+    torch::NoGradGuard no_grad;
+    for (auto& p : avg->parameters()) p.fill_(0.0);
+    for (auto& p : net->parameters()) p.fill_(1.0);
+    for (auto& b : avg->named_buffers())
+        b.value().fill_(b.key().find("num_batches") != std::string::npos ? 3 : 2.0);
+    for (auto& b : net->named_buffers())
+        b.value().fill_(b.key().find("num_batches") != std::string::npos ? 9 : 6.0);
+    fetalhc::detail::ema_update(*avg, *net, 0.75);
+    int checked = 0;
+    for (auto& p : avg->parameters()) EXPECT_TRUE(torch::allclose(p, torch::full_like(p, 0.25))), ++checked;
+    for (auto& b : avg->named_buffers()) {
+        const bool counter = b.key().find("num_batches") != std::string::npos;
+        EXPECT_TRUE(torch::equal(b.value(), torch::full_like(b.value(), counter ? 9 : 3.0))) << b.key();
+        ++checked;
+    }
+    EXPECT_GT(checked, 10);
+    fetalhc::detail::copy_weights(*avg, *net);
+    for (auto& p : avg->parameters()) EXPECT_TRUE(torch::equal(p, torch::ones_like(p)));
+}

@@ -201,6 +201,34 @@ TEST_F(TrainerSmoke, BoundaryWeightRaisesTheFirstStepLoss) {
     EXPECT_GT(weighted, plain + 0.05) << "plain " << plain << ", weighted " << weighted;
 }
 
+// Weight averaging: the run validates and saves the averaged weights, records the raw weights'
+// figure beside them, checkpoints the average, and resumes it.
+TEST_F(TrainerSmoke, AveragedWeightsAreSavedCheckpointedAndResumed) {
+    TrainConfig c = tiny_config();
+    c.ema_decay = 0.9;
+    TrainOptions o = smoke_run("ema", 1);
+    ASSERT_TRUE(train(c, o));
+    EXPECT_TRUE(fs::exists(dir_ / "ema" / "checkpoint_ema.pt"));
+    o.resume = true;
+    o.max_steps = 2;
+    auto rep = train(c, o);
+    ASSERT_TRUE(rep) << rep.error();
+    std::ifstream st(dir_ / "ema" / "checkpoint.json");
+    auto h = nlohmann::json::parse(st)["history"];
+    ASSERT_EQ(h.size(), 2u);
+    for (const auto& e : h) EXPECT_TRUE(e.contains("val_hc_mad_mm_raw_weights")) << e.dump();
+    ASSERT_TRUE(Segmenter::load(rep->model_path, {1}));
+
+    // A run started without averaging cannot be resumed with it.
+    TrainOptions p = smoke_run("plain", 1);
+    ASSERT_TRUE(train(tiny_config(), p));
+    p.resume = true;
+    p.max_steps = 2;
+    auto bad = train(c, p);
+    ASSERT_FALSE(bad);
+    EXPECT_NE(bad.error().find("ema"), std::string::npos) << bad.error();
+}
+
 TEST_F(TrainerSmoke, ResumeWithoutCheckpointIsAClearError) {
     TrainOptions o;
     o.data_dir = (dir_ / "data").string();
@@ -238,6 +266,12 @@ TEST(TrainConfig, UnknownKeysAndBadValuesAreRejected) {
     auto neg = load_train_config(p.string());
     ASSERT_FALSE(neg);
     EXPECT_NE(neg.error().find("loss_boundary"), std::string::npos) << neg.error();
+    {
+        std::ofstream(p) << R"({"ema_decay": 1.0})";
+    }
+    auto ema = load_train_config(p.string());
+    ASSERT_FALSE(ema);
+    EXPECT_NE(ema.error().find("ema_decay"), std::string::npos) << ema.error();
     {
         std::ofstream(p) << R"({"augment": {"wide_crop_probability": 0.2, "scale_max": 1.3, "wide_scale_max": 1.1}})";
     }

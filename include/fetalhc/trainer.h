@@ -52,6 +52,9 @@ struct TrainConfig {
     double loss_bce = 1.0, loss_dice = 1.0, loss_presence = 0.1;
     double loss_boundary = 0;         // extra BCE weight on pixels near the mask outline (0 = plain BCE)
     int boundary_band = 3;            // half-width of that band, pixels at the network input size
+    // > 0: validate and save an exponential moving average of the weights, updated after every step
+    // with decay min(ema_decay, (1 + t) / (10 + t)) at step t (0 = the raw weights; must be < 1).
+    double ema_decay = 0;
     double validation_fraction = 0.15;
     std::string split_salt = "fetalhc-split-v1";
     unsigned seed = 42;
