@@ -4,6 +4,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -172,6 +173,18 @@ double mask_to_reference_scale(const std::vector<Hc18Record>& records) {
         if (hc > 0) sum += r.hc_mm / hc, ++n;
     }
     return n ? sum / n : std::numeric_limits<double>::quiet_NaN();
+}
+
+double measured_to_reference_scale(const std::vector<Hc18Record>& records,
+                                   const std::function<std::optional<double>(const Hc18Record&)>& measured_hc) {
+    std::vector<double> ratios;
+    for (const auto& r : records)
+        if (auto hc = measured_hc(r); hc && *hc > 0 && std::isfinite(*hc) && r.hc_mm > 0) ratios.push_back(r.hc_mm / *hc);
+    if (ratios.empty()) return std::numeric_limits<double>::quiet_NaN();
+    const size_t mid = ratios.size() / 2;
+    std::nth_element(ratios.begin(), ratios.begin() + mid, ratios.end());
+    if (ratios.size() % 2) return ratios[mid];
+    return 0.5 * (ratios[mid] + *std::max_element(ratios.begin(), ratios.begin() + mid));
 }
 
 Expected<std::string> coco_annotations_json(const std::vector<Hc18Record>& records) {

@@ -397,6 +397,14 @@ if ((HAVE_DATA)); then
         expect "evaluate --json: the metrics" 0 --out '"hc_abs_diff_mm"' --out '"dice"' --out '"hausdorff_mm"' \
             --out '"mask_ap50"' --out '"per_trimester"' --out '"images": 3' --out '"worst"'
         check "evaluate --json: valid JSON" "not valid JSON" valid_json "$T/out"
+        run model calibrate --data "$T/hc18" --model "$MODEL" --out "$T/calibrated.pt"
+        expect "model calibrate: exit 0, reports both factors and what it wrote" 0 --err "axis scale" \
+            --err "training images" --err "$T/calibrated.pt"
+        run evaluate --data "$T/hc18" --model "$T/calibrated.pt"
+        expect "model calibrate: its output is a model that measures" 0 --out-re "n= *3 "
+        run model calibrate --data "$T/empty_folder" --model "$MODEL" --out "$T/never.pt"
+        expect "model calibrate on a folder without the HC18 layout: exit 2, nothing written" 2 --err training_set
+        check "model calibrate: no output file after an error" "$T/never.pt exists" test ! -e "$T/never.pt"
         run evaluate --data "$T/hc18" --model "$MODEL" --per-image "$T/rows.csv"
         expect "evaluate --per-image: exit 0" 0 --out Dice
         check "evaluate --per-image: header and one row per image" "not 4 lines with the header first" \

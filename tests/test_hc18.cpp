@@ -538,3 +538,24 @@ TEST(RealHc18, ExaminationsOfTheShippedFolderStayTogether) {
 }
 
 }  // namespace
+
+// The model's own measurements -> reference HC: the median ratio, so one gross failure does not
+// move it; records the callback could not measure are skipped.
+TEST(MeasuredToReferenceScale, MedianRatioOverTheMeasuredRecords) {
+    std::vector<fetalhc::Hc18Record> recs;
+    for (double hc : {100.0, 200.0, 300.0, 400.0, 150.0}) {
+        fetalhc::Hc18Record r;
+        r.filename = std::to_string(int(hc)) + "_HC.png";
+        r.hc_mm = hc;
+        recs.push_back(r);
+    }
+    auto measured = [](const fetalhc::Hc18Record& r) -> std::optional<double> {
+        if (r.hc_mm == 400) return std::nullopt;  // a failed measurement
+        if (r.hc_mm == 150) return 75.0;          // a gross error (ratio 2)
+        return r.hc_mm * 0.98;
+    };
+    EXPECT_NEAR(fetalhc::measured_to_reference_scale(recs, measured), 1 / 0.98, 1e-12);
+    EXPECT_TRUE(std::isnan(fetalhc::measured_to_reference_scale(recs, [](const fetalhc::Hc18Record&) -> std::optional<double> {
+        return std::nullopt;
+    })));
+}

@@ -518,11 +518,27 @@ int run_calibrate(const std::string& data, const std::string& in, const std::str
     auto recs = fetalhc::read_hc18_training(data);
     if (!recs) return error(recs.error()), kExitUsage;
     auto split = fetalhc::grouped_split(*recs, meta["validation_fraction"].get<double>(), meta["split_salt"].get<std::string>());
+    // Two factors, both from the training split: masks -> reference ellipses, then the model's own
+    // measurements (made with the first factor) -> reference HC.
     const double f = fetalhc::mask_to_reference_scale(split.train);
     if (!std::isfinite(f)) return error("no training masks found under '" + data + "'"), kExitSomeFailed;
-    auto r = fetalhc::Segmenter::rewrite_metadata(in, out, json{{"axis_scale", f}}.dump());
+    fetalhc::Measurer measurer(*seg);
+    const double stored = seg->info().axis_scale;
+    int measured = 0;
+    const double g = fetalhc::measured_to_reference_scale(split.train, [&](const fetalhc::Hc18Record& r) -> std::optional<double> {
+        fetalhc::MeasureOptions o;
+        o.pixel_size_mm = r.pixel_size_mm;
+        auto m = measurer.measure_file(r.image_path, o);
+        if (!m) return std::nullopt;
+        ++measured;
+        return m->hc_mm * f / stored;  // HC is proportional to the axis scale
+    });
+    if (!std::isfinite(g)) return error("model '" + in + "' measured none of the training images under '" + data + "'"), kExitSomeFailed;
+    auto r = fetalhc::Segmenter::rewrite_metadata(
+        in, out, json{{"axis_scale", f * g}, {"axis_scale_masks", f}, {"axis_scale_measured", g}, {"axis_scale_images", measured}}.dump());
     if (!r) return error(r.error()), kExitSomeFailed;
-    std::fprintf(stderr, "axis scale %.5f from %zu training images; wrote %s\n", f, split.train.size(), out.c_str());
+    std::fprintf(stderr, "axis scale %.5f = %.5f (masks -> reference ellipses, %zu training images) x %.5f (this model's HC -> reference HC, median of %d); wrote %s\n",
+                 f * g, f, split.train.size(), g, measured, out.c_str());
     return kExitOk;
 }
 
@@ -603,7 +619,7 @@ int main(int argc, char** argv) {
     auto* mdl = app.add_subcommand("model", "model file tools");
     mdl->require_subcommand(1);
     auto* cal = mdl->add_subcommand("calibrate",
-                                    "store the mask-to-reference axis scale, measured on the model's training split");
+                                    "store the axis scale that maps this model's HC onto the reference, measured on its training split");
     cal->add_option("--data", cal_data, "HC18-layout folder the model was trained on")->required();
     cal->add_option("--model", cal_in, "model to read")->capture_default_str();
     cal->add_option("--out", cal_out, "model file to write (may equal --model)")->required();

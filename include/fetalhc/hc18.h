@@ -13,7 +13,9 @@
 #include "fetalhc/ellipse.h"
 #include "fetalhc/expected.h"
 
+#include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,6 +60,14 @@ std::string check_pixel_size(double mm, const std::string& what);
 // much too large; multiplying its semi-axes by this factor undoes that. Records without a mask
 // are skipped; NaN when none has one. Computed on training images only.
 double mask_to_reference_scale(const std::vector<Hc18Record>& records);
+
+// How the official reference relates to a model's own measurements: the median over `records` of
+// official HC / measured_hc(record); records it returns no value for (a failed measurement) are
+// skipped. Measured on the training split after training, it removes the size bias the network
+// keeps (HC is proportional to the semi-axes, so the factor multiplies the axis scale). NaN when
+// nothing was measured.
+double measured_to_reference_scale(const std::vector<Hc18Record>& records,
+                                   const std::function<std::optional<double>(const Hc18Record&)>& measured_hc);
 
 // Sub-pixel boundary of a binary mask: the midpoints of the edges between inside (nonzero) and
 // outside pixels, in pixel coordinates.
