@@ -1,10 +1,11 @@
 #include "fetalhc/hc18.h"
 
+#include "fetalhc/metrics.h"
+
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
-#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -180,11 +181,7 @@ double measured_to_reference_scale(const std::vector<Hc18Record>& records,
     std::vector<double> ratios;
     for (const auto& r : records)
         if (auto hc = measured_hc(r); hc && *hc > 0 && std::isfinite(*hc) && r.hc_mm > 0) ratios.push_back(r.hc_mm / *hc);
-    if (ratios.empty()) return std::numeric_limits<double>::quiet_NaN();
-    const size_t mid = ratios.size() / 2;
-    std::nth_element(ratios.begin(), ratios.begin() + mid, ratios.end());
-    if (ratios.size() % 2) return ratios[mid];
-    return 0.5 * (ratios[mid] + *std::max_element(ratios.begin(), ratios.begin() + mid));
+    return ratios.empty() ? std::numeric_limits<double>::quiet_NaN() : quantile(std::move(ratios), 0.5);
 }
 
 Expected<std::string> coco_annotations_json(const std::vector<Hc18Record>& records) {

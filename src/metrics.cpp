@@ -80,4 +80,11 @@ double recall(const std::vector<Detection>& dets, double t) {
     return double(hits) / dets.size();
 }
 
+double quantile(std::vector<double> v, double q) {
+    std::sort(v.begin(), v.end());
+    const double pos = q * (v.size() - 1);
+    const size_t i = size_t(pos);
+    return i + 1 < v.size() ? v[i] + (pos - i) * (v[i + 1] - v[i]) : v[i];
+}
+
 }  // namespace fetalhc

@@ -3,6 +3,7 @@
 
 #include "fetalhc/hc18.h"
 #include "fetalhc/image_io.h"
+#include "fetalhc/metrics.h"
 
 #include <opencv2/videoio.hpp>
 
@@ -29,13 +30,6 @@ bool has_video_extension(const std::string& path) {
 }
 
 namespace {
-
-double quantile(std::vector<double> v, double q) {
-    std::sort(v.begin(), v.end());
-    const double pos = q * (v.size() - 1);
-    const size_t i = size_t(pos);
-    return i + 1 < v.size() ? v[i] + (pos - i) * (v[i + 1] - v[i]) : v[i];
-}
 
 // One decoded frame and the decision taken when it was handed out: track from `prior` or not.
 struct FrameJob {

@@ -167,3 +167,12 @@ TEST(AveragePrecision, EmptyInputIsZero) {
 }
 
 }  // namespace
+
+TEST(Quantile, InterpolatesBetweenOrderStatistics) {
+    EXPECT_DOUBLE_EQ(fetalhc::quantile({3, 1, 2}, 0.5), 2);
+    EXPECT_DOUBLE_EQ(fetalhc::quantile({4, 1, 3, 2}, 0.5), 2.5);  // even count: mean of the middle two
+    EXPECT_DOUBLE_EQ(fetalhc::quantile({4, 1, 3, 2}, 0.25), 1.75);
+    EXPECT_DOUBLE_EQ(fetalhc::quantile({4, 1, 3, 2}, 0), 1);
+    EXPECT_DOUBLE_EQ(fetalhc::quantile({4, 1, 3, 2}, 1), 4);
+    EXPECT_DOUBLE_EQ(fetalhc::quantile({7}, 0.9), 7);
+}

@@ -30,4 +30,9 @@ double average_precision(const std::vector<Detection>& dets, double iou_threshol
 // Recall at an IoU threshold (one detection per image).
 double recall(const std::vector<Detection>& dets, double iou_threshold);
 
+// The q-quantile (q in [0, 1]) of `values`, interpolating linearly between neighbouring order
+// statistics (q = 0.5: the median; the mean of the two middle values for an even count).
+// `values` must not be empty.
+double quantile(std::vector<double> values, double q);
+
 }  // namespace fetalhc
