@@ -52,6 +52,11 @@ cv::Matx23d crop_frame(const Ellipse& e, cv::Size net, double margin);
 // Pixels outside the image are 0. Works on CV_8U and CV_32F.
 cv::Mat warp_to_frame(const cv::Mat& img, const cv::Matx23d& A, cv::Size size);
 
+// Pixel-area reduction of `img` to `size` (as cv::resize with INTER_AREA; separable and several times
+// faster on CV_8UC1 at fractional factors; other cases go to cv::resize). `part`, a rectangle of the
+// reduced image, computes only those pixels (same values as in the whole result); empty = all.
+cv::Mat resize_area(const cv::Mat& img, cv::Size size, cv::Rect part = {});
+
 // Network hyper-parameters stored inside the model file.
 struct NetworkConfig {
     int input_width = 288, input_height = 192;  // multiples of 2^depth (2^(depth+1) with stem_stride 2)
