@@ -1,5 +1,6 @@
 #include "fetalhc/hc18.h"
 
+#include "fetalhc/csv.h"
 #include "fetalhc/metrics.h"
 
 #include <nlohmann/json.hpp>
@@ -16,16 +17,17 @@ namespace fs = std::filesystem;
 namespace fetalhc {
 namespace {
 
-std::vector<std::string> split_csv_line(const std::string& line) {
-    std::vector<std::string> out;
-    std::string cell;
-    std::stringstream ss(line);
-    while (std::getline(ss, cell, ',')) {
-        while (!cell.empty() && (cell.back() == '\r' || cell.back() == ' ')) cell.pop_back();
+// Cells of one CSV line (quoted cells, a BOM on the first line and a CR line end handled), each
+// trimmed of surrounding spaces. A malformed line gives no cells.
+std::vector<std::string> split_csv_line(std::string line) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    auto cells = parse_csv_record(line);
+    if (!cells) return {};
+    for (auto& cell : *cells) {
+        while (!cell.empty() && cell.back() == ' ') cell.pop_back();
         while (!cell.empty() && cell.front() == ' ') cell.erase(cell.begin());
-        out.push_back(cell);
     }
-    return out;
+    return *cells;
 }
 
 bool parse_double(const std::string& s, double& v) {
@@ -67,13 +69,19 @@ Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_
     while (std::getline(in, line)) {
         ++lineno;
         auto cells = split_csv_line(line);
+        if (cells.empty() && !parse_csv_record(line))
+            return make_error("pixel-size CSV '" + csv_path + "' line " + std::to_string(lineno) +
+                              ": a quoted cell is not closed; quote as \"a,b.png\" and double inner quotes");
         if (cells.empty() || cells[0].empty()) continue;
         double v = 0;
-        if (cells.size() < 2 || !parse_double(cells[1], v)) {
+        if (cells.size() < 2 || !parse_double(cells[1], v) || !std::isfinite(v)) {
             if (lineno == 1) continue;  // header
             return make_error("pixel-size CSV '" + csv_path + "' line " + std::to_string(lineno) +
-                              ": expected `filename,pixel size(mm)`, got '" + line + "'");
+                              ": expected `filename,pixel size(mm)` with a finite number, got '" + line + "'");
         }
+        if (auto it = out.find(cells[0]); it != out.end() && it->second != v)
+            return make_error("pixel-size CSV '" + csv_path + "' line " + std::to_string(lineno) + ": '" + cells[0] +
+                              "' is listed twice with different sizes; keep one row per file");
         out[cells[0]] = v;
     }
     if (out.empty()) return make_error("pixel-size CSV '" + csv_path + "' has no rows of `filename,pixel size(mm)`");

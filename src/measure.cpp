@@ -152,7 +152,7 @@ nlohmann::json ga_json(const GaEstimate& g) {
 
 }  // namespace
 
-std::string to_json(const Measurement& m, int indent) {
+nlohmann::json to_json(const Measurement& m) {
     nlohmann::json j{{"source", m.source},
                      {"image_width", m.image_size.width},
                      {"image_height", m.image_size.height},
@@ -187,7 +187,7 @@ std::string to_json(const Measurement& m, int indent) {
         if (!c.note.empty()) cj["note"] = c.note;
         j["centile"] = cj;
     }
-    return j.dump(indent);
+    return j;
 }
 
 }  // namespace fetalhc

@@ -1,12 +1,12 @@
 // Accuracy of the shipped model (models/fetalhc_unet.pt) on its grouped validation split of
 // ../shared/hc18, against the figure in models/MODEL_CARD.md. Skips (with a message) when the data
 // or the model is absent.
+#include "fetalhc/evaluation.h"
 #include "fetalhc/hc18.h"
 #include "fetalhc/image_io.h"
 #include "fetalhc/measure.h"
 
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <filesystem>
@@ -35,28 +35,20 @@ void check_model(const std::string& model, const std::string& card_key) {
     if (!fs::exists(model)) GTEST_SKIP() << "model " << model << " not found";
     auto seg = Segmenter::load(model, {0});
     ASSERT_TRUE(seg) << seg.error();
-    auto meta = nlohmann::json::parse(seg->info().metadata);
     auto recs = read_hc18_training(data);
     ASSERT_TRUE(recs) << recs.error();
-    Split split = grouped_split(*recs, meta["validation_fraction"].get<double>(), meta["split_salt"].get<std::string>());
-    ASSERT_GT(split.validation.size(), 100u);
+    auto split = model_split(*recs, seg->info().metadata);
+    ASSERT_TRUE(split) << split.error();
+    ASSERT_GT(split->validation.size(), 100u);
 
+    // The library's one definition of the figure (evaluation.h): a failure counts as an error of
+    // the whole reference HC.
     Measurer m(*seg);
-    double abs_sum = 0;
-    int failed = 0;
-    for (const auto& r : split.validation) {
-        MeasureOptions o;
-        o.pixel_size_mm = r.pixel_size_mm;
-        auto res = m.measure_file(r.image_path, o);
-        if (res) {
-            abs_sum += std::abs(res->hc_mm - r.hc_mm);
-        } else {
-            ++failed;
-            abs_sum += r.hc_mm;  // a failure counts as missing the whole head
-        }
-    }
-    const double mad = abs_sum / split.validation.size();
-    std::printf("validation HC MAD %.3f mm over %zu images (%d failed)\n", mad, split.validation.size(), failed);
+    ScoreOptions o;
+    o.shape_metrics = false;
+    const ScoreSummary sum = summarize(score_records(split->validation, measure_with(m), o));
+    const double mad = sum.hc_abs_error_mm.mean;
+    std::printf("validation HC MAD %.3f mm over %d images (%d failed)\n", mad, sum.images, sum.failed);
     EXPECT_LE(mad, 2.5) << "acceptance: HC mean absolute difference <= 2.5 mm";
     const double card = model_card_mad(card_key);
     ASSERT_TRUE(std::isfinite(card)) << "models/MODEL_CARD.md lacks a '" << card_key << ":' line";

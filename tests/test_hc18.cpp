@@ -244,6 +244,32 @@ TEST(ReadPixelSizes, RowWithoutSizeIsAnError) {
     EXPECT_TRUE(contains(s.error(), "line 2")) << s.error();
 }
 
+TEST(ReadPixelSizes, QuotedNamesAndAByteOrderMarkWithoutHeader) {
+    TempDir t;
+    // A spreadsheet export: BOM on the first data row (no header), a name with a comma quoted.
+    const auto p = t.write("sizes.csv", "\xEF\xBB\xBF" "a.png,0.1\n\"b,1.png\",\"0.2\"\n");
+    auto s = fetalhc::read_pixel_sizes(p);
+    ASSERT_TRUE(s) << s.error();
+    ASSERT_EQ(s->size(), 2u);
+    EXPECT_DOUBLE_EQ(s->at("a.png"), 0.1);  // the first row is not taken for a header
+    EXPECT_DOUBLE_EQ(s->at("b,1.png"), 0.2);
+}
+
+TEST(ReadPixelSizes, UnclosedQuoteNonFiniteAndConflictingRowsAreErrors) {
+    TempDir t;
+    auto open_quote = fetalhc::read_pixel_sizes(t.write("q.csv", "a.png,0.1\n\"b.png,0.2\n"));
+    ASSERT_FALSE(open_quote);
+    EXPECT_TRUE(contains(open_quote.error(), "line 2")) << open_quote.error();
+    auto not_finite = fetalhc::read_pixel_sizes(t.write("n.csv", "a.png,0.1\nb.png,nan\n"));
+    ASSERT_FALSE(not_finite);
+    EXPECT_TRUE(contains(not_finite.error(), "line 2")) << not_finite.error();
+    auto twice = fetalhc::read_pixel_sizes(t.write("d.csv", "a.png,0.1\na.png,0.2\n"));
+    ASSERT_FALSE(twice);
+    EXPECT_TRUE(contains(twice.error(), "twice")) << twice.error();
+    // The same row repeated is harmless.
+    EXPECT_TRUE(fetalhc::read_pixel_sizes(t.write("s.csv", "a.png,0.1\na.png,0.1\n")));
+}
+
 TEST(ReadPixelSizes, MissingFileIsNamed) {
     TempDir t;
     const std::string p = t.file("nope.csv");

@@ -18,6 +18,8 @@
 #include "fetalhc/growth.h"
 #include "fetalhc/segmenter.h"
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <optional>
 #include <string>
 #include <vector>
@@ -85,7 +87,8 @@ private:
     Segmenter seg_;
 };
 
-// JSON object with every field of a measurement (mm unless _px; angles in radians).
-std::string to_json(const Measurement& m, int indent = -1);
+// JSON object with every field of a measurement (mm unless _px; angles in radians). Include
+// <nlohmann/json.hpp> to use the value (dump() gives the text).
+nlohmann::json to_json(const Measurement& m);
 
 }  // namespace fetalhc

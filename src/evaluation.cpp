@@ -1,0 +1,270 @@
+#include "fetalhc/evaluation.h"
+
+#include "fetalhc/csv.h"
+#include "fetalhc/ellipse.h"
+#include "fetalhc/growth.h"
+#include "fetalhc/metrics.h"
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace fetalhc {
+
+namespace {
+
+using json = nlohmann::json;
+
+MeanSd mean_sd(const std::vector<double>& v) {
+    MeanSd r;
+    r.n = int(v.size());
+    if (v.empty()) return r;
+    double sum = 0;
+    for (double x : v) sum += x;
+    r.mean = sum / v.size();
+    if (v.size() < 2) return r;
+    double ss = 0;
+    for (double x : v) ss += (x - r.mean) * (x - r.mean);
+    r.sd = std::sqrt(ss / (v.size() - 1));
+    return r;
+}
+
+json mean_sd_json(const MeanSd& m) {
+    // An empty group has no mean: null, not a made-up 0.
+    if (m.n == 0) return {{"mean", nullptr}, {"sd", nullptr}};
+    return {{"mean", m.mean}, {"sd", m.n > 1 ? json(m.sd) : json(nullptr)}};
+}
+
+double pass_rate(const std::vector<Detection>& dets, double (*f)(const std::vector<Detection>&, double)) {
+    double sum = 0;
+    for (int k = 0; k < 10; ++k) sum += f(dets, 0.5 + 0.05 * k);
+    return sum / 10;
+}
+
+}  // namespace
+
+int trimester_of(double ref_hc_mm) {
+    static const double t1 = intergrowth_hc_median(14), t2 = intergrowth_hc_median(28);
+    return ref_hc_mm < t1 ? 1 : ref_hc_mm < t2 ? 2 : 3;
+}
+
+ImageScore score_hc(const std::string& file, double ref_hc_mm, double pixel_size_mm, const Expected<Measurement>& m) {
+    ImageScore s;
+    s.file = file;
+    s.ref_hc_mm = ref_hc_mm;
+    s.pixel_size_mm = pixel_size_mm;
+    s.trimester = trimester_of(ref_hc_mm);
+    if (m) {
+        s.measurement = *m;
+        s.hc_mm = m->hc_mm;
+        s.error_mm = m->hc_mm - ref_hc_mm;
+    } else {
+        s.error = m.error();
+        s.error_mm = -ref_hc_mm;  // a failure misses the whole head
+    }
+    s.abs_error_mm = std::abs(s.error_mm);
+    return s;
+}
+
+ImageScore score_image(const Hc18Record& rec, const Expected<Measurement>& m, const cv::Mat& ref_mask) {
+    ImageScore s = score_hc(rec.filename, rec.hc_mm, rec.pixel_size_mm, m);
+    cv::Mat ref = ref_mask;
+    if (ref.empty() && !rec.mask_path.empty()) ref = cv::imread(rec.mask_path, cv::IMREAD_GRAYSCALE);
+    if (ref.empty() && rec.has_ellipse && m) ref = rasterize(rec.ellipse_px, m->image_size);
+    if (ref.empty()) return s;
+    s.has_shape = true;
+    if (!m) return s;  // Dice 0, no Hausdorff
+    const cv::Mat pred = rasterize(m->ellipse_px, ref.size());
+    s.dice = dice(pred, ref);
+    s.iou = iou(pred, ref);
+    s.hausdorff_mm = hausdorff_px(pred, ref) * rec.pixel_size_mm;
+    return s;
+}
+
+MeasureRecordFn measure_with(const Measurer& measurer) {
+    return [&measurer](const Hc18Record& r) {
+        MeasureOptions o;
+        o.pixel_size_mm = r.pixel_size_mm;
+        return measurer.measure_file(r.image_path, o);
+    };
+}
+
+std::vector<ImageScore> score_records(const std::vector<Hc18Record>& records, const MeasureRecordFn& measure,
+                                      const ScoreOptions& opt) {
+    std::vector<ImageScore> out;
+    out.reserve(records.size());
+    for (const auto& r : records) {
+        const auto m = measure(r);
+        out.push_back(opt.shape_metrics ? score_image(r, m) : score_hc(r.filename, r.hc_mm, r.pixel_size_mm, m));
+        if (opt.progress) opt.progress(out.size(), records.size());
+    }
+    return out;
+}
+
+ScoreSummary summarize(const std::vector<ImageScore>& scores, int trimester) {
+    ScoreSummary s;
+    std::vector<double> abs_err, signed_err, dc, hd;
+    for (const auto& r : scores) {
+        if (trimester && r.trimester != trimester) continue;
+        ++s.images;
+        abs_err.push_back(r.abs_error_mm);
+        s.over_10mm += r.abs_error_mm > 10;
+        if (r.has_shape) dc.push_back(r.dice);
+        if (!r.measured()) {
+            ++s.failed;
+            continue;
+        }
+        signed_err.push_back(r.error_mm);
+        if (r.has_shape) hd.push_back(r.hausdorff_mm);
+        const bool flagged = r.flagged();
+        s.flagged_review += flagged;
+        if (r.abs_error_mm > 5) {
+            ++s.errors_over_5mm;
+            s.errors_over_5mm_flagged += flagged;
+        } else {
+            ++s.good;
+            s.good_flagged += flagged;
+        }
+    }
+    s.hc_abs_error_mm = mean_sd(abs_err);
+    s.hc_signed_error_mm = mean_sd(signed_err);
+    s.dice = mean_sd(dc);
+    s.hausdorff_mm = mean_sd(hd);
+    return s;
+}
+
+EvaluationReport evaluate(std::vector<ImageScore> scores) {
+    EvaluationReport rep;
+    rep.overall = summarize(scores);
+    for (int t = 1; t <= 3; ++t) rep.trimester[t - 1] = summarize(scores, t);
+    rep.trimester_boundaries_hc_mm[0] = intergrowth_hc_median(14);
+    rep.trimester_boundaries_hc_mm[1] = intergrowth_hc_median(28);
+    std::vector<Detection> dets;
+    double ms = 0;
+    for (const auto& r : scores) {
+        Detection d;
+        if (r.measured()) {
+            d.detected = true;
+            d.score = r.measurement->presence;
+            d.iou = r.iou;
+            ms += r.measurement->timings.total_ms;
+        }
+        dets.push_back(d);
+    }
+    rep.mask_ap50 = average_precision(dets, 0.5);
+    rep.mask_ap = pass_rate(dets, average_precision);
+    rep.mask_ar = pass_rate(dets, recall);
+    rep.mean_ms_per_image = scores.empty() ? 0 : ms / scores.size();
+    rep.images = std::move(scores);
+    return rep;
+}
+
+json to_json(const ScoreSummary& s) {
+    return {{"images", s.images},
+            {"failed", s.failed},
+            {"flagged_review", s.flagged_review},
+            {"hc_abs_diff_mm", mean_sd_json(s.hc_abs_error_mm)},
+            {"hc_signed_diff_mm", mean_sd_json(s.hc_signed_error_mm)},
+            {"dice", mean_sd_json(s.dice)},
+            {"hausdorff_mm", mean_sd_json(s.hausdorff_mm)},
+            {"over_10mm", s.over_10mm},
+            {"review_flag",
+             {{"errors_over_5mm", s.errors_over_5mm},
+              {"errors_over_5mm_flagged", s.errors_over_5mm_flagged},
+              {"good_flagged", s.good_flagged},
+              {"good", s.good}}}};
+}
+
+json to_json(const EvaluationReport& rep, int worst) {
+    json out;
+    out["overall"] = to_json(rep.overall);
+    out["failures_counted_as"] = "an HC error of the whole reference HC; Dice 0; left out of Hausdorff and the signed bias";
+    out["trimester_boundaries_hc_mm"] = {rep.trimester_boundaries_hc_mm[0], rep.trimester_boundaries_hc_mm[1]};
+    out["per_trimester"] = {{"first", to_json(rep.trimester[0])},
+                            {"second", to_json(rep.trimester[1])},
+                            {"third", to_json(rep.trimester[2])}};
+    out["mask_ap50"] = rep.mask_ap50;
+    out["mask_ap"] = rep.mask_ap;
+    out["mask_ar"] = rep.mask_ar;
+    out["mean_ms_per_image"] = rep.mean_ms_per_image;
+    std::vector<const ImageScore*> order;
+    for (const auto& r : rep.images) order.push_back(&r);
+    std::stable_sort(order.begin(), order.end(), [](const ImageScore* x, const ImageScore* y) {
+        const double ex = x->measured() ? x->abs_error_mm : std::numeric_limits<double>::infinity();
+        const double ey = y->measured() ? y->abs_error_mm : std::numeric_limits<double>::infinity();
+        return ex > ey;
+    });
+    json w = json::array();
+    for (int i = 0; i < std::min<int>(worst, int(order.size())); ++i) {
+        const ImageScore& r = *order[i];
+        json row{{"file", r.file}, {"ref_hc_mm", r.ref_hc_mm}, {"trimester", r.trimester}};
+        if (r.measured())
+            row.update({{"hc_mm", r.hc_mm}, {"diff_mm", r.error_mm}, {"dice", r.dice}, {"quality", r.measurement->quality}});
+        else
+            row["error"] = r.error;
+        w.push_back(row);
+    }
+    out["worst"] = w;
+    return out;
+}
+
+void write_per_image_csv(const EvaluationReport& rep, std::ostream& out) {
+    CsvWriter w(out);
+    for (const char* h : {"filename", "ref_hc_mm", "hc_mm", "diff_mm", "dice", "hausdorff_mm", "trimester", "quality",
+                          "detection_score", "certainty", "fit_rms_px", "inlier_share", "cut_share", "reasons_or_error"})
+        w.raw(h);
+    w.end_row();
+    for (const auto& r : rep.images) {
+        w.text(r.file).number(r.ref_hc_mm, 2);
+        if (!r.measured()) {
+            w.empty(4).integer(r.trimester).empty(6).text(r.error).end_row();
+            continue;
+        }
+        const Measurement& m = *r.measurement;
+        std::string reasons;
+        for (const auto& s : m.reasons) reasons += (reasons.empty() ? "" : "; ") + s;
+        w.number(r.hc_mm, 2).number(r.error_mm, 2);
+        if (r.has_shape) w.number(r.dice, 4).number(r.hausdorff_mm, 2);
+        else w.empty(2);
+        w.integer(r.trimester).text(m.quality).number(m.presence, 3).number(m.certainty, 3).number(m.fit_rms_px, 3);
+        w.number(double(m.inliers) / std::max(1, m.boundary_points), 3);
+        w.number(double(m.cut_points) / std::max(1, m.cut_points + m.boundary_points), 3);
+        w.text(reasons).end_row();
+    }
+}
+
+Expected<Split> model_split(const std::vector<Hc18Record>& records, const std::string& metadata) {
+    const json meta = json::parse(metadata.empty() ? "{}" : metadata, nullptr, false);
+    if (!meta.is_object() || !meta.contains("split_salt") || !meta.contains("validation_fraction") ||
+        !meta["split_salt"].is_string() || !meta["validation_fraction"].is_number())
+        return make_error("the model records no training split (metadata keys split_salt, validation_fraction)");
+    return grouped_split(records, meta["validation_fraction"].get<double>(), meta["split_salt"].get<std::string>());
+}
+
+Expected<Calibration> calibrate_axis_scale(const Split& split, double stored_axis_scale, const MeasureRecordFn& measure,
+                                           const ScoreOptions& opt) {
+    Calibration c;
+    c.training_images = int(split.train.size());
+    c.masks_factor = mask_to_reference_scale(split.train);
+    if (!std::isfinite(c.masks_factor)) return make_error("no training masks found (the *_Mask.png files of the training split)");
+    ScoreOptions so = opt;
+    so.shape_metrics = false;
+    const auto scores = score_records(split.train, measure, so);
+    // HC is proportional to the axis scale: rescale what was measured with the stored scale to
+    // what the masks factor alone would give.
+    size_t i = 0;
+    c.measured_factor = measured_to_reference_scale(split.train, [&](const Hc18Record&) -> std::optional<double> {
+        const ImageScore& s = scores[i++];
+        if (!s.measured()) return std::nullopt;
+        ++c.measured_images;
+        return s.hc_mm * c.masks_factor / stored_axis_scale;
+    });
+    if (!std::isfinite(c.measured_factor)) return make_error("the model measured none of the training images");
+    c.axis_scale = c.masks_factor * c.measured_factor;
+    return c;
+}
+
+}  // namespace fetalhc
