@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the built tree into a temporary prefix, builds examples/consumer against it with
+# find_package(fetalhc), and runs it on the installed model.
+# Usage: install_consumer_test.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+build=$1 src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
+for f in bin/fetalhc include/fetalhc/measure.h share/fetalhc/models/fetalhc_unet.pt lib/cmake/fetalhc/fetalhcConfig.cmake; do
+  [ -e "$tmp/prefix/$f" ] || { echo "FAIL: $f not installed"; exit 1; }
+done
+cmake -S "$src/examples/consumer" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$tmp/consumer" -j2 >/dev/null
+out=$("$tmp/consumer/fetalhc_consumer" "$tmp/prefix/share/fetalhc/models/fetalhc_unet.pt")
+echo "$out"
+# Ramanujan II of a 30 x 25 mm semi-axis ellipse is 173.1 mm.
+grep -q "ellipse HC 173.1 mm" <<<"$out" || { echo "FAIL: wrong HC from the installed library"; exit 1; }
+grep -q "parameters" <<<"$out" || { echo "FAIL: the installed model did not load"; exit 1; }
+# The installed CLI finds the installed model by itself (no source tree, no FETALHC_MODEL).
+(cd "$tmp" && env -u FETALHC_MODEL "$tmp/prefix/bin/fetalhc" --version >/dev/null)
+echo "install and find_package(fetalhc) consumer: ok"

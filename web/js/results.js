@@ -1,0 +1,149 @@
+// Owns: the measurement panel's numbers (#results): the quality badge and review reasons, HC / BPD /
+// OFD / cephalic index (computed here at once from the working ellipse), GA (Hadlock,
+// INTERGROWTH-21st) and the HC centile (from the server, refreshed through POST /v1/perimeter a
+// moment after each change), the "corrected" badge, the reset button's state, and the timings line.
+//
+// For tests: #hc carries data-value (HC in mm, 3 decimals); outputs waiting for the server have the
+// class "pending"; #results gets data-updated when a refresh has arrived.
+
+import * as api from './api.js';
+import { el } from './dom.js';
+import { currentEllipse, isCorrected } from './ellipse-editor.js';
+import { DASH, formatGa, mm } from './format.js';
+import { normalise, perimeter, toApi } from './geometry.js';
+import { gaWeeksValue, pixelSizeValue } from './inputs.js';
+import { showMessage } from './messages.js';
+
+const PERIMETER_DEBOUNCE_MS = 250;
+
+let perimeterTimer = 0;
+let perimeterSeq = 0;
+
+const serverOutputs = () => [el.gaHadlock, el.gaIntergrowth, el.centile];
+
+function setOutput(node, text, note, warn) {
+  node.textContent = text;
+  node.title = note || '';
+  node.classList.toggle('warn', !!warn);
+  if (note) {
+    const small = document.createElement('small');
+    small.className = 'note';
+    small.textContent = ' ' + note;
+    node.appendChild(small);
+  }
+}
+
+// The quality badge and the review reasons of a measurement (null: none).
+export function showQuality(m) {
+  el.quality.className = 'badge';
+  el.reasons.innerHTML = '';
+  if (!m) {
+    el.quality.textContent = 'no measurement';
+    el.quality.classList.add('badge-none');
+    return;
+  }
+  el.quality.textContent = m.quality === 'ok' ? 'quality ok' : 'review';
+  el.quality.classList.add(m.quality === 'ok' ? 'badge-ok' : 'badge-review');
+  el.quality.dataset.quality = m.quality;
+  for (const reason of m.reasons || []) {
+    const li = document.createElement('li');
+    li.textContent = reason;
+    el.reasons.appendChild(li);
+  }
+}
+
+// HC as the server computed it (it is authoritative; it agrees with the local value).
+export function showServerHc(hcMm) {
+  if (!Number.isFinite(hcMm)) return;
+  el.hc.textContent = mm(hcMm);
+  el.hc.dataset.value = hcMm.toFixed(3);
+}
+
+// Sizes computed here, immediately, from the working ellipse and the pixel size.
+export function showLocalNumbers() {
+  const ps = pixelSizeValue();
+  const ellipse = currentEllipse();
+  if (!ellipse || ps === null) {
+    for (const n of [el.hc, el.bpd, el.ofd, el.ci]) n.textContent = DASH;
+    return;
+  }
+  const e = normalise(ellipse);
+  const hc = perimeter(e.a, e.b) * ps;
+  el.hc.textContent = mm(hc);
+  el.hc.dataset.value = hc.toFixed(3);
+  el.bpd.textContent = mm(2 * e.b * ps);
+  el.ofd.textContent = mm(2 * e.a * ps);
+  el.ci.textContent = (100 * e.b / e.a).toFixed(1);
+  const corrected = isCorrected();
+  el.corrected.hidden = !corrected;
+  el.reset.disabled = !corrected;
+}
+
+function showCentile(c) {
+  if (!c) {
+    setOutput(el.centile, 'n/a', 'enter the known GA for the centile');
+  } else if (!c.in_range || !Number.isFinite(c.centile) || !Number.isFinite(c.z) || !Number.isFinite(c.median_mm)) {
+    setOutput(el.centile, 'n/a', c.note || 'GA outside 14\u201340 weeks');
+  } else {
+    const text = `${c.centile.toFixed(1)} (z ${c.z >= 0 ? '+' : ''}${c.z.toFixed(2)}; median ${c.median_mm.toFixed(1)} mm)`;
+    let flag = '';
+    if (c.below_3rd) flag = 'below the 3rd centile';
+    if (c.above_97th) flag = 'above the 97th centile';
+    setOutput(el.centile, text, flag, !!flag);
+  }
+}
+
+// GA and centile as computed by the server (measure or perimeter response).
+export function showServerNumbers(r) {
+  const h = formatGa(r.ga_hadlock), ig = formatGa(r.ga_intergrowth);
+  setOutput(el.gaHadlock, h.text, h.note);
+  setOutput(el.gaIntergrowth, ig.text, ig.note);
+  showCentile(r.centile);
+  for (const n of serverOutputs()) n.classList.remove('pending');
+}
+
+export function showTimings(timingsMs) {
+  if (timingsMs && Number.isFinite(timingsMs.total)) {
+    el.timings.textContent = `Measured in ${Math.round(timingsMs.total)} ms.`;
+  }
+}
+
+// Asks the server for GA and centile of the working ellipse a moment after the last change.
+export function schedulePerimeter() {
+  if (!currentEllipse()) return;
+  for (const n of serverOutputs()) n.classList.add('pending');
+  clearTimeout(perimeterTimer);
+  perimeterTimer = setTimeout(refreshFromServer, PERIMETER_DEBOUNCE_MS);
+}
+
+async function refreshFromServer() {
+  const ps = pixelSizeValue();
+  const ellipse = currentEllipse();
+  if (!ellipse || ps === null) return;
+  const seq = ++perimeterSeq;
+  const body = { ellipse_px: toApi(ellipse), pixel_size_mm: ps };
+  const ga = gaWeeksValue();
+  if (ga !== null) body.ga_weeks = ga;
+  try {
+    const r = await api.perimeter(body);
+    if (seq !== perimeterSeq) return;  // a newer request is on its way
+    showServerNumbers(r);
+    showServerHc(r.hc_mm);
+    el.results.dataset.updated = String(seq);
+  } catch (err) {
+    if (seq === perimeterSeq) showMessage('Could not update GA and centile: ' + err.message);
+  }
+}
+
+// Back to "no measurement".
+export function clearResults() {
+  showQuality(null);
+  for (const n of [el.hc, el.bpd, el.ofd, el.ci, el.gaHadlock, el.gaIntergrowth, el.centile]) {
+    n.textContent = DASH;
+    n.classList.remove('pending', 'warn');
+  }
+  delete el.hc.dataset.value;
+  el.corrected.hidden = true;
+  el.reset.disabled = true;
+  el.timings.textContent = '';
+}
