@@ -128,4 +128,25 @@ Boundary extract_boundary(const Segmentation& seg, const cv::Mat& gray8) {
     return out;
 }
 
+Boundary mask_boundary(const cv::Mat& mask8) {
+    if (mask8.empty()) return {};
+    Segmentation s;
+    const cv::Mat head = mask8 >= 128;
+    head.convertTo(s.net_probability, CV_32F, 1.0 / 255);
+    s.letterbox = Letterbox::fit(mask8.size(), mask8.size());  // the identity frame
+    return extract_boundary(s, cv::Mat());
+}
+
+std::vector<cv::Point> mask_outline(const cv::Mat& mask) {
+    if (mask.empty()) return {};
+    std::vector<std::vector<cv::Point>> contours;
+    cv::findContours(mask != 0, contours, cv::RETR_EXTERNAL, cv::CHAIN_APPROX_SIMPLE);
+    if (contours.empty()) return {};
+    size_t best = 0;
+    double best_area = cv::contourArea(contours[0]);
+    for (size_t i = 1; i < contours.size(); ++i)
+        if (const double a = cv::contourArea(contours[i]); a > best_area) best = i, best_area = a;
+    return contours[best];
+}
+
 }  // namespace fetalhc

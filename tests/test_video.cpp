@@ -130,8 +130,10 @@ TEST(Video, SummaryOfAShiftedRealScanMatchesTheStillImage) {
     ASSERT_TRUE(m) << m.error();
     auto recs = read_hc18_training(data.string());
     ASSERT_TRUE(recs) << recs.error();
-    // The first images (sorted) that the still pipeline judges ok.
-    for (size_t k = 0, used = 0; k < recs->size() && used < 2; ++k) {
+    // The first images (sorted) that the still pipeline judges ok; the test fails if it finds
+    // fewer than two (a loop that checked nothing would otherwise pass).
+    size_t used = 0;
+    for (size_t k = 0; k < recs->size() && used < 2; ++k) {
         const auto& r = (*recs)[k];
         auto img = load_grayscale(r.image_path);
         ASSERT_TRUE(img) << img.error();
@@ -161,4 +163,5 @@ TEST(Video, SummaryOfAShiftedRealScanMatchesTheStillImage) {
         if (m->segmenter().info().refine_config.input_width > 0) EXPECT_GT(tracked, 0) << "a two-pass model should track";
         fs::remove_all(dir);
     }
+    EXPECT_EQ(used, 2u) << "fewer than two HC18 images measured ok as stills: nothing was compared";
 }

@@ -1,19 +1,31 @@
+// The OpenAPI 3 document, built from small pieces: schemas by area, one function per endpoint (or
+// group of GET endpoints), and error responses generated from the error catalog (errors.h), so that
+// every code an endpoint can answer is listed under its status.
 #include "openapi.h"
 
+#include "errors.h"
+
 #include <nlohmann/json.hpp>
+
+#include <map>
 
 namespace fetalhc::server {
 namespace {
 
 using nlohmann::json;
+using E = ErrorCode;
 
 json ref(const std::string& name) { return {{"$ref", "#/components/schemas/" + name}}; }
 json num(const std::string& d) { return {{"type", "number"}, {"description", d}}; }
 json nullable_num(const std::string& d) { return {{"type", "number"}, {"nullable", true}, {"description", d}}; }
-
-json error_response(const std::string& d) {
-    return {{"description", d}, {"content", {{"application/json", {{"schema", ref("Error")}}}}}};
-}
+json str() { return {{"type", "string"}}; }
+json date() { return {{"type", "string"}, {"format", "date"}}; }
+json boolean() { return {{"type", "boolean"}}; }
+json integer() { return {{"type", "integer"}}; }
+json array_of(const json& items) { return {{"type", "array"}, {"items", items}}; }
+json object(const json& props) { return {{"type", "object"}, {"properties", props}}; }
+json pregnancy_id_schema() { return {{"type", "string"}, {"pattern", "^[A-Za-z0-9_.-]{1,64}$"}}; }
+json quality_schema() { return {{"type", "string"}, {"enum", {"ok", "review"}}}; }
 
 json json_response(const std::string& d, const json& schema) {
     return {{"description", d}, {"content", {{"application/json", {{"schema", schema}}}}}};
@@ -28,11 +40,48 @@ json image_form(const json& extra_props, const json& required) {
             {"content", {{"multipart/form-data", {{"schema", {{"type", "object"}, {"required", required}, {"properties", props}}}}}}}};
 }
 
-json schemas() {
-    json s;
+// Adds the error responses of `codes` (plus internal) to `responses`, one per HTTP status, each
+// naming the codes it can carry.
+void add_errors(json& responses, std::vector<ErrorCode> codes) {
+    codes.push_back(E::Internal);
+    std::map<int, std::vector<std::string>> by_status;
+    for (ErrorCode c : codes) by_status[error_info(c).http_status].push_back(error_info(c).name);
+    for (const auto& [status, names] : by_status) {
+        std::string d = "error; code one of:";
+        for (const auto& n : names) d += " " + n;
+        responses[std::to_string(status)] = json_response(d, ref("Error"));
+    }
+}
+
+json responses_with(const json& ok, std::vector<ErrorCode> codes) {
+    json r = ok;
+    add_errors(r, std::move(codes));
+    return r;
+}
+
+// ---- schemas ----------------------------------------------------------------------------------
+
+void error_schemas(json& s) {
+    json codes = json::array();
+    std::string meanings = "Stable error codes (programs test these; the message is for people):";
+    for (const ErrorInfo& e : error_catalog()) {
+        codes.push_back(e.name);
+        meanings += std::string("\n- ") + e.name + " (" + std::to_string(e.http_status) + "): " + e.meaning;
+    }
     s["Error"] = {{"type", "object"},
                   {"required", {"error"}},
-                  {"properties", {{"error", {{"type", "string"}, {"description", "what is wrong and what to do"}}}}}};
+                  {"properties",
+                   {{"error",
+                     {{"type", "object"},
+                      {"required", {"code", "message"}},
+                      {"properties",
+                       {{"code", {{"type", "string"}, {"enum", codes}, {"description", meanings}}},
+                        {"message", {{"type", "string"}, {"description", "what is wrong and what to do"}}}}}}}}}};
+    s["HealthNotReady"] = {
+        {"allOf", {ref("Error"), object({{"status", {{"type", "string"}, {"enum", {"loading", "failed"}}}}})}}};
+}
+
+void geometry_schemas(json& s) {
     s["Ellipse"] = {{"type", "object"},
                     {"description", "Centre with origin at the top-left pixel centre, x right, y down; a >= b; angle in [0, pi) "
                                     "from +x towards +y"},
@@ -43,221 +92,237 @@ json schemas() {
                       {"semi_axis_a", num("semi-major axis")},
                       {"semi_axis_b", num("semi-minor axis")},
                       {"angle_rad", num("radians from +x towards +y to the major axis")}}}};
-    s["GaEstimate"] = {{"type", "object"},
-                       {"properties",
-                        {{"in_range", {{"type", "boolean"}}},
-                         {"weeks", nullable_num("gestational age; null outside the formula's range")},
-                         {"text", {{"type", "string"}, {"description", "e.g. 20w3d"}}},
-                         {"note", {{"type", "string"}}}}}};
-    s["Centile"] = {{"type", "object"},
-                    {"description", "INTERGROWTH-21st HC-for-GA centile (present when a GA was given)"},
-                    {"properties",
-                     {{"in_range", {{"type", "boolean"}}},
-                      {"median_mm", num("median HC at the GA")},
-                      {"sd_mm", num("SD at the GA")},
-                      {"z", num("z-score")},
-                      {"centile", num("0..100")},
-                      {"below_3rd", {{"type", "boolean"}}},
-                      {"above_97th", {{"type", "boolean"}}},
-                      {"note", {{"type", "string"}}}}}};
-    s["Numbers"] = {{"type", "object"},
-                    {"required", {"hc_mm", "bpd_mm", "ofd_mm", "ellipse_px", "ellipse_mm", "ga_hadlock", "ga_intergrowth"}},
-                    {"properties",
-                     {{"pixel_size_mm", num("mm per pixel")},
-                      {"hc_mm", num("head circumference (Ramanujan II perimeter x pixel size)")},
-                      {"bpd_mm", num("biparietal diameter (2b)")},
-                      {"ofd_mm", num("occipito-frontal diameter (2a)")},
-                      {"cephalic_index", num("100 b / a")},
-                      {"ellipse_px", ref("Ellipse")},
-                      {"ellipse_mm", ref("Ellipse")},
-                      {"ga_hadlock", ref("GaEstimate")},
-                      {"ga_intergrowth", ref("GaEstimate")},
-                      {"ga_weeks_given", num("the GA sent with the request")},
-                      {"centile", ref("Centile")},
-                      {"quality", {{"type", "string"}, {"enum", {"ok", "review"}}}},
-                      {"reasons", {{"type", "array"}, {"items", {{"type", "string"}}}}}}}};
-    s["Measurement"] = {
-        {"allOf",
-         {ref("Numbers"),
-          {{"type", "object"},
-           {"properties",
-            {{"source", {{"type", "string"}}},
-             {"image_width", {{"type", "integer"}}},
-             {"image_height", {{"type", "integer"}}},
-             {"detection_score", num("0..1")},
-             {"segmentation_certainty", num("mean |2p-1| in the head, 0..1")},
-             {"fit_rms_px", num("RMS orthogonal residual of the ellipse fit")},
-             {"boundary_points", {{"type", "integer"}}},
-             {"inliers", {{"type", "integer"}}},
-             {"cut_points", {{"type", "integer"}}},
-             {"timings_ms", {{"type", "object"}, {"description", "decode, network, postprocess, fit, total; queue = wait for a network slot"}, {"additionalProperties", {{"type", "number"}}}}},
-             {"image_sha256", {{"type", "string"}}},
-             {"image_url", {{"type", "string"}, {"description", "/v1/images/<sha256>"}}},
-             {"pregnancy_id", {{"type", "string"}}},
-             {"exam_date", {{"type", "string"}, {"format", "date"}}}}}}}}};
-    s["ExamInput"] = {{"type", "object"},
-                      {"required", {"pregnancy_id", "exam_date", "image_sha256", "pixel_size_mm", "ellipse_px", "corrected"}},
-                      {"properties",
-                       {{"pregnancy_id", {{"type", "string"}, {"pattern", "^[A-Za-z0-9_.-]{1,64}$"}}},
-                        {"exam_date", {{"type", "string"}, {"format", "date"}}},
-                        {"image_sha256", {{"type", "string"}, {"pattern", "^[0-9a-f]{64}$"}}},
-                        {"pixel_size_mm", num("mm per pixel, (0, 2]")},
-                        {"ellipse_px", ref("Ellipse")},
-                        {"corrected", {{"type", "boolean"}}},
-                        {"ga_weeks", num("known GA in weeks, for the centile")},
-                        {"quality", {{"type", "string"}, {"enum", {"ok", "review"}}}},
-                        {"reasons", {{"type", "array"}, {"items", {{"type", "string"}}}}}}}};
-    s["Exam"] = {{"type", "object"},
-                 {"properties",
-                  {{"id", {{"type", "integer"}}},
-                   {"pregnancy_id", {{"type", "string"}}},
-                   {"exam_date", {{"type", "string"}, {"format", "date"}}},
-                   {"image_sha256", {{"type", "string"}}},
-                   {"pixel_size_mm", num("mm per pixel")},
-                   {"ellipse_px", ref("Ellipse")},
-                   {"hc_mm", num("")},
-                   {"bpd_mm", num("")},
-                   {"ofd_mm", num("")},
-                   {"ga_hadlock_weeks", nullable_num("")},
-                   {"ga_intergrowth_weeks", nullable_num("")},
-                   {"ga_weeks_given", nullable_num("")},
-                   {"centile", nullable_num("INTERGROWTH-21st centile when a GA was given")},
-                   {"quality", {{"type", "string"}}},
-                   {"reasons", {{"type", "array"}, {"items", {{"type", "string"}}}}},
-                   {"corrected", {{"type", "boolean"}}},
-                   {"accepted", {{"type", "boolean"}}},
-                   {"created_at", {{"type", "string"}, {"format", "date-time"}}}}}};
-    s["History"] = {{"type", "object"},
-                    {"properties",
-                     {{"pregnancy_id", {{"type", "string"}}}, {"exams", {{"type", "array"}, {"items", ref("Exam")}}}}}};
     s["Point"] = {{"type", "array"}, {"items", {{"type", "number"}}}, {"minItems", 2}, {"maxItems", 2}};
+}
+
+void estimate_schemas(json& s) {
+    s["GaEstimate"] = object({{"in_range", boolean()},
+                              {"weeks", nullable_num("gestational age; null outside the formula's range")},
+                              {"text", {{"type", "string"}, {"description", "e.g. 20w3d"}}},
+                              {"note", str()}});
+    s["Centile"] = object({{"in_range", boolean()},
+                           {"median_mm", num("median HC at the GA")},
+                           {"sd_mm", num("SD at the GA")},
+                           {"z", num("z-score")},
+                           {"centile", num("0..100")},
+                           {"below_3rd", boolean()},
+                           {"above_97th", boolean()},
+                           {"note", str()}});
+    s["Centile"]["description"] = "INTERGROWTH-21st HC-for-GA centile (present when a GA was given)";
+}
+
+void measurement_schemas(json& s) {
+    s["Numbers"] = object({{"pixel_size_mm", num("mm per pixel")},
+                           {"hc_mm", num("head circumference (Ramanujan II perimeter x pixel size)")},
+                           {"bpd_mm", num("biparietal diameter (2b)")},
+                           {"ofd_mm", num("occipito-frontal diameter (2a)")},
+                           {"cephalic_index", num("100 b / a")},
+                           {"ellipse_px", ref("Ellipse")},
+                           {"ellipse_mm", ref("Ellipse")},
+                           {"ga_hadlock", ref("GaEstimate")},
+                           {"ga_intergrowth", ref("GaEstimate")},
+                           {"ga_weeks_given", num("the GA sent with the request")},
+                           {"centile", ref("Centile")},
+                           {"quality", quality_schema()},
+                           {"reasons", array_of(str())}});
+    s["Numbers"]["required"] = {"hc_mm", "bpd_mm", "ofd_mm", "ellipse_px", "ellipse_mm", "ga_hadlock", "ga_intergrowth"};
+    const json timings = {{"type", "object"},
+                          {"description", "decode, network, postprocess, fit, total; queue = wait for a network slot"},
+                          {"additionalProperties", {{"type", "number"}}}};
+    s["Measurement"] = {{"allOf",
+                         {ref("Numbers"), object({{"source", str()},
+                                                  {"image_width", integer()},
+                                                  {"image_height", integer()},
+                                                  {"detection_score", num("0..1")},
+                                                  {"segmentation_certainty", num("mean |2p-1| in the head, 0..1")},
+                                                  {"fit_rms_px", num("RMS orthogonal residual of the ellipse fit")},
+                                                  {"boundary_points", integer()},
+                                                  {"inliers", integer()},
+                                                  {"cut_points", integer()},
+                                                  {"timings_ms", timings},
+                                                  {"image_sha256", str()},
+                                                  {"image_url", {{"type", "string"}, {"description", "/v1/images/<sha256>"}}},
+                                                  {"pregnancy_id", str()},
+                                                  {"exam_date", date()}})}}};
+}
+
+void exam_schemas(json& s) {
+    s["ExamInput"] = object({{"pregnancy_id", pregnancy_id_schema()},
+                             {"exam_date", date()},
+                             {"image_sha256", {{"type", "string"}, {"pattern", "^[0-9a-f]{64}$"}}},
+                             {"pixel_size_mm", num("mm per pixel, (0, 2]")},
+                             {"ellipse_px", ref("Ellipse")},
+                             {"corrected", boolean()},
+                             {"ga_weeks", num("known GA in weeks, for the centile")},
+                             {"quality", quality_schema()},
+                             {"reasons", array_of(str())}});
+    s["ExamInput"]["required"] = {"pregnancy_id", "exam_date", "image_sha256", "pixel_size_mm", "ellipse_px", "corrected"};
+    s["Exam"] = object({{"id", integer()},
+                        {"pregnancy_id", str()},
+                        {"exam_date", date()},
+                        {"image_sha256", str()},
+                        {"pixel_size_mm", num("mm per pixel")},
+                        {"ellipse_px", ref("Ellipse")},
+                        {"hc_mm", num("")},
+                        {"bpd_mm", num("")},
+                        {"ofd_mm", num("")},
+                        {"ga_hadlock_weeks", nullable_num("")},
+                        {"ga_intergrowth_weeks", nullable_num("")},
+                        {"ga_weeks_given", nullable_num("")},
+                        {"centile", nullable_num("INTERGROWTH-21st centile when a GA was given")},
+                        {"quality", str()},
+                        {"reasons", array_of(str())},
+                        {"corrected", boolean()},
+                        {"accepted", boolean()},
+                        {"created_at", {{"type", "string"}, {"format", "date-time"}}}});
+    s["History"] = object({{"pregnancy_id", str()}, {"exams", array_of(ref("Exam"))}});
+}
+
+json schemas() {
+    json s;
+    error_schemas(s);
+    geometry_schemas(s);
+    estimate_schemas(s);
+    measurement_schemas(s);
+    exam_schemas(s);
     return s;
 }
 
-}  // namespace
+// ---- paths ------------------------------------------------------------------------------------
 
-std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
-    const json bad = error_response("invalid input (the message names the field)");
-    const json unauthorized = error_response("missing or wrong bearer token (only when the server requires one)");
-    const json too_large = error_response("request body over the upload cap of " + std::to_string(max_upload_bytes) + " bytes");
-    const json unprocessable = error_response("no head found, or no ellipse fits");
-    const json loading = error_response("the model is still loading (see /health)");
-    const json secured = json::array({{{"bearerAuth", json::array()}}});
-    json paths;
-    paths["/health"]["get"] = {
-        {"summary", "Readiness: 200 once the model is loaded, 503 while loading or after a load failure"},
-        {"responses", {{"200", json_response("ready", {{"type", "object"}})}, {"503", error_response("not ready")}}}};
+const json kSecured = json::array({{{"bearerAuth", json::array()}}});
+
+void site_paths(json& paths) {
+    json health_responses{{"200", json_response("ready", {{"type", "object"}})},
+                          {"503", json_response("not ready; code model_loading or model_unavailable", ref("HealthNotReady"))}};
+    paths["/health"]["get"] = {{"summary", "Readiness: 200 once the model is loaded, 503 while loading or after a load failure"},
+                               {"responses", health_responses}};
     paths["/metrics"]["get"] = {{"summary", "Prometheus metrics: requests by route and status, latency histogram, errors"},
                                 {"responses", {{"200", {{"description", "text/plain; version=0.0.4"}}}}}};
     paths["/openapi.json"]["get"] = {{"summary", "This document"}, {"responses", {{"200", {{"description", "OpenAPI 3"}}}}}};
     paths["/"]["get"] = {{"summary", "The web page"}, {"responses", {{"200", {{"description", "text/html"}}}}}};
     paths["/static/{file}"]["get"] = {
         {"summary", "Files of the web page (embedded in the binary), and chart.umd.min.js"},
-        {"parameters", {{{"name", "file"}, {"in", "path"}, {"required", true}, {"schema", {{"type", "string"}}}}}},
-        {"responses", {{"200", {{"description", "the file"}}}, {"404", error_response("no such file")}}}};
-    paths["/v1/measure"]["post"] = {
-        {"summary", "Measure HC, BPD, OFD, GA and centile on an image; stores the image by content hash (no exam is created)"},
-        {"security", secured},
-        {"requestBody", image_form({{"pixel_size_mm", num("mm per pixel, (0, 2]")},
-                                    {"ga_weeks", num("known GA in weeks (0, 45), for the centile")},
-                                    {"pregnancy_id", {{"type", "string"}, {"pattern", "^[A-Za-z0-9_.-]{1,64}$"}}},
-                                    {"exam_date", {{"type", "string"}, {"format", "date"}}}},
-                                   {"image", "pixel_size_mm"})},
-        {"responses",
-         {{"200", json_response("the measurement", ref("Measurement"))},
-          {"400", bad},
-          {"401", unauthorized},
-          {"413", too_large},
-          {"422", unprocessable},
-          {"503", loading}}}};
-    paths["/v1/segment"]["post"] = {
-        {"summary", "Segment the head: a mask PNG (255 = head; headers X-Detection-Score, X-Confidence) or JSON contour"},
-        {"security", secured},
-        {"requestBody", image_form({{"format", {{"type", "string"}, {"enum", {"png", "json"}}, {"default", "png"}}}}, {"image"})},
-        {"responses",
-         {{"200",
-           {{"description", "the mask or the contour"},
-            {"content",
-             {{"image/png", {{"schema", {{"type", "string"}, {"format", "binary"}}}}},
-              {"application/json",
-               {{"schema",
-                 {{"type", "object"},
-                  {"properties",
-                   {{"contour", {{"type", "array"}, {"items", ref("Point")}, {"description", "closed polygon, px"}}},
-                    {"confidence", num("mean |2p-1| in the head")},
-                    {"detection_score", num("0..1")},
-                    {"area_px", num("head area")}}}}}}}}}}},
-          {"400", bad},
-          {"401", unauthorized},
-          {"413", too_large},
-          {"422", unprocessable},
-          {"503", loading}}}};
-    paths["/v1/fit-ellipse"]["post"] = {
-        {"summary", "Fit an ellipse to a mask image (multipart field mask or image; white = head) or to points"},
-        {"security", secured},
-        {"requestBody",
-         {{"required", true},
-          {"content",
-           {{"application/json",
-             {{"schema", {{"type", "object"}, {"required", {"points"}}, {"properties", {{"points", {{"type", "array"}, {"items", ref("Point")}, {"maxItems", 20000}}}}}}}}},
-            {"multipart/form-data",
-             {{"schema", {{"type", "object"}, {"properties", {{"mask", {{"type", "string"}, {"format", "binary"}}}}}}}}}}}}},
-        {"responses",
-         {{"200",
-           json_response("the fitted ellipse",
-                         {{"type", "object"},
-                          {"properties",
-                           {{"ellipse_px", ref("Ellipse")},
-                            {"rms_px", num("RMS orthogonal residual of the inliers")},
-                            {"inliers", {{"type", "integer"}}},
-                            {"points", {{"type", "integer"}}}}}})},
-          {"400", bad},
-          {"401", unauthorized},
-          {"413", too_large},
-          {"422", unprocessable}}}};
-    paths["/v1/perimeter"]["post"] = {
-        {"summary", "HC, BPD, OFD, cephalic index, GA and centile from an ellipse and a pixel size"},
-        {"security", secured},
-        {"requestBody", json_body({{"type", "object"},
-                                   {"required", {"ellipse_px", "pixel_size_mm"}},
-                                   {"properties", {{"ellipse_px", ref("Ellipse")}, {"pixel_size_mm", num("mm per pixel")}, {"ga_weeks", num("known GA")}}}})},
-        {"responses", {{"200", json_response("the numbers", ref("Numbers"))}, {"400", bad}, {"401", unauthorized}}}};
+        {"parameters", {{{"name", "file"}, {"in", "path"}, {"required", true}, {"schema", str()}}}},
+        {"responses", responses_with({{"200", {{"description", "the file"}}}}, {E::NotFound})}};
+    json curves = object({{"ga_weeks", array_of({{"type", "number"}})},
+                          {"p3", array_of({{"type", "number"}})},
+                          {"p50", array_of({{"type", "number"}})},
+                          {"p97", array_of({{"type", "number"}})}});
+    paths["/v1/growth-curve"]["get"] = {
+        {"summary", "INTERGROWTH-21st HC standard: 3rd, 50th and 97th centiles (mm) for GA 14..40 weeks in 0.5-week steps"},
+        {"responses", {{"200", json_response("the curves", curves)}}}};
+}
+
+json measure_path() {
+    const json form = image_form({{"pixel_size_mm", num("mm per pixel, (0, 2]")},
+                                  {"ga_weeks", num("known GA in weeks (0, 45), for the centile")},
+                                  {"pregnancy_id", pregnancy_id_schema()},
+                                  {"exam_date", date()}},
+                                 {"image", "pixel_size_mm"});
+    return {{"summary", "Measure HC, BPD, OFD, GA and centile on an image; stores the image by content hash (no exam is created)"},
+            {"security", kSecured},
+            {"requestBody", form},
+            {"responses", responses_with({{"200", json_response("the measurement", ref("Measurement"))}},
+                                         {E::BadRequest, E::MissingField, E::InvalidPixelSize, E::InvalidGa, E::InvalidPregnancyId,
+                                          E::InvalidDate, E::ImageUnreadable, E::Unauthorized, E::PayloadTooLarge, E::NoHeadFound,
+                                          E::StorageFailed, E::ModelLoading, E::ModelUnavailable})}};
+}
+
+json segment_path() {
+    const json contour = object({{"contour", {{"type", "array"}, {"items", ref("Point")}, {"description", "closed polygon, px"}}},
+                                 {"confidence", num("mean |2p-1| in the head")},
+                                 {"detection_score", num("0..1")},
+                                 {"area_px", num("head area")}});
+    const json ok{{"description", "the mask or the contour"},
+                  {"content",
+                   {{"image/png", {{"schema", {{"type", "string"}, {"format", "binary"}}}}},
+                    {"application/json", {{"schema", contour}}}}}};
+    return {{"summary", "Segment the head: a mask PNG (255 = head; headers X-Detection-Score, X-Confidence) or JSON contour"},
+            {"security", kSecured},
+            {"requestBody", image_form({{"format", {{"type", "string"}, {"enum", {"png", "json"}}, {"default", "png"}}}}, {"image"})},
+            {"responses", responses_with({{"200", ok}}, {E::BadRequest, E::MissingField, E::InvalidField, E::ImageUnreadable,
+                                                         E::Unauthorized, E::PayloadTooLarge, E::NoHeadFound, E::ModelLoading,
+                                                         E::ModelUnavailable})}};
+}
+
+json fit_path() {
+    const json points = object({{"points", {{"type", "array"}, {"items", ref("Point")}, {"maxItems", 20000}}}});
+    json points_body = points;
+    points_body["required"] = {"points"};
+    const json body{{"required", true},
+                    {"content",
+                     {{"application/json", {{"schema", points_body}}},
+                      {"multipart/form-data", {{"schema", object({{"mask", {{"type", "string"}, {"format", "binary"}}}})}}}}}};
+    const json fitted = object({{"ellipse_px", ref("Ellipse")},
+                                {"rms_px", num("RMS orthogonal residual of the inliers")},
+                                {"inliers", integer()},
+                                {"points", integer()}});
+    return {{"summary", "Fit an ellipse to a mask image (multipart field mask or image; white = head) or to points"},
+            {"security", kSecured},
+            {"requestBody", body},
+            {"responses", responses_with({{"200", json_response("the fitted ellipse", fitted)}},
+                                         {E::BadRequest, E::MissingField, E::InvalidPoints, E::ImageUnreadable, E::Unauthorized,
+                                          E::PayloadTooLarge, E::NoEllipseFit, E::EmptyMask})}};
+}
+
+json perimeter_path() {
+    json body = object({{"ellipse_px", ref("Ellipse")}, {"pixel_size_mm", num("mm per pixel")}, {"ga_weeks", num("known GA")}});
+    body["required"] = {"ellipse_px", "pixel_size_mm"};
+    return {{"summary", "HC, BPD, OFD, cephalic index, GA and centile from an ellipse and a pixel size"},
+            {"security", kSecured},
+            {"requestBody", json_body(body)},
+            {"responses", responses_with({{"200", json_response("the numbers", ref("Numbers"))}},
+                                         {E::BadRequest, E::MissingField, E::InvalidEllipse, E::InvalidPixelSize, E::InvalidGa,
+                                          E::Unauthorized, E::PayloadTooLarge})}};
+}
+
+void history_paths(json& paths) {
     paths["/v1/exams"]["post"] = {
         {"summary", "Save an accepted (possibly corrected) measurement as an exam; the numbers are recomputed from the ellipse"},
-        {"security", secured},
+        {"security", kSecured},
         {"requestBody", json_body(ref("ExamInput"))},
-        {"responses", {{"201", json_response("the stored exam", ref("Exam"))}, {"400", bad}, {"401", unauthorized}}}};
-    const json id_param = {{"name", "id"}, {"in", "path"}, {"required", true}, {"schema", {{"type", "string"}}}};
+        {"responses", responses_with({{"201", json_response("the stored exam", ref("Exam"))}},
+                                     {E::BadRequest, E::MissingField, E::InvalidField, E::InvalidPregnancyId, E::InvalidDate,
+                                      E::InvalidImageId, E::UnknownImage, E::InvalidPixelSize, E::InvalidEllipse, E::InvalidGa,
+                                      E::Unauthorized, E::PayloadTooLarge, E::StorageFailed})}};
+    const json id_param = {{"name", "id"}, {"in", "path"}, {"required", true}, {"schema", str()}};
+    const std::vector<ErrorCode> pregnancy_errors{E::InvalidPregnancyId, E::PregnancyNotFound, E::StorageFailed};
     paths["/v1/pregnancies/{id}"]["get"] = {
         {"summary", "Exam history of a pregnancy, sorted by exam date"},
         {"parameters", {id_param}},
-        {"responses", {{"200", json_response("the history", ref("History"))}, {"400", bad}, {"404", error_response("unknown pregnancy")}}}};
+        {"responses", responses_with({{"200", json_response("the history", ref("History"))}}, pregnancy_errors)}};
     paths["/v1/pregnancies/{id}/export.csv"]["get"] = {
-        {"summary", "The history as CSV with a header row"},
+        {"summary", "The history as CSV with a header row (text cells quoted as needed and formula-neutralised)"},
         {"parameters", {id_param}},
-        {"responses", {{"200", {{"description", "text/csv"}}}, {"400", bad}, {"404", error_response("unknown pregnancy")}}}};
+        {"responses", responses_with({{"200", {{"description", "text/csv"}}}}, pregnancy_errors)}};
+    const json sha_param = {
+        {"name", "sha256"}, {"in", "path"}, {"required", true}, {"schema", {{"type", "string"}, {"pattern", "^[0-9a-f]{64}$"}}}};
     paths["/v1/images/{sha256}"]["get"] = {
         {"summary", "A stored image by its SHA-256"},
-        {"parameters", {{{"name", "sha256"}, {"in", "path"}, {"required", true}, {"schema", {{"type", "string"}, {"pattern", "^[0-9a-f]{64}$"}}}}}},
-        {"responses", {{"200", {{"description", "the image bytes"}}}, {"400", bad}, {"404", error_response("unknown image")}}}};
-    paths["/v1/growth-curve"]["get"] = {
-        {"summary", "INTERGROWTH-21st HC standard: 3rd, 50th and 97th centiles (mm) for GA 14..40 weeks in 0.5-week steps"},
-        {"responses",
-         {{"200",
-           json_response("the curves", {{"type", "object"},
-                                        {"properties",
-                                         {{"ga_weeks", {{"type", "array"}, {"items", {{"type", "number"}}}}},
-                                          {"p3", {{"type", "array"}, {"items", {{"type", "number"}}}}},
-                                          {"p50", {{"type", "array"}, {"items", {{"type", "number"}}}}},
-                                          {"p97", {{"type", "array"}, {"items", {{"type", "number"}}}}}}}})}}}};
+        {"parameters", {sha_param}},
+        {"responses", responses_with({{"200", {{"description", "the image bytes"}}}},
+                                     {E::InvalidImageId, E::ImageNotFound, E::StorageFailed})}};
+}
+
+}  // namespace
+
+std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
+    json paths;
+    site_paths(paths);
+    paths["/v1/measure"]["post"] = measure_path();
+    paths["/v1/segment"]["post"] = segment_path();
+    paths["/v1/fit-ellipse"]["post"] = fit_path();
+    paths["/v1/perimeter"]["post"] = perimeter_path();
+    history_paths(paths);
+    const std::string description =
+        "Fetal head circumference from 2D ultrasound: segmentation, ellipse fit, HC/BPD/OFD, GA and centiles, with a "
+        "per-pregnancy history. Lengths in mm unless a name ends in _px. Every POST needs a bearer token when the server "
+        "runs with a token file (always when bound to a non-loopback address). Request bodies over " +
+        std::to_string(max_upload_bytes) + " bytes get 413 payload_too_large. Every error is {\"error\": {\"code\", "
+        "\"message\"}} (schema Error, which lists the codes).";
     json doc{{"openapi", "3.0.3"},
-             {"info",
-              {{"title", "fetalhc"},
-               {"version", version},
-               {"description", "Fetal head circumference from 2D ultrasound: segmentation, ellipse fit, HC/BPD/OFD, GA and "
-                               "centiles, with a per-pregnancy history. Lengths in mm unless a name ends in _px. Every POST "
-                               "needs a bearer token when the server runs with a token file (always when bound to a "
-                               "non-loopback address)."}}},
+             {"info", {{"title", "fetalhc"}, {"version", version}, {"description", description}}},
              {"paths", paths},
              {"components",
               {{"schemas", schemas()}, {"securitySchemes", {{"bearerAuth", {{"type", "http"}, {"scheme", "bearer"}}}}}}}};

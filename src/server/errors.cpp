@@ -1,0 +1,53 @@
+#include "errors.h"
+
+#include <stdexcept>
+
+namespace fetalhc::server {
+
+const std::vector<ErrorInfo>& error_catalog() {
+    using E = ErrorCode;
+    static const std::vector<ErrorInfo> catalog{
+        {E::BadRequest, "bad_request", 400,
+         "the request is not in the form the endpoint reads (not multipart/form-data, not a JSON object, malformed HTTP)"},
+        {E::MissingField, "missing_field", 400, "a required form field, file or JSON key is absent"},
+        {E::InvalidField, "invalid_field", 400, "a field has the wrong type or a value outside those listed for it"},
+        {E::InvalidPixelSize, "invalid_pixel_size", 400, "the pixel size is not a number of mm per pixel in (0, 2]"},
+        {E::InvalidGa, "invalid_ga", 400, "the gestational age is not a number of weeks in (0, 45)"},
+        {E::InvalidPregnancyId, "invalid_pregnancy_id", 400, "the pregnancy id is not 1 to 64 characters of A-Z a-z 0-9 _ . -"},
+        {E::InvalidDate, "invalid_date", 400, "the date is not a calendar date written YYYY-MM-DD"},
+        {E::InvalidEllipse, "invalid_ellipse", 400, "the ellipse lacks a finite centre, positive semi-axes or an angle"},
+        {E::InvalidPoints, "invalid_points", 400, "the points are not an array of [x, y] pairs, or there are too many"},
+        {E::InvalidImageId, "invalid_image_id", 400, "an image id is not a SHA-256 (64 hex digits)"},
+        {E::UnknownImage, "unknown_image", 400, "the exam names an image that was never uploaded (POST /v1/measure first)"},
+        {E::ImageUnreadable, "image_unreadable", 400,
+         "the upload is empty, not a PNG, JPEG, BMP or TIFF image, corrupt, or too small to hold a head"},
+        {E::Unauthorized, "unauthorized", 401, "the bearer token is missing or wrong (servers started with a token file)"},
+        {E::NotFound, "not_found", 404, "no endpoint or web page file at this path"},
+        {E::PregnancyNotFound, "pregnancy_not_found", 404, "no exam was ever saved for this pregnancy id"},
+        {E::ImageNotFound, "image_not_found", 404, "no stored image has this SHA-256"},
+        {E::PayloadTooLarge, "payload_too_large", 413, "the request body is larger than the server's upload limit"},
+        {E::NoHeadFound, "no_head_found", 422, "no fetal head was found in the image, or none that an ellipse fits"},
+        {E::NoEllipseFit, "no_ellipse_fit", 422, "no ellipse fits the points or the mask sent"},
+        {E::EmptyMask, "empty_mask", 422, "the mask has no white (head) region to fit"},
+        {E::StorageFailed, "storage_failed", 500, "the database or the image folder could not be read or written"},
+        {E::Internal, "internal", 500, "an unexpected failure inside the server (a bug: report it with the server log)"},
+        {E::ModelLoading, "model_loading", 503, "the model is still loading; retry in a few seconds (GET /health says when)"},
+        {E::ModelUnavailable, "model_unavailable", 503, "the model failed to load; the server must be restarted with a good --model"},
+    };
+    return catalog;
+}
+
+const ErrorInfo& error_info(ErrorCode code) {
+    const auto& all = error_catalog();
+    const size_t i = size_t(code);
+    if (i >= all.size() || all[i].code != code) throw std::logic_error("error_catalog is out of step with ErrorCode");
+    return all[i];
+}
+
+nlohmann::json error_body(const ApiError& e) {
+    return {{"error", {{"code", error_info(e.code).name}, {"message", e.message}}}};
+}
+
+HttpResponse error_response(const ApiError& e) { return json_response(error_info(e.code).http_status, error_body(e)); }
+
+}  // namespace fetalhc::server

@@ -1,0 +1,71 @@
+// The HTTP API as plain functions: the route table and the one entry point, handle(), that turns
+// a request value into a response value. No sockets: the transport (transport.cpp) calls handle()
+// for every request, tests call it directly.
+//
+//   Engine engine(2); auto store = Store::open(db); HttpMetrics metrics;
+//   Services s{**store, engine, metrics, openapi_json("0.1.0", 20u << 20)};
+//   HttpRequest req; req.path = "/v1/growth-curve";
+//   HttpResponse res = handle(req, s);   // 200, application/json
+//
+// handle() never throws: validation failures (ApiError) become their error response, any other
+// exception a 500 "internal" response (logged). Unknown paths get 404 not_found. The bearer token
+// is the transport's business (route_needs_token says which routes it guards).
+// Thread safety: handle() may be called from many threads at once (Services' members are).
+#pragma once
+
+#include "http_metrics.h"
+#include "http_types.h"
+#include "service.h"
+
+#include "fetalhc/ellipse.h"
+#include "fetalhc/store.h"
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fetalhc::server {
+
+// What the handlers work with (owned by the server, or by a test).
+struct Services {
+    Store& store;
+    Engine& engine;
+    HttpMetrics& metrics;     // fed by the transport, read by GET /metrics
+    std::string openapi;      // the document served at /openapi.json
+};
+
+using Handler = HttpResponse (*)(const HttpRequest&, Services&);
+
+struct Route {
+    std::string method;   // GET or POST
+    std::string pattern;  // e.g. "/v1/pregnancies/{id}"; "{name*}" as the last segment takes the rest of the path
+    Handler handler;
+};
+
+// Every route, in matching order.
+const std::vector<Route>& route_table();
+
+struct RouteMatch {
+    const Route* route;
+    std::map<std::string, std::string> params;  // the {name} segments of the pattern
+};
+// The route for a method (HEAD = GET) and a path, with its path parameters.
+std::optional<RouteMatch> match_route(const std::string& method, const std::string& path);
+
+// POST routes change or compute things: a server with a token requires it on them.
+bool route_needs_token(const Route& r);
+
+// Routes `req` (its path_params are set from the pattern) and runs the handler.
+HttpResponse handle(HttpRequest req, Services& services);
+
+// ---- pieces shared by the route files -----------------------------------------------------------
+std::vector<Route> site_routes();     // routes_site.cpp: page, static files, openapi, health, metrics, growth curve
+std::vector<Route> measure_routes();  // routes_measure.cpp: measure and the stages
+std::vector<Route> exam_routes();     // routes_exams.cpp: exams, pregnancies, images
+
+nlohmann::json ellipse_json(const Ellipse& e);
+// The numbers of an ellipse (no image): measurement_from_ellipse with quality set from its reasons.
+Measurement ellipse_numbers(const Ellipse& e, double pixel_size_mm, std::optional<double> ga_weeks);
+
+}  // namespace fetalhc::server

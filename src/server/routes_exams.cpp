@@ -1,0 +1,152 @@
+// Routes of the history: accepted exams, a pregnancy's exams (JSON and CSV) and stored images.
+#include "routes.h"
+#include "validation.h"
+
+#include "fetalhc/csv.h"
+
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+namespace fetalhc::server {
+namespace {
+
+json opt_json(const std::optional<double>& v) { return v ? json(*v) : json(nullptr); }
+
+json exam_json(const Exam& e) {
+    return {{"id", e.id},
+            {"pregnancy_id", e.pregnancy_id},
+            {"exam_date", e.exam_date},
+            {"image_sha256", e.image_sha256},
+            {"image_url", "/v1/images/" + e.image_sha256},
+            {"pixel_size_mm", e.pixel_size_mm},
+            {"ellipse_px", ellipse_json(e.ellipse_px)},
+            {"hc_mm", e.hc_mm},
+            {"bpd_mm", e.bpd_mm},
+            {"ofd_mm", e.ofd_mm},
+            {"ga_hadlock_weeks", opt_json(e.ga_hadlock_weeks)},
+            {"ga_intergrowth_weeks", opt_json(e.ga_intergrowth_weeks)},
+            {"ga_weeks_given", opt_json(e.ga_weeks_given)},
+            {"centile", opt_json(e.centile)},
+            {"quality", e.quality},
+            {"reasons", e.reasons},
+            {"corrected", e.corrected},
+            {"accepted", e.accepted},
+            {"created_at", e.created_at}};
+}
+
+// Image type from its first bytes (stored images keep no extension).
+std::string sniff_image_type(const std::string& b) {
+    auto starts = [&](const std::string& magic) { return b.compare(0, magic.size(), magic) == 0; };
+    if (starts("\x89PNG")) return "image/png";
+    if (starts("\xFF\xD8")) return "image/jpeg";
+    if (starts("BM")) return "image/bmp";
+    if (starts(std::string("II*\0", 4)) || starts(std::string("MM\0*", 4))) return "image/tiff";
+    return "application/octet-stream";
+}
+
+void optional_number(CsvWriter& w, const std::optional<double>& v, int digits) {
+    if (v) w.number(*v, digits);
+    else w.empty();
+}
+
+// One row per exam; ids, dates, hashes, quality and reasons are text cells (quoted and
+// formula-neutralised by CsvWriter: a reason or id may be chosen by a client).
+std::string history_csv(const History& h) {
+    std::ostringstream out;
+    CsvWriter w(out);
+    for (const char* name :
+         {"exam_id", "pregnancy_id", "exam_date", "image_sha256", "pixel_size_mm", "center_x_px", "center_y_px", "semi_axis_a_px",
+          "semi_axis_b_px", "angle_rad", "hc_mm", "bpd_mm", "ofd_mm", "ga_hadlock_weeks", "ga_intergrowth_weeks", "ga_weeks_given",
+          "centile", "quality", "reasons", "corrected", "accepted", "created_at"})
+        w.raw(name);
+    w.end_row();
+    for (const Exam& e : h.exams) {
+        std::string reasons;
+        for (size_t i = 0; i < e.reasons.size(); ++i) reasons += (i ? "; " : "") + e.reasons[i];
+        const Ellipse& el = e.ellipse_px;
+        w.integer(e.id).text(e.pregnancy_id).text(e.exam_date).text(e.image_sha256).number(e.pixel_size_mm, 6);
+        w.number(el.cx, 3).number(el.cy, 3).number(el.a, 3).number(el.b, 3).number(el.angle, 6);
+        w.number(e.hc_mm, 2).number(e.bpd_mm, 2).number(e.ofd_mm, 2);
+        optional_number(w, e.ga_hadlock_weeks, 2);
+        optional_number(w, e.ga_intergrowth_weeks, 2);
+        optional_number(w, e.ga_weeks_given, 2);
+        optional_number(w, e.centile, 1);
+        w.text(e.quality).text(reasons).raw(e.corrected ? "true" : "false").raw(e.accepted ? "true" : "false").text(e.created_at);
+        w.end_row();
+    }
+    return out.str();
+}
+
+HttpResponse add_exam(const HttpRequest& req, Services& s) {
+    ExamInput in = parse_exam_input(parse_json_body(req));
+    Exam& ex = in.exam;
+    if (!s.store.image_path(ex.image_sha256))
+        fail(ErrorCode::UnknownImage, "'image_sha256' names no stored image; upload the image with POST /v1/measure first");
+    const Measurement m = ellipse_numbers(ex.ellipse_px, ex.pixel_size_mm, ex.ga_weeks_given);
+    ex.hc_mm = m.hc_mm;
+    ex.bpd_mm = m.bpd_mm;
+    ex.ofd_mm = m.ofd_mm;
+    if (m.ga_hadlock.in_range) ex.ga_hadlock_weeks = m.ga_hadlock.weeks;
+    if (m.ga_intergrowth.in_range) ex.ga_intergrowth_weeks = m.ga_intergrowth.weeks;
+    if (m.centile && m.centile->in_range) ex.centile = m.centile->centile;
+    ex.quality = in.quality.value_or(m.quality);
+    ex.reasons = in.reasons.value_or(m.reasons);
+    ex.accepted = true;
+    auto saved = s.store.add_exam(ex);
+    if (!saved) fail(ErrorCode::StorageFailed, saved.error());
+    return json_response(201, exam_json(*saved));
+}
+
+HttpResponse image(const HttpRequest& req, Services& s) {
+    const std::string sha = check_image_id(req.path_params.at("sha256"));
+    auto path = s.store.image_path(sha);
+    if (!path) fail(ErrorCode::ImageNotFound, "no stored image with this SHA-256; upload it with POST /v1/measure");
+    std::ifstream in(*path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in.good() && !in.eof())
+        fail(ErrorCode::StorageFailed, "cannot read the stored image; check the image folder next to the database");
+    HttpResponse r;
+    r.content_type = sniff_image_type(bytes);
+    r.body = std::move(bytes);
+    r.headers = {{"Cache-Control", "private, max-age=31536000, immutable"}};
+    return r;
+}
+
+// The history of the pregnancy in the path; pregnancy_not_found when it has no exam.
+History pregnancy_history(const HttpRequest& req, Services& s) {
+    const std::string& id = req.path_params.at("id");
+    check_pregnancy_id(id, "pregnancy id");
+    auto h = s.store.history(id);
+    if (!h) fail(ErrorCode::StorageFailed, h.error());
+    if (!h->found) fail(ErrorCode::PregnancyNotFound, "no pregnancy with this id; exams are saved with POST /v1/exams");
+    return std::move(*h);
+}
+
+HttpResponse pregnancy(const HttpRequest& req, Services& s) {
+    const History h = pregnancy_history(req, s);
+    json exams = json::array();
+    for (const auto& e : h.exams) exams.push_back(exam_json(e));
+    return json_response(200, {{"pregnancy_id", req.path_params.at("id")}, {"exams", exams}});
+}
+
+HttpResponse pregnancy_csv(const HttpRequest& req, Services& s) {
+    const History h = pregnancy_history(req, s);
+    HttpResponse r;
+    r.content_type = "text/csv; charset=utf-8";
+    r.body = history_csv(h);
+    // The id is checked: only [A-Za-z0-9_.-], safe inside the quoted file name.
+    r.headers = {{"Content-Disposition", "attachment; filename=\"pregnancy-" + req.path_params.at("id") + ".csv\""}};
+    return r;
+}
+
+}  // namespace
+
+std::vector<Route> exam_routes() {
+    return {{"POST", "/v1/exams", add_exam},
+            {"GET", "/v1/images/{sha256}", image},
+            {"GET", "/v1/pregnancies/{id}", pregnancy},
+            {"GET", "/v1/pregnancies/{id}/export.csv", pregnancy_csv}};
+}
+
+}  // namespace fetalhc::server

@@ -1,0 +1,112 @@
+// Routes that measure: the whole pipeline (POST /v1/measure) and its stages on their own
+// (segment, fit-ellipse, perimeter).
+#include "routes.h"
+#include "service.h"
+#include "validation.h"
+
+#include "fetalhc/measure.h"
+#include "fetalhc/segmenter.h"
+
+#include <opencv2/imgcodecs.hpp>
+
+namespace fetalhc::server {
+namespace {
+
+constexpr size_t kMaxFitPoints = 20000;  // a head boundary needs hundreds; bounds the RANSAC cost
+
+HttpResponse measure(const HttpRequest& req, Services& s) {
+    const UploadedFile& up = require_upload(req, "image");
+    MeasureOptions o;
+    o.pixel_size_mm = form_pixel_size(req);
+    o.ga_weeks = form_ga(req);
+    const auto pid = form_pregnancy_id(req);
+    const auto date = form_exam_date(req);
+    auto r = measure_and_store(s.engine, s.store, up.bytes, upload_name(up), o);
+    const StoredMeasurement& m = r.value_or_throw();
+    json j = to_json(m.measurement);
+    j["timings_ms"]["queue"] = m.queue_ms;  // waiting for a network slot (not part of total)
+    j["image_sha256"] = m.image_sha256;
+    j["image_url"] = "/v1/images/" + m.image_sha256;
+    if (pid) j["pregnancy_id"] = *pid;
+    if (date) j["exam_date"] = *date;
+    return json_response(200, j);
+}
+
+HttpResponse mask_png(const Segmentation& seg, const Boundary& b) {
+    const cv::Mat mask = seg.probability_full() >= 0.5f;
+    std::vector<unsigned char> png;
+    cv::imencode(".png", mask, png);
+    HttpResponse r;
+    r.content_type = "image/png";
+    r.body.assign(png.begin(), png.end());
+    r.headers = {{"X-Detection-Score", std::to_string(seg.presence)}, {"X-Confidence", std::to_string(b.mean_confidence)}};
+    return r;
+}
+
+HttpResponse segment(const HttpRequest& req, Services& s) {
+    const UploadedFile& up = require_upload(req, "image");
+    const std::string format = form_text(req, "format").value_or("png");
+    if (format != "png" && format != "json")
+        fail(ErrorCode::InvalidField, "'format' must be 'png' (mask image) or 'json' (contour)");
+    const cv::Mat gray = decode_image(up.bytes, upload_name(up)).value_or_throw();
+    const auto model = s.engine.measurer().value_or_throw();
+    Segmentation seg;
+    {
+        SlotGuard slot(s.engine.slots());
+        seg = model->segmenter().segment(gray);
+    }
+    const Boundary b = extract_boundary(seg, gray);
+    if (!b.found)
+        fail(ErrorCode::NoHeadFound, "no fetal head found in '" + upload_name(up) + "' (detection score " +
+                                         std::to_string(seg.presence) + "); check that the image is a head in the standard HC plane");
+    if (format == "png") return mask_png(seg, b);
+    json pts = json::array();
+    for (const cv::Point& p : mask_outline(seg.probability_full() >= 0.5f)) pts.push_back({p.x, p.y});
+    return json_response(200, {{"contour", pts}, {"confidence", b.mean_confidence}, {"detection_score", seg.presence},
+                               {"area_px", b.area_px}});
+}
+
+HttpResponse fit_ellipse_route(const HttpRequest& req, Services&) {
+    std::vector<cv::Point2d> pts;
+    std::string what;
+    if (req.multipart) {
+        const UploadedFile& up = require_upload(req, req.files.count("mask") ? "mask" : "image");
+        const Boundary b = mask_boundary(decode_image(up.bytes, upload_name(up)).value_or_throw());
+        if (!b.found)
+            fail(ErrorCode::EmptyMask,
+                 "the mask '" + upload_name(up) + "' has no white region to fit; send a mask with the head in white (255)");
+        pts = b.points;
+        what = "the mask '" + upload_name(up) + "'";
+    } else {
+        pts = json_points(parse_json_body(req), kMaxFitPoints);
+        what = std::to_string(pts.size()) + " points";
+    }
+    const EllipseFit f = fit_ellipse(pts);
+    if (!f.ok) fail(ErrorCode::NoEllipseFit, "cannot fit an ellipse to " + what + ": " + f.message);
+    return json_response(200, {{"ellipse_px", ellipse_json(f.ellipse)}, {"rms_px", f.rms_px}, {"inliers", f.inliers},
+                               {"points", f.points}});
+}
+
+HttpResponse perimeter(const HttpRequest& req, Services&) {
+    const json body = parse_json_body(req);
+    const Ellipse e = json_ellipse(body, "ellipse_px");
+    const double px = json_number(body, "pixel_size_mm", ErrorCode::InvalidPixelSize);
+    check_pixel_size_value(px, "pixel_size_mm");
+    const json all = to_json(ellipse_numbers(e, px, json_ga(body)));
+    json out;
+    for (const char* k : {"pixel_size_mm", "hc_mm", "bpd_mm", "ofd_mm", "cephalic_index", "ellipse_px", "ellipse_mm", "ga_hadlock",
+                          "ga_intergrowth", "ga_weeks_given", "centile", "quality", "reasons"})
+        if (all.contains(k)) out[k] = all[k];
+    return json_response(200, out);
+}
+
+}  // namespace
+
+std::vector<Route> measure_routes() {
+    return {{"POST", "/v1/measure", measure},
+            {"POST", "/v1/segment", segment},
+            {"POST", "/v1/fit-ellipse", fit_ellipse_route},
+            {"POST", "/v1/perimeter", perimeter}};
+}
+
+}  // namespace fetalhc::server

@@ -1,0 +1,107 @@
+// The work behind the transports, without HTTP: the network (loaded once, shared, run by a
+// bounded number of requests at once) and "measure an image and keep it". The HTTP routes call
+// these; a DICOM C-STORE node calls the same with the bytes and pixel spacing of a received
+// object, and maps the ApiError codes (errors.h) to its own statuses.
+//
+//   Engine engine(/*slots=*/2);
+//   std::thread([&] { engine.load("models/fetalhc_unet.pt", /*torch_threads=*/1); }).detach();
+//   auto store = Store::open("fetalhc.db");
+//   MeasureOptions o; o.pixel_size_mm = 0.13;
+//   Result<StoredMeasurement> r = measure_and_store(engine, **store, png_bytes, "scan.png", o);
+//   if (r) use(r->measurement, r->image_sha256); else report(r.error().code, r.error().message);
+//
+// Errors (ApiError codes): invalid_pixel_size, invalid_ga, image_unreadable, model_loading,
+// model_unavailable, no_head_found, storage_failed.
+// Thread safety: every Engine member and measure_and_store may be called from many threads at
+// once; at most `slots` of them run the network at the same time, the others wait their turn
+// (first come, first served).
+#pragma once
+
+#include "errors.h"
+
+#include "fetalhc/measure.h"
+#include "fetalhc/store.h"
+
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace fetalhc::server {
+
+// How many requests may run the network at once. Waiting requests are admitted first come, first
+// served (tickets), so that under load no request waits much longer than the others.
+class Slots {
+public:
+    explicit Slots(int n);
+    void acquire();
+    void release();
+    int in_use() const;
+    int total() const { return int(total_); }
+
+private:
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    unsigned long long next_ = 0, released_ = 0;
+    const unsigned long long total_;
+};
+
+// Holds a slot for its lifetime.
+class SlotGuard {
+public:
+    explicit SlotGuard(Slots& s) : slots_(s) { slots_.acquire(); }
+    ~SlotGuard() { slots_.release(); }
+    SlotGuard(const SlotGuard&) = delete;
+    SlotGuard& operator=(const SlotGuard&) = delete;
+
+private:
+    Slots& slots_;
+};
+
+// The model and its loading state (Loading until load() ends, then Ready or Failed), and the
+// slots that bound how many callers run the network at once.
+class Engine {
+public:
+    enum class State { Loading, Ready, Failed };
+
+    explicit Engine(int slots);
+    // Loads the model (blocking: call it on a background thread). torch_threads: LibTorch threads
+    // per request; 0 = cores / slots (at least 1).
+    void load(const std::string& model_path, int torch_threads);
+
+    State state() const;
+    std::string load_error() const;     // why loading failed ("" otherwise)
+    bool ready() const { return state() == State::Ready; }
+    // Blocks until loading ends (or the timeout passes); true when ready.
+    bool wait_ready(double timeout_s) const;
+    // The loaded model, or model_loading / model_unavailable.
+    Result<std::shared_ptr<const Measurer>> measurer() const;
+    Slots& slots() { return slots_; }
+
+private:
+    mutable std::mutex mu_;
+    mutable std::condition_variable cv_;
+    State state_ = State::Loading;
+    std::string error_;
+    std::shared_ptr<const Measurer> measurer_;
+    Slots slots_;
+};
+
+// Decodes image bytes (PNG, JPEG, BMP, TIFF; any depth) to 8-bit gray; image_unreadable on failure.
+// `name` is used in the message.
+Result<cv::Mat> decode_image(const std::string& bytes, const std::string& name);
+
+struct StoredMeasurement {
+    Measurement measurement;   // timings include the decode; the queue wait is apart
+    std::string image_sha256;  // the image is kept in the store under this id
+    double queue_ms = 0;       // time spent waiting for a network slot
+};
+
+// Checks the pixel size and GA in `options`, decodes the image, measures it on a network slot,
+// and keeps the image bytes in the store (the exam itself is saved later, once a clinician
+// accepts the ellipse: Store::add_exam). `name` labels the image in messages and in
+// Measurement::source.
+Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const std::string& image_bytes,
+                                            const std::string& name, const MeasureOptions& options);
+
+}  // namespace fetalhc::server

@@ -1,0 +1,684 @@
+// The HTTP API without sockets: request values handed to server::handle, response values checked.
+// Every route, its error paths (status, stable code, message), the route table, the error catalog
+// and the OpenAPI document, the measure-and-store service. Only the tests that run the network
+// (RouteModel) need the model file; they skip with a message when it is absent.
+#include "errors.h"
+#include "http_metrics.h"
+#include "openapi.h"
+#include "routes.h"
+#include "server_test_util.h"
+#include "service.h"
+
+#include "fetalhc/ellipse.h"
+#include "fetalhc/growth.h"
+#include "fetalhc/store.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <random>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace fetalhc;
+using namespace fetalhc::server;
+using namespace fetalhc::test;
+
+namespace {
+
+// ---- request builders -------------------------------------------------------------------------
+
+struct Part {
+    std::string name, bytes, filename;
+};
+
+HttpRequest get(const std::string& path) {
+    HttpRequest r;
+    r.path = path;
+    return r;
+}
+
+HttpRequest post_json(const std::string& path, const std::string& body) {
+    HttpRequest r;
+    r.method = "POST";
+    r.path = path;
+    r.headers["content-type"] = "application/json";
+    r.body = body;
+    return r;
+}
+
+// As the transport builds it: every part in `files`, the ones without a file name in `form` too.
+HttpRequest post_form(const std::string& path, const std::vector<Part>& parts) {
+    HttpRequest r;
+    r.method = "POST";
+    r.path = path;
+    r.multipart = true;
+    r.headers["content-type"] = "multipart/form-data; boundary=x";
+    for (const Part& p : parts) {
+        r.files[p.name] = UploadedFile{p.name, p.filename, p.filename.empty() ? "" : "image/png", p.bytes};
+        if (p.filename.empty()) r.form[p.name] = p.bytes;
+    }
+    return r;
+}
+
+std::vector<Part> measure_form(const std::string& image, const std::string& pixel = "0.15") {
+    return {{"image", image, "scan.png"}, {"pixel_size_mm", pixel, ""}};
+}
+
+json body_json(const HttpResponse& r) { return json::parse(r.body, nullptr, false); }
+
+// Error responses: the status, JSON {"error": {"code", "message"}} with the expected code (whose
+// catalog status is the response's) and a non-empty message holding `contains`.
+void expect_error(const HttpResponse& r, int status, const std::string& code, const std::string& contains = "") {
+    EXPECT_EQ(r.status, status) << r.body;
+    EXPECT_EQ(r.content_type, "application/json");
+    const json j = body_json(r);
+    ASSERT_TRUE(j.is_object() && j.contains("error") && j["error"].is_object()) << r.body;
+    ASSERT_TRUE(j["error"]["code"].is_string() && j["error"]["message"].is_string()) << r.body;
+    EXPECT_EQ(j["error"]["code"], code) << r.body;
+    const std::string message = j["error"]["message"];
+    EXPECT_FALSE(message.empty());
+    if (!contains.empty()) EXPECT_NE(message.find(contains), std::string::npos) << message;
+}
+
+// A service set with its own temporary database. The engine stays "loading" unless a test loads
+// a model into it.
+struct Api {
+    explicit Api(const std::string& tag = "routes") : dir(temp_dir(tag)) {
+        auto s = Store::open((dir / "fetalhc.db").string());
+        if (!s) throw std::runtime_error(s.error());
+        store = std::move(*s);
+        services = std::make_unique<Services>(Services{*store, engine, metrics, openapi_json("test", 4u << 20)});
+    }
+    ~Api() {
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+    }
+    HttpResponse operator()(HttpRequest r) const { return handle(std::move(r), *services); }
+
+    fs::path dir;
+    std::unique_ptr<Store> store;
+    Engine engine{2};
+    HttpMetrics metrics;
+    std::unique_ptr<Services> services;
+};
+
+class RouteApi : public ::testing::Test {
+protected:
+    Api api;
+};
+
+}  // namespace
+
+// ---- the route table and the error catalog -----------------------------------------------------
+
+TEST(RouteTable, MatchesPatternsAndFillsPathParameters) {
+    auto m = match_route("GET", "/v1/pregnancies/P-1");
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->route->pattern, "/v1/pregnancies/{id}");
+    EXPECT_EQ(m->params.at("id"), "P-1");
+    m = match_route("GET", "/v1/pregnancies/P-1/export.csv");
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->route->pattern, "/v1/pregnancies/{id}/export.csv");
+    EXPECT_EQ(m->params.at("id"), "P-1");
+    m = match_route("GET", "/static/js/app.js");
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->params.at("file"), "js/app.js");
+    m = match_route("HEAD", "/health");  // HEAD is served as GET
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->route->pattern, "/health");
+    EXPECT_TRUE(match_route("GET", "/"));
+    EXPECT_FALSE(match_route("POST", "/"));
+    EXPECT_FALSE(match_route("GET", "/static/"));
+    EXPECT_FALSE(match_route("GET", "/v1/pregnancies/"));
+    EXPECT_FALSE(match_route("GET", "/v1/pregnancies/a/b"));
+    EXPECT_FALSE(match_route("POST", "/health"));
+    EXPECT_FALSE(match_route("GET", "/v1/measure"));
+    EXPECT_FALSE(match_route("DELETE", "/v1/exams"));
+}
+
+TEST(RouteTable, OnlyPostRoutesNeedTheToken) {
+    for (const Route& r : route_table()) EXPECT_EQ(route_needs_token(r), r.method == "POST") << r.pattern;
+}
+
+TEST(RouteErrors, CatalogCodesAreUniqueSnakeCaseWithOneStatusEach) {
+    std::set<std::string> names;
+    const std::regex snake("[a-z]+(_[a-z]+)*");
+    for (size_t i = 0; i < error_catalog().size(); ++i) {
+        const ErrorInfo& e = error_catalog()[i];
+        EXPECT_EQ(size_t(e.code), i) << e.name;
+        EXPECT_EQ(&error_info(e.code), &e);
+        EXPECT_TRUE(std::regex_match(e.name, snake)) << e.name;
+        EXPECT_TRUE(names.insert(e.name).second) << "duplicate " << e.name;
+        EXPECT_TRUE(std::set<int>({400, 401, 404, 413, 422, 500, 503}).count(e.http_status)) << e.name;
+        EXPECT_GT(std::string(e.meaning).size(), 10u) << e.name;
+    }
+    for (const char* wanted : {"bad_request", "missing_field", "invalid_pixel_size", "image_unreadable", "no_head_found",
+                               "payload_too_large", "unauthorized", "not_found", "model_loading", "internal"})
+        EXPECT_TRUE(names.count(wanted)) << wanted;
+    const HttpResponse r = error_response({ErrorCode::NoHeadFound, "none here"});
+    EXPECT_EQ(r.status, 422);
+    EXPECT_EQ(body_json(r), json::parse(R"({"error": {"code": "no_head_found", "message": "none here"}})"));
+}
+
+TEST_F(RouteApi, UnknownEndpointIsNotFound) {
+    expect_error(api(get("/no/such/endpoint")), 404, "not_found", "openapi");
+    expect_error(api(post_json("/health", "{}")), 404, "not_found");
+}
+
+// ---- site: page, OpenAPI, health, metrics, growth curve -----------------------------------------
+
+TEST_F(RouteApi, OpenApiDocumentsEveryEndpointAndEveryErrorCode) {
+    const HttpResponse r = api(get("/openapi.json"));
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.content_type, "application/json");
+    const json j = body_json(r);
+    ASSERT_TRUE(j.is_object());
+    EXPECT_EQ(j["openapi"].get<std::string>().substr(0, 2), "3.");
+    for (const char* p : {"/health", "/metrics", "/openapi.json", "/", "/static/{file}", "/v1/measure", "/v1/segment",
+                          "/v1/fit-ellipse", "/v1/perimeter", "/v1/exams", "/v1/pregnancies/{id}",
+                          "/v1/pregnancies/{id}/export.csv", "/v1/images/{sha256}", "/v1/growth-curve"})
+        EXPECT_TRUE(j["paths"].contains(p)) << p;
+    // The Error schema lists every code of the catalog, and explains each.
+    const json& code = j["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"];
+    std::vector<std::string> listed = code["enum"];
+    ASSERT_EQ(listed.size(), error_catalog().size());
+    for (size_t i = 0; i < listed.size(); ++i) {
+        EXPECT_EQ(listed[i], error_catalog()[i].name);
+        EXPECT_NE(code["description"].get<std::string>().find(listed[i]), std::string::npos) << listed[i];
+    }
+    // Every error response of every endpoint has the Error shape.
+    for (const auto& [path, item] : j["paths"].items())
+        for (const auto& [method, op] : item.items())
+            for (const auto& [status, resp] : op["responses"].items()) {
+                if (status[0] != '4' && status[0] != '5') continue;
+                const std::string schema = resp["content"]["application/json"]["schema"]["$ref"];
+                EXPECT_TRUE(schema == "#/components/schemas/Error" || schema == "#/components/schemas/HealthNotReady")
+                    << method << " " << path << " " << status;
+            }
+    EXPECT_NE(j["paths"]["/v1/measure"]["post"]["responses"]["413"]["description"].get<std::string>().find("payload_too_large"),
+              std::string::npos);
+}
+
+TEST_F(RouteApi, ServesTheEmbeddedPageAndChartJs) {
+    const HttpResponse page = api(get("/"));
+    EXPECT_EQ(page.status, 200);
+    EXPECT_EQ(page.content_type.rfind("text/html", 0), 0u);
+    EXPECT_NE(page.body.find("<html"), std::string::npos);
+    const HttpResponse chart = api(get("/static/chart.umd.min.js"));
+    EXPECT_EQ(chart.status, 200);
+    EXPECT_EQ(chart.content_type.rfind("text/javascript", 0), 0u);
+    EXPECT_NE(chart.body.find("Chart"), std::string::npos);
+    expect_error(api(get("/static/no-such-file.js")), 404, "not_found", "no-such-file.js");
+}
+
+// The engine starts "loading": the network routes answer 503, the others work.
+TEST_F(RouteApi, HealthIs503WhileTheModelLoads) {
+    const HttpResponse h = api(get("/health"));
+    expect_error(h, 503, "model_loading");
+    EXPECT_EQ(body_json(h)["status"], "loading");
+    expect_error(api(post_form("/v1/measure", measure_form(synthetic_scan()))), 503, "model_loading", "still loading");
+    EXPECT_FALSE(api.engine.ready());
+    EXPECT_EQ(api(get("/v1/growth-curve")).status, 200);
+}
+
+TEST_F(RouteApi, UnloadableModelGives503) {
+    std::ofstream(api.dir / "not_a_model.pt") << "not a model";
+    api.engine.load((api.dir / "not_a_model.pt").string(), 1);
+    EXPECT_FALSE(api.engine.wait_ready(1));
+    const HttpResponse h = api(get("/health"));
+    expect_error(h, 503, "model_unavailable");
+    EXPECT_EQ(body_json(h)["status"], "failed");
+    expect_error(api(post_form("/v1/measure", measure_form(synthetic_scan()))), 503, "model_unavailable", "model");
+    expect_error(api(post_form("/v1/segment", {{"image", synthetic_scan(), "s.png"}})), 503, "model_unavailable");
+    // Stages that need no network still answer.
+    EXPECT_EQ(api(get("/v1/growth-curve")).status, 200);
+}
+
+TEST_F(RouteApi, MetricsReportTheModelAndSlotGauges) {
+    api.metrics.observe("GET", "/health", 503, 0.002);
+    const HttpResponse r = api(get("/metrics"));
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.content_type.rfind("text/plain", 0), 0u);
+    EXPECT_NE(r.body.find("fetalhc_model_ready 0"), std::string::npos);
+    EXPECT_NE(r.body.find("fetalhc_inference_slots 2"), std::string::npos);
+    EXPECT_NE(r.body.find("fetalhc_http_requests_total{method=\"GET\",route=\"/health\",status=\"503\"} 1"), std::string::npos);
+}
+
+TEST_F(RouteApi, GrowthCurveFollowsTheIntergrowthStandard) {
+    const HttpResponse r = api(get("/v1/growth-curve"));
+    ASSERT_EQ(r.status, 200);
+    const json g = body_json(r);
+    ASSERT_EQ(g["ga_weeks"].size(), 53u);
+    EXPECT_EQ(g["ga_weeks"][0], 14.0);
+    EXPECT_EQ(g["ga_weeks"][52], 40.0);
+    for (size_t i = 0; i < g["ga_weeks"].size(); ++i) {
+        const double w = g["ga_weeks"][i].get<double>();
+        EXPECT_NEAR(g["p50"][i].get<double>(), intergrowth_hc_median(w), 1e-9);
+        EXPECT_NEAR(g["p3"][i].get<double>(), intergrowth_hc_at_centile(w, 3), 1e-9);
+        EXPECT_NEAR(g["p97"][i].get<double>(), intergrowth_hc_at_centile(w, 97), 1e-9);
+        EXPECT_LT(g["p3"][i].get<double>(), g["p50"][i].get<double>());
+        EXPECT_LT(g["p50"][i].get<double>(), g["p97"][i].get<double>());
+    }
+}
+
+// ---- measure and the stages, up to the network ---------------------------------------------------
+
+// Every field is checked before the model is needed: these answer the same with no model.
+TEST_F(RouteApi, MeasureRejectsBadInputWithClearMessages) {
+    const std::string scan = synthetic_scan();
+    expect_error(api(post_form("/v1/measure", {{"pixel_size_mm", "0.15", ""}})), 400, "missing_field", "'image'");
+    expect_error(api(post_form("/v1/measure", {{"image", "", "empty.png"}, {"pixel_size_mm", "0.15", ""}})), 400,
+                 "image_unreadable", "empty");
+    expect_error(api(post_form("/v1/measure", measure_form("this is not an image"))), 400, "image_unreadable",
+                 "not a readable image");
+    expect_error(api(post_form("/v1/measure", {{"image", scan, "scan.png"}})), 400, "missing_field", "pixel_size_mm");
+    for (const char* bad : {"abc", "0", "-0.1", "5", "nan", ""})
+        expect_error(api(post_form("/v1/measure", measure_form(scan, bad))), 400, "invalid_pixel_size", "pixel");
+    auto with = [&](const char* key, const char* value) {
+        auto f = measure_form(scan);
+        f.push_back({key, value, ""});
+        return api(post_form("/v1/measure", f));
+    };
+    expect_error(with("ga_weeks", "sixty"), 400, "invalid_ga", "ga_weeks");
+    expect_error(with("ga_weeks", "60"), 400, "invalid_ga", "ga_weeks");
+    expect_error(with("pregnancy_id", "Jane Doe"), 400, "invalid_pregnancy_id", "pregnancy_id");
+    expect_error(with("exam_date", "2026-02-30"), 400, "invalid_date", "exam_date");
+    expect_error(api(post_json("/v1/measure", "{}")), 400, "bad_request", "multipart");
+    // A valid request reaches the model, which is still loading here.
+    expect_error(api(post_form("/v1/measure", measure_form(scan))), 503, "model_loading");
+}
+
+TEST_F(RouteApi, SegmentRejectsBadInput) {
+    const std::string scan = synthetic_scan();
+    expect_error(api(post_form("/v1/segment", {{"image", scan, "scan.png"}, {"format", "svg", ""}})), 400, "invalid_field",
+                 "format");
+    expect_error(api(post_form("/v1/segment", {{"format", "json", ""}})), 400, "missing_field", "'image'");
+    expect_error(api(post_form("/v1/segment", {{"image", "GIF89a", "x.gif"}})), 400, "image_unreadable");
+    expect_error(api(post_json("/v1/segment", "{}")), 400, "bad_request", "multipart");
+}
+
+TEST_F(RouteApi, FitEllipseFromPointsAndFromAMask) {
+    const Ellipse e{300.5, 210.25, 150, 110, 2.2};
+    json pts = json::array();
+    for (int k = 0; k < 90; ++k) {
+        const cv::Point2d p = ellipse_point(e, 2 * CV_PI * k / 90);
+        pts.push_back({p.x, p.y});
+    }
+    HttpResponse r = api(post_json("/v1/fit-ellipse", json{{"points", pts}}.dump()));
+    ASSERT_EQ(r.status, 200) << r.body;
+    json f = body_json(r);
+    EXPECT_NEAR(f["ellipse_px"]["center_x"].get<double>(), e.cx, 1e-6);
+    EXPECT_NEAR(f["ellipse_px"]["center_y"].get<double>(), e.cy, 1e-6);
+    EXPECT_NEAR(f["ellipse_px"]["semi_axis_a"].get<double>(), e.a, 1e-6);
+    EXPECT_NEAR(f["ellipse_px"]["semi_axis_b"].get<double>(), e.b, 1e-6);
+    EXPECT_NEAR(f["ellipse_px"]["angle_rad"].get<double>(), e.angle, 1e-6);
+    EXPECT_EQ(f["points"], 90);
+    EXPECT_EQ(f["inliers"], 90);
+    EXPECT_LT(f["rms_px"].get<double>(), 1e-6);
+
+    // A filled mask: the half-pixel boundary of a rasterized ellipse is within a fraction of a pixel.
+    r = api(post_form("/v1/fit-ellipse", {{"mask", png(rasterize(e, {640, 480})), "mask.png"}}));
+    ASSERT_EQ(r.status, 200) << r.body;
+    f = body_json(r);
+    EXPECT_NEAR(f["ellipse_px"]["center_x"].get<double>(), e.cx, 0.3);
+    EXPECT_NEAR(f["ellipse_px"]["semi_axis_a"].get<double>(), e.a, 0.5);
+    EXPECT_NEAR(f["ellipse_px"]["semi_axis_b"].get<double>(), e.b, 0.5);
+
+    expect_error(api(post_json("/v1/fit-ellipse", R"({"points": [[1,2],[3,4],[5,6]]})")), 422, "no_ellipse_fit", "cannot fit");
+    expect_error(api(post_json("/v1/fit-ellipse", R"({"points": [[1,2],[3]]})")), 400, "invalid_points", "points");
+    expect_error(api(post_json("/v1/fit-ellipse", R"({"pts": []})")), 400, "missing_field", "points");
+    json many = json::array();
+    for (int k = 0; k < 20001; ++k) many.push_back({k % 640, k % 480});
+    expect_error(api(post_json("/v1/fit-ellipse", json{{"points", many}}.dump())), 400, "invalid_points", "at most");
+    expect_error(api(post_json("/v1/fit-ellipse", "{not json")), 400, "bad_request", "JSON");
+    expect_error(api(post_form("/v1/fit-ellipse", {{"mask", png(cv::Mat::zeros(100, 100, CV_8U)), "m.png"}})), 422, "empty_mask",
+                 "white");
+}
+
+TEST_F(RouteApi, PerimeterGivesTheNumbersOfAnEllipse) {
+    const json ell{{"center_x", 400}, {"center_y", 270}, {"semi_axis_a", 120}, {"semi_axis_b", 95}, {"angle_rad", 0.3}};
+    const HttpResponse r = api(post_json("/v1/perimeter", json{{"ellipse_px", ell}, {"pixel_size_mm", kPixelMm}, {"ga_weeks", 21}}.dump()));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json p = body_json(r);
+    EXPECT_NEAR(p["hc_mm"].get<double>(), ramanujan_perimeter(120 * kPixelMm, 95 * kPixelMm), 1e-9);
+    EXPECT_NEAR(p["bpd_mm"].get<double>(), 2 * 95 * kPixelMm, 1e-9);
+    EXPECT_NEAR(p["ofd_mm"].get<double>(), 2 * 120 * kPixelMm, 1e-9);
+    EXPECT_NEAR(p["cephalic_index"].get<double>(), 100.0 * 95 / 120, 1e-9);
+    EXPECT_NEAR(p["ellipse_mm"]["semi_axis_a"].get<double>(), 120 * kPixelMm, 1e-9);
+    const Centile c = intergrowth_hc_centile(p["hc_mm"].get<double>(), 21);
+    EXPECT_NEAR(p["centile"]["centile"].get<double>(), c.centile, 1e-9);
+    const GaEstimate h = hadlock_ga(p["hc_mm"].get<double>());
+    EXPECT_EQ(p["ga_hadlock"]["in_range"].get<bool>(), h.in_range);
+    if (h.in_range) EXPECT_NEAR(p["ga_hadlock"]["weeks"].get<double>(), h.weeks, 1e-9);
+
+    expect_error(api(post_json("/v1/perimeter", json{{"ellipse_px", ell}}.dump())), 400, "missing_field", "pixel_size_mm");
+    expect_error(api(post_json("/v1/perimeter", json{{"ellipse_px", ell}, {"pixel_size_mm", 3}}.dump())), 400, "invalid_pixel_size",
+                 "pixel");
+    json neg = ell;
+    neg["semi_axis_b"] = -4;
+    expect_error(api(post_json("/v1/perimeter", json{{"ellipse_px", neg}, {"pixel_size_mm", 0.1}}.dump())), 400, "invalid_ellipse",
+                 "semi-axes");
+    json missing = ell;
+    missing.erase("angle_rad");
+    expect_error(api(post_json("/v1/perimeter", json{{"ellipse_px", missing}, {"pixel_size_mm", 0.1}}.dump())), 400,
+                 "invalid_ellipse", "angle_rad");
+    expect_error(api(post_json("/v1/perimeter", json{{"pixel_size_mm", 0.1}}.dump())), 400, "missing_field", "ellipse_px");
+    expect_error(api(post_json("/v1/perimeter", json{{"ellipse_px", ell}, {"pixel_size_mm", 0.1}, {"ga_weeks", "x"}}.dump())), 400,
+                 "invalid_ga", "ga_weeks");
+    expect_error(api(post_json("/v1/perimeter", "[1,2]")), 400, "bad_request", "JSON object");
+}
+
+// ---- exams, pregnancies, images -------------------------------------------------------------------
+
+TEST_F(RouteApi, ExamsBuildAPregnancyHistoryAndCsv) {
+    const std::string id = "hist-" + std::to_string(std::random_device{}() % 100000);
+    // The image as POST /v1/measure would have kept it, and the numbers of its ellipse.
+    auto sha = api.store->put_image(synthetic_scan());
+    ASSERT_TRUE(sha) << sha.error();
+    const json measured = ellipse_json(kHead);
+    const json m = body_json(api(post_json("/v1/perimeter", json{{"ellipse_px", measured}, {"pixel_size_mm", kPixelMm}}.dump())));
+    json ell = measured;
+    ell["semi_axis_a"] = ell["semi_axis_a"].get<double>() + 4;  // the clinician's correction
+    json exam{{"pregnancy_id", id}, {"exam_date", "2026-05-02"}, {"image_sha256", *sha},
+              {"pixel_size_mm", kPixelMm}, {"ellipse_px", ell}, {"corrected", true}, {"ga_weeks", 24},
+              {"quality", m["quality"]}, {"reasons", m["reasons"]}};
+    HttpResponse r = api(post_json("/v1/exams", exam.dump()));
+    ASSERT_EQ(r.status, 201) << r.body;
+    const json saved = body_json(r);
+    EXPECT_GT(saved["id"].get<long long>(), 0);
+    EXPECT_TRUE(saved["accepted"].get<bool>());
+    EXPECT_TRUE(saved["corrected"].get<bool>());
+    // The server recomputes the numbers from the corrected ellipse.
+    const double a = ell["semi_axis_a"].get<double>(), b = ell["semi_axis_b"].get<double>();
+    EXPECT_NEAR(saved["hc_mm"].get<double>(), ramanujan_perimeter(std::max(a, b) * kPixelMm, std::min(a, b) * kPixelMm), 1e-9);
+    EXPECT_NEAR(saved["centile"].get<double>(), intergrowth_hc_centile(saved["hc_mm"].get<double>(), 24).centile, 1e-9);
+    EXPECT_EQ(saved["ga_weeks_given"], 24.0);
+
+    // An earlier exam without GA: no centile; the history is sorted by exam date.
+    exam["exam_date"] = "2026-03-01";
+    exam["corrected"] = false;
+    exam["ellipse_px"] = measured;
+    exam.erase("ga_weeks");
+    r = api(post_json("/v1/exams", exam.dump()));
+    ASSERT_EQ(r.status, 201) << r.body;
+    EXPECT_TRUE(body_json(r)["centile"].is_null());
+
+    const HttpResponse h = api(get("/v1/pregnancies/" + id));
+    ASSERT_EQ(h.status, 200) << h.body;
+    const json hist = body_json(h);
+    EXPECT_EQ(hist["pregnancy_id"], id);
+    ASSERT_EQ(hist["exams"].size(), 2u);
+    EXPECT_EQ(hist["exams"][0]["exam_date"], "2026-03-01");
+    EXPECT_EQ(hist["exams"][1]["exam_date"], "2026-05-02");
+    EXPECT_FALSE(hist["exams"][0]["corrected"].get<bool>());
+    EXPECT_NEAR(hist["exams"][1]["hc_mm"].get<double>(), saved["hc_mm"].get<double>(), 1e-9);
+    for (const char* k : {"id", "exam_date", "image_sha256", "pixel_size_mm", "ellipse_px", "hc_mm", "bpd_mm", "ofd_mm",
+                          "ga_hadlock_weeks", "ga_intergrowth_weeks", "ga_weeks_given", "centile", "quality", "corrected",
+                          "accepted", "created_at"})
+        EXPECT_TRUE(hist["exams"][0].contains(k)) << k;
+
+    const HttpResponse csv = api(get("/v1/pregnancies/" + id + "/export.csv"));
+    EXPECT_EQ(csv.status, 200);
+    EXPECT_EQ(csv.content_type.rfind("text/csv", 0), 0u);
+    EXPECT_NE(csv.header("Content-Disposition").find("pregnancy-" + id + ".csv"), std::string::npos);
+    std::istringstream lines(csv.body);
+    std::string header, row1, row2, extra;
+    std::getline(lines, header);
+    std::getline(lines, row1);
+    std::getline(lines, row2);
+    EXPECT_EQ(header.rfind("exam_id,pregnancy_id,exam_date,", 0), 0u);
+    EXPECT_NE(row1.find(",2026-03-01,"), std::string::npos);
+    EXPECT_NE(row2.find(",2026-05-02,"), std::string::npos);
+    EXPECT_FALSE(std::getline(lines, extra));
+
+}
+
+TEST_F(RouteApi, ExamsAndPregnanciesRejectBadInputWithClearMessages) {
+    expect_error(api(get("/v1/pregnancies/never-seen")), 404, "pregnancy_not_found");
+    expect_error(api(get("/v1/pregnancies/never-seen/export.csv")), 404, "pregnancy_not_found");
+    expect_error(api(get("/v1/pregnancies/bad id")), 400, "invalid_pregnancy_id", "pregnancy id");
+
+    auto sha = api.store->put_image(synthetic_scan());
+    ASSERT_TRUE(sha) << sha.error();
+    const json exam{{"pregnancy_id", "P-1"}, {"exam_date", "2026-05-02"}, {"image_sha256", *sha},
+                    {"pixel_size_mm", kPixelMm}, {"ellipse_px", ellipse_json(kHead)}, {"corrected", true}, {"ga_weeks", 24}};
+    ASSERT_EQ(api(post_json("/v1/exams", exam.dump())).status, 201);  // the exam below is valid but for one field
+    auto bad = [&](const char* key, const json& value, const std::string& code, const std::string& contains) {
+        json e = exam;
+        if (value.is_null()) e.erase(key);
+        else e[key] = value;
+        expect_error(api(post_json("/v1/exams", e.dump())), 400, code, contains);
+    };
+    bad("pregnancy_id", "has space", "invalid_pregnancy_id", "pregnancy_id");
+    bad("pregnancy_id", std::string(65, 'x'), "invalid_pregnancy_id", "pregnancy_id");
+    bad("pregnancy_id", nullptr, "missing_field", "pregnancy_id");
+    bad("exam_date", "14/03/2026", "invalid_date", "exam_date");
+    bad("image_sha256", "abc", "invalid_image_id", "image_sha256");
+    bad("image_sha256", std::string(64, '0'), "unknown_image", "no stored image");
+    bad("pixel_size_mm", -1, "invalid_pixel_size", "pixel");
+    bad("corrected", nullptr, "missing_field", "corrected");
+    bad("corrected", "yes", "invalid_field", "corrected");
+    bad("ellipse_px", "round", "invalid_ellipse", "ellipse_px");
+    bad("quality", "great", "invalid_field", "quality");
+    bad("reasons", "not a list", "invalid_field", "reasons");
+    bad("ga_weeks", 80, "invalid_ga", "ga_weeks");
+    expect_error(api(post_json("/v1/exams", "not json")), 400, "bad_request", "JSON");
+}
+
+// Reasons and ids are chosen by clients: in the CSV they must not run as spreadsheet formulas,
+// and commas, quotes and line breaks must stay inside their cell.
+TEST_F(RouteApi, ExportCsvNeutralisesFormulasAndQuotesText) {
+    auto sha = api.store->put_image("image bytes");
+    ASSERT_TRUE(sha);
+    const std::string id = "-12";  // a valid pseudonym that a spreadsheet would read as a formula
+    const json exam{{"pregnancy_id", id},
+                    {"exam_date", "2026-01-10"},
+                    {"image_sha256", *sha},
+                    {"pixel_size_mm", kPixelMm},
+                    {"ellipse_px", ellipse_json(kHead)},
+                    {"corrected", false},
+                    {"quality", "review"},
+                    {"reasons", {"=HYPERLINK(\"http://x\")", "cut, by the border", "line\nbreak"}}};
+    ASSERT_EQ(api(post_json("/v1/exams", exam.dump())).status, 201);
+    const HttpResponse csv = api(get("/v1/pregnancies/" + id + "/export.csv"));
+    ASSERT_EQ(csv.status, 200) << csv.body;
+    // The id cell gets an apostrophe; the reasons cell too, quoted, its quotes doubled, its comma
+    // and line break kept inside the quotes.
+    EXPECT_NE(csv.body.find(",'-12,2026-01-10,"), std::string::npos) << csv.body;
+    EXPECT_NE(csv.body.find(",review,\"'=HYPERLINK(\"\"http://x\"\"); cut, by the border; line\nbreak\",false,true,"),
+              std::string::npos)
+        << csv.body;
+    // Numbers stay numbers: the semi-axis a of the ellipse, unquoted with 3 decimals.
+    EXPECT_NE(csv.body.find(",170.000,130.000,"), std::string::npos) << csv.body;
+    // One header line and one record (two physical lines, the break being inside the quotes).
+    EXPECT_EQ(std::count(csv.body.begin(), csv.body.end(), '\n'), 3);
+}
+
+TEST_F(RouteApi, ImagesAreValidatedAndLookedUp) {
+    expect_error(api(get("/v1/images/not-a-hash")), 400, "invalid_image_id", "64 hex");
+    expect_error(api(get("/v1/images/" + std::string(64, 'a'))), 404, "image_not_found");
+    const std::string scan = synthetic_scan();
+    auto sha = api.store->put_image(scan);
+    ASSERT_TRUE(sha);
+    std::string upper = *sha;
+    std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char c) { return char(std::toupper(c)); });
+    const HttpResponse img = api(get("/v1/images/" + upper));
+    EXPECT_EQ(img.status, 200);
+    EXPECT_EQ(img.content_type, "image/png");
+    EXPECT_EQ(img.body, scan);
+    EXPECT_NE(img.header("Cache-Control").find("immutable"), std::string::npos);
+}
+
+// ---- the service the transports share -----------------------------------------------------------
+
+TEST_F(RouteApi, MeasureAndStoreChecksItsInputBeforeTheModel) {
+    MeasureOptions o;
+    o.pixel_size_mm = 3;
+    auto r = measure_and_store(api.engine, *api.store, synthetic_scan(), "scan.png", o);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::InvalidPixelSize);
+    o.pixel_size_mm = 0.15;
+    o.ga_weeks = 60;
+    r = measure_and_store(api.engine, *api.store, synthetic_scan(), "scan.png", o);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::InvalidGa);
+    o.ga_weeks.reset();
+    r = measure_and_store(api.engine, *api.store, "not an image", "scan.png", o);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::ImageUnreadable);
+    EXPECT_NE(r.error().message.find("scan.png"), std::string::npos) << r.error().message;
+    r = measure_and_store(api.engine, *api.store, synthetic_scan(), "scan.png", o);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ErrorCode::ModelLoading);
+    // Nothing measured, nothing kept.
+    EXPECT_FALSE(api.store->image_path(sha256_hex(synthetic_scan())));
+}
+
+// ---- with the network (needs the model file) -------------------------------------------------------
+
+namespace {
+
+class RouteModel : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        if (!fs::exists(kModel)) return;
+        api_ = new Api("model");
+        api_->engine.load(kModel, 0);
+        scan_ = synthetic_scan();
+    }
+    static void TearDownTestSuite() {
+        delete api_;
+        api_ = nullptr;
+    }
+    void SetUp() override {
+        if (!api_) GTEST_SKIP() << "model '" << kModel << "' is absent; the tests that run the network need it";
+        ASSERT_TRUE(api_->engine.ready()) << api_->engine.load_error();
+    }
+    static Api* api_;
+    static std::string scan_;
+};
+Api* RouteModel::api_ = nullptr;
+std::string RouteModel::scan_;
+
+}  // namespace
+
+TEST_F(RouteModel, HealthIsReadyAndNamesTheModel) {
+    const HttpResponse r = (*api_)(get("/health"));
+    EXPECT_EQ(r.status, 200);
+    const json j = body_json(r);
+    EXPECT_EQ(j["status"], "ready");
+    EXPECT_EQ(j["model"], fs::path(kModel).filename().string());
+    EXPECT_EQ(j["inference_slots"], 2);
+}
+
+TEST_F(RouteModel, MeasureReturnsTheNumbersAndStoresTheImage) {
+    auto form = measure_form(scan_);
+    form.push_back({"ga_weeks", "22", ""});
+    form.push_back({"pregnancy_id", "test-P1", ""});
+    form.push_back({"exam_date", "2026-03-14", ""});
+    const HttpResponse r = (*api_)(post_form("/v1/measure", form));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json m = body_json(r);
+    ASSERT_TRUE(m.contains("hc_mm")) << m.dump();
+    // HC is the Ramanujan perimeter of the returned ellipse in mm; BPD and OFD its axes.
+    const json& e = m["ellipse_mm"];
+    const double hc = ramanujan_perimeter(e["semi_axis_a"].get<double>(), e["semi_axis_b"].get<double>());
+    EXPECT_NEAR(m["hc_mm"].get<double>(), hc, 1e-9);
+    EXPECT_NEAR(m["bpd_mm"].get<double>(), 2 * e["semi_axis_b"].get<double>(), 1e-9);
+    EXPECT_NEAR(m["ofd_mm"].get<double>(), 2 * e["semi_axis_a"].get<double>(), 1e-9);
+    EXPECT_NEAR(m["ellipse_px"]["semi_axis_a"].get<double>() * kPixelMm, e["semi_axis_a"].get<double>(), 1e-9);
+    // The drawn head: the skull ring is 9 px wide, so allow its width on the axes and a few px on the centre.
+    EXPECT_NEAR(m["ellipse_px"]["center_x"].get<double>(), kHead.cx, 5);
+    EXPECT_NEAR(m["ellipse_px"]["center_y"].get<double>(), kHead.cy, 5);
+    EXPECT_NEAR(m["ellipse_px"]["semi_axis_a"].get<double>(), kHead.a, 9);
+    EXPECT_NEAR(m["ellipse_px"]["semi_axis_b"].get<double>(), kHead.b, 9);
+    EXPECT_TRUE(m["ga_hadlock"].contains("in_range"));
+    EXPECT_TRUE(m["ga_intergrowth"].contains("in_range"));
+    EXPECT_EQ(m["ga_weeks_given"], 22.0);
+    EXPECT_TRUE(m["centile"]["in_range"].get<bool>());
+    EXPECT_TRUE(m["quality"] == "ok" || m["quality"] == "review");
+    EXPECT_TRUE(m["reasons"].is_array());
+    EXPECT_GT(m["timings_ms"]["total"].get<double>(), 0);
+    EXPECT_GT(m["timings_ms"]["decode"].get<double>(), 0);
+    EXPECT_GE(m["timings_ms"]["queue"].get<double>(), 0);
+    EXPECT_EQ(m["source"], "scan.png");
+    EXPECT_EQ(m["pregnancy_id"], "test-P1");
+    EXPECT_EQ(m["exam_date"], "2026-03-14");
+    EXPECT_EQ(m["image_sha256"], sha256_hex(scan_));
+    EXPECT_EQ(m["image_url"], "/v1/images/" + sha256_hex(scan_));
+
+    const HttpResponse img = (*api_)(get(m["image_url"].get<std::string>()));
+    EXPECT_EQ(img.status, 200);
+    EXPECT_EQ(img.content_type, "image/png");
+    EXPECT_EQ(img.body, scan_);
+    // Measuring creates no exam.
+    expect_error((*api_)(get("/v1/pregnancies/test-P1")), 404, "pregnancy_not_found");
+}
+
+// No head in a blank scan: 422, never a made-up ellipse.
+TEST_F(RouteModel, BlankScanHasNoHead) {
+    expect_error((*api_)(post_form("/v1/measure", measure_form(blank_scan()))), 422, "no_head_found");
+    expect_error((*api_)(post_form("/v1/segment", {{"image", blank_scan(), "b.png"}})), 422, "no_head_found", "b.png");
+}
+
+TEST_F(RouteModel, SegmentReturnsAMaskOrAContour) {
+    const HttpResponse r = (*api_)(post_form("/v1/segment", {{"image", scan_, "scan.png"}}));
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.content_type, "image/png");
+    EXPECT_FALSE(r.header("X-Detection-Score").empty());
+    EXPECT_FALSE(r.header("X-Confidence").empty());
+    const cv::Mat mask = cv::imdecode(std::vector<unsigned char>(r.body.begin(), r.body.end()), cv::IMREAD_GRAYSCALE);
+    ASSERT_EQ(mask.size(), cv::Size(800, 540));
+    const cv::Mat truth = rasterize(kHead, mask.size());
+    const double inter = cv::countNonZero(mask & truth), uni = cv::countNonZero(mask | truth);
+    EXPECT_GT(inter / uni, 0.85) << "IoU of the mask with the drawn head";
+
+    const HttpResponse j = (*api_)(post_form("/v1/segment", {{"image", scan_, "scan.png"}, {"format", "json", ""}}));
+    ASSERT_EQ(j.status, 200) << j.body;
+    const json c = body_json(j);
+    ASSERT_TRUE(c["contour"].is_array());
+    EXPECT_GT(c["contour"].size(), 8u);
+    for (const auto& p : c["contour"]) EXPECT_NEAR(distance_to_ellipse(kHead, {p[0].get<double>(), p[1].get<double>()}), 0, 12);
+    EXPECT_GT(c["confidence"].get<double>(), 0);
+    EXPECT_LE(c["confidence"].get<double>(), 1);
+    EXPECT_GT(c["detection_score"].get<double>(), 0.5);
+}
+
+TEST_F(RouteModel, ConcurrentMeasuresAllSucceedAndAgree) {
+    constexpr int kThreads = 8, kEach = 5;
+    std::vector<std::vector<double>> hc(kThreads);
+    std::atomic<int> failures{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < kThreads; ++t)
+        pool.emplace_back([&, t] {
+            for (int i = 0; i < kEach; ++i) {
+                const HttpResponse r = (*api_)(post_form("/v1/measure", measure_form(scan_)));
+                if (r.status != 200) {
+                    ++failures;
+                    continue;
+                }
+                hc[t].push_back(json::parse(r.body)["hc_mm"].get<double>());
+            }
+        });
+    for (auto& th : pool) th.join();
+    EXPECT_EQ(failures.load(), 0);
+    std::set<double> distinct;
+    size_t n = 0;
+    for (const auto& v : hc) {
+        n += v.size();
+        distinct.insert(v.begin(), v.end());
+    }
+    EXPECT_EQ(n, size_t(kThreads * kEach));
+    EXPECT_EQ(distinct.size(), 1u) << "the same image must give the same HC under concurrency";
+    EXPECT_EQ(api_->engine.slots().in_use(), 0);
+}
