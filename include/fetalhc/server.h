@@ -11,7 +11,12 @@
 //   GET  /  /static/<file>  /openapi.json  /health  /metrics  /v1/growth-curve
 //   POST /v1/measure /v1/segment /v1/fit-ellipse /v1/perimeter /v1/exams
 //   GET  /v1/images/<sha256>  /v1/pregnancies/<id>  /v1/pregnancies/<id>/export.csv
-// Errors are JSON {"error": "..."} with 400, 401, 404, 413, 422, 503 as documented there.
+// Errors are JSON {"error": {"code": "...", "message": "..."}} with 400, 401, 404, 413, 422, 500 or
+// 503; the stable codes and their meaning are listed in the document's Error schema.
+// Layout (src/server/): transport.cpp is this class (cpp-httplib: sockets, threads, body limit,
+// token, request log); routes*.cpp are the handlers, plain functions from a request value to a
+// response value; service.h is the work without HTTP (model, slots, measure-and-store) that other
+// transports reuse.
 // Security: when a token file is given (required when the host is not a loopback address) every
 // POST needs "Authorization: Bearer <first line of the token file>". Logs name the method, the
 // route pattern, the status and the time; never a pregnancy id, a hash or image bytes.
