@@ -1,4 +1,5 @@
-#include "bench.h"
+// `fetalhc bench`: median ms per image and frames/s of the whole pipeline on the machine at hand.
+#include "cli.h"
 
 #include "fetalhc/fetalhc.h"
 #include "synthetic_scan.h"
@@ -9,6 +10,7 @@
 #include <opencv2/videoio.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <system_error>
@@ -19,6 +21,19 @@ namespace fs = std::filesystem;
 
 namespace fetalhc_cli {
 namespace {
+
+constexpr int kWarmupRuns = 3;
+
+struct BenchArgs {
+    std::string image;          // PNG/JPEG on disk; empty = a synthetic 800x540 scan (fixed seed)
+    std::string model;
+    double pixel_size = 0.15;   // mm per pixel (only scales the numbers, not the work)
+    int threads = 2;
+    int runs = 30;              // timed end-to-end runs (after the warm-up runs)
+    int video_frames = 60;      // frames of the synthetic cine loop (0 = skip the video part)
+    int workers = 0;            // video: frames measured at once (0 = one per core)
+    bool json = false;
+};
 
 struct Stats {
     double median = 0, p90 = 0;
@@ -43,16 +58,119 @@ struct TempDir {
     }
 };
 
-}  // namespace
+// Milliseconds of each timed run, per stage.
+struct StageTimes {
+    std::vector<double> decode, network, post, fit, total;
+    int failed = 0;
+};
 
-int run_bench(const BenchArgs& a) {
-    if (a.runs < 1 || a.threads < 0 || a.video_frames < 0 || a.workers < 0) {
-        std::fprintf(stderr, "error: --runs must be >= 1, --threads >= 0, --video-frames >= 0, --workers >= 0\n");
-        return 2;
+struct VideoTiming {
+    double frames_per_s = 0;
+    int ok = 0;
+};
+
+// Whole path, file on disk -> HC, as `fetalhc measure` runs it.
+StageTimes time_whole_path(const fetalhc::Measurer& measurer, const std::string& image,
+                           const fetalhc::MeasureOptions& opt, int runs) {
+    StageTimes t;
+    for (int i = 0; i < runs + kWarmupRuns; ++i) {
+        auto r = measurer.measure_file(image, opt);
+        if (!r) {
+            ++t.failed;
+            continue;
+        }
+        if (i < kWarmupRuns) continue;
+        t.decode.push_back(r->timings.decode_ms);
+        t.network.push_back(r->timings.network_ms);
+        t.post.push_back(r->timings.postprocess_ms);
+        t.fit.push_back(r->timings.fit_ms);
+        t.total.push_back(r->timings.total_ms);
     }
+    return t;
+}
+
+// Cine loop: the same scan drifting a few pixels per frame, written as Motion-JPEG AVI and
+// measured through measure_video (decoding, tracking and the summary included).
+fetalhc::Expected<VideoTiming> time_video(const fetalhc::Measurer& measurer, const cv::Mat& frame0,
+                                          const fetalhc::MeasureOptions& opt, const BenchArgs& a, const fs::path& dir) {
+    const fs::path avi = dir / "cine.avi";
+    cv::VideoWriter w(avi.string(), cv::VideoWriter::fourcc('M', 'J', 'P', 'G'), 25, frame0.size(), false);
+    if (!w.isOpened()) return fetalhc::make_error("cannot write the cine loop '" + avi.string() + "'");
+    for (int f = 0; f < a.video_frames; ++f) {
+        const double dx = 6.0 * std::sin(f * 0.2), dy = 4.0 * std::cos(f * 0.15);
+        cv::Mat shifted;
+        cv::warpAffine(frame0, shifted, cv::Matx23d(1, 0, dx, 0, 1, dy), frame0.size(), cv::INTER_LINEAR,
+                       cv::BORDER_REPLICATE);
+        w.write(shifted);
+    }
+    w.release();
+    fetalhc::VideoOptions vo;
+    vo.measure = opt;
+    vo.workers = a.workers;
+    auto s = fetalhc::measure_video(measurer, avi.string(), vo);
+    if (!s) return fetalhc::make_error(s.error());
+    return VideoTiming{s->frames_per_second, s->ok};
+}
+
+void print_json(const BenchArgs& a, const fetalhc::ModelInfo& info, const cv::Mat& frame0, const StageTimes& t,
+                const VideoTiming& video) {
+    std::error_code ec;
+    const double model_mb = double(fs::file_size(info.path, ec)) / 1e6;
+    const Stats sd = stats(t.decode), sn = stats(t.network), sp = stats(t.post), sf = stats(t.fit), st = stats(t.total);
+    nlohmann::json j{{"model", info.path},
+                     {"model_mb", ec ? 0.0 : model_mb},
+                     {"parameters", info.parameters},
+                     {"two_pass", info.refine_config.input_width > 0},
+                     {"threads", a.threads},
+                     {"image", a.image.empty() ? "synthetic 800x540" : a.image},
+                     {"image_width", frame0.cols},
+                     {"image_height", frame0.rows},
+                     {"runs", t.total.size()},
+                     {"failed_runs", t.failed},
+                     {"median_ms", {{"decode", sd.median}, {"network", sn.median}, {"boundary", sp.median},
+                                    {"fit", sf.median}, {"total", st.median}}},
+                     {"p90_ms", {{"decode", sd.p90}, {"network", sn.p90}, {"boundary", sp.p90}, {"fit", sf.p90},
+                                 {"total", st.p90}}},
+                     {"images_per_s", 1000.0 / st.median},
+                     {"video_frames", a.video_frames},
+                     {"video_workers", a.workers},
+                     {"video_frames_ok", video.ok},
+                     {"video_frames_per_s", video.frames_per_s}};
+    std::printf("%s\n", j.dump(2).c_str());
+}
+
+void print_table(const BenchArgs& a, const fetalhc::ModelInfo& info, const cv::Mat& frame0, const StageTimes& t,
+                 const VideoTiming& video) {
+    std::error_code ec;
+    const double model_mb = double(fs::file_size(info.path, ec)) / 1e6;
+    const Stats sd = stats(t.decode), sn = stats(t.network), sp = stats(t.post), sf = stats(t.fit), st = stats(t.total);
+    std::printf("model      %s (%s, %lld parameters, %.1f MB)\n", info.path.c_str(),
+                info.refine_config.input_width > 0 ? "two passes" : "one pass", info.parameters, model_mb);
+    std::printf("image      %s, %dx%d, %zu timed runs, %d threads\n", a.image.empty() ? "synthetic scan" : a.image.c_str(),
+                frame0.cols, frame0.rows, t.total.size(), a.threads);
+    std::printf("%-22s %10s %10s\n", "stage", "median ms", "p90 ms");
+    std::printf("%-22s %10.1f %10.1f\n", "decode (PNG on disk)", sd.median, sd.p90);
+    std::printf("%-22s %10.1f %10.1f\n", "network", sn.median, sn.p90);
+    std::printf("%-22s %10.1f %10.1f\n", "boundary", sp.median, sp.p90);
+    std::printf("%-22s %10.1f %10.1f\n", "ellipse fit", sf.median, sf.p90);
+    std::printf("%-22s %10.1f %10.1f\n", "total (file -> HC)", st.median, st.p90);
+    std::printf("images/s   %.1f (1000 / median total)\n", 1000.0 / st.median);
+    if (a.video_frames > 0)
+        std::printf("video      %.1f frames/s over a %d-frame cine loop (%d frames ok; tracking, whole-image pass every %d; %s)\n",
+                    video.frames_per_s, a.video_frames, video.ok, fetalhc::VideoOptions{}.redetect_every,
+                    a.workers == 0 ? "one worker per core" : (std::to_string(a.workers) + " workers").c_str());
+}
+
+int run_bench(BenchArgs a) {
+    if (a.runs < 1 || a.video_frames < 0) {
+        error("--runs must be >= 1 and --video-frames >= 0");
+        return kExitUsage;
+    }
+    if (!bound_thread_count(a.threads, "--threads") || !bound_thread_count(a.workers, "--workers")) return kExitUsage;
+    if (!check_model_file(a.model)) return kExitUsage;
     auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
-    if (!seg) return std::fprintf(stderr, "error: %s\n", seg.error().c_str()), 2;
-    fetalhc::Measurer measurer(*seg);
+    if (!seg) return error(seg.error()), kExitUsage;
+    const fetalhc::Measurer measurer(*seg);
     fetalhc::MeasureOptions opt;
     opt.pixel_size_mm = a.pixel_size;
 
@@ -62,104 +180,46 @@ int run_bench(const BenchArgs& a) {
     if (image.empty()) {
         frame0 = fetalhc_bench::synthetic_scan(800, 540);
         image = (tmp.path / "synthetic_800x540.png").string();
-        if (!cv::imwrite(image, frame0)) return std::fprintf(stderr, "error: cannot write '%s'\n", image.c_str()), 1;
+        if (!cv::imwrite(image, frame0)) return error("cannot write '" + image + "'"), kExitSomeFailed;
     } else {
         auto img = fetalhc::load_grayscale(image);
-        if (!img) return std::fprintf(stderr, "error: %s\n", img.error().c_str()), 2;
+        if (!img) return error(img.error()), kExitUsage;
         frame0 = *img;
     }
-
-    // Whole path, file on disk -> HC, as `fetalhc measure` runs it.
-    std::vector<double> decode, network, post, fit, total;
-    int failed = 0;
-    for (int i = 0; i < a.runs + 3; ++i) {
-        auto r = measurer.measure_file(image, opt);
-        if (!r) {
-            ++failed;
-            continue;
-        }
-        if (i < 3) continue;
-        decode.push_back(r->timings.decode_ms);
-        network.push_back(r->timings.network_ms);
-        post.push_back(r->timings.postprocess_ms);
-        fit.push_back(r->timings.fit_ms);
-        total.push_back(r->timings.total_ms);
+    const StageTimes times = time_whole_path(measurer, image, opt, a.runs);
+    if (times.total.empty()) {
+        error("no run measured '" + image + "' (no head found); bench an image with a head in view");
+        return kExitSomeFailed;
     }
-    if (total.empty()) {
-        std::fprintf(stderr, "error: no run measured '%s' (no head found); bench an image with a head in view\n",
-                     image.c_str());
-        return 1;
-    }
-
-    // Cine loop: the same scan drifting a few pixels per frame, written as Motion-JPEG AVI and
-    // measured through measure_video (decoding, tracking and the summary included).
-    double video_fps = 0;
-    int video_ok = 0;
+    VideoTiming video;
     if (a.video_frames > 0) {
-        const fs::path avi = tmp.path / "cine.avi";
-        cv::VideoWriter w(avi.string(), cv::VideoWriter::fourcc('M', 'J', 'P', 'G'), 25, frame0.size(), false);
-        if (!w.isOpened()) return std::fprintf(stderr, "error: cannot write the cine loop '%s'\n", avi.string().c_str()), 1;
-        for (int f = 0; f < a.video_frames; ++f) {
-            const double dx = 6.0 * std::sin(f * 0.2), dy = 4.0 * std::cos(f * 0.15);
-            cv::Mat shifted;
-            cv::warpAffine(frame0, shifted, cv::Matx23d(1, 0, dx, 0, 1, dy), frame0.size(), cv::INTER_LINEAR,
-                           cv::BORDER_REPLICATE);
-            w.write(shifted);
-        }
-        w.release();
-        fetalhc::VideoOptions vo;
-        vo.measure = opt;
-        vo.workers = a.workers;
-        auto s = fetalhc::measure_video(measurer, avi.string(), vo);
-        if (!s) return std::fprintf(stderr, "error: %s\n", s.error().c_str()), 1;
-        video_fps = s->frames_per_second;
-        video_ok = s->ok;
+        auto v = time_video(measurer, frame0, opt, a, tmp.path);
+        if (!v) return error(v.error()), kExitSomeFailed;
+        video = *v;
     }
-
-    const auto& info = seg->info();
-    std::error_code ec;
-    const double model_mb = double(fs::file_size(info.path, ec)) / 1e6;
-    const Stats sd = stats(decode), sn = stats(network), sp = stats(post), sf = stats(fit), st = stats(total);
-    const double per_s = 1000.0 / st.median;
     if (a.json) {
-        nlohmann::json j{{"model", info.path},
-                         {"model_mb", ec ? 0.0 : model_mb},
-                         {"parameters", info.parameters},
-                         {"two_pass", info.refine_config.input_width > 0},
-                         {"threads", a.threads},
-                         {"image", a.image.empty() ? "synthetic 800x540" : a.image},
-                         {"image_width", frame0.cols},
-                         {"image_height", frame0.rows},
-                         {"runs", total.size()},
-                         {"failed_runs", failed},
-                         {"median_ms", {{"decode", sd.median}, {"network", sn.median}, {"boundary", sp.median},
-                                        {"fit", sf.median}, {"total", st.median}}},
-                         {"p90_ms", {{"decode", sd.p90}, {"network", sn.p90}, {"boundary", sp.p90},
-                                     {"fit", sf.p90}, {"total", st.p90}}},
-                         {"images_per_s", per_s},
-                         {"video_frames", a.video_frames},
-                         {"video_workers", a.workers},
-                         {"video_frames_ok", video_ok},
-                         {"video_frames_per_s", video_fps}};
-        std::printf("%s\n", j.dump(2).c_str());
-        return 0;
+        print_json(a, seg->info(), frame0, times, video);
+        return kExitOk;
     }
-    std::printf("model      %s (%s, %lld parameters, %.1f MB)\n", info.path.c_str(),
-                info.refine_config.input_width > 0 ? "two passes" : "one pass", info.parameters, model_mb);
-    std::printf("image      %s, %dx%d, %zu timed runs, %d threads\n",
-                a.image.empty() ? "synthetic scan" : a.image.c_str(), frame0.cols, frame0.rows, total.size(), a.threads);
-    std::printf("%-22s %10s %10s\n", "stage", "median ms", "p90 ms");
-    std::printf("%-22s %10.1f %10.1f\n", "decode (PNG on disk)", sd.median, sd.p90);
-    std::printf("%-22s %10.1f %10.1f\n", "network", sn.median, sn.p90);
-    std::printf("%-22s %10.1f %10.1f\n", "boundary", sp.median, sp.p90);
-    std::printf("%-22s %10.1f %10.1f\n", "ellipse fit", sf.median, sf.p90);
-    std::printf("%-22s %10.1f %10.1f\n", "total (file -> HC)", st.median, st.p90);
-    std::printf("images/s   %.1f (1000 / median total)\n", per_s);
-    if (a.video_frames > 0)
-        std::printf("video      %.1f frames/s over a %d-frame cine loop (%d frames ok; tracking, whole-image pass every %d; %s)\n",
-                    video_fps, a.video_frames, video_ok, fetalhc::VideoOptions{}.redetect_every,
-                    a.workers == 0 ? "one worker per core" : (std::to_string(a.workers) + " workers").c_str());
-    return failed ? 1 : 0;
+    print_table(a, seg->info(), frame0, times, video);
+    return times.failed ? kExitSomeFailed : kExitOk;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, Commands& commands) {
+    auto a = std::make_shared<BenchArgs>();
+    auto* cmd = app.add_subcommand("bench", "median ms per image (file on disk -> HC) per stage, images/s and video frames/s here");
+    cmd->add_option("image", a->image, "image to time (PNG, JPEG, ...); default: a synthetic 800x540 scan");
+    cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
+        ->capture_default_str();
+    cmd->add_option("--runs", a->runs, "timed end-to-end runs, after 3 warm-up runs")->capture_default_str();
+    cmd->add_option("--video-frames", a->video_frames, "frames of the synthetic cine loop (0 = skip)")->capture_default_str();
+    cmd->add_option("--workers", a->workers, "video: frames measured at once (0 = one per core; at most the core count)")
+        ->capture_default_str();
+    add_model_option(cmd, a->model);
+    cmd->add_flag("--json", a->json, "print JSON");
+    commands.push_back({cmd, [a] { return run_bench(*a); }});
 }
 
 }  // namespace fetalhc_cli

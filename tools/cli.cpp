@@ -1,0 +1,111 @@
+#include "cli.h"
+
+#include "progress.h"
+
+#include <opencv2/core/utils/logger.hpp>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace fetalhc_cli {
+
+namespace {
+
+std::string shipped_model() {
+#ifdef FETALHC_DEFAULT_MODEL
+    return FETALHC_DEFAULT_MODEL;
+#else
+    return "models/fetalhc_unet.pt";
+#endif
+}
+
+}  // namespace
+
+void error(const std::string& msg) {
+    Progress::clear_showing();
+    std::fprintf(stderr, "error: %s\n", msg.c_str());
+}
+
+void note(const std::string& msg) {
+    Progress::clear_showing();
+    std::fprintf(stderr, "note: %s\n", msg.c_str());
+}
+
+std::string default_model() {
+    if (const char* env = std::getenv("FETALHC_MODEL")) return env;
+    return shipped_model();
+}
+
+std::string model_file_problem(const std::string& path) {
+    if (path.empty()) return "no model file given";
+    std::error_code ec;
+    const fs::file_status st = fs::status(path, ec);
+    if (!fs::exists(st)) return "model file '" + path + "' not found";
+    if (fs::is_directory(st)) return "'" + path + "' is a folder, not a model file";
+    std::ifstream f(path, std::ios::binary);
+    if (!f) return "model file '" + path + "' cannot be read (" + std::strerror(errno) + ")";
+    return "";
+}
+
+bool check_model_file(const std::string& path) {
+    const std::string problem = model_file_problem(path);
+    if (problem.empty()) return true;
+    const char* env = std::getenv("FETALHC_MODEL");
+    const bool from_env = env && path == env;
+    std::string what = problem + (from_env ? " (the FETALHC_MODEL setting)" : "");
+    if (path == shipped_model())
+        what += ": the shipped model is missing; restore models/fetalhc_unet.pt, or pass --model PATH or set FETALHC_MODEL";
+    else
+        what += std::string(": pass --model PATH or ") + (from_env ? "fix" : "set") +
+                " FETALHC_MODEL; the shipped model is " + shipped_model();
+    error("cannot load model: " + what);
+    return false;
+}
+
+bool bound_thread_count(int& value, const std::string& option) {
+    if (value < 0) {
+        error(option + " must be 0 (one per core) or a positive count, got " + std::to_string(value));
+        return false;
+    }
+    const int cores = int(std::thread::hardware_concurrency());
+    if (cores > 0 && value > cores) {
+        note(option + " " + std::to_string(value) + " is more than the " + std::to_string(cores) +
+             " cores of this machine; using " + std::to_string(cores));
+        value = cores;
+    }
+    return true;
+}
+
+void silence_library_logging() {
+    // The video backends read the environment when first used, so it is set before anything
+    // opens a video. A user's own setting wins (to debug a video that will not open, run with
+    // OPENCV_LOG_LEVEL=INFO OPENCV_FFMPEG_LOGLEVEL=32; OpenCV then prints FFmpeg's lines on stdout).
+    // Both are needed: OPENCV_LOG_LEVEL quiets OpenCV and GStreamer ("GStreamer warning: ..."),
+    // OPENCV_FFMPEG_LOGLEVEL FFmpeg's decoders ("[h264 @ 0x...] error while decoding MB ...").
+    const bool user_log_level = std::getenv("OPENCV_LOG_LEVEL") != nullptr;
+    setenv("OPENCV_LOG_LEVEL", "SILENT", 0);
+    setenv("OPENCV_VIDEOIO_DEBUG", "0", 0);
+    setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);  // AV_LOG_QUIET
+    if (!user_log_level) cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
+    // Not reachable from here: libpng's own "libpng warning/error: ..." lines for PNGs that go
+    // through OpenCV's decoder (OpenCV installs no libpng message handler).
+}
+
+CLI::Option* add_model_option(CLI::App* cmd, std::string& model) {
+    model = default_model();
+    return cmd->add_option("--model", model, "model file (or set FETALHC_MODEL)")->capture_default_str();
+}
+
+CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet) {
+    return cmd->add_flag("-q,--quiet", quiet,
+                         "no progress line on stderr (it is shown only when stderr is a terminal)");
+}
+
+}  // namespace fetalhc_cli

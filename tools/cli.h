@@ -1,0 +1,64 @@
+// What the fetalhc subcommands share: exit codes, messages, the default model and the checks and
+// options several commands take. Each subcommand lives in its own file and registers itself with
+// an add_*_command function; tools/main.cpp only builds the app and runs the command that was given.
+//
+// Error policy (one place): results go to stdout, "error: ..." and "note: ..." lines to stderr,
+// exit 0 when everything worked, 1 when some inputs failed, 2 on a usage error (including a model
+// file that cannot be read). A batch goes on past a bad input.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace fetalhc_cli {
+
+constexpr int kExitOk = 0, kExitSomeFailed = 1, kExitUsage = 2;
+
+// "error: MSG" / "note: MSG" on stderr (a progress line showing there is cleared first).
+void error(const std::string& msg);
+void note(const std::string& msg);
+
+// $FETALHC_MODEL when set, else the shipped model (an absolute path into the source tree).
+std::string default_model();
+
+// Checks before loading that `path` is a readable model file. On a problem prints an error that
+// names the file and says what to do (--model PATH, FETALHC_MODEL, the shipped model) and returns
+// false.
+bool check_model_file(const std::string& path);
+// The problem alone ("" when the file is readable), for commands whose models are not --model.
+std::string model_file_problem(const std::string& path);
+
+// Bounds a thread or worker count given as `option` (0 means one per core and stays 0): a negative
+// value prints a usage error and returns false; a value above the number of cores is lowered to
+// it with a note on stderr.
+bool bound_thread_count(int& value, const std::string& option);
+
+// Keeps third-party logging (OpenCV, its video backends, libpng through OpenCV) off stderr, so that
+// only fetalhc's own messages reach it. Call once, first thing in main().
+void silence_library_logging();
+
+// A registered leaf subcommand and what runs it (returns the exit code).
+struct Command {
+    CLI::App* app;
+    std::function<int()> run;
+};
+using Commands = std::vector<Command>;
+
+// Options several commands share.
+CLI::Option* add_model_option(CLI::App* cmd, std::string& model);
+CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet);
+
+// One per subcommand file.
+void add_measure_command(CLI::App& app, Commands& commands);   // measure.cpp
+void add_evaluate_command(CLI::App& app, Commands& commands);  // evaluate.cpp
+void add_model_command(CLI::App& app, Commands& commands);     // model.cpp: calibrate, average, combine
+void add_dataset_command(CLI::App& app, Commands& commands);   // dataset.cpp: coco
+void add_train_command(CLI::App& app, Commands& commands);     // train.cpp
+void add_serve_command(CLI::App& app, Commands& commands);     // serve.cpp
+void add_bench_command(CLI::App& app, Commands& commands);     // bench.cpp
+
+}  // namespace fetalhc_cli

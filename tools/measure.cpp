@@ -1,0 +1,374 @@
+// `fetalhc measure`: HC, BPD, OFD, GA (and centile) of images, folders and videos, as text, JSON,
+// CSV or the HC18 submission CSV on stdout.
+#include "cli.h"
+#include "progress.h"
+
+#include "fetalhc/csv.h"
+#include "fetalhc/fetalhc.h"
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <limits>
+#include <map>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace fetalhc_cli {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+struct MeasureArgs {
+    std::vector<std::string> paths;
+    bool pixel_size_given = false;
+    double pixel_size = kNaN;
+    std::string pixel_sizes_csv, format = "text", overlay_dir, model;
+    double ga_weeks = kNaN;
+    int threads = 0;
+    int redetect_every = 10;
+    int workers = 0;
+    bool quiet = false;
+};
+
+std::string join(const std::vector<std::string>& v, const std::string& sep) {
+    std::string s;
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
+    return s;
+}
+
+void print_text(const fetalhc::Measurement& m) {
+    std::printf("%s\n", m.source.c_str());
+    std::printf("  HC   %.1f mm   BPD %.1f mm   OFD %.1f mm   cephalic index %.1f\n", m.hc_mm, m.bpd_mm, m.ofd_mm, m.cephalic_index);
+    const auto& e = m.ellipse_px;
+    std::printf("  ellipse (px)  centre (%.1f, %.1f)  a %.1f  b %.1f  angle %.3f rad   pixel size %.4f mm\n", e.cx, e.cy, e.a, e.b,
+                e.angle, m.pixel_size_mm);
+    auto ga = [](const char* name, const fetalhc::GaEstimate& g) {
+        if (g.in_range) std::printf("  GA %-13s %s (%.1f weeks)\n", name, fetalhc::format_weeks(g.weeks).c_str(), g.weeks);
+        else std::printf("  GA %-13s n/a: %s\n", name, g.note.c_str());
+    };
+    ga("Hadlock", m.ga_hadlock);
+    ga("INTERGROWTH", m.ga_intergrowth);
+    if (m.centile) {
+        const auto& c = *m.centile;
+        if (c.in_range)
+            std::printf("  HC for GA %.1f w: centile %.1f (z %.2f; median %.1f mm)%s\n", *m.ga_weeks_given, c.centile, c.z,
+                        c.median_mm, c.below_3rd ? "  BELOW 3rd" : c.above_97th ? "  ABOVE 97th" : "");
+        else std::printf("  centile n/a: %s\n", c.note.c_str());
+    }
+    std::printf("  quality %s%s%s\n", m.quality.c_str(), m.reasons.empty() ? "" : ": ", join(m.reasons, "; ").c_str());
+    std::printf("  time %.1f ms (decode %.1f, network %.1f, post %.1f, fit %.1f)\n", m.timings.total_ms, m.timings.decode_ms,
+                m.timings.network_ms, m.timings.postprocess_ms, m.timings.fit_ms);
+}
+
+// Every result in the chosen format on stdout, in input order (JSON is printed whole at the end).
+// CSV cells go through fetalhc::CsvWriter, so names and messages are quoted and formula-neutralised.
+class Output {
+public:
+    explicit Output(std::string format) : format_(std::move(format)), csv_(std::cout) {}
+
+    void begin() const {
+        if (format_ == "hc18") std::printf("filename,center_x_mm,center_y_mm,semi_axes_a_mm,semi_axes_b_mm,angle_rad\n");
+        if (format_ == "csv")
+            std::printf("file,hc_mm,bpd_mm,ofd_mm,cephalic_index,center_x_px,center_y_px,semi_axis_a_px,semi_axis_b_px,"
+                        "angle_rad,pixel_size_mm,ga_hadlock_weeks,ga_intergrowth_weeks,ga_given_weeks,centile,z,quality,"
+                        "reasons,error\n");
+    }
+
+    void image(const std::string& path, const fetalhc::Expected<fetalhc::Measurement>& r) {
+        if (format_ == "hc18") {
+            csv_.text(fs::path(path).filename().string());
+            if (r) {
+                const auto& e = r->ellipse_mm;
+                csv_.number(e.cx, 6).number(e.cy, 6).number(e.a, 6).number(e.b, 6).number(e.angle, 6);
+            } else {
+                csv_.empty(5);
+            }
+            csv_.end_row();
+        } else if (format_ == "csv") {
+            if (r) csv_measurement(path, *r);
+            else csv_error(path, r.error());
+        } else if (format_ == "json") {
+            all_.push_back(r ? fetalhc::to_json(*r) : json{{"source", path}, {"error", r.error()}});
+        } else if (r) {
+            print_text(*r);
+        }
+        flush();
+    }
+
+    void frame(const std::string& path, const fetalhc::VideoFrame& f) {
+        const std::string label = path + "#" + std::to_string(f.index);
+        if (format_ == "json") {
+            json j = f.result ? fetalhc::to_json(*f.result) : json{{"error", f.result.error()}};
+            j["frame"] = f.index;
+            j["time_s"] = f.time_s;
+            j["tracked"] = f.tracked;
+            frames_.push_back(j);
+        } else if (format_ == "csv") {
+            if (f.result) csv_measurement(label, *f.result);
+            else csv_error(label, f.result.error());
+        } else if (f.result) {
+            std::printf("%s  t %.2f s  HC %.1f mm  %s%s\n", label.c_str(), f.time_s, f.result->hc_mm,
+                        f.result->quality.c_str(), f.tracked ? "  (tracked)" : "");
+        } else {
+            std::printf("%s  t %.2f s  no measurement: %s\n", label.c_str(), f.time_s, f.result.error().c_str());
+        }
+        flush();
+    }
+
+    void video_failed(const std::string& path, const std::string& message) {
+        if (format_ == "json") all_.push_back({{"source", path}, {"error", message}});
+        frames_ = json::array();
+    }
+
+    void video_summary(const std::string& path, const fetalhc::VideoSummary& s);
+
+    void end() const {
+        if (format_ == "json") std::printf("%s\n", all_.dump(2).c_str());
+    }
+
+private:
+    void flush() const {
+        std::cout.flush();
+        std::fflush(stdout);
+    }
+
+    void csv_measurement(const std::string& label, const fetalhc::Measurement& m) {
+        const auto& e = m.ellipse_px;
+        const bool centile = m.centile && m.centile->in_range;
+        csv_.text(label).number(m.hc_mm, 2).number(m.bpd_mm, 2).number(m.ofd_mm, 2).number(m.cephalic_index, 1);
+        csv_.number(e.cx, 3).number(e.cy, 3).number(e.a, 3).number(e.b, 3).number(e.angle, 6).number(m.pixel_size_mm, 6);
+        csv_.number(m.ga_hadlock.in_range ? m.ga_hadlock.weeks : kNaN, 2)
+            .number(m.ga_intergrowth.in_range ? m.ga_intergrowth.weeks : kNaN, 2)
+            .number(m.ga_weeks_given ? *m.ga_weeks_given : kNaN, 2)
+            .number(centile ? m.centile->centile : kNaN, 1)
+            .number(centile ? m.centile->z : kNaN, 3);
+        csv_.text(m.quality).text(join(m.reasons, "; ")).empty();
+        csv_.end_row();
+    }
+
+    void csv_error(const std::string& label, const std::string& message) {
+        csv_.text(label).empty(17).text(message);
+        csv_.end_row();
+    }
+
+    std::string format_;
+    fetalhc::CsvWriter csv_;
+    json all_ = json::array();
+    json frames_ = json::array();  // JSON frames of the video being measured
+};
+
+void Output::video_summary(const std::string& path, const fetalhc::VideoSummary& s) {
+    if (format_ == "json") {
+        json summary{{"frames", s.frames}, {"measured", s.measured}, {"ok_frames", s.ok}, {"seconds", s.seconds},
+                     {"frames_per_second", s.frames_per_second}, {"has_estimate", s.has_estimate}};
+        if (s.has_estimate)
+            summary.update({{"hc_median_mm", s.hc_median_mm}, {"bpd_median_mm", s.bpd_median_mm},
+                            {"ofd_median_mm", s.ofd_median_mm}, {"hc_iqr_mm", s.hc_iqr_mm},
+                            {"estimate_frame", s.estimate_frame}, {"estimate", fetalhc::to_json(s.estimate)}});
+        all_.push_back({{"source", path}, {"frames", frames_}, {"summary", summary}});
+        frames_ = json::array();
+    } else if (format_ == "csv") {
+        const std::string label = path + "#summary";
+        if (s.has_estimate) {
+            fetalhc::Measurement m = s.estimate;
+            m.hc_mm = s.hc_median_mm;
+            m.bpd_mm = s.bpd_median_mm;
+            m.ofd_mm = s.ofd_median_mm;
+            m.reasons = {"median of " + std::to_string(s.ok) + " ok frames of " + std::to_string(s.frames) +
+                         "; ellipse of frame " + std::to_string(s.estimate_frame)};
+            csv_measurement(label, m);
+        } else {
+            csv_.text(label).empty(15).text("review").empty().text("no frame judged ok");
+            csv_.end_row();
+        }
+    } else {
+        std::printf("%s: %d frames, %d measured, %d ok, %.1f frames/s\n", path.c_str(), s.frames, s.measured, s.ok,
+                    s.frames_per_second);
+        if (s.has_estimate)
+            std::printf("  summary over ok frames: HC %.1f mm (median; IQR %.1f mm)  BPD %.1f mm  OFD %.1f mm  (closest frame %d)\n",
+                        s.hc_median_mm, s.hc_iqr_mm, s.bpd_median_mm, s.ofd_median_mm, s.estimate_frame);
+        else
+            std::printf("  no frame judged ok: no summary estimate; review the video\n");
+    }
+    flush();
+}
+
+// Pixel sizes come from --pixel-size or the --pixel-sizes table; NaN when the table has no row.
+double pixel_size_for(const std::string& name, const MeasureArgs& a, const std::map<std::string, double>& sizes) {
+    if (sizes.empty()) return a.pixel_size;
+    auto it = sizes.find(name);
+    return it == sizes.end() ? kNaN : it->second;
+}
+
+// Everything refused before the model is loaded. Fills `sizes` from --pixel-sizes.
+int check_measure_args(MeasureArgs& a, std::map<std::string, double>& sizes) {
+    if (!bound_thread_count(a.threads, "--threads") || !bound_thread_count(a.workers, "--workers")) return kExitUsage;
+    if (a.pixel_size_given && !a.pixel_sizes_csv.empty()) {
+        error("give either --pixel-size or --pixel-sizes, not both");
+        return kExitUsage;
+    }
+    if (!a.pixel_size_given && a.pixel_sizes_csv.empty()) {
+        error("the pixel size is missing: pass --pixel-size MM (mm per pixel) or --pixel-sizes CSV (filename,pixel size(mm))");
+        return kExitUsage;
+    }
+    if (a.pixel_size_given) {
+        if (auto e = fetalhc::check_pixel_size(a.pixel_size, "--pixel-size"); !e.empty()) {
+            error(e);
+            return kExitUsage;
+        }
+    }
+    if (!std::isnan(a.ga_weeks) && !(a.ga_weeks > 0 && a.ga_weeks < 45)) {
+        error("--ga-weeks must be a gestational age in weeks (e.g. 20.5), got " + std::to_string(a.ga_weeks));
+        return kExitUsage;
+    }
+    if (!a.pixel_sizes_csv.empty()) {
+        auto s = fetalhc::read_pixel_sizes(a.pixel_sizes_csv);
+        if (!s) {
+            error(s.error());
+            return kExitUsage;
+        }
+        sizes = *s;
+    }
+    if (!a.overlay_dir.empty()) {
+        std::error_code ec;
+        fs::create_directories(a.overlay_dir, ec);
+        if (ec || !fs::is_directory(a.overlay_dir)) {
+            error("cannot create overlay folder '" + a.overlay_dir + "': " + ec.message());
+            return kExitUsage;
+        }
+    }
+    return kExitOk;
+}
+
+// One video: per-frame results as they come, then the summary. Returns false when it failed.
+bool measure_one_video(const fetalhc::Measurer& measurer, const std::string& path, const MeasureArgs& a,
+                       const std::map<std::string, double>& sizes, Output& out) {
+    if (a.format == "hc18") {
+        error("'" + path + "': --format hc18 takes still images only; use --format csv or json for videos");
+        return false;
+    }
+    fetalhc::VideoOptions vo;
+    vo.measure.pixel_size_mm = pixel_size_for(fs::path(path).filename().string(), a, sizes);
+    if (!std::isnan(a.ga_weeks)) vo.measure.ga_weeks = a.ga_weeks;
+    vo.redetect_every = a.redetect_every;
+    vo.workers = a.workers;
+    auto s = fetalhc::measure_video(measurer, path, vo, [&](const fetalhc::VideoFrame& f) { out.frame(path, f); });
+    if (!s) {
+        error(s.error());
+        out.video_failed(path, s.error());
+        return false;
+    }
+    out.video_summary(path, *s);
+    if (!s->has_estimate) error("'" + path + "': no frame gave an ok measurement");
+    return s->has_estimate;
+}
+
+// One still image (or an input that expand_inputs already refused). Returns false when it failed.
+bool measure_one_image(const fetalhc::Measurer& measurer, const fetalhc::InputItem& item, const MeasureArgs& a,
+                       const std::map<std::string, double>& sizes, Output& out) {
+    const std::string name = fs::path(item.path).filename().string();
+    fetalhc::Expected<fetalhc::Measurement> r = fetalhc::make_error(item.error);
+    cv::Mat gray;
+    if (item.error.empty()) {
+        fetalhc::MeasureOptions o;
+        o.pixel_size_mm = pixel_size_for(name, a, sizes);
+        if (!std::isnan(a.ga_weeks)) o.ga_weeks = a.ga_weeks;
+        if (!std::isfinite(o.pixel_size_mm) && !sizes.empty()) {
+            r = fetalhc::make_error("'" + name + "' has no row in '" + a.pixel_sizes_csv + "'; add `" + name +
+                                    ",<mm per pixel>` or use --pixel-size");
+        } else {
+            const auto t0 = std::chrono::steady_clock::now();
+            auto img = fetalhc::load_grayscale(item.path);
+            const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+            if (!img) {
+                r = fetalhc::make_error(img.error());
+            } else {
+                gray = *img;
+                r = measurer.measure(gray, o, item.path);
+                if (r) {
+                    r->timings.decode_ms = decode_ms;
+                    r->timings.total_ms += decode_ms;
+                }
+            }
+        }
+    }
+    if (!r) error(r.error());
+    if (r && !a.overlay_dir.empty()) {
+        const fs::path overlay = fs::path(a.overlay_dir) / (fs::path(item.path).stem().string() + "_overlay.png");
+        if (!cv::imwrite(overlay.string(), fetalhc::draw_overlay(gray, *r)))
+            error("cannot write overlay '" + overlay.string() + "'");
+    }
+    out.image(item.path, r);
+    return bool(r);
+}
+
+int run_measure(MeasureArgs a) {
+    std::map<std::string, double> sizes;
+    if (const int rc = check_measure_args(a, sizes); rc != kExitOk) return rc;
+    if (!check_model_file(a.model)) return kExitUsage;
+    auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
+    if (!seg) {
+        error(seg.error());
+        return kExitUsage;
+    }
+    const fetalhc::Measurer measurer(*seg);
+    const auto items = fetalhc::expand_inputs(a.paths);
+    Output out(a.format);
+    out.begin();
+    Progress progress(int(items.size()), !a.quiet);
+    int failed = 0;
+    for (const auto& item : items) {
+        const bool ok = item.error.empty() && fetalhc::has_video_extension(item.path)
+                            ? measure_one_video(measurer, item.path, a, sizes, out)
+                            : measure_one_image(measurer, item, a, sizes, out);
+        if (!ok) ++failed;
+        progress.step();
+    }
+    progress.finish();
+    out.end();
+    return failed ? kExitSomeFailed : kExitOk;
+}
+
+}  // namespace
+
+void add_measure_command(CLI::App& app, Commands& commands) {
+    auto a = std::make_shared<MeasureArgs>();
+    auto* cmd = app.add_subcommand("measure", "measure HC, BPD, OFD, GA (and centile) on images or folders");
+    cmd->footer("A pixel size is required: --pixel-size MM for every input, or --pixel-sizes CSV per file name;\n"
+                "in mm per pixel, within (0, 2] mm.\n");
+    cmd->add_option("paths", a->paths, "image files (PNG, JPEG, BMP, TIFF), folders of images, or videos (MP4, AVI, ...)")
+        ->required();
+    cmd->add_option("--pixel-size", a->pixel_size,
+                    "pixel size in mm per pixel, for every image; required unless --pixel-sizes; (0, 2] mm");
+    cmd->add_option("--pixel-sizes", a->pixel_sizes_csv,
+                    "CSV `filename,pixel size(mm)` (the HC18 layout); required unless --pixel-size");
+    cmd->add_option("--ga-weeks", a->ga_weeks, "known gestational age in weeks, for the INTERGROWTH-21st centile");
+    cmd->add_option("--format", a->format, "output format")
+        ->check(CLI::IsMember({"text", "json", "csv", "hc18"}))
+        ->capture_default_str();
+    cmd->add_option("--overlay", a->overlay_dir, "write <image>_overlay.png with the ellipse and numbers into this folder");
+    cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
+        ->capture_default_str();
+    add_model_option(cmd, a->model);
+    cmd->add_option("--redetect-every", a->redetect_every,
+                    "videos: whole-image pass at least every N frames, tracking between (1 = every frame)")
+        ->check(CLI::Range(1, 100000))
+        ->capture_default_str();
+    cmd->add_option("--workers", a->workers,
+                    "videos: frames measured at once, each on one core (0 = one per core; at most the core count)")
+        ->capture_default_str();
+    add_quiet_flag(cmd, a->quiet);
+    commands.push_back({cmd, [a, cmd] {
+                            a->pixel_size_given = cmd->count("--pixel-size") > 0;
+                            return run_measure(*a);
+                        }});
+}
+
+}  // namespace fetalhc_cli

@@ -1,0 +1,113 @@
+// `fetalhc model ...`: model file tools (calibrate the axis scale, average weights, combine passes).
+#include "cli.h"
+
+#include "fetalhc/fetalhc.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <optional>
+
+using nlohmann::json;
+
+namespace fetalhc_cli {
+namespace {
+
+// Moved unchanged from the old tools/main.cpp: it is about to be rebuilt on the library's
+// evaluation module, which takes over the calibration arithmetic.
+int run_calibrate(const std::string& data, const std::string& in, const std::string& out) {
+    if (!check_model_file(in)) return kExitUsage;
+    auto seg = fetalhc::Segmenter::load(in, {});
+    if (!seg) return error(seg.error()), kExitUsage;
+    json meta = json::parse(seg->info().metadata.empty() ? "{}" : seg->info().metadata, nullptr, false);
+    if (!meta.is_object() || !meta.contains("split_salt")) return error("model '" + in + "' records no training split"), kExitUsage;
+    auto recs = fetalhc::read_hc18_training(data);
+    if (!recs) return error(recs.error()), kExitUsage;
+    auto split = fetalhc::grouped_split(*recs, meta["validation_fraction"].get<double>(), meta["split_salt"].get<std::string>());
+    // Two factors, both from the training split: masks -> reference ellipses, then the model's own
+    // measurements (made with the first factor) -> reference HC.
+    const double f = fetalhc::mask_to_reference_scale(split.train);
+    if (!std::isfinite(f)) return error("no training masks found under '" + data + "'"), kExitSomeFailed;
+    fetalhc::Measurer measurer(*seg);
+    const double stored = seg->info().axis_scale;
+    int measured = 0;
+    const double g = fetalhc::measured_to_reference_scale(split.train, [&](const fetalhc::Hc18Record& r) -> std::optional<double> {
+        fetalhc::MeasureOptions o;
+        o.pixel_size_mm = r.pixel_size_mm;
+        auto m = measurer.measure_file(r.image_path, o);
+        if (!m) return std::nullopt;
+        ++measured;
+        return m->hc_mm * f / stored;  // HC is proportional to the axis scale
+    });
+    if (!std::isfinite(g)) return error("model '" + in + "' measured none of the training images under '" + data + "'"), kExitSomeFailed;
+    auto r = fetalhc::Segmenter::rewrite_metadata(
+        in, out, json{{"axis_scale", f * g}, {"axis_scale_masks", f}, {"axis_scale_measured", g}, {"axis_scale_images", measured}}.dump());
+    if (!r) return error(r.error()), kExitSomeFailed;
+    std::fprintf(stderr, "axis scale %.5f = %.5f (masks -> reference ellipses, %zu training images) x %.5f (this model's HC -> reference HC, median of %d); wrote %s\n",
+                 f * g, f, split.train.size(), g, measured, out.c_str());
+    return kExitOk;
+}
+
+// Input models that are not readable files are refused before LibTorch sees them.
+bool check_input_models(const std::vector<std::string>& paths) {
+    for (const auto& p : paths) {
+        if (auto problem = model_file_problem(p); !problem.empty()) {
+            error(problem + "; check the path");
+            return false;
+        }
+    }
+    return true;
+}
+
+int run_average(const std::vector<std::string>& in, const std::string& out) {
+    if (!check_input_models(in)) return kExitUsage;
+    auto r = fetalhc::Segmenter::average_models(in, out);
+    if (!r) return error(r.error()), kExitSomeFailed;
+    std::fprintf(stderr, "averaged %zu models into %s\n", in.size(), out.c_str());
+    return kExitOk;
+}
+
+int run_combine(const std::string& coarse, const std::string& two_pass, const std::string& out) {
+    if (!check_input_models({coarse, two_pass})) return kExitUsage;
+    auto r = fetalhc::Segmenter::combine_models(coarse, two_pass, out);
+    if (!r) return error(r.error()), kExitSomeFailed;
+    std::fprintf(stderr, "wrote %s\n", out.c_str());
+    return kExitOk;
+}
+
+struct ModelArgs {
+    std::string cal_data, cal_in, cal_out;
+    std::vector<std::string> avg_in;
+    std::string avg_out;
+    std::string comb_coarse, comb_two, comb_out;
+};
+
+}  // namespace
+
+void add_model_command(CLI::App& app, Commands& commands) {
+    auto a = std::make_shared<ModelArgs>();
+    auto* mdl = app.add_subcommand("model", "model file tools");
+    mdl->require_subcommand(1);
+
+    auto* cal = mdl->add_subcommand("calibrate",
+                                    "store the axis scale that maps this model's HC onto the reference, measured on its training split");
+    cal->add_option("--data", a->cal_data, "HC18-layout folder the model was trained on")->required();
+    a->cal_in = default_model();
+    cal->add_option("--model", a->cal_in, "model to read")->capture_default_str();
+    cal->add_option("--out", a->cal_out, "model file to write (may equal --model)")->required();
+    commands.push_back({cal, [a] { return run_calibrate(a->cal_data, a->cal_in, a->cal_out); }});
+
+    auto* avg = mdl->add_subcommand("average", "average the weights of models from one training run (same network)");
+    avg->add_option("models", a->avg_in, "model files to average")->required();
+    avg->add_option("--out", a->avg_out, "model file to write")->required();
+    commands.push_back({avg, [a] { return run_average(a->avg_in, a->avg_out); }});
+
+    auto* comb = mdl->add_subcommand("combine", "two-pass model from a one-pass model's network and another model's second pass");
+    comb->add_option("--coarse", a->comb_coarse, "one-pass model whose network becomes the first pass")->required();
+    comb->add_option("--refine", a->comb_two, "two-pass model whose second pass (and metadata) is kept")->required();
+    comb->add_option("--out", a->comb_out, "model file to write")->required();
+    commands.push_back({comb, [a] { return run_combine(a->comb_coarse, a->comb_two, a->comb_out); }});
+}
+
+}  // namespace fetalhc_cli
