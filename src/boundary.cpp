@@ -1,6 +1,8 @@
 // Sub-pixel head boundary from the network's probability map.
 #include "fetalhc/segmenter.h"
 
+#include "geometry.h"
+
 #include <opencv2/imgproc.hpp>
 
 #include <cmath>

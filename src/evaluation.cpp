@@ -237,11 +237,9 @@ void write_per_image_csv(const EvaluationReport& rep, std::ostream& out) {
 }
 
 Expected<Split> model_split(const std::vector<Hc18Record>& records, const std::string& metadata) {
-    const json meta = json::parse(metadata.empty() ? "{}" : metadata, nullptr, false);
-    if (!meta.is_object() || !meta.contains("split_salt") || !meta.contains("validation_fraction") ||
-        !meta["split_salt"].is_string() || !meta["validation_fraction"].is_number())
-        return make_error("the model records no training split (metadata keys split_salt, validation_fraction)");
-    return grouped_split(records, meta["validation_fraction"].get<double>(), meta["split_salt"].get<std::string>());
+    const auto spec = recorded_split(metadata);
+    if (!spec) return make_error("the model records no training split (metadata keys split_salt, validation_fraction)");
+    return grouped_split(records, spec->validation_fraction, spec->salt);
 }
 
 Expected<Calibration> calibrate_axis_scale(const Split& split, double stored_axis_scale, const MeasureRecordFn& measure,

@@ -49,6 +49,14 @@ uint64_t fnv1a(const std::string& s) {
 
 }  // namespace
 
+std::optional<SplitSpec> recorded_split(const std::string& metadata_json) {
+    const auto j = nlohmann::json::parse(metadata_json.empty() ? "{}" : metadata_json, nullptr, false);
+    if (!j.is_object() || !j.contains("split_salt") || !j["split_salt"].is_string() || !j.contains("validation_fraction") ||
+        !j["validation_fraction"].is_number())
+        return std::nullopt;
+    return SplitSpec{j["split_salt"].get<std::string>(), j["validation_fraction"].get<double>()};
+}
+
 std::string check_pixel_size(double mm, const std::string& what) {
     if (!std::isfinite(mm)) return "pixel size for " + what + " is not a number; give it in mm per pixel, e.g. --pixel-size 0.13";
     if (mm <= 0)

@@ -23,9 +23,8 @@ std::string fmt(double v, int digits = 1) {
     return s.str();
 }
 
-}  // namespace
-
-Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm, std::optional<double> ga_weeks) {
+// The numbers of an ellipse, without reasons or quality.
+Measurement numbers_from_ellipse(const Ellipse& px, double pixel_size_mm, std::optional<double> ga_weeks) {
     Measurement m;
     m.pixel_size_mm = pixel_size_mm;
     m.ellipse_px = px.normalized();
@@ -38,8 +37,31 @@ Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm, st
     m.ga_intergrowth = intergrowth_ga(m.hc_mm);
     m.ga_weeks_given = ga_weeks;
     if (ga_weeks) m.centile = intergrowth_hc_centile(m.hc_mm, *ga_weeks);
-    m.quality = "ok";
+    return m;
+}
+
+// Review reasons that depend on the numbers alone.
+void add_hc_reason(Measurement& m) {
     if (m.hc_mm < 40 || m.hc_mm > 400) m.reasons.push_back("HC " + fmt(m.hc_mm) + " mm is outside the plausible 40..400 mm");
+}
+
+void add_cephalic_index_reason(Measurement& m, double min_ci, double max_ci) {
+    if (m.cephalic_index < min_ci || m.cephalic_index > max_ci)
+        m.reasons.push_back("cephalic index " + fmt(m.cephalic_index) + " outside " + fmt(min_ci, 0) + ".." + fmt(max_ci, 0));
+}
+
+// The one owner of the quality flag, called once every reason has been added: any reason means
+// "review", none means "ok".
+void decide_quality(Measurement& m) { m.quality = m.reasons.empty() ? "ok" : "review"; }
+
+}  // namespace
+
+Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm, std::optional<double> ga_weeks) {
+    Measurement m = numbers_from_ellipse(px, pixel_size_mm, ga_weeks);
+    const MeasureOptions defaults;  // the thresholds of `fetalhc measure`
+    add_hc_reason(m);
+    add_cephalic_index_reason(m, defaults.min_cephalic_index, defaults.max_cephalic_index);
+    decide_quality(m);
     return m;
 }
 
@@ -62,7 +84,8 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     Ellipse e = fit.ellipse;
     e.a *= seg.axis_scale;
     e.b *= seg.axis_scale;
-    Measurement m = measurement_from_ellipse(e, opt.pixel_size_mm, opt.ga_weeks);
+    Measurement m = numbers_from_ellipse(e, opt.pixel_size_mm, opt.ga_weeks);
+    add_hc_reason(m);
     m.source = source;
     m.image_size = gray8.size();
     m.presence = seg.presence;
@@ -85,10 +108,8 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     const double cut_share = double(bnd.cut_points.size()) / std::max<size_t>(1, bnd.cut_points.size() + bnd.points.size());
     if (cut_share > opt.max_cut_fraction)
         m.reasons.push_back("head cut by the image border or sector edge (" + fmt(100 * cut_share, 0) + "% of the boundary)");
-    if (m.cephalic_index < opt.min_cephalic_index || m.cephalic_index > opt.max_cephalic_index)
-        m.reasons.push_back("cephalic index " + fmt(m.cephalic_index) + " outside " + fmt(opt.min_cephalic_index, 0) + ".." +
-                            fmt(opt.max_cephalic_index, 0));
-    m.quality = m.reasons.empty() ? "ok" : "review";
+    add_cephalic_index_reason(m, opt.min_cephalic_index, opt.max_cephalic_index);
+    decide_quality(m);
     return m;
 }
 

@@ -1,5 +1,7 @@
 #include "network.h"
 
+#include "fetalhc/hc18.h"
+
 #include <ATen/Config.h>
 #include <nlohmann/json.hpp>
 
@@ -167,6 +169,31 @@ void ema_update(nn::Module& avg, nn::Module& net, double decay) {
         else
             b.value().copy_(nb[b.key()]);
     }
+}
+
+namespace {
+
+// The split a model's metadata records: {"split_salt", "validation_fraction"}, or null when it has no
+// string "split_salt" (no metadata, not JSON, or written by something other than the trainer).
+std::string describe_split(const std::optional<SplitSpec>& split) {
+    if (!split) return "no recorded split";
+    return "split_salt " + nlohmann::json(split->salt).dump() + ", validation_fraction " +
+           nlohmann::json(split->validation_fraction).dump();
+}
+
+}  // namespace
+
+std::string split_metadata(const std::string& split_salt, double validation_fraction) {
+    return nlohmann::json{{"split_salt", split_salt}, {"validation_fraction", validation_fraction}}.dump();
+}
+
+std::string split_mismatch(const std::string& what_a, const std::string& meta_a, const std::string& what_b,
+                           const std::string& meta_b) {
+    const auto a = recorded_split(meta_a), b = recorded_split(meta_b);
+    if (a == b) return "";
+    return what_a + " (" + describe_split(a) + ") and " + what_b + " (" + describe_split(b) +
+           ") do not record the same train/validation split, so one network may have trained on the other's "
+           "validation images; use models trained with the same split_salt and validation_fraction";
 }
 
 std::string network_config_json(const NetworkConfig& c) {

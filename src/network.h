@@ -1,11 +1,12 @@
-// Internal: the segmentation network (LibTorch). Only segmenter.cpp and trainer.cpp include this.
+// Internal: the segmentation network (LibTorch), its model file, and the two-pass logic. Only
+// segmenter.cpp and the trainer's sources (src/trainer.cpp, src/train/*.cpp) include this.
 #pragma once
 
 #include "fetalhc/segmenter.h"
+#include "geometry.h"
 
 #include <torch/torch.h>
 
-#include <cmath>
 #include <string>
 #include <utility>
 
@@ -74,6 +75,15 @@ struct LoadedModel {
 };
 LoadedModel load_model(const std::string& path);  // throws c10::Error / std::runtime_error
 
+// The split guard (see Segmenter in fetalhc/segmenter.h): "" when the two metadata texts (JSON,
+// as stored in model files) record the same split, "split_salt" and "validation_fraction", or both
+// record none (no string "split_salt"); otherwise an error that names `what_a` and `what_b` (e.g.
+// "'runs/a/model.pt'") and both splits. The trainer passes its config's split as `meta_a`
+// (split_metadata).
+std::string split_mismatch(const std::string& what_a, const std::string& meta_a, const std::string& what_b,
+                           const std::string& meta_b);
+std::string split_metadata(const std::string& split_salt, double validation_fraction);
+
 std::string network_config_json(const NetworkConfig& c);
 NetworkConfig network_config_from_json(const std::string& text);
 
@@ -90,8 +100,6 @@ std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8);
 // ellipse, or its centre lies more than kSecondLookShift semi-major axes from the crop's centre, it
 // crops once more around that head (see needs_second_look).
 Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r);
-// Linear scale of an image -> frame affine (frame pixels per image pixel): sqrt(|det|).
-inline double frame_zoom(const cv::Matx23d& A) { return std::sqrt(std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0))); }
 inline constexpr double kSecondLookAreaShare = 0.6, kSecondLookShift = 0.2;
 bool needs_second_look(const Segmentation& refined, const Ellipse& crop_ellipse);
 

@@ -1,5 +1,9 @@
+// The segmenter (LibTorch behind Segmenter's pimpl): loading a model, the two network passes, and
+// the model-file tools (metadata rewrite, weight averaging, combining passes). The image geometry
+// they use is in geometry.cpp.
 #include "fetalhc/segmenter.h"
 
+#include "geometry.h"
 #include "network.h"
 
 #include "fetalhc/ellipse.h"
@@ -15,167 +19,6 @@
 #include <vector>
 
 namespace fetalhc {
-
-Letterbox Letterbox::fit(cv::Size image, cv::Size net) {
-    Letterbox lb;
-    lb.net_size = net;
-    lb.image_size = image;
-    const double s = std::min(double(net.width) / image.width, double(net.height) / image.height);
-    lb.resized = {std::clamp(int(std::lround(image.width * s)), 1, net.width),
-                  std::clamp(int(std::lround(image.height * s)), 1, net.height)};
-    lb.scale_x = double(lb.resized.width) / image.width;
-    lb.scale_y = double(lb.resized.height) / image.height;
-    lb.offset_x = (net.width - lb.resized.width) / 2;
-    lb.offset_y = (net.height - lb.resized.height) / 2;
-    return lb;
-}
-
-cv::Point2d Letterbox::to_image(cv::Point2d p) const {
-    return {(p.x - offset_x + 0.5) / scale_x - 0.5, (p.y - offset_y + 0.5) / scale_y - 0.5};
-}
-
-cv::Point2d Letterbox::to_net(cv::Point2d p) const {
-    return {scale_x * (p.x + 0.5) - 0.5 + offset_x, scale_y * (p.y + 0.5) - 0.5 + offset_y};
-}
-
-cv::Mat Letterbox::apply(const cv::Mat& img, int interpolation) const {
-    cv::Mat canvas = cv::Mat::zeros(net_size, img.type());
-    cv::Mat roi = canvas(cv::Rect(offset_x, offset_y, resized.width, resized.height));
-    if (interpolation == cv::INTER_AREA)
-        resize_area(img, resized).copyTo(roi);
-    else
-        cv::resize(img, roi, resized, 0, 0, interpolation);
-    return canvas;
-}
-
-namespace {
-
-// One source pixel's share of one reduced pixel along an axis.
-struct AreaTap {
-    int src, dst;
-    float weight;
-};
-
-// Pixel-area weights for reducing n_src pixels to n_dst <= n_src, for reduced pixels d0..d1-1:
-// reduced pixel d covers the source span [d s, (d+1) s), s = n_src / n_dst, and each source pixel
-// counts by the length it shares with that span, over s. Sorted by dst.
-std::vector<AreaTap> area_taps(int n_src, int n_dst, int d0, int d1) {
-    const double s = double(n_src) / n_dst;
-    std::vector<AreaTap> taps;
-    taps.reserve(size_t(d1 - d0) * (size_t(s) + 2));
-    for (int d = d0; d < d1; ++d) {
-        const double lo = d * s, hi = std::min((d + 1) * s, double(n_src));
-        for (int i = int(lo); i < n_src && i < hi; ++i) {
-            const double w = std::min(hi, i + 1.0) - std::max(lo, double(i));
-            if (w > 1e-9) taps.push_back({i, d, float(w / s)});
-        }
-    }
-    return taps;
-}
-
-}  // namespace
-
-cv::Mat resize_area(const cv::Mat& img, cv::Size size, cv::Rect part) {
-    if (part.empty()) part = cv::Rect({0, 0}, size);
-    CV_Assert((part & cv::Rect({0, 0}, size)) == part);
-    // OpenCV's own path is already fast for whole-number factors (and rounds their halves up).
-    const bool whole_factors = img.cols % size.width == 0 && img.rows % size.height == 0;
-    if (img.type() != CV_8UC1 || size.width > img.cols || size.height > img.rows || whole_factors) {
-        cv::Mat full;
-        cv::resize(img, full, size, 0, 0, cv::INTER_AREA);
-        return full(part).clone();
-    }
-    // Separable: each reduced row is a weighted sum of source rows (contiguous, vectorised), which
-    // is then reduced along x.
-    const auto tx = area_taps(img.cols, size.width, part.x, part.x + part.width);
-    const auto ty = area_taps(img.rows, size.height, part.y, part.y + part.height);
-    const int c0 = tx.front().src, c1 = tx.back().src + 1;  // source columns the part needs
-    cv::Mat out(part.size(), CV_8U);
-    std::vector<float> rows(size_t(c1 - c0)), line(size_t(part.width));
-    size_t t = 0;
-    for (int d = part.y; d < part.y + part.height; ++d) {
-        std::fill(rows.begin(), rows.end(), 0.f);
-        for (; t < ty.size() && ty[t].dst == d; ++t) {
-            const uchar* src = img.ptr<uchar>(ty[t].src) + c0;
-            const float w = ty[t].weight;
-            float* acc = rows.data();
-            for (int x = 0; x < c1 - c0; ++x) acc[x] += w * src[x];
-        }
-        std::fill(line.begin(), line.end(), 0.f);
-        for (const AreaTap& h : tx) line[size_t(h.dst - part.x)] += h.weight * rows[size_t(h.src - c0)];
-        uchar* o = out.ptr<uchar>(d - part.y);
-        for (int x = 0; x < part.width; ++x) o[x] = cv::saturate_cast<uchar>(line[size_t(x)]);
-    }
-    return out;
-}
-
-cv::Matx23d Letterbox::affine() const {
-    return {scale_x, 0, 0.5 * scale_x - 0.5 + offset_x, 0, scale_y, 0.5 * scale_y - 0.5 + offset_y};
-}
-
-cv::Matx23d crop_frame(const Ellipse& e, cv::Size net, double margin) {
-    const double s = std::min(net.width / (2 * e.a * margin), net.height / (2 * e.b * margin));
-    const double c = std::cos(e.angle), sn = std::sin(e.angle);
-    // crop = centre + s * R(-angle) * (p - c_e)
-    cv::Matx23d A(s * c, s * sn, 0, -s * sn, s * c, 0);
-    A(0, 2) = (net.width - 1) / 2.0 - (A(0, 0) * e.cx + A(0, 1) * e.cy);
-    A(1, 2) = (net.height - 1) / 2.0 - (A(1, 0) * e.cx + A(1, 1) * e.cy);
-    return A;
-}
-
-cv::Mat warp_to_frame(const cv::Mat& img, const cv::Matx23d& A, cv::Size size) {
-    const double zoom = detail::frame_zoom(A);
-    cv::Mat src = img;
-    cv::Matx23d M = A;
-    if (zoom < 1 / 1.5) {
-        // Reduce first (area averaging), then map the reduced pixels: p_small = k (p + 0.5) - 0.5.
-        const double k = std::min(1.0, 1.5 * zoom);
-        const cv::Size small(std::max(1, int(std::lround(img.cols * k))), std::max(1, int(std::lround(img.rows * k))));
-        const double kx = double(small.width) / img.cols, ky = double(small.height) / img.rows;
-        // A = M' * S where S maps image -> small; M' = A * S^-1.
-        for (int r = 0; r < 2; ++r) {
-            const double a0 = A(r, 0), a1 = A(r, 1);
-            M(r, 0) = a0 / kx;
-            M(r, 1) = a1 / ky;
-            M(r, 2) = A(r, 2) + a0 * (0.5 / kx - 0.5) + a1 * (0.5 / ky - 0.5);
-        }
-        // Only the part of the reduced image that the frame samples (its corners mapped back, with
-        // a 2-pixel margin for the interpolation) is computed; M is moved to that part's origin.
-        cv::Matx23d Mi;
-        cv::invertAffineTransform(M, Mi);
-        double x0 = 1e300, y0 = 1e300, x1 = -1e300, y1 = -1e300;
-        for (const cv::Point2d q : {cv::Point2d(-1, -1), cv::Point2d(size.width, -1), cv::Point2d(-1, size.height),
-                                    cv::Point2d(size.width, size.height)}) {
-            const double x = Mi(0, 0) * q.x + Mi(0, 1) * q.y + Mi(0, 2), y = Mi(1, 0) * q.x + Mi(1, 1) * q.y + Mi(1, 2);
-            x0 = std::min(x0, x), x1 = std::max(x1, x), y0 = std::min(y0, y), y1 = std::max(y1, y);
-        }
-        const double lim = 4.0 * (small.width + small.height);  // keeps the casts below in range
-        const int px = int(std::floor(std::clamp(x0, -lim, lim))) - 2, py = int(std::floor(std::clamp(y0, -lim, lim))) - 2;
-        const int qx = int(std::ceil(std::clamp(x1, -lim, lim))) + 3, qy = int(std::ceil(std::clamp(y1, -lim, lim))) + 3;
-        const cv::Rect part = cv::Rect(px, py, qx - px, qy - py) & cv::Rect({0, 0}, small);
-        if (part.empty()) return cv::Mat::zeros(size, img.type());
-        src = resize_area(img, small, part);
-        for (int r = 0; r < 2; ++r) M(r, 2) += M(r, 0) * part.x + M(r, 1) * part.y;
-    }
-    cv::Mat out;
-    cv::warpAffine(src, out, M, size, cv::INTER_LINEAR, cv::BORDER_CONSTANT, 0);
-    return out;
-}
-
-cv::Mat Segmentation::probability_full() const {
-    if (net_probability.empty()) return {};
-    if (refined) {
-        cv::Mat full;
-        cv::warpAffine(net_probability, full, crop_to_net, letterbox.image_size, cv::INTER_LINEAR | cv::WARP_INVERSE_MAP,
-                       cv::BORDER_CONSTANT, 0);
-        return full;
-    }
-    const Letterbox& lb = letterbox;
-    cv::Mat roi = net_probability(cv::Rect(lb.offset_x, lb.offset_y, lb.resized.width, lb.resized.height));
-    cv::Mat full;
-    cv::resize(roi, full, lb.image_size, 0, 0, cv::INTER_LINEAR);
-    return full;
-}
 
 struct Segmenter::Impl {
     mutable detail::UNet net{nullptr};  // forward() is not const in LibTorch; used read-only
@@ -343,11 +186,9 @@ Expected<std::string> Segmenter::combine_models(const std::string& coarse, const
         auto t = detail::load_model(two_pass);
         if (c.refine.net) return make_error("model combine: '" + coarse + "' already has a second pass; name a one-pass model");
         if (!t.refine.net) return make_error("model combine: '" + two_pass + "' has no second pass to take");
-        const auto cm = metadata_object(c.metadata);
+        if (auto e = detail::split_mismatch("'" + coarse + "'", c.metadata, "'" + two_pass + "'", t.metadata); !e.empty())
+            return make_error("model combine: " + e);
         auto meta = metadata_object(t.metadata);
-        if (cm.contains("split_salt") && meta.contains("split_salt") &&
-            (cm["split_salt"] != meta["split_salt"] || cm.value("validation_fraction", 0.0) != meta.value("validation_fraction", 0.0)))
-            return make_error("model combine: '" + coarse + "' and '" + two_pass + "' were trained on different splits");
         meta["coarse_model"] = coarse;
         detail::save_model(c.net, out, meta.dump(), &t.refine);
         return meta.dump(2);
@@ -366,13 +207,17 @@ Expected<std::string> Segmenter::average_models(const std::vector<std::string>& 
         auto acc_buffers = first.net->named_buffers();
         torch::NoGradGuard no_grad;
         for (size_t i = 1; i < in.size(); ++i) {
-            // Trainer checkpoints (checkpoint_model.pt) hold weights only: they take the first model's config.
+            // Trainer checkpoints (checkpoint_model.pt) hold float32 weights and the run's split but no
+            // network config: they take the first model's.
             torch::serialize::InputArchive ar;
             ar.load_from(in[i]);
-            c10::IValue cfg_v;
+            c10::IValue cfg_v, meta_v;
             if (ar.try_read("fetalhc_network_config", cfg_v) && cfg_v.isString() &&
                 detail::network_config_json(detail::network_config_from_json(cfg_v.toStringRef())) != cfg)
                 return make_error("model average: '" + in[i] + "' has a different network config from '" + in[0] + "'");
+            const std::string meta_i = ar.try_read("fetalhc_metadata", meta_v) && meta_v.isString() ? meta_v.toStringRef() : "";
+            if (auto e = detail::split_mismatch("'" + in[0] + "'", first.metadata, "'" + in[i] + "'", meta_i); !e.empty())
+                return make_error("model average: " + e);
             detail::LoadedModel m;
             m.net = detail::UNet(first.cfg);
             m.net->load(ar);

@@ -39,17 +39,6 @@ double angle_diff(double a, double b) {
 
 }  // namespace
 
-TEST(Letterbox, RoundTripsPixelCoordinates) {
-    Letterbox lb = Letterbox::fit({800, 540}, {288, 192});
-    EXPECT_LE(lb.resized.width, 288);
-    EXPECT_LE(lb.resized.height, 192);
-    for (cv::Point2d p : {cv::Point2d(0, 0), cv::Point2d(799, 539), cv::Point2d(123.4, 456.7)}) {
-        cv::Point2d q = lb.to_image(lb.to_net(p));
-        EXPECT_NEAR(q.x, p.x, 1e-9);
-        EXPECT_NEAR(q.y, p.y, 1e-9);
-    }
-}
-
 // Tolerance: the map is sampled every ~2.8 image pixels; linear interpolation of a smooth sigmoid
 // across one sample places the crossing within a small fraction of a pixel, and the fit averages
 // hundreds of crossings. 0.5 px on centre and axes is well above that error and far below the
@@ -217,83 +206,4 @@ TEST(MaskOutline, FollowsARasterizedEllipse) {
 TEST(MaskOutline, EmptyMaskHasNoOutline) {
     EXPECT_TRUE(mask_outline(cv::Mat()).empty());
     EXPECT_TRUE(mask_outline(cv::Mat::zeros(50, 50, CV_8U)).empty());
-}
-
-namespace {
-
-// Speckle-like test image: noise smoothed at about a pixel, values over the whole 8-bit range.
-cv::Mat speckle(cv::Size size, unsigned seed) {
-    cv::Mat m(size, CV_8U);
-    cv::RNG rng(seed);
-    rng.fill(m, cv::RNG::UNIFORM, 0, 256);
-    cv::GaussianBlur(m, m, {0, 0}, 1.0);
-    cv::normalize(m, m, 0, 255, cv::NORM_MINMAX);
-    return m;
-}
-
-// Largest difference in grey levels between two images of the same size.
-double max_abs_diff(const cv::Mat& a, const cv::Mat& b) { return cv::norm(a, b, cv::NORM_INF); }
-
-}  // namespace
-
-// The separable reduction computes the same pixel-area average as OpenCV's INTER_AREA; only the
-// float rounding of a sum may differ, by one grey level on a pixel that sits on a .5 boundary.
-TEST(ResizeArea, MatchesOpenCvPixelAreaAveraging) {
-    const cv::Mat img = speckle({800, 540}, 7);
-    for (cv::Size size : {cv::Size(720, 486), cv::Size(360, 243), cv::Size(192, 130), cv::Size(61, 17)}) {
-        cv::Mat ref;
-        cv::resize(img, ref, size, 0, 0, cv::INTER_AREA);
-        const cv::Mat mine = resize_area(img, size);
-        ASSERT_EQ(mine.size(), size);
-        EXPECT_LE(max_abs_diff(mine, ref), 1) << size;
-        EXPECT_LT(cv::countNonZero(mine != ref), int(size.area() / 100) + 1) << size;
-    }
-    // Enlargements and whole-number factors are OpenCV's own result.
-    cv::Mat up;
-    cv::resize(img, up, {900, 600}, 0, 0, cv::INTER_AREA);
-    EXPECT_EQ(max_abs_diff(resize_area(img, {900, 600}), up), 0);
-    cv::Mat half;
-    cv::resize(img, half, {400, 270}, 0, 0, cv::INTER_AREA);
-    EXPECT_EQ(max_abs_diff(resize_area(img, {400, 270}), half), 0);
-}
-
-TEST(ResizeArea, PartIsTheSameRectangleOfTheWholeResult) {
-    const cv::Mat img = speckle({800, 540}, 8);
-    const cv::Size size(371, 250);
-    const cv::Mat whole = resize_area(img, size);
-    for (cv::Rect part : {cv::Rect(0, 0, 371, 250), cv::Rect(13, 27, 100, 61), cv::Rect(300, 200, 71, 50), cv::Rect(5, 249, 1, 1)}) {
-        const cv::Mat p = resize_area(img, size, part);
-        ASSERT_EQ(p.size(), part.size());
-        EXPECT_EQ(max_abs_diff(p, whole(part)), 0) << part;
-    }
-}
-
-// The crop of the refinement pass reduces only the part of the image it shows: the result is the
-// resampling of the whole reduced image (cv::resize + cv::warpAffine, the plain way), up to the
-// rounding above, whether the frame lies inside the image, across its border or outside it.
-TEST(WarpToFrame, ReducingOnlyTheShownPartGivesTheWholeImageResult) {
-    const cv::Mat img = speckle({800, 540}, 9);
-    const cv::Size net(256, 192);
-    for (const Ellipse& e : {Ellipse{450, 300, 190, 140, 0.2}, Ellipse{400, 270, 330, 250, 0.3}, Ellipse{650, 120, 300, 200, 2.0},
-                             Ellipse{-900, 2000, 300, 200, 1.0}}) {
-        const cv::Matx23d A = crop_frame(e, net, 1.2);
-        const double zoom = std::sqrt(std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0)));
-        ASSERT_LT(zoom, 1 / 1.5);  // the reducing path
-        const double k = 1.5 * zoom;
-        const cv::Size small(int(std::lround(800 * k)), int(std::lround(540 * k)));
-        cv::Mat reduced, ref;
-        cv::resize(img, reduced, small, 0, 0, cv::INTER_AREA);
-        const double kx = double(small.width) / 800, ky = double(small.height) / 540;
-        cv::Matx23d M = A;
-        for (int r = 0; r < 2; ++r) {
-            M(r, 0) = A(r, 0) / kx;
-            M(r, 1) = A(r, 1) / ky;
-            M(r, 2) = A(r, 2) + A(r, 0) * (0.5 / kx - 0.5) + A(r, 1) * (0.5 / ky - 0.5);
-        }
-        cv::warpAffine(reduced, ref, M, net, cv::INTER_LINEAR, cv::BORDER_CONSTANT, 0);
-        const cv::Mat mine = warp_to_frame(img, A, net);
-        EXPECT_LE(max_abs_diff(mine, ref), 1) << e.cx;
-        EXPECT_LT(cv::countNonZero(mine != ref), net.area() / 100) << e.cx;
-        EXPECT_EQ(cv::countNonZero(mine), cv::countNonZero(ref)) << e.cx;  // the same pixels left outside
-    }
 }

@@ -24,14 +24,16 @@ Hc18Record record(const std::string& file, double ref_hc_mm) {
     return r;
 }
 
-// A measurement whose HC is `hc_mm` (a circle at pixel size 0.1 mm), quality as given.
+// A measurement whose HC is `hc_mm` (an ellipse of cephalic index 80 at pixel size 0.1 mm), quality
+// as given.
 Measurement measured(double hc_mm, const std::string& quality = "ok") {
     Ellipse e;
     e.cx = e.cy = 200;
-    e.a = e.b = hc_mm / (2 * CV_PI) / 0.1;
+    e.a = hc_mm / 0.1 / ramanujan_perimeter(1.0, 0.8);
+    e.b = 0.8 * e.a;
     Measurement m = measurement_from_ellipse(e, 0.1, std::nullopt);
-    m.quality = quality;
-    if (quality != "ok") m.reasons = {"test"};
+    EXPECT_EQ(m.quality, "ok") << hc_mm << " mm: " << (m.reasons.empty() ? "" : m.reasons[0]);
+    if (quality != "ok") m.reasons = {"test"}, m.quality = quality;
     m.image_size = {400, 400};
     m.timings.total_ms = 10;
     return m;

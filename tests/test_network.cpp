@@ -1,6 +1,7 @@
 // The frozen inference form of the network (folded batch norm, channels-last, oneDNN for every
 // convolution) must give what the training form gives in eval mode; the second pass's decision to
 // crop again.
+#include "geometry.h"
 #include "network.h"
 
 #include "fetalhc/ellipse.h"
@@ -116,7 +117,7 @@ TEST(SecondLook, OnlyForASmallOrOffCentreHead) {
     fetalhc::Segmentation seg;
     seg.refined = true;
     seg.crop_to_net = fetalhc::crop_frame(crop_ellipse, ns, 1.2);
-    const double s = fetalhc::detail::frame_zoom(seg.crop_to_net);
+    const double s = fetalhc::frame_zoom(seg.crop_to_net);
     const double cx = (ns.width - 1) / 2.0, cy = (ns.height - 1) / 2.0;
     auto head_at = [&](double dx, double scale) {  // the crop's ellipse in net pixels, moved and scaled
         Ellipse e{cx + dx, cy, s * crop_ellipse.a * scale, s * crop_ellipse.b * scale, 0};

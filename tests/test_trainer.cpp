@@ -3,6 +3,7 @@
 #include "fetalhc/measure.h"
 #include "fetalhc/segmenter.h"
 #include "fetalhc/trainer.h"
+#include "train/data.h"  // internal (src/): the images the training loop draws from
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -12,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 namespace fs = std::filesystem;
 using namespace fetalhc;
@@ -19,7 +21,8 @@ using namespace fetalhc;
 namespace {
 
 // A tiny data set in the HC18 layout: bright elliptic rings in speckle, with filled masks.
-fs::path make_synthetic_hc18(const fs::path& root, int exams) {
+// With images_per_exam 2, each examination NNN has NNN_HC and NNN_2HC.
+fs::path make_synthetic_hc18(const fs::path& root, int exams, int images_per_exam = 1) {
     fs::create_directories(root / "training_set");
     std::ofstream csv(root / "training_set_pixel_size_and_HC.csv");
     csv << "filename,pixel size(mm),head circumference (mm)\n";
@@ -27,9 +30,12 @@ fs::path make_synthetic_hc18(const fs::path& root, int exams) {
     ell << "filename,pixel_size_mm,hc_mm,center_x_px,center_y_px,semi_axis_a_px,semi_axis_b_px,angle_rad\n";
     std::mt19937 rng(7);
     std::uniform_real_distribution<double> U(0, 1);
-    for (int i = 1; i <= exams; ++i) {
-        char name[32];
-        std::snprintf(name, sizeof name, "%03d_HC", i);
+    for (int k = 0; k < exams * images_per_exam; ++k) {
+        const int i = k / images_per_exam + 1;
+        char exam[8];
+        std::snprintf(exam, sizeof exam, "%03d", i);
+        const int nth = k % images_per_exam + 1;
+        const std::string name = std::string(exam) + (nth == 1 ? "_HC" : "_" + std::to_string(nth) + "HC");
         cv::Mat img(150, 200, CV_8U), mask = cv::Mat::zeros(150, 200, CV_8U);
         cv::randu(img, 0, 60);
         Ellipse e{100 + 20 * (U(rng) - 0.5), 75 + 10 * (U(rng) - 0.5), 50 + 10 * U(rng), 38 + 6 * U(rng), U(rng) * CV_PI};
@@ -246,6 +252,111 @@ TEST_F(TrainerSmoke, MissingDataFolderIsAClearError) {
     auto rep = train(tiny_config(), o);
     ASSERT_FALSE(rep);
     EXPECT_NE(rep.error().find("nope"), std::string::npos);
+}
+
+// The split guard: fine-tuning (init_weights), a refine stage's first pass (coarse_model), `model
+// average` and `model combine` refuse models of different splits, with both splits in the message;
+// models of the same split, and models that both record none, may be mixed.
+TEST_F(TrainerSmoke, ModelsOfDifferentSplitsAreNotMixed) {
+    TrainConfig a = tiny_config(), b = tiny_config();
+    a.split_salt = "salt-a";
+    b.split_salt = "salt-b";
+    auto ma = train(a, smoke_run("a", 1));
+    ASSERT_TRUE(ma) << ma.error();
+    auto mb = train(b, smoke_run("b", 1));
+    ASSERT_TRUE(mb) << mb.error();
+    auto names_both = [](const std::string& e) {
+        return e.find("\"salt-a\"") != std::string::npos && e.find("\"salt-b\"") != std::string::npos;
+    };
+
+    TrainConfig finetune = b;
+    finetune.init_weights = ma->model_path;
+    auto r = train(finetune, smoke_run("finetune", 1));
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(names_both(r.error())) << r.error();
+    EXPECT_NE(r.error().find("init_weights"), std::string::npos) << r.error();
+
+    TrainConfig refine = b;
+    refine.stage = "refine";
+    refine.network.input_width = 48;
+    refine.network.input_height = 32;
+    refine.coarse_model = ma->model_path;
+    r = train(refine, smoke_run("refine_a", 1));
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(names_both(r.error())) << r.error();
+    EXPECT_NE(r.error().find("coarse_model"), std::string::npos) << r.error();
+    refine.coarse_model = mb->model_path;  // the same split: allowed
+    auto two_pass_b = train(refine, smoke_run("refine_b", 1));
+    ASSERT_TRUE(two_pass_b) << two_pass_b.error();
+
+    const std::string out = (dir_ / "mixed.pt").string();
+    auto avg = Segmenter::average_models({ma->model_path, mb->model_path}, out);
+    ASSERT_FALSE(avg);
+    EXPECT_TRUE(names_both(avg.error())) << avg.error();
+    // A run's checkpoint records its split: it averages with the run's model, not with another run's.
+    EXPECT_TRUE(Segmenter::average_models({ma->model_path, (dir_ / "a" / "checkpoint_model.pt").string()}, out));
+    avg = Segmenter::average_models({ma->model_path, (dir_ / "b" / "checkpoint_model.pt").string()}, out);
+    ASSERT_FALSE(avg);
+    EXPECT_TRUE(names_both(avg.error())) << avg.error();
+
+    auto comb = Segmenter::combine_models(ma->model_path, two_pass_b->model_path, out);
+    ASSERT_FALSE(comb);
+    EXPECT_TRUE(names_both(comb.error())) << comb.error();
+    EXPECT_TRUE(Segmenter::combine_models(mb->model_path, two_pass_b->model_path, out));
+
+    // A model that records no split mixes only with another that records none.
+    const std::string none1 = (dir_ / "none1.pt").string(), none2 = (dir_ / "none2.pt").string();
+    ASSERT_TRUE(Segmenter::rewrite_metadata(ma->model_path, none1, R"({"split_salt": null})"));
+    ASSERT_TRUE(Segmenter::rewrite_metadata(mb->model_path, none2, R"({"split_salt": null})"));
+    avg = Segmenter::average_models({ma->model_path, none1}, out);
+    ASSERT_FALSE(avg);
+    EXPECT_NE(avg.error().find("no recorded split"), std::string::npos) << avg.error();
+    EXPECT_TRUE(Segmenter::average_models({none1, none2}, out));
+    comb = Segmenter::combine_models(none1, two_pass_b->model_path, out);
+    ASSERT_FALSE(comb);
+    EXPECT_NE(comb.error().find("no recorded split"), std::string::npos) << comb.error();
+    finetune.init_weights = none1;
+    r = train(finetune, smoke_run("finetune_none", 1));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().find("no recorded split"), std::string::npos) << r.error();
+}
+
+// Training reads only the training side of the split: the two lists of split.json share no
+// examination, and the images the loop draws its batches from (training::load_training_data's
+// `train`, the loop's only source) are exactly the train list.
+TEST_F(TrainerSmoke, TheLoopDrawsOnlyFromTheTrainingSplit) {
+    make_synthetic_hc18(dir_ / "pairs", 8, 2);  // two images per examination
+    TrainOptions o = smoke_run("run", 1);
+    o.data_dir = (dir_ / "pairs").string();
+    const TrainConfig cfg = tiny_config();
+    ASSERT_TRUE(train(cfg, o));
+    std::ifstream sf(dir_ / "run" / "split.json");
+    const auto split = nlohmann::json::parse(sf);
+    std::set<std::string> train_exams, val_exams;
+    for (const auto& f : split["train"]) train_exams.insert(examination_id(f.get<std::string>()));
+    for (const auto& f : split["validation"]) val_exams.insert(examination_id(f.get<std::string>()));
+    ASSERT_FALSE(train_exams.empty());
+    ASSERT_FALSE(val_exams.empty());
+    for (const auto& e : train_exams) EXPECT_EQ(val_exams.count(e), 0u) << e;
+    EXPECT_EQ(split["train"].size() + split["validation"].size(), 16u);
+
+    auto data = training::load_training_data(cfg, o);
+    ASSERT_TRUE(data) << data.error();
+    ASSERT_EQ(data->train.size(), split["train"].size());
+    for (size_t i = 0; i < data->train.size(); ++i) {
+        EXPECT_EQ(data->train[i].filename, split["train"][i].get<std::string>());
+        EXPECT_EQ(val_exams.count(examination_id(data->train[i].filename)), 0u) << data->train[i].filename;
+    }
+    ASSERT_EQ(data->validation.size(), split["validation"].size());
+    for (size_t i = 0; i < data->validation.size(); ++i)
+        EXPECT_EQ(data->validation[i].filename, split["validation"][i].get<std::string>());
+
+    // --limit cuts each side to its first records, still on its own side.
+    o.limit = 3;
+    auto limited = training::load_training_data(cfg, o);
+    ASSERT_TRUE(limited) << limited.error();
+    ASSERT_EQ(limited->train.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(limited->train[i].filename, data->train[i].filename);
 }
 
 TEST(TrainConfig, UnknownKeysAndBadValuesAreRejected) {

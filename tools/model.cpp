@@ -1,6 +1,7 @@
 // `fetalhc model ...`: model file tools (calibrate the axis scale, average weights, combine passes).
 #include "cli.h"
 
+#include "fetalhc/evaluation.h"
 #include "fetalhc/fetalhc.h"
 
 #include <nlohmann/json.hpp>
@@ -14,38 +15,27 @@ using nlohmann::json;
 namespace fetalhc_cli {
 namespace {
 
-// Moved unchanged from the old tools/main.cpp: it is about to be rebuilt on the library's
-// evaluation module, which takes over the calibration arithmetic.
+// Rewrites the model's axis scale from its TRAINING split only (fetalhc::calibrate_axis_scale).
 int run_calibrate(const std::string& data, const std::string& in, const std::string& out) {
     if (!check_model_file(in)) return kExitUsage;
     auto seg = fetalhc::Segmenter::load(in, {});
     if (!seg) return error(seg.error()), kExitUsage;
-    json meta = json::parse(seg->info().metadata.empty() ? "{}" : seg->info().metadata, nullptr, false);
-    if (!meta.is_object() || !meta.contains("split_salt")) return error("model '" + in + "' records no training split"), kExitUsage;
     auto recs = fetalhc::read_hc18_training(data);
     if (!recs) return error(recs.error()), kExitUsage;
-    auto split = fetalhc::grouped_split(*recs, meta["validation_fraction"].get<double>(), meta["split_salt"].get<std::string>());
-    // Two factors, both from the training split: masks -> reference ellipses, then the model's own
-    // measurements (made with the first factor) -> reference HC.
-    const double f = fetalhc::mask_to_reference_scale(split.train);
-    if (!std::isfinite(f)) return error("no training masks found under '" + data + "'"), kExitSomeFailed;
+    auto split = fetalhc::model_split(*recs, seg->info().metadata);
+    if (!split) return error("model '" + in + "': " + split.error()), kExitUsage;
     fetalhc::Measurer measurer(*seg);
-    const double stored = seg->info().axis_scale;
-    int measured = 0;
-    const double g = fetalhc::measured_to_reference_scale(split.train, [&](const fetalhc::Hc18Record& r) -> std::optional<double> {
-        fetalhc::MeasureOptions o;
-        o.pixel_size_mm = r.pixel_size_mm;
-        auto m = measurer.measure_file(r.image_path, o);
-        if (!m) return std::nullopt;
-        ++measured;
-        return m->hc_mm * f / stored;  // HC is proportional to the axis scale
-    });
-    if (!std::isfinite(g)) return error("model '" + in + "' measured none of the training images under '" + data + "'"), kExitSomeFailed;
-    auto r = fetalhc::Segmenter::rewrite_metadata(
-        in, out, json{{"axis_scale", f * g}, {"axis_scale_masks", f}, {"axis_scale_measured", g}, {"axis_scale_images", measured}}.dump());
+    auto c = fetalhc::calibrate_axis_scale(*split, seg->info().axis_scale, fetalhc::measure_with(measurer));
+    if (!c) return error("model '" + in + "' on '" + data + "': " + c.error()), kExitSomeFailed;
+    auto r = fetalhc::Segmenter::rewrite_metadata(in, out,
+                                                  json{{"axis_scale", c->axis_scale},
+                                                       {"axis_scale_masks", c->masks_factor},
+                                                       {"axis_scale_measured", c->measured_factor},
+                                                       {"axis_scale_images", c->measured_images}}
+                                                      .dump());
     if (!r) return error(r.error()), kExitSomeFailed;
-    std::fprintf(stderr, "axis scale %.5f = %.5f (masks -> reference ellipses, %zu training images) x %.5f (this model's HC -> reference HC, median of %d); wrote %s\n",
-                 f * g, f, split.train.size(), g, measured, out.c_str());
+    std::fprintf(stderr, "axis scale %.5f = %.5f (masks -> reference ellipses, %d training images) x %.5f (this model's HC -> reference HC, median of %d); wrote %s\n",
+                 c->axis_scale, c->masks_factor, c->training_images, c->measured_factor, c->measured_images, out.c_str());
     return kExitOk;
 }
 

@@ -1,7 +1,9 @@
 // fetalhc/fetalhc.h - the whole public API in one include.
 #pragma once
 
+#include "fetalhc/csv.h"
 #include "fetalhc/ellipse.h"
+#include "fetalhc/evaluation.h"
 #include "fetalhc/expected.h"
 #include "fetalhc/growth.h"
 #include "fetalhc/hc18.h"

@@ -47,6 +47,16 @@ struct Split {
 Split grouped_split(const std::vector<Hc18Record>& records, double validation_fraction,
                     const std::string& salt);
 
+// The grouped split a model file records in its metadata (JSON keys `split_salt` and
+// `validation_fraction`, as the trainer writes them); nullopt when it records none. Every check
+// that models share a split, and every figure on "the model's validation split", reads it here.
+struct SplitSpec {
+    std::string salt;
+    double validation_fraction = 0;
+    bool operator==(const SplitSpec& o) const { return salt == o.salt && validation_fraction == o.validation_fraction; }
+};
+std::optional<SplitSpec> recorded_split(const std::string& metadata_json);
+
 // Reads a pixel-size CSV (`filename,pixel size(mm)[,...]`, header optional). Keys are file names.
 Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_path);
 

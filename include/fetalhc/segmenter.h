@@ -25,7 +25,8 @@ namespace fetalhc {
 
 // Where an image sits inside the network input, per axis: net = scale * (img + 0.5) - 0.5 + offset
 // (the half-pixel terms make pixel centres line up as cv::resize does). The two scales differ only
-// by the rounding of the resized size.
+// by the rounding of the resized size. Part of a Segmentation (the whole-image pass's frame); build
+// one with fit() to wrap a probability map of your own (e.g. a mask) for extract_boundary.
 struct Letterbox {
     double scale_x = 1, scale_y = 1;
     int offset_x = 0, offset_y = 0;
@@ -36,26 +37,12 @@ struct Letterbox {
     static Letterbox fit(cv::Size image, cv::Size net);
     cv::Point2d to_image(cv::Point2d net) const;
     cv::Point2d to_net(cv::Point2d img) const;
-    cv::Mat apply(const cv::Mat& img, int interpolation) const;  // image -> net_size canvas
+    // image -> net_size canvas; INTER_AREA is the pixel-area reduction the network passes use.
+    cv::Mat apply(const cv::Mat& img, int interpolation) const;
     cv::Matx23d affine() const;  // the same mapping as a 2x3 affine (image -> net)
 };
 
 struct Ellipse;
-
-// Head-centred crop frame used by the refinement pass: the image is turned so that the ellipse's
-// major axis runs along +x, centred in a `net`-sized crop, and zoomed so that the ellipse grown by
-// `margin` just fits. Returns the image -> crop affine.
-cv::Matx23d crop_frame(const Ellipse& e, cv::Size net, double margin);
-
-// Resamples `img` into the frame of the affine A (image -> frame) at `size`. Areas zoomed out by
-// more than 1.5x are first reduced with pixel-area averaging so speckle does not alias.
-// Pixels outside the image are 0. Works on CV_8U and CV_32F.
-cv::Mat warp_to_frame(const cv::Mat& img, const cv::Matx23d& A, cv::Size size);
-
-// Pixel-area reduction of `img` to `size` (as cv::resize with INTER_AREA; separable and several times
-// faster on CV_8UC1 at fractional factors; other cases go to cv::resize). `part`, a rectangle of the
-// reduced image, computes only those pixels (same values as in the whole result); empty = all.
-cv::Mat resize_area(const cv::Mat& img, cv::Size size, cv::Rect part = {});
 
 // Network hyper-parameters stored inside the model file.
 struct NetworkConfig {
@@ -75,7 +62,8 @@ struct Segmentation {
     double axis_scale = 1;    // the model's mask-to-reference factor (ModelInfo::axis_scale)
     Letterbox letterbox;      // the whole-image pass (its image_size is the input image's)
     // Set when net_probability comes from the refinement pass on a head-centred crop: the
-    // image -> crop affine (see crop_frame). Otherwise the frame is the letterbox.
+    // image -> crop affine (crop = A * (x, y, 1); the ellipse's major axis along +x). Otherwise the
+    // frame is the letterbox.
     bool refined = false;
     cv::Matx23d crop_to_net = cv::Matx23d::eye();
     double network_ms = 0;    // forward pass time (both passes)
@@ -130,14 +118,19 @@ public:
     static Expected<std::string> average_models(const std::vector<std::string>& in, const std::string& out);
 
     // Writes a two-pass model made of the first-pass network of `coarse` (a one-pass model) and the
-    // second-pass network, crop margin and metadata of `two_pass`. Both must have been trained on
-    // the same split; the metadata records the coarse file as "coarse_model".
+    // second-pass network, crop margin and metadata of `two_pass`; the metadata records the coarse
+    // file as "coarse_model".
     static Expected<std::string> combine_models(const std::string& coarse, const std::string& two_pass,
                                                 const std::string& out);
-    struct Impl;  // defined with LibTorch in segmenter.cpp
-    explicit Segmenter(std::shared_ptr<const Impl> impl);
+    // Split guard (average_models, combine_models, and the trainer's init_weights / coarse_model):
+    // models are mixed only when their metadata record the same train/validation split (keys
+    // "split_salt" and "validation_fraction", as the trainer writes them), or when neither records
+    // one. Otherwise one network may have trained on the other's validation images, and the error
+    // names both splits. A model without a recorded split can be given one with rewrite_metadata.
 
 private:
+    struct Impl;  // defined with LibTorch in segmenter.cpp
+    explicit Segmenter(std::shared_ptr<const Impl> impl);
     std::shared_ptr<const Impl> impl_;
 };
 
@@ -155,5 +148,19 @@ struct Boundary {
 
 // gray8 (the input image) is used to find the ultrasound sector; pass an empty Mat to skip that.
 Boundary extract_boundary(const Segmentation& seg, const cv::Mat& gray8);
+
+// Boundary of a binary mask image (CV_8UC1, head where the value is >= 128: an annotation, or a
+// mask edited by hand or returned by POST /v1/segment): the same sub-pixel extraction as
+// extract_boundary, the mask read as a probability map (0 or 1) at its own resolution, so the
+// points lie on the pixel edges between head and background (half a pixel outside the outermost
+// head pixel centres). The largest region is used; points where it runs into the image border are
+// cut_points. No sector test. found is false when no region of at least 30 pixels is white.
+Boundary mask_boundary(const cv::Mat& mask8);
+
+// Outline of the largest region of a binary mask (CV_8UC1, non-zero = head): the polygon of the
+// outer pixel centres of the region of largest polygon area, corners only (cv::findContours with
+// CHAIN_APPROX_SIMPLE; on a tie the first found, scanning rows from the top). Empty when the mask
+// is all zero. Integer pixel coordinates, the project's convention.
+std::vector<cv::Point> mask_outline(const cv::Mat& mask);
 
 }  // namespace fetalhc

@@ -5,8 +5,9 @@
 //   auto report = fetalhc::train(cfg, opt);   // writes checkpoints, split.json, report.json
 //
 // Every hyper-parameter lives in the JSON config (keys as the fields below). The split is grouped
-// by examination and written to out_dir/split.json. Training resumes from out_dir/checkpoint.pt
-// with opt.resume. Seeds are fixed (config `seed`), so a run is repeatable on the same machine.
+// by examination and written to out_dir/split.json; batches are drawn from its training side only.
+// Training resumes from the checkpoint in out_dir with opt.resume. Seeds are fixed (config `seed`),
+// so a run is repeatable on the same machine.
 // Thread safety: one training per process.
 #pragma once
 
@@ -59,7 +60,10 @@ struct TrainConfig {
     std::string split_salt = "fetalhc-split-v1";
     unsigned seed = 42;
     int threads = 0;                  // 0 = all cores
-    std::string init_weights;         // start from this model file's weights (fine-tuning); "" = random
+    // Start from this model file's weights (fine-tuning); "" = random. Like coarse_model, the file
+    // must record this config's split (split_salt and validation_fraction in its metadata, as the
+    // trainer writes them); a model of another split, or of none, is refused (see Segmenter).
+    std::string init_weights;
     // "coarse": the whole-image network. "refine": the second, head-centred pass of a coarse-to-fine
     // model; trains on crops around the reference ellipses (jittered by the augment settings:
     // translate = centre shift as a fraction of the semi-major axis, scale_min/max, rotate_degrees,

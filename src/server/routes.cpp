@@ -92,9 +92,7 @@ nlohmann::json ellipse_json(const Ellipse& e) {
 }
 
 Measurement ellipse_numbers(const Ellipse& e, double pixel_size_mm, std::optional<double> ga_weeks) {
-    Measurement m = measurement_from_ellipse(e, pixel_size_mm, ga_weeks);
-    m.quality = m.reasons.empty() ? "ok" : "review";
-    return m;
+    return measurement_from_ellipse(e, pixel_size_mm, ga_weeks);  // decides the quality too
 }
 
 }  // namespace fetalhc::server

@@ -1,0 +1,105 @@
+// The quality flag has one owner: every path that adds a review reason ends in "review", and a
+// measurement with no reason is "ok". Segmentations are built by hand (a binary mask as the
+// probability map in an identity letterbox), so no model is needed.
+#include "fetalhc/ellipse.h"
+#include "fetalhc/measure.h"
+#include "fetalhc/segmenter.h"
+
+#include <gtest/gtest.h>
+#include <opencv2/imgproc.hpp>
+
+#include <functional>
+#include <string>
+
+using namespace fetalhc;
+
+namespace {
+
+const cv::Size kImage(400, 300);
+const Ellipse kHead{200, 150, 120, 95, 0.3};  // cephalic index 79
+
+// The mask as the probability map, in an identity letterbox, as the HTTP stages build it.
+Segmentation from_mask(const cv::Mat& mask8, float presence = 0.98f) {
+    Segmentation s;
+    mask8.convertTo(s.net_probability, CV_32F, 1.0 / 255);
+    s.letterbox = Letterbox::fit(mask8.size(), mask8.size());
+    s.presence = presence;
+    return s;
+}
+
+MeasureOptions options(double pixel_size_mm = 0.15) {
+    MeasureOptions o;
+    o.pixel_size_mm = pixel_size_mm;
+    return o;
+}
+
+bool has_reason(const Measurement& m, const std::string& text) {
+    for (const auto& r : m.reasons)
+        if (r.find(text) != std::string::npos) return true;
+    return false;
+}
+
+// The invariant under test: review exactly when there is a reason.
+void expect_quality_follows_reasons(const Measurement& m, const std::string& what) {
+    EXPECT_EQ(m.quality, m.reasons.empty() ? "ok" : "review") << what;
+}
+
+}  // namespace
+
+TEST(MeasureQuality, EllipseWithCephalicIndexOutOfRangeIsReview) {
+    const Measurement m = measurement_from_ellipse({200, 150, 100, 50, 0}, 0.2, std::nullopt);  // index 50
+    EXPECT_NEAR(m.cephalic_index, 50, 1e-9);
+    ASSERT_FALSE(m.reasons.empty());
+    EXPECT_TRUE(has_reason(m, "cephalic index")) << m.reasons.front();
+    EXPECT_EQ(m.quality, "review");
+    const Measurement round = measurement_from_ellipse({200, 150, 100, 100, 0}, 0.2, std::nullopt);  // index 100
+    EXPECT_TRUE(has_reason(round, "cephalic index"));
+    EXPECT_EQ(round.quality, "review");
+}
+
+TEST(MeasureQuality, EllipseWithImplausibleHcIsReview) {
+    const Measurement tiny = measurement_from_ellipse({50, 50, 10, 8, 0}, 0.1, std::nullopt);  // HC about 5.7 mm
+    EXPECT_TRUE(has_reason(tiny, "plausible"));
+    EXPECT_EQ(tiny.quality, "review");
+    const Measurement plain = measurement_from_ellipse(kHead, 0.15, 22.0);
+    EXPECT_TRUE(plain.reasons.empty()) << plain.reasons.front();
+    EXPECT_EQ(plain.quality, "ok");
+}
+
+TEST(MeasureQuality, CleanSegmentationIsOk) {
+    auto m = measure_from_segmentation(from_mask(rasterize(kHead, kImage)), cv::Mat(), options(), "clean");
+    ASSERT_TRUE(m) << m.error();
+    EXPECT_TRUE(m->reasons.empty()) << m->reasons.front();
+    EXPECT_EQ(m->quality, "ok");
+}
+
+// Each check of measure_from_segmentation, triggered on its own: the reason is there, the
+// measurement is "review".
+TEST(MeasureQuality, EveryReasonEndsInReview) {
+    const cv::Mat head = rasterize(kHead, kImage);
+    cv::Mat lobed = head.clone();  // a rectangle sticking out of the head: not an ellipse
+    cv::rectangle(lobed, cv::Rect(250, 40, 130, 80), cv::Scalar(255), cv::FILLED);
+    struct Case {
+        std::string reason;
+        Segmentation seg;
+        std::function<void(MeasureOptions&)> tweak;
+    };
+    const std::vector<Case> cases = {
+        {"low detection confidence", from_mask(head, 0.2f), [](MeasureOptions&) {}},
+        {"uncertain segmentation", from_mask(head), [](MeasureOptions& o) { o.min_certainty = 1.01; }},
+        {"poor ellipse fit", from_mask(head), [](MeasureOptions& o) { o.max_fit_rms_px = -1; }},
+        {"not elliptical", from_mask(lobed), [](MeasureOptions&) {}},
+        {"head cut", from_mask(head), [](MeasureOptions& o) { o.max_cut_fraction = -1; }},
+        {"cephalic index", from_mask(head), [](MeasureOptions& o) { o.min_cephalic_index = 85; }},
+        {"plausible", from_mask(head), [](MeasureOptions& o) { o.pixel_size_mm = 2.0; }},
+    };
+    for (const Case& c : cases) {
+        MeasureOptions o = options();
+        c.tweak(o);
+        auto m = measure_from_segmentation(c.seg, cv::Mat(), o, c.reason);
+        ASSERT_TRUE(m) << c.reason << ": " << m.error();
+        EXPECT_TRUE(has_reason(*m, c.reason)) << c.reason;
+        EXPECT_EQ(m->quality, "review") << c.reason;
+        expect_quality_follows_reasons(*m, c.reason);
+    }
+}
