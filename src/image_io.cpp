@@ -1,5 +1,6 @@
 #include "fetalhc/image_io.h"
 
+#include "png_decode.h"
 #include "png_gray.h"
 
 #include <opencv2/imgcodecs.hpp>
@@ -46,6 +47,11 @@ Expected<cv::Mat> decode_grayscale(const std::vector<unsigned char>& bytes, cons
     if (bytes.empty()) return make_error("'" + name + "' is empty (0 bytes); pass an ultrasound image file");
     cv::Mat img = detail::decode_png_gray8(bytes.data(), bytes.size());  // the common case, ~2x faster
     if (!img.empty()) return to_gray8(img, name);
+    if (detail::is_png(bytes.data(), bytes.size())) {
+        auto png = detail::decode_png(bytes.data(), bytes.size(), name);  // libpng kept off stderr
+        if (!png) return make_error(png.error());
+        return to_gray8(*png, name);
+    }
     try {
         img = cv::imdecode(bytes, cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR);
     } catch (const cv::Exception& e) {

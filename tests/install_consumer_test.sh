@@ -18,5 +18,8 @@ echo "$out"
 grep -q "ellipse HC 173.1 mm" <<<"$out" || { echo "FAIL: wrong HC from the installed library"; exit 1; }
 grep -q "parameters" <<<"$out" || { echo "FAIL: the installed model did not load"; exit 1; }
 # The installed CLI finds the installed model by itself (no source tree, no FETALHC_MODEL).
-(cd "$tmp" && env -u FETALHC_MODEL "$tmp/prefix/bin/fetalhc" --version >/dev/null)
+# The installed CLI defaults to the model installed beside it, not to the source tree's.
+help=$(cd "$tmp" && env -u FETALHC_MODEL "$tmp/prefix/bin/fetalhc" measure --help)
+grep -q "$tmp/prefix/share/fetalhc/models/fetalhc_unet.pt" <<<"$help" ||
+  { echo "FAIL: the installed CLI does not default to the installed model"; echo "$help"; exit 1; }
 echo "install and find_package(fetalhc) consumer: ok"

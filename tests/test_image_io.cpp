@@ -8,6 +8,7 @@
 //   - JPEG: lossy; a smooth gradient at quality 95 stays within a mean error of 2 grey levels.
 #include "fetalhc/image_io.h"
 
+#include "png_decode.h"
 #include "png_gray.h"
 
 #include <gtest/gtest.h>
@@ -454,6 +455,104 @@ TEST(PngFastPath, OtherVariantsAndDamageGoToOpenCv) {
     std::vector<unsigned char> lying = good;
     lying[8] = 0x7f;  // IHDR length -> ~2 GB
     EXPECT_TRUE(fetalhc::detail::decode_png_gray8(lying.data(), lying.size()).empty());
+}
+
+// ---- PNGs the fast path declines: libpng directly, silent on stderr ------------------------------
+
+namespace {
+
+// The PNG's chunks after the signature, as (type, data) pairs.
+std::vector<std::pair<std::string, std::vector<unsigned char>>> png_chunks(const std::vector<unsigned char>& png) {
+    std::vector<std::pair<std::string, std::vector<unsigned char>>> out;
+    for (size_t p = 8; p + 12 <= png.size();) {
+        const uint32_t n = uint32_t(png[p]) << 24 | uint32_t(png[p + 1]) << 16 | uint32_t(png[p + 2]) << 8 | png[p + 3];
+        out.emplace_back(std::string(png.begin() + long(p) + 4, png.begin() + long(p) + 8),
+                         std::vector<unsigned char>(png.begin() + long(p) + 8, png.begin() + long(p) + 8 + n));
+        p += 12 + n;
+    }
+    return out;
+}
+
+std::vector<unsigned char> png_from_chunks(const std::vector<std::pair<std::string, std::vector<unsigned char>>>& chunks) {
+    std::vector<unsigned char> out{0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    for (const auto& [type, data] : chunks) put_chunk(out, type.c_str(), data);
+    return out;
+}
+
+// Decodes through the library and returns what reached stderr meanwhile.
+std::string stderr_of_decode(const std::vector<unsigned char>& bytes, fetalhc::Expected<cv::Mat>* result) {
+    ::testing::internal::CaptureStderr();
+    *result = fetalhc::decode_grayscale(bytes, "scan.png");
+    return ::testing::internal::GetCapturedStderr();
+}
+
+}  // namespace
+
+// Cross-check against OpenCV's reader: every other PNG variant OpenCV writes gives the same gray
+// image through libpng here as through cv::imdecode (exact: same samples, same conversion).
+TEST(PngDecode, EveryOtherVariantMatchesOpenCv) {
+    const cv::Mat gray = speckle_image(70, 50);
+    cv::Mat bgr, bgra, deep, deep_bgr;
+    cv::merge(std::vector<cv::Mat>{gray, 255 - gray, gray / 2}, bgr);
+    cv::cvtColor(bgr, bgra, cv::COLOR_BGR2BGRA);
+    gray.convertTo(deep, CV_16U, 200);
+    bgr.convertTo(deep_bgr, CV_16UC3, 150);
+    for (const cv::Mat* m : {&bgr, &bgra, &deep, &deep_bgr}) {
+        std::vector<unsigned char> bytes;
+        ASSERT_TRUE(cv::imencode(".png", *m, bytes));
+        ASSERT_TRUE(fetalhc::detail::is_png(bytes.data(), bytes.size()));
+        auto mine = fetalhc::detail::decode_png(bytes.data(), bytes.size(), "x.png");
+        ASSERT_TRUE(mine) << mine.error();
+        const cv::Mat theirs = cv::imdecode(bytes, cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR);
+        auto a = fetalhc::to_gray8(*mine, "x"), b = fetalhc::to_gray8(theirs, "x");
+        ASSERT_TRUE(a && b);
+        EXPECT_EQ(cv::norm(*a, *b, cv::NORM_INF), 0) << "channels " << m->channels() << " depth " << m->depth();
+    }
+}
+
+TEST(PngDecode, DamagedAncillaryChunkIsSkippedSilently) {
+    cv::Mat bgr;
+    cv::cvtColor(speckle_image(64, 48), bgr, cv::COLOR_GRAY2BGR);
+    std::vector<unsigned char> good;
+    ASSERT_TRUE(cv::imencode(".png", bgr, good));
+    auto chunks = png_chunks(good);
+    // A text chunk whose CRC is wrong, and a too-short iCCP chunk: libpng warns and skips them.
+    chunks.insert(chunks.begin() + 1, {"iCCP", {'x', 0, 0}});
+    auto bytes = png_from_chunks(chunks);
+    std::vector<unsigned char> text{'C', 'o', 'm', 'm', 'e', 'n', 't', 0, 'h', 'i'};
+    std::vector<unsigned char> with_text;
+    put_chunk(with_text, "tEXt", text);
+    with_text.back() ^= 0xff;  // break its CRC
+    bytes.insert(bytes.begin() + 8 + 25, with_text.begin(), with_text.end());  // after IHDR (8 + 25 bytes)
+    // The premise: this file makes libpng warn when OpenCV's reader decodes it.
+    ::testing::internal::CaptureStderr();
+    (void)cv::imdecode(bytes, cv::IMREAD_ANYCOLOR);
+    EXPECT_NE(::testing::internal::GetCapturedStderr(), "") << "OpenCV decoded it silently: the input provokes nothing";
+    fetalhc::Expected<cv::Mat> img = cv::Mat();
+    const std::string err = stderr_of_decode(bytes, &img);
+    ASSERT_TRUE(img) << img.error();
+    EXPECT_EQ(err, "") << "libpng talked on stderr";
+    cv::Mat want;
+    cv::cvtColor(bgr, want, cv::COLOR_BGR2GRAY);
+    EXPECT_EQ(cv::norm(*img, want, cv::NORM_INF), 0);
+}
+
+TEST(PngDecode, TruncatedOrCorruptIsAnErrorNamingTheFileAndNothingOnStderr) {
+    cv::Mat bgr;
+    cv::cvtColor(speckle_image(64, 48), bgr, cv::COLOR_GRAY2BGR);
+    std::vector<unsigned char> good;
+    ASSERT_TRUE(cv::imencode(".png", bgr, good));
+    std::vector<unsigned char> cut(good.begin(), good.begin() + long(good.size() / 2));
+    std::vector<unsigned char> bad_ihdr = good;
+    bad_ihdr[8 + 8 + 3] ^= 0x01;  // a bit of the width: IHDR's CRC no longer matches
+    for (const auto* bytes : {&cut, &bad_ihdr}) {
+        fetalhc::Expected<cv::Mat> img = cv::Mat();
+        const std::string err = stderr_of_decode(*bytes, &img);
+        ASSERT_FALSE(img);
+        EXPECT_TRUE(contains(img.error(), "scan.png")) << img.error();
+        EXPECT_TRUE(contains(img.error(), "damaged PNG")) << img.error();
+        EXPECT_EQ(err, "") << "libpng talked on stderr";
+    }
 }
 
 #ifdef FETALHC_DATA_DIR

@@ -18,7 +18,19 @@ namespace fetalhc_cli {
 
 namespace {
 
+// The model beside an installed CLI (cmake --install): <prefix>/share/fetalhc/models.
+std::string installed_model() {
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (ec) return "";
+    const fs::path p = exe.parent_path().parent_path() / "share" / "fetalhc" / "models" / "fetalhc_unet.pt";
+    return fs::exists(p, ec) ? p.string() : "";
+}
+
+// The shipped model: the copy installed beside the CLI when it runs from an install prefix, else
+// the source tree's models/ folder (a CLI run from the build tree).
 std::string shipped_model() {
+    if (auto p = installed_model(); !p.empty()) return p;
 #ifdef FETALHC_DEFAULT_MODEL
     return FETALHC_DEFAULT_MODEL;
 #else
@@ -94,8 +106,8 @@ void silence_library_logging() {
     setenv("OPENCV_VIDEOIO_DEBUG", "0", 0);
     setenv("OPENCV_FFMPEG_LOGLEVEL", "-8", 0);  // AV_LOG_QUIET
     if (!user_log_level) cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
-    // Not reachable from here: libpng's own "libpng warning/error: ..." lines for PNGs that go
-    // through OpenCV's decoder (OpenCV installs no libpng message handler).
+    // libpng's own messages are kept off stderr by the library, which decodes every PNG itself
+    // (src/png_decode.cpp).
 }
 
 CLI::Option* add_model_option(CLI::App* cmd, std::string& model) {

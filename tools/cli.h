@@ -37,7 +37,7 @@ std::string model_file_problem(const std::string& path);
 // it with a note on stderr.
 bool bound_thread_count(int& value, const std::string& option);
 
-// Keeps third-party logging (OpenCV, its video backends, libpng through OpenCV) off stderr, so that
+// Keeps third-party logging (OpenCV and its video backends) off stderr, so that
 // only fetalhc's own messages reach it. Call once, first thing in main().
 void silence_library_logging();
 
