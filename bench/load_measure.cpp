@@ -22,6 +22,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -101,98 +102,99 @@ double percentile(std::vector<double> v, double p) {
     return v[k];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-    CLI::App app{"load benchmark of POST /v1/measure"};
+struct Options {
     std::string fetalhc = FETALHC_CLI_PATH, model = FETALHC_DEFAULT_MODEL, image, url;
     int clients = 50, threads = 0;
     double duration = 60, pixel_size = 0.15;
-    app.add_option("--clients", clients, "concurrent keep-alive clients")->capture_default_str();
-    app.add_option("--duration", duration, "seconds of load")->capture_default_str();
-    app.add_option("--image", image, "image to send (default: a synthetic head scan)");
-    app.add_option("--pixel-size", pixel_size, "pixel_size_mm sent with each request")->capture_default_str();
-    app.add_option("--threads", threads, "serve --threads (requests running the network at once; 0 = cores)")->capture_default_str();
-    app.add_option("--fetalhc", fetalhc, "fetalhc binary to start")->capture_default_str();
-    app.add_option("--model", model, "model for the server")->capture_default_str();
-    app.add_option("--url", url, "use this running server (host:port) instead of starting one; no RSS then");
+};
+
+// Reads the command line into o; the exit code when the program stops here (--help, a usage error).
+std::optional<int> parse_options(int argc, char** argv, Options& o) {
+    CLI::App app{"load benchmark of POST /v1/measure"};
+    app.add_option("--clients", o.clients, "concurrent keep-alive clients")->capture_default_str();
+    app.add_option("--duration", o.duration, "seconds of load")->capture_default_str();
+    app.add_option("--image", o.image, "image to send (default: a synthetic head scan)");
+    app.add_option("--pixel-size", o.pixel_size, "pixel_size_mm sent with each request")->capture_default_str();
+    app.add_option("--threads", o.threads, "serve --threads (requests running the network at once; 0 = cores)")
+        ->capture_default_str();
+    app.add_option("--fetalhc", o.fetalhc, "fetalhc binary to start")->capture_default_str();
+    app.add_option("--model", o.model, "model for the server")->capture_default_str();
+    app.add_option("--url", o.url, "use this running server (host:port) instead of starting one; no RSS then");
     CLI11_PARSE(app, argc, argv);
-    if (clients < 1 || !(duration > 0)) {
+    if (o.clients < 1 || !(o.duration > 0)) {
         std::fprintf(stderr, "error: --clients and --duration must be positive\n");
         return 2;
     }
+    return std::nullopt;
+}
 
-    std::string bytes;
-    if (image.empty()) {
-        bytes = synthetic_scan();
-    } else {
-        std::ifstream in(image, std::ios::binary);
-        if (!in) return std::fprintf(stderr, "error: cannot read --image '%s'\n", image.c_str()), 2;
-        bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
-
+// The server under load: a child process this program started (child > 0) or one given by --url.
+struct Server {
     std::string host = "127.0.0.1";
     int port = 0;
     pid_t child = -1;
-    fs::path dir;
-    if (url.empty()) {
-        port = free_port();
-        dir = fs::temp_directory_path() / ("fetalhc_load_" + std::to_string(getpid()));
-        fs::create_directories(dir);
-        const std::string db = (dir / "bench.db").string(), log = (dir / "serve.log").string();
-        child = fork();
-        if (child == 0) {
-            int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-            dup2(fd, 1);
-            dup2(fd, 2);
-            const std::string p = std::to_string(port), t = std::to_string(threads);
-            execl(fetalhc.c_str(), fetalhc.c_str(), "serve", "--port", p.c_str(), "--db", db.c_str(), "--threads", t.c_str(),
-                  "--model", model.c_str(), static_cast<char*>(nullptr));
-            _exit(127);
-        }
-        std::printf("server: %s serve --port %d --threads %d (pid %d, log %s)\n", fetalhc.c_str(), port, threads, int(child),
-                    log.c_str());
-    } else {
-        const auto colon = url.rfind(':');
-        host = url.substr(0, colon);
-        port = std::stoi(url.substr(colon + 1));
-    }
+    fs::path dir;  // the child's temporary database and log
+};
 
-    // Wait for /health 200 (the model loads after the port opens).
-    httplib::Client probe(host, port);
+// Starts `fetalhc serve` on a free port with a temporary database, or parses --url.
+Server start_server(const Options& o) {
+    Server srv;
+    if (!o.url.empty()) {
+        const auto colon = o.url.rfind(':');
+        srv.host = o.url.substr(0, colon);
+        srv.port = std::stoi(o.url.substr(colon + 1));
+        return srv;
+    }
+    srv.port = free_port();
+    srv.dir = fs::temp_directory_path() / ("fetalhc_load_" + std::to_string(getpid()));
+    fs::create_directories(srv.dir);
+    const std::string db = (srv.dir / "bench.db").string(), log = (srv.dir / "serve.log").string();
+    srv.child = fork();
+    if (srv.child == 0) {
+        int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        const std::string p = std::to_string(srv.port), t = std::to_string(o.threads);
+        execl(o.fetalhc.c_str(), o.fetalhc.c_str(), "serve", "--port", p.c_str(), "--db", db.c_str(), "--threads",
+              t.c_str(), "--model", o.model.c_str(), static_cast<char*>(nullptr));
+        _exit(127);
+    }
+    std::printf("server: %s serve --port %d --threads %d (pid %d, log %s)\n", o.fetalhc.c_str(), srv.port, o.threads,
+                int(srv.child), log.c_str());
+    return srv;
+}
+
+// Waits for /health 200 (the model loads after the port opens); false when the child exits or 120 s pass.
+bool wait_ready(httplib::Client& probe, pid_t child) {
     const auto t_wait = Clock::now();
     while (true) {
         auto r = probe.Get("/health");
-        if (r && r->status == 200) break;
+        if (r && r->status == 200) return true;
         int status = 0;
-        if ((child > 0 && waitpid(child, &status, WNOHANG) == child) || Clock::now() - t_wait > std::chrono::seconds(120)) {
-            std::fprintf(stderr, "error: the server did not become ready (see its log)\n");
-            return 1;
-        }
+        if ((child > 0 && waitpid(child, &status, WNOHANG) == child) || Clock::now() - t_wait > std::chrono::seconds(120))
+            return false;
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    const httplib::MultipartFormDataItems form{{"image", bytes, image.empty() ? "synthetic.png" : fs::path(image).filename().string(), ""},
-                                               {"pixel_size_mm", std::to_string(pixel_size), "", ""}};
-    {
-        auto r = probe.Post("/v1/measure", form);  // warm-up, and a check that the image measures
-        if (!r || r->status != 200) {
-            std::fprintf(stderr, "error: warm-up request failed: %s\n", r ? r->body.c_str() : httplib::to_string(r.error()).c_str());
-            if (child > 0) kill(child, SIGTERM), waitpid(child, nullptr, 0);
-            return 1;
-        }
-    }
+}
 
-    std::mutex mu;
-    std::vector<double> latencies_ms;
+struct LoadStats {
+    std::vector<double> latencies_ms;    // every request's
     std::map<std::string, int> error_kinds;  // what went wrong, with counts
+    long ok = 0, errors = 0, ok_in_time = 0;
+    double elapsed = 0;  // seconds from the start until the last client finished
+};
+
+// Runs o.clients keep-alive clients posting `form` until o.duration has passed.
+LoadStats run_clients(const Options& o, const Server& srv, const httplib::MultipartFormDataItems& form) {
+    std::mutex mu;
+    LoadStats st;
     std::atomic<long> ok{0}, errors{0}, ok_in_time{0};
-    const double cpu0 = child > 0 ? cpu_seconds(child) : -1;
     const auto t0 = Clock::now();
-    const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(duration));
+    const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.duration));
     std::vector<std::thread> pool;
-    for (int c = 0; c < clients; ++c)
+    for (int c = 0; c < o.clients; ++c)
         pool.emplace_back([&] {
-            httplib::Client cli(host, port);
+            httplib::Client cli(srv.host, srv.port);
             cli.set_keep_alive(true);
             cli.set_read_timeout(120, 0);
             std::vector<double> mine;
@@ -207,35 +209,81 @@ int main(int argc, char** argv) {
                     const std::string kind = r ? "HTTP " + std::to_string(r->status) + " " + r->body.substr(0, 120)
                                                : "no response: " + httplib::to_string(r.error());
                     std::lock_guard<std::mutex> lock(mu);
-                    ++error_kinds[kind];
+                    ++st.error_kinds[kind];
                 }
                 if (good && done <= deadline) ++ok_in_time;
             }
             std::lock_guard<std::mutex> lock(mu);
-            latencies_ms.insert(latencies_ms.end(), mine.begin(), mine.end());
+            st.latencies_ms.insert(st.latencies_ms.end(), mine.begin(), mine.end());
         });
     for (auto& t : pool) t.join();
-    const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    st.elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    st.ok = ok.load(), st.errors = errors.load(), st.ok_in_time = ok_in_time.load();
+    return st;
+}
 
-    const double rss = child > 0 ? peak_rss_mib(child) : -1;
-    const double cpu = child > 0 ? cpu_seconds(child) - cpu0 : -1;
-    if (child > 0) {
-        kill(child, SIGTERM);
-        waitpid(child, nullptr, 0);
-        std::error_code ec;
-        fs::remove_all(dir, ec);
-    }
+// Prints the load, throughput, latency and server figures (rss, cpu: -1 when unknown).
+void print_report(const Options& o, size_t image_bytes, const LoadStats& st, double rss, double cpu) {
+    const double duration = o.duration, elapsed = st.elapsed;
     std::printf("clients %d, %.0f s of load (+%.1f s for the last responses), image %s (%zu bytes), pixel size %.4f mm\n",
-                clients, duration, elapsed - duration,
-                image.empty() ? "synthetic 800x540" : image.c_str(), bytes.size(), pixel_size);
-    std::printf("requests %ld ok, %ld errors\n", ok.load(), errors.load());
-    for (const auto& [kind, n] : error_kinds) std::printf("  error x%d: %s\n", n, kind.c_str());
-    std::printf("throughput %.1f req/s (responses completed within the %.0f s)\n", ok_in_time.load() / duration, duration);
-    std::printf("latency ms: p50 %.0f  p90 %.0f  p99 %.0f  max %.0f\n", percentile(latencies_ms, 50), percentile(latencies_ms, 90),
-                percentile(latencies_ms, 99), percentile(latencies_ms, 100));
+                o.clients, duration, elapsed - duration,
+                o.image.empty() ? "synthetic 800x540" : o.image.c_str(), image_bytes, o.pixel_size);
+    std::printf("requests %ld ok, %ld errors\n", st.ok, st.errors);
+    for (const auto& [kind, n] : st.error_kinds) std::printf("  error x%d: %s\n", n, kind.c_str());
+    std::printf("throughput %.1f req/s (responses completed within the %.0f s)\n", st.ok_in_time / duration, duration);
+    const auto& lat = st.latencies_ms;
+    std::printf("latency ms: p50 %.0f  p90 %.0f  p99 %.0f  max %.0f\n", percentile(lat, 50), percentile(lat, 90),
+                percentile(lat, 99), percentile(lat, 100));
     if (rss >= 0) std::printf("server peak RSS %.0f MiB\n", rss);
-    if (cpu >= 0 && ok + errors > 0)
+    if (cpu >= 0 && st.ok + st.errors > 0)
         std::printf("server CPU %.1f s over %.1f s (%.2f cores busy), %.0f ms CPU per request\n", cpu, elapsed, cpu / elapsed,
-                    1000 * cpu / double(ok + errors));
-    return errors.load() == 0 ? 0 : 1;
+                    1000 * cpu / double(st.ok + st.errors));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Options o;
+    if (auto code = parse_options(argc, argv, o)) return *code;
+
+    std::string bytes;
+    if (o.image.empty()) {
+        bytes = synthetic_scan();
+    } else {
+        std::ifstream in(o.image, std::ios::binary);
+        if (!in) return std::fprintf(stderr, "error: cannot read --image '%s'\n", o.image.c_str()), 2;
+        bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+
+    const Server srv = start_server(o);
+    httplib::Client probe(srv.host, srv.port);
+    if (!wait_ready(probe, srv.child)) {
+        std::fprintf(stderr, "error: the server did not become ready (see its log)\n");
+        return 1;
+    }
+    const std::string filename = o.image.empty() ? "synthetic.png" : fs::path(o.image).filename().string();
+    const httplib::MultipartFormDataItems form{{"image", bytes, filename, ""},
+                                               {"pixel_size_mm", std::to_string(o.pixel_size), "", ""}};
+    {
+        auto r = probe.Post("/v1/measure", form);  // warm-up, and a check that the image measures
+        if (!r || r->status != 200) {
+            std::fprintf(stderr, "error: warm-up request failed: %s\n",
+                         r ? r->body.c_str() : httplib::to_string(r.error()).c_str());
+            if (srv.child > 0) kill(srv.child, SIGTERM), waitpid(srv.child, nullptr, 0);
+            return 1;
+        }
+    }
+
+    const double cpu0 = srv.child > 0 ? cpu_seconds(srv.child) : -1;
+    const LoadStats st = run_clients(o, srv, form);
+    const double rss = srv.child > 0 ? peak_rss_mib(srv.child) : -1;
+    const double cpu = srv.child > 0 ? cpu_seconds(srv.child) - cpu0 : -1;
+    if (srv.child > 0) {
+        kill(srv.child, SIGTERM);
+        waitpid(srv.child, nullptr, 0);
+        std::error_code ec;
+        fs::remove_all(srv.dir, ec);
+    }
+    print_report(o, bytes.size(), st, rss, cpu);
+    return st.errors == 0 ? 0 : 1;
 }

@@ -191,6 +191,128 @@ Ellipse geometric_refine(Ellipse e, const std::vector<cv::Point2d>& pts, int ite
     return e.normalized();
 }
 
+// The points to fit, as given and as floats (for cv::fitEllipseDirect), and the size of their
+// bounding box, which bounds a plausible ellipse.
+struct FitPoints {
+    const std::vector<cv::Point2d>& points;
+    std::vector<cv::Point2f> all;
+    double extent;
+
+    explicit FitPoints(const std::vector<cv::Point2d>& p) : points(p), all(p.begin(), p.end()) {
+        cv::Rect2f box = cv::boundingRect(all);
+        extent = std::max(box.width, box.height) + 1;
+    }
+    bool plausible(const Ellipse& e) const { return e.valid() && e.a < 5 * extent && e.b > 0.5; }
+};
+
+// RANSAC score: points whose Sampson distance |F| / |grad F| (a cheap first-order approximation
+// of the orthogonal distance) is inside the band. F = P dx^2 + Q dx dy + R dy^2 - 1 is the
+// rotated ellipse (u/a)^2 + (v/b)^2 - 1 expanded about the centre, grad F = (2P dx + Q dy,
+// Q dx + 2R dy); the test is done squared, F^2 < t^2 |grad F|^2, without sqrt or division.
+int count_inliers(const std::vector<cv::Point2d>& points, const Ellipse& e, double inlier_px) {
+    const double c = std::cos(e.angle), s = std::sin(e.angle);
+    const double ia2 = 1 / (e.a * e.a), ib2 = 1 / (e.b * e.b);
+    const double P = c * c * ia2 + s * s * ib2, Q = 2 * c * s * (ia2 - ib2), R = s * s * ia2 + c * c * ib2;
+    const double t2 = inlier_px * inlier_px;
+    int n = 0;
+    for (const auto& p : points) {
+        const double dx = p.x - e.cx, dy = p.y - e.cy;
+        const double F = P * dx * dx + Q * dx * dy + R * dy * dy - 1;
+        const double gx = 2 * P * dx + Q * dy, gy = Q * dx + 2 * R * dy;
+        n += F * F < t2 * (gx * gx + gy * gy);
+    }
+    return n;
+}
+
+struct Candidate {
+    Ellipse e;
+    int inliers = -1;  // -1: no plausible ellipse found
+};
+
+// The starting ellipse with the most inliers: the direct fit to all points, or, when that leaves
+// more than 5% of the points outside the band, the best of RANSAC's 6-point direct fits.
+Candidate search_candidate(const FitPoints& in, const EllipseFitOptions& opt) {
+    Candidate best;
+    if (direct_fit(in.all, best.e) && in.plausible(best.e))
+        best.inliers = count_inliers(in.points, best.e, opt.inlier_px);
+    if (best.inliers < 0.95 * in.points.size()) {
+        std::mt19937 rng(opt.seed);
+        std::uniform_int_distribution<size_t> pick(0, in.points.size() - 1);
+        std::vector<cv::Point2f> sample(6);
+        for (int it = 0; it < opt.ransac_iterations; ++it) {
+            for (auto& q : sample) q = in.all[pick(rng)];
+            Ellipse cand;
+            if (!direct_fit(sample, cand) || !in.plausible(cand)) continue;
+            const int n = count_inliers(in.points, cand, opt.inlier_px);
+            if (n > best.inliers) best.e = cand, best.inliers = n;
+        }
+    }
+    return best;
+}
+
+// Orthogonal distance of every point to e.
+void orthogonal_distances(const Ellipse& e, const std::vector<cv::Point2d>& points, std::vector<double>& dist) {
+    for (size_t i = 0; i < points.size(); ++i) dist[i] = std::abs(closest(e, points[i]).dist);
+}
+
+// Sigma-clipping band: outlier_sigmas robust sigmas (1.4826 x the median distance of the kept points),
+// at least 0.75 px.
+double clipping_band(const std::vector<double>& dist, const std::vector<unsigned char>& keep, double outlier_sigmas) {
+    std::vector<double> kept;
+    for (size_t i = 0; i < dist.size(); ++i)
+        if (keep[i]) kept.push_back(dist[i]);
+    std::nth_element(kept.begin(), kept.begin() + kept.size() / 2, kept.end());
+    const double sigma = 1.4826 * kept[kept.size() / 2];
+    return std::max(outlier_sigmas * sigma, 0.75);
+}
+
+// Refit on the consensus, then alternate sigma-clipping and geometric refinement (three rounds,
+// fewer when too few points remain). Updates best and returns the last inlier band.
+double refine_on_consensus(const FitPoints& in, const EllipseFitOptions& opt, Ellipse& best) {
+    const auto& points = in.points;
+    std::vector<unsigned char> keep(points.size());
+    double band = opt.inlier_px;
+    std::vector<double> dist(points.size());
+    for (int round = 0; round < 3; ++round) {
+        orthogonal_distances(best, points, dist);
+        if (round > 0) band = clipping_band(dist, keep, opt.outlier_sigmas);
+        std::vector<cv::Point2f> in_f;
+        std::vector<cv::Point2d> in_d;
+        for (size_t i = 0; i < points.size(); ++i) {
+            keep[i] = dist[i] < band;
+            if (keep[i]) in_f.push_back(in.all[i]), in_d.push_back(points[i]);
+        }
+        if (int(in_d.size()) < opt.min_points) break;
+        Ellipse e;
+        if (round == 0 && direct_fit(in_f, e) && in.plausible(e)) best = e;
+        if (opt.geometric_refine) {
+            Ellipse g = geometric_refine(best, in_d);
+            if (in.plausible(g)) best = g;
+        }
+    }
+    return band;
+}
+
+// Marks the points within band of best as inliers and fills the result from them (ok, or the reason not).
+void assemble_fit(const FitPoints& in, const Ellipse& best, double band, int min_points, EllipseFit& fit) {
+    std::vector<double> dist(in.points.size());
+    orthogonal_distances(best, in.points, dist);
+    double ss = 0;
+    int n = 0;
+    for (size_t i = 0; i < in.points.size(); ++i) {
+        fit.inlier_mask[i] = dist[i] < band;
+        if (fit.inlier_mask[i]) ss += dist[i] * dist[i], ++n;
+    }
+    if (n < min_points) {
+        fit.message = "too few boundary points agree on one ellipse";
+        return;
+    }
+    fit.ok = true;
+    fit.ellipse = best.normalized();
+    fit.inliers = n;
+    fit.rms_px = std::sqrt(ss / n);
+}
+
 }  // namespace
 
 double distance_to_ellipse(const Ellipse& e, cv::Point2d p) { return std::abs(closest(e, p).dist); }
@@ -225,94 +347,14 @@ EllipseFit fit_ellipse(const std::vector<cv::Point2d>& points, const EllipseFitO
                       std::to_string(std::max(opt.min_points, 6)) + " are needed to fit an ellipse";
         return fit;
     }
-    std::vector<cv::Point2f> all(points.begin(), points.end());
-    cv::Rect2f box = cv::boundingRect(all);
-    const double extent = std::max(box.width, box.height) + 1;
-    auto plausible = [&](const Ellipse& e) { return e.valid() && e.a < 5 * extent && e.b > 0.5; };
-
-    // RANSAC score: points whose Sampson distance |F| / |grad F| (a cheap first-order approximation
-    // of the orthogonal distance) is inside the band. F = P dx^2 + Q dx dy + R dy^2 - 1 is the
-    // rotated ellipse (u/a)^2 + (v/b)^2 - 1 expanded about the centre, grad F = (2P dx + Q dy,
-    // Q dx + 2R dy); the test is done squared, F^2 < t^2 |grad F|^2, without sqrt or division.
-    auto count_inliers = [&](const Ellipse& e) {
-        const double c = std::cos(e.angle), s = std::sin(e.angle);
-        const double ia2 = 1 / (e.a * e.a), ib2 = 1 / (e.b * e.b);
-        const double P = c * c * ia2 + s * s * ib2, Q = 2 * c * s * (ia2 - ib2), R = s * s * ia2 + c * c * ib2;
-        const double t2 = opt.inlier_px * opt.inlier_px;
-        int n = 0;
-        for (const auto& p : points) {
-            const double dx = p.x - e.cx, dy = p.y - e.cy;
-            const double F = P * dx * dx + Q * dx * dy + R * dy * dy - 1;
-            const double gx = 2 * P * dx + Q * dy, gy = Q * dx + 2 * R * dy;
-            n += F * F < t2 * (gx * gx + gy * gy);
-        }
-        return n;
-    };
-
-    Ellipse best;
-    int best_inliers = -1;
-    if (direct_fit(all, best) && plausible(best)) best_inliers = count_inliers(best);
-    // RANSAC only when the plain fit leaves more than 5% of the points outside the band.
-    if (best_inliers < 0.95 * points.size()) {
-        std::mt19937 rng(opt.seed);
-        std::uniform_int_distribution<size_t> pick(0, points.size() - 1);
-        std::vector<cv::Point2f> sample(6);
-        for (int it = 0; it < opt.ransac_iterations; ++it) {
-            for (auto& q : sample) q = all[pick(rng)];
-            Ellipse cand;
-            if (!direct_fit(sample, cand) || !plausible(cand)) continue;
-            const int n = count_inliers(cand);
-            if (n > best_inliers) best = cand, best_inliers = n;
-        }
-    }
-    if (best_inliers < opt.min_points) {
+    const FitPoints in(points);
+    Candidate best = search_candidate(in, opt);
+    if (best.inliers < opt.min_points) {
         fit.message = "no ellipse is consistent with the boundary points";
         return fit;
     }
-
-    // Refit on the consensus, then alternate sigma-clipping and geometric refinement.
-    std::vector<unsigned char> keep(points.size());
-    double band = opt.inlier_px;
-    std::vector<double> dist(points.size());
-    for (int round = 0; round < 3; ++round) {
-        for (size_t i = 0; i < points.size(); ++i) dist[i] = std::abs(closest(best, points[i]).dist);
-        if (round > 0) {
-            std::vector<double> kept;
-            for (size_t i = 0; i < points.size(); ++i)
-                if (keep[i]) kept.push_back(dist[i]);
-            std::nth_element(kept.begin(), kept.begin() + kept.size() / 2, kept.end());
-            const double sigma = 1.4826 * kept[kept.size() / 2];
-            band = std::max(opt.outlier_sigmas * sigma, 0.75);
-        }
-        std::vector<cv::Point2f> in_f;
-        std::vector<cv::Point2d> in_d;
-        for (size_t i = 0; i < points.size(); ++i) {
-            keep[i] = dist[i] < band;
-            if (keep[i]) in_f.push_back(all[i]), in_d.push_back(points[i]);
-        }
-        if (int(in_d.size()) < opt.min_points) break;
-        Ellipse e;
-        if (round == 0 && direct_fit(in_f, e) && plausible(e)) best = e;
-        if (opt.geometric_refine) {
-            Ellipse g = geometric_refine(best, in_d);
-            if (plausible(g)) best = g;
-        }
-    }
-    for (size_t i = 0; i < points.size(); ++i) dist[i] = std::abs(closest(best, points[i]).dist);
-    double ss = 0;
-    int n = 0;
-    for (size_t i = 0; i < points.size(); ++i) {
-        fit.inlier_mask[i] = dist[i] < band;
-        if (fit.inlier_mask[i]) ss += dist[i] * dist[i], ++n;
-    }
-    if (n < opt.min_points) {
-        fit.message = "too few boundary points agree on one ellipse";
-        return fit;
-    }
-    fit.ok = true;
-    fit.ellipse = best.normalized();
-    fit.inliers = n;
-    fit.rms_px = std::sqrt(ss / n);
+    const double band = refine_on_consensus(in, opt, best.e);
+    assemble_fit(in, best.e, band, opt.min_points, fit);
     return fit;
 }
 

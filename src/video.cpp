@@ -102,35 +102,48 @@ private:
     std::vector<std::thread> threads_;
 };
 
-}  // namespace
-
-Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string& path, const VideoOptions& opt,
-                                     const std::function<void(const VideoFrame&)>& on_frame) {
-    if (auto e = check_pixel_size(opt.measure.pixel_size_mm, "'" + path + "'"); !e.empty()) return make_error(e);
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(path, ec))
-        return make_error("video '" + path + "' does not exist or is not a file; check the path");
-    const auto t0 = std::chrono::steady_clock::now();
-    cv::VideoCapture cap;
+// Opens the video for decoding; an error message naming the file, or empty on success.
+std::string open_capture(const std::string& path, cv::VideoCapture& cap) {
     try {
         cap.open(path, cv::CAP_ANY);
     } catch (const cv::Exception&) {
     }
-    if (!cap.isOpened())
-        return make_error("cannot read video '" + path + "': not a video OpenCV can decode (try MP4 or AVI)");
-    const double fps = cap.get(cv::CAP_PROP_FPS);
-    const int workers = opt.workers > 0 ? opt.workers : int(std::max(1u, std::thread::hardware_concurrency()));
+    if (!cap.isOpened()) return "cannot read video '" + path + "': not a video OpenCV can decode (try MP4 or AVI)";
+    return {};
+}
 
-    VideoSummary s;
-    s.source = path;
+// Decodes the next frame; false at the end of the video or on a decoding error.
+bool read_frame(cv::VideoCapture& cap, cv::Mat& frame) {
+    bool got = false;
+    try {
+        got = cap.read(frame);
+    } catch (const cv::Exception&) {
+        got = false;
+    }
+    return got && !frame.empty();
+}
+
+// The frames handed out and not yet collected, in frame order, and the tracking state they feed:
+// the last frame's ellipse, whether it can be tracked from, and the good measurements so far.
+struct FrameTracker {
+    VideoSummary& s;
+    const std::function<void(const VideoFrame&)>& on_frame;
     std::vector<Measurement> ok;
     std::vector<int> ok_index;
     Ellipse prior;
     bool have_prior = false;
     int since_detect = 0;  // frames handed out since the last whole-image pass
     std::deque<std::pair<std::shared_ptr<FrameJob>, std::future<void>>> in_flight;
+
+    // Decides whether the job tracks from the last ellipse or runs the whole-image pass.
+    void plan(FrameJob& job, int redetect_every) {
+        job.track = have_prior && since_detect < redetect_every;
+        job.prior = prior;
+        since_detect = job.track ? since_detect + 1 : 1;
+    }
+
     // Takes the oldest frame in flight (frame order), waits for it and updates the tracking state.
-    auto collect = [&] {
+    void collect() {
         auto [job, done] = std::move(in_flight.front());
         in_flight.pop_front();
         if (done.valid()) done.get();
@@ -146,52 +159,74 @@ Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string
             have_prior = false;
         }
         if (on_frame) on_frame(f);
-    };
+    }
+};
+
+// Decodes up to opt.max_frames frames and measures them on `workers` threads (inline when 1),
+// collecting every frame into the tracker in frame order.
+void measure_frames(const Measurer& measurer, const std::string& path, const VideoOptions& opt, cv::VideoCapture& cap,
+                    int workers, FrameTracker& tracker) {
+    const double fps = cap.get(cv::CAP_PROP_FPS);
     std::optional<WorkerPool> pool;
     if (workers > 1) pool.emplace(workers);
     for (int i = 0; opt.max_frames <= 0 || i < opt.max_frames; ++i) {
         auto job = std::make_shared<FrameJob>();
-        bool got = false;
-        try {
-            got = cap.read(job->frame);
-        } catch (const cv::Exception&) {
-            got = false;
-        }
-        if (!got || job->frame.empty()) break;
-        while (int(in_flight.size()) >= workers) collect();
+        if (!read_frame(cap, job->frame)) break;
+        while (int(tracker.in_flight.size()) >= workers) tracker.collect();
         job->f.index = i;
         const double pos_ms = cap.get(cv::CAP_PROP_POS_MSEC);
         job->f.time_s = pos_ms > 0 ? pos_ms / 1000 : fps > 0 ? i / fps : 0;
-        job->track = have_prior && since_detect < opt.redetect_every;
-        job->prior = prior;
-        since_detect = job->track ? since_detect + 1 : 1;
+        tracker.plan(*job, opt.redetect_every);
         if (pool) {
-            in_flight.emplace_back(job, pool->submit([&measurer, &opt, &path, job] { measure_frame(measurer, opt.measure, path, *job); }));
+            tracker.in_flight.emplace_back(
+                job, pool->submit([&measurer, &opt, &path, job] { measure_frame(measurer, opt.measure, path, *job); }));
         } else {
             measure_frame(measurer, opt.measure, path, *job);
-            in_flight.emplace_back(job, std::future<void>());
+            tracker.in_flight.emplace_back(job, std::future<void>());
         }
     }
-    while (!in_flight.empty()) collect();
-    pool.reset();
+    while (!tracker.in_flight.empty()) tracker.collect();
+}
+
+// The video's estimate from its good frames: median HC, BPD and OFD, the HC IQR, and the frame
+// whose HC is closest to the median.
+void summarise_good_frames(const std::vector<Measurement>& ok, const std::vector<int>& ok_index, VideoSummary& s) {
+    std::vector<double> hc, bpd, ofd;
+    for (const auto& m : ok) hc.push_back(m.hc_mm), bpd.push_back(m.bpd_mm), ofd.push_back(m.ofd_mm);
+    s.has_estimate = true;
+    s.hc_median_mm = quantile(hc, 0.5);
+    s.bpd_median_mm = quantile(bpd, 0.5);
+    s.ofd_median_mm = quantile(ofd, 0.5);
+    s.hc_iqr_mm = quantile(hc, 0.75) - quantile(hc, 0.25);
+    size_t best = 0;
+    for (size_t k = 1; k < ok.size(); ++k)
+        if (std::abs(ok[k].hc_mm - s.hc_median_mm) < std::abs(ok[best].hc_mm - s.hc_median_mm)) best = k;
+    s.estimate = ok[best];
+    s.estimate_frame = ok_index[best];
+}
+
+}  // namespace
+
+Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string& path, const VideoOptions& opt,
+                                     const std::function<void(const VideoFrame&)>& on_frame) {
+    if (auto e = check_pixel_size(opt.measure.pixel_size_mm, "'" + path + "'"); !e.empty()) return make_error(e);
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec))
+        return make_error("video '" + path + "' does not exist or is not a file; check the path");
+    const auto t0 = std::chrono::steady_clock::now();
+    cv::VideoCapture cap;
+    if (auto e = open_capture(path, cap); !e.empty()) return make_error(e);
+    const int workers = opt.workers > 0 ? opt.workers : int(std::max(1u, std::thread::hardware_concurrency()));
+
+    VideoSummary s;
+    s.source = path;
+    FrameTracker tracker{s, on_frame};
+    measure_frames(measurer, path, opt, cap, workers, tracker);
     if (s.frames == 0) return make_error("video '" + path + "' has no readable frames; check that the file is complete");
-    s.ok = int(ok.size());
+    s.ok = int(tracker.ok.size());
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     s.frames_per_second = s.seconds > 0 ? s.frames / s.seconds : 0;
-    if (!ok.empty()) {
-        std::vector<double> hc, bpd, ofd;
-        for (const auto& m : ok) hc.push_back(m.hc_mm), bpd.push_back(m.bpd_mm), ofd.push_back(m.ofd_mm);
-        s.has_estimate = true;
-        s.hc_median_mm = quantile(hc, 0.5);
-        s.bpd_median_mm = quantile(bpd, 0.5);
-        s.ofd_median_mm = quantile(ofd, 0.5);
-        s.hc_iqr_mm = quantile(hc, 0.75) - quantile(hc, 0.25);
-        size_t best = 0;
-        for (size_t k = 1; k < ok.size(); ++k)
-            if (std::abs(ok[k].hc_mm - s.hc_median_mm) < std::abs(ok[best].hc_mm - s.hc_median_mm)) best = k;
-        s.estimate = ok[best];
-        s.estimate_frame = ok_index[best];
-    }
+    if (!tracker.ok.empty()) summarise_good_frames(tracker.ok, tracker.ok_index, s);
     return s;
 }
 
