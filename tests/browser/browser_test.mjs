@@ -274,6 +274,9 @@ async function failIfErrorShown(wd, step) {
   if (m && m.kind.includes('message-error')) throw new TestFailure(`${step}: the page shows an error: ${m.text}`);
 }
 
+// Over 80 lines on purpose: one user's session, step after step (upload, measure, drag a handle,
+// accept, open the pregnancy view), each step checking the page the previous one left; split into
+// functions it would have to pass the whole page state along.
 async function run(opts, ctx) {
   const { base, pixelSize, gaWeeks, imagePath, truthHc } = ctx;
   const wd = ctx.wd;
