@@ -15,6 +15,7 @@ constexpr double kPi = 3.14159265358979323846;
 constexpr double kHadlockMinMm = 68.0, kHadlockMaxMm = 360.0;
 constexpr double kIgDatingMinWeeks = 14.0, kIgDatingEndWeeks = 26.0;  // 14+0 .. 25+6, end exclusive
 constexpr double kIgStandardMinWeeks = 14.0, kIgStandardMaxWeeks = 40.0;
+constexpr double kIgDatingTurnMm = 1.0;  // where the dating formula turns (see intergrowth_ga)
 
 std::string fmt(const char* f, double v) {
     char buf[512];  // %.1f of a huge double is over 300 characters
@@ -98,6 +99,12 @@ GaEstimate intergrowth_ga(double hc_mm) {
     const double l = std::log(hc_mm);
     const double days = std::exp(0.05970 * l * l + 6.409e-9 * hc_mm * hc_mm * hc_mm + 3.3258);
     const double weeks = days / 7.0;
+    // The formula falls and then rises in ln HC, with its minimum near HC = 1 mm (its slope in ln HC is
+    // 0.1194 ln HC + 1.92e-8 HC^3, zero there); only the rising branch dates a pregnancy. Below it a
+    // tiny HC would map back into the range (0.01 mm gives "14w1d"), so it is refused by HC first.
+    if (hc_mm <= kIgDatingTurnMm)
+        return out_of_range(fmt("HC %.3g mm", hc_mm) +
+                            " is far below the 14+0 weeks lower limit of INTERGROWTH-21st dating (about 97 mm); no GA given");
     // The range is stated in GA, so the check is on the result; days are not rounded first.
     if (weeks < kIgDatingMinWeeks)
         return out_of_range(fmt("HC %.1f mm", hc_mm) + " gives GA " + format_weeks(weeks) +

@@ -226,3 +226,17 @@ TEST(FormatWeeks, OutOfRangeEstimateFormatsAsNA) {
 }
 
 }  // namespace
+
+// The dating formula is U-shaped in ln HC (minimum near 1 mm): a tiny HC must not come back into the
+// 14+0..25+6 weeks range from the falling branch.
+TEST(IntergrowthGa, TinyHcIsBelowTheRangeNotInIt) {
+    for (double hc : {0.01, 0.001, 1e-5, 0.5, 1.0}) {
+        const fetalhc::GaEstimate g = fetalhc::intergrowth_ga(hc);
+        EXPECT_FALSE(g.in_range) << hc << " mm gave " << g.weeks << " weeks";
+        EXPECT_NE(g.note.find("below"), std::string::npos) << g.note;
+        EXPECT_EQ(g.note.find("past"), std::string::npos) << g.note;
+    }
+    // The rising branch is untouched: the lower limit is still found at about 97 mm.
+    EXPECT_FALSE(fetalhc::intergrowth_ga(96.0).in_range);
+    EXPECT_TRUE(fetalhc::intergrowth_ga(100.0).in_range);
+}
