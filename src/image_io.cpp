@@ -43,8 +43,36 @@ Expected<cv::Mat> to_gray8(const cv::Mat& img, const std::string& name) {
     return g.isContinuous() ? g : g.clone();
 }
 
+namespace {
+
+std::string too_large(const std::string& name, long long w, long long h) {
+    return "'" + name + "' claims " + std::to_string(w) + " x " + std::to_string(h) + " pixels, over the " +
+           std::to_string(kMaxImagePixels / 1'000'000) + " megapixels fetalhc decodes; pass the ultrasound frame itself";
+}
+
+// OpenCV's own limit for the formats it decodes (JPEG, BMP, TIFF), read once at its first decode.
+void limit_opencv_decoders() {
+    static const bool set = [] {
+        setenv("OPENCV_IO_MAX_IMAGE_PIXELS", std::to_string(kMaxImagePixels).c_str(), 0);
+        return true;
+    }();
+    (void)set;
+}
+
+}  // namespace
+
 Expected<cv::Mat> decode_grayscale(const std::vector<unsigned char>& bytes, const std::string& name) {
     if (bytes.empty()) return make_error("'" + name + "' is empty (0 bytes); pass an ultrasound image file");
+    // A PNG's size is in its first chunk (IHDR, bytes 16..23): checked before either PNG decoder
+    // allocates anything.
+    if (detail::is_png(bytes.data(), bytes.size()) && bytes.size() >= 24) {
+        const auto be32 = [&](size_t i) {
+            return (long long)bytes[i] << 24 | (long long)bytes[i + 1] << 16 | (long long)bytes[i + 2] << 8 | bytes[i + 3];
+        };
+        const long long w = be32(16), h = be32(20);
+        if (w * h > kMaxImagePixels) return make_error(too_large(name, w, h));
+    }
+    limit_opencv_decoders();
     cv::Mat img = detail::decode_png_gray8(bytes.data(), bytes.size());  // the common case, ~2x faster
     if (!img.empty()) return to_gray8(img, name);
     if (detail::is_png(bytes.data(), bytes.size())) {

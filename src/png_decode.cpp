@@ -65,7 +65,20 @@ bool read_rows(png_structp png, png_infop info, png_bytepp rows) {
 
 }  // namespace
 
-bool is_png(const unsigned char* data, size_t size) { return size >= 8 && png_sig_cmp(data, 0, 8) == 0; }
+bool is_png(const unsigned char* data, size_t size) {
+    return size >= 8 && png_sig_cmp(const_cast<png_bytep>(data), 0, 8) == 0;
+}
+
+size_t png_idat_bytes(const unsigned char* data, size_t size) {
+    size_t total = 0;
+    for (size_t i = 8; i + 12 <= size;) {
+        const size_t len = size_t(data[i]) << 24 | size_t(data[i + 1]) << 16 | size_t(data[i + 2]) << 8 | data[i + 3];
+        if (len > size - i - 12) break;
+        if (std::memcmp(data + i + 4, "IDAT", 4) == 0) total += len;
+        i += 12 + len;
+    }
+    return total;
+}
 
 Expected<cv::Mat> decode_png(const unsigned char* data, size_t size, const std::string& name) {
     Reader r{data, size, 0, {0}};
@@ -80,6 +93,13 @@ Expected<cv::Mat> decode_png(const unsigned char* data, size_t size, const std::
     cv::Mat img;
     bool ok = read_header(png, info, &lay);
     if (ok && (lay.channels != 1 && lay.channels != 3)) ok = false, std::snprintf(r.message, sizeof r.message, "unexpected channel layout");
+    // Deflate expands at most 1032:1: image data too short to fill the image is refused before the
+    // image is allocated (a forged header cannot make us zero-fill gigabytes).
+    if (ok && png_idat_bytes(data, size) * 1032 + 1032 < size_t(lay.height) * png_get_rowbytes(png, info)) {
+        ok = false;
+        std::snprintf(r.message, sizeof r.message, "the image data is too short for the %u x %u image it declares",
+                      unsigned(lay.width), unsigned(lay.height));
+    }
     if (ok) {
         img.create(int(lay.height), int(lay.width), CV_MAKETYPE(lay.bit_depth == 16 ? CV_16U : CV_8U, lay.channels));
         std::vector<png_bytep> rows(lay.height);

@@ -13,6 +13,8 @@ namespace fetalhc::detail {
 
 // True when the bytes start with the PNG signature.
 bool is_png(const unsigned char* data, size_t size);
+// Total length of the IDAT chunks (the compressed image data); stops at a chunk that overruns.
+size_t png_idat_bytes(const unsigned char* data, size_t size);
 
 // Decodes a PNG held in memory the way OpenCV's reader does with IMREAD_ANYDEPTH | IMREAD_ANYCOLOR,
 // minus alpha: gray stays one channel, colour and palette images become BGR, 16-bit samples stay

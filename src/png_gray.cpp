@@ -72,8 +72,10 @@ cv::Mat decode_png_gray8(const unsigned char* p, size_t n) {
         const unsigned char* type = p + i + 4;
         const unsigned char* d = p + i + 8;
         if (len > n - i - 12) return {};  // truncated
+        // Every chunk's CRC (over type and data), as libpng checks it: damage goes to the strict decoder.
+        if (libdeflate_crc32(0, type, len + 4) != be32(d + len)) return {};
         if (is(type, "IHDR")) {
-            if (len != 13) return {};
+            if (header || len != 13) return {};  // a second IHDR is malformed
             w = be32(d);
             h = be32(d + 4);
             // bit depth 8, colour type 0 (grey), compression 0, filter method 0, no interlace
@@ -94,6 +96,9 @@ cv::Mat decode_png_gray8(const unsigned char* p, size_t n) {
     thread_local std::unique_ptr<libdeflate_decompressor, FreeDecompressor> inflater(libdeflate_alloc_decompressor());
     if (!inflater) return {};
     const size_t stride = size_t(w) + 1;  // filter byte + one byte per pixel
+    // Deflate expands at most 1032:1 (RFC 1951: a 258-byte match per 2 bits at best), so compressed
+    // data too short to hold the image is refused before the image is allocated.
+    if (compressed.size() * 1032 + 1032 < stride * h) return {};
     std::vector<uint8_t> raw(stride * h);
     size_t got = 0;
     if (libdeflate_zlib_decompress(inflater.get(), compressed.data(), compressed.size(), raw.data(), raw.size(), &got) !=

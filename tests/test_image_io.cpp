@@ -555,6 +555,69 @@ TEST(PngDecode, TruncatedOrCorruptIsAnErrorNamingTheFileAndNothingOnStderr) {
     }
 }
 
+// ---- hostile PNGs: a budget before allocation, strictness like libpng -----------------------------
+
+TEST(PngHostile, ForgedHugeHeaderIsRefusedBeforeAnyAllocation) {
+    // A 69-byte PNG whose IHDR claims 32768 x 32768 (1 GB of pixels) with a tiny IDAT.
+    std::vector<unsigned char> png{0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    std::vector<unsigned char> ihdr;
+    put32(ihdr, 32768);
+    put32(ihdr, 32768);
+    ihdr.insert(ihdr.end(), {8, 0, 0, 0, 0});
+    put_chunk(png, "IHDR", ihdr);
+    std::vector<unsigned char> tiny(16, 0);
+    uLongf clen = compressBound(16);
+    std::vector<unsigned char> z(clen);
+    ASSERT_EQ(compress(z.data(), &clen, tiny.data(), 16), Z_OK);
+    z.resize(clen);
+    put_chunk(png, "IDAT", z);
+    put_chunk(png, "IEND", {});
+    auto r = fetalhc::decode_grayscale(png, "bomb.png");
+    ASSERT_FALSE(r);
+    EXPECT_TRUE(contains(r.error(), "bomb.png")) << r.error();
+    EXPECT_TRUE(contains(r.error(), "megapixels")) << r.error();
+    // Under the pixel budget but with far too little data: both decoders refuse before allocating.
+    std::vector<unsigned char> small_claim = png;
+    small_claim[16 + 2] = 0x10;  // width 4096 (0x00001000)
+    small_claim[16 + 3] = 0x00;
+    small_claim[16 + 1] = 0x00;
+    small_claim[20 + 1] = 0x00, small_claim[20 + 2] = 0x10, small_claim[20 + 3] = 0x00;  // height 4096
+    const uint32_t crc = uint32_t(crc32(0, small_claim.data() + 12, 17));
+    for (int k = 0; k < 4; ++k) small_claim[29 + k] = static_cast<unsigned char>(crc >> (24 - 8 * k));
+    EXPECT_TRUE(fetalhc::detail::decode_png_gray8(small_claim.data(), small_claim.size()).empty());
+    auto lib = fetalhc::detail::decode_png(small_claim.data(), small_claim.size(), "short.png");
+    ASSERT_FALSE(lib);
+    EXPECT_TRUE(contains(lib.error(), "too short")) << lib.error();
+}
+
+TEST(PngHostile, DamagedCrcOrASecondHeaderIsAnErrorNotAnImage) {
+    const cv::Mat img = speckle_image(64, 48);
+    std::vector<unsigned char> good;
+    ASSERT_TRUE(cv::imencode(".png", img, good));
+    ASSERT_FALSE(fetalhc::detail::decode_png_gray8(good.data(), good.size()).empty());
+    // A flipped bit in the IDAT chunk's stored CRC: libpng refuses a critical chunk with a bad CRC.
+    auto chunks = png_chunks(good);
+    std::vector<unsigned char> bad_crc = good;
+    size_t idat_end = 8;
+    for (const auto& [type, data] : chunks) {
+        idat_end += 12 + data.size();
+        if (type == "IDAT") break;
+    }
+    bad_crc[idat_end - 1] ^= 0x01;
+    EXPECT_TRUE(fetalhc::detail::decode_png_gray8(bad_crc.data(), bad_crc.size()).empty());
+    auto r = fetalhc::decode_grayscale(bad_crc, "crc.png");
+    ASSERT_FALSE(r) << "a PNG with a damaged critical chunk was decoded";
+    EXPECT_TRUE(contains(r.error(), "crc.png")) << r.error();
+    // Two IHDR chunks (the second one claiming another size).
+    auto two = chunks;
+    auto second = two.front();
+    second.second[3] = 0x50;  // another width
+    two.insert(two.begin() + 1, second);
+    const auto twice = png_from_chunks(two);
+    EXPECT_TRUE(fetalhc::detail::decode_png_gray8(twice.data(), twice.size()).empty());
+    EXPECT_FALSE(fetalhc::decode_grayscale(twice, "two_headers.png"));
+}
+
 #ifdef FETALHC_DATA_DIR
 // Every HC18 scan (all 8-bit grayscale PNGs; the masks and annotation files are labels) through the fast
 // path equals OpenCV's decoding.

@@ -18,6 +18,10 @@
 namespace fetalhc {
 
 constexpr int kMinImageSide = 32;  // px; smaller images cannot hold a measurable head
+// The largest image decoded (width x height, pixels), checked from the file's header before any pixel
+// is allocated: far above any ultrasound frame (800x600 is 0.5 MP), far below what a forged header
+// can claim (a 69-byte PNG can say 32768 x 32768).
+constexpr long long kMaxImagePixels = 40'000'000;
 
 Expected<cv::Mat> load_grayscale(const std::string& path);
 // Decodes bytes already in memory (an upload); `name` is used in error messages.
