@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config libtorch-dev libopencv-dev libcli11-dev
           nlohmann-json3-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev chromium chromium-driver nodejs
-          libcpp-httplib-dev libsqlite3-dev libssl-dev zlib1g-dev libdeflate-dev libpng-dev libbrotli-dev libjs-chart.js)
+          libcpp-httplib-dev libsqlite3-dev libssl-dev zlib1g-dev libdeflate-dev libpng-dev libbrotli-dev libjs-chart.js
+          libdcmtk-dev dcmtk dicom3tools)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -19,6 +20,12 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The FHIR validation test's npm packages (pinned in tests/fhir/package-lock.json); without them that
+# test is reported as skipped.
+if command -v npm >/dev/null; then
+  npm ci --prefix tests/fhir --no-audit --no-fund --silent >/dev/null 2>&1 ||
+    echo "setup: npm ci in tests/fhir failed: the fhir_validate test will be skipped" >&2
+fi
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc)"
 echo "setup: built build/fetalhc" >&2

@@ -40,6 +40,20 @@ Measurement numbers_from_ellipse(const Ellipse& px, double pixel_size_mm, std::o
     return m;
 }
 
+bool is_anisotropic(const MeasureOptions& o) {
+    return o.pixel_size_y_mm &&
+           std::abs(*o.pixel_size_y_mm - o.pixel_size_mm) > 0.005 * std::max(*o.pixel_size_y_mm, o.pixel_size_mm);
+}
+
+// The boundary with y stretched by (y spacing / x spacing), fitted: lengths in x pixels.
+EllipseFit physical_fit(const std::vector<cv::Point2d>& points, const MeasureOptions& o) {
+    const double ry = *o.pixel_size_y_mm / o.pixel_size_mm;
+    std::vector<cv::Point2d> phys;
+    phys.reserve(points.size());
+    for (const auto& p : points) phys.emplace_back(p.x, p.y * ry);
+    return fit_ellipse(phys, o.fit);
+}
+
 // Review reasons that depend on the numbers alone.
 void add_hc_reason(Measurement& m) {
     if (m.hc_mm < 40 || m.hc_mm > 400) m.reasons.push_back("HC " + fmt(m.hc_mm) + " mm is outside the plausible 40..400 mm");
@@ -68,6 +82,8 @@ Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm, st
 Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const cv::Mat& gray8,
                                                 const MeasureOptions& opt, const std::string& source) {
     if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty()) return make_error(e);
+    if (opt.pixel_size_y_mm)
+        if (auto e = check_pixel_size(*opt.pixel_size_y_mm, "'" + source + "' (y)"); !e.empty()) return make_error(e);
     auto t0 = Clock::now();
     Boundary bnd = extract_boundary(seg, gray8);
     const double post_ms = ms_since(t0);
@@ -76,7 +92,6 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
                           "); check that the image is a head in the standard HC plane");
     auto t1 = Clock::now();
     EllipseFit fit = fit_ellipse(bnd.points, opt.fit);
-    const double fit_ms = ms_since(t1);
     if (!fit.ok)
         return make_error("cannot fit an ellipse to the head in '" + source + "': " + fit.message +
                           (bnd.cut_points.size() > bnd.points.size() ? " (most of the head is outside the image)" : ""));
@@ -84,7 +99,23 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     Ellipse e = fit.ellipse;
     e.a *= seg.axis_scale;
     e.b *= seg.axis_scale;
-    Measurement m = numbers_from_ellipse(e, opt.pixel_size_mm, opt.ga_weeks);
+    Measurement m;
+    if (!is_anisotropic(opt)) {
+        m = numbers_from_ellipse(e, opt.pixel_size_mm, opt.ga_weeks);
+    } else {
+        // Physical space in units of the x spacing (the fit's thresholds stay about a pixel): an
+        // ellipse in mm is not the pixel ellipse scaled, so it is fitted again there.
+        auto phys = physical_fit(bnd.points, opt);
+        if (!phys.ok) return make_error("cannot fit an ellipse to the head in '" + source + "' in physical space: " + phys.message);
+        fit.rms_px = phys.rms_px, fit.inliers = phys.inliers, fit.points = phys.points;
+        Ellipse ep = phys.ellipse;
+        ep.a *= seg.axis_scale;
+        ep.b *= seg.axis_scale;
+        m = numbers_from_ellipse(ep, opt.pixel_size_mm, opt.ga_weeks);
+        m.ellipse_px = e.normalized();
+        m.pixel_size_y_mm = opt.pixel_size_y_mm;
+    }
+    const double fit_ms = ms_since(t1);
     add_hc_reason(m);
     m.source = source;
     m.image_size = gray8.size();
@@ -197,6 +228,7 @@ nlohmann::json to_json(const Measurement& m) {
                      {"timings_ms",
                       {{"decode", m.timings.decode_ms}, {"network", m.timings.network_ms},
                        {"postprocess", m.timings.postprocess_ms}, {"fit", m.timings.fit_ms}, {"total", m.timings.total_ms}}}};
+    if (m.pixel_size_y_mm) j["pixel_size_y_mm"] = *m.pixel_size_y_mm;
     if (m.ga_weeks_given) j["ga_weeks_given"] = *m.ga_weeks_given;
     if (m.centile) {
         const Centile& c = *m.centile;

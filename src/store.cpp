@@ -39,6 +39,23 @@ CREATE TABLE IF NOT EXISTS exams (
   created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS exams_by_pregnancy ON exams(pregnancy_id, exam_date, id);
+CREATE TABLE IF NOT EXISTS dicom_instances (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  sop_instance_uid TEXT NOT NULL,
+  sop_class_uid TEXT NOT NULL,
+  calling_aet TEXT NOT NULL,
+  received_at TEXT NOT NULL,
+  image_sha256 TEXT NOT NULL,
+  status TEXT NOT NULL,
+  hc_mm REAL, bpd_mm REAL, ofd_mm REAL, ga_hadlock_weeks REAL, pixel_size_mm REAL,
+  calibration_source TEXT NOT NULL,
+  quality TEXT NOT NULL,
+  reasons TEXT NOT NULL,
+  frames INTEGER NOT NULL,
+  error TEXT NOT NULL,
+  forward_status TEXT NOT NULL,
+  sr_sha256 TEXT NOT NULL
+);
 )sql";
 
 constexpr const char* kNow = "strftime('%Y-%m-%dT%H:%M:%SZ','now')";
@@ -102,6 +119,62 @@ Exam read_exam(Stmt& s) {
     e.accepted = s.integer(20) != 0;
     e.created_at = s.text(21);
     return e;
+}
+
+const char* kDicomColumns =
+    "id, sop_instance_uid, sop_class_uid, calling_aet, received_at, image_sha256, status, hc_mm, bpd_mm, ofd_mm, "
+    "ga_hadlock_weeks, pixel_size_mm, calibration_source, quality, reasons, frames, error, forward_status, sr_sha256";
+
+std::string reasons_text(const std::vector<std::string>& reasons) { return nlohmann::json(reasons).dump(); }
+
+std::vector<std::string> reasons_from(const std::string& text) {
+    std::vector<std::string> out;
+    auto r = nlohmann::json::parse(text, nullptr, false);
+    if (r.is_array())
+        for (const auto& x : r)
+            if (x.is_string()) out.push_back(x.get<std::string>());
+    return out;
+}
+
+DicomInstance read_dicom_instance(Stmt& s) {
+    DicomInstance d;
+    d.id = s.integer(0);
+    d.sop_instance_uid = s.text(1);
+    d.sop_class_uid = s.text(2);
+    d.calling_aet = s.text(3);
+    d.received_at = s.text(4);
+    d.image_sha256 = s.text(5);
+    d.status = s.text(6);
+    d.hc_mm = s.opt(7);
+    d.bpd_mm = s.opt(8);
+    d.ofd_mm = s.opt(9);
+    d.ga_hadlock_weeks = s.opt(10);
+    d.pixel_size_mm = s.opt(11);
+    d.calibration_source = s.text(12);
+    d.quality = s.text(13);
+    d.reasons = reasons_from(s.text(14));
+    d.frames = int(s.integer(15));
+    d.error = s.text(16);
+    d.forward_status = s.text(17);
+    d.sr_sha256 = s.text(18);
+    return d;
+}
+
+// Binds the fields that update_dicom_instance rewrites, from parameter `first` on.
+void bind_dicom_result(Stmt& s, int first, const DicomInstance& d) {
+    s.bind(first, d.status);
+    s.bind(first + 1, d.hc_mm);
+    s.bind(first + 2, d.bpd_mm);
+    s.bind(first + 3, d.ofd_mm);
+    s.bind(first + 4, d.ga_hadlock_weeks);
+    s.bind(first + 5, d.pixel_size_mm);
+    s.bind(first + 6, d.calibration_source);
+    s.bind(first + 7, d.quality);
+    s.bind(first + 8, reasons_text(d.reasons));
+    s.bind_int(first + 9, d.frames);
+    s.bind(first + 10, d.error);
+    s.bind(first + 11, d.forward_status);
+    s.bind(first + 12, d.sr_sha256);
 }
 
 }  // namespace
@@ -245,6 +318,51 @@ Expected<History> Store::history(const std::string& pregnancy_id) const {
     while ((rc = s.step()) == SQLITE_ROW) h.exams.push_back(read_exam(s));
     if (rc != SQLITE_DONE) return make_error(impl_->error("cannot read the exams"));
     return h;
+}
+
+Expected<DicomInstance> Store::add_dicom_instance(const DicomInstance& in) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    Stmt s(impl_->db, std::string("INSERT INTO dicom_instances (sop_instance_uid, sop_class_uid, calling_aet, received_at, "
+                                  "image_sha256, status, hc_mm, bpd_mm, ofd_mm, ga_hadlock_weeks, pixel_size_mm, "
+                                  "calibration_source, quality, reasons, frames, error, forward_status, sr_sha256) "
+                                  "VALUES (?1, ?2, ?3, ") + kNow + ", ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)");
+    if (!s.ok()) return make_error(impl_->error("cannot record the DICOM instance"));
+    s.bind(1, in.sop_instance_uid);
+    s.bind(2, in.sop_class_uid);
+    s.bind(3, in.calling_aet);
+    s.bind(4, in.image_sha256);
+    bind_dicom_result(s, 5, in);
+    if (s.step() != SQLITE_DONE) return make_error(impl_->error("cannot record the DICOM instance"));
+    const long long id = sqlite3_last_insert_rowid(impl_->db);
+    Stmt q(impl_->db, std::string("SELECT ") + kDicomColumns + " FROM dicom_instances WHERE id = ?1");
+    if (!q.ok()) return make_error(impl_->error("cannot read back the DICOM instance"));
+    q.bind_int(1, id);
+    if (q.step() != SQLITE_ROW) return make_error(impl_->error("cannot read back the DICOM instance"));
+    return read_dicom_instance(q);
+}
+
+Expected<bool> Store::update_dicom_instance(const DicomInstance& d) {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    Stmt s(impl_->db, "UPDATE dicom_instances SET status = ?1, hc_mm = ?2, bpd_mm = ?3, ofd_mm = ?4, ga_hadlock_weeks = ?5, "
+                      "pixel_size_mm = ?6, calibration_source = ?7, quality = ?8, reasons = ?9, frames = ?10, error = ?11, "
+                      "forward_status = ?12, sr_sha256 = ?13 WHERE id = ?14");
+    if (!s.ok()) return make_error(impl_->error("cannot update the DICOM instance"));
+    bind_dicom_result(s, 1, d);
+    s.bind_int(14, d.id);
+    if (s.step() != SQLITE_DONE) return make_error(impl_->error("cannot update the DICOM instance"));
+    return sqlite3_changes(impl_->db) > 0;
+}
+
+Expected<std::vector<DicomInstance>> Store::dicom_instances(int limit) const {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    Stmt s(impl_->db, std::string("SELECT ") + kDicomColumns + " FROM dicom_instances ORDER BY id DESC LIMIT ?1");
+    if (!s.ok()) return make_error(impl_->error("cannot read the DICOM instances"));
+    s.bind_int(1, limit);
+    std::vector<DicomInstance> out;
+    int rc;
+    while ((rc = s.step()) == SQLITE_ROW) out.push_back(read_dicom_instance(s));
+    if (rc != SQLITE_DONE) return make_error(impl_->error("cannot read the DICOM instances"));
+    return out;
 }
 
 std::string sha256_hex(const std::string& bytes) {

@@ -162,20 +162,19 @@ struct FrameTracker {
     }
 };
 
-// Decodes up to opt.max_frames frames and measures them on `workers` threads (inline when 1),
-// collecting every frame into the tracker in frame order.
-void measure_frames(const Measurer& measurer, const std::string& path, const VideoOptions& opt, cv::VideoCapture& cap,
-                    int workers, FrameTracker& tracker) {
-    const double fps = cap.get(cv::CAP_PROP_FPS);
+// Takes up to opt.max_frames frames from `next` and measures them on `workers` threads (inline
+// when 1), collecting every frame into the tracker in frame order.
+void run_frames(const Measurer& measurer, const std::string& path, const VideoOptions& opt, const FrameSource& next,
+                int workers, FrameTracker& tracker) {
     std::optional<WorkerPool> pool;
     if (workers > 1) pool.emplace(workers);
     for (int i = 0; opt.max_frames <= 0 || i < opt.max_frames; ++i) {
         auto job = std::make_shared<FrameJob>();
-        if (!read_frame(cap, job->frame)) break;
+        double time_s = 0;
+        if (!next(job->frame, time_s)) break;
         while (int(tracker.in_flight.size()) >= workers) tracker.collect();
         job->f.index = i;
-        const double pos_ms = cap.get(cv::CAP_PROP_POS_MSEC);
-        job->f.time_s = pos_ms > 0 ? pos_ms / 1000 : fps > 0 ? i / fps : 0;
+        job->f.time_s = time_s;
         tracker.plan(*job, opt.redetect_every);
         if (pool) {
             tracker.in_flight.emplace_back(
@@ -207,6 +206,23 @@ void summarise_good_frames(const std::vector<Measurement>& ok, const std::vector
 
 }  // namespace
 
+Expected<VideoSummary> measure_frames(const Measurer& measurer, const std::string& label, const FrameSource& next,
+                                      const VideoOptions& opt, const std::function<void(const VideoFrame&)>& on_frame) {
+    if (auto e = check_pixel_size(opt.measure.pixel_size_mm, "'" + label + "'"); !e.empty()) return make_error(e);
+    const auto t0 = std::chrono::steady_clock::now();
+    const int workers = opt.workers > 0 ? opt.workers : int(std::max(1u, std::thread::hardware_concurrency()));
+    VideoSummary s;
+    s.source = label;
+    FrameTracker tracker{s, on_frame};
+    run_frames(measurer, label, opt, next, workers, tracker);
+    if (s.frames == 0) return make_error("video '" + label + "' has no readable frames; check that the file is complete");
+    s.ok = int(tracker.ok.size());
+    s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    s.frames_per_second = s.seconds > 0 ? s.frames / s.seconds : 0;
+    if (!tracker.ok.empty()) summarise_good_frames(tracker.ok, tracker.ok_index, s);
+    return s;
+}
+
 Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string& path, const VideoOptions& opt,
                                      const std::function<void(const VideoFrame&)>& on_frame) {
     if (auto e = check_pixel_size(opt.measure.pixel_size_mm, "'" + path + "'"); !e.empty()) return make_error(e);
@@ -216,17 +232,20 @@ Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string
     const auto t0 = std::chrono::steady_clock::now();
     cv::VideoCapture cap;
     if (auto e = open_capture(path, cap); !e.empty()) return make_error(e);
-    const int workers = opt.workers > 0 ? opt.workers : int(std::max(1u, std::thread::hardware_concurrency()));
-
-    VideoSummary s;
-    s.source = path;
-    FrameTracker tracker{s, on_frame};
-    measure_frames(measurer, path, opt, cap, workers, tracker);
-    if (s.frames == 0) return make_error("video '" + path + "' has no readable frames; check that the file is complete");
-    s.ok = int(tracker.ok.size());
-    s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    s.frames_per_second = s.seconds > 0 ? s.frames / s.seconds : 0;
-    if (!tracker.ok.empty()) summarise_good_frames(tracker.ok, tracker.ok_index, s);
+    const double fps = cap.get(cv::CAP_PROP_FPS);
+    int i = 0;
+    const FrameSource next = [&](cv::Mat& frame, double& time_s) {
+        if (!read_frame(cap, frame)) return false;
+        const double pos_ms = cap.get(cv::CAP_PROP_POS_MSEC);
+        time_s = pos_ms > 0 ? pos_ms / 1000 : fps > 0 ? i / fps : 0;
+        ++i;
+        return true;
+    };
+    auto s = measure_frames(measurer, path, next, opt, on_frame);
+    if (s) {  // the opening of the file counts in the wall time, as before
+        s->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        s->frames_per_second = s->seconds > 0 ? s->frames / s->seconds : 0;
+    }
     return s;
 }
 

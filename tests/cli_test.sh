@@ -241,6 +241,152 @@ batch_checks() {
 
 # ================================ basic: needs only the binary ================================
 
+# ---- DICOM (../shared/dicom beside the HC18 folder, or $FETALHC_DICOM_DIR) ---------------------------------
+
+DICOM_DIR=${FETALHC_DICOM_DIR:-}
+[[ -z $DICOM_DIR && -n $DATA ]] && DICOM_DIR=$(dirname "$DATA")/dicom
+
+# Raw DICOM bytes from printf, for files DCMTK would refuse to write (lengths that lie).
+# le16 N / le32 N: N as little-endian bytes. el GROUP ELEMENT VR LENGTH: an explicit-VR
+# little-endian element header (hex tag) with LENGTH written as given; the value follows.
+le16() { printf "\\x$(printf %02x $(($1 & 255)))\\x$(printf %02x $(($1 >> 8 & 255)))"; }
+le32() { le16 $(($1 & 65535)); le16 $(($1 >> 16 & 65535)); }
+el() {
+    le16 $((16#$1)); le16 $((16#$2)); printf %s "$3"
+    case $3 in OB | OW | SQ | UN | UT) le16 0; le32 "$4" ;; *) le16 "$4" ;; esac
+}
+# dstr GROUP ELEMENT VR TEXT: a text element padded to even length; dus GROUP ELEMENT N: one US.
+dstr() {
+    local n=${#4}
+    el "$1" "$2" "$3" $((n + n % 2))
+    printf %s "$4"
+    if ((n % 2)); then if [[ $3 == UI ]]; then printf '\0'; else printf ' '; fi; fi
+}
+dus() { el "$1" "$2" US 2; le16 "$3"; }
+# dcm_meta: preamble, meta group and SOP identity of an Ultrasound Image (explicit VR little endian).
+dcm_meta() {
+    head -c 128 /dev/zero; printf DICM
+    el 0002 0001 OB 2; printf '\0\1'
+    dstr 0002 0002 UI 1.2.840.10008.5.1.4.1.1.6.1; dstr 0002 0003 UI 1.2.3.4.5; dstr 0002 0010 UI 1.2.840.10008.1.2.1
+    dstr 0008 0016 UI 1.2.840.10008.5.1.4.1.1.6.1; dstr 0008 0018 UI 1.2.3.4.5; dstr 0008 0060 CS US
+}
+# dcm_image ROWS COLS [FRAMES] [ROWS_LENGTH]: an 8-bit MONOCHROME2 image pixel module (Rows
+# written with ROWS_LENGTH bytes, default 2), then pixel data of ROWS x COLS x 2 bytes.
+dcm_image() {
+    local rl=${4:-2}
+    dus 0028 0002 1; dstr 0028 0004 CS MONOCHROME2
+    [[ -n ${3:-} ]] && dstr 0028 0008 IS "$3"
+    el 0028 0010 US "$rl"; le16 "$1"; ((rl > 2)) && head -c $((rl - 2)) /dev/zero
+    dus 0028 0011 "$2"; dus 0028 0100 8; dus 0028 0101 8; dus 0028 0102 7; dus 0028 0103 0
+}
+
+# Bad DICOM: a clear error naming the file, exit 1, never a crash or a hang (two minutes at most).
+bad_dicom_checks() {
+    local TIMEOUT=()
+    command -v timeout >/dev/null 2>&1 && TIMEOUT=(timeout 120)
+    local b=$T/bad_dicom
+    mkdir -p "$b"
+    { dcm_meta; dcm_image 20 30; el 7FE0 0010 OB 600; head -c 600 /dev/urandom; } >"$b/good.dcm"
+    head -c 500 "$b/good.dcm" >"$b/truncated.dcm"
+    { dcm_meta; dcm_image 20 30; } >"$b/no_pixels.dcm"
+    { dcm_meta; dcm_image 20 30; el 7FE0 0010 OB 1000000; head -c 600 /dev/urandom; } >"$b/length_past_end.dcm"
+    { dcm_meta; dus 0028 0002 1; el 0028 0004 CS 60000; printf MONOCHROME2; } >"$b/text_past_end.dcm"
+    { dcm_meta; dcm_image 20 30 "" 3; el 7FE0 0010 OB 600; head -c 600 /dev/urandom; } >"$b/odd_us_length.dcm"
+    { dcm_meta; dcm_image 20 30 50; el 7FE0 0010 OB 1200; head -c 1200 /dev/urandom; } >"$b/lying_frames.dcm"
+    { dcm_meta; dcm_image 60000 60000; el 7FE0 0010 OB 600; head -c 600 /dev/urandom; } >"$b/huge.dcm"
+    run dicom info "$b/good.dcm"
+    expect "bad DICOM: the hand-written control file reads" 0 --out "30 x 20, 1 frame"
+    local name says
+    for name in truncated length_past_end text_past_end odd_us_length huge; do
+        case $name in
+            odd_us_length) says="wrong value length in Rows" ;;
+            huge) says="60000 x 60000" ;;
+            *) says="truncated or damaged" ;;
+        esac
+        run dicom info "$b/$name.dcm"
+        expect "dicom info $name.dcm: exit 1 naming it" 1 --err "$b/$name.dcm" --err "$says"
+    done
+    if ((!HAVE_MODEL)); then
+        skip "measuring bad DICOM (model '$MODEL' absent)"
+        return
+    fi
+    for name in truncated no_pixels length_past_end text_past_end odd_us_length lying_frames huge; do
+        case $name in
+            odd_us_length) says="wrong value length in Rows" ;;
+            huge) says="60000 x 60000" ;;
+            no_pixels) says="no pixel data" ;;
+            lying_frames) says="says it has 50 frames but its pixel data holds 2" ;;
+            *) says="truncated or damaged" ;;
+        esac
+        run measure --quiet --model "$MODEL" --pixel-size 0.2 "$b/$name.dcm"
+        expect "measure $name.dcm: exit 1, a clear error naming it" 1 --err "$b/$name.dcm" --err "$says" \
+            --no-err "Segmentation fault" --no-err "terminate called"
+    done
+    run measure --quiet --model "$MODEL" --pixel-size 0.2 --format csv "$b"
+    expect "measure a folder of bad DICOM: every file named, exit 1" 1 --out "truncated.dcm" --out "lying_frames.dcm" \
+        --out "huge.dcm" --out "good.dcm"
+}
+
+dicom_checks() {
+    run dicom
+    expect "dicom without its subcommand is a usage error" 2
+    echo "not DICOM" >"$T/not_dicom.png"
+    run dicom info "$T/not_dicom.png"
+    expect "dicom info on a PNG: exit 1 naming it" 1 --err "$T/not_dicom.png" --err "not a DICOM"
+    bad_dicom_checks
+    if [[ ! -f $DICOM_DIR/OBXXXX1A.dcm ]]; then
+        skip "DICOM samples (no '$DICOM_DIR')"
+        return
+    fi
+    local d=$DICOM_DIR
+    run dicom info "$d/OBXXXX1A.dcm"
+    expect "dicom info OBXXXX1A: regions, calibration from region 0" 0 --out "PALETTE COLOR" --out "800 x 600" \
+        --out "region 1" --out "measure uses     ultrasound region 0: 0.26229 x 0.26229 mm/px" --out "(120,60)-(800,518)"
+    run dicom info "$d/OBXXXX1A_rle.dcm"
+    expect "dicom info RLE" 0 --out "RLE Lossless" --out "0.26229"
+    run dicom info "$d/OBXXXX1A_rle_2frame.dcm"
+    expect "dicom info 2-frame" 0 --out "2 frames" --out "Multiframe"
+    run dicom info "$d/examples_ybr_color.dcm"
+    expect "dicom info ybr cine: calibration refused, why" 0 --out "30 frames" --out "YBR_FULL_422" --out "JPEG Baseline" \
+        --out "none:" --out "lies outside the 320 x 240 image"
+    run dicom info "$d/US1_UNCR.dcm"
+    expect "dicom info US1_UNCR: no calibration" 0 --out "RGB" --out "carries no calibration"
+    run dicom info "$d/US1_J2KR.dcm"
+    expect "dicom info J2K works from the header alone" 0 --out "JPEG 2000" --out "NOT DECODABLE"
+    run dicom info --json "$d/OBXXXX1A.dcm" "$d/US1_J2KR.dcm"
+    expect "dicom info --json" 0 --out '"mm_per_px_x"' --out '"calibration_error"' --out '"transfer_syntax"'
+    check "dicom info --json: valid JSON" "not valid JSON" valid_json "$T/out"
+    run dicom info "$d/OBXXXX1A.dcm" "$T/not_dicom.png"
+    expect "dicom info: a bad file among good ones gives exit 1" 1 --out "OBXXXX1A" --err "not_dicom.png"
+
+    run measure --model "$NO_MODEL" "$d/OBXXXX1A.dcm" "$T/in/x.png"
+    expect "measure: a PNG beside DICOM still needs a pixel size" 2 --err "pixel size is missing"
+    if ((!HAVE_MODEL)); then
+        skip "measuring DICOM samples (model '$MODEL' absent)"
+        return
+    fi
+    run measure --quiet --model "$MODEL" "$d/US1_J2KR.dcm"
+    expect "measure J2K: exit 1 naming file and transfer syntax" 1 --err "US1_J2KR.dcm" --err "JPEG 2000"
+    run measure --quiet --model "$MODEL" "$d/US1_UNCR.dcm"
+    expect "measure uncalibrated DICOM: exit 1, asks for --pixel-size" 1 --err "US1_UNCR.dcm" --err "--pixel-size"
+    run measure --quiet --model "$MODEL" "$d/examples_ybr_color.dcm"
+    expect "measure ybr cine: stale calibration refused" 1 --err "outside the 320 x 240 image"
+    run measure --quiet --model "$MODEL" --pixel-size 0.5 --format json "$d/examples_ybr_color.dcm"
+    expect "measure ybr cine with --pixel-size: per-frame results and summary" 0 --out '"frames"' --out '"summary"'
+    check "measure ybr cine --format json: valid JSON" "not valid JSON" valid_json "$T/out"
+    run measure --quiet --model "$MODEL" "$d/OBXXXX1A.dcm"
+    expect "measure OBXXXX1A: no head, a clear error, exit 1" 1 --err "no fetal head found in '$d/OBXXXX1A.dcm'"
+    run measure --quiet --model "$MODEL" --pixel-size 0.3 "$d/OBXXXX1A.dcm"
+    expect "measure --pixel-size disagreeing with the file: note" 1 --err "note:" --err "differs by"
+    run measure --quiet --model "$MODEL" --format csv "$d"
+    expect "measure a folder of DICOM: every file has a row or an error" 1 --out "OBXXXX1A_rle_2frame.dcm#1" \
+        --out "US1_J2KR.dcm" --out "examples_ybr_color.dcm"
+    mkdir -p "$T/dcm_noext"
+    cp "$d/OBXXXX1A_rle.dcm" "$T/dcm_noext/IM0001"
+    run measure --quiet --model "$MODEL" --format csv "$T/dcm_noext"
+    expect "measure a folder: DICOM without extension is found by content" 1 --out "IM0001" --no-err "holds no images"
+}
+
 basic_section() {
     check "synthetic 1x1 PNG is 67 bytes" "printf wrote $(wc -c <"$T/in/tiny_1x1.png") bytes" \
         test "$(wc -c <"$T/in/tiny_1x1.png" | tr -d ' ')" = 67
@@ -354,6 +500,8 @@ basic_section() {
         skip "batch with bad inputs (model '$MODEL' absent)"
         skip "CSV quoting, --threads clamping, progress line, video errors (model '$MODEL' absent)"
     fi
+
+    dicom_checks
 
     # ---- bench -----------------------------------------------------------------------------------------------
 
@@ -589,6 +737,39 @@ evaluate_small_folder() {
         bash -c '[[ $(wc -l <"$1") == 4 ]] && head -1 "$1" | grep -q "^filename,ref_hc_mm,hc_mm,diff_mm"' _ "$T/rows.csv"
 }
 
+# --sr-dir and --format fhir on a real scan: the SR is valid DICOM (dciodvfy, when installed) whose HC is
+# the CLI's own; the FHIR bundle holds the three Observations with the same HC.
+report_outputs() {
+    local img=$T/in/010_HC.png sr=$T/sr
+    mkdir -p "$sr"
+    run measure --model "$MODEL" --pixel-size 0.13 --format json --sr-dir "$sr" "$img"
+    expect "--sr-dir: measured" 0
+    local hc
+    hc=$(python3 -c 'import json,sys; print("%.1f" % json.load(open(sys.argv[1]))[0]["hc_mm"])' "$T/out")
+    check "--sr-dir: one SR file named after the image" "no $sr/010_HC_sr.dcm" test -s "$sr/010_HC_sr.dcm"
+    if command -v dciodvfy >/dev/null; then
+        check "--sr-dir: dciodvfy finds no error in the SR" "errors: $(dciodvfy "$sr/010_HC_sr.dcm" 2>&1 | grep -i error | head -3)" \
+            bash -c '! dciodvfy "$1" 2>&1 | grep -qi "^error"' _ "$sr/010_HC_sr.dcm"
+    else
+        skip "SR validity (dciodvfy not installed: apt install dicom3tools)"
+    fi
+    if command -v dsrdump >/dev/null; then
+        check "--sr-dir: the SR's HC (dsrdump) is the CLI's $hc mm" "dsrdump: $(dsrdump "$sr/010_HC_sr.dcm" 2>&1 | grep -i 'circumference' | head -1)" \
+            bash -c 'dsrdump "$1" | grep -i "Head Circumference" | grep -qF "\"$2\""' _ "$sr/010_HC_sr.dcm" "$hc"
+    else
+        skip "SR content (dsrdump not installed: apt install dcmtk)"
+    fi
+    run measure --model "$MODEL" --pixel-size 0.13 --format fhir "$img"
+    expect "--format fhir: a Bundle" 0 --out '"resourceType": "Bundle"' --out '"11984-2"' --out '"11820-8"' --out '"11851-3"'
+    check "--format fhir: three Observations, HC $hc mm" "$(head -c 300 "$T/out")" \
+        python3 -c 'import json,sys
+b=json.load(open(sys.argv[1])); obs=[e["resource"] for e in b["entry"]]
+hc=[o for o in obs if o["code"]["coding"][0]["code"]=="11984-2"][0]["valueQuantity"]
+sys.exit(not (b["type"]=="collection" and len(obs)==3 and hc["code"]=="mm" and "%.1f" % hc["value"]==sys.argv[2]))' "$T/out" "$hc"
+    run measure --model "$MODEL" --pixel-size 0.13 --sr-dir "$T/no_such_folder" "$img"
+    expect "--sr-dir: a missing folder is a usage error" 2 --err "no_such_folder"
+}
+
 hc18_section() {
     if ((!HAVE_DATA)); then
         HC18_SKIPPED=1
@@ -599,6 +780,7 @@ hc18_section() {
     if ((HAVE_MODEL)); then
         batch_checks 1
         measure_real_images
+        report_outputs
     else
         skip "measuring real images: batch, formats, --pixel-sizes, folders, --overlay, --ga-weeks (model '$MODEL' absent)"
     fi

@@ -13,6 +13,11 @@
 #include "fetalhc/growth.h"
 #include "fetalhc/store.h"
 
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcitem.h>
+#include <dcmtk/dcmdata/dcuid.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -75,6 +80,67 @@ std::vector<Part> measure_form(const std::string& image, const std::string& pixe
 }
 
 json body_json(const HttpResponse& r) { return json::parse(r.body, nullptr, false); }
+
+#ifndef FETALHC_DICOM_DIR
+#define FETALHC_DICOM_DIR ""
+#endif
+
+std::string read_bytes(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A PNG image's pixels as an Ultrasound (Multi-frame) Image Storage file whose one region covers
+// the whole image at `mm` per pixel (the same frame `frames` times).
+std::string wrap_in_dicom(const std::string& png_bytes, double mm, int frames = 1) {
+    const cv::Mat img = cv::imdecode(std::vector<unsigned char>(png_bytes.begin(), png_bytes.end()), cv::IMREAD_GRAYSCALE);
+    DcmFileFormat file;
+    DcmDataset* d = file.getDataset();
+    char uid[100];
+    d->putAndInsertString(DCM_SOPClassUID, frames > 1 ? UID_UltrasoundMultiframeImageStorage : UID_UltrasoundImageStorage);
+    d->putAndInsertString(DCM_SOPInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_INSTANCE_UID_ROOT));
+    d->putAndInsertString(DCM_StudyInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_STUDY_UID_ROOT));
+    d->putAndInsertString(DCM_SeriesInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_SERIES_UID_ROOT));
+    d->putAndInsertString(DCM_Modality, "US");
+    d->putAndInsertUint16(DCM_SamplesPerPixel, 1);
+    d->putAndInsertString(DCM_PhotometricInterpretation, "MONOCHROME2");
+    d->putAndInsertUint16(DCM_Rows, Uint16(img.rows));
+    d->putAndInsertUint16(DCM_Columns, Uint16(img.cols));
+    d->putAndInsertUint16(DCM_BitsAllocated, 8);
+    d->putAndInsertUint16(DCM_BitsStored, 8);
+    d->putAndInsertUint16(DCM_HighBit, 7);
+    d->putAndInsertUint16(DCM_PixelRepresentation, 0);
+    if (frames > 1) {
+        d->putAndInsertString(DCM_NumberOfFrames, std::to_string(frames).c_str());
+        d->putAndInsertString(DCM_FrameTime, "40");
+    }
+    std::vector<unsigned char> px;
+    for (int k = 0; k < frames; ++k) px.insert(px.end(), img.datastart, img.dataend);
+    d->putAndInsertUint8Array(DCM_PixelData, px.data(), unsigned(px.size()));
+    DcmItem* region = nullptr;
+    d->findOrCreateSequenceItem(DCM_SequenceOfUltrasoundRegions, region, 0);
+    region->putAndInsertUint16(DCM_RegionSpatialFormat, 1);
+    region->putAndInsertUint16(DCM_RegionDataType, 1);
+    region->putAndInsertUint32(DCM_RegionFlags, 0);
+    region->putAndInsertUint32(DCM_RegionLocationMinX0, 0);
+    region->putAndInsertUint32(DCM_RegionLocationMinY0, 0);
+    region->putAndInsertUint32(DCM_RegionLocationMaxX1, Uint32(img.cols - 1));
+    region->putAndInsertUint32(DCM_RegionLocationMaxY1, Uint32(img.rows - 1));
+    region->putAndInsertUint16(DCM_PhysicalUnitsXDirection, 3);
+    region->putAndInsertUint16(DCM_PhysicalUnitsYDirection, 3);
+    region->putAndInsertFloat64(DCM_PhysicalDeltaX, mm / 10);
+    region->putAndInsertFloat64(DCM_PhysicalDeltaY, mm / 10);
+    const fs::path tmp = fs::temp_directory_path() / ("fetalhc_routes_wrap_" + std::to_string(std::random_device{}()) + ".dcm");
+    if (file.saveFile(tmp.string().c_str(), EXS_LittleEndianExplicit).bad()) throw std::runtime_error("cannot write DICOM");
+    std::string bytes = read_bytes(tmp);
+    fs::remove(tmp);
+    return bytes;
+}
+
+std::vector<Part> dicom_form(const std::string& dicom, std::vector<Part> extra = {}) {
+    extra.insert(extra.begin(), Part{"image", dicom, "scan.dcm"});
+    return extra;
+}
 
 // Error responses: the status, JSON {"error": {"code", "message"}} with the expected code (whose
 // catalog status is the response's) and a non-empty message holding `contains`.
@@ -146,8 +212,10 @@ TEST(RouteTable, MatchesPatternsAndFillsPathParameters) {
     EXPECT_FALSE(match_route("DELETE", "/v1/exams"));
 }
 
-TEST(RouteTable, OnlyPostRoutesNeedTheToken) {
-    for (const Route& r : route_table()) EXPECT_EQ(route_needs_token(r), r.method == "POST") << r.pattern;
+// POST routes, and the DICOM node's list (it names patients' instances), need the token.
+TEST(RouteTable, PostRoutesAndTheDicomListNeedTheToken) {
+    for (const Route& r : route_table())
+        EXPECT_EQ(route_needs_token(r), r.method == "POST" || r.pattern == "/v1/dicom/instances") << r.pattern;
 }
 
 TEST(RouteErrors, CatalogCodesAreUniqueSnakeCaseWithOneStatusEach) {
@@ -186,7 +254,7 @@ TEST_F(RouteApi, OpenApiDocumentsEveryEndpointAndEveryErrorCode) {
     EXPECT_EQ(j["openapi"].get<std::string>().substr(0, 2), "3.");
     for (const char* p : {"/health", "/metrics", "/openapi.json", "/", "/static/{file}", "/v1/measure", "/v1/segment",
                           "/v1/fit-ellipse", "/v1/perimeter", "/v1/exams", "/v1/pregnancies/{id}",
-                          "/v1/pregnancies/{id}/export.csv", "/v1/images/{sha256}", "/v1/growth-curve"})
+                          "/v1/pregnancies/{id}/export.csv", "/v1/images/{sha256}", "/v1/growth-curve", "/v1/dicom/instances"})
         EXPECT_TRUE(j["paths"].contains(p)) << p;
     // The Error schema lists every code of the catalog, and explains each.
     const json& code = j["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"];
@@ -544,6 +612,64 @@ TEST_F(RouteApi, MeasureAndStoreChecksItsInputBeforeTheModel) {
     EXPECT_FALSE(api.store->image_path(sha256_hex(synthetic_scan())));
 }
 
+// ---- DICOM without the network ---------------------------------------------------------------------
+
+// Checked before the model is needed: the format, an unreadable DICOM, a file without calibration.
+TEST_F(RouteApi, MeasureDicomRefusesBadFilesAndFormatsBeforeTheModel) {
+    const std::string dcm = wrap_in_dicom(synthetic_scan(), kPixelMm);
+    expect_error(api(post_form("/v1/measure", dicom_form(dcm, {{"format", "xml", ""}}))), 400, "invalid_field", "'format'");
+    // DICM magic, then garbage: a clear 400 that names the file.
+    std::string bad(128, '\0');
+    bad += "DICM";
+    bad += std::string(64, '\x7f');
+    expect_error(api(post_form("/v1/measure", dicom_form(bad))), 400, "image_unreadable", "scan.dcm");
+    expect_error(api(post_form("/v1/measure", dicom_form(dcm.substr(0, dcm.size() / 2)))), 400, "image_unreadable");
+    expect_error(api(post_form("/v1/measure", dicom_form(dcm, {{"pixel_size_mm", "3", ""}}))), 400, "invalid_pixel_size");
+    // Without a pixel size a DICOM file needs none; the model is still loading here.
+    expect_error(api(post_form("/v1/measure", dicom_form(dcm))), 503, "model_loading");
+    const fs::path uncalibrated = fs::path(FETALHC_DICOM_DIR) / "US1_UNCR.dcm";
+    if (!fs::exists(uncalibrated)) GTEST_SKIP() << "sample DICOM files absent (" << FETALHC_DICOM_DIR << ")";
+    expect_error(api(post_form("/v1/measure", dicom_form(read_bytes(uncalibrated)))), 422, "invalid_calibration", "pixel_size_mm");
+}
+
+TEST_F(RouteApi, DicomInstancesAreListedNewestFirst) {
+    DicomInstance a;
+    a.sop_instance_uid = "1.2.3";
+    a.sop_class_uid = "1.2.840.10008.5.1.4.1.1.6.1";
+    a.calling_aet = "US1";
+    a.image_sha256 = sha256_hex("a");
+    auto added = api.store->add_dicom_instance(a);
+    ASSERT_TRUE(added) << added.error();
+    DicomInstance m = *added;
+    m.status = "measured";
+    m.hc_mm = 170.5;
+    m.quality = "ok";
+    m.forward_status = "sent";
+    ASSERT_TRUE(api.store->update_dicom_instance(m));
+    DicomInstance b = a;
+    b.sop_instance_uid = "1.2.4";
+    b.status = "failed";
+    b.error = "no fetal head found";
+    ASSERT_TRUE(api.store->add_dicom_instance(b));
+    const HttpResponse r = api(get("/v1/dicom/instances"));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json j = body_json(r);
+    ASSERT_EQ(j["instances"].size(), 2u);
+    EXPECT_EQ(j["instances"][0]["sop_instance_uid"], "1.2.4");
+    EXPECT_EQ(j["instances"][0]["error"], "no fetal head found");
+    EXPECT_TRUE(j["instances"][0]["hc_mm"].is_null());
+    EXPECT_EQ(j["instances"][1]["status"], "measured");
+    EXPECT_EQ(j["instances"][1]["hc_mm"], 170.5);
+    EXPECT_EQ(j["instances"][1]["forward_status"], "sent");
+    EXPECT_EQ(j["instances"][1]["calling_aet"], "US1");
+    EXPECT_FALSE(j["instances"][1]["received_at"].get<std::string>().empty());
+    HttpRequest one = get("/v1/dicom/instances");
+    one.query["limit"] = "1";
+    EXPECT_EQ(body_json(api(one))["instances"].size(), 1u);
+    one.query["limit"] = "0";
+    expect_error(api(one), 400, "invalid_field", "limit");
+}
+
 // ---- with the network (needs the model file) -------------------------------------------------------
 
 namespace {
@@ -682,3 +808,73 @@ TEST_F(RouteModel, ConcurrentMeasuresAllSucceedAndAgree) {
     EXPECT_EQ(distinct.size(), 1u) << "the same image must give the same HC under concurrency";
     EXPECT_EQ(api_->engine.slots().in_use(), 0);
 }
+
+// A DICOM file is measured with its own calibration and gives the PNG path's numbers at the same
+// pixel size (the region covers the whole image, so nothing is masked: equal to rounding).
+TEST_F(RouteModel, MeasureDicomUsesTheFileCalibration) {
+    const HttpResponse png = (*api_)(post_form("/v1/measure", measure_form(scan_)));
+    ASSERT_EQ(png.status, 200) << png.body;
+    EXPECT_EQ(body_json(png)["calibration"]["source"], "pixel_size_mm");
+    const std::string dcm = wrap_in_dicom(scan_, kPixelMm);
+    const HttpResponse r = (*api_)(post_form("/v1/measure", dicom_form(dcm)));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json j = body_json(r);
+    EXPECT_EQ(j["calibration"]["source"], "ultrasound region 0");
+    EXPECT_NEAR(j["calibration"]["mm_per_px_x"].get<double>(), kPixelMm, 1e-12);
+    EXPECT_TRUE(j["warnings"].empty());
+    EXPECT_NEAR(j["hc_mm"].get<double>(), body_json(png)["hc_mm"].get<double>(), 1e-6);
+    EXPECT_EQ(j["image_sha256"], sha256_hex(dcm));
+    EXPECT_FALSE(j["dicom"]["sop_instance_uid"].get<std::string>().empty());
+    // A pixel size that disagrees by more than 1%: it is used, with a warning.
+    const HttpResponse o = (*api_)(post_form("/v1/measure", dicom_form(dcm, {{"pixel_size_mm", "0.16", ""}})));
+    ASSERT_EQ(o.status, 200) << o.body;
+    const json oj = body_json(o);
+    EXPECT_EQ(oj["calibration"]["source"], "pixel_size_mm");
+    EXPECT_EQ(oj["pixel_size_mm"], 0.16);
+    ASSERT_EQ(oj["warnings"].size(), 1u) << oj.dump();
+    EXPECT_NE(oj["warnings"][0].get<std::string>().find("pixel_size_mm"), std::string::npos) << oj["warnings"];
+    EXPECT_NEAR(oj["hc_mm"].get<double>(), j["hc_mm"].get<double>() * 0.16 / kPixelMm, 1e-6);
+}
+
+TEST_F(RouteModel, MeasureDicomReturnsTheSrOrTheFhirBundle) {
+    const std::string dcm = wrap_in_dicom(scan_, kPixelMm);
+    const HttpResponse sr = (*api_)(post_form("/v1/measure", dicom_form(dcm, {{"format", "sr", ""}})));
+    ASSERT_EQ(sr.status, 200) << sr.body;
+    EXPECT_EQ(sr.content_type, "application/dicom");
+    ASSERT_GT(sr.body.size(), 132u);
+    EXPECT_EQ(sr.body.substr(128, 4), "DICM");
+    const HttpResponse fhir = (*api_)(post_form("/v1/measure", dicom_form(dcm, {{"format", "fhir", ""}})));
+    ASSERT_EQ(fhir.status, 200) << fhir.body;
+    const json b = body_json(fhir);
+    EXPECT_EQ(b["resourceType"], "Bundle");
+    EXPECT_EQ(b["entry"].size(), 3u);
+    // A PNG can have its SR too (no source image: a new study).
+    auto form = measure_form(scan_);
+    form.push_back({"format", "sr", ""});
+    const HttpResponse png_sr = (*api_)(post_form("/v1/measure", form));
+    ASSERT_EQ(png_sr.status, 200) << png_sr.body;
+    EXPECT_EQ(png_sr.content_type, "application/dicom");
+}
+
+// Multi-frame: per-frame results and the median summary, as the CLI's video path.
+TEST_F(RouteModel, MeasureMultiFrameDicomGivesFramesAndSummary) {
+    const HttpResponse r = (*api_)(post_form("/v1/measure", dicom_form(wrap_in_dicom(scan_, kPixelMm, 3))));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json j = body_json(r);
+    ASSERT_EQ(j["frames"].size(), 3u);
+    EXPECT_EQ(j["frames"][2]["frame"], 2);
+    EXPECT_EQ(j["summary"]["frames"], 3);
+    EXPECT_EQ(j["summary"]["ok_frames"], 3);
+    EXPECT_NEAR(j["hc_mm"].get<double>(), j["summary"]["hc_median_mm"].get<double>(), 1e-9);
+    EXPECT_EQ(j["dicom"]["frames"], 3);
+}
+
+// A real file without a head: 422 with a message, and nothing is kept.
+TEST_F(RouteModel, RealDicomWithoutAHeadIs422) {
+    const fs::path f = fs::path(FETALHC_DICOM_DIR) / "OBXXXX1A.dcm";
+    if (!fs::exists(f)) GTEST_SKIP() << "sample DICOM files absent (" << FETALHC_DICOM_DIR << ")";
+    const std::string bytes = read_bytes(f);
+    expect_error((*api_)(post_form("/v1/measure", dicom_form(bytes))), 422, "no_head_found", "no fetal head");
+    EXPECT_FALSE(api_->store->image_path(sha256_hex(bytes)));
+}
+

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
+#include <sqlite3.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -420,7 +421,75 @@ TEST(ServerOptionsCheck, MissingModelAndBusyPortAreClearErrors) {
     fs::remove_all(dir);
 }
 
+// The DICOM node's options are checked when the server is created, with messages naming the flag.
+TEST(ServerOptionsCheck, DicomNodeOptionsAreClearErrors) {
+    const fs::path dir = temp_dir("dicomopts");
+    std::ofstream(dir / "m.pt") << "x";
+    ServerOptions o;
+    o.model_path = (dir / "m.pt").string();
+    o.db_path = (dir / "db.sqlite").string();
+    o.port = 0;
+    o.dicom_port = 70000;
+    auto s = Server::create(o);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().find("--dicom-port"), std::string::npos) << s.error();
+    o.dicom_port = 11112;
+    o.dicom_forward = "PACS@host";
+    s = Server::create(o);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().find("AET@HOST:PORT"), std::string::npos) << s.error();
+    o.dicom_forward = "";
+    o.dicom_aet = "AN AE TITLE LONGER THAN 16";
+    s = Server::create(o);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().find("--dicom-aet"), std::string::npos) << s.error();
+    o.dicom_aet = "FETALHC";
+    o.dicom_allow = {"OK", "BAD\\AE"};
+    s = Server::create(o);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().find("--dicom-allow"), std::string::npos) << s.error();
+    fs::remove_all(dir);
+}
+
 // ---- the store on its own -------------------------------------------------------------------------
+
+// A database written before the DICOM node existed (no dicom_instances table) opens with its exams
+// intact and gains the table.
+TEST(ServerStore, OlderDatabaseKeepsItsExamsAndGainsTheDicomTable) {
+    const fs::path dir = temp_dir("migrate");
+    const std::string db = (dir / "old.db").string();
+    {
+        auto s = Store::open(db);
+        ASSERT_TRUE(s) << s.error();
+        Exam e;
+        e.pregnancy_id = "P1";
+        e.exam_date = "2026-01-10";
+        e.image_sha256 = *(*s)->put_image("img");
+        e.pixel_size_mm = 0.1;
+        e.ellipse_px = {10, 20, 30, 25, 0.5};
+        e.quality = "ok";
+        ASSERT_TRUE((*s)->add_exam(e));
+    }
+    {
+        sqlite3* h = nullptr;
+        ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+        ASSERT_EQ(sqlite3_exec(h, "DROP TABLE dicom_instances", nullptr, nullptr, nullptr), SQLITE_OK);
+        sqlite3_close(h);
+    }
+    auto s = Store::open(db);
+    ASSERT_TRUE(s) << s.error();
+    auto h = (*s)->history("P1");
+    ASSERT_TRUE(h && h->found);
+    EXPECT_EQ(h->exams.size(), 1u);
+    auto none = (*s)->dicom_instances(10);
+    ASSERT_TRUE(none) << none.error();
+    EXPECT_TRUE(none->empty());
+    DicomInstance d;
+    d.sop_instance_uid = "1.2.3";
+    ASSERT_TRUE((*s)->add_dicom_instance(d));
+    EXPECT_EQ((*s)->dicom_instances(10)->size(), 1u);
+    fs::remove_all(dir);
+}
 
 TEST(ServerStore, KeepsExamsAndImagesAcrossReopen) {
     const fs::path dir = temp_dir("store");

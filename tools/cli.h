@@ -60,5 +60,6 @@ void add_dataset_command(CLI::App& app, Commands& commands);   // dataset.cpp: c
 void add_train_command(CLI::App& app, Commands& commands);     // train.cpp
 void add_serve_command(CLI::App& app, Commands& commands);     // serve.cpp
 void add_bench_command(CLI::App& app, Commands& commands);     // bench.cpp
+void add_dicom_command(CLI::App& app, Commands& commands);     // dicom.cpp: info
 
 }  // namespace fetalhc_cli

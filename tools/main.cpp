@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
     add_train_command(app, commands);
     add_serve_command(app, commands);
     add_bench_command(app, commands);
+    add_dicom_command(app, commands);
 
     try {
         app.parse(argc, argv);

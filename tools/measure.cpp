@@ -4,7 +4,9 @@
 #include "progress.h"
 
 #include "fetalhc/csv.h"
+#include "fetalhc/dicom.h"
 #include "fetalhc/fetalhc.h"
+#include "fetalhc/report.h"
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -15,7 +17,9 @@
 #include <filesystem>
 #include <iostream>
 #include <limits>
+#include <functional>
 #include <map>
+#include <optional>
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -29,7 +33,7 @@ struct MeasureArgs {
     std::vector<std::string> paths;
     bool pixel_size_given = false;
     double pixel_size = kNaN;
-    std::string pixel_sizes_csv, format = "text", overlay_dir, model;
+    std::string pixel_sizes_csv, format = "text", overlay_dir, model, sr_dir;
     double ga_weeks = kNaN;
     int threads = 0;
     int redetect_every = 10;
@@ -71,7 +75,12 @@ void print_text(const fetalhc::Measurement& m) {
 // CSV cells go through fetalhc::CsvWriter, so names and messages are quoted and formula-neutralised.
 class Output {
 public:
-    explicit Output(std::string format) : format_(std::move(format)), csv_(std::cout) {}
+    Output(std::string format, std::string sr_dir) : format_(std::move(format)), sr_dir_(std::move(sr_dir)), csv_(std::cout) {}
+
+    // The DICOM header of the input being measured (nullptr for other images): the SR and FHIR
+    // output copy its identity and reference it.
+    void set_source(const fetalhc::DicomHeader* h) { source_ = h; }
+    bool record_failed() const { return record_failed_; }
 
     void begin() const {
         if (format_ == "hc18") std::printf("filename,center_x_mm,center_y_mm,semi_axes_a_mm,semi_axes_b_mm,angle_rad\n");
@@ -81,7 +90,9 @@ public:
                         "reasons,error\n");
     }
 
-    void image(const std::string& path, const fetalhc::Expected<fetalhc::Measurement>& r) {
+    // `extra`: keys added to the JSON object (the DICOM calibration).
+    void image(const std::string& path, const fetalhc::Expected<fetalhc::Measurement>& r, const json& extra = nullptr) {
+        if (r) record(*r, {});
         if (format_ == "hc18") {
             csv_.text(fs::path(path).filename().string());
             if (r) {
@@ -95,14 +106,17 @@ public:
             if (r) csv_measurement(path, *r);
             else csv_error(path, r.error());
         } else if (format_ == "json") {
-            all_.push_back(r ? fetalhc::to_json(*r) : json{{"source", path}, {"error", r.error()}});
-        } else if (r) {
+            json j = r ? fetalhc::to_json(*r) : json{{"source", path}, {"error", r.error()}};
+            if (extra.is_object()) j.update(extra);
+            all_.push_back(j);
+        } else if (r && format_ == "text") {
             print_text(*r);
         }
         flush();
     }
 
     void frame(const std::string& path, const fetalhc::VideoFrame& f) {
+        if (format_ == "fhir") return;  // the summary is the result of a multi-frame input
         const std::string label = path + "#" + std::to_string(f.index);
         if (format_ == "json") {
             json j = f.result ? fetalhc::to_json(*f.result) : json{{"error", f.result.error()}};
@@ -131,9 +145,22 @@ public:
 
     void end() const {
         if (format_ == "json") std::printf("%s\n", all_.dump(2).c_str());
+        if (format_ == "fhir") std::printf("%s\n", fetalhc::fhir_bundle(fhir_).dump(2).c_str());
     }
 
 private:
+    // One result back to the record: an SR file (--sr-dir) and an entry of the FHIR bundle.
+    void record(const fetalhc::Measurement& m, const fetalhc::SrOptions& sr) {
+        if (!sr_dir_.empty()) {
+            const std::string file = (fs::path(sr_dir_) / fetalhc::sr_file_name(m.source)).string();
+            if (auto w = fetalhc::write_biometry_sr_file(m, source_, file, sr); !w) {
+                error(w.error());
+                record_failed_ = true;
+            }
+        }
+        if (format_ == "fhir") fhir_.push_back({m, source_ ? std::optional<fetalhc::DicomHeader>(*source_) : std::nullopt});
+    }
+
     void flush() const {
         std::cout.flush();
         std::fflush(stdout);
@@ -158,13 +185,27 @@ private:
         csv_.end_row();
     }
 
-    std::string format_;
+    std::string format_, sr_dir_;
+    const fetalhc::DicomHeader* source_ = nullptr;
+    std::vector<fetalhc::FhirInput> fhir_;
+    bool record_failed_ = false;
     fetalhc::CsvWriter csv_;
     json all_ = json::array();
     json frames_ = json::array();  // JSON frames of the video being measured
 };
 
 void Output::video_summary(const std::string& path, const fetalhc::VideoSummary& s) {
+    if (s.has_estimate) {
+        fetalhc::Measurement m = s.estimate;
+        m.hc_mm = s.hc_median_mm;
+        m.bpd_mm = s.bpd_median_mm;
+        m.ofd_mm = s.ofd_median_mm;
+        m.ga_hadlock = fetalhc::hadlock_ga(m.hc_mm);
+        m.source = path + "#summary";
+        fetalhc::SrOptions sr;
+        sr.include_outline = false;  // medians: no single frame's outline shows them
+        record(m, sr);
+    }
     if (format_ == "json") {
         json summary{{"frames", s.frames}, {"measured", s.measured}, {"ok_frames", s.ok}, {"seconds", s.seconds},
                      {"frames_per_second", s.frames_per_second}, {"has_estimate", s.has_estimate}};
@@ -188,7 +229,7 @@ void Output::video_summary(const std::string& path, const fetalhc::VideoSummary&
             csv_.text(label).empty(15).text("review").empty().text("no frame judged ok");
             csv_.end_row();
         }
-    } else {
+    } else if (format_ == "text") {
         std::printf("%s: %d frames, %d measured, %d ok, %.1f frames/s\n", path.c_str(), s.frames, s.measured, s.ok,
                     s.frames_per_second);
         if (s.has_estimate)
@@ -215,8 +256,13 @@ int check_measure_args(MeasureArgs& a, std::map<std::string, double>& sizes) {
         return kExitUsage;
     }
     if (!a.pixel_size_given && a.pixel_sizes_csv.empty()) {
-        error("the pixel size is missing: pass --pixel-size MM (mm per pixel) or --pixel-sizes CSV (filename,pixel size(mm))");
-        return kExitUsage;
+        // DICOM files carry their own calibration; every other input needs one given.
+        for (const auto& item : fetalhc::expand_inputs_with_dicom(a.paths))
+            if (!item.error.empty() || !fetalhc::is_dicom_file(item.path)) {
+                error("the pixel size is missing: pass --pixel-size MM (mm per pixel) or --pixel-sizes CSV (filename,pixel "
+                      "size(mm)); only DICOM files carry their own");
+                return kExitUsage;
+            }
     }
     if (a.pixel_size_given) {
         if (auto e = fetalhc::check_pixel_size(a.pixel_size, "--pixel-size"); !e.empty()) {
@@ -247,19 +293,24 @@ int check_measure_args(MeasureArgs& a, std::map<std::string, double>& sizes) {
     return kExitOk;
 }
 
-// One video: per-frame results as they come, then the summary. Returns false when it failed.
-bool measure_one_video(const fetalhc::Measurer& measurer, const std::string& path, const MeasureArgs& a,
-                       const std::map<std::string, double>& sizes, Output& out) {
+using FrameCallback = std::function<void(const fetalhc::VideoFrame&)>;
+using RunFrames = std::function<fetalhc::Expected<fetalhc::VideoSummary>(const fetalhc::VideoOptions&, const FrameCallback&)>;
+
+// Frames of a video or a multi-frame DICOM: per-frame results as they come, then the summary.
+// `pixel_size_y` is set for anisotropic DICOM pixels. Returns false when it failed.
+bool measure_frames_of(const std::string& path, const MeasureArgs& a, double pixel_size, std::optional<double> pixel_size_y,
+                       const RunFrames& run, Output& out) {
     if (a.format == "hc18") {
         error("'" + path + "': --format hc18 takes still images only; use --format csv or json for videos");
         return false;
     }
     fetalhc::VideoOptions vo;
-    vo.measure.pixel_size_mm = pixel_size_for(fs::path(path).filename().string(), a, sizes);
+    vo.measure.pixel_size_mm = pixel_size;
+    vo.measure.pixel_size_y_mm = pixel_size_y;
     if (!std::isnan(a.ga_weeks)) vo.measure.ga_weeks = a.ga_weeks;
     vo.redetect_every = a.redetect_every;
     vo.workers = a.workers;
-    auto s = fetalhc::measure_video(measurer, path, vo, [&](const fetalhc::VideoFrame& f) { out.frame(path, f); });
+    auto s = run(vo, [&](const fetalhc::VideoFrame& f) { out.frame(path, f); });
     if (!s) {
         error(s.error());
         out.video_failed(path, s.error());
@@ -268,6 +319,86 @@ bool measure_one_video(const fetalhc::Measurer& measurer, const std::string& pat
     out.video_summary(path, *s);
     if (!s->has_estimate) error("'" + path + "': no frame gave an ok measurement");
     return s->has_estimate;
+}
+
+bool measure_one_video(const fetalhc::Measurer& measurer, const std::string& path, const MeasureArgs& a,
+                       const std::map<std::string, double>& sizes, Output& out) {
+    const double pixel_size = pixel_size_for(fs::path(path).filename().string(), a, sizes);
+    return measure_frames_of(path, a, pixel_size, std::nullopt, [&](const fetalhc::VideoOptions& vo, const FrameCallback& cb) {
+        return fetalhc::measure_video(measurer, path, vo, cb);
+    }, out);
+}
+
+json calibration_json(const fetalhc::DicomCalibration& c) {
+    json j{{"source", c.source}, {"mm_per_px_x", c.mm_per_px_x}, {"mm_per_px_y", c.mm_per_px_y}};
+    if (c.region) j["region"] = *c.region;
+    return {{"calibration", j}};
+}
+
+// A multi-frame DICOM file: every frame masked to the tissue region and measured as a video; a
+// frame whose head leaves its region is that frame's error (measure_dicom_cine).
+bool measure_dicom_frames(const fetalhc::Measurer& measurer, const std::string& path, const fetalhc::DicomHeader& h,
+                          const std::vector<cv::Mat>& frames, const fetalhc::DicomCalibration& c, const MeasureArgs& a,
+                          Output& out) {
+    std::optional<double> y;
+    if (c.anisotropic()) y = c.mm_per_px_y;
+    return measure_frames_of(path, a, c.mm_per_px_x, y, [&](const fetalhc::VideoOptions& vo, const FrameCallback& cb) {
+        size_t k = 0;
+        const fetalhc::FrameSource next = [&](cv::Mat& frame, double& time_s) {
+            if (k >= frames.size()) return false;
+            frame = frames[k];
+            time_s = h.frame_time_ms * double(k) / 1000;
+            ++k;
+            return true;
+        };
+        return fetalhc::measure_dicom_cine(measurer, h, c, path, next, vo, cb);
+    }, out);
+}
+
+// A DICOM file: calibrated from the file (or the pixel size given, with a note when they
+// disagree), one frame as an image, several as a video. Returns false when it failed.
+bool measure_one_dicom(const fetalhc::Measurer& measurer, const std::string& path, const MeasureArgs& a,
+                       const std::map<std::string, double>& sizes, Output& out) {
+    auto fail = [&](const std::string& message) {
+        error(message);
+        out.image(path, fetalhc::make_error(message));
+        return false;
+    };
+    const double size = pixel_size_for(fs::path(path).filename().string(), a, sizes);
+    std::optional<double> given;
+    if (std::isfinite(size)) given = size;
+    auto h = fetalhc::read_dicom_header(path);
+    if (!h) return fail(h.error());
+    out.set_source(&*h);
+    struct ClearSource {
+        Output& o;
+        ~ClearSource() { o.set_source(nullptr); }
+    } clear_source{out};
+    std::vector<std::string> notes;  // a --pixel-size that disagrees with the file, told once
+    auto cal = fetalhc::calibration_for_frames(*h, given, notes);
+    for (const auto& n : notes) note(n);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto frames = fetalhc::decode_dicom_frames(path);
+    const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (!frames) return fail(frames.error());
+    if (frames->size() > 1) {
+        if (!cal) return fail(cal.error() + "; a multi-frame file needs one calibration for every frame");
+        return measure_dicom_frames(measurer, path, *h, *frames, *cal, a, out);
+    }
+    fetalhc::DicomMeasureOptions o;
+    if (!std::isnan(a.ga_weeks)) o.measure.ga_weeks = a.ga_weeks;
+    o.pixel_size_mm = given;
+    auto r = fetalhc::measure_dicom_frame(measurer, *h, frames->front(), o, path);
+    if (!r) return fail(r.error());
+    r->m.timings.decode_ms = decode_ms;
+    r->m.timings.total_ms += decode_ms;
+    if (!a.overlay_dir.empty()) {
+        const fs::path overlay = fs::path(a.overlay_dir) / (fs::path(path).stem().string() + "_overlay.png");
+        if (!cv::imwrite(overlay.string(), fetalhc::draw_overlay(frames->front(), r->m)))
+            error("cannot write overlay '" + overlay.string() + "'");
+    }
+    out.image(path, r->m, calibration_json(r->calibration));
+    return true;
 }
 
 // One still image (or an input that expand_inputs already refused). Returns false when it failed.
@@ -319,21 +450,22 @@ int run_measure(MeasureArgs a) {
         return kExitUsage;
     }
     const fetalhc::Measurer measurer(*seg);
-    const auto items = fetalhc::expand_inputs(a.paths);
-    Output out(a.format);
+    const auto items = fetalhc::expand_inputs_with_dicom(a.paths);
+    Output out(a.format, a.sr_dir);
     out.begin();
     Progress progress(int(items.size()), !a.quiet);
     int failed = 0;
     for (const auto& item : items) {
-        const bool ok = item.error.empty() && fetalhc::has_video_extension(item.path)
-                            ? measure_one_video(measurer, item.path, a, sizes, out)
-                            : measure_one_image(measurer, item, a, sizes, out);
+        bool ok = false;
+        if (item.error.empty() && fetalhc::is_dicom_file(item.path)) ok = measure_one_dicom(measurer, item.path, a, sizes, out);
+        else if (item.error.empty() && fetalhc::has_video_extension(item.path)) ok = measure_one_video(measurer, item.path, a, sizes, out);
+        else ok = measure_one_image(measurer, item, a, sizes, out);
         if (!ok) ++failed;
         progress.step();
     }
     progress.finish();
     out.end();
-    return failed ? kExitSomeFailed : kExitOk;
+    return failed || out.record_failed() ? kExitSomeFailed : kExitOk;
 }
 
 }  // namespace
@@ -342,17 +474,22 @@ void add_measure_command(CLI::App& app, Commands& commands) {
     auto a = std::make_shared<MeasureArgs>();
     auto* cmd = app.add_subcommand("measure", "measure HC, BPD, OFD, GA (and centile) on images or folders");
     cmd->footer("A pixel size is required: --pixel-size MM for every input, or --pixel-sizes CSV per file name;\n"
-                "in mm per pixel, within (0, 2] mm.\n");
-    cmd->add_option("paths", a->paths, "image files (PNG, JPEG, BMP, TIFF), folders of images, or videos (MP4, AVI, ...)")
+                "in mm per pixel, within (0, 2] mm. DICOM files carry their own (ultrasound region calibration,\n"
+                "PixelSpacing): a pixel size given for them overrides it, with a note when they differ by over 1%.\n");
+    cmd->add_option("paths", a->paths,
+                    "image files (PNG, JPEG, BMP, TIFF, DICOM), folders of them, or videos (MP4, AVI, ..., multi-frame DICOM)")
         ->required();
     cmd->add_option("--pixel-size", a->pixel_size,
                     "pixel size in mm per pixel, for every image; required unless --pixel-sizes; (0, 2] mm");
     cmd->add_option("--pixel-sizes", a->pixel_sizes_csv,
                     "CSV `filename,pixel size(mm)` (the HC18 layout); required unless --pixel-size");
     cmd->add_option("--ga-weeks", a->ga_weeks, "known gestational age in weeks, for the INTERGROWTH-21st centile");
-    cmd->add_option("--format", a->format, "output format")
-        ->check(CLI::IsMember({"text", "json", "csv", "hc18"}))
+    cmd->add_option("--format", a->format, "output format (fhir: a FHIR R4 Bundle of HC/BPD/OFD Observations)")
+        ->check(CLI::IsMember({"text", "json", "csv", "hc18", "fhir"}))
         ->capture_default_str();
+    cmd->add_option("--sr-dir", a->sr_dir,
+                    "also write a DICOM Comprehensive SR (<name>_sr.dcm, OB-GYN report TID 5000) per measured input here")
+        ->check(CLI::ExistingDirectory);
     cmd->add_option("--overlay", a->overlay_dir, "write <image>_overlay.png with the ellipse and numbers into this folder");
     cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
         ->capture_default_str();

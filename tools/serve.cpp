@@ -4,6 +4,8 @@
 #include "fetalhc/server.h"
 
 #include <csignal>
+#include <string>
+#include <vector>
 #include <cstdio>
 #include <pthread.h>
 #include <thread>
@@ -14,7 +16,23 @@ namespace {
 struct ServeArgs {
     fetalhc::ServerOptions server;
     double max_upload_mb = 20;
+    std::string dicom_allow;  // comma-separated AE titles
 };
+
+std::vector<std::string> split_commas(const std::string& s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= s.size()) {
+        const size_t comma = s.find(',', start);
+        std::string part = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        while (!part.empty() && part.front() == ' ') part.erase(part.begin());
+        while (!part.empty() && part.back() == ' ') part.pop_back();
+        if (!part.empty()) out.push_back(part);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    return out;
+}
 
 int run_serve(ServeArgs a) {
     if (!(a.max_upload_mb > 0 && a.max_upload_mb <= 1024)) {
@@ -24,6 +42,15 @@ int run_serve(ServeArgs a) {
     if (!bound_thread_count(a.server.threads, "--threads")) return kExitUsage;
     if (!check_model_file(a.server.model_path)) return kExitUsage;
     a.server.max_upload_bytes = size_t(a.max_upload_mb * (1 << 20));
+    if (a.server.dicom_port < 0 || a.server.dicom_port > 65535) {
+        error("--dicom-port must be in 1..65535 (0 = no DICOM node)");
+        return kExitUsage;
+    }
+    a.server.dicom_allow = split_commas(a.dicom_allow);
+    if (a.server.dicom_port == 0 && (!a.server.dicom_forward.empty() || !a.server.dicom_allow.empty())) {
+        error("--dicom-forward and --dicom-allow need --dicom-port");
+        return kExitUsage;
+    }
     // Ctrl-C / SIGTERM are taken by one waiting thread (blocked everywhere else, so the server's
     // threads inherit the mask): it stops the server, which finishes the requests in flight.
     sigset_t stop_signals;
@@ -43,6 +70,8 @@ int run_serve(ServeArgs a) {
         s->stop();
     }).detach();
     std::printf("fetalhc: open %s  (the model loads in the background; GET /health says when ready)\n", s->url().c_str());
+    if (a.server.dicom_port)
+        std::printf("fetalhc: DICOM node %s listening on port %d\n", a.server.dicom_aet.c_str(), a.server.dicom_port);
     std::fflush(stdout);
     s->run();
     return kExitOk;
@@ -61,6 +90,14 @@ void add_serve_command(CLI::App& app, Commands& commands) {
         ->capture_default_str();
     cmd->add_option("--token-file", so.token_file, "file whose first line is the bearer token (required off loopback)");
     cmd->add_option("--max-upload-mb", a->max_upload_mb, "request body cap in MB; larger uploads get 413")->capture_default_str();
+    cmd->add_option("--dicom-port", so.dicom_port,
+                    "also run a DICOM C-STORE node on this port: received ultrasound images are measured and listed "
+                    "(GET /v1/dicom/instances); 0 = off")
+        ->capture_default_str();
+    cmd->add_option("--dicom-aet", so.dicom_aet, "the node's AE title")->capture_default_str();
+    cmd->add_option("--dicom-forward", so.dicom_forward, "send each result's DICOM SR by C-STORE to AET@HOST:PORT (a PACS)");
+    cmd->add_option("--dicom-allow", a->dicom_allow,
+                    "calling AE titles accepted, comma-separated (any host); default: any AE title from loopback peers only");
     add_model_option(cmd, so.model_path);
     commands.push_back({cmd, [a] { return run_serve(*a); }});
 }

@@ -28,6 +28,10 @@ namespace fetalhc {
 
 struct MeasureOptions {
     double pixel_size_mm = 0;            // mm per pixel, isotropic; required (0 < s <= 2)
+    // Rows' spacing (mm per pixel along y) when it differs from pixel_size_mm (then the x spacing):
+    // anisotropic pixels (DICOM). The ellipse is then fitted on the boundary points in physical
+    // space and HC, BPD, OFD and ellipse_mm come from that fit; ellipse_px stays the fit in pixels.
+    std::optional<double> pixel_size_y_mm;
     std::optional<double> ga_weeks;      // known GA (e.g. from a dating scan) for the centile
     EllipseFitOptions fit;
     // Quality thresholds.
@@ -46,6 +50,7 @@ struct Measurement {
     std::string source;                 // file name or label given by the caller
     cv::Size image_size;
     double pixel_size_mm = 0;
+    std::optional<double> pixel_size_y_mm;  // set when anisotropic (MeasureOptions::pixel_size_y_mm)
     Ellipse ellipse_px;                 // fitted ellipse (px)
     Ellipse ellipse_mm;                 // the same, lengths in mm
     double hc_mm = 0, bpd_mm = 0, ofd_mm = 0, cephalic_index = 0;

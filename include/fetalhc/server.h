@@ -10,7 +10,9 @@
 // Endpoints (the OpenAPI 3 document is served at /openapi.json; README "HTTP service"):
 //   GET  /  /static/<file>  /openapi.json  /health  /metrics  /v1/growth-curve
 //   POST /v1/measure /v1/segment /v1/fit-ellipse /v1/perimeter /v1/exams
-//   GET  /v1/images/<sha256>  /v1/pregnancies/<id>  /v1/pregnancies/<id>/export.csv
+//   GET  /v1/images/<sha256>  /v1/pregnancies/<id>  /v1/pregnancies/<id>/export.csv  /v1/dicom/instances
+// With dicom_port set, a DICOM C-STORE node runs beside it (src/server/dicom_node.h): what it
+// receives is measured like an HTTP upload and listed by GET /v1/dicom/instances.
 // Errors are JSON {"error": {"code": "...", "message": "..."}} with 400, 401, 404, 413, 422, 500 or
 // 503; the stable codes and their meaning are listed in the document's Error schema.
 // Layout (src/server/): transport.cpp is this class (cpp-httplib: sockets, threads, body limit,
@@ -29,6 +31,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace fetalhc {
 
@@ -43,6 +46,12 @@ struct ServerOptions {
     std::string token_file;                // first line is the bearer token
     size_t max_upload_bytes = 20u << 20;   // larger request bodies get 413
     bool log_requests = true;              // one spdlog line per request
+    // DICOM node (C-STORE SCP) beside the HTTP server: 0 = off. Received objects larger than
+    // max_upload_bytes abort their association.
+    int dicom_port = 0;
+    std::string dicom_aet = "FETALHC";     // our AE title
+    std::string dicom_forward;             // "AET@HOST:PORT": each SR is sent there; empty = kept only
+    std::vector<std::string> dicom_allow;  // calling AE titles accepted; empty = any, loopback peers only
 };
 
 bool is_loopback_host(const std::string& host);

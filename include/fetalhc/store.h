@@ -39,6 +39,26 @@ struct Exam {
     std::string created_at;              // UTC, YYYY-MM-DDTHH:MM:SSZ; set by add_exam
 };
 
+// One object received by the DICOM node (`serve --dicom-port`): what came in and what became of it.
+// The object itself is kept like any uploaded image (put_image, by content hash).
+struct DicomInstance {
+    long long id = 0;                    // set by add_dicom_instance
+    std::string sop_instance_uid, sop_class_uid;
+    std::string calling_aet;             // the sender's AE title
+    std::string received_at;             // UTC, YYYY-MM-DDTHH:MM:SSZ; set by add_dicom_instance
+    std::string image_sha256;            // the received file (Part 10), kept by put_image
+    std::string status = "pending";      // "pending" (not measured yet), "measured", "failed"
+    // Figures (mm) of the measurement, or of the summary of a multi-frame file (medians).
+    std::optional<double> hc_mm, bpd_mm, ofd_mm, ga_hadlock_weeks, pixel_size_mm;
+    std::string calibration_source;      // e.g. "ultrasound region 0"
+    std::string quality;                 // "ok" or "review" (empty when not measured)
+    std::vector<std::string> reasons;
+    int frames = 0;                      // frames in the file (0 before decoding)
+    std::string error;                   // why it could not be measured ("" when measured)
+    std::string forward_status;          // "" (no forwarding), "sent", or "failed: why"
+    std::string sr_sha256;               // the SR written for it, kept by put_image ("" without one)
+};
+
 struct History {
     bool found = false;                  // false: no such pregnancy
     std::vector<Exam> exams;             // sorted by exam_date, then id
@@ -60,6 +80,12 @@ public:
     // Saves an exam, creating its pregnancy when new; returns it with id and created_at set.
     Expected<Exam> add_exam(const Exam& exam);
     Expected<History> history(const std::string& pregnancy_id) const;
+
+    // DICOM node bookkeeping: add returns the row with id and received_at set; update rewrites
+    // every field but id, received_at and the identity (by id); list gives the newest first.
+    Expected<DicomInstance> add_dicom_instance(const DicomInstance& d);
+    Expected<bool> update_dicom_instance(const DicomInstance& d);
+    Expected<std::vector<DicomInstance>> dicom_instances(int limit) const;
 
     const std::string& image_dir() const;
 

@@ -53,6 +53,13 @@ struct VideoSummary {
     double seconds = 0, frames_per_second = 0;  // wall time of the whole call, decoding included
 };
 
+// Frames from any source (DICOM multi-frame, ...): `next` fills the next frame (any type to_gray8
+// takes) and its time in seconds, and returns false at the end. `label` names the frames
+// ("label#index") and the summary.
+using FrameSource = std::function<bool(cv::Mat& frame, double& time_s)>;
+Expected<VideoSummary> measure_frames(const Measurer& measurer, const std::string& label, const FrameSource& next,
+                                      const VideoOptions& opt, const std::function<void(const VideoFrame&)>& on_frame = {});
+
 Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string& path, const VideoOptions& opt,
                                      const std::function<void(const VideoFrame&)>& on_frame = {});
 

@@ -28,6 +28,9 @@ const std::vector<ErrorInfo>& error_catalog() {
         {E::PayloadTooLarge, "payload_too_large", 413, "the request body is larger than the server's upload limit"},
         {E::NoHeadFound, "no_head_found", 422, "no fetal head was found in the image, or none that an ellipse fits"},
         {E::NoEllipseFit, "no_ellipse_fit", 422, "no ellipse fits the points or the mask sent"},
+        {E::InvalidCalibration, "invalid_calibration", 422,
+         "the DICOM file carries no usable calibration (no region in cm, a region box outside the image, absurd deltas) "
+         "and no pixel_size_mm was sent"},
         {E::EmptyMask, "empty_mask", 422, "the mask has no white (head) region to fit"},
         {E::StorageFailed, "storage_failed", 500, "the database or the image folder could not be read or written"},
         {E::Internal, "internal", 500, "an unexpected failure inside the server (a bug: report it with the server log)"},

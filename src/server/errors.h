@@ -40,6 +40,7 @@ enum class ErrorCode {
     PayloadTooLarge,     // 413
     NoHeadFound,         // 422
     NoEllipseFit,        // 422
+    InvalidCalibration,  // 422
     EmptyMask,           // 422
     StorageFailed,       // 500
     Internal,            // 500

@@ -35,6 +35,10 @@ json json_body(const json& schema) { return {{"required", true}, {"content", {{"
 
 json image_form(const json& extra_props, const json& required) {
     json props{{"image", {{"type", "string"}, {"format", "binary"}, {"description", "PNG, JPEG, BMP or TIFF; 8/16-bit; gray or colour"}}}};
+    if (extra_props.contains("format"))  // POST /v1/measure also reads DICOM
+        props["image"]["description"] =
+            "PNG, JPEG, BMP, TIFF (8/16-bit, gray or colour), or a DICOM Part 10 file (ultrasound or secondary capture; "
+            "uncompressed, RLE, JPEG, JPEG-LS), calibrated from its Sequence of Ultrasound Regions (else PixelSpacing)";
     props.update(extra_props);
     return {{"required", true},
             {"content", {{"multipart/form-data", {{"schema", {{"type", "object"}, {"required", required}, {"properties", props}}}}}}}};
@@ -215,18 +219,59 @@ void site_paths(json& paths) {
 }
 
 json measure_path() {
-    const json form = image_form({{"pixel_size_mm", num("mm per pixel, (0, 2]")},
-                                  {"ga_weeks", num("known GA in weeks (0, 45), for the centile")},
-                                  {"pregnancy_id", pregnancy_id_schema()},
-                                  {"exam_date", date()}},
-                                 {"image", "pixel_size_mm"});
-    return {{"summary", "Measure HC, BPD, OFD, GA and centile on an image; stores the image by content hash (no exam is created)"},
+    const json form = image_form(
+        {{"pixel_size_mm", num("mm per pixel, (0, 2]; required for images, optional for DICOM (overrides the file's "
+                               "calibration; a disagreement over 1% adds a warning)")},
+         {"ga_weeks", num("known GA in weeks (0, 45), for the centile")},
+         {"pregnancy_id", pregnancy_id_schema()},
+         {"exam_date", date()},
+         {"format", {{"type", "string"}, {"enum", {"json", "sr", "fhir"}}, {"default", "json"},
+                     {"description", "json: the measurement; sr: a DICOM Comprehensive SR (TID 5000, application/dicom); "
+                                     "fhir: a FHIR R4 Bundle (collection) of HC, BPD and OFD Observations"}}}},
+        {"image"});
+    const json ok = {{"description", "the measurement (format json), the SR (format sr) or the Bundle (format fhir)"},
+                     {"content", {{"application/json", {{"schema", ref("Measurement")}}},
+                                  {"application/dicom", {{"schema", {{"type", "string"}, {"format", "binary"}}}}}}}};
+    return {{"summary", "Measure HC, BPD, OFD, GA and centile on an image or a DICOM file; stores the upload by content hash "
+                        "(no exam is created). A multi-frame DICOM is measured frame by frame with a median summary"},
             {"security", kSecured},
             {"requestBody", form},
-            {"responses", responses_with({{"200", json_response("the measurement", ref("Measurement"))}},
-                                         {E::BadRequest, E::MissingField, E::InvalidPixelSize, E::InvalidGa, E::InvalidPregnancyId,
-                                          E::InvalidDate, E::ImageUnreadable, E::Unauthorized, E::PayloadTooLarge, E::NoHeadFound,
-                                          E::StorageFailed, E::ModelLoading, E::ModelUnavailable})}};
+            {"responses", responses_with({{"200", ok}},
+                                         {E::BadRequest, E::MissingField, E::InvalidField, E::InvalidPixelSize, E::InvalidGa,
+                                          E::InvalidPregnancyId, E::InvalidDate, E::ImageUnreadable, E::Unauthorized,
+                                          E::PayloadTooLarge, E::NoHeadFound, E::InvalidCalibration, E::StorageFailed,
+                                          E::ModelLoading, E::ModelUnavailable})}};
+}
+
+json dicom_instances_path() {
+    const json instance = object({{"id", integer()},
+                                  {"sop_instance_uid", str()},
+                                  {"sop_class_uid", str()},
+                                  {"calling_aet", str()},
+                                  {"received_at", {{"type", "string"}, {"format", "date-time"}}},
+                                  {"status", {{"type", "string"}, {"enum", {"pending", "measured", "failed"}}}},
+                                  {"image_sha256", str()},
+                                  {"image_url", str()},
+                                  {"sr_url", {{"type", "string"}, {"description", "the SR written for it, when measured"}}},
+                                  {"frames", integer()},
+                                  {"hc_mm", nullable_num("HC (median over the ok frames for a multi-frame file)")},
+                                  {"bpd_mm", nullable_num("BPD")},
+                                  {"ofd_mm", nullable_num("OFD")},
+                                  {"ga_hadlock_weeks", nullable_num("GA from HC (Hadlock 1984), when in range")},
+                                  {"pixel_size_mm", nullable_num("mm per pixel used")},
+                                  {"calibration_source", str()},
+                                  {"quality", {{"type", "string"}, {"nullable", true}, {"enum", {"ok", "review"}}}},
+                                  {"reasons", array_of(str())},
+                                  {"error", {{"type", "string"}, {"nullable", true}}},
+                                  {"forward_status", {{"type", "string"}, {"nullable", true},
+                                                      {"description", "sent, or failed: why (with --dicom-forward)"}}}});
+    const json limit = {{"name", "limit"}, {"in", "query"}, {"required", false},
+                        {"schema", {{"type", "integer"}, {"minimum", 1}, {"maximum", 1000}, {"default", 100}}}};
+    return {{"summary", "What the DICOM node (serve --dicom-port) received, newest first, with its figures or its error"},
+            {"security", kSecured},
+            {"parameters", {limit}},
+            {"responses", responses_with({{"200", json_response("the instances", object({{"instances", array_of(instance)}}))}},
+                                         {E::InvalidField, E::Unauthorized, E::StorageFailed})}};
 }
 
 json segment_path() {
@@ -315,10 +360,11 @@ std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
     paths["/v1/fit-ellipse"]["post"] = fit_path();
     paths["/v1/perimeter"]["post"] = perimeter_path();
     history_paths(paths);
+    paths["/v1/dicom/instances"]["get"] = dicom_instances_path();
     const std::string description =
         "Fetal head circumference from 2D ultrasound: segmentation, ellipse fit, HC/BPD/OFD, GA and centiles, with a "
         "per-pregnancy history. Lengths in mm unless a name ends in _px. Every POST needs a bearer token when the server "
-        "runs with a token file (always when bound to a non-loopback address). Request bodies over " +
+        "runs with a token file (always when bound to a non-loopback address), and so does GET /v1/dicom/instances. Request bodies over " +
         std::to_string(max_upload_bytes) + " bytes get 413 payload_too_large. Every error is {\"error\": {\"code\", "
         "\"message\"}} (schema Error, which lists the codes).";
     json doc{{"openapi", "3.0.3"},

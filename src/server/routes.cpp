@@ -54,7 +54,7 @@ bool match_pattern(const std::string& pattern, const std::string& path, std::map
 const std::vector<Route>& route_table() {
     static const std::vector<Route> table = [] {
         std::vector<Route> all;
-        for (auto part : {site_routes(), measure_routes(), exam_routes()}) all.insert(all.end(), part.begin(), part.end());
+        for (auto part : {site_routes(), measure_routes(), exam_routes(), dicom_routes()}) all.insert(all.end(), part.begin(), part.end());
         return all;
     }();
     return table;
@@ -70,7 +70,7 @@ std::optional<RouteMatch> match_route(const std::string& method, const std::stri
     return std::nullopt;
 }
 
-bool route_needs_token(const Route& r) { return r.method != "GET"; }
+bool route_needs_token(const Route& r) { return r.method != "GET" || r.pattern.rfind("/v1/dicom/", 0) == 0; }
 
 HttpResponse handle(HttpRequest req, Services& services) {
     auto match = match_route(req.method, req.path);

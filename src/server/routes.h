@@ -53,7 +53,8 @@ struct RouteMatch {
 // The route for a method (HEAD = GET) and a path, with its path parameters.
 std::optional<RouteMatch> match_route(const std::string& method, const std::string& path);
 
-// POST routes change or compute things: a server with a token requires it on them.
+// POST routes change or compute things, and the DICOM node's list names patients' instances: a
+// server with a token requires it on them.
 bool route_needs_token(const Route& r);
 
 // Routes `req` (its path_params are set from the pattern) and runs the handler.
@@ -63,6 +64,7 @@ HttpResponse handle(HttpRequest req, Services& services);
 std::vector<Route> site_routes();     // routes_site.cpp: page, static files, openapi, health, metrics, growth curve
 std::vector<Route> measure_routes();  // routes_measure.cpp: measure and the stages
 std::vector<Route> exam_routes();     // routes_exams.cpp: exams, pregnancies, images
+std::vector<Route> dicom_routes();    // routes_dicom.cpp: what the DICOM node received
 
 nlohmann::json ellipse_json(const Ellipse& e);
 // The numbers of an ellipse (no image): measurement_from_ellipse with quality set from its reasons.

@@ -4,7 +4,9 @@
 #include "service.h"
 #include "validation.h"
 
+#include "fetalhc/dicom.h"
 #include "fetalhc/measure.h"
+#include "fetalhc/report.h"
 #include "fetalhc/segmenter.h"
 
 #include <opencv2/imgcodecs.hpp>
@@ -14,8 +16,77 @@ namespace {
 
 constexpr size_t kMaxFitPoints = 20000;  // a head boundary needs hundreds; bounds the RANSAC cost
 
+// format=json (default), sr (the DICOM SR, application/dicom) or fhir (a FHIR R4 Bundle).
+std::string form_format(const HttpRequest& req) {
+    const std::string format = form_text(req, "format").value_or("json");
+    if (format != "json" && format != "sr" && format != "fhir")
+        fail(ErrorCode::InvalidField, "'format' must be 'json' (the measurement), 'sr' (a DICOM Structured Report) or "
+                                      "'fhir' (a FHIR R4 Bundle of Observations)");
+    return format;
+}
+
+HttpResponse sr_response(const std::vector<unsigned char>& sr) {
+    HttpResponse r;
+    r.content_type = "application/dicom";
+    r.body.assign(sr.begin(), sr.end());
+    return r;
+}
+
+json calibration_json(const DicomCalibration& c) {
+    json j{{"source", c.source}, {"mm_per_px_x", c.mm_per_px_x}, {"mm_per_px_y", c.mm_per_px_y}};
+    if (c.region) j["region"] = *c.region;
+    return j;
+}
+
+json summary_json(const VideoSummary& v) {
+    return {{"frames", v.frames},         {"measured", v.measured},       {"ok_frames", v.ok},
+            {"hc_median_mm", v.hc_median_mm}, {"bpd_median_mm", v.bpd_median_mm}, {"ofd_median_mm", v.ofd_median_mm},
+            {"hc_iqr_mm", v.hc_iqr_mm},   {"estimate_frame", v.estimate_frame}, {"estimate", to_json(v.estimate)},
+            {"seconds", v.seconds}};
+}
+
+// A DICOM upload: calibrated from the file unless pixel_size_mm is sent.
+HttpResponse measure_dicom_route(const HttpRequest& req, Services& s, const UploadedFile& up, const std::string& format) {
+    DicomMeasureRequest o;
+    if (form_text(req, "pixel_size_mm").value_or("").find_first_not_of(" \t") != std::string::npos) o.pixel_size_mm = form_pixel_size(req);
+    o.ga_weeks = form_ga(req);
+    const auto pid = form_pregnancy_id(req);
+    const auto date = form_exam_date(req);
+    auto stored = measure_dicom_and_store(s.engine, s.store, up.bytes, upload_name(up), o).value_or_throw();
+    const DicomMeasured& r = stored.result;
+    if (format == "sr") return sr_response(dicom_result_sr(r).value_or_throw());
+    if (format == "fhir") return json_response(200, fhir_bundle({{r.measurement, r.header}}));
+    json j = to_json(r.measurement);
+    j["timings_ms"]["queue"] = r.queue_ms;
+    j["image_sha256"] = stored.image_sha256;
+    j["image_url"] = "/v1/images/" + stored.image_sha256;
+    j["calibration"] = calibration_json(r.calibration);
+    j["warnings"] = r.warnings;
+    j["dicom"] = {{"sop_instance_uid", r.header.sop_instance_uid}, {"sop_class_uid", r.header.sop_class_uid},
+                  {"study_instance_uid", r.header.study_instance_uid}, {"transfer_syntax", r.header.transfer_syntax_name},
+                  {"frames", r.header.frames}};
+    if (r.summary) {
+        json frames = json::array();
+        for (const VideoFrame& f : r.frames) {
+            json fj = f.result ? to_json(*f.result) : json{{"error", f.result.error()}};
+            fj["frame"] = f.index;
+            fj["time_s"] = f.time_s;
+            fj["tracked"] = f.tracked;
+            frames.push_back(fj);
+        }
+        j["frames"] = frames;
+        j["summary"] = summary_json(*r.summary);
+    }
+    if (pid) j["pregnancy_id"] = *pid;
+    if (date) j["exam_date"] = *date;
+    return json_response(200, j);
+}
+
 HttpResponse measure(const HttpRequest& req, Services& s) {
     const UploadedFile& up = require_upload(req, "image");
+    const std::string format = form_format(req);
+    if (is_dicom(std::vector<unsigned char>(up.bytes.begin(), up.bytes.end())))
+        return measure_dicom_route(req, s, up, format);
     MeasureOptions o;
     o.pixel_size_mm = form_pixel_size(req);
     o.ga_weeks = form_ga(req);
@@ -23,10 +94,18 @@ HttpResponse measure(const HttpRequest& req, Services& s) {
     const auto date = form_exam_date(req);
     auto r = measure_and_store(s.engine, s.store, up.bytes, upload_name(up), o);
     const StoredMeasurement& m = r.value_or_throw();
+    if (format == "sr") {
+        auto sr = write_biometry_sr(m.measurement, nullptr);
+        if (!sr) fail(ErrorCode::Internal, sr.error());
+        return sr_response(*sr);
+    }
+    if (format == "fhir") return json_response(200, fhir_bundle({{m.measurement, std::nullopt}}));
     json j = to_json(m.measurement);
     j["timings_ms"]["queue"] = m.queue_ms;  // waiting for a network slot (not part of total)
     j["image_sha256"] = m.image_sha256;
     j["image_url"] = "/v1/images/" + m.image_sha256;
+    j["calibration"] = {{"source", "pixel_size_mm"}, {"mm_per_px_x", m.measurement.pixel_size_mm},
+                        {"mm_per_px_y", m.measurement.pixel_size_mm}};
     if (pid) j["pregnancy_id"] = *pid;
     if (date) j["exam_date"] = *date;
     return json_response(200, j);

@@ -3,6 +3,7 @@
 #include "validation.h"
 
 #include "fetalhc/image_io.h"
+#include "fetalhc/report.h"
 
 #include <spdlog/spdlog.h>
 
@@ -129,6 +130,136 @@ Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const 
     if (!sha) return ApiError{ErrorCode::StorageFailed, sha.error()};
     out.image_sha256 = *sha;
     return out;
+}
+
+// ---- DICOM ------------------------------------------------------------------------------------
+
+namespace {
+
+void rename_override(DicomCalibration& c) {
+    if (c.source == "--pixel-size") c.source = "pixel_size_mm";
+}
+
+void rename_override(std::vector<std::string>& notes) {
+    for (auto& n : notes)
+        for (size_t at; (at = n.find("--pixel-size")) != std::string::npos;) n.replace(at, 12, "pixel_size_mm");
+}
+
+// The file's own calibration cannot be used and none was given: say so with its own code (the
+// ambiguous dual-view case is left to measure_dicom_frame, which picks the region by the head).
+std::optional<ApiError> calibration_problem(const DicomHeader& h) {
+    int tissue = 0;
+    for (const auto& r : h.regions) tissue += r.is_tissue_2d_cm() ? 1 : 0;
+    if (tissue > 1) return std::nullopt;
+    std::vector<std::string> notes;
+    auto c = calibration_for_frames(h, std::nullopt, notes);
+    if (c) return std::nullopt;
+    std::vector<std::string> message{c.error()};
+    rename_override(message);
+    return ApiError{ErrorCode::InvalidCalibration, message.front()};
+}
+
+Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& engine, DicomMeasured out,
+                                              const std::vector<cv::Mat>& frames, const std::string& name,
+                                              const DicomMeasureRequest& request) {
+    auto cal = calibration_for_frames(out.header, request.pixel_size_mm, out.warnings);
+    rename_override(out.warnings);
+    if (!cal) return ApiError{ErrorCode::InvalidCalibration, "'" + name + "': " + cal.error()};
+    out.calibration = *cal;
+    rename_override(out.calibration);
+    VideoOptions vo;
+    vo.measure.pixel_size_mm = cal->mm_per_px_x;
+    if (cal->anisotropic()) vo.measure.pixel_size_y_mm = cal->mm_per_px_y;
+    vo.measure.ga_weeks = request.ga_weeks;
+    vo.workers = 1;  // one network slot per request, as for a still image
+    size_t k = 0;
+    const double frame_time_s = out.header.frame_time_ms / 1000;
+    const FrameSource next = [&](cv::Mat& frame, double& time_s) {
+        if (k >= frames.size()) return false;
+        frame = mask_outside(frames[k], cal->keep);
+        time_s = frame_time_s * double(k);
+        ++k;
+        return true;
+    };
+    Expected<VideoSummary> s = make_error("");
+    {
+        const auto tq = Clock::now();
+        SlotGuard slot(engine.slots());
+        out.queue_ms = ms_since(tq);
+        s = measure_frames(measurer, name, next, vo, [&](const VideoFrame& f) { out.frames.push_back(f); });
+    }
+    if (!s) return ApiError{ErrorCode::NoHeadFound, s.error()};
+    if (!s->has_estimate)
+        return ApiError{ErrorCode::NoHeadFound, "no frame of '" + name + "' gave an ok measurement (" + std::to_string(s->measured) +
+                                                    " of " + std::to_string(s->frames) + " frames measured)"};
+    out.measurement = s->estimate;  // the summary's figures are the medians over the ok frames
+    out.measurement.hc_mm = s->hc_median_mm;
+    out.measurement.bpd_mm = s->bpd_median_mm;
+    out.measurement.ofd_mm = s->ofd_median_mm;
+    out.summary = std::move(*s);
+    return out;
+}
+
+}  // namespace
+
+Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, const std::string& name,
+                                    const DicomMeasureRequest& request) {
+    if (request.pixel_size_mm)
+        if (auto p = pixel_size_problem(*request.pixel_size_mm, "pixel_size_mm")) return *p;
+    if (request.ga_weeks)
+        if (auto p = ga_problem(*request.ga_weeks, "ga_weeks")) return *p;
+    const std::vector<unsigned char> data(bytes.begin(), bytes.end());
+    const auto t0 = Clock::now();
+    auto h = read_dicom_header(data, name);
+    if (!h) return ApiError{ErrorCode::ImageUnreadable, h.error()};
+    if (!request.pixel_size_mm)
+        if (auto p = calibration_problem(*h)) return *p;
+    auto frames = decode_dicom_frames(data, name);
+    if (!frames) return ApiError{ErrorCode::ImageUnreadable, frames.error()};
+    if (frames->empty()) return ApiError{ErrorCode::ImageUnreadable, "'" + name + "' holds no frame to measure"};
+    const double decode_ms = ms_since(t0);
+    auto model = engine.measurer();
+    if (!model) return model.error();
+
+    DicomMeasured out;
+    out.header = std::move(*h);
+    if (frames->size() > 1) return measure_dicom_frames_on(**model, engine, std::move(out), *frames, name, request);
+    DicomMeasureOptions o;
+    o.measure.ga_weeks = request.ga_weeks;
+    o.pixel_size_mm = request.pixel_size_mm;
+    Expected<DicomMeasurement> m = make_error("");
+    {
+        const auto tq = Clock::now();
+        SlotGuard slot(engine.slots());
+        out.queue_ms = ms_since(tq);
+        m = measure_dicom_frame(**model, out.header, frames->front(), o, name);
+    }
+    if (!m) return ApiError{ErrorCode::NoHeadFound, m.error()};
+    out.measurement = std::move(m->m);
+    out.measurement.timings.decode_ms = decode_ms;
+    out.measurement.timings.total_ms += decode_ms;
+    out.calibration = std::move(m->calibration);
+    rename_override(out.calibration);
+    out.warnings = std::move(m->notes);
+    rename_override(out.warnings);
+    return out;
+}
+
+Result<StoredDicomMeasurement> measure_dicom_and_store(Engine& engine, Store& store, const std::string& bytes,
+                                                       const std::string& name, const DicomMeasureRequest& request) {
+    auto r = measure_dicom(engine, bytes, name, request);
+    if (!r) return r.error();
+    auto sha = store.put_image(bytes);
+    if (!sha) return ApiError{ErrorCode::StorageFailed, sha.error()};
+    return StoredDicomMeasurement{std::move(*r), *sha};
+}
+
+Result<std::vector<unsigned char>> dicom_result_sr(const DicomMeasured& r) {
+    SrOptions o;
+    if (r.summary) o.include_outline = false;
+    auto sr = write_biometry_sr(r.measurement, &r.header, o);
+    if (!sr) return ApiError{ErrorCode::Internal, sr.error()};
+    return *sr;
 }
 
 }  // namespace fetalhc::server

@@ -19,13 +19,17 @@
 
 #include "errors.h"
 
+#include "fetalhc/dicom.h"
 #include "fetalhc/measure.h"
 #include "fetalhc/store.h"
+#include "fetalhc/video.h"
 
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace fetalhc::server {
 
@@ -103,5 +107,47 @@ struct StoredMeasurement {
 // Measurement::source.
 Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const std::string& image_bytes,
                                             const std::string& name, const MeasureOptions& options);
+
+// ---- DICOM --------------------------------------------------------------------------------------
+// Measuring a DICOM object (Part 10 bytes) with the calibration it carries, as the CLI does:
+// one frame as an image (measure_dicom_frame: tissue region masked, region chosen by the head),
+// several frames through the video path (measure_frames, every frame masked to the region of
+// calibration_for_frames) with per-frame results and the median summary. A pixel size given
+// overrides the file's calibration; when they disagree by more than 1% a warning says so.
+// Errors: invalid_pixel_size, invalid_ga, image_unreadable (not DICOM, truncated, a transfer
+// syntax DCMTK cannot decode: the message names it), invalid_calibration (no usable calibration and
+// none given), model_loading, model_unavailable, no_head_found (or, for a multi-frame file, no
+// frame measured at all).
+// (Written here on top of the public dicom.h / video.h API; a library home, e.g. measure.h, would
+// let the CLI share it.)
+struct DicomMeasureRequest {
+    std::optional<double> pixel_size_mm;   // override of the file's calibration
+    std::optional<double> ga_weeks;
+};
+
+struct DicomMeasured {
+    DicomHeader header;
+    DicomCalibration calibration;          // what was used; source "pixel_size_mm" for an override
+    std::vector<std::string> warnings;     // e.g. the given pixel size disagreeing with the file
+    Measurement measurement;               // the image's, or the summary's estimate (multi-frame)
+    std::optional<VideoSummary> summary;   // multi-frame files only
+    std::vector<VideoFrame> frames;        // multi-frame files only, in frame order
+    double queue_ms = 0;
+};
+
+Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, const std::string& name,
+                                    const DicomMeasureRequest& request);
+
+// measure_dicom, then the object kept in the store (image_sha256) when it was measured.
+struct StoredDicomMeasurement {
+    DicomMeasured result;
+    std::string image_sha256;
+};
+Result<StoredDicomMeasurement> measure_dicom_and_store(Engine& engine, Store& store, const std::string& bytes,
+                                                       const std::string& name, const DicomMeasureRequest& request);
+
+// The DICOM SR (report.h) of a result: the image's measurement, or the summary's (no outline) for
+// a multi-frame file. storage_failed-free: errors are internal (DCMTK refusing the document).
+Result<std::vector<unsigned char>> dicom_result_sr(const DicomMeasured& r);
 
 }  // namespace fetalhc::server

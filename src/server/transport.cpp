@@ -9,6 +9,7 @@
 #include "openapi.h"
 #include "routes.h"
 #include "service.h"
+#include "dicom_node.h"
 
 #include "fetalhc/store.h"
 
@@ -124,6 +125,7 @@ struct Server::Impl {
     std::unique_ptr<server::Engine> engine;
     server::HttpMetrics metrics;
     std::unique_ptr<server::Services> services;
+    std::unique_ptr<server::DicomNode> dicom;  // the C-STORE node, when dicom_port is set
     httplib::Server http;
     int port = 0;
     std::thread loader, listener;
@@ -245,6 +247,17 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     if (impl->port <= 0)
         return make_error("cannot listen on " + o.host + ":" + std::to_string(o.port) +
                           "; is the port in use or the address not on this machine? (try another --port)");
+    if (o.dicom_port != 0) {
+        server::DicomNodeOptions d;
+        d.port = o.dicom_port;
+        d.aet = o.dicom_aet;
+        d.forward = o.dicom_forward;
+        d.allow = o.dicom_allow;
+        d.max_object_bytes = o.max_upload_bytes;
+        auto node = server::DicomNode::create(d, *impl->engine, *impl->store);
+        if (!node) return make_error(node.error());
+        impl->dicom = std::move(*node);
+    }
     return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
@@ -264,6 +277,7 @@ void Server::start() {
         impl_->listen_returned = true;
     });
     impl_->loader = std::thread([this] { impl_->engine->load(impl_->opt.model_path, impl_->opt.torch_threads); });
+    if (impl_->dicom) impl_->dicom->start();
 }
 
 void Server::run() {
@@ -272,6 +286,7 @@ void Server::run() {
         if (impl_->started) return;
         impl_->started = true;
         impl_->loader = std::thread([this] { impl_->engine->load(impl_->opt.model_path, impl_->opt.torch_threads); });
+        if (impl_->dicom) impl_->dicom->start();
     }
     impl_->http.listen_after_bind();
     impl_->listen_returned = true;
@@ -283,6 +298,7 @@ void Server::stop() {
     if (impl_->started)
         while (!impl_->http.is_running() && !impl_->listen_returned) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     impl_->http.stop();
+    if (impl_->dicom) impl_->dicom->stop();
     if (impl_->listener.joinable()) impl_->listener.join();
     if (impl_->loader.joinable()) impl_->loader.join();
 }

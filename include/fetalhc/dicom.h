@@ -1,0 +1,139 @@
+// fetalhc/dicom.h - DICOM ultrasound input: the header, the calibration, the frames (DCMTK inside).
+//
+//   auto h = fetalhc::read_dicom_header("scan.dcm");          // header only: works on any file
+//   if (!h) { std::cerr << h.error(); return; }
+//   auto frames = fetalhc::decode_dicom_frames("scan.dcm");   // 8-bit gray frames
+//   auto cal = fetalhc::choose_calibration(*h, std::nullopt); // mm per pixel from the file
+//
+// Calibration (DICOM PS3.3 C.8.5.5, Sequence of Ultrasound Regions (0018,6011)): a region counts
+// when its spatial format is 2D (1), its data type tissue (1) and both physical units are cm (3);
+// mm per pixel = PhysicalDeltaX/Y x 10. Region boxes are inclusive pixel coordinates
+// (RegionLocationMinX0 .. MaxX1), origin at the top-left pixel, x right, y down (the project's
+// convention). Without any region, PixelSpacing (0028,0030) or ImagerPixelSpacing (0018,1164)
+// (row spacing \ column spacing, mm) is used. Anything else is refused with an error that says what
+// is wrong and what to do (`--pixel-size` overrides).
+// Frames: decode_dicom_frames decodes whole files; the limits below are checked from the header
+// first, so a lying header (60000 x 60000, a frame count the pixel data does not hold) is an error.
+// Thread safety: pure functions; DCMTK's decoders are registered once, thread-safely.
+#pragma once
+
+#include "fetalhc/expected.h"
+#include "fetalhc/image_io.h"
+#include "fetalhc/measure.h"
+#include "fetalhc/video.h"
+
+#include <opencv2/core.hpp>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fetalhc {
+
+// One item of the Sequence of Ultrasound Regions.
+struct UltrasoundRegion {
+    int index = 0;                      // position in the sequence
+    cv::Rect box;                       // inclusive min/max converted to x, y, width, height (px)
+    int spatial_format = 0;             // (0018,6012): 1 = 2D
+    int data_type = 0;                  // (0018,6014): 1 = tissue
+    int units_x = 0, units_y = 0;       // (0018,6024/6026): 3 = cm
+    double delta_x = 0, delta_y = 0;    // PhysicalDeltaX/Y (0018,602C/602E) in the region's units
+    bool is_tissue_2d_cm() const { return spatial_format == 1 && data_type == 1 && units_x == 3 && units_y == 3; }
+};
+
+struct DicomHeader {
+    std::string path;                   // file name, for messages
+    std::string transfer_syntax_uid, transfer_syntax_name;
+    std::string sop_class_uid, sop_class_name, sop_instance_uid;
+    std::string study_instance_uid, series_instance_uid;
+    std::string patient_name, patient_id, patient_birth_date, patient_sex;
+    std::string study_date, study_time, study_id, accession_number, referring_physician;
+    std::string series_number, instance_number, content_date, content_time, modality;
+    std::string photometric_interpretation;
+    int rows = 0, columns = 0, frames = 1, samples_per_pixel = 1, bits_allocated = 0, bits_stored = 0;
+    std::vector<UltrasoundRegion> regions;
+    std::optional<cv::Vec2d> pixel_spacing_mm;         // (row spacing, column spacing), (0028,0030)
+    std::optional<cv::Vec2d> imager_pixel_spacing_mm;  // (0018,1164)
+    bool can_decode = false;            // DCMTK here has a decoder for the transfer syntax
+    bool has_pixel_data = false;        // (7FE0,0010) present
+    double frame_time_ms = 0;           // (0018,1063) FrameTime, else 1000 / CineRate; 0 when unknown
+};
+
+// Limits checked from the header before any pixel is allocated.
+constexpr long long kDicomMaxFramePixels = 40'000'000;  // Rows x Columns
+constexpr int kDicomMaxFrames = 2000;
+constexpr long long kDicomMaxTotalPixels = 2'000'000'000;  // Rows x Columns x Frames (8-bit output)
+
+// True when `bytes` look like a DICOM Part 10 file ("DICM" at offset 128).
+bool is_dicom(const std::vector<unsigned char>& bytes);
+bool is_dicom_file(const std::string& path);
+
+// Reads the header only (no pixel data is decoded), from a file or from bytes in memory (`name`
+// is used in messages). Errors name the file: not DICOM, truncated, no image.
+Expected<DicomHeader> read_dicom_header(const std::string& path);
+Expected<DicomHeader> read_dicom_header(const std::vector<unsigned char>& bytes, const std::string& name);
+
+// Every frame as 8-bit grayscale (CV_8UC1, the image's size): MONOCHROME1 inverted, 16-bit scaled
+// by the frame's maximum, colour (RGB, YBR_*, PALETTE COLOR) to luminance. An undecodable
+// transfer syntax is an error that names it.
+Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::string& path);
+Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::vector<unsigned char>& bytes, const std::string& name);
+
+// The calibration measure uses for an image.
+struct DicomCalibration {
+    double mm_per_px_x = 0, mm_per_px_y = 0;
+    std::string source;                 // "ultrasound region 0", "PixelSpacing", "ImagerPixelSpacing"
+    std::optional<int> region;          // index of the region used
+    cv::Rect box;                       // the pixels that belong to it (the whole image without a region)
+    std::vector<cv::Rect> keep;         // pixels measured (the rest is set to 0); empty: the whole image
+    bool anisotropic() const;           // x and y differ by more than 0.5%
+};
+
+// The tissue regions that could hold a head, and the calibration for a head whose centre is at
+// `head_centre_px` (nullopt: before measuring; then the only tissue region, or an error asking for
+// the head when there are several with different calibrations).
+Expected<DicomCalibration> choose_calibration(const DicomHeader& h, std::optional<cv::Point2d> head_centre_px);
+
+// Text for `dicom info`: why `choose_calibration(h, nullopt)` gives what it gives.
+std::string describe_calibration(const DicomHeader& h);
+
+// A copy of `gray8` with every pixel outside `keep` set to 0 (keep empty: unchanged).
+cv::Mat mask_outside(const cv::Mat& gray8, const std::vector<cv::Rect>& keep);
+
+// Measuring one DICOM frame: the calibration from the file (or `pixel_size_mm` when given), only
+// the tissue region's pixels segmented, the region chosen by the head's centre when there are
+// several, and an error when the fitted ellipse leaves the region by more than a pixel (its
+// calibration does not hold outside). `notes` gets the messages for a user (a --pixel-size that
+// disagrees with the file by more than 1%).
+struct DicomMeasureOptions {
+    MeasureOptions measure;              // pixel_size_mm / pixel_size_y_mm are set here
+    std::optional<double> pixel_size_mm; // the user's override (--pixel-size)
+};
+struct DicomMeasurement {
+    Measurement m;
+    DicomCalibration calibration;        // what was used (source "--pixel-size" for an override)
+    std::vector<std::string> notes;
+};
+Expected<DicomMeasurement> measure_dicom_frame(const Measurer& measurer, const DicomHeader& h, const cv::Mat& gray8,
+                                               const DicomMeasureOptions& opt, const std::string& source);
+
+// The calibration to use for every frame of a file before any head is known (multi-frame): the
+// file's own, or the override with a note when they disagree by more than 1%.
+Expected<DicomCalibration> calibration_for_frames(const DicomHeader& h, std::optional<double> override_mm,
+                                                  std::vector<std::string>& notes);
+
+// A multi-frame file through the video path (measure_frames): each frame from `next` masked to
+// `c.keep` and measured with the pixel size in `opt.measure` (set from `c`). Unless `c` is an
+// override (source "--pixel-size"), every frame's head must lie in its region as for one frame
+// (measure_dicom_frame): a frame whose head reaches more than a pixel outside becomes that frame's
+// error, is passed so to `on_frame`, and is left out of the summary (ok, medians, estimate).
+Expected<VideoSummary> measure_dicom_cine(const Measurer& measurer, const DicomHeader& h, const DicomCalibration& c,
+                                          const std::string& label, const FrameSource& next, const VideoOptions& opt,
+                                          const std::function<void(const VideoFrame&)>& on_frame = {});
+
+// expand_inputs (image_io.h) that also takes DICOM: inside folders, files named *.dcm and files
+// without an extension whose content is DICOM.
+std::vector<InputItem> expand_inputs_with_dicom(const std::vector<std::string>& paths);
+
+}  // namespace fetalhc

@@ -1,0 +1,694 @@
+// DICOM input with DCMTK: the header (no pixels), the frames (DicomImage), the calibration from the
+// Sequence of Ultrasound Regions, and measuring a frame inside its calibrated region.
+#include "fetalhc/dicom.h"
+
+#include "fetalhc/hc18.h"
+#include "fetalhc/metrics.h"
+
+#include <dcmtk/config/osconfig.h>  // must come first among the DCMTK headers
+#include <dcmtk/dcmdata/dccodec.h>
+#include <dcmtk/dcmdata/dcistrmb.h>
+#include <dcmtk/dcmdata/dcrledrg.h>
+#include <dcmtk/dcmdata/dctk.h>
+#include <dcmtk/dcmimage/diregist.h>  // colour images in DicomImage
+#include <dcmtk/dcmimgle/dcmimage.h>
+#include <dcmtk/dcmjpeg/djdecode.h>
+#include <dcmtk/dcmjpls/djdecode.h>
+#include <dcmtk/oflog/oflog.h>
+
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace fetalhc {
+namespace {
+
+// Registers DCMTK's decoders once per process (they stay registered until exit) and keeps DCMTK's
+// own log off stderr: our errors say what went wrong.
+void init_dcmtk() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        OFLog::configure(OFLogger::FATAL_LOG_LEVEL);
+        DJDecoderRegistration::registerCodecs();
+        DJLSDecoderRegistration::registerCodecs();
+        DcmRLEDecoderRegistration::registerCodecs();
+    });
+}
+
+std::string fmt(double v, int digits) {
+    std::ostringstream s;
+    s.setf(std::ios::fixed);
+    s.precision(digits);
+    s << v;
+    return s.str();
+}
+
+std::string get_string(DcmItem* d, const DcmTagKey& key) {
+    OFString v;
+    if (d->findAndGetOFStringArray(key, v).good()) return v.c_str();
+    return "";
+}
+
+int get_u16(DcmItem* d, const DcmTagKey& key, int fallback = 0) {
+    Uint16 v = 0;
+    return d->findAndGetUint16(key, v).good() ? int(v) : fallback;
+}
+
+long long get_u32(DcmItem* d, const DcmTagKey& key) {
+    Uint32 v = 0;
+    if (d->findAndGetUint32(key, v).good()) return v;
+    Uint16 s = 0;  // some writers use US
+    return d->findAndGetUint16(key, s).good() ? s : 0;
+}
+
+std::optional<cv::Vec2d> get_spacing(DcmItem* d, const DcmTagKey& key) {
+    Float64 r = 0, c = 0;
+    if (d->findAndGetFloat64(key, r, 0).good() && d->findAndGetFloat64(key, c, 1).good()) return cv::Vec2d(r, c);
+    return std::nullopt;
+}
+
+std::vector<UltrasoundRegion> read_regions(DcmItem* ds) {
+    std::vector<UltrasoundRegion> out;
+    DcmSequenceOfItems* seq = nullptr;
+    if (ds->findAndGetSequence(DCM_SequenceOfUltrasoundRegions, seq).bad() || !seq) return out;
+    for (unsigned long i = 0; i < seq->card(); ++i) {
+        DcmItem* it = seq->getItem(i);
+        if (!it) continue;
+        UltrasoundRegion r;
+        r.index = int(i);
+        const long long x0 = get_u32(it, DCM_RegionLocationMinX0), y0 = get_u32(it, DCM_RegionLocationMinY0);
+        const long long x1 = get_u32(it, DCM_RegionLocationMaxX1), y1 = get_u32(it, DCM_RegionLocationMaxY1);
+        const auto clampi = [](long long v) { return int(std::min<long long>(v, 1'000'000'000)); };
+        r.box = cv::Rect(clampi(x0), clampi(y0), clampi(std::max(0LL, x1 - x0 + 1)), clampi(std::max(0LL, y1 - y0 + 1)));
+        r.spatial_format = get_u16(it, DCM_RegionSpatialFormat);
+        r.data_type = get_u16(it, DCM_RegionDataType);
+        r.units_x = get_u16(it, DCM_PhysicalUnitsXDirection);
+        r.units_y = get_u16(it, DCM_PhysicalUnitsYDirection);
+        Float64 v = 0;
+        if (it->findAndGetFloat64(DCM_PhysicalDeltaX, v).good()) r.delta_x = v;
+        if (it->findAndGetFloat64(DCM_PhysicalDeltaY, v).good()) r.delta_y = v;
+        out.push_back(r);
+    }
+    return out;
+}
+
+// Bytes per value of a binary VR (0: not a fixed-size binary VR).
+int binary_value_size(DcmEVR vr) {
+    switch (vr) {
+        case EVR_US: case EVR_SS: return 2;
+        case EVR_UL: case EVR_SL: case EVR_FL: case EVR_AT: return 4;
+        case EVR_FD: return 8;
+        default: return 0;
+    }
+}
+
+// Wrong value lengths in the elements fetalhc reads (a writer's bug or a damaged file): DCMTK
+// reads an odd length as given and pads it (a 3-byte US becomes two values, a 5-byte UL one value
+// and two stray bytes), so the numbers would be silently wrong. `single`: elements read as one
+// value, whose length must be exactly one value's; every other binary element of `item` must
+// hold whole values. Returns the error, or empty.
+std::string check_value_lengths(DcmItem* item, std::initializer_list<DcmTagKey> single, const std::string& what) {
+    for (unsigned long i = 0; i < item->card(); ++i) {
+        DcmElement* e = item->getElement(i);
+        if (!e) continue;
+        const int size = binary_value_size(e->ident());
+        const Uint32 len = e->getLength();
+        if (size == 0 || len == 0) continue;
+        const bool one = std::find(single.begin(), single.end(), e->getTag().getXTag()) != single.end();
+        if (len % Uint32(size) != 0 || (one && len != Uint32(size))) {
+            DcmTag t = e->getTag();
+            return what + " has a wrong value length in " + std::string(t.getTagName()) + " " +
+                   std::string(t.getXTag().toString().c_str()) + ": " + std::to_string(len) + " bytes of " +
+                   DcmVR(e->ident()).getVRName() + (one ? ", expected one " + std::to_string(size) + "-byte value"
+                                                        : ", not a whole number of " + std::to_string(size) + "-byte values") +
+                   " (a damaged file or a writer's bug)";
+        }
+    }
+    return "";
+}
+
+// Header fields and the checks made before any pixel is allocated.
+Expected<DicomHeader> header_from(DcmFileFormat& ff, const std::string& name) {
+    DcmDataset* ds = ff.getDataset();
+    DicomHeader h;
+    {
+        const std::string what = "DICOM '" + name + "'";
+        if (auto e = check_value_lengths(ds, {DCM_SamplesPerPixel, DCM_Rows, DCM_Columns, DCM_BitsAllocated, DCM_BitsStored,
+                                              DCM_HighBit, DCM_PixelRepresentation, DCM_PlanarConfiguration},
+                                         what);
+            !e.empty())
+            return make_error(e);
+        DcmSequenceOfItems* seq = nullptr;
+        if (ds->findAndGetSequence(DCM_SequenceOfUltrasoundRegions, seq).good() && seq)
+            for (unsigned long i = 0; i < seq->card(); ++i)
+                if (DcmItem* it = seq->getItem(i))
+                    if (auto e = check_value_lengths(
+                            it, {DCM_RegionLocationMinX0, DCM_RegionLocationMinY0, DCM_RegionLocationMaxX1, DCM_RegionLocationMaxY1,
+                                 DCM_RegionSpatialFormat, DCM_RegionDataType, DCM_PhysicalUnitsXDirection,
+                                 DCM_PhysicalUnitsYDirection, DCM_PhysicalDeltaX, DCM_PhysicalDeltaY},
+                            what + " ultrasound region " + std::to_string(i));
+                        !e.empty())
+                        return make_error(e);
+    }
+    h.path = name;
+    const DcmXfer xfer(ds->getOriginalXfer());
+    h.transfer_syntax_uid = xfer.getXferID();
+    h.transfer_syntax_name = xfer.getXferName();
+    h.sop_class_uid = get_string(ds, DCM_SOPClassUID);
+    if (h.sop_class_uid.empty()) h.sop_class_uid = get_string(ff.getMetaInfo(), DCM_MediaStorageSOPClassUID);
+    h.sop_class_name = dcmFindNameOfUID(h.sop_class_uid.c_str(), "");
+    h.sop_instance_uid = get_string(ds, DCM_SOPInstanceUID);
+    h.study_instance_uid = get_string(ds, DCM_StudyInstanceUID);
+    h.series_instance_uid = get_string(ds, DCM_SeriesInstanceUID);
+    h.patient_name = get_string(ds, DCM_PatientName);
+    h.patient_id = get_string(ds, DCM_PatientID);
+    h.patient_birth_date = get_string(ds, DCM_PatientBirthDate);
+    h.patient_sex = get_string(ds, DCM_PatientSex);
+    h.study_date = get_string(ds, DCM_StudyDate);
+    h.study_time = get_string(ds, DCM_StudyTime);
+    h.study_id = get_string(ds, DCM_StudyID);
+    h.accession_number = get_string(ds, DCM_AccessionNumber);
+    h.referring_physician = get_string(ds, DCM_ReferringPhysicianName);
+    h.series_number = get_string(ds, DCM_SeriesNumber);
+    h.instance_number = get_string(ds, DCM_InstanceNumber);
+    h.content_date = get_string(ds, DCM_ContentDate);
+    h.content_time = get_string(ds, DCM_ContentTime);
+    h.modality = get_string(ds, DCM_Modality);
+    h.photometric_interpretation = get_string(ds, DCM_PhotometricInterpretation);
+    h.rows = get_u16(ds, DCM_Rows);
+    h.columns = get_u16(ds, DCM_Columns);
+    h.samples_per_pixel = get_u16(ds, DCM_SamplesPerPixel, 1);
+    h.bits_allocated = get_u16(ds, DCM_BitsAllocated);
+    h.bits_stored = get_u16(ds, DCM_BitsStored, h.bits_allocated);
+    Sint32 frames = 1;
+    if (ds->tagExistsWithValue(DCM_NumberOfFrames) && ds->findAndGetSint32(DCM_NumberOfFrames, frames).bad())
+        return make_error("DICOM '" + name + "' has an unreadable NumberOfFrames (0028,0008)");
+    h.frames = frames;
+    h.regions = read_regions(ds);
+    h.pixel_spacing_mm = get_spacing(ds, DCM_PixelSpacing);
+    h.imager_pixel_spacing_mm = get_spacing(ds, DCM_ImagerPixelSpacing);
+    Float64 t = 0;
+    Sint32 rate = 0;
+    if (ds->findAndGetFloat64(DCM_FrameTime, t).good() && t > 0) h.frame_time_ms = t;
+    else if (ds->findAndGetSint32(DCM_CineRate, rate).good() && rate > 0) h.frame_time_ms = 1000.0 / rate;
+    h.has_pixel_data = ds->tagExists(DCM_PixelData);
+    h.can_decode = xfer.isNotEncapsulated() ||
+                   DcmCodecList::canChangeCoding(ds->getOriginalXfer(), EXS_LittleEndianExplicit);
+
+    const std::string what = "DICOM '" + name + "'";
+    if (!h.has_pixel_data) return h;  // a header without an image is still a header (info shows it)
+    if (h.rows <= 0 || h.columns <= 0)
+        return make_error(what + " has pixel data but no image size (Rows/Columns missing or 0)");
+    if (h.frames < 1 || h.frames > kDicomMaxFrames)
+        return make_error(what + " says it has " + std::to_string(h.frames) + " frames; fetalhc reads 1 to " +
+                          std::to_string(kDicomMaxFrames));
+    const long long px = 1LL * h.rows * h.columns;
+    if (px > kDicomMaxFramePixels)
+        return make_error(what + " says its frames are " + std::to_string(h.columns) + " x " + std::to_string(h.rows) +
+                          " pixels, over the " + std::to_string(kDicomMaxFramePixels / 1'000'000) +
+                          " megapixels fetalhc reads; the header is probably wrong");
+    if (px * h.frames > kDicomMaxTotalPixels)
+        return make_error(what + " holds " + std::to_string(px * h.frames) + " pixels in all, over the limit of " +
+                          std::to_string(kDicomMaxTotalPixels) + "; split the cine into shorter files");
+    return h;
+}
+
+bool has_dicm_magic(const unsigned char* p, size_t n) { return n >= 132 && std::memcmp(p + 128, "DICM", 4) == 0; }
+
+Expected<DicomHeader> load_file(DcmFileFormat& ff, const std::string& path, bool header_only) {
+    init_dcmtk();
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) return make_error("DICOM '" + path + "' does not exist or is not a file; check the path");
+    if (!is_dicom_file(path))
+        return make_error("'" + path + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
+    // A read limit keeps large values (the pixel data) on disk until they are needed.
+    const OFCondition c = ff.loadFile(path.c_str(), EXS_Unknown, EGL_noChange, header_only ? 4096 : DCM_MaxReadLength,
+                                      ERM_fileOnly);
+    if (c.bad()) return make_error("cannot read DICOM '" + path + "': " + c.text() + " (truncated or damaged file?)");
+    return header_from(ff, path);
+}
+
+Expected<DicomHeader> load_bytes(DcmFileFormat& ff, const std::vector<unsigned char>& bytes, const std::string& name) {
+    init_dcmtk();
+    if (!is_dicom(bytes)) return make_error("'" + name + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
+    DcmInputBufferStream in;
+    in.setBuffer(bytes.data(), offile_off_t(bytes.size()));
+    in.setEos();
+    ff.transferInit();
+    const OFCondition c = ff.read(in, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
+    ff.transferEnd();
+    if (c.bad()) return make_error("cannot read DICOM '" + name + "': " + c.text() + " (truncated or damaged file?)");
+    return header_from(ff, name);
+}
+
+// The pixel data of an uncompressed file must hold every frame the header announces.
+std::string check_native_length(DcmDataset* ds, const DicomHeader& h) {
+    DcmElement* px = nullptr;
+    if (ds->findAndGetElement(DCM_PixelData, px).bad() || !px) return "";
+    const long long frame_bytes = 1LL * h.rows * h.columns * std::max(1, h.samples_per_pixel) * ((h.bits_allocated + 7) / 8);
+    if (frame_bytes <= 0) return "";
+    const long long have = px->getLength();
+    if (have / frame_bytes < h.frames)
+        return "DICOM '" + h.path + "' says it has " + std::to_string(h.frames) + " frames but its pixel data holds " +
+               std::to_string(have / frame_bytes) + "; the file is truncated or its NumberOfFrames is wrong";
+    return "";
+}
+
+// One output frame of a DicomImage as CV_8UC1.
+// `shown`: the frame's number in the file, for messages.
+Expected<cv::Mat> frame_gray8(DicomImage& img, int f, const DicomHeader& h, int shown) {
+    const int w = int(img.getWidth()), ht = int(img.getHeight());
+    const std::string label = "DICOM '" + h.path + "' frame " + std::to_string(shown);
+    if (img.isMonochrome()) {
+        // No VOI window: DCMTK maps the stored value range linearly (8-bit data unchanged); wider
+        // data is then scaled by the frame's own maximum, as 16-bit PNGs are (image_io.h).
+        const int bits = h.bits_stored > 8 ? 16 : 8;
+        const void* data = img.getOutputData(bits, unsigned(f), 0);
+        if (!data) return make_error(label + " cannot be rendered: " + DicomImage::getString(img.getStatus()));
+        cv::Mat m(ht, w, bits == 16 ? CV_16UC1 : CV_8UC1, const_cast<void*>(data));
+        if (bits == 8) return m.clone();
+        double mx = 0;
+        cv::minMaxLoc(m, nullptr, &mx);
+        cv::Mat out;
+        m.convertTo(out, CV_8U, mx > 0 ? 255.0 / mx : 0);
+        return out;
+    }
+    const void* data = img.getOutputData(8, unsigned(f), 0);  // interleaved RGB
+    if (!data) return make_error(label + " cannot be rendered: " + DicomImage::getString(img.getStatus()));
+    cv::Mat rgb(ht, w, CV_8UC3, const_cast<void*>(data)), gray;
+    cv::cvtColor(rgb, gray, cv::COLOR_RGB2GRAY);
+    return gray;
+}
+
+// The fragments of an encapsulated file must be able to hold every frame the header announces
+// (each frame takes at least one fragment after the basic offset table).
+std::string check_fragments(DcmDataset* ds, const DicomHeader& h) {
+    DcmElement* el = nullptr;
+    if (ds->findAndGetElement(DCM_PixelData, el).bad() || !el) return "";
+    auto* px = dynamic_cast<DcmPixelData*>(el);
+    DcmPixelSequence* seq = nullptr;
+    if (!px || px->getEncapsulatedRepresentation(ds->getOriginalXfer(), nullptr, seq).bad() || !seq)
+        return "";
+    const long long fragments = std::max(0LL, static_cast<long long>(seq->card()) - 1);
+    if (fragments < h.frames)
+        return "DICOM '" + h.path + "' says it has " + std::to_string(h.frames) + " frames but its pixel data holds " +
+               std::to_string(fragments) + " compressed fragment" + (fragments == 1 ? "" : "s") +
+               "; the file is truncated or its NumberOfFrames is wrong";
+    return "";
+}
+
+// Frame by frame: DCMTK reads (or decompresses) only the frame asked for (partial access), so
+// at most one frame is held in DCMTK beside the frames already returned, instead of the whole
+// pixel data, its decompressed copy and DicomImage's copy of every frame.
+Expected<std::vector<cv::Mat>> decode_loaded(DcmFileFormat& ff, const DicomHeader& h) {
+    const std::string what = "DICOM '" + h.path + "'";
+    if (!h.has_pixel_data) return make_error(what + " has no pixel data (7FE0,0010): it is not an image");
+    if (!h.can_decode)
+        return make_error(what + " uses the transfer syntax " + h.transfer_syntax_name + " (" + h.transfer_syntax_uid +
+                          "), which this build of DCMTK cannot decode; export it uncompressed, RLE or JPEG");
+    DcmDataset* ds = ff.getDataset();
+    const DcmXfer xfer(ds->getOriginalXfer());
+    if (auto e = xfer.isNotEncapsulated() ? check_native_length(ds, h) : check_fragments(ds, h); !e.empty())
+        return make_error(e);
+    std::vector<cv::Mat> frames;
+    frames.reserve(size_t(h.frames));
+    for (int f = 0; f < h.frames; ++f) {
+        DicomImage img(&ff, ds->getOriginalXfer(), CIF_UsePartialAccessToPixelData, static_cast<unsigned long>(f), 1UL);
+        if (img.getStatus() != EIS_Normal || img.getFrameCount() < 1)
+            return make_error("cannot decode " + what + (h.frames > 1 ? " frame " + std::to_string(f) : std::string()) + " (" +
+                              h.photometric_interpretation + ", " + h.transfer_syntax_name + "): " +
+                              (img.getStatus() != EIS_Normal ? DicomImage::getString(img.getStatus())
+                                                             : "no frame decoded; NumberOfFrames is wrong") +
+                              " (truncated or damaged file?)");
+        auto m = frame_gray8(img, 0, h, f);
+        if (!m) return make_error(m.error());
+        frames.push_back(std::move(*m));
+    }
+    return frames;
+}
+
+template <class Load>
+Expected<std::vector<cv::Mat>> decode_with(Load load) {
+    try {
+        DcmFileFormat ff;
+        auto h = load(ff);
+        if (!h) return make_error(h.error());
+        return decode_loaded(ff, *h);
+    } catch (const std::exception& e) {
+        return make_error(std::string("decoding DICOM failed: ") + e.what());
+    }
+}
+
+// ---- calibration ----------------------------------------------------------------------------------
+
+const char* unit_name(int u) {
+    switch (u) {
+        case 0: return "none";
+        case 1: return "percent";
+        case 2: return "dB";
+        case 3: return "cm";
+        case 4: return "seconds";
+        case 5: return "hertz";
+        case 6: return "dB/seconds";
+        case 7: return "cm/sec";
+        case 8: return "cm2";
+        case 9: return "cm2/sec";
+        case 0xA: return "cm3";
+        case 0xB: return "cm3/sec";
+        case 0xC: return "degrees";
+        default: return "unknown";
+    }
+}
+
+bool is_2d_tissue(const UltrasoundRegion& r) { return r.spatial_format == 1 && r.data_type == 1; }
+
+const std::string kOverride = "; give --pixel-size MM to measure anyway";
+
+// The calibration of one 2D tissue region, or why it cannot be used.
+Expected<DicomCalibration> region_calibration(const DicomHeader& h, const UltrasoundRegion& r) {
+    const std::string what = "DICOM '" + h.path + "' ultrasound region " + std::to_string(r.index);
+    if (r.units_x != 3 || r.units_y != 3)
+        return make_error(what + " is in " + unit_name(r.units_x) + " x " + unit_name(r.units_y) +
+                          ", not cm: no length calibration" + kOverride);
+    DicomCalibration c;
+    c.mm_per_px_x = r.delta_x * 10;
+    c.mm_per_px_y = r.delta_y * 10;
+    for (double mm : {c.mm_per_px_x, c.mm_per_px_y})
+        if (auto e = check_pixel_size(mm, what + " (PhysicalDeltaX/Y x 10)"); !e.empty()) return make_error(e + kOverride);
+    // Real files overhang by a pixel (the Philips box ends at column 800 of 800); a box further out
+    // belongs to another pixel grid (a re-scaled image whose calibration was not updated).
+    const int tol_x = std::max(2, h.columns / 100), tol_y = std::max(2, h.rows / 100);
+    if (r.box.width <= 1 || r.box.height <= 1 || r.box.x < 0 || r.box.y < 0 || r.box.x + r.box.width > h.columns + tol_x ||
+        r.box.y + r.box.height > h.rows + tol_y)
+        return make_error(what + " box (" + std::to_string(r.box.x) + "," + std::to_string(r.box.y) + ")-(" +
+                          std::to_string(r.box.x + r.box.width - 1) + "," + std::to_string(r.box.y + r.box.height - 1) +
+                          ") lies outside the " + std::to_string(h.columns) + " x " + std::to_string(h.rows) +
+                          " image: the pixels were re-scaled after the calibration was written, so it does not hold" +
+                          kOverride);
+    c.source = "ultrasound region " + std::to_string(r.index);
+    c.region = r.index;
+    c.box = r.box;
+    c.keep = {r.box & cv::Rect(0, 0, h.columns, h.rows)};
+    return c;
+}
+
+bool same_calibration(const DicomCalibration& a, const DicomCalibration& b) {
+    return std::abs(a.mm_per_px_x - b.mm_per_px_x) <= 0.005 * a.mm_per_px_x &&
+           std::abs(a.mm_per_px_y - b.mm_per_px_y) <= 0.005 * a.mm_per_px_y;
+}
+
+Expected<DicomCalibration> spacing_calibration(const DicomHeader& h) {
+    const std::string what = "DICOM '" + h.path + "'";
+    for (auto [sp, name] : {std::pair{h.pixel_spacing_mm, "PixelSpacing"}, std::pair{h.imager_pixel_spacing_mm, "ImagerPixelSpacing"}}) {
+        if (!sp) continue;
+        DicomCalibration c;
+        c.mm_per_px_x = (*sp)[1];  // (row spacing, column spacing): x steps along a row = column spacing
+        c.mm_per_px_y = (*sp)[0];
+        for (double mm : {c.mm_per_px_x, c.mm_per_px_y})
+            if (auto e = check_pixel_size(mm, what + " (" + name + ")"); !e.empty()) return make_error(e + kOverride);
+        c.source = name;
+        c.box = cv::Rect(0, 0, h.columns, h.rows);
+        return c;
+    }
+    return make_error(what + " carries no calibration (no 2D tissue ultrasound region in cm, no PixelSpacing or "
+                      "ImagerPixelSpacing): its mm per pixel is unknown; give --pixel-size MM");
+}
+
+std::string box_text(const cv::Rect& b) {
+    return "(" + std::to_string(b.x) + "," + std::to_string(b.y) + ")-(" + std::to_string(b.x + b.width - 1) + "," +
+           std::to_string(b.y + b.height - 1) + ")";
+}
+
+}  // namespace
+
+bool is_dicom(const std::vector<unsigned char>& bytes) { return has_dicm_magic(bytes.data(), bytes.size()); }
+
+bool is_dicom_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    unsigned char buf[132];
+    if (!in.read(reinterpret_cast<char*>(buf), sizeof buf)) return false;
+    return has_dicm_magic(buf, sizeof buf);
+}
+
+Expected<DicomHeader> read_dicom_header(const std::string& path) {
+    try {
+        DcmFileFormat ff;
+        return load_file(ff, path, true);
+    } catch (const std::exception& e) {
+        return make_error("reading DICOM '" + path + "' failed: " + e.what());
+    }
+}
+
+Expected<DicomHeader> read_dicom_header(const std::vector<unsigned char>& bytes, const std::string& name) {
+    try {
+        DcmFileFormat ff;
+        return load_bytes(ff, bytes, name);
+    } catch (const std::exception& e) {
+        return make_error("reading DICOM '" + name + "' failed: " + e.what());
+    }
+}
+
+Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::string& path) {
+    return decode_with([&](DcmFileFormat& ff) { return load_file(ff, path, true); });
+}
+
+Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::vector<unsigned char>& bytes, const std::string& name) {
+    return decode_with([&](DcmFileFormat& ff) { return load_bytes(ff, bytes, name); });
+}
+
+bool DicomCalibration::anisotropic() const {
+    return std::abs(mm_per_px_x - mm_per_px_y) > 0.005 * std::max(mm_per_px_x, mm_per_px_y);
+}
+
+Expected<DicomCalibration> choose_calibration(const DicomHeader& h, std::optional<cv::Point2d> head_centre_px) {
+    std::vector<const UltrasoundRegion*> tissue;
+    for (const auto& r : h.regions)
+        if (is_2d_tissue(r)) tissue.push_back(&r);
+    if (tissue.empty()) return spacing_calibration(h);
+    if (tissue.size() == 1) return region_calibration(h, *tissue[0]);
+    if (head_centre_px) {
+        // Box coordinates are pixel indices; a pixel covers its index +- 0.5.
+        for (const auto* r : tissue) {
+            const cv::Rect& b = r->box;
+            if (head_centre_px->x >= b.x - 0.5 && head_centre_px->x <= b.x + b.width - 0.5 && head_centre_px->y >= b.y - 0.5 &&
+                head_centre_px->y <= b.y + b.height - 0.5)
+                return region_calibration(h, *r);
+        }
+        return make_error("the head found in DICOM '" + h.path + "' (centre " + fmt(head_centre_px->x, 1) + ", " +
+                          fmt(head_centre_px->y, 1) + " px) lies in none of its " + std::to_string(tissue.size()) +
+                          " tissue regions; give --pixel-size MM to measure anyway");
+    }
+    // Before the head is known: one answer only when every region agrees.
+    std::vector<DicomCalibration> cals;
+    for (const auto* r : tissue) {
+        auto c = region_calibration(h, *r);
+        if (!c) return c;
+        cals.push_back(*c);
+    }
+    DicomCalibration all = cals[0];
+    for (size_t i = 1; i < cals.size(); ++i) {
+        if (!same_calibration(cals[0], cals[i]))
+            return make_error("DICOM '" + h.path + "' has " + std::to_string(cals.size()) +
+                              " tissue regions with different calibrations (dual view): the head's position decides");
+        all.keep.push_back(cals[i].keep[0]);
+    }
+    all.source = "ultrasound regions (all " + std::to_string(cals.size()) + " agree)";
+    return all;
+}
+
+std::string describe_calibration(const DicomHeader& h) {
+    auto c = choose_calibration(h, std::nullopt);
+    if (!c) return "none: " + c.error();
+    return c->source + ": " + fmt(c->mm_per_px_x, 5) + " x " + fmt(c->mm_per_px_y, 5) + " mm/px" +
+           (c->anisotropic() ? " (anisotropic: measured in physical space)" : "") +
+           (c->region ? ", box " + box_text(c->box) : "");
+}
+
+cv::Mat mask_outside(const cv::Mat& gray8, const std::vector<cv::Rect>& keep) {
+    if (keep.empty()) return gray8;
+    cv::Mat out = cv::Mat::zeros(gray8.size(), gray8.type());
+    const cv::Rect all(0, 0, gray8.cols, gray8.rows);
+    for (const auto& k : keep) {
+        const cv::Rect r = k & all;
+        if (r.area() > 0) gray8(r).copyTo(out(r));
+    }
+    return out;
+}
+
+namespace {
+
+// How far (px) the fitted ellipse reaches past the region's box; <= 0 when inside.
+double overhang_px(const Ellipse& e, const cv::Rect& b) {
+    const double c = std::cos(e.angle), s = std::sin(e.angle);
+    const double hw = std::sqrt(e.a * e.a * c * c + e.b * e.b * s * s);
+    const double hh = std::sqrt(e.a * e.a * s * s + e.b * e.b * c * c);
+    const double left = b.x - 0.5, right = b.x + b.width - 0.5, top = b.y - 0.5, bottom = b.y + b.height - 0.5;
+    return std::max({left - (e.cx - hw), (e.cx + hw) - right, top - (e.cy - hh), (e.cy + hh) - bottom});
+}
+
+// Why the head fitted in `source` does not belong to the region `cal` (it reaches more than a
+// pixel outside its box, where the calibration does not hold), or empty.
+std::string head_outside(const DicomCalibration& cal, const Ellipse& e, const std::string& source) {
+    if (!cal.region) return "";
+    const double over = overhang_px(e, cal.box);
+    if (over <= 1.0) return "";
+    return "the head in '" + source + "' reaches " + fmt(over, 1) + " px outside " + cal.source + " " + box_text(cal.box) +
+           ", where its calibration does not hold; use a frame with the whole head inside the region, or give --pixel-size MM";
+}
+
+void apply_calibration(MeasureOptions& o, const DicomCalibration& c) {
+    o.pixel_size_mm = c.mm_per_px_x;
+    o.pixel_size_y_mm.reset();
+    if (c.anisotropic()) o.pixel_size_y_mm = c.mm_per_px_y;
+}
+
+std::optional<std::string> disagreement_note(const DicomHeader& h, double given, const DicomCalibration& c) {
+    const double worst = std::max(std::abs(c.mm_per_px_x - given) / given, std::abs(c.mm_per_px_y - given) / given);
+    if (worst <= 0.01) return std::nullopt;
+    return "'" + h.path + "': --pixel-size " + fmt(given, 5) + " mm differs by " + fmt(100 * worst, 1) +
+           "% from the file's calibration (" + c.source + ": " + fmt(c.mm_per_px_x, 5) + " x " + fmt(c.mm_per_px_y, 5) +
+           " mm/px); using --pixel-size";
+}
+
+}  // namespace
+
+Expected<DicomCalibration> calibration_for_frames(const DicomHeader& h, std::optional<double> override_mm,
+                                                  std::vector<std::string>& notes) {
+    auto file = choose_calibration(h, std::nullopt);
+    if (!override_mm) return file;
+    DicomCalibration c;
+    c.mm_per_px_x = c.mm_per_px_y = *override_mm;
+    c.source = "--pixel-size";
+    c.box = cv::Rect(0, 0, h.columns, h.rows);
+    if (file) {
+        c.keep = file->keep;
+        if (auto n = disagreement_note(h, *override_mm, *file)) notes.push_back(*n);
+    }
+    return c;
+}
+
+Expected<DicomMeasurement> measure_dicom_frame(const Measurer& measurer, const DicomHeader& h, const cv::Mat& gray8,
+                                               const DicomMeasureOptions& opt, const std::string& source) {
+    DicomMeasurement out;
+    MeasureOptions mo = opt.measure;
+    auto pre = calibration_for_frames(h, opt.pixel_size_mm, out.notes);
+    std::vector<cv::Rect> keep;
+    if (pre) {
+        apply_calibration(mo, *pre);
+        keep = pre->keep;
+    } else {
+        // Several regions with different calibrations: find the head in all of them first.
+        std::vector<const UltrasoundRegion*> tissue;
+        for (const auto& r : h.regions)
+            if (is_2d_tissue(r)) tissue.push_back(&r);
+        if (tissue.size() < 2) return make_error(pre.error());
+        auto first = region_calibration(h, *tissue[0]);
+        for (const auto* r : tissue) keep.push_back(r->box & cv::Rect(0, 0, h.columns, h.rows));
+        if (first) apply_calibration(mo, *first);
+        else mo.pixel_size_mm = 1, mo.pixel_size_y_mm.reset();  // provisional: only the pixels matter here
+    }
+    auto r = measurer.measure(mask_outside(gray8, keep), mo, source);
+    if (!r) return make_error(r.error());
+    if (opt.pixel_size_mm) {
+        out.calibration = *pre;
+        out.m = *r;
+        return out;
+    }
+    auto cal = choose_calibration(h, cv::Point2d(r->ellipse_px.cx, r->ellipse_px.cy));
+    if (!cal) return make_error(cal.error());
+    if (!pre) {
+        // Dual view: measure again with only the head's region and its calibration.
+        apply_calibration(mo, *cal);
+        r = measurer.measure(mask_outside(gray8, cal->keep), mo, source);
+        if (!r) return make_error(r.error());
+    }
+    if (auto e = head_outside(*cal, r->ellipse_px, source); !e.empty()) return make_error(e);
+    out.calibration = *cal;
+    out.m = *r;
+    return out;
+}
+
+Expected<VideoSummary> measure_dicom_cine(const Measurer& measurer, const DicomHeader& h, const DicomCalibration& c,
+                                          const std::string& label, const FrameSource& next, const VideoOptions& opt,
+                                          const std::function<void(const VideoFrame&)>& on_frame) {
+    const bool check_region = c.source != "--pixel-size";
+    const FrameSource masked = [&](cv::Mat& frame, double& time_s) {
+        if (!next(frame, time_s)) return false;
+        if (!c.keep.empty()) frame = mask_outside(frame, c.keep);
+        return true;
+    };
+    std::vector<Measurement> ok;
+    std::vector<int> ok_index;
+    int refused = 0;
+    auto s = measure_frames(measurer, label, masked, opt, [&](const VideoFrame& f) {
+        VideoFrame out = f;
+        if (out.result && check_region) {
+            // The same rule as for one frame: the head's region (by its centre) must hold all of it.
+            auto cal = choose_calibration(h, cv::Point2d(out.result->ellipse_px.cx, out.result->ellipse_px.cy));
+            std::string e = cal ? head_outside(*cal, out.result->ellipse_px, out.result->source) : cal.error();
+            if (!e.empty()) {
+                out.result = make_error(e);
+                ++refused;
+            }
+        }
+        if (out.result && out.result->quality == "ok") ok.push_back(*out.result), ok_index.push_back(out.index);
+        if (on_frame) on_frame(out);
+    });
+    if (!s || refused == 0) return s;
+    // Frames refused above were in the summary measure_frames made: make it again without them
+    // (the median over the ok frames, as video.h says).
+    s->measured -= refused;
+    s->ok = int(ok.size());
+    s->has_estimate = !ok.empty();
+    s->hc_median_mm = s->bpd_median_mm = s->ofd_median_mm = s->hc_iqr_mm = 0;
+    s->estimate = Measurement{};
+    s->estimate_frame = -1;
+    if (ok.empty()) return s;
+    std::vector<double> hc, bpd, ofd;
+    for (const auto& m : ok) hc.push_back(m.hc_mm), bpd.push_back(m.bpd_mm), ofd.push_back(m.ofd_mm);
+    s->hc_median_mm = quantile(hc, 0.5);
+    s->bpd_median_mm = quantile(bpd, 0.5);
+    s->ofd_median_mm = quantile(ofd, 0.5);
+    s->hc_iqr_mm = quantile(hc, 0.75) - quantile(hc, 0.25);
+    size_t best = 0;
+    for (size_t k = 1; k < ok.size(); ++k)
+        if (std::abs(ok[k].hc_mm - s->hc_median_mm) < std::abs(ok[best].hc_mm - s->hc_median_mm)) best = k;
+    s->estimate = ok[best];
+    s->estimate_frame = ok_index[best];
+    return s;
+}
+
+std::vector<InputItem> expand_inputs_with_dicom(const std::vector<std::string>& paths) {
+    std::vector<InputItem> out;
+    for (const auto& p : paths) {
+        std::error_code ec;
+        if (!fs::is_directory(p, ec)) {
+            out.push_back({p, ""});
+            continue;
+        }
+        std::vector<std::string> files;
+        for (const auto& e : fs::directory_iterator(p, ec)) {
+            if (!e.is_regular_file()) continue;
+            const std::string f = e.path().string();
+            std::string ext = e.path().extension().string();
+            std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
+            const std::string stem = e.path().stem().string();
+            const bool mask = stem.size() > 5 && stem.compare(stem.size() - 5, 5, "_Mask") == 0;
+            if ((has_image_extension(f) && !mask) || ext == ".dcm" || (ext.empty() && is_dicom_file(f))) files.push_back(f);
+        }
+        std::sort(files.begin(), files.end());
+        if (files.empty()) out.push_back({p, "folder '" + p + "' holds no images (.png .jpg .jpeg .bmp .tif .tiff .dcm)"});
+        for (auto& f : files) out.push_back({f, ""});
+    }
+    return out;
+}
+
+}  // namespace fetalhc

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The DICOM node of `fetalhc serve --dicom-port` end to end, with DCMTK's own tools as the
+# ultrasound machine (storescu) and the PACS (storescp):
+#   1. an HC18 scan wrapped into DICOM (dicom_wrap, in a temporary folder: never committed) is
+#      measured, listed by GET /v1/dicom/instances, and its SR is forwarded; the SR's HC (dsrdump)
+#      equals the CLI's HC for the same file (to the SR's 0.1 mm resolution);
+#   2. a real file with no head, and files that cannot be measured (no calibration, a lying
+#      60000 x 60000 header) are stored and listed with their error; the node keeps running;
+#   3. --dicom-allow refuses other AE titles; an object over the upload limit aborts its
+#      association and the node keeps serving;
+#   4. the list is behind the bearer token when one is set;
+#   5. the C-STORE-to-stored-result latency (median of 3) is printed.
+# Usage: dicom_node_test.sh FETALHC DICOM_WRAP MODEL HC18_DIR DICOM_DIR. Exit 77: skipped.
+set -u
+BIN=$1 WRAP=$2 MODEL=$3 HC18=$4 DICOMS=$5
+
+skip() { echo "SKIP dicom_node: $*"; exit 77; }
+for tool in storescu storescp dsrdump curl python3; do
+  command -v "$tool" >/dev/null || skip "$tool not found (apt-get install dcmtk curl python3)"
+done
+[ -f "$MODEL" ] || skip "model $MODEL not found"
+[ -f "$HC18/training_set_pixel_size_and_HC.csv" ] || skip "HC18 data not found in $HC18"
+[ -f "$DICOMS/OBXXXX1A.dcm" ] || skip "sample DICOM files not found in $DICOMS"
+
+T=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$T"; }
+trap cleanup EXIT
+failures=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
+
+# An HC18 scan with a head, wrapped with its known pixel size as the region calibration.
+scan=010_HC.png
+px=$(grep "^$scan," "$HC18/training_set_pixel_size_and_HC.csv" | cut -d, -f2)
+"$WRAP" "$HC18/training_set/$scan" "$px" "$T/head.dcm" || { echo "FAIL cannot wrap $scan"; exit 1; }
+cp "$DICOMS/OBXXXX1A.dcm" "$T/huge.dcm" && chmod u+w "$T/huge.dcm"
+dcmodify -nb -m "(0028,0010)=60000" -m "(0028,0011)=60000" -m "(0008,0018)=1.2.826.0.1.3680043.2.1125.9.1" "$T/huge.dcm" \
+  || skip "dcmodify failed"
+
+HTTP=$(free_port) DPORT=$(free_port) PACS=$(free_port)
+mkdir -p "$T/pacs"
+storescp -aet PACS -od "$T/pacs" "$PACS" >"$T/storescp.log" 2>&1 &
+PIDS+=($!)
+"$BIN" serve --model "$MODEL" --port "$HTTP" --db "$T/db/f.db" --dicom-port "$DPORT" \
+  --dicom-forward "PACS@127.0.0.1:$PACS" >"$T/serve.log" 2>&1 &
+PIDS+=($!)
+URL=http://127.0.0.1:$HTTP
+for _ in $(seq 1 300); do curl -sf "$URL/health" >/dev/null && break; sleep 0.2; done
+check "server ready" 'curl -sf "$URL/health" >/dev/null'
+
+# Waits until `n` instances are listed and none is pending; prints the list.
+wait_listed() {
+  local n=$1 body
+  for _ in $(seq 1 600); do
+    body=$(curl -sf "$URL/v1/dicom/instances")
+    if [ "$(echo "$body" | json "sum(i['status'] != 'pending' for i in d['instances'])")" -ge "$n" ]; then
+      echo "$body"; return 0
+    fi
+    sleep 0.05
+  done
+  echo "$body"; return 1
+}
+
+storescu -aec FETALHC 127.0.0.1 "$DPORT" "$T/head.dcm" "$DICOMS/OBXXXX1A.dcm" "$DICOMS/US1_UNCR.dcm" "$T/huge.dcm" \
+  >"$T/storescu.log" 2>&1
+sent_rc=$?
+check "storescu sent four objects" '[ $sent_rc -eq 0 ]'
+list=$(wait_listed 4)
+check "four instances listed and processed" '[ "$(echo "$list" | json "len(d[\"instances\"])")" = 4 ]'
+head_row() { echo "$list" | json "[i for i in d['instances'] if i['id'] == 1][0]$1"; }
+check "the head was measured, ok, from the region calibration" \
+  '[ "$(head_row "[\"status\"]")" = measured ] && [ "$(head_row "[\"quality\"]")" = ok ] && [ "$(head_row "[\"calibration_source\"]")" = "ultrasound region 0" ]'
+check "its SR was forwarded" '[ "$(head_row "[\"forward_status\"]")" = sent ]'
+check "no head: listed with its error" \
+  'echo "$list" | json "[i for i in d[\"instances\"] if i[\"id\"] == 2][0][\"error\"]" | grep -q "no fetal head"'
+check "no calibration: listed with its error" \
+  'echo "$list" | json "[i for i in d[\"instances\"] if i[\"id\"] == 3][0][\"error\"]" | grep -q "calibration"'
+check "a 60000 x 60000 header: listed with its error" \
+  'echo "$list" | json "[i for i in d[\"instances\"] if i[\"id\"] == 4][0][\"error\"]" | grep -q "60000"'
+check "the received objects are kept by content hash" \
+  '[ "$(curl -s -o /dev/null -w "%{http_code}" "$URL$(head_row "[\"image_url\"]")")" = 200 ]'
+
+# The forwarded SR against the CLI on the same file.
+for _ in $(seq 1 100); do ls "$T/pacs" | grep -q . && break; sleep 0.1; done
+sr=$(ls "$T"/pacs/* 2>/dev/null | head -1)
+sr_hc=$(dsrdump "$sr" 2>/dev/null | grep -m1 '"Head Circumference")=' | sed 's/.*Circumference")="\([0-9.]*\)".*/\1/')
+cli_hc=$("$BIN" measure --model "$MODEL" --format json "$T/head.dcm" 2>/dev/null | json 'd[0]["hc_mm"]')
+node_hc=$(head_row '["hc_mm"]')
+echo "HC: SR $sr_hc mm, node $node_hc mm, CLI $cli_hc mm"
+check "the SR's HC equals the CLI's (0.1 mm resolution of the SR)" \
+  'python3 -c "import sys; sys.exit(0 if abs(float(\"$sr_hc\") - float(\"$cli_hc\")) <= 0.051 else 1)"'
+check "the listed HC equals the CLI's" \
+  'python3 -c "import sys; sys.exit(0 if abs(float(\"$node_hc\") - float(\"$cli_hc\")) <= 1e-6 else 1)"'
+
+# Latency from the C-STORE to the stored result, for one image (median of 3).
+lat=()
+for k in 1 2 3; do
+  t0=$(date +%s.%N)
+  storescu -aec FETALHC 127.0.0.1 "$DPORT" "$T/head.dcm" >/dev/null 2>&1
+  wait_listed $((4 + k)) >/dev/null
+  t1=$(date +%s.%N)
+  lat+=("$(python3 -c "print(round(($t1 - $t0) * 1000))")")
+done
+echo "C-STORE to stored result, seen by a client (storescu start to the list showing it): ${lat[*]} ms" \
+  "(median $(printf '%s\n' "${lat[@]}" | sort -n | sed -n 2p) ms)"
+node_ms=$(grep -o 'instance [5-7] measured [0-9]* ms' "$T/serve.log" | awk '{print $4}' | sort -n | tr '\n' ' ')
+echo "C-STORE received to result stored, by the node's log: $node_ms ms (median $(echo $node_ms | tr ' ' '\n' | sed -n 2p) ms)"
+
+# A second node: an allow-list, a small upload limit, a token.
+HTTP2=$(free_port) DPORT2=$(free_port)
+echo "0123456789abcdef0123456789abcdef" >"$T/token"
+"$BIN" serve --model "$MODEL" --port "$HTTP2" --db "$T/db2/f.db" --dicom-port "$DPORT2" --dicom-aet NODE2 \
+  --dicom-allow "MODALITY, US1" --max-upload-mb 0.3 --token-file "$T/token" >"$T/serve2.log" 2>&1 &
+PIDS+=($!)
+URL2=http://127.0.0.1:$HTTP2
+for _ in $(seq 1 300); do curl -sf "$URL2/health" >/dev/null && break; sleep 0.2; done
+check "a calling AE title not allowed is rejected" '! storescu -aet OTHER -aec NODE2 127.0.0.1 "$DPORT2" "$T/head.dcm" >/dev/null 2>&1'
+check "an allowed AE title is accepted" 'storescu -aet US1 -aec NODE2 127.0.0.1 "$DPORT2" -xr "$DICOMS/OBXXXX1A_rle.dcm" >/dev/null 2>&1'
+check "an object over the upload limit is refused" '! storescu -aet MODALITY -aec NODE2 127.0.0.1 "$DPORT2" "$DICOMS/OBXXXX1A.dcm" >/dev/null 2>&1'
+check "the node still serves after that" 'storescu -aet MODALITY -aec NODE2 127.0.0.1 "$DPORT2" -xr "$DICOMS/OBXXXX1A_rle.dcm" >/dev/null 2>&1'
+check "the list needs the token" '[ "$(curl -s -o /dev/null -w "%{http_code}" "$URL2/v1/dicom/instances")" = 401 ]'
+check "the list with the token" \
+  '[ "$(curl -s -H "Authorization: Bearer 0123456789abcdef0123456789abcdef" "$URL2/v1/dicom/instances" | json "len(d[\"instances\"])")" = 2 ]'
+
+if [ "$failures" -ne 0 ]; then
+  echo "--- serve.log"; cat "$T/serve.log"; echo "--- serve2.log"; cat "$T/serve2.log"; echo "--- storescu.log"; cat "$T/storescu.log"
+  exit 1
+fi
+echo "dicom_node: all checks passed"

@@ -1,0 +1,915 @@
+// DICOM input: the real files in ../shared/dicom (each does what its README row says), synthetic
+// files written here with DCMTK (photometric interpretations, bit depths, byte orders, every
+// refusal, dual view, anisotropic pixels), and DICOM-wrapped HC18 scans against the PNG path.
+#include "fetalhc/dicom.h"
+#include "fetalhc/hc18.h"
+#include "fetalhc/image_io.h"
+#include "fetalhc/measure.h"
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dctk.h>
+
+#include <gtest/gtest.h>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <filesystem>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <random>
+
+namespace fs = std::filesystem;
+using namespace fetalhc;
+
+namespace {
+
+const std::string kShared = FETALHC_DICOM_DIR;
+const std::string kHc18 = FETALHC_DATA_DIR;
+
+#define NEED_SHARED()                                                                                  \
+    if (!fs::exists(kShared + "/OBXXXX1A.dcm")) GTEST_SKIP() << "no DICOM samples in '" << kShared << "'"
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+fs::path temp_dir() {
+    static const fs::path d = [] {
+        fs::path p = fs::temp_directory_path() / ("fetalhc_test_dicom_" + std::to_string(::getpid()));
+        fs::create_directories(p);
+        return p;
+    }();
+    return d;
+}
+
+struct Region {
+    cv::Rect box;  // inclusive pixels: x..x+width-1
+    double delta_x_cm = 0.01, delta_y_cm = 0.01;
+    int units = 3, spatial = 1, type = 1;
+};
+
+// What a synthetic file holds. Pixels: `frames` (CV_8UC1, CV_16UC1 or CV_8UC3 RGB).
+struct Synthetic {
+    std::vector<cv::Mat> frames;
+    std::string photometric = "MONOCHROME2";
+    int bits_stored = 0;  // 0: the Mat's depth
+    std::vector<Region> regions;
+    std::optional<cv::Vec2d> pixel_spacing;
+    E_TransferSyntax xfer = EXS_LittleEndianExplicit;
+    bool pixel_data = true;
+    std::optional<std::string> frames_tag;  // NumberOfFrames as written (a lie when set)
+    std::optional<cv::Size> size_tag;       // Rows/Columns as written
+};
+
+std::string write_dicom(const Synthetic& s, const std::string& name) {
+    DcmFileFormat ff;
+    DcmDataset* ds = ff.getDataset();
+    char uid[100];
+    const cv::Mat& f0 = s.frames.at(0);
+    const bool colour = f0.channels() == 3, wide = f0.depth() == CV_16U;
+    ds->putAndInsertString(DCM_SOPClassUID, s.frames.size() > 1 ? UID_UltrasoundMultiframeImageStorage : UID_UltrasoundImageStorage);
+    ds->putAndInsertString(DCM_SOPInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_INSTANCE_UID_ROOT));
+    ds->putAndInsertString(DCM_StudyInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_STUDY_UID_ROOT));
+    ds->putAndInsertString(DCM_SeriesInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_SERIES_UID_ROOT));
+    ds->putAndInsertString(DCM_Modality, "US");
+    const cv::Size size = s.size_tag.value_or(f0.size());
+    ds->putAndInsertUint16(DCM_Rows, Uint16(size.height));
+    ds->putAndInsertUint16(DCM_Columns, Uint16(size.width));
+    ds->putAndInsertUint16(DCM_SamplesPerPixel, colour ? 3 : 1);
+    ds->putAndInsertString(DCM_PhotometricInterpretation, s.photometric.c_str());
+    const int bits = wide ? 16 : 8, stored = s.bits_stored ? s.bits_stored : bits;
+    ds->putAndInsertUint16(DCM_BitsAllocated, Uint16(bits));
+    ds->putAndInsertUint16(DCM_BitsStored, Uint16(stored));
+    ds->putAndInsertUint16(DCM_HighBit, Uint16(stored - 1));
+    ds->putAndInsertUint16(DCM_PixelRepresentation, 0);
+    if (colour) ds->putAndInsertUint16(DCM_PlanarConfiguration, 0);
+    if (s.frames.size() > 1 || s.frames_tag)
+        ds->putAndInsertString(DCM_NumberOfFrames, s.frames_tag.value_or(std::to_string(s.frames.size())).c_str());
+    for (const auto& r : s.regions) {
+        DcmItem* it = nullptr;
+        ds->findOrCreateSequenceItem(DCM_SequenceOfUltrasoundRegions, it, -2);
+        it->putAndInsertUint32(DCM_RegionLocationMinX0, Uint32(r.box.x));
+        it->putAndInsertUint32(DCM_RegionLocationMinY0, Uint32(r.box.y));
+        it->putAndInsertUint32(DCM_RegionLocationMaxX1, Uint32(r.box.x + r.box.width - 1));
+        it->putAndInsertUint32(DCM_RegionLocationMaxY1, Uint32(r.box.y + r.box.height - 1));
+        it->putAndInsertUint16(DCM_RegionSpatialFormat, Uint16(r.spatial));
+        it->putAndInsertUint16(DCM_RegionDataType, Uint16(r.type));
+        it->putAndInsertUint32(DCM_RegionFlags, 0);
+        it->putAndInsertUint16(DCM_PhysicalUnitsXDirection, Uint16(r.units));
+        it->putAndInsertUint16(DCM_PhysicalUnitsYDirection, Uint16(r.units));
+        it->putAndInsertFloat64(DCM_PhysicalDeltaX, r.delta_x_cm);
+        it->putAndInsertFloat64(DCM_PhysicalDeltaY, r.delta_y_cm);
+    }
+    if (s.pixel_spacing) {
+        const std::string v = std::to_string((*s.pixel_spacing)[0]) + "\\" + std::to_string((*s.pixel_spacing)[1]);
+        ds->putAndInsertString(DCM_PixelSpacing, v.c_str());
+    }
+    if (s.pixel_data) {
+        std::vector<unsigned char> bytes;
+        for (const auto& f : s.frames) {
+            cv::Mat c = f.isContinuous() ? f : f.clone();
+            bytes.insert(bytes.end(), c.data, c.data + c.total() * c.elemSize());
+        }
+        if (wide)
+            ds->putAndInsertUint16Array(DCM_PixelData, reinterpret_cast<const Uint16*>(bytes.data()), bytes.size() / 2);
+        else
+            ds->putAndInsertUint8Array(DCM_PixelData, bytes.data(), bytes.size());
+    }
+    const std::string path = (temp_dir() / name).string();
+    const OFCondition c = ff.saveFile(path.c_str(), s.xfer);
+    EXPECT_TRUE(c.good()) << c.text();
+    return path;
+}
+
+cv::Mat noise8(cv::Size size, unsigned seed) {
+    cv::Mat m(size, CV_8UC1);
+    cv::RNG rng(seed);
+    rng.fill(m, cv::RNG::UNIFORM, 0, 256);
+    return m;
+}
+
+std::vector<cv::Mat> frames_of(const std::string& path) {
+    auto f = decode_dicom_frames(path);
+    EXPECT_TRUE(f) << (f ? "" : f.error());
+    return f ? *f : std::vector<cv::Mat>{};
+}
+
+bool same(const cv::Mat& a, const cv::Mat& b) {
+    return a.size() == b.size() && a.type() == b.type() && cv::countNonZero(a != b) == 0;
+}
+
+}  // namespace
+
+// ---- the real files (../shared/dicom, README) ------------------------------------------------------
+
+TEST(DicomSamples, PhilipsFrameIsCalibratedFromRegionZero) {
+    NEED_SHARED();
+    auto h = read_dicom_header(kShared + "/OBXXXX1A.dcm");
+    ASSERT_TRUE(h) << h.error();
+    EXPECT_EQ(h->columns, 800);
+    EXPECT_EQ(h->rows, 600);
+    EXPECT_EQ(h->frames, 1);
+    EXPECT_EQ(h->photometric_interpretation, "PALETTE COLOR");
+    ASSERT_EQ(h->regions.size(), 2u);
+    auto c = choose_calibration(*h, std::nullopt);
+    ASSERT_TRUE(c) << c.error();
+    ASSERT_TRUE(c->region);
+    EXPECT_EQ(*c->region, 0);
+    // PhysicalDelta 0.02622878766 cm, x 10 (README); the box overhanging by one column is accepted.
+    EXPECT_NEAR(c->mm_per_px_x, 0.2622878766, 1e-9);
+    EXPECT_NEAR(c->mm_per_px_y, 0.2622878766, 1e-9);
+    EXPECT_FALSE(c->anisotropic());
+    // The burned-in caliper: 40.5 px apart, read "1.06 cm" on the screen (rounded to 0.01 cm).
+    EXPECT_NEAR(40.5 * c->mm_per_px_x, 10.6, 0.05);
+    auto frames = frames_of(kShared + "/OBXXXX1A.dcm");
+    ASSERT_EQ(frames.size(), 1u);
+    EXPECT_EQ(frames[0].size(), cv::Size(800, 600));
+    EXPECT_EQ(frames[0].type(), CV_8UC1);
+}
+
+TEST(DicomSamples, RleGivesIdenticalPixelsAndCalibration) {
+    NEED_SHARED();
+    auto plain = frames_of(kShared + "/OBXXXX1A.dcm");
+    auto rle = frames_of(kShared + "/OBXXXX1A_rle.dcm");
+    ASSERT_EQ(rle.size(), 1u);
+    EXPECT_TRUE(same(plain.at(0), rle[0]));
+    auto h = read_dicom_header(kShared + "/OBXXXX1A_rle.dcm");
+    ASSERT_TRUE(h);
+    EXPECT_TRUE(contains(h->transfer_syntax_name, "RLE"));
+    auto c = choose_calibration(*h, std::nullopt);
+    ASSERT_TRUE(c);
+    EXPECT_NEAR(c->mm_per_px_x, 0.2622878766, 1e-9);
+}
+
+TEST(DicomSamples, TwoFrameRleDecodesBothFrames) {
+    NEED_SHARED();
+    auto f = frames_of(kShared + "/OBXXXX1A_rle_2frame.dcm");
+    ASSERT_EQ(f.size(), 2u);
+    auto single = frames_of(kShared + "/OBXXXX1A.dcm");
+    EXPECT_TRUE(same(f[0], single.at(0)));
+    EXPECT_FALSE(same(f[0], f[1]));  // the collection's authors altered the second frame
+}
+
+TEST(DicomSamples, JpegYbrCineDecodesAndRefusesItsStaleCalibration) {
+    NEED_SHARED();
+    auto f = frames_of(kShared + "/examples_ybr_color.dcm");
+    ASSERT_EQ(f.size(), 30u);
+    EXPECT_EQ(f[0].size(), cv::Size(320, 240));
+    double mx = 0;
+    cv::minMaxLoc(f[15], nullptr, &mx);
+    EXPECT_GT(mx, 50);  // a real picture, not a black frame
+    auto h = read_dicom_header(kShared + "/examples_ybr_color.dcm");
+    ASSERT_TRUE(h);
+    auto c = choose_calibration(*h, std::nullopt);
+    ASSERT_FALSE(c);
+    EXPECT_TRUE(contains(c.error(), "outside")) << c.error();
+    EXPECT_TRUE(contains(c.error(), "--pixel-size")) << c.error();
+}
+
+TEST(DicomSamples, UncalibratedRgbDecodesAndIsRefusedWithoutPixelSize) {
+    NEED_SHARED();
+    auto f = frames_of(kShared + "/US1_UNCR.dcm");
+    ASSERT_EQ(f.size(), 1u);
+    EXPECT_EQ(f[0].size(), cv::Size(640, 480));
+    auto h = read_dicom_header(kShared + "/US1_UNCR.dcm");
+    ASSERT_TRUE(h);
+    auto c = choose_calibration(*h, std::nullopt);
+    ASSERT_FALSE(c);
+    EXPECT_TRUE(contains(c.error(), "no calibration")) << c.error();
+}
+
+TEST(DicomSamples, Jpeg2000HeaderReadsAndDecodingNamesTheTransferSyntax) {
+    NEED_SHARED();
+    auto h = read_dicom_header(kShared + "/US1_J2KR.dcm");
+    ASSERT_TRUE(h) << h.error();
+    EXPECT_FALSE(h->can_decode);
+    EXPECT_EQ(h->columns, 640);
+    auto f = decode_dicom_frames(kShared + "/US1_J2KR.dcm");
+    ASSERT_FALSE(f);
+    EXPECT_TRUE(contains(f.error(), "JPEG 2000")) << f.error();
+    EXPECT_TRUE(contains(f.error(), "1.2.840.10008.1.2.4.90")) << f.error();
+}
+
+TEST(DicomSamples, HeaderFromBytesMatchesHeaderFromFile) {
+    NEED_SHARED();
+    std::ifstream in(kShared + "/OBXXXX1A_rle.dcm", std::ios::binary);
+    std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), {});
+    ASSERT_TRUE(is_dicom(bytes));
+    auto h = read_dicom_header(bytes, "upload.dcm");
+    ASSERT_TRUE(h) << h.error();
+    EXPECT_EQ(h->path, "upload.dcm");
+    EXPECT_EQ(h->regions.size(), 2u);
+    auto f = decode_dicom_frames(bytes, "upload.dcm");
+    ASSERT_TRUE(f) << f.error();
+    EXPECT_TRUE(same(f->at(0), frames_of(kShared + "/OBXXXX1A.dcm").at(0)));
+}
+
+// ---- synthetic files: photometric interpretations, depths, byte order ------------------------------
+
+TEST(DicomDecode, Monochrome2EightBitIsUnchanged) {
+    Synthetic s;
+    s.frames = {noise8({97, 61}, 1)};
+    EXPECT_TRUE(same(frames_of(write_dicom(s, "m2_8.dcm")).at(0), s.frames[0]));
+}
+
+// DCMTK renders MONOCHROME1 through its internal value range, which rounds some levels the other
+// way (dcm2pnm gives the same pixels): one grey level of tolerance.
+TEST(DicomDecode, Monochrome1IsInverted) {
+    Synthetic s;
+    s.frames = {noise8({64, 48}, 2)};
+    s.photometric = "MONOCHROME1";
+    cv::Mat expected = 255 - s.frames[0];
+    cv::Mat got = frames_of(write_dicom(s, "m1_8.dcm")).at(0), diff;
+    ASSERT_EQ(got.size(), expected.size());
+    cv::absdiff(got, expected, diff);
+    double mx = 0;
+    cv::minMaxLoc(diff, nullptr, &mx);
+    EXPECT_LE(mx, 1);
+}
+
+// 16-bit data is scaled by the frame's maximum (as 16-bit PNGs are): exact up to rounding, so the
+// tolerance is one grey level.
+TEST(DicomDecode, SixteenBitIsScaledByItsMaximum) {
+    for (bool big_endian : {false, true}) {
+        Synthetic s;
+        cv::Mat v(40, 50, CV_16UC1);
+        cv::RNG(3).fill(v, cv::RNG::UNIFORM, 0, 3000);  // 12 bits stored
+        s.frames = {v};
+        s.bits_stored = 12;
+        s.xfer = big_endian ? EXS_BigEndianExplicit : EXS_LittleEndianExplicit;
+        double mx = 0;
+        cv::minMaxLoc(v, nullptr, &mx);
+        cv::Mat expected;
+        v.convertTo(expected, CV_8U, 255.0 / mx);
+        cv::Mat got = frames_of(write_dicom(s, big_endian ? "m2_16_be.dcm" : "m2_16.dcm")).at(0);
+        ASSERT_EQ(got.type(), CV_8UC1);
+        double diff = 0;
+        cv::minMaxLoc(cv::abs(got - expected) + cv::abs(expected - got), nullptr, &diff);
+        EXPECT_LE(diff, 1) << (big_endian ? "big endian" : "little endian");
+        auto h = read_dicom_header((temp_dir() / (big_endian ? "m2_16_be.dcm" : "m2_16.dcm")).string());
+        ASSERT_TRUE(h);
+        if (big_endian) EXPECT_TRUE(contains(h->transfer_syntax_name, "Big Endian")) << h->transfer_syntax_name;
+    }
+}
+
+TEST(DicomDecode, BigEndianEightBitIsUnchanged) {
+    Synthetic s;
+    s.frames = {noise8({33, 35}, 9)};
+    s.xfer = EXS_BigEndianExplicit;
+    EXPECT_TRUE(same(frames_of(write_dicom(s, "m2_8_be.dcm")).at(0), s.frames[0]));
+}
+
+TEST(DicomDecode, RgbBecomesLuminance) {
+    Synthetic s;
+    cv::Mat rgb(30, 40, CV_8UC3);
+    cv::RNG(4).fill(rgb, cv::RNG::UNIFORM, 0, 256);
+    s.frames = {rgb};
+    s.photometric = "RGB";
+    cv::Mat expected;
+    cv::cvtColor(rgb, expected, cv::COLOR_RGB2GRAY);
+    EXPECT_TRUE(same(frames_of(write_dicom(s, "rgb.dcm")).at(0), expected));
+}
+
+TEST(DicomDecode, MultiFrameKeepsFrameOrder) {
+    Synthetic s;
+    for (unsigned i = 0; i < 5; ++i) s.frames.push_back(noise8({20, 16}, 10 + i));
+    auto got = frames_of(write_dicom(s, "multi.dcm"));
+    ASSERT_EQ(got.size(), 5u);
+    for (size_t i = 0; i < 5; ++i) EXPECT_TRUE(same(got[i], s.frames[i])) << i;
+}
+
+// ---- bad files: clear errors, never a crash or a hang ----------------------------------------------
+
+TEST(DicomBad, TruncatedFileIsAnError) {
+    Synthetic s;
+    s.frames = {noise8({200, 200}, 5)};
+    const std::string whole = write_dicom(s, "whole.dcm");
+    std::ifstream in(whole, std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), {});
+    for (size_t keep : {bytes.size() / 2, size_t(300), size_t(140)}) {
+        const std::string cut = (temp_dir() / ("cut_" + std::to_string(keep) + ".dcm")).string();
+        std::ofstream(cut, std::ios::binary).write(bytes.data(), std::streamsize(keep));
+        auto f = decode_dicom_frames(cut);
+        ASSERT_FALSE(f) << keep;
+        EXPECT_TRUE(contains(f.error(), cut)) << f.error();
+    }
+}
+
+TEST(DicomBad, NoPixelDataIsAnError) {
+    Synthetic s;
+    s.frames = {noise8({20, 20}, 6)};
+    s.pixel_data = false;
+    s.regions = {{{0, 0, 20, 20}}};
+    const std::string p = write_dicom(s, "nopixels.dcm");
+    auto h = read_dicom_header(p);
+    ASSERT_TRUE(h) << h.error();  // a header without an image is still readable (dicom info)
+    EXPECT_FALSE(h->has_pixel_data);
+    auto f = decode_dicom_frames(p);
+    ASSERT_FALSE(f);
+    EXPECT_TRUE(contains(f.error(), "no pixel data")) << f.error();
+}
+
+TEST(DicomBad, LyingFrameCountIsAnError) {
+    Synthetic s;
+    s.frames = {noise8({20, 20}, 7), noise8({20, 20}, 8)};
+    s.frames_tag = "50";
+    auto f = decode_dicom_frames(write_dicom(s, "lying.dcm"));
+    ASSERT_FALSE(f);
+    EXPECT_TRUE(contains(f.error(), "50 frames")) << f.error();
+    s.frames_tag = "0";
+    f = decode_dicom_frames(write_dicom(s, "zero_frames.dcm"));
+    ASSERT_FALSE(f);
+    s.frames_tag = "99999999";
+    f = decode_dicom_frames(write_dicom(s, "huge_frames.dcm"));
+    ASSERT_FALSE(f);
+}
+
+TEST(DicomBad, HugeHeaderIsRefusedBeforeAllocating) {
+    Synthetic s;
+    s.frames = {noise8({16, 16}, 9)};
+    s.size_tag = cv::Size(60000, 60000);
+    const std::string p = write_dicom(s, "huge.dcm");
+    auto h = read_dicom_header(p);
+    ASSERT_FALSE(h);
+    EXPECT_TRUE(contains(h.error(), "60000 x 60000")) << h.error();
+    EXPECT_FALSE(decode_dicom_frames(p));
+}
+
+TEST(DicomBad, NotDicomIsAnError) {
+    const std::string p = (temp_dir() / "not.dcm").string();
+    std::ofstream(p) << "hello";
+    auto h = read_dicom_header(p);
+    ASSERT_FALSE(h);
+    EXPECT_TRUE(contains(h.error(), "not a DICOM")) << h.error();
+    EXPECT_FALSE(is_dicom_file(p));
+    EXPECT_FALSE(read_dicom_header("/nonexistent/x.dcm"));
+}
+
+// ---- calibration ------------------------------------------------------------------------------------
+
+namespace {
+DicomHeader header_with(std::vector<Region> regions, cv::Size size = {400, 300}) {
+    Synthetic s;
+    s.frames = {cv::Mat::zeros(size, CV_8UC1)};
+    s.regions = std::move(regions);
+    static int n = 0;
+    auto h = read_dicom_header(write_dicom(s, "cal_" + std::to_string(n++) + ".dcm"));
+    EXPECT_TRUE(h) << h.error();
+    return *h;
+}
+}  // namespace
+
+TEST(DicomCalibration, RefusesUnitsOtherThanCm) {
+    Region r{{0, 0, 400, 300}};
+    r.units = 4;  // seconds
+    auto c = choose_calibration(header_with({r}), std::nullopt);
+    ASSERT_FALSE(c);
+    EXPECT_TRUE(contains(c.error(), "not cm")) << c.error();
+}
+
+TEST(DicomCalibration, RefusesZeroNegativeAndAbsurdDeltas) {
+    for (double d : {0.0, -0.01, 0.5 /* 5 mm per pixel */}) {
+        Region r{{0, 0, 400, 300}, d, d};
+        auto c = choose_calibration(header_with({r}), std::nullopt);
+        EXPECT_FALSE(c) << d;
+    }
+}
+
+TEST(DicomCalibration, RefusesABoxOutsideTheImageButToleratesAPixelOfOverhang) {
+    EXPECT_FALSE(choose_calibration(header_with({{{50, 40, 500, 300}}}), std::nullopt));
+    auto ok = choose_calibration(header_with({{{100, 20, 301, 200}}}), std::nullopt);  // ends at column 400 of 400
+    ASSERT_TRUE(ok) << ok.error();
+    EXPECT_EQ(ok->keep.at(0), cv::Rect(100, 20, 300, 200));
+}
+
+TEST(DicomCalibration, FallsBackToPixelSpacingOnlyWithoutARegion) {
+    Synthetic s;
+    s.frames = {cv::Mat::zeros(30, 40, CV_8UC1)};
+    s.pixel_spacing = cv::Vec2d(0.2, 0.1);  // rows 0.2 mm apart, columns 0.1 mm
+    auto h = read_dicom_header(write_dicom(s, "spacing.dcm"));
+    ASSERT_TRUE(h);
+    auto c = choose_calibration(*h, std::nullopt);
+    ASSERT_TRUE(c) << c.error();
+    EXPECT_EQ(c->source, "PixelSpacing");
+    EXPECT_DOUBLE_EQ(c->mm_per_px_x, 0.1);
+    EXPECT_DOUBLE_EQ(c->mm_per_px_y, 0.2);
+    EXPECT_TRUE(c->anisotropic());
+    s.regions = {{{0, 0, 40, 30}, 0.005, 0.005}};
+    h = read_dicom_header(write_dicom(s, "spacing_and_region.dcm"));
+    c = choose_calibration(*h, std::nullopt);
+    ASSERT_TRUE(c);
+    EXPECT_NEAR(c->mm_per_px_x, 0.05, 1e-12);  // the region wins
+}
+
+TEST(DicomCalibration, DualViewIsResolvedByTheHeadCentre) {
+    const Region left{{0, 0, 200, 300}, 0.02, 0.02}, right{{200, 0, 200, 300}, 0.01, 0.01};
+    const DicomHeader h = header_with({left, right});
+    auto before = choose_calibration(h, std::nullopt);
+    ASSERT_FALSE(before);
+    EXPECT_TRUE(contains(before.error(), "dual view")) << before.error();
+    auto l = choose_calibration(h, cv::Point2d(80, 150)), r = choose_calibration(h, cv::Point2d(300, 150));
+    ASSERT_TRUE(l && r);
+    EXPECT_EQ(*l->region, 0);
+    EXPECT_NEAR(l->mm_per_px_x, 0.2, 1e-12);
+    EXPECT_EQ(*r->region, 1);
+    EXPECT_NEAR(r->mm_per_px_x, 0.1, 1e-12);
+    // Two regions that agree need no head.
+    auto same_cal = choose_calibration(header_with({left, {{200, 0, 200, 300}, 0.02, 0.02}}), std::nullopt);
+    ASSERT_TRUE(same_cal) << same_cal.error();
+    EXPECT_EQ(same_cal->keep.size(), 2u);
+}
+
+TEST(DicomCalibration, MaskKeepsOnlyTheRegion) {
+    cv::Mat img(10, 10, CV_8UC1, cv::Scalar(200));
+    cv::Mat m = mask_outside(img, {cv::Rect(2, 3, 4, 5)});
+    EXPECT_EQ(cv::countNonZero(m), 20);
+    EXPECT_EQ(m.at<uchar>(3, 2), 200);
+    EXPECT_EQ(m.at<uchar>(0, 0), 0);
+}
+
+// ---- anisotropic pixels: measured in physical space ------------------------------------------------
+
+// A physical ellipse (mm) rasterised on a grid of 0.15 x 0.21 mm pixels: in pixels it is an
+// affinely stretched ellipse whose perimeter is not the physical one times any single pixel size.
+// Fitted in physical space, HC matches Ramanujan's perimeter of the physical ellipse within 0.5%:
+// the boundary is extracted to sub-pixel precision from a binary mask, whose staircase displaces
+// the edge by at most half a pixel (<= 0.105 mm on semi-axes of 24-30 mm, i.e. < 0.4%).
+TEST(DicomAnisotropic, HcIsThePhysicalEllipses) {
+    const double sx = 0.15, sy = 0.21;
+    const Ellipse phys{40, 38, 30, 24, 0.6};  // mm
+    cv::Mat mask(380, 560, CV_8UC1, cv::Scalar(0));
+    const double c = std::cos(phys.angle), s = std::sin(phys.angle);
+    for (int y = 0; y < mask.rows; ++y)
+        for (int x = 0; x < mask.cols; ++x) {
+            const double dx = x * sx - phys.cx, dy = y * sy - phys.cy;
+            const double u = dx * c + dy * s, v = -dx * s + dy * c;
+            if (u * u / (phys.a * phys.a) + v * v / (phys.b * phys.b) <= 1) mask.at<uchar>(y, x) = 255;
+        }
+    Segmentation seg;
+    mask.convertTo(seg.net_probability, CV_32F, 1.0 / 255);
+    seg.letterbox = Letterbox::fit(mask.size(), mask.size());
+    seg.presence = 0.98f;
+    MeasureOptions o;
+    o.pixel_size_mm = sx;
+    o.pixel_size_y_mm = sy;
+    auto m = measure_from_segmentation(seg, cv::Mat(), o, "anisotropic");  // no image: no sector to find
+    ASSERT_TRUE(m) << m.error();
+    const double truth = ramanujan_perimeter(phys.a, phys.b);
+    EXPECT_NEAR(m->hc_mm, truth, 0.005 * truth);
+    EXPECT_NEAR(m->ofd_mm, 2 * phys.a, 0.01 * 2 * phys.a);
+    EXPECT_NEAR(m->bpd_mm, 2 * phys.b, 0.01 * 2 * phys.b);
+    ASSERT_TRUE(m->pixel_size_y_mm);
+    // One average pixel size would be off by far more than the tolerance.
+    o.pixel_size_mm = (sx + sy) / 2;
+    o.pixel_size_y_mm.reset();
+    auto naive = measure_from_segmentation(seg, cv::Mat(), o, "averaged");
+    ASSERT_TRUE(naive);
+    EXPECT_GT(std::abs(naive->hc_mm - truth), 0.02 * truth);
+}
+
+// ---- HC18 scans wrapped into DICOM: the same HC as the PNG path ------------------------------------
+
+namespace {
+bool have_model_and_data() { return fs::exists(FETALHC_DEFAULT_MODEL) && fs::exists(kHc18 + "/training_set/010_HC.png"); }
+}  // namespace
+
+TEST(DicomMeasure, WrappedHc18ScansGiveThePngHc) {
+    if (!have_model_and_data()) GTEST_SKIP() << "needs the model and HC18 in '" << kHc18 << "'";
+    auto sizes = read_pixel_sizes(kHc18 + "/training_set_pixel_size_and_HC.csv");
+    ASSERT_TRUE(sizes) << sizes.error();
+    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
+    ASSERT_TRUE(seg) << seg.error();
+    const Measurer measurer(*seg);
+    for (const std::string name : {"010_HC.png", "011_HC.png", "013_HC.png"}) {
+        const std::string png = kHc18 + "/training_set/" + name;
+        auto img = load_grayscale(png);
+        ASSERT_TRUE(img) << img.error();
+        const double px = sizes->at(name);
+        MeasureOptions o;
+        o.pixel_size_mm = px;
+        auto ref = measurer.measure(*img, o, png);
+        ASSERT_TRUE(ref) << ref.error();
+        Synthetic s;
+        s.frames = {*img};
+        s.regions = {{{0, 0, img->cols, img->rows}, px / 10, px / 10}};
+        const std::string dcm = write_dicom(s, name + ".dcm");  // in the temp folder, never committed
+        auto h = read_dicom_header(dcm);
+        ASSERT_TRUE(h) << h.error();
+        auto frames = frames_of(dcm);
+        ASSERT_EQ(frames.size(), 1u);
+        EXPECT_TRUE(same(frames[0], *img)) << name;
+        auto r = measure_dicom_frame(measurer, *h, frames[0], {}, dcm);
+        ASSERT_TRUE(r) << r.error();
+        EXPECT_NEAR(r->m.hc_mm, ref->hc_mm, 0.1) << name;
+        EXPECT_EQ(r->calibration.region.value_or(-1), 0);
+        // The head's region is chosen in a dual view whose other half has another calibration.
+        cv::Mat dual = cv::Mat::zeros(img->rows, img->cols * 2, CV_8UC1);
+        img->copyTo(dual(cv::Rect(img->cols, 0, img->cols, img->rows)));
+        Synthetic d;
+        d.frames = {dual};
+        d.regions = {{{0, 0, img->cols, img->rows}, 3 * px / 10, 3 * px / 10},
+                     {{img->cols, 0, img->cols, img->rows}, px / 10, px / 10}};
+        const std::string ddcm = write_dicom(d, name + "_dual.dcm");
+        auto dh = read_dicom_header(ddcm);
+        ASSERT_TRUE(dh);
+        auto dr = measure_dicom_frame(measurer, *dh, frames_of(ddcm).at(0), {}, ddcm);
+        ASSERT_TRUE(dr) << dr.error();
+        EXPECT_EQ(dr->calibration.region.value_or(-1), 1) << name;
+        EXPECT_NEAR(dr->m.pixel_size_mm, px, 1e-12);
+        // The network sees the scan inside an image twice as wide (half the resolution after its
+        // letterbox), so the HC is the PNG's only to the network's resolution: 2%.
+        EXPECT_NEAR(dr->m.hc_mm, ref->hc_mm, 0.02 * ref->hc_mm) << name;
+        // A given pixel size that disagrees by more than 1% is used, with a note.
+        DicomMeasureOptions given;
+        given.pixel_size_mm = px * 1.05;
+        auto g = measure_dicom_frame(measurer, *h, frames[0], given, dcm);
+        ASSERT_TRUE(g) << g.error();
+        EXPECT_NEAR(g->m.pixel_size_mm, px * 1.05, 1e-12);
+        EXPECT_EQ(g->notes.size(), 1u);
+    }
+}
+
+TEST(DicomMeasure, HeadLeavingItsRegionIsRefused) {
+    if (!have_model_and_data()) GTEST_SKIP() << "needs the model and HC18 in '" << kHc18 << "'";
+    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
+    ASSERT_TRUE(seg);
+    const Measurer measurer(*seg);
+    auto img = load_grayscale(kHc18 + "/training_set/010_HC.png");
+    ASSERT_TRUE(img);
+    // Measured with the whole image, the head lies across the image's centre column: a region that
+    // ends at the centre column (second region right of it, other calibration) cuts it.
+    Synthetic s;
+    s.frames = {*img};
+    const int half = img->cols / 2;
+    s.regions = {{{0, 0, half, img->rows}, 0.01, 0.01}, {{half, 0, img->cols - half, img->rows}, 0.02, 0.02}};
+    const std::string p = write_dicom(s, "straddle.dcm");
+    auto h = read_dicom_header(p);
+    ASSERT_TRUE(h);
+    auto r = measure_dicom_frame(measurer, *h, frames_of(p).at(0), {}, p);
+    if (r) GTEST_SKIP() << "the head of 010_HC does not straddle the centre column";
+    EXPECT_TRUE(contains(r.error(), "outside") || contains(r.error(), "no fetal head") || contains(r.error(), "none of"))
+        << r.error();
+}
+
+// Each compressed transfer syntax DCMTK decodes here, written by DCMTK's own encoders (the `dcmtk`
+// command-line tools): lossless ones give the uncompressed pixels exactly; JPEG baseline is lossy
+// (8-bit DCT at the tools' default quality 90: a few grey levels on noise-free structure, so a
+// mean absolute difference under 3 levels).
+TEST(DicomDecode, CompressedTransferSyntaxesMatchTheUncompressedPixels) {
+    if (std::system("command -v dcmcjpeg >/dev/null 2>&1 && command -v dcmcjpls >/dev/null 2>&1 && "
+                    "command -v dcmcrle >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "DCMTK's command-line tools (package dcmtk) are not installed";
+    Synthetic s;
+    cv::Mat img(120, 160, CV_8UC1);
+    for (int y = 0; y < img.rows; ++y)
+        for (int x = 0; x < img.cols; ++x) img.at<uchar>(y, x) = uchar((x * 3 + y * 2) % 256);
+    cv::circle(img, {80, 60}, 40, cv::Scalar(250), 3);
+    s.frames = {img, 255 - img};
+    const std::string src = write_dicom(s, "to_compress.dcm");
+    const struct { const char* tool; const char* opts; const char* name; bool lossless; } cases[] = {
+        {"dcmcrle", "", "rle", true},
+        {"dcmcjpeg", "+el", "jpeg_lossless", true},
+        {"dcmcjpeg", "+eb", "jpeg_baseline", false},
+        {"dcmcjpls", "+el", "jpegls_lossless", true},
+    };
+    for (const auto& c : cases) {
+        const std::string out = (temp_dir() / (std::string(c.name) + ".dcm")).string();
+        const std::string cmd = std::string(c.tool) + " " + c.opts + " '" + src + "' '" + out + "'";
+        ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+        auto f = frames_of(out);
+        ASSERT_EQ(f.size(), 2u) << c.name;
+        for (size_t i = 0; i < 2; ++i) {
+            if (c.lossless) {
+                EXPECT_TRUE(same(f[i], s.frames[i])) << c.name << " frame " << i;
+            } else {
+                cv::Mat d;
+                cv::absdiff(f[i], s.frames[i], d);
+                EXPECT_LT(cv::mean(d)[0], 3) << c.name << " frame " << i;
+            }
+        }
+        auto h = read_dicom_header(out);
+        ASSERT_TRUE(h);
+        EXPECT_TRUE(h->can_decode) << h->transfer_syntax_name;
+    }
+}
+
+// ---- wrong value lengths: files DCMTK would not write, built byte by byte ---------------------------
+
+namespace {
+// Explicit VR little endian, with every length written as given (so it may lie).
+struct RawDicom {
+    std::string b = std::string(128, '\0') + "DICM";
+    void u16(unsigned v) { b += char(v & 255), b += char(v >> 8 & 255); }
+    void u32(unsigned long v) { u16(unsigned(v & 0xFFFF)), u16(unsigned(v >> 16 & 0xFFFF)); }
+    void el(unsigned g, unsigned e, const char* vr, unsigned long len) {
+        u16(g), u16(e), b += vr;
+        const std::string v = vr;
+        if (v == "OB" || v == "OW" || v == "SQ" || v == "UN") u16(0), u32(len);
+        else u16(unsigned(len));
+    }
+    void str(unsigned g, unsigned e, const char* vr, std::string v) {
+        if (v.size() % 2) v += std::string(vr) == "UI" ? '\0' : ' ';
+        el(g, e, vr, v.size());
+        b += v;
+    }
+    void us(unsigned g, unsigned e, unsigned v) { el(g, e, "US", 2), u16(v); }
+    void meta() {
+        el(0x0002, 0x0001, "OB", 2), b += std::string("\0\1", 2);
+        str(0x0002, 0x0002, "UI", UID_UltrasoundImageStorage);
+        str(0x0002, 0x0003, "UI", "1.2.3.4.5");
+        str(0x0002, 0x0010, "UI", UID_LittleEndianExplicitTransferSyntax);
+        str(0x0008, 0x0016, "UI", UID_UltrasoundImageStorage);
+        str(0x0008, 0x0018, "UI", "1.2.3.4.5");
+    }
+    // The image pixel module of a 30 x 20 8-bit MONOCHROME2 image; `rows_bytes`: Rows written with
+    // that length (3: an odd US length) and that many bytes.
+    void image(int rows_len = 2) {
+        us(0x0028, 0x0002, 1);
+        str(0x0028, 0x0004, "CS", "MONOCHROME2");
+        el(0x0028, 0x0010, "US", unsigned(rows_len)), u16(20), b += std::string(size_t(std::max(0, rows_len - 2)), '\0');
+        us(0x0028, 0x0011, 30);
+        us(0x0028, 0x0100, 8), us(0x0028, 0x0101, 8), us(0x0028, 0x0102, 7), us(0x0028, 0x0103, 0);
+    }
+    void pixels(unsigned long len, size_t bytes) { el(0x7FE0, 0x0010, "OB", len), b += std::string(bytes, '\x40'); }
+    std::string save(const std::string& name) const {
+        const std::string p = (temp_dir() / name).string();
+        std::ofstream(p, std::ios::binary).write(b.data(), std::streamsize(b.size()));
+        return p;
+    }
+};
+}  // namespace
+
+// Each one is refused with the file's name, from the file and from bytes in memory (an upload).
+// Without the value-length checks the odd lengths were read silently: DCMTK pads an odd length,
+// so a 3-byte US Rows read as "20\0" and a 5-byte UL region corner as one number and two stray bytes.
+TEST(DicomBad, WrongValueLengthsAreErrors) {
+    struct Case { std::string name; RawDicom d; std::string says; };
+    std::vector<Case> cases;
+    {
+        RawDicom d;  // pixel data whose length runs 1 MB past the end of the file
+        d.meta(), d.image(), d.pixels(1'000'000, 600);
+        cases.push_back({"len_past_end.dcm", d, "end of stream"});
+    }
+    {
+        RawDicom d;  // a text element whose length runs past the end of the file
+        d.meta(), d.el(0x0028, 0x0004, "CS", 60000), d.b += "MONOCHROME2";
+        cases.push_back({"cs_past_end.dcm", d, "end of stream"});
+    }
+    {
+        RawDicom d;  // Rows (US) with an odd length, 3 bytes
+        d.meta(), d.image(3), d.pixels(600, 600);
+        cases.push_back({"odd_us.dcm", d, "wrong value length in Rows"});
+    }
+    {
+        RawDicom d;  // Rows (US) claims 3 bytes but holds 2: everything after it is misread
+        d.meta();
+        d.us(0x0028, 0x0002, 1), d.str(0x0028, 0x0004, "CS", "MONOCHROME2"), d.el(0x0028, 0x0010, "US", 3), d.u16(20);
+        d.us(0x0028, 0x0011, 30), d.us(0x0028, 0x0100, 8), d.us(0x0028, 0x0101, 8), d.pixels(600, 600);
+        cases.push_back({"odd_us_misaligned.dcm", d, "DICOM"});
+    }
+    {
+        RawDicom d;  // a region whose RegionLocationMinX0 (UL) has 5 bytes
+        d.meta(), d.image();
+        d.el(0x0018, 0x6011, "SQ", 0xFFFFFFFF), d.u16(0xFFFE), d.u16(0xE000), d.u32(0xFFFFFFFF);
+        d.el(0x0018, 0x6018, "UL", 5), d.u32(0), d.b += '\0';
+        for (unsigned e : {0x601Au, 0x601Cu, 0x601Eu}) d.el(0x0018, e, "UL", 4), d.u32(e == 0x601C ? 29 : e == 0x601E ? 19 : 0);
+        for (unsigned e : {0x6012u, 0x6014u, 0x6024u, 0x6026u}) d.us(0x0018, e, e < 0x6020 ? 1 : 3);
+        const double delta = 0.01;
+        for (unsigned e : {0x602Cu, 0x602Eu}) d.el(0x0018, e, "FD", 8), d.b.append(reinterpret_cast<const char*>(&delta), 8);
+        d.u16(0xFFFE), d.u16(0xE00D), d.u32(0), d.u16(0xFFFE), d.u16(0xE0DD), d.u32(0);
+        d.pixels(600, 600);
+        cases.push_back({"odd_ul_region.dcm", d, "wrong value length in RegionLocationMinX0"});
+    }
+    {
+        RawDicom d;  // Rows as UL with 2 bytes (a VR that does not match its length)
+        d.meta();
+        d.us(0x0028, 0x0002, 1), d.str(0x0028, 0x0004, "CS", "MONOCHROME2"), d.el(0x0028, 0x0010, "UL", 2), d.u16(20);
+        d.us(0x0028, 0x0011, 30), d.us(0x0028, 0x0100, 8), d.us(0x0028, 0x0101, 8), d.us(0x0028, 0x0102, 7);
+        d.us(0x0028, 0x0103, 0), d.pixels(600, 600);
+        cases.push_back({"short_ul.dcm", d, "wrong value length in Rows"});
+    }
+    {
+        RawDicom d;  // the control: the same bytes with right lengths decode
+        d.meta(), d.image(), d.pixels(600, 600);
+        const std::string p = d.save("right_lengths.dcm");
+        auto f = decode_dicom_frames(p);
+        ASSERT_TRUE(f) << f.error();
+        EXPECT_EQ(f->at(0).size(), cv::Size(30, 20));
+    }
+    for (const auto& c : cases) {
+        const std::string p = c.d.save(c.name);
+        auto h = read_dicom_header(p);
+        auto f = decode_dicom_frames(p);
+        ASSERT_FALSE(h && f) << c.name;
+        const std::string e = h ? f.error() : h.error();
+        EXPECT_TRUE(contains(e, p)) << e;
+        EXPECT_TRUE(contains(e, c.says)) << c.name << ": " << e;
+        const std::vector<unsigned char> bytes(c.d.b.begin(), c.d.b.end());
+        auto hb = read_dicom_header(bytes, "upload_" + c.name);
+        auto fb = decode_dicom_frames(bytes, "upload_" + c.name);
+        ASSERT_FALSE(hb && fb) << c.name << " from bytes";
+        EXPECT_TRUE(contains(hb ? fb.error() : hb.error(), "upload_" + c.name)) << (hb ? fb.error() : hb.error());
+    }
+}
+
+// A compressed file whose NumberOfFrames is larger than its fragments can hold: refused from the
+// fragment count before anything is decoded.
+TEST(DicomBad, LyingFrameCountInACompressedFileIsAnError) {
+    if (std::system("command -v dcmcrle >/dev/null 2>&1 && command -v dcmodify >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "DCMTK's command-line tools (package dcmtk) are not installed";
+    Synthetic s;
+    s.frames = {noise8({32, 24}, 21), noise8({32, 24}, 22)};
+    const std::string src = write_dicom(s, "to_rle_lying.dcm");
+    const std::string out = (temp_dir() / "rle_lying.dcm").string();
+    ASSERT_EQ(std::system(("dcmcrle '" + src + "' '" + out + "' && dcmodify -nb -m '(0028,0008)=7' '" + out + "'").c_str()), 0);
+    auto f = decode_dicom_frames(out);
+    ASSERT_FALSE(f);
+    EXPECT_TRUE(contains(f.error(), "7 frames")) << f.error();
+    EXPECT_TRUE(contains(f.error(), out)) << f.error();
+}
+
+// Uncompressed YBR_FULL (PS3.3 C.7.6.3.1.2: Y = .299 R + .587 G + .114 B, Cb/Cr offset by 128)
+// gives the RGB source's luminance. Tolerance 2 grey levels: Y, Cb and Cr are stored rounded to
+// integers (0.5 each), DCMTK rounds the R, G, B it converts back and clips them to 0..255 (the
+// rounded Cb/Cr can push a saturated colour just outside), and the luminance is rounded again;
+// each step is under one level and they do not all add up to more than 2.
+TEST(DicomDecode, YbrFullBecomesLuminance) {
+    cv::Mat rgb(48, 64, CV_8UC3);
+    cv::RNG(31).fill(rgb, cv::RNG::UNIFORM, 0, 256);
+    cv::rectangle(rgb, {0, 0, 16, 16}, cv::Scalar(255, 0, 0), cv::FILLED);  // saturated corners
+    cv::rectangle(rgb, {16, 0, 16, 16}, cv::Scalar(0, 0, 255), cv::FILLED);
+    cv::Mat ybr(rgb.size(), CV_8UC3);
+    for (int y = 0; y < rgb.rows; ++y)
+        for (int x = 0; x < rgb.cols; ++x) {
+            const cv::Vec3b p = rgb.at<cv::Vec3b>(y, x);
+            const double r = p[0], g = p[1], b = p[2];
+            ybr.at<cv::Vec3b>(y, x) = cv::Vec3b(cv::saturate_cast<uchar>(0.299 * r + 0.587 * g + 0.114 * b),
+                                                cv::saturate_cast<uchar>(-0.168736 * r - 0.331264 * g + 0.5 * b + 128),
+                                                cv::saturate_cast<uchar>(0.5 * r - 0.418688 * g - 0.081312 * b + 128));
+        }
+    Synthetic s;
+    s.frames = {ybr};
+    s.photometric = "YBR_FULL";
+    const std::string p = write_dicom(s, "ybr_full.dcm");
+    auto h = read_dicom_header(p);
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->photometric_interpretation, "YBR_FULL");
+    cv::Mat expected, diff;
+    cv::cvtColor(rgb, expected, cv::COLOR_RGB2GRAY);
+    cv::Mat got = frames_of(p).at(0);
+    ASSERT_EQ(got.size(), expected.size());
+    cv::absdiff(got, expected, diff);
+    double mx = 0;
+    cv::minMaxLoc(diff, nullptr, &mx);
+    EXPECT_LE(mx, 2);
+    EXPECT_LT(cv::mean(diff)[0], 0.6);
+    // Read as if it were RGB (the bug this guards against), the grey values are far off.
+    cv::Mat as_rgb;
+    cv::cvtColor(ybr, as_rgb, cv::COLOR_RGB2GRAY);
+    cv::absdiff(as_rgb, expected, diff);
+    cv::minMaxLoc(diff, nullptr, &mx);
+    EXPECT_GT(mx, 20);
+}
+
+// Lossy JPEG baseline (dcmcjpeg +eb, quality 90) around an HC18 scan: within 2% of the PNG's HC
+// (the DCT changes grey levels by a few steps along the skull, which moves the boundary by a
+// fraction of a pixel; 2% is the bound for lossy files).
+TEST(DicomMeasure, JpegBaselineWrappedScanGivesThePngHcWithin2Percent) {
+    if (!have_model_and_data()) GTEST_SKIP() << "needs the model and HC18 in '" << kHc18 << "'";
+    if (std::system("command -v dcmcjpeg >/dev/null 2>&1") != 0) GTEST_SKIP() << "dcmcjpeg (package dcmtk) is not installed";
+    auto sizes = read_pixel_sizes(kHc18 + "/training_set_pixel_size_and_HC.csv");
+    ASSERT_TRUE(sizes) << sizes.error();
+    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
+    ASSERT_TRUE(seg) << seg.error();
+    const Measurer measurer(*seg);
+    for (const std::string name : {"010_HC.png", "011_HC.png", "013_HC.png"}) {
+        const std::string png = kHc18 + "/training_set/" + name;
+        auto img = load_grayscale(png);
+        ASSERT_TRUE(img) << img.error();
+        const double px = sizes->at(name);
+        MeasureOptions o;
+        o.pixel_size_mm = px;
+        auto ref = measurer.measure(*img, o, png);
+        ASSERT_TRUE(ref) << ref.error();
+        Synthetic s;
+        s.frames = {*img};
+        s.regions = {{{0, 0, img->cols, img->rows}, px / 10, px / 10}};
+        const std::string raw = write_dicom(s, name + "_raw.dcm");  // temp folder only, never committed
+        const std::string jpeg = (temp_dir() / (name + "_jpeg.dcm")).string();
+        ASSERT_EQ(std::system(("dcmcjpeg +eb '" + raw + "' '" + jpeg + "'").c_str()), 0);
+        auto h = read_dicom_header(jpeg);
+        ASSERT_TRUE(h) << h.error();
+        EXPECT_TRUE(contains(h->transfer_syntax_name, "Baseline")) << h->transfer_syntax_name;
+        auto frames = frames_of(jpeg);
+        ASSERT_EQ(frames.size(), 1u);
+        cv::Mat d;
+        cv::absdiff(frames[0], *img, d);
+        EXPECT_GT(cv::countNonZero(d), 0) << "not lossy: the test would not test anything";
+        auto r = measure_dicom_frame(measurer, *h, frames[0], {}, jpeg);
+        ASSERT_TRUE(r) << r.error();
+        EXPECT_NEAR(r->m.pixel_size_mm, px, 1e-9);
+        EXPECT_NEAR(r->m.hc_mm, ref->hc_mm, 0.02 * ref->hc_mm) << name;
+    }
+}
+
+// Multi-frame: every frame's head must lie in the calibration region, as for one frame. Frame 0
+// holds the scan inside the region (the left half of a canvas twice as wide); frame 1 holds the
+// same scan moved right by half its width, so the region's edge cuts through the head. Frame 1
+// is that frame's error, not a number measured on half a head with a calibration that does not
+// hold beyond the region, and the summary comes from frame 0 alone.
+TEST(DicomMeasure, MultiFrameHeadLeavingItsRegionIsThatFramesError) {
+    if (!have_model_and_data()) GTEST_SKIP() << "needs the model and HC18 in '" << kHc18 << "'";
+    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
+    ASSERT_TRUE(seg);
+    const Measurer measurer(*seg);
+    auto img = load_grayscale(kHc18 + "/training_set/010_HC.png");
+    ASSERT_TRUE(img);
+    const double px = 0.1;
+    cv::Mat inside = cv::Mat::zeros(img->rows, img->cols * 2, CV_8UC1), across = inside.clone();
+    img->copyTo(inside(cv::Rect(0, 0, img->cols, img->rows)));
+    img->copyTo(across(cv::Rect(img->cols / 2, 0, img->cols, img->rows)));
+    Synthetic s;
+    s.frames = {inside, across, inside};
+    s.regions = {{{0, 0, img->cols, img->rows}, px / 10, px / 10}};
+    const std::string p = write_dicom(s, "multi_region.dcm");
+    auto h = read_dicom_header(p);
+    ASSERT_TRUE(h) << h.error();
+    std::vector<std::string> notes;
+    auto cal = calibration_for_frames(*h, std::nullopt, notes);
+    ASSERT_TRUE(cal) << cal.error();
+    auto frames = frames_of(p);
+    ASSERT_EQ(frames.size(), 3u);
+    VideoOptions vo;
+    vo.measure.pixel_size_mm = cal->mm_per_px_x;
+    vo.workers = 1;
+    auto run = [&](const DicomCalibration& c, std::vector<VideoFrame>& seen) {
+        size_t k = 0;
+        const FrameSource next = [&](cv::Mat& f, double& t) {
+            if (k >= frames.size()) return false;
+            f = frames[k], t = double(k++);
+            return true;
+        };
+        return measure_dicom_cine(measurer, *h, c, p, next, vo, [&](const VideoFrame& f) { seen.push_back(f); });
+    };
+    std::vector<VideoFrame> seen;
+    auto sum = run(*cal, seen);
+    ASSERT_TRUE(sum) << sum.error();
+    ASSERT_EQ(seen.size(), 3u);
+    ASSERT_TRUE(seen[0].result) << seen[0].result.error();
+    ASSERT_FALSE(seen[1].result) << "frame 1 measured " << seen[1].result->hc_mm << " mm (" << seen[1].result->quality << ")";
+    EXPECT_TRUE(contains(seen[1].result.error(), "outside ultrasound region 0")) << seen[1].result.error();
+    EXPECT_TRUE(contains(seen[1].result.error(), p + "#1")) << seen[1].result.error();
+    ASSERT_TRUE(seen[2].result);
+    EXPECT_EQ(sum->frames, 3);
+    EXPECT_EQ(sum->measured, 2);
+    EXPECT_NE(sum->estimate_frame, 1);
+    if (seen[0].result->quality == "ok") {
+        ASSERT_TRUE(sum->has_estimate);
+        EXPECT_NEAR(sum->hc_median_mm, seen[0].result->hc_mm, 0.02 * seen[0].result->hc_mm);
+    }
+    // With --pixel-size the user takes the calibration on: no region check (as for one frame).
+    DicomCalibration given = *cal;
+    given.source = "--pixel-size";
+    std::vector<VideoFrame> seen_given;
+    ASSERT_TRUE(run(given, seen_given));
+    ASSERT_EQ(seen_given.size(), 3u);
+}
