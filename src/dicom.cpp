@@ -113,8 +113,9 @@ int binary_value_size(DcmEVR vr) {
 // Wrong value lengths in the elements fetalhc reads (a writer's bug or a damaged file): DCMTK
 // reads an odd length as given and pads it (a 3-byte US becomes two values, a 5-byte UL one value
 // and two stray bytes), so the numbers would be silently wrong. `single`: elements read as one
-// value, whose length must be exactly one value's; every other binary element of `item` must
-// hold whole values. Returns the error, or empty.
+// value, whose length must be exactly one value's. Other elements are not fetalhc's concern: a
+// broken field that is never read does not refuse an otherwise usable file. Returns the error, or
+// empty.
 std::string check_value_lengths(DcmItem* item, std::initializer_list<DcmTagKey> single, const std::string& what) {
     for (unsigned long i = 0; i < item->card(); ++i) {
         DcmElement* e = item->getElement(i);
@@ -122,14 +123,13 @@ std::string check_value_lengths(DcmItem* item, std::initializer_list<DcmTagKey> 
         const int size = binary_value_size(e->ident());
         const Uint32 len = e->getLength();
         if (size == 0 || len == 0) continue;
-        const bool one = std::find(single.begin(), single.end(), e->getTag().getXTag()) != single.end();
-        if (len % Uint32(size) != 0 || (one && len != Uint32(size))) {
+        if (std::find(single.begin(), single.end(), e->getTag().getXTag()) == single.end()) continue;
+        if (len != Uint32(size)) {
             DcmTag t = e->getTag();
             return what + " has a wrong value length in " + std::string(t.getTagName()) + " " +
                    std::string(t.getXTag().toString().c_str()) + ": " + std::to_string(len) + " bytes of " +
-                   DcmVR(e->ident()).getVRName() + (one ? ", expected one " + std::to_string(size) + "-byte value"
-                                                        : ", not a whole number of " + std::to_string(size) + "-byte values") +
-                   " (a damaged file or a writer's bug)";
+                   DcmVR(e->ident()).getVRName() + ", expected one " + std::to_string(size) +
+                   "-byte value (a damaged file or a writer's bug)";
         }
     }
     return "";

@@ -4,6 +4,7 @@
 #include "fetalhc/segmenter.h"
 
 #include "geometry.h"
+#include "model_file.h"
 #include "network.h"
 
 #include "fetalhc/ellipse.h"
@@ -15,6 +16,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <optional>
 #include <vector>
 
@@ -90,6 +92,12 @@ Segmenter::Segmenter(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) 
 const ModelInfo& Segmenter::info() const { return impl_->info; }
 
 Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOptions& opt) {
+    // Regular files only: a pipe (a model streamed in) cannot be read twice.
+    std::error_code ec;
+    if (auto damage = std::filesystem::is_regular_file(path, ec) ? detail::check_model_archive(path) : std::string();
+        !damage.empty())
+        return make_error("cannot load model '" + path + "': " + damage +
+                          "; the file is damaged: copy it again (the shipped model is models/fetalhc_unet.pt)");
     try {
         detail::set_threads(opt.threads);
         auto lm = detail::load_model(path);

@@ -11,6 +11,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include <filesystem>
+#include <unistd.h>
 #include <fstream>
 #include <random>
 #include <set>
@@ -407,4 +408,31 @@ TEST(TrainConfig, UnknownKeysAndBadValuesAreRejected) {
 TEST(TrainConfig, ShippedDefaultConfigLoads) {
     auto c = load_train_config(std::string(FETALHC_SOURCE_DIR) + "/configs/default.json");
     ASSERT_TRUE(c) << c.error();
+}
+
+// A damaged model file is refused at load (LibTorch's reader does not check the archive's CRC-32s:
+// a file with 4 KB flipped used to load and then find no head anywhere).
+TEST(ModelFile, DamagedOrTruncatedFilesAreRefusedAtLoad) {
+    const fs::path shipped = fs::path(FETALHC_SOURCE_DIR) / "models" / "fetalhc_unet.pt";
+    if (!fs::exists(shipped)) GTEST_SKIP() << "shipped model " << shipped << " not found";
+    const fs::path dir = fs::temp_directory_path() / ("fetalhc_model_file_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    std::ifstream in(shipped, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_GT(bytes.size(), 100000u);
+    auto write = [&](const std::string& name, const std::string& content) {
+        std::ofstream(dir / name, std::ios::binary) << content;
+        return (dir / name).string();
+    };
+    ASSERT_TRUE(Segmenter::load(write("intact.pt", bytes))) << "an intact copy must load";
+    std::string flipped = bytes;
+    for (size_t i = flipped.size() / 2; i < flipped.size() / 2 + 4096; ++i) flipped[i] = char(~flipped[i]);
+    auto damaged = Segmenter::load(write("flipped.pt", flipped));
+    ASSERT_FALSE(damaged) << "a model with 4 KB flipped loaded";
+    EXPECT_NE(damaged.error().find("damaged"), std::string::npos) << damaged.error();
+    EXPECT_NE(damaged.error().find("flipped.pt"), std::string::npos) << damaged.error();
+    auto cut = Segmenter::load(write("cut.pt", bytes.substr(0, bytes.size() / 2)));
+    ASSERT_FALSE(cut);
+    EXPECT_NE(cut.error().find("cut.pt"), std::string::npos) << cut.error();
+    fs::remove_all(dir);
 }

@@ -176,7 +176,7 @@ Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& 
     const double frame_time_s = out.header.frame_time_ms / 1000;
     const FrameSource next = [&](cv::Mat& frame, double& time_s) {
         if (k >= frames.size()) return false;
-        frame = mask_outside(frames[k], cal->keep);
+        frame = frames[k];  // measure_dicom_cine masks it to the region
         time_s = frame_time_s * double(k);
         ++k;
         return true;
@@ -186,7 +186,9 @@ Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& 
         const auto tq = Clock::now();
         SlotGuard slot(engine.slots());
         out.queue_ms = ms_since(tq);
-        s = measure_frames(measurer, name, next, vo, [&](const VideoFrame& f) { out.frames.push_back(f); });
+        // The CLI's path too: each frame masked to its region, a head leaving the region is that
+        // frame's error (with the file's own calibration).
+        s = measure_dicom_cine(measurer, out.header, *cal, name, next, vo, [&](const VideoFrame& f) { out.frames.push_back(f); });
     }
     if (!s) return ApiError{ErrorCode::NoHeadFound, s.error()};
     if (!s->has_estimate)
