@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS exams (
   reasons TEXT NOT NULL,
   corrected INTEGER NOT NULL,
   accepted INTEGER NOT NULL,
-  created_at TEXT NOT NULL
+  created_at TEXT NOT NULL,
+  sop_instance_uid TEXT
 );
 CREATE INDEX IF NOT EXISTS exams_by_pregnancy ON exams(pregnancy_id, exam_date, id);
 CREATE TABLE IF NOT EXISTS dicom_instances (
@@ -72,6 +73,7 @@ public:
     void bind(int i, const std::string& v) { sqlite3_bind_text(s_, i, v.c_str(), int(v.size()), SQLITE_TRANSIENT); }
     void bind(int i, double v) { sqlite3_bind_double(s_, i, v); }
     void bind(int i, const std::optional<double>& v) { v ? bind(i, *v) : void(sqlite3_bind_null(s_, i)); }
+    void bind(int i, const std::optional<std::string>& v) { v ? bind(i, *v) : void(sqlite3_bind_null(s_, i)); }
     void bind_int(int i, long long v) { sqlite3_bind_int64(s_, i, v); }
     int step() { return sqlite3_step(s_); }
     std::string text(int c) {
@@ -84,6 +86,10 @@ public:
         return real(c);
     }
     long long integer(int c) { return sqlite3_column_int64(s_, c); }
+    std::optional<std::string> opt_text(int c) {
+        if (sqlite3_column_type(s_, c) == SQLITE_NULL) return std::nullopt;
+        return text(c);
+    }
 
 private:
     sqlite3_stmt* s_ = nullptr;
@@ -93,7 +99,7 @@ private:
 const char* kExamColumns =
     "id, pregnancy_id, exam_date, image_sha256, pixel_size_mm, center_x, center_y, semi_axis_a, semi_axis_b, angle_rad, "
     "hc_mm, bpd_mm, ofd_mm, ga_hadlock_weeks, ga_intergrowth_weeks, ga_weeks_given, centile, quality, reasons, corrected, "
-    "accepted, created_at";
+    "accepted, created_at, sop_instance_uid";
 
 Exam read_exam(Stmt& s) {
     Exam e;
@@ -118,6 +124,7 @@ Exam read_exam(Stmt& s) {
     e.corrected = s.integer(19) != 0;
     e.accepted = s.integer(20) != 0;
     e.created_at = s.text(21);
+    e.sop_instance_uid = s.opt_text(22);
     return e;
 }
 
@@ -187,6 +194,20 @@ struct Store::Impl {
     ~Impl() { sqlite3_close(db); }
     std::string error(const std::string& what) const { return what + " in '" + path + "': " + sqlite3_errmsg(db); }
     bool exec(const std::string& sql) { return sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK; }
+
+    bool has_column(const std::string& table, const std::string& column) {
+        Stmt s(db, "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2");
+        if (!s.ok()) return false;
+        s.bind(1, table);
+        s.bind(2, column);
+        return s.step() == SQLITE_ROW;
+    }
+
+    // Databases written before a column existed gain it (nullable: their rows read as "none").
+    bool migrate() {
+        if (!has_column("exams", "sop_instance_uid") && !exec("ALTER TABLE exams ADD COLUMN sop_instance_uid TEXT")) return false;
+        return true;
+    }
 };
 
 Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -211,7 +232,8 @@ Expected<std::unique_ptr<Store>> Store::open(const std::string& db_path) {
         return make_error(impl->error("cannot open the database") + "; check --db");
     sqlite3_busy_timeout(impl->db, 5000);
     // WAL keeps readers and the writer apart; NORMAL sync is durable across application crashes.
-    if (!impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;") || !impl->exec(kSchema))
+    if (!impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;") || !impl->exec(kSchema) ||
+        !impl->migrate())
         return make_error(impl->error("cannot set up the database") + "; is it a fetalhc database?");
     return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
@@ -268,7 +290,8 @@ Expected<Exam> Store::add_exam(const Exam& in) {
         Stmt s(db, std::string("INSERT INTO exams(pregnancy_id, exam_date, image_sha256, pixel_size_mm, center_x, center_y, "
                                "semi_axis_a, semi_axis_b, angle_rad, hc_mm, bpd_mm, ofd_mm, ga_hadlock_weeks, "
                                "ga_intergrowth_weeks, ga_weeks_given, centile, quality, reasons, corrected, accepted, "
-                               "created_at) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,") +
+                               "sop_instance_uid, created_at) "
+                               "VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,") +
                        kNow + ")");
         if (!s.ok()) return fail("cannot prepare the exam insert");
         const Ellipse& e = in.ellipse_px;
@@ -292,6 +315,7 @@ Expected<Exam> Store::add_exam(const Exam& in) {
         s.bind(18, nlohmann::json(in.reasons).dump());
         s.bind_int(19, in.corrected);
         s.bind_int(20, in.accepted);
+        s.bind(21, in.sop_instance_uid);
         if (s.step() != SQLITE_DONE) return fail("cannot save the exam");
         id = sqlite3_last_insert_rowid(db);
     }
@@ -384,6 +408,12 @@ bool valid_pregnancy_id(const std::string& s) {
     for (unsigned char c : s)
         if (!std::isalnum(c) && c != '_' && c != '.' && c != '-') return false;
     return true;
+}
+
+bool valid_dicom_uid(const std::string& s) {
+    if (s.empty() || s.size() > 64 || s.front() == '.' || s.back() == '.') return false;
+    if (s.find("..") != std::string::npos) return false;
+    return s.find_first_not_of("0123456789.") == std::string::npos;
 }
 
 bool valid_date(const std::string& s) {

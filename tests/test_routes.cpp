@@ -9,6 +9,7 @@
 #include "server_test_util.h"
 #include "service.h"
 
+#include "fetalhc/dicom.h"
 #include "fetalhc/ellipse.h"
 #include "fetalhc/growth.h"
 #include "fetalhc/store.h"
@@ -587,6 +588,109 @@ TEST_F(RouteApi, ImagesAreValidatedAndLookedUp) {
     EXPECT_NE(img.header("Cache-Control").find("immutable"), std::string::npos);
 }
 
+// A DICOM upload's frames as PNGs a browser can show (GET /v1/images/<sha>/preview.png[?frame=N]),
+// in the pixel coordinates of the measurement; any other stored image decoded to 8-bit gray.
+TEST_F(RouteApi, ImagePreviewIsTheDecodedFrameAsPng) {
+    const std::string scan = synthetic_scan();
+    const cv::Mat want = cv::imdecode(std::vector<unsigned char>(scan.begin(), scan.end()), cv::IMREAD_GRAYSCALE);
+    auto decode = [](const HttpResponse& r) {
+        return cv::imdecode(std::vector<unsigned char>(r.body.begin(), r.body.end()), cv::IMREAD_UNCHANGED);
+    };
+    auto dcm = api.store->put_image(wrap_in_dicom(scan, kPixelMm, 3));
+    ASSERT_TRUE(dcm) << dcm.error();
+    for (const std::string query : {"", "0", "2"}) {
+        HttpRequest req = get("/v1/images/" + *dcm + "/preview.png");
+        if (!query.empty()) req.query["frame"] = query;
+        const HttpResponse r = api(req);
+        ASSERT_EQ(r.status, 200) << r.body;
+        EXPECT_EQ(r.content_type, "image/png");
+        const cv::Mat got = decode(r);
+        ASSERT_EQ(got.type(), CV_8UC1);
+        ASSERT_EQ(got.size(), want.size());
+        EXPECT_EQ(cv::countNonZero(got != want), 0) << "frame " << query;
+    }
+    for (const char* bad : {"3", "-1", "x", "1.5"}) {
+        HttpRequest req = get("/v1/images/" + *dcm + "/preview.png");
+        req.query["frame"] = bad;
+        expect_error(api(req), 400, "invalid_field", "frame");
+    }
+    auto png = api.store->put_image(scan);
+    ASSERT_TRUE(png);
+    const HttpResponse p = api(get("/v1/images/" + *png + "/preview.png"));
+    ASSERT_EQ(p.status, 200) << p.body;
+    EXPECT_EQ(cv::countNonZero(decode(p) != want), 0);
+    HttpRequest second = get("/v1/images/" + *png + "/preview.png");
+    second.query["frame"] = "1";
+    expect_error(api(second), 400, "invalid_field", "frame");
+    auto junk = api.store->put_image("not an image");
+    ASSERT_TRUE(junk);
+    expect_error(api(get("/v1/images/" + *junk + "/preview.png")), 400, "image_unreadable");
+    expect_error(api(get("/v1/images/" + std::string(64, 'a') + "/preview.png")), 404, "image_not_found");
+    expect_error(api(get("/v1/images/nope/preview.png")), 400, "invalid_image_id");
+}
+
+// An exam of a DICOM image keeps its SOP Instance UID: sent by the client or taken from the stored
+// file; it comes back in the history and the CSV, and exams of other images have none.
+TEST_F(RouteApi, ExamsKeepTheSopInstanceUidOfADicomImage) {
+    const std::string dcm = wrap_in_dicom(synthetic_scan(), kPixelMm);
+    auto header = read_dicom_header(std::vector<unsigned char>(dcm.begin(), dcm.end()), "scan.dcm");
+    ASSERT_TRUE(header) << header.error();
+    const std::string uid = header->sop_instance_uid;
+    ASSERT_TRUE(valid_dicom_uid(uid)) << uid;
+    auto dsha = api.store->put_image(dcm);
+    auto psha = api.store->put_image(synthetic_scan());
+    ASSERT_TRUE(dsha && psha);
+    const std::string id = "uid-" + std::to_string(std::random_device{}() % 100000);
+    json exam{{"pregnancy_id", id},         {"exam_date", "2026-05-02"}, {"image_sha256", *dsha},
+              {"pixel_size_mm", kPixelMm}, {"ellipse_px", ellipse_json(kHead)}, {"corrected", false},
+              {"sop_instance_uid", uid}};
+    HttpResponse r = api(post_json("/v1/exams", exam.dump()));
+    ASSERT_EQ(r.status, 201) << r.body;
+    EXPECT_EQ(body_json(r)["sop_instance_uid"], uid);
+    // Left out: taken from the stored DICOM file.
+    exam.erase("sop_instance_uid");
+    exam["exam_date"] = "2026-05-03";
+    r = api(post_json("/v1/exams", exam.dump()));
+    ASSERT_EQ(r.status, 201) << r.body;
+    EXPECT_EQ(body_json(r)["sop_instance_uid"], uid);
+    // A PNG: none (null), unless the client names the DICOM it was exported from.
+    exam["image_sha256"] = *psha;
+    exam["exam_date"] = "2026-05-04";
+    r = api(post_json("/v1/exams", exam.dump()));
+    ASSERT_EQ(r.status, 201) << r.body;
+    EXPECT_TRUE(body_json(r)["sop_instance_uid"].is_null());
+
+    const json hist = body_json(api(get("/v1/pregnancies/" + id)));
+    ASSERT_EQ(hist["exams"].size(), 3u) << hist.dump();
+    EXPECT_EQ(hist["exams"][0]["sop_instance_uid"], uid);
+    EXPECT_EQ(hist["exams"][1]["sop_instance_uid"], uid);
+    EXPECT_TRUE(hist["exams"][2].contains("sop_instance_uid"));
+    EXPECT_TRUE(hist["exams"][2]["sop_instance_uid"].is_null());
+    const HttpResponse csv = api(get("/v1/pregnancies/" + id + "/export.csv"));
+    ASSERT_EQ(csv.status, 200);
+    std::istringstream lines(csv.body);
+    std::string header_row, row1, row2, row3;
+    std::getline(lines, header_row);
+    std::getline(lines, row1);
+    std::getline(lines, row2);
+    std::getline(lines, row3);
+    EXPECT_EQ(header_row.substr(header_row.size() - std::string(",created_at,sop_instance_uid").size()), ",created_at,sop_instance_uid");
+    EXPECT_EQ(row1.substr(row1.size() - uid.size() - 1), "," + uid) << row1;
+    EXPECT_EQ(row3.back(), ',') << row3;  // empty cell
+
+    // Checked: a DICOM UID, and the stored file's own.
+    exam["image_sha256"] = *dsha;
+    for (const json& bad : {json("1.2.abc"), json("1..2"), json(".1.2"), json("1.2."), json(""), json(std::string(65, '1')),
+                            json(12345), json("1.2 3")}) {
+        exam["sop_instance_uid"] = bad;
+        expect_error(api(post_json("/v1/exams", exam.dump())), 400, "invalid_field", "sop_instance_uid");
+    }
+    exam["sop_instance_uid"] = std::string(64, '1');  // 64 characters: a valid UID, but not the file's
+    expect_error(api(post_json("/v1/exams", exam.dump())), 400, "invalid_field", "not the SOP Instance UID");
+    exam["sop_instance_uid"] = nullptr;  // null = none sent
+    EXPECT_EQ(api(post_json("/v1/exams", exam.dump())).status, 201);
+}
+
 // ---- the service the transports share -----------------------------------------------------------
 
 TEST_F(RouteApi, MeasureAndStoreChecksItsInputBeforeTheModel) {
@@ -825,6 +929,15 @@ TEST_F(RouteModel, MeasureDicomUsesTheFileCalibration) {
     EXPECT_NEAR(j["hc_mm"].get<double>(), body_json(png)["hc_mm"].get<double>(), 1e-6);
     EXPECT_EQ(j["image_sha256"], sha256_hex(dcm));
     EXPECT_FALSE(j["dicom"]["sop_instance_uid"].get<std::string>().empty());
+    // The page cannot show the .dcm bytes: preview_url gives the measured frame as a PNG.
+    EXPECT_EQ(j["preview_url"], "/v1/images/" + sha256_hex(dcm) + "/preview.png");
+    const HttpResponse preview = (*api_)(get(j["preview_url"].get<std::string>()));
+    ASSERT_EQ(preview.status, 200) << preview.body;
+    EXPECT_EQ(preview.content_type, "image/png");
+    const cv::Mat shown = cv::imdecode(std::vector<unsigned char>(preview.body.begin(), preview.body.end()), cv::IMREAD_UNCHANGED);
+    EXPECT_EQ(shown.cols, j["image_width"].get<int>());
+    EXPECT_EQ(shown.rows, j["image_height"].get<int>());
+    EXPECT_FALSE(body_json(png).contains("preview_url"));
     // A pixel size that disagrees by more than 1%: it is used, with a warning.
     const HttpResponse o = (*api_)(post_form("/v1/measure", dicom_form(dcm, {{"pixel_size_mm", "0.16", ""}})));
     ASSERT_EQ(o.status, 200) << o.body;
@@ -867,6 +980,14 @@ TEST_F(RouteModel, MeasureMultiFrameDicomGivesFramesAndSummary) {
     EXPECT_EQ(j["summary"]["ok_frames"], 3);
     EXPECT_NEAR(j["hc_mm"].get<double>(), j["summary"]["hc_median_mm"].get<double>(), 1e-9);
     EXPECT_EQ(j["dicom"]["frames"], 3);
+    // The preview is the frame whose ellipse is returned (the summary's estimate).
+    const int shown = j["summary"]["estimate_frame"].get<int>();
+    EXPECT_EQ(j["preview_frame"], shown);
+    const std::string url = j["preview_url"].get<std::string>();
+    EXPECT_EQ(url.find("?frame=") != std::string::npos, shown > 0) << url;
+    HttpRequest preview = get(url.substr(0, url.find('?')));
+    if (shown > 0) preview.query["frame"] = std::to_string(shown);
+    EXPECT_EQ((*api_)(preview).status, 200);
 }
 
 // A real file without a head: 422 with a message, and nothing is kept.

@@ -491,6 +491,63 @@ TEST(ServerStore, OlderDatabaseKeepsItsExamsAndGainsTheDicomTable) {
     fs::remove_all(dir);
 }
 
+// A database written before exams kept the SOP Instance UID: its exams stay readable (no UID) and
+// new exams keep theirs.
+TEST(ServerStore, OlderDatabaseKeepsItsExamsAndGainsTheSopInstanceUid) {
+    const fs::path dir = temp_dir("migrate_uid");
+    const std::string db = (dir / "old.db").string();
+    Exam e;
+    e.pregnancy_id = "P1";
+    e.exam_date = "2026-01-10";
+    e.pixel_size_mm = 0.1;
+    e.ellipse_px = {10, 20, 30, 25, 0.5};
+    e.hc_mm = 17.3;
+    e.quality = "ok";
+    {
+        auto s = Store::open(db);
+        ASSERT_TRUE(s) << s.error();
+        e.image_sha256 = *(*s)->put_image("img");
+        ASSERT_TRUE((*s)->add_exam(e));
+    }
+    {
+        // The exams table as older versions created it: without the column.
+        sqlite3* h = nullptr;
+        ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+        ASSERT_EQ(sqlite3_exec(h, "ALTER TABLE exams DROP COLUMN sop_instance_uid", nullptr, nullptr, nullptr), SQLITE_OK)
+            << sqlite3_errmsg(h);
+        sqlite3_close(h);
+    }
+    for (int reopen = 0; reopen < 2; ++reopen) {  // the second open finds the column already there
+        auto s = Store::open(db);
+        ASSERT_TRUE(s) << s.error();
+        if (reopen == 0) {
+            Exam d = e;
+            d.exam_date = "2026-02-10";
+            d.sop_instance_uid = "1.2.826.0.1.3680043.8.498.1";
+            auto saved = (*s)->add_exam(d);
+            ASSERT_TRUE(saved) << saved.error();
+            EXPECT_EQ(saved->sop_instance_uid, d.sop_instance_uid);
+        }
+        auto h = (*s)->history("P1");
+        ASSERT_TRUE(h && h->found);
+        ASSERT_EQ(h->exams.size(), 2u);
+        EXPECT_EQ(h->exams[0].exam_date, "2026-01-10");
+        EXPECT_NEAR(h->exams[0].hc_mm, 17.3, 1e-12);
+        EXPECT_FALSE(h->exams[0].sop_instance_uid);
+        EXPECT_EQ(h->exams[1].sop_instance_uid, std::optional<std::string>("1.2.826.0.1.3680043.8.498.1"));
+    }
+    fs::remove_all(dir);
+}
+
+TEST(ServerStore, DicomUidsAreDigitsAndDots) {
+    for (const char* ok : {"1", "1.2.840.10008.5.1.4.1.1.6.1", "2.25.329800735698586629295641978511506172918"})
+        EXPECT_TRUE(valid_dicom_uid(ok)) << ok;
+    for (const std::string bad : {std::string(), std::string("1..2"), std::string(".1"), std::string("1."), std::string("1.2a"),
+                                  std::string("1 2"), std::string(65, '1')})
+        EXPECT_FALSE(valid_dicom_uid(bad)) << bad;
+    EXPECT_TRUE(valid_dicom_uid(std::string(64, '1')));
+}
+
 TEST(ServerStore, KeepsExamsAndImagesAcrossReopen) {
     const fs::path dir = temp_dir("store");
     const std::string db = (dir / "sub" / "h.db").string();

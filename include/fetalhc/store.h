@@ -8,8 +8,10 @@
 // Pregnancies are identified by a pseudonymous id chosen by the user (1..64 chars of
 // [A-Za-z0-9_.-], see valid_pregnancy_id); no other personal data is stored. An exam keeps the
 // accepted ellipse (pixels, project conventions, see ellipse.h), the numbers derived from it and
-// whether a clinician corrected it. Images are written once to <db>.images/<sha256> (write to a
-// temporary file, then rename), so a crash never leaves a partial image under its final name.
+// whether a clinician corrected it, and the SOP Instance UID of a DICOM image (a nullable column
+// that databases from before it gain when opened). Images are written once to
+// <db>.images/<sha256> (write to a temporary file, then rename), so a crash never leaves a partial
+// image under its final name.
 // Thread safety: every member may be called concurrently (one connection behind a mutex).
 #pragma once
 
@@ -37,6 +39,9 @@ struct Exam {
     bool corrected = false;              // the clinician moved the ellipse before accepting
     bool accepted = true;
     std::string created_at;              // UTC, YYYY-MM-DDTHH:MM:SSZ; set by add_exam
+    // The SOP Instance UID of the DICOM image measured (nullopt: not a DICOM image, or an exam
+    // saved before the store kept it). A DICOM UID: see valid_dicom_uid.
+    std::optional<std::string> sop_instance_uid;
 };
 
 // One object received by the DICOM node (`serve --dicom-port`): what came in and what became of it.
@@ -101,5 +106,7 @@ std::string sha256_hex(const std::string& bytes);
 bool valid_sha256(const std::string& s);            // 64 lower-case hex digits
 bool valid_pregnancy_id(const std::string& s);      // 1..64 chars of [A-Za-z0-9_.-]
 bool valid_date(const std::string& s);              // a real calendar date as YYYY-MM-DD
+// A DICOM UID (PS3.5 9.1): 1..64 characters, dot-separated components of digits, none empty.
+bool valid_dicom_uid(const std::string& s);
 
 }  // namespace fetalhc

@@ -25,6 +25,9 @@ json integer() { return {{"type", "integer"}}; }
 json array_of(const json& items) { return {{"type", "array"}, {"items", items}}; }
 json object(const json& props) { return {{"type", "object"}, {"properties", props}}; }
 json pregnancy_id_schema() { return {{"type", "string"}, {"pattern", "^[A-Za-z0-9_.-]{1,64}$"}}; }
+json uid_schema(const std::string& d) {
+    return {{"type", "string"}, {"pattern", "^[0-9]+(\\.[0-9]+)*$"}, {"maxLength", 64}, {"description", d}};
+}
 json quality_schema() { return {{"type", "string"}, {"enum", {"ok", "review"}}}; }
 
 json json_response(const std::string& d, const json& schema) {
@@ -146,8 +149,33 @@ void measurement_schemas(json& s) {
                                                   {"timings_ms", timings},
                                                   {"image_sha256", str()},
                                                   {"image_url", {{"type", "string"}, {"description", "/v1/images/<sha256>"}}},
+                                                  {"preview_url",
+                                                   {{"type", "string"},
+                                                    {"description", "DICOM uploads: the measured frame as an 8-bit gray PNG "
+                                                                    "(/v1/images/<sha256>/preview.png[?frame=N]), in the "
+                                                                    "pixel coordinates of ellipse_px"}}},
+                                                  {"preview_frame", {{"type", "integer"}, {"description", "DICOM: the frame shown by preview_url"}}},
+                                                  {"calibration", ref("Calibration")},
+                                                  {"warnings", {{"type", "array"}, {"items", str()},
+                                                                {"description", "DICOM: e.g. pixel_size_mm disagreeing with the file by over 1%"}}},
+                                                  {"dicom", object({{"sop_instance_uid", str()},
+                                                                    {"sop_class_uid", str()},
+                                                                    {"study_instance_uid", str()},
+                                                                    {"transfer_syntax", str()},
+                                                                    {"frames", integer()}})},
+                                                  {"frames", {{"type", "array"}, {"items", {{"type", "object"}}},
+                                                              {"description", "multi-frame DICOM: one measurement (or error) per frame"}}},
+                                                  {"summary", {{"type", "object"},
+                                                               {"description", "multi-frame DICOM: medians over the ok frames, "
+                                                                               "estimate_frame (the frame of ellipse_px)"}}},
                                                   {"pregnancy_id", str()},
                                                   {"exam_date", date()}})}}};
+    s["Calibration"] = object({{"source", {{"type", "string"},
+                                           {"description", "where the pixel size came from: pixel_size_mm (given by the client), "
+                                                           "ultrasound region N, PixelSpacing or ImagerPixelSpacing"}}},
+                               {"mm_per_px_x", num("mm per pixel across")},
+                               {"mm_per_px_y", num("mm per pixel down")},
+                               {"region", {{"type", "integer"}, {"description", "index of the ultrasound region used"}}}});
 }
 
 void exam_schemas(json& s) {
@@ -159,7 +187,10 @@ void exam_schemas(json& s) {
                              {"corrected", boolean()},
                              {"ga_weeks", num("known GA in weeks, for the centile")},
                              {"quality", quality_schema()},
-                             {"reasons", array_of(str())}});
+                             {"reasons", array_of(str())},
+                             {"sop_instance_uid", uid_schema("the SOP Instance UID of the DICOM image measured "
+                                                             "(dicom.sop_instance_uid of POST /v1/measure); taken from the "
+                                                             "stored file when left out, refused when it differs from it")}});
     s["ExamInput"]["required"] = {"pregnancy_id", "exam_date", "image_sha256", "pixel_size_mm", "ellipse_px", "corrected"};
     s["Exam"] = object({{"id", integer()},
                         {"pregnancy_id", str()},
@@ -178,7 +209,9 @@ void exam_schemas(json& s) {
                         {"reasons", array_of(str())},
                         {"corrected", boolean()},
                         {"accepted", boolean()},
-                        {"created_at", {{"type", "string"}, {"format", "date-time"}}}});
+                        {"created_at", {{"type", "string"}, {"format", "date-time"}}},
+                        {"sop_instance_uid", {{"type", "string"}, {"nullable", true},
+                                              {"description", "the DICOM image's SOP Instance UID; null for other images"}}}});
     s["History"] = object({{"pregnancy_id", str()}, {"exams", array_of(ref("Exam"))}});
 }
 
@@ -348,6 +381,16 @@ void history_paths(json& paths) {
         {"parameters", {sha_param}},
         {"responses", responses_with({{"200", {{"description", "the image bytes"}}}},
                                      {E::InvalidImageId, E::ImageNotFound, E::StorageFailed})}};
+    const json frame_param = {{"name", "frame"},
+                              {"in", "query"},
+                              {"required", false},
+                              {"schema", {{"type", "integer"}, {"minimum", 0}, {"default", 0}}},
+                              {"description", "the frame of a multi-frame DICOM file (0 = the first)"}};
+    paths["/v1/images/{sha256}/preview.png"]["get"] = {
+        {"summary", "A stored image as an 8-bit gray PNG a browser can show: a DICOM file's frame, any other image decoded"},
+        {"parameters", {sha_param, frame_param}},
+        {"responses", responses_with({{"200", {{"description", "image/png"}}}},
+                                     {E::InvalidImageId, E::InvalidField, E::ImageNotFound, E::ImageUnreadable, E::StorageFailed})}};
 }
 
 }  // namespace

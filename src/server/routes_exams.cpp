@@ -1,8 +1,12 @@
 // Routes of the history: accepted exams, a pregnancy's exams (JSON and CSV) and stored images.
 #include "routes.h"
+#include "service.h"
 #include "validation.h"
 
 #include "fetalhc/csv.h"
+#include "fetalhc/dicom.h"
+
+#include <opencv2/imgcodecs.hpp>
 
 #include <fstream>
 #include <iterator>
@@ -32,7 +36,8 @@ json exam_json(const Exam& e) {
             {"reasons", e.reasons},
             {"corrected", e.corrected},
             {"accepted", e.accepted},
-            {"created_at", e.created_at}};
+            {"created_at", e.created_at},
+            {"sop_instance_uid", e.sop_instance_uid ? json(*e.sop_instance_uid) : json(nullptr)}};
 }
 
 // Image type from its first bytes (stored images keep no extension).
@@ -58,7 +63,7 @@ std::string history_csv(const History& h) {
     for (const char* name :
          {"exam_id", "pregnancy_id", "exam_date", "image_sha256", "pixel_size_mm", "center_x_px", "center_y_px", "semi_axis_a_px",
           "semi_axis_b_px", "angle_rad", "hc_mm", "bpd_mm", "ofd_mm", "ga_hadlock_weeks", "ga_intergrowth_weeks", "ga_weeks_given",
-          "centile", "quality", "reasons", "corrected", "accepted", "created_at"})
+          "centile", "quality", "reasons", "corrected", "accepted", "created_at", "sop_instance_uid"})
         w.raw(name);
     w.end_row();
     for (const Exam& e : h.exams) {
@@ -73,6 +78,8 @@ std::string history_csv(const History& h) {
         optional_number(w, e.ga_weeks_given, 2);
         optional_number(w, e.centile, 1);
         w.text(e.quality).text(reasons).raw(e.corrected ? "true" : "false").raw(e.accepted ? "true" : "false").text(e.created_at);
+        if (e.sop_instance_uid) w.text(*e.sop_instance_uid);
+        else w.empty();
         w.end_row();
     }
     return out.str();
@@ -81,8 +88,20 @@ std::string history_csv(const History& h) {
 HttpResponse add_exam(const HttpRequest& req, Services& s) {
     ExamInput in = parse_exam_input(parse_json_body(req));
     Exam& ex = in.exam;
-    if (!s.store.image_path(ex.image_sha256))
-        fail(ErrorCode::UnknownImage, "'image_sha256' names no stored image; upload the image with POST /v1/measure first");
+    const auto stored = s.store.image_path(ex.image_sha256);
+    if (!stored) fail(ErrorCode::UnknownImage, "'image_sha256' names no stored image; upload the image with POST /v1/measure first");
+    // A DICOM image names itself: its SOP Instance UID is kept with the exam (taken from the file
+    // when the client sends none, and a different one is refused).
+    if (is_dicom_file(*stored)) {
+        auto h = read_dicom_header(*stored);
+        if (h && valid_dicom_uid(h->sop_instance_uid)) {
+            if (ex.sop_instance_uid && *ex.sop_instance_uid != h->sop_instance_uid)
+                fail(ErrorCode::InvalidField, "'sop_instance_uid' " + *ex.sop_instance_uid + " is not the SOP Instance UID of the "
+                                              "stored image (" + h->sop_instance_uid + "); send the one POST /v1/measure returned "
+                                              "in dicom.sop_instance_uid, or leave it out");
+            ex.sop_instance_uid = h->sop_instance_uid;
+        }
+    }
     const Measurement m = ellipse_numbers(ex.ellipse_px, ex.pixel_size_mm, ex.ga_weeks_given);
     ex.hc_mm = m.hc_mm;
     ex.bpd_mm = m.bpd_mm;
@@ -109,6 +128,42 @@ HttpResponse image(const HttpRequest& req, Services& s) {
     HttpResponse r;
     r.content_type = sniff_image_type(bytes);
     r.body = std::move(bytes);
+    r.headers = {{"Cache-Control", "private, max-age=31536000, immutable"}};
+    return r;
+}
+
+// The stored image as an 8-bit gray PNG a browser can show: a DICOM file's frame (query `frame`,
+// default 0), any other image decoded as POST /v1/measure decodes it.
+HttpResponse image_preview(const HttpRequest& req, Services& s) {
+    const std::string sha = check_image_id(req.path_params.at("sha256"));
+    auto path = s.store.image_path(sha);
+    if (!path) fail(ErrorCode::ImageNotFound, "no stored image with this SHA-256; upload it with POST /v1/measure");
+    int frame = 0;
+    if (auto q = req.query.find("frame"); q != req.query.end()) {
+        const auto v = parse_number(q->second);
+        if (!v || *v < 0 || *v != double(int(*v)) || *v >= kDicomMaxFrames)
+            fail(ErrorCode::InvalidField, "'frame' must be a frame number from 0 (the first frame)");
+        frame = int(*v);
+    }
+    cv::Mat gray;
+    if (is_dicom_file(*path)) {
+        auto frames = decode_dicom_frames(*path);
+        if (!frames) fail(ErrorCode::ImageUnreadable, frames.error());
+        if (frame >= int(frames->size()))
+            fail(ErrorCode::InvalidField, "'frame' " + std::to_string(frame) + " is past the last frame of the stored image (it has " +
+                                              std::to_string(frames->size()) + ")");
+        gray = (*frames)[size_t(frame)];
+    } else {
+        if (frame != 0) fail(ErrorCode::InvalidField, "'frame' is only for multi-frame DICOM images; this image has one frame");
+        std::ifstream in(*path, std::ios::binary);
+        const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        gray = decode_image(bytes, "the stored image").value_or_throw();
+    }
+    std::vector<unsigned char> png;
+    if (gray.empty() || !cv::imencode(".png", gray, png)) fail(ErrorCode::Internal, "cannot encode the preview PNG");
+    HttpResponse r;
+    r.content_type = "image/png";
+    r.body.assign(png.begin(), png.end());
     r.headers = {{"Cache-Control", "private, max-age=31536000, immutable"}};
     return r;
 }
@@ -145,6 +200,7 @@ HttpResponse pregnancy_csv(const HttpRequest& req, Services& s) {
 std::vector<Route> exam_routes() {
     return {{"POST", "/v1/exams", add_exam},
             {"GET", "/v1/images/{sha256}", image},
+            {"GET", "/v1/images/{sha256}/preview.png", image_preview},
             {"GET", "/v1/pregnancies/{id}", pregnancy},
             {"GET", "/v1/pregnancies/{id}/export.csv", pregnancy_csv}};
 }

@@ -60,6 +60,12 @@ HttpResponse measure_dicom_route(const HttpRequest& req, Services& s, const Uplo
     j["timings_ms"]["queue"] = r.queue_ms;
     j["image_sha256"] = stored.image_sha256;
     j["image_url"] = "/v1/images/" + stored.image_sha256;
+    // The .dcm bytes are no image a browser shows: the measured frame (the summary's estimate for a
+    // multi-frame file) as a PNG, in the same pixel coordinates as ellipse_px.
+    const int preview_frame = r.summary && r.summary->estimate_frame > 0 ? r.summary->estimate_frame : 0;
+    j["preview_url"] = "/v1/images/" + stored.image_sha256 + "/preview.png" +
+                       (preview_frame > 0 ? "?frame=" + std::to_string(preview_frame) : std::string());
+    j["preview_frame"] = preview_frame;
     j["calibration"] = calibration_json(r.calibration);
     j["warnings"] = r.warnings;
     j["dicom"] = {{"sop_instance_uid", r.header.sop_instance_uid}, {"sop_class_uid", r.header.sop_class_uid},

@@ -215,6 +215,13 @@ ExamInput parse_exam_input(const json& body) {
     ex.ga_weeks_given = json_ga(body);
     in.quality = exam_quality(body);
     in.reasons = exam_reasons(body);
+    if (body.contains("sop_instance_uid") && !body["sop_instance_uid"].is_null()) {
+        const json& uid = body["sop_instance_uid"];
+        if (!uid.is_string() || !valid_dicom_uid(uid.get<std::string>()))
+            fail(ErrorCode::InvalidField, "'sop_instance_uid' must be the DICOM SOP Instance UID of the image measured (digits "
+                                          "and dots, e.g. 1.2.840.113619.2.55.3.1234, at most 64 characters), or left out");
+        ex.sop_instance_uid = uid.get<std::string>();
+    }
     return in;
 }
 

@@ -68,8 +68,8 @@ Ellipse json_ellipse(const json& j, const std::string& key);  // positive semi-a
 std::vector<cv::Point2d> json_points(const json& body, size_t max_points);
 
 // The body of POST /v1/exams, checked. `exam` holds the ids, date, image, pixel size, ellipse,
-// corrected flag and given GA; the numbers are left for the route to compute. quality and reasons
-// are the client's values when sent.
+// corrected flag, given GA and the optional sop_instance_uid (a DICOM UID); the numbers are left
+// for the route to compute. quality and reasons are the client's values when sent.
 struct ExamInput {
     Exam exam;
     std::optional<std::string> quality;

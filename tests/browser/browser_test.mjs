@@ -2,18 +2,24 @@
 // (W3C WebDriver over HTTP with Node's built-in fetch; no npm packages).
 //
 //   node tests/browser/browser_test.mjs --binary build/fetalhc --model models/fetalhc_unet.pt \
-//        --data ../shared/hc18 [--image training_set/NNN_HC.png] [--artifacts build/artifacts]
+//        --data ../shared/hc18 [--image training_set/NNN_HC.png] [--artifacts build/artifacts] \
+//        [--dicom-wrap build/tests/dicom_wrap]
 //
 // It starts `fetalhc serve` on a free port with a fresh database, uploads an HC18 image through the
 // file input, waits for the ellipse, drags a major-axis handle with pointer actions and checks that
 // HC changes the right way (locally and after the server refresh), accepts the corrected exam,
 // checks what the server stored, opens the pregnancy view and checks the exam is on the Chart.js
-// growth chart and in the table, and fetches the CSV export. Screenshots go to
-// <artifacts>/browser_*.png.
+// growth chart and in the table, and fetches the CSV export. With --dicom-wrap (the test helper that
+// wraps an image into an ultrasound DICOM file whose region calibrates it), the same scan is then
+// uploaded as DICOM without a pixel size: the page must say the file's calibration is used, show
+// "<mm> mm/px from ultrasound region 0", draw the server's image of the frame, find the PNG's HC
+// (within 0.1 mm), and accepting must keep the file's SOP Instance UID with the exam. Screenshots go
+// to <artifacts>/browser_*.png.
 //
 // Exit codes: 0 passed, 1 failed (with the reason), 77 skipped (no HC18 data, no model, or no
 // chromium/chromedriver); CTest maps 77 to "skipped".
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -26,7 +32,7 @@ const SKIP = 77;
 function parseArgs(argv) {
   const opts = {
     binary: 'build/fetalhc', model: '', data: '', image: '', pixelSize: null, gaWeeks: 21,
-    artifacts: 'build/artifacts', chromium: '', chromedriver: '', keep: false, serverUrl: '',
+    artifacts: 'build/artifacts', chromium: '', chromedriver: '', keep: false, serverUrl: '', dicomWrap: '',
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -46,6 +52,7 @@ function parseArgs(argv) {
       case '--chromedriver': opts.chromedriver = value(); break;
       case '--keep-temp': opts.keep = true; break;
       case '--server-url': opts.serverUrl = value().replace(/\/+$/, ''); break;
+      case '--dicom-wrap': opts.dicomWrap = value(); break;
       case '-h': case '--help': usage(); break;
       default: usage(`unknown argument ${arg}`);
     }
@@ -57,7 +64,8 @@ function usage(problem) {
   if (problem) console.error(`browser_test: ${problem}`);
   console.error('usage: node browser_test.mjs --binary FETALHC --model MODEL --data HC18_DIR ' +
     '[--image REL_OR_ABS_PNG] [--pixel-size MM] [--ga-weeks W] [--artifacts DIR] [--chromium PATH] ' +
-    '[--chromedriver PATH] [--keep-temp] [--server-url URL (use a running server instead of starting one)]');
+    '[--chromedriver PATH] [--keep-temp] [--server-url URL (use a running server instead of starting one)] ' +
+    '[--dicom-wrap PATH (the dicom_wrap test helper: also upload the scan as DICOM)]');
   process.exit(problem ? 2 : 0);
 }
 
@@ -460,6 +468,97 @@ async function run(opts, ctx) {
   const csvRes = await fetch(href);
   const csv = await csvRes.text();
   check(csvRes.ok && csv.trim().split('\n').length >= 2, `CSV export ${href}: ${csvRes.status} ${csv.slice(0, 200)}`);
+
+  // 8. The same scan as a DICOM file, calibrated by its ultrasound region.
+  await runDicom(opts, ctx, { pregnancyId: `${pregnancyId}-dcm`, pngHc: hc0 });
+}
+
+// Width and height of a PNG file (its IHDR chunk).
+function pngSize(file) {
+  const b = fs.readFileSync(file);
+  return { width: b.readUInt32BE(16), height: b.readUInt32BE(20) };
+}
+
+// Step 8 of run(): the scan wrapped into DICOM (a region calibration at the HC18 pixel size, a
+// known SOP Instance UID) is uploaded without a pixel size, measured, checked against the PNG's HC
+// and accepted; the stored exam carries the UID.
+async function runDicom(opts, ctx, { pregnancyId, pngHc }) {
+  const { wd, base, pixelSize, imagePath } = ctx;
+  if (!opts.dicomWrap) {
+    console.log('DICOM upload not tested: no --dicom-wrap helper given');
+    return;
+  }
+  const uid = `2.25.${BigInt('0x' + crypto.randomBytes(12).toString('hex'))}`;
+  const dcm = path.join(ctx.tmp, 'head.dcm');
+  execFileSync(opts.dicomWrap, [imagePath, String(pixelSize), dcm, uid], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const examDate = '2026-04-11';
+  await wd.click('#tab-measure');
+  await wd.type('#file', dcm, false);
+  await waitFor('the pixel size to become optional for the DICOM file (#pixel-size[data-dicom="1"])',
+    async () => (await wd.attr('#pixel-size', 'data-dicom')) === '1', 10000);
+  const field = await wd.exec(`return {value: document.getElementById('pixel-size').value,
+    help: document.getElementById('pixel-size-help').textContent,
+    empty: document.getElementById('canvas-empty').hidden ? null : document.getElementById('canvas-empty').textContent};`);
+  check(field.value === '', `the pixel size field should be emptied for a DICOM file, it holds "${field.value}"`);
+  check(/optional/i.test(field.help) && /calibration/i.test(field.help) && /will be used/i.test(field.help),
+    `the pixel size help should say the file's calibration will be used, it says "${field.help}"`);
+  check(field.empty && /DICOM/.test(field.empty), `the canvas should say the DICOM image comes after measuring, got ${field.empty}`);
+  await wd.type('#pregnancy-id', pregnancyId);
+  await wd.exec(`const d = document.getElementById('exam-date'); d.value = arguments[0];
+    d.dispatchEvent(new Event('change'));`, examDate);
+  await wd.click('#measure');
+  await waitFor('the ellipse on the DICOM image (#canvas[data-drawn="1"])', async () => {
+    await failIfErrorShown(wd, 'measuring the DICOM file');
+    return (await wd.attr('#canvas', 'data-drawn')) === '1';
+  }, 180000, 300);
+
+  // The calibration used and where it came from.
+  const calText = (await wd.text('#calibration')).trim();
+  const calSource = await wd.attr('#calibration', 'data-source');
+  const shownPx = Number(pixelSize.toPrecision(4)).toString();
+  console.log(`DICOM calibration shown: "${calText}"`);
+  check(calText === `${shownPx} mm/px from ultrasound region 0`,
+    `#calibration should read "${shownPx} mm/px from ultrasound region 0", got "${calText}"`);
+  check(calSource === 'ultrasound region 0', `#calibration data-source is "${calSource}"`);
+  check(await wd.exec('return !document.getElementById("calibration-box").hidden;'), 'the calibration box is hidden');
+  const warnings = await wd.exec('return document.querySelectorAll("#calibration-warnings li").length;');
+  check(warnings === 0, `no warning expected for a file measured with its own calibration, got ${warnings}`);
+  // The image under the ellipse is the server's PNG of the frame, at the scan's own size.
+  const want = pngSize(imagePath);
+  const canvas = await wd.exec(`const cv = document.getElementById('canvas');
+    const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+    let opaque = 0;
+    for (let i = 3; i < d.length; i += 4) if (d[i] === 255) opaque++;
+    return {width: cv.width, height: cv.height, opaque: opaque / (cv.width * cv.height)};`);
+  check(canvas.width === want.width && canvas.height === want.height,
+    `the canvas is ${canvas.width}x${canvas.height}, the scan ${want.width}x${want.height}`);
+  check(canvas.opaque > 0.95, `the DICOM frame is not drawn under the ellipse (${(100 * canvas.opaque).toFixed(1)}% opaque)`);
+  const hc = Number(await wd.attr('#hc', 'data-value'));
+  console.log(`DICOM upload: HC ${hc.toFixed(3)} mm, PNG upload ${pngHc.toFixed(3)} mm`);
+  check(Math.abs(hc - pngHc) <= 0.1, `the DICOM HC ${hc} differs from the PNG's ${pngHc} by more than 0.1 mm`);
+  await shot(wd, opts, 'dicom');
+
+  // Accept: the exam keeps the SOP Instance UID (and the file's pixel size).
+  await wd.click('#accept');
+  await waitFor('the accept confirmation of the DICOM exam', async () => {
+    await failIfErrorShown(wd, 'accepting the DICOM exam');
+    const m = await pageMessage(wd);
+    return m && m.kind.includes('message-success');
+  }, 15000);
+  const stored = await (await fetch(`${base}/v1/pregnancies/${encodeURIComponent(pregnancyId)}`)).json();
+  check(Array.isArray(stored.exams) && stored.exams.length === 1,
+    `the server should hold 1 DICOM exam for ${pregnancyId}, got ${JSON.stringify(stored).slice(0, 300)}`);
+  const exam = stored.exams[0];
+  check(exam.sop_instance_uid === uid, `the stored exam's sop_instance_uid is ${exam.sop_instance_uid}, expected ${uid}`);
+  check(Math.abs(exam.pixel_size_mm - pixelSize) < 1e-9, `the stored pixel size ${exam.pixel_size_mm} is not the file's ${pixelSize}`);
+  check(Math.abs(exam.hc_mm - pngHc) <= 0.1, `the stored HC ${exam.hc_mm} differs from the PNG's ${pngHc} by more than 0.1 mm`);
+  check(exam.corrected === false, 'the DICOM exam is marked corrected although nothing was moved');
+  const csv = await (await fetch(`${base}/v1/pregnancies/${encodeURIComponent(pregnancyId)}/export.csv`)).text();
+  check(csv.split('\n')[0].endsWith(',sop_instance_uid') && csv.includes(uid), `the CSV export lacks the UID: ${csv.slice(0, 400)}`);
+}
+
+function shot(wd, opts, name) {
+  return wd.screenshot(path.join(opts.artifacts, `browser_${name}.png`));
 }
 
 async function main() {
@@ -476,6 +575,10 @@ async function main() {
   if (!chromium) skip('chromium not found (apt-get install chromium chromium-driver)');
   const chromedriver = which(opts.chromedriver ? [opts.chromedriver] : ['chromedriver'], ['/usr/lib/chromium']);
   if (!chromedriver) skip('chromedriver not found (apt-get install chromium-driver)');
+  if (opts.dicomWrap && !isExecutable(opts.dicomWrap)) {
+    console.error(`FAIL browser test: DICOM helper '${opts.dicomWrap}' is missing or not executable (build the dicom_wrap target)`);
+    process.exit(1);
+  }
   if (!opts.serverUrl && !isExecutable(opts.binary)) {
     console.error(`FAIL browser test: fetalhc binary '${opts.binary}' is missing or not executable`);
     process.exit(1);
@@ -513,7 +616,7 @@ async function main() {
     }, 30000);
     await wd.start(chromium, path.join(tmp, 'profile'));
 
-    await run(opts, { base, pixelSize, gaWeeks: opts.gaWeeks, imagePath, truthHc: row ? row.hc : null, wd });
+    await run(opts, { base, pixelSize, gaWeeks: opts.gaWeeks, imagePath, truthHc: row ? row.hc : null, wd, tmp });
   } catch (err) {
     failed = err;
   }

@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 export const el = {
   // measure form
   form: $('measure-form'), file: $('file'), drop: $('drop-zone'), fileName: $('file-name'),
-  pixelSize: $('pixel-size'), gaWeeks: $('ga-weeks'), pregnancyId: $('pregnancy-id'), examDate: $('exam-date'),
+  pixelSize: $('pixel-size'), pixelSizeHelp: $('pixel-size-help'), gaWeeks: $('ga-weeks'), pregnancyId: $('pregnancy-id'), examDate: $('exam-date'),
   measure: $('measure'), token: $('token'), tokenSettings: $('token-settings'),
   // ellipse editor
   canvas: $('canvas'), canvasEmpty: $('canvas-empty'),
@@ -17,6 +17,8 @@ export const el = {
   quality: $('quality'), corrected: $('corrected-flag'), reasons: $('reasons'),
   hc: $('hc'), bpd: $('bpd'), ofd: $('ofd'), ci: $('ci'), gaHadlock: $('ga-hadlock'),
   gaIntergrowth: $('ga-intergrowth'), centile: $('centile'), timings: $('timings'), results: $('results'),
+  calibrationBox: $('calibration-box'), calibration: $('calibration'), dicomInfo: $('dicom-info'),
+  calibrationWarnings: $('calibration-warnings'),
   reset: $('reset-ellipse'), accept: $('accept'), acceptStatus: $('accept-status'),
   openPregnancy: $('open-pregnancy'),
   // page chrome

@@ -41,6 +41,14 @@ export function setImage(img) {
   draw();
 }
 
+// No image to show yet (e.g. a DICOM file, shown once the server has decoded it): `note` says why.
+export function clearImage(note) {
+  state.image = null;
+  el.canvasEmpty.textContent = note || 'No image yet.';
+  el.canvasEmpty.hidden = false;
+  draw();
+}
+
 // The server's ellipse (API object) becomes both the automatic and the working ellipse.
 export function setAutoEllipse(apiEllipse) {
   state.autoEllipse = normalise(apiEllipse);

@@ -1,6 +1,9 @@
 // Owns: the measure form's inputs as values: reading and checking the pixel size, known GA and
 // pregnancy id (with the texts that explain the rules), the bearer token field, and the values the
 // browser remembers between visits (pixel size: localStorage; token: sessionStorage, this tab only).
+// For a DICOM image the pixel size field is optional (the file's calibration is used): the field
+// is emptied and its help text says so, and the calibration the server used becomes the working
+// pixel size (setFilePixelSize) unless a value is typed.
 
 import { el } from './dom.js';
 import { todayIso } from './format.js';
@@ -21,10 +24,42 @@ export function readNumber(input) {
   return Number.isFinite(v) ? v : NaN;
 }
 
-// The pixel size in mm, or null when missing or out of range.
-export function pixelSizeValue() {
+let filePixelSize = null;   // mm per pixel from the DICOM file's calibration (null: none)
+
+const PIXEL_SIZE_HELP = "From the scanner's calibration; remembered for the next image.";
+const PIXEL_SIZE_HELP_DICOM = "Optional for a DICOM file: the file's own calibration (ultrasound region or " +
+  'PixelSpacing) will be used. Enter a value only to override it.';
+
+// The pixel size typed in the field, or null when missing or out of range.
+export function typedPixelSizeValue() {
   const v = readNumber(el.pixelSize);
   return v !== null && v > 0 && v <= 2 ? v : null;
+}
+
+// The working pixel size in mm: the one typed, else the DICOM file's, else null.
+export function pixelSizeValue() {
+  const typed = typedPixelSizeValue();
+  return typed !== null ? typed : filePixelSize;
+}
+
+// The calibration of a measured DICOM file (null: none, e.g. a PNG).
+export function setFilePixelSize(mm) {
+  filePixelSize = Number.isFinite(mm) && mm > 0 ? mm : null;
+}
+
+// A DICOM file (true) or an image (false) was chosen: the pixel size field becomes optional or
+// required, with its help text and placeholder; for an image the remembered value comes back.
+export function pixelSizeFor(dicom) {
+  filePixelSize = null;
+  el.pixelSize.required = !dicom;
+  el.pixelSizeHelp.textContent = dicom ? PIXEL_SIZE_HELP_DICOM : PIXEL_SIZE_HELP;
+  el.pixelSize.placeholder = dicom ? 'from the DICOM file' : 'e.g. 0.13';
+  el.pixelSize.dataset.dicom = dicom ? '1' : '0';
+  if (dicom) {
+    el.pixelSize.value = '';
+  } else if (!el.pixelSize.value) {
+    el.pixelSize.value = localStorage.getItem(STORAGE_PIXEL_SIZE) || '';
+  }
 }
 
 // The known GA in weeks, or null when missing or out of range.

@@ -1,17 +1,20 @@
 // Owns: the measurement panel's numbers (#results): the quality badge and review reasons, HC / BPD /
 // OFD / cephalic index (computed here at once from the working ellipse), GA (Hadlock,
 // INTERGROWTH-21st) and the HC centile (from the server, refreshed through POST /v1/perimeter a
-// moment after each change), the "corrected" badge, the reset button's state, and the timings line.
+// moment after each change), the "corrected" badge, the reset button's state, the timings line, and
+// the calibration the server used with where it came from (#calibration-box: "0.2623 mm/px from
+// ultrasound region 0", "from PixelSpacing", "given by you"), a DICOM file's frames and its warnings.
 //
 // For tests: #hc carries data-value (HC in mm, 3 decimals); outputs waiting for the server have the
-// class "pending"; #results gets data-updated when a refresh has arrived.
+// class "pending"; #results gets data-updated when a refresh has arrived; #calibration carries
+// data-source (the API's calibration.source) and data-mm-per-px (the working pixel size).
 
 import * as api from './api.js';
 import { el } from './dom.js';
 import { currentEllipse, isCorrected } from './ellipse-editor.js';
 import { DASH, formatGa, mm } from './format.js';
 import { normalise, perimeter, toApi } from './geometry.js';
-import { gaWeeksValue, pixelSizeValue } from './inputs.js';
+import { gaWeeksValue, pixelSizeValue, typedPixelSizeValue } from './inputs.js';
 import { showMessage } from './messages.js';
 
 const PERIMETER_DEBOUNCE_MS = 250;
@@ -102,6 +105,52 @@ export function showServerNumbers(r) {
   for (const n of serverOutputs()) n.classList.remove('pending');
 }
 
+const mmPerPx = (v) => (Number.isFinite(v) ? Number(v.toPrecision(4)).toString() : DASH);
+
+// Where a calibration came from, as the page words it.
+function calibrationOrigin(source) {
+  if (source === 'pixel_size_mm') return 'given by you';
+  return 'from ' + (source || 'an unknown source');
+}
+
+// The calibration of a measurement (m.calibration) and, for DICOM, the frames and warnings. A pixel
+// size typed after measuring a DICOM file replaces the file's one for the numbers shown: so said.
+export function showCalibration(m) {
+  const c = m && m.calibration;
+  el.calibrationBox.hidden = !c;
+  el.calibrationWarnings.innerHTML = '';
+  el.dicomInfo.hidden = true;
+  if (!c) return;
+  const x = c.mm_per_px_x, y = c.mm_per_px_y;
+  const square = !Number.isFinite(y) || Math.abs(x - y) <= 0.005 * Math.max(x, y);
+  let text = square ? `${mmPerPx(x)} mm/px ${calibrationOrigin(c.source)}`
+    : `${mmPerPx(x)} mm/px across, ${mmPerPx(y)} mm/px down ${calibrationOrigin(c.source)}`;
+  let used = x;
+  const typed = typedPixelSizeValue();
+  if (typed !== null && Math.abs(typed - x) > 1e-9) {   // typed after measuring
+    text = c.source === 'pixel_size_mm' ? `${mmPerPx(typed)} mm/px given by you`
+      : `${mmPerPx(typed)} mm/px given by you (the file says ${text})`;
+    used = typed;
+  }
+  el.calibration.textContent = text;
+  el.calibration.dataset.source = c.source || '';
+  el.calibration.dataset.mmPerPx = String(used);
+  if (m.dicom) {
+    const parts = [`DICOM file (${m.dicom.transfer_syntax || 'unknown transfer syntax'})`];
+    if (m.summary) {
+      parts.push(`${m.summary.frames} frames: the HC shown is the median of the ${m.summary.ok_frames} good frames; ` +
+        `the ellipse and image are frame ${(m.preview_frame ?? m.summary.estimate_frame) + 1}`);
+    }
+    el.dicomInfo.textContent = parts.join('; ') + '.';
+    el.dicomInfo.hidden = false;
+  }
+  for (const w of m.warnings || []) {
+    const li = document.createElement('li');
+    li.textContent = w;
+    el.calibrationWarnings.appendChild(li);
+  }
+}
+
 export function showTimings(timingsMs) {
   if (timingsMs && Number.isFinite(timingsMs.total)) {
     el.timings.textContent = `Measured in ${Math.round(timingsMs.total)} ms.`;
@@ -146,4 +195,5 @@ export function clearResults() {
   el.corrected.hidden = true;
   el.reset.disabled = true;
   el.timings.textContent = '';
+  showCalibration(null);
 }
