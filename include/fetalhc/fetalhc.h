@@ -2,6 +2,7 @@
 #pragma once
 
 #include "fetalhc/csv.h"
+#include "fetalhc/dicom.h"
 #include "fetalhc/ellipse.h"
 #include "fetalhc/evaluation.h"
 #include "fetalhc/expected.h"
@@ -11,6 +12,7 @@
 #include "fetalhc/measure.h"
 #include "fetalhc/metrics.h"
 #include "fetalhc/overlay.h"
+#include "fetalhc/report.h"
 #include "fetalhc/segmenter.h"
 #include "fetalhc/trainer.h"
 #include "fetalhc/video.h"
