@@ -1,9 +1,11 @@
-// DICOM input with DCMTK: the header (no pixels), the frames (DicomImage), the calibration from the
-// Sequence of Ultrasound Regions, and measuring a frame inside its calibrated region.
+// DICOM input with DCMTK: the header (no pixels), the frames (DicomImage) and the calibration from
+// the Sequence of Ultrasound Regions. Measuring a frame inside its calibrated region (the part that
+// needs the network) is in dicom_measure.cpp, so that this file builds without LibTorch (fuzz/).
 #include "fetalhc/dicom.h"
 
+#include "dicom_detail.h"
+
 #include "fetalhc/hc18.h"
-#include "fetalhc/metrics.h"
 
 #include <dcmtk/config/osconfig.h>  // must come first among the DCMTK headers
 #include <dcmtk/dcmdata/dccodec.h>
@@ -19,6 +21,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -236,9 +239,89 @@ Expected<DicomHeader> load_file(DcmFileFormat& ff, const std::string& path, bool
     return header_from(ff, path);
 }
 
+// Reading from memory, DCMTK allocates every value at the length its header declares before it
+// reads the value (a 4 KB upload whose element says 2.6 GB allocates 2.6 GB). This walks the
+// elements first, without allocating, and returns the first declared length that runs past the end
+// of the bytes (as "tag: N bytes declared, M left"), or "" when every length fits. Sequences and
+// items are entered (their contents are elements), fragments of encapsulated pixel data skipped.
+// Deflated data sets cannot be checked this way and pass (DCMTK then decides).
+std::string overlong_value(const std::vector<unsigned char>& b) {
+    const unsigned char* p = b.data();
+    const size_t n = b.size();
+    bool big = false, explicit_vr = true, in_meta = true, in_fragments = false;
+    const auto u16 = [&](size_t i) { return big ? unsigned(p[i]) << 8 | p[i + 1] : unsigned(p[i + 1]) << 8 | p[i]; };
+    const auto u32 = [&](size_t i) {
+        return big ? uint32_t(p[i]) << 24 | uint32_t(p[i + 1]) << 16 | uint32_t(p[i + 2]) << 8 | p[i + 3]
+                   : uint32_t(p[i + 3]) << 24 | uint32_t(p[i + 2]) << 16 | uint32_t(p[i + 1]) << 8 | p[i];
+    };
+    const auto vr_is = [&](size_t i, const char* v) { return p[i] == v[0] && p[i + 1] == v[1]; };
+    std::string xfer;
+    for (size_t pos = 132; pos + 8 <= n;) {
+        unsigned group = u16(pos);
+        if (in_meta && group != 0x0002) {
+            // The data set starts: its encoding is the meta header's transfer syntax (DICOM PS3.5 A).
+            in_meta = false;
+            while (!xfer.empty() && (xfer.back() == '\0' || xfer.back() == ' ')) xfer.pop_back();
+            if (xfer == "1.2.840.10008.1.2.1.99") return "";  // deflated: lengths are in the inflated stream
+            if (xfer == "1.2.840.10008.1.2") explicit_vr = false;
+            else if (xfer == "1.2.840.10008.1.2.2") big = true;
+            else if (xfer.empty()) explicit_vr = std::isupper(p[pos + 4]) && std::isupper(p[pos + 5]);  // as DCMTK guesses
+            group = u16(pos);
+        }
+        const unsigned element = u16(pos + 2);
+        const auto tag = [&] {
+            char t[16];
+            std::snprintf(t, sizeof t, "(%04X,%04X)", group, element);
+            return std::string(t);
+        };
+        uint32_t len = 0;
+        size_t header = 8;
+        bool sequence = false;
+        if (group == 0xFFFE) {  // item and delimiters: no VR in any encoding
+            len = u32(pos + 4);
+        } else if (explicit_vr || in_meta) {
+            // The VRs with a 2-byte length (PS3.5 7.1.2); every other one, a VR DCMTK does not know
+            // included, has 2 reserved bytes and a 4-byte length, as DCMTK reads it.
+            static const char* const kShort[] = {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO",
+                                                 "LT", "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"};
+            bool short_form = false;
+            for (const char* v : kShort) short_form = short_form || vr_is(pos + 4, v);
+            if (!short_form) {
+                if (pos + 12 > n) break;
+                len = u32(pos + 8), header = 12;
+            } else {
+                len = u16(pos + 6);
+            }
+            sequence = vr_is(pos + 4, "SQ");
+        } else {
+            len = u32(pos + 4);
+            sequence = DcmTag(Uint16(group), Uint16(element)).getEVR() == EVR_SQ;
+        }
+        pos += header;
+        if (group == 0xFFFE) {
+            if (element == 0xE0DD) in_fragments = false;
+            if (element != 0xE000 || len == 0xFFFFFFFF) continue;
+            if (len > n - pos)
+                return "item " + tag() + ": " + std::to_string(len) + " bytes declared, " + std::to_string(n - pos) + " left";
+            if (in_fragments) pos += len;  // a fragment of compressed pixel data; an item of a sequence is entered
+            continue;
+        }
+        if (len == 0xFFFFFFFF) {  // a sequence, or encapsulated pixel data, ended by a delimiter
+            if (group == 0x7FE0 && element == 0x0010) in_fragments = true;
+            continue;
+        }
+        if (len > n - pos) return tag() + ": " + std::to_string(len) + " bytes declared, " + std::to_string(n - pos) + " left";
+        if (in_meta && group == 0x0002 && element == 0x0010) xfer.assign(reinterpret_cast<const char*>(p + pos), len);
+        if (!sequence) pos += len;
+    }
+    return "";
+}
+
 Expected<DicomHeader> load_bytes(DcmFileFormat& ff, const std::vector<unsigned char>& bytes, const std::string& name) {
     init_dcmtk();
     if (!is_dicom(bytes)) return make_error("'" + name + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
+    if (auto e = overlong_value(bytes); !e.empty())
+        return make_error("DICOM '" + name + "' is truncated or damaged: an element is longer than the file (" + e + ")");
     DcmInputBufferStream in;
     in.setBuffer(bytes.data(), offile_off_t(bytes.size()));
     in.setEos();
@@ -429,6 +512,15 @@ std::string box_text(const cv::Rect& b) {
 
 }  // namespace
 
+namespace detail {
+std::string dicom_fmt(double v, int digits) { return fmt(v, digits); }
+std::string dicom_box_text(const cv::Rect& b) { return box_text(b); }
+bool dicom_is_2d_tissue(const UltrasoundRegion& r) { return is_2d_tissue(r); }
+Expected<DicomCalibration> dicom_region_calibration(const DicomHeader& h, const UltrasoundRegion& r) {
+    return region_calibration(h, r);
+}
+}  // namespace detail
+
 bool is_dicom(const std::vector<unsigned char>& bytes) { return has_dicm_magic(bytes.data(), bytes.size()); }
 
 bool is_dicom_file(const std::string& path) {
@@ -525,31 +617,6 @@ cv::Mat mask_outside(const cv::Mat& gray8, const std::vector<cv::Rect>& keep) {
 
 namespace {
 
-// How far (px) the fitted ellipse reaches past the region's box; <= 0 when inside.
-double overhang_px(const Ellipse& e, const cv::Rect& b) {
-    const double c = std::cos(e.angle), s = std::sin(e.angle);
-    const double hw = std::sqrt(e.a * e.a * c * c + e.b * e.b * s * s);
-    const double hh = std::sqrt(e.a * e.a * s * s + e.b * e.b * c * c);
-    const double left = b.x - 0.5, right = b.x + b.width - 0.5, top = b.y - 0.5, bottom = b.y + b.height - 0.5;
-    return std::max({left - (e.cx - hw), (e.cx + hw) - right, top - (e.cy - hh), (e.cy + hh) - bottom});
-}
-
-// Why the head fitted in `source` does not belong to the region `cal` (it reaches more than a
-// pixel outside its box, where the calibration does not hold), or empty.
-std::string head_outside(const DicomCalibration& cal, const Ellipse& e, const std::string& source) {
-    if (!cal.region) return "";
-    const double over = overhang_px(e, cal.box);
-    if (over <= 1.0) return "";
-    return "the head in '" + source + "' reaches " + fmt(over, 1) + " px outside " + cal.source + " " + box_text(cal.box) +
-           ", where its calibration does not hold; use a frame with the whole head inside the region, or give --pixel-size MM";
-}
-
-void apply_calibration(MeasureOptions& o, const DicomCalibration& c) {
-    o.pixel_size_mm = c.mm_per_px_x;
-    o.pixel_size_y_mm.reset();
-    if (c.anisotropic()) o.pixel_size_y_mm = c.mm_per_px_y;
-}
-
 std::optional<std::string> disagreement_note(const DicomHeader& h, double given, const DicomCalibration& c) {
     const double worst = std::max(std::abs(c.mm_per_px_x - given) / given, std::abs(c.mm_per_px_y - given) / given);
     if (worst <= 0.01) return std::nullopt;
@@ -573,97 +640,6 @@ Expected<DicomCalibration> calibration_for_frames(const DicomHeader& h, std::opt
         if (auto n = disagreement_note(h, *override_mm, *file)) notes.push_back(*n);
     }
     return c;
-}
-
-Expected<DicomMeasurement> measure_dicom_frame(const Measurer& measurer, const DicomHeader& h, const cv::Mat& gray8,
-                                               const DicomMeasureOptions& opt, const std::string& source) {
-    DicomMeasurement out;
-    MeasureOptions mo = opt.measure;
-    auto pre = calibration_for_frames(h, opt.pixel_size_mm, out.notes);
-    std::vector<cv::Rect> keep;
-    if (pre) {
-        apply_calibration(mo, *pre);
-        keep = pre->keep;
-    } else {
-        // Several regions with different calibrations: find the head in all of them first.
-        std::vector<const UltrasoundRegion*> tissue;
-        for (const auto& r : h.regions)
-            if (is_2d_tissue(r)) tissue.push_back(&r);
-        if (tissue.size() < 2) return make_error(pre.error());
-        auto first = region_calibration(h, *tissue[0]);
-        for (const auto* r : tissue) keep.push_back(r->box & cv::Rect(0, 0, h.columns, h.rows));
-        if (first) apply_calibration(mo, *first);
-        else mo.pixel_size_mm = 1, mo.pixel_size_y_mm.reset();  // provisional: only the pixels matter here
-    }
-    auto r = measurer.measure(mask_outside(gray8, keep), mo, source);
-    if (!r) return make_error(r.error());
-    if (opt.pixel_size_mm) {
-        out.calibration = *pre;
-        out.m = *r;
-        return out;
-    }
-    auto cal = choose_calibration(h, cv::Point2d(r->ellipse_px.cx, r->ellipse_px.cy));
-    if (!cal) return make_error(cal.error());
-    if (!pre) {
-        // Dual view: measure again with only the head's region and its calibration.
-        apply_calibration(mo, *cal);
-        r = measurer.measure(mask_outside(gray8, cal->keep), mo, source);
-        if (!r) return make_error(r.error());
-    }
-    if (auto e = head_outside(*cal, r->ellipse_px, source); !e.empty()) return make_error(e);
-    out.calibration = *cal;
-    out.m = *r;
-    return out;
-}
-
-Expected<VideoSummary> measure_dicom_cine(const Measurer& measurer, const DicomHeader& h, const DicomCalibration& c,
-                                          const std::string& label, const FrameSource& next, const VideoOptions& opt,
-                                          const std::function<void(const VideoFrame&)>& on_frame) {
-    const bool check_region = c.source != "--pixel-size";
-    const FrameSource masked = [&](cv::Mat& frame, double& time_s) {
-        if (!next(frame, time_s)) return false;
-        if (!c.keep.empty()) frame = mask_outside(frame, c.keep);
-        return true;
-    };
-    std::vector<Measurement> ok;
-    std::vector<int> ok_index;
-    int refused = 0;
-    auto s = measure_frames(measurer, label, masked, opt, [&](const VideoFrame& f) {
-        VideoFrame out = f;
-        if (out.result && check_region) {
-            // The same rule as for one frame: the head's region (by its centre) must hold all of it.
-            auto cal = choose_calibration(h, cv::Point2d(out.result->ellipse_px.cx, out.result->ellipse_px.cy));
-            std::string e = cal ? head_outside(*cal, out.result->ellipse_px, out.result->source) : cal.error();
-            if (!e.empty()) {
-                out.result = make_error(e);
-                ++refused;
-            }
-        }
-        if (out.result && out.result->quality == "ok") ok.push_back(*out.result), ok_index.push_back(out.index);
-        if (on_frame) on_frame(out);
-    });
-    if (!s || refused == 0) return s;
-    // Frames refused above were in the summary measure_frames made: make it again without them
-    // (the median over the ok frames, as video.h says).
-    s->measured -= refused;
-    s->ok = int(ok.size());
-    s->has_estimate = !ok.empty();
-    s->hc_median_mm = s->bpd_median_mm = s->ofd_median_mm = s->hc_iqr_mm = 0;
-    s->estimate = Measurement{};
-    s->estimate_frame = -1;
-    if (ok.empty()) return s;
-    std::vector<double> hc, bpd, ofd;
-    for (const auto& m : ok) hc.push_back(m.hc_mm), bpd.push_back(m.bpd_mm), ofd.push_back(m.ofd_mm);
-    s->hc_median_mm = quantile(hc, 0.5);
-    s->bpd_median_mm = quantile(bpd, 0.5);
-    s->ofd_median_mm = quantile(ofd, 0.5);
-    s->hc_iqr_mm = quantile(hc, 0.75) - quantile(hc, 0.25);
-    size_t best = 0;
-    for (size_t k = 1; k < ok.size(); ++k)
-        if (std::abs(ok[k].hc_mm - s->hc_median_mm) < std::abs(ok[best].hc_mm - s->hc_median_mm)) best = k;
-    s->estimate = ok[best];
-    s->estimate_frame = ok_index[best];
-    return s;
 }
 
 std::vector<InputItem> expand_inputs_with_dicom(const std::vector<std::string>& paths) {

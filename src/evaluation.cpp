@@ -9,6 +9,7 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <cmath>
 #include <limits>
 
@@ -211,16 +212,23 @@ json to_json(const EvaluationReport& rep, int worst) {
     return out;
 }
 
-void write_per_image_csv(const EvaluationReport& rep, std::ostream& out) {
+namespace {
+
+// The per-image CSV; with `fold`, a last column `fold` (the fold of each image, in report order).
+void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const std::vector<int>* fold) {
     CsvWriter w(out);
     for (const char* h : {"filename", "ref_hc_mm", "hc_mm", "diff_mm", "dice", "hausdorff_mm", "trimester", "quality",
                           "detection_score", "certainty", "fit_rms_px", "inlier_share", "cut_share", "reasons_or_error"})
         w.raw(h);
+    if (fold) w.raw("fold");
     w.end_row();
-    for (const auto& r : rep.images) {
+    for (size_t i = 0; i < rep.images.size(); ++i) {
+        const ImageScore& r = rep.images[i];
         w.text(r.file).number(r.ref_hc_mm, 2);
         if (!r.measured()) {
-            w.empty(4).integer(r.trimester).empty(6).text(r.error).end_row();
+            w.empty(4).integer(r.trimester).empty(6).text(r.error);
+            if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
+            w.end_row();
             continue;
         }
         const Measurement& m = *r.measurement;
@@ -232,14 +240,88 @@ void write_per_image_csv(const EvaluationReport& rep, std::ostream& out) {
         w.integer(r.trimester).text(m.quality).number(m.presence, 3).number(m.certainty, 3).number(m.fit_rms_px, 3);
         w.number(double(m.inliers) / std::max(1, m.boundary_points), 3);
         w.number(double(m.cut_points) / std::max(1, m.cut_points + m.boundary_points), 3);
-        w.text(reasons).end_row();
+        w.text(reasons);
+        if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
+        w.end_row();
     }
+}
+
+}  // namespace
+
+void write_per_image_csv(const EvaluationReport& rep, std::ostream& out) { write_per_image_rows(rep, out, nullptr); }
+
+void write_per_image_csv(const EvaluationReport& rep, std::ostream& out, const std::vector<int>& fold) {
+    write_per_image_rows(rep, out, &fold);
+}
+
+FoldFigures fold_figures(const std::vector<ImageScore>& scores, const std::vector<int>& fold, int folds) {
+    FoldFigures f;
+    std::vector<std::vector<ImageScore>> by_fold(std::max(0, folds));
+    for (size_t i = 0; i < scores.size() && i < fold.size(); ++i)
+        if (fold[i] >= 0 && fold[i] < folds) by_fold[fold[i]].push_back(scores[i]);
+    std::vector<double> mad, dice;
+    for (const auto& s : by_fold) {
+        f.folds.push_back(summarize(s));
+        if (f.folds.back().images == 0) continue;
+        mad.push_back(f.folds.back().hc_abs_error_mm.mean);
+        dice.push_back(f.folds.back().dice.mean);
+    }
+    f.hc_mad_mm = mean_sd(mad);
+    f.dice = mean_sd(dice);
+    return f;
 }
 
 Expected<Split> model_split(const std::vector<Hc18Record>& records, const std::string& metadata) {
     const auto spec = recorded_split(metadata);
     if (!spec) return make_error("the model records no training split (metadata keys split_salt, validation_fraction)");
+    if (spec->folds > 0) {
+        if (spec->folds < 2 || spec->fold < 0 || spec->fold >= spec->folds)
+            return make_error("the model records an invalid k-fold split (fold " + std::to_string(spec->fold) + " of " +
+                              std::to_string(spec->folds) + ")");
+        return kfold_split(records, spec->folds, spec->fold, spec->salt);
+    }
     return grouped_split(records, spec->validation_fraction, spec->salt);
+}
+
+Expected<OutOfFold> evaluate_out_of_fold(const std::vector<Hc18Record>& records, const std::string& run_dir,
+                                         const SegmenterOptions& model_options, const ScoreOptions& opt) {
+    namespace fs = std::filesystem;
+    auto path = [&](int i) { return (fs::path(run_dir) / ("fold" + std::to_string(i)) / "model.pt").string(); };
+    auto load = [&](int i) -> Expected<Segmenter> {
+        if (!fs::is_regular_file(path(i)))
+            return make_error("fold " + std::to_string(i) + " model '" + path(i) + "' is missing");
+        return Segmenter::load(path(i), model_options);
+    };
+    auto first = load(0);
+    if (!first) return make_error(first.error());
+    const auto spec = recorded_split(first->info().metadata);
+    if (!spec || spec->folds < 2)
+        return make_error("'" + path(0) + "' is not a k-fold model (its metadata records no folds/fold)");
+    OutOfFold out;
+    out.fold = kfold_assignment(records, spec->folds, spec->salt);
+    out.scores.resize(records.size());
+    for (int i = 0; i < spec->folds; ++i) {
+        auto seg = i == 0 ? std::move(first) : load(i);
+        if (!seg) return make_error(seg.error());
+        const auto s = recorded_split(seg->info().metadata);
+        if (!s || s->folds != spec->folds || s->fold != i || s->salt != spec->salt)
+            return make_error("'" + path(i) + "' does not record fold " + std::to_string(i) + " of the " +
+                              std::to_string(spec->folds) + "-fold split (split_salt \"" + spec->salt + "\") that '" +
+                              path(0) + "' records; fold models of different runs or splits cannot be mixed");
+        out.models.push_back(path(i));
+        auto split = model_split(records, seg->info().metadata);
+        if (!split) return make_error("'" + path(i) + "': " + split.error());
+        Measurer measurer(*seg);
+        auto sc = score_records(split->validation, measure_with(measurer), opt);
+        size_t j = 0;
+        for (size_t r = 0; r < records.size(); ++r) {
+            if (out.fold[r] != i) continue;
+            if (j >= sc.size() || sc[j].file != records[r].filename)
+                return make_error("'" + path(i) + "': its held-out images differ from the fold assignment");
+            out.scores[r] = std::move(sc[j++]);
+        }
+    }
+    return out;
 }
 
 Expected<Calibration> calibrate_axis_scale(const Split& split, double stored_axis_scale, const MeasureRecordFn& measure,

@@ -7,6 +7,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -54,7 +55,12 @@ std::optional<SplitSpec> recorded_split(const std::string& metadata_json) {
     if (!j.is_object() || !j.contains("split_salt") || !j["split_salt"].is_string() || !j.contains("validation_fraction") ||
         !j["validation_fraction"].is_number())
         return std::nullopt;
-    return SplitSpec{j["split_salt"].get<std::string>(), j["validation_fraction"].get<double>()};
+    SplitSpec spec{j["split_salt"].get<std::string>(), j["validation_fraction"].get<double>()};
+    if (j.contains("folds") && j["folds"].is_number_integer()) {
+        spec.folds = j["folds"].get<int>();
+        spec.fold = j.contains("fold") && j["fold"].is_number_integer() ? j["fold"].get<int>() : -1;
+    }
+    return spec;
 }
 
 std::string check_pixel_size(double mm, const std::string& what) {
@@ -161,6 +167,33 @@ Split grouped_split(const std::vector<Hc18Record>& records, double fraction, con
         const double u = double(h % 1000000) / 1e6;
         (u < fraction ? s.validation : s.train).push_back(r);
     }
+    return s;
+}
+
+std::vector<int> kfold_assignment(const std::vector<Hc18Record>& records, int folds, const std::string& salt) {
+    if (folds < 2) return std::vector<int>(records.size(), 0);
+    std::map<std::string, int> images;  // examination -> image count
+    for (const auto& r : records) ++images[examination_id(r.filename)];
+    std::vector<std::pair<uint64_t, std::string>> order;
+    for (const auto& [e, n] : images) order.push_back({fnv1a(salt + ":kfold:" + e), e});
+    std::sort(order.begin(), order.end());
+    std::vector<int> size(folds, 0);
+    std::map<std::string, int> fold_of;
+    for (const auto& [h, e] : order) {
+        const int f = int(std::min_element(size.begin(), size.end()) - size.begin());
+        fold_of[e] = f;
+        size[f] += images[e];
+    }
+    std::vector<int> out;
+    out.reserve(records.size());
+    for (const auto& r : records) out.push_back(fold_of[examination_id(r.filename)]);
+    return out;
+}
+
+Split kfold_split(const std::vector<Hc18Record>& records, int folds, int fold, const std::string& salt) {
+    const auto f = kfold_assignment(records, folds, salt);
+    Split s;
+    for (size_t i = 0; i < records.size(); ++i) (f[i] == fold ? s.validation : s.train).push_back(records[i]);
     return s;
 }
 

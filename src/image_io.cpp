@@ -70,7 +70,8 @@ Expected<cv::Mat> decode_grayscale(const std::vector<unsigned char>& bytes, cons
             return (long long)bytes[i] << 24 | (long long)bytes[i + 1] << 16 | (long long)bytes[i + 2] << 8 | bytes[i + 3];
         };
         const long long w = be32(16), h = be32(20);
-        if (w * h > kMaxImagePixels) return make_error(too_large(name, w, h));
+        // Each side first: two 32-bit sides multiply past the range of long long.
+        if (w > kMaxImagePixels || h > kMaxImagePixels || w * h > kMaxImagePixels) return make_error(too_large(name, w, h));
     }
     limit_opencv_decoders();
     cv::Mat img = detail::decode_png_gray8(bytes.data(), bytes.size());  // the common case, ~2x faster

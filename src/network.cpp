@@ -177,14 +177,19 @@ namespace {
 // string "split_salt" (no metadata, not JSON, or written by something other than the trainer).
 std::string describe_split(const std::optional<SplitSpec>& split) {
     if (!split) return "no recorded split";
+    if (split->folds > 0)
+        return "split_salt " + nlohmann::json(split->salt).dump() + ", fold " + std::to_string(split->fold) + " of " +
+               std::to_string(split->folds);
     return "split_salt " + nlohmann::json(split->salt).dump() + ", validation_fraction " +
            nlohmann::json(split->validation_fraction).dump();
 }
 
 }  // namespace
 
-std::string split_metadata(const std::string& split_salt, double validation_fraction) {
-    return nlohmann::json{{"split_salt", split_salt}, {"validation_fraction", validation_fraction}}.dump();
+std::string split_metadata(const std::string& split_salt, double validation_fraction, int folds, int fold) {
+    nlohmann::json j{{"split_salt", split_salt}, {"validation_fraction", validation_fraction}};
+    if (folds > 0) j["folds"] = folds, j["fold"] = fold;
+    return j.dump();
 }
 
 std::string split_mismatch(const std::string& what_a, const std::string& meta_a, const std::string& what_b,
@@ -193,7 +198,8 @@ std::string split_mismatch(const std::string& what_a, const std::string& meta_a,
     if (a == b) return "";
     return what_a + " (" + describe_split(a) + ") and " + what_b + " (" + describe_split(b) +
            ") do not record the same train/validation split, so one network may have trained on the other's "
-           "validation images; use models trained with the same split_salt and validation_fraction";
+           "validation images; use models trained with the same split_salt and validation_fraction (and, for k-fold "
+           "models, the same folds and fold)";
 }
 
 std::string network_config_json(const NetworkConfig& c) {

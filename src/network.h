@@ -82,7 +82,7 @@ LoadedModel load_model(const std::string& path);  // throws c10::Error / std::ru
 // (split_metadata).
 std::string split_mismatch(const std::string& what_a, const std::string& meta_a, const std::string& what_b,
                            const std::string& meta_b);
-std::string split_metadata(const std::string& split_salt, double validation_fraction);
+std::string split_metadata(const std::string& split_salt, double validation_fraction, int folds = 0, int fold = 0);
 
 std::string network_config_json(const NetworkConfig& c);
 NetworkConfig network_config_from_json(const std::string& text);

@@ -3,6 +3,9 @@
 // per-epoch scoring) and checkpoint (what the run folder holds).
 #include "fetalhc/trainer.h"
 
+#include "fetalhc/evaluation.h"
+#include "fetalhc/segmenter.h"
+
 #include "network.h"
 #include "train/augment.h"
 #include "train/checkpoint.h"
@@ -22,6 +25,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <random>
 
@@ -48,7 +52,7 @@ std::string hms(double s) {
 struct Run {
     Run(const TrainConfig& c, const TrainOptions& o)
         : cfg(c), opt(o), out(o.out_dir), net_size(c.network.input_width, c.network.input_height),
-          refine(c.stage == "refine"), split_meta(detail::split_metadata(c.split_salt, c.validation_fraction)) {}
+          refine(c.stage == "refine"), split_meta(detail::split_metadata(c.split_salt, c.validation_fraction, c.folds, c.fold)) {}
 
     const TrainConfig& cfg;
     const TrainOptions& opt;
@@ -267,6 +271,7 @@ void save_best_model(Run& r, int epoch, const EvalResult& ev, detail::UNet& kept
               {"val_images", ev.n}, {"split_salt", cfg.split_salt},
               {"validation_fraction", cfg.validation_fraction}, {"axis_scale", r.data.axis_scale},
               {"config", training::config_to_json(cfg)}};
+    if (cfg.folds > 0) meta["folds"] = cfg.folds, meta["fold"] = cfg.fold;
     if (r.refine) {
         const detail::Refiner second{kept, cfg.crop_margin};
         meta["coarse_model"] = cfg.coarse_model;
@@ -348,6 +353,130 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
     } catch (const std::exception& e) {
         return make_error(std::string("training failed: ") + e.what());
     }
+}
+
+}  // namespace fetalhc
+
+// ---- K-fold cross-validation (see train_kfold in fetalhc/trainer.h) ----
+
+namespace fetalhc {
+namespace {
+
+json read_json_file(const fs::path& p) {
+    std::ifstream in(p);
+    if (!in) return json();
+    return json::parse(in, nullptr, false);
+}
+
+// "" when the stage folder holds nothing or a run of cfg's split; otherwise why it cannot be used.
+std::string check_stage_folder(const fs::path& dir, const TrainConfig& cfg) {
+    const json sj = read_json_file(dir / "split.json");
+    if (!sj.is_object()) return "";
+    if (sj.value("salt", std::string()) != cfg.split_salt || sj.value("folds", 0) != cfg.folds ||
+        sj.value("fold", 0) != cfg.fold)
+        return "'" + dir.string() + "' holds a run of another split (split.json: " + sj.value("salt", std::string()) +
+               ", fold " + std::to_string(sj.value("fold", 0)) + " of " + std::to_string(sj.value("folds", 0)) +
+               "); use another --out or remove that folder";
+    return "";
+}
+
+// A finished stage: report.json written after all epochs, or after max_steps steps.
+bool stage_finished(const fs::path& dir, const TrainConfig& cfg, long long max_steps) {
+    if (!fs::exists(dir / "model.pt")) return false;
+    const json rep = read_json_file(dir / "report.json");
+    if (!rep.is_object()) return false;
+    return rep.value("epochs_done", 0) >= cfg.epochs || (max_steps >= 0 && rep.value("steps_done", 0LL) >= max_steps);
+}
+
+Expected<bool> run_stage(const TrainConfig& cfg, const fs::path& dir, const KFoldOptions& opt, const char* name) {
+    if (auto e = check_stage_folder(dir, cfg); !e.empty()) return make_error(e);
+    if (stage_finished(dir, cfg, opt.max_steps)) {
+        std::fprintf(stderr, "fetalhc train --kfold: fold %d %s stage finished (%s), skipped\n", cfg.fold, name,
+                     dir.string().c_str());
+        return false;
+    }
+    TrainOptions o;
+    o.data_dir = opt.data_dir;
+    o.out_dir = dir.string();
+    o.resume = fs::exists(dir / "checkpoint.json");
+    o.max_steps = opt.max_steps;
+    o.limit = opt.limit;
+    o.progress = opt.progress;
+    std::fprintf(stderr, "fetalhc train --kfold: fold %d of %d, %s stage%s -> %s\n", cfg.fold, cfg.folds, name,
+                 o.resume ? " (resumed)" : "", dir.string().c_str());
+    auto r = train(cfg, o);
+    if (!r) return make_error("fold " + std::to_string(cfg.fold) + " " + name + " stage: " + r.error());
+    return true;
+}
+
+// fold<i>/model.pt: the refine model with its axis scale set on the fold's training split.
+std::string calibrate_fold(const fs::path& refine_model, const fs::path& out, const KFoldOptions& opt) {
+    auto seg = Segmenter::load(refine_model.string(), {});
+    if (!seg) return seg.error();
+    auto recs = read_hc18_training(opt.data_dir);
+    if (!recs) return recs.error();
+    auto split = model_split(*recs, seg->info().metadata);
+    if (!split) return "'" + refine_model.string() + "': " + split.error();
+    if (opt.limit > 0 && int(split->train.size()) > opt.limit) split->train.resize(opt.limit);
+    Measurer measurer(*seg);
+    auto c = calibrate_axis_scale(*split, seg->info().axis_scale, measure_with(measurer));
+    json patch;
+    if (c) {
+        patch = {{"axis_scale", c->axis_scale}, {"axis_scale_masks", c->masks_factor},
+                 {"axis_scale_measured", c->measured_factor}, {"axis_scale_images", c->measured_images}};
+        std::fprintf(stderr, "fetalhc train --kfold: axis scale %.5f (%d training images)\n", c->axis_scale,
+                     c->measured_images);
+    } else {
+        patch = {{"axis_scale_calibration", "not calibrated: " + c.error()}};
+        std::fprintf(stderr, "fetalhc train --kfold: warning: %s; the stored axis scale is kept\n", c.error().c_str());
+    }
+    const fs::path tmp = out.string() + ".tmp";
+    auto w = Segmenter::rewrite_metadata(refine_model.string(), tmp.string(), patch.dump());
+    if (!w) return w.error();
+    fs::rename(tmp, out);
+    return "";
+}
+
+}  // namespace
+
+Expected<KFoldReport> train_kfold(const TrainConfig& coarse_cfg, const TrainConfig& refine_cfg, const KFoldOptions& opt) {
+    if (opt.folds < 2 || opt.folds > 20) return make_error("--kfold must be in [2, 20] (e.g. 5)");
+    if (coarse_cfg.stage != "coarse" || refine_cfg.stage != "refine")
+        return make_error("k-fold training needs a coarse-stage config and a refine-stage config");
+    if (coarse_cfg.split_salt != refine_cfg.split_salt)
+        return make_error("the coarse and refine configs name different split_salt values");
+    KFoldReport rep;
+    try {
+        for (int i = 0; i < opt.folds; ++i) {
+            const fs::path dir = fs::path(opt.out_dir) / ("fold" + std::to_string(i));
+            const fs::path model = dir / "model.pt";
+            rep.models.push_back(model.string());
+            TrainConfig c = coarse_cfg, r = refine_cfg;
+            c.folds = r.folds = opt.folds;
+            c.fold = r.fold = i;
+            if (fs::exists(model)) {
+                // A finished fold must still be of this split (a folder of another run is refused).
+                if (auto e = check_stage_folder(dir / "refine", r); !e.empty()) return make_error(e);
+                std::fprintf(stderr, "fetalhc train --kfold: fold %d finished (%s), skipped\n", i, model.string().c_str());
+                ++rep.stages_skipped;
+                continue;
+            }
+            fs::create_directories(dir);
+            r.coarse_model = (dir / "coarse" / "model.pt").string();
+            if (!r.init_weights.empty()) r.init_weights = r.coarse_model;
+            auto a = run_stage(c, dir / "coarse", opt, "coarse");
+            if (!a) return make_error(a.error());
+            auto b = run_stage(r, dir / "refine", opt, "refine");
+            if (!b) return make_error(b.error());
+            rep.stages_trained += int(*a) + int(*b);
+            rep.stages_skipped += int(!*a) + int(!*b);
+            if (auto e = calibrate_fold(dir / "refine" / "model.pt", model, opt); !e.empty())
+                return make_error("fold " + std::to_string(i) + " calibration: " + e);
+        }
+    } catch (const std::exception& e) {
+        return make_error(std::string("k-fold training failed: ") + e.what());
+    }
+    return rep;
 }
 
 }  // namespace fetalhc

@@ -751,6 +751,79 @@ TEST(DicomBad, WrongValueLengthsAreErrors) {
     }
 }
 
+// Found by fuzz/fuzz_dicom: from bytes in memory DCMTK allocates a value at its declared length
+// before reading it, so a 4 KB upload whose element declared 2.6 GB allocated 2.6 GB. The lengths are
+// now walked first (explicit and implicit VR, inside sequences and items) and a length that runs
+// past the end of the bytes is refused before DCMTK reads anything.
+TEST(DicomBad, DeclaredLengthPastTheEndOfBytesIsRefusedBeforeReading) {
+    struct Case { std::string name; RawDicom d; };
+    std::vector<Case> cases;
+    {
+        RawDicom d;  // explicit VR: a text element declaring 60000 bytes (short form)
+        d.meta(), d.el(0x0010, 0x0010, "PN", 60000), d.b += "Fuzz^Seed";
+        cases.push_back({"explicit_short_form", d});
+    }
+    {
+        RawDicom d;  // explicit VR: OB declaring 2.6 GB
+        d.meta(), d.image(), d.pixels(0xA0A0A0A0ul, 600);
+        cases.push_back({"explicit_ob", d});
+    }
+    {
+        RawDicom d;  // inside an item of a sequence (undefined lengths): a UL region corner declaring 48 KB
+        d.meta(), d.image();
+        d.el(0x0018, 0x6011, "SQ", 0xFFFFFFFF), d.u16(0xFFFE), d.u16(0xE000), d.u32(0xFFFFFFFF);
+        d.el(0x0018, 0x6018, "UL", 0xC000);
+        d.u16(0xFFFE), d.u16(0xE00D), d.u32(0), d.u16(0xFFFE), d.u16(0xE0DD), d.u32(0);
+        cases.push_back({"in_sequence", d});
+    }
+    {
+        RawDicom d;  // implicit VR little endian (the transfer syntax in the meta header): 2.6 GB
+        d.el(0x0002, 0x0001, "OB", 2), d.b += std::string("\0\1", 2);
+        d.str(0x0002, 0x0002, "UI", UID_UltrasoundImageStorage);
+        d.str(0x0002, 0x0003, "UI", "1.2.3.4.5");
+        d.str(0x0002, 0x0010, "UI", UID_LittleEndianImplicitTransferSyntax);
+        d.u16(0x0008), d.u16(0x0016), d.u32(0x30), d.b += std::string(0x30, '1');
+        d.u16(0x0010), d.u16(0x0010), d.u32(0xA0A0A0A0ul), d.b += "Fuzz^Seed";
+        cases.push_back({"implicit", d});
+    }
+    for (const auto& c : cases) {
+        const std::vector<unsigned char> bytes(c.d.b.begin(), c.d.b.end());
+        auto h = read_dicom_header(bytes, c.name + ".dcm");
+        ASSERT_FALSE(h) << c.name;
+        EXPECT_TRUE(contains(h.error(), c.name + ".dcm")) << h.error();
+        EXPECT_TRUE(contains(h.error(), "longer than the file")) << c.name << ": " << h.error();
+        auto f = decode_dicom_frames(bytes, c.name + ".dcm");
+        ASSERT_FALSE(f) << c.name;
+        EXPECT_TRUE(contains(f.error(), "longer than the file")) << c.name << ": " << f.error();
+    }
+    // The walk refuses nothing DCMTK reads: the control file, every synthetic encoding and every
+    // sample read the same from bytes as from the file.
+    RawDicom ok;
+    ok.meta(), ok.image(), ok.pixels(600, 600);
+    std::vector<std::string> files = {ok.save("walk_control.dcm")};
+    Synthetic s;
+    s.frames = {noise8({40, 30}, 31), noise8({40, 30}, 32)};
+    s.regions = {{cv::Rect(0, 0, 40, 30)}};
+    for (auto xfer : {EXS_LittleEndianExplicit, EXS_LittleEndianImplicit, EXS_BigEndianExplicit}) {
+        s.xfer = xfer;
+        files.push_back(write_dicom(s, "walk_" + std::to_string(int(xfer)) + ".dcm"));
+    }
+    if (fs::exists(kShared))
+        for (const auto& e : fs::directory_iterator(kShared))
+            if (e.path().extension() == ".dcm") files.push_back(e.path().string());
+    for (const auto& p : files) {
+        std::ifstream in(p, std::ios::binary);
+        const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), {});
+        auto hf = read_dicom_header(p);
+        auto hb = read_dicom_header(bytes, "bytes.dcm");
+        ASSERT_EQ(bool(hf), bool(hb)) << p << ": " << (hb ? hf.error() : hb.error());
+        auto ff = decode_dicom_frames(p);
+        auto fb = decode_dicom_frames(bytes, "bytes.dcm");
+        ASSERT_EQ(bool(ff), bool(fb)) << p << ": " << (fb ? ff.error() : fb.error());
+        if (ff) EXPECT_EQ(ff->size(), fb->size()) << p;
+    }
+}
+
 // A compressed file whose NumberOfFrames is larger than its fragments can hold: refused from the
 // fragment count before anything is decoded.
 TEST(DicomBad, LyingFrameCountInACompressedFileIsAnError) {

@@ -585,3 +585,79 @@ TEST(MeasuredToReferenceScale, MedianRatioOverTheMeasuredRecords) {
         return std::nullopt;
     })));
 }
+
+// ---- grouped k-fold split ----------------------------------------------------------------------------------------
+
+TEST(KFoldSplit, CoversEveryRecordOnceKeepsExaminationsTogetherAndIsBalanced) {
+    const auto recs = synthetic_records();
+    const auto f = fetalhc::kfold_assignment(recs, 5, "test-salt");
+    ASSERT_EQ(f.size(), recs.size());
+    std::map<std::string, int> fold_of_exam;
+    std::vector<int> size(5, 0);
+    for (size_t i = 0; i < recs.size(); ++i) {
+        ASSERT_GE(f[i], 0);
+        ASSERT_LT(f[i], 5);
+        ++size[f[i]];
+        const auto e = fetalhc::examination_id(recs[i].filename);
+        auto [it, fresh] = fold_of_exam.insert({e, f[i]});
+        EXPECT_EQ(it->second, f[i]) << "examination " << e << " is split over two folds";
+    }
+    // Greedy by image count: folds within the largest examination (3 images) of each other.
+    EXPECT_LE(*std::max_element(size.begin(), size.end()) - *std::min_element(size.begin(), size.end()), 3);
+    // The K validation sets are disjoint and together are every record; each fold's train is the rest.
+    std::map<std::string, int> seen;
+    for (int k = 0; k < 5; ++k) {
+        const auto s = fetalhc::kfold_split(recs, 5, k, "test-salt");
+        EXPECT_EQ(s.train.size() + s.validation.size(), recs.size());
+        EXPECT_EQ(int(s.validation.size()), size[k]);
+        for (const auto& r : s.validation) ++seen[r.filename];
+        std::set<std::string> val_exams;
+        for (const auto& r : s.validation) val_exams.insert(fetalhc::examination_id(r.filename));
+        for (const auto& r : s.train) EXPECT_EQ(val_exams.count(fetalhc::examination_id(r.filename)), 0u) << r.filename;
+    }
+    EXPECT_EQ(seen.size(), recs.size());
+    for (const auto& [name, n] : seen) EXPECT_EQ(n, 1) << name;
+}
+
+TEST(KFoldSplit, IsDeterministicIndependentOfOrderAndSalted) {
+    auto recs = synthetic_records();
+    const auto a = fetalhc::kfold_assignment(recs, 5, "test-salt");
+    EXPECT_EQ(a, fetalhc::kfold_assignment(recs, 5, "test-salt"));
+    std::map<std::string, int> by_name;
+    for (size_t i = 0; i < recs.size(); ++i) by_name[recs[i].filename] = a[i];
+    std::reverse(recs.begin(), recs.end());
+    std::shuffle(recs.begin(), recs.end(), std::mt19937(3));
+    const auto b = fetalhc::kfold_assignment(recs, 5, "test-salt");
+    for (size_t i = 0; i < recs.size(); ++i) EXPECT_EQ(b[i], by_name[recs[i].filename]) << recs[i].filename;
+    EXPECT_NE(a, fetalhc::kfold_assignment(synthetic_records(), 5, "other-salt"));
+}
+
+TEST(KFoldSplit, RecordedSplitReadsFoldsAndComparesThem) {
+    const auto plain = fetalhc::recorded_split(R"({"split_salt": "s", "validation_fraction": 0.15})");
+    ASSERT_TRUE(plain);
+    EXPECT_EQ(plain->folds, 0);
+    const auto f0 = fetalhc::recorded_split(R"({"split_salt": "s", "validation_fraction": 0.15, "folds": 5, "fold": 0})");
+    const auto f1 = fetalhc::recorded_split(R"({"split_salt": "s", "validation_fraction": 0.15, "folds": 5, "fold": 1})");
+    const auto f0b = fetalhc::recorded_split(R"({"split_salt": "s", "validation_fraction": 0.3, "folds": 5, "fold": 0})");
+    ASSERT_TRUE(f0 && f1 && f0b);
+    EXPECT_EQ(f0->folds, 5);
+    EXPECT_EQ(f1->fold, 1);
+    EXPECT_FALSE(*f0 == *f1);
+    EXPECT_FALSE(*f0 == *plain);
+    EXPECT_TRUE(*f0 == *f0b);  // validation_fraction does not matter for a k-fold split
+}
+
+TEST(RealHc18, KFoldSizesOfTheShippedFolder) {
+#ifdef FETALHC_DATA_DIR
+    const std::string dir = FETALHC_DATA_DIR;
+    if (!fs::is_directory(fs::path(dir) / "training_set")) GTEST_SKIP() << "HC18 data absent at " << dir;
+    auto recs = fetalhc::read_hc18_training(dir);
+    ASSERT_TRUE(recs) << recs.error();
+    const auto f = fetalhc::kfold_assignment(*recs, 5, "fetalhc-split-v1");
+    std::vector<int> size(5, 0);
+    for (int x : f) ++size[x];
+    EXPECT_LE(*std::max_element(size.begin(), size.end()) - *std::min_element(size.begin(), size.end()), 4);
+#else
+    GTEST_SKIP() << "FETALHC_DATA_DIR is not defined for this test";
+#endif
+}

@@ -590,6 +590,25 @@ TEST(PngHostile, ForgedHugeHeaderIsRefusedBeforeAnyAllocation) {
     EXPECT_TRUE(contains(lib.error(), "too short")) << lib.error();
 }
 
+// Found by fuzz/fuzz_decode_image: the header check multiplied the two 32-bit sides in a long long,
+// which overflows (undefined behaviour) for sides near 2^32 and could come out negative, so the
+// budget let the file through to the decoders. Each side is now checked first.
+TEST(PngHostile, HeaderSidesNearFourBillionAreRefusedByTheBudget) {
+    for (const uint32_t side : {0xC3C3C3C3u, 0xFFFFFFFFu}) {
+        std::vector<unsigned char> png{0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+        std::vector<unsigned char> ihdr;
+        put32(ihdr, side);
+        put32(ihdr, side);
+        ihdr.insert(ihdr.end(), {8, 0, 0, 0, 0});
+        put_chunk(png, "IHDR", ihdr);
+        put_chunk(png, "IEND", {});
+        auto r = fetalhc::decode_grayscale(png, "sides.png");
+        ASSERT_FALSE(r);
+        EXPECT_TRUE(contains(r.error(), "sides.png")) << r.error();
+        EXPECT_TRUE(contains(r.error(), "megapixels")) << r.error();
+    }
+}
+
 TEST(PngHostile, DamagedCrcOrASecondHeaderIsAnErrorNotAnImage) {
     const cv::Mat img = speckle_image(64, 48);
     std::vector<unsigned char> good;

@@ -1,4 +1,5 @@
 // Trainer smoke test: 2 steps on a synthetic HC18-layout folder, save, reload, infer, resume.
+#include "fetalhc/evaluation.h"
 #include "fetalhc/hc18.h"
 #include "fetalhc/measure.h"
 #include "fetalhc/segmenter.h"
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <random>
 #include <set>
+#include <sstream>
 
 namespace fs = std::filesystem;
 using namespace fetalhc;
@@ -358,6 +360,155 @@ TEST_F(TrainerSmoke, TheLoopDrawsOnlyFromTheTrainingSplit) {
     ASSERT_TRUE(limited) << limited.error();
     ASSERT_EQ(limited->train.size(), 3u);
     for (size_t i = 0; i < 3; ++i) EXPECT_EQ(limited->train[i].filename, data->train[i].filename);
+}
+
+// K-fold: a 2-fold run trains both folds (coarse, refine, calibration), a second call skips them,
+// the out-of-fold evaluation measures each image with the model that held it out, and fold models
+// are not mixed.
+TEST_F(TrainerSmoke, KFoldTrainsEachFoldResumesAndEvaluatesOutOfFold) {
+    TrainConfig coarse = tiny_config(), refine = tiny_config();
+    refine.stage = "refine";
+    refine.network.input_width = 48;
+    refine.network.input_height = 32;
+    refine.coarse_model = "unused";  // replaced by each fold's coarse model
+    refine.init_weights = "unused";
+    KFoldOptions o;
+    o.data_dir = (dir_ / "data").string();
+    o.out_dir = (dir_ / "kfold").string();
+    o.folds = 2;
+    o.max_steps = 2;
+    o.progress = false;
+    auto rep = train_kfold(coarse, refine, o);
+    ASSERT_TRUE(rep) << rep.error();
+    EXPECT_EQ(rep->stages_trained, 4);
+    ASSERT_EQ(rep->models.size(), 2u);
+    auto recs = read_hc18_training(o.data_dir);
+    ASSERT_TRUE(recs) << recs.error();
+    const auto assignment = kfold_assignment(*recs, 2, coarse.split_salt);
+    for (int i = 0; i < 2; ++i) {
+        const fs::path fold = dir_ / "kfold" / ("fold" + std::to_string(i));
+        for (const char* stage : {"coarse", "refine"}) {
+            std::ifstream sf(fold / stage / "split.json");
+            auto sj = nlohmann::json::parse(sf);
+            EXPECT_EQ(sj["folds"], 2);
+            EXPECT_EQ(sj["fold"], i);
+            std::set<std::string> val;
+            for (const auto& v : sj["validation"]) val.insert(v.get<std::string>());
+            for (size_t r = 0; r < recs->size(); ++r)
+                EXPECT_EQ(val.count((*recs)[r].filename) == 1, assignment[r] == i) << (*recs)[r].filename;
+        }
+        auto seg = Segmenter::load(rep->models[i], {1});
+        ASSERT_TRUE(seg) << seg.error();
+        EXPECT_GT(seg->info().refine_config.input_width, 0);
+        auto meta = nlohmann::json::parse(seg->info().metadata);
+        EXPECT_EQ(meta["folds"], 2);
+        EXPECT_EQ(meta["fold"], i);
+        EXPECT_EQ(meta["coarse_model"], (fold / "coarse" / "model.pt").string());
+    }
+    const auto stamp = fs::last_write_time(rep->models[0]);
+
+    // A second call finds both folds finished and trains nothing.
+    auto again = train_kfold(coarse, refine, o);
+    ASSERT_TRUE(again) << again.error();
+    EXPECT_EQ(again->stages_trained, 0);
+    EXPECT_EQ(again->stages_skipped, 2);
+    EXPECT_EQ(fs::last_write_time(rep->models[0]), stamp);
+
+    // A fold whose calibrated model is gone: finished stages are skipped, only the calibration reruns.
+    fs::remove(rep->models[1]);
+    again = train_kfold(coarse, refine, o);
+    ASSERT_TRUE(again) << again.error();
+    EXPECT_EQ(again->stages_trained, 0);
+    EXPECT_EQ(again->stages_skipped, 3);
+    EXPECT_TRUE(fs::exists(rep->models[1]));
+
+    // Out of fold: every image scored once, by the model of its own fold.
+    auto oof = evaluate_out_of_fold(*recs, (dir_ / "kfold").string(), {1});
+    ASSERT_TRUE(oof) << oof.error();
+    ASSERT_EQ(oof->scores.size(), recs->size());
+    EXPECT_EQ(oof->fold, assignment);
+    for (size_t r = 0; r < recs->size(); ++r) EXPECT_EQ(oof->scores[r].file, (*recs)[r].filename);
+    const EvaluationReport er = evaluate(oof->scores);
+    std::ostringstream csv;
+    write_per_image_csv(er, csv, oof->fold);
+    std::istringstream lines(csv.str());
+    std::string line;
+    std::getline(lines, line);
+    EXPECT_EQ(line.substr(line.rfind(',') + 1), "fold");
+    for (size_t r = 0; std::getline(lines, line); ++r) {
+        ASSERT_LT(r, recs->size());
+        EXPECT_EQ(line.substr(0, line.find(',')), (*recs)[r].filename);
+        EXPECT_EQ(line.substr(line.rfind(',') + 1), std::to_string(assignment[r])) << line;
+    }
+    const FoldFigures ff = fold_figures(oof->scores, oof->fold, 2);
+    ASSERT_EQ(ff.folds.size(), 2u);
+    EXPECT_EQ(ff.folds[0].images + ff.folds[1].images, int(recs->size()));
+    EXPECT_EQ(ff.hc_mad_mm.n, 2);
+
+    // Mixing fold models is refused: averaging or combining two folds, refining one fold over the
+    // other's coarse model, and an OOF folder whose fold 1 is another fold's model.
+    const std::string out = (dir_ / "mixed.pt").string();
+    auto avg = Segmenter::average_models({(dir_ / "kfold" / "fold0" / "coarse" / "model.pt").string(),
+                                          (dir_ / "kfold" / "fold1" / "coarse" / "model.pt").string()},
+                                         out);
+    ASSERT_FALSE(avg);
+    EXPECT_NE(avg.error().find("fold 0 of 2"), std::string::npos) << avg.error();
+    EXPECT_NE(avg.error().find("fold 1 of 2"), std::string::npos) << avg.error();
+    const std::string coarse0 = (dir_ / "kfold" / "fold0" / "coarse" / "model.pt").string();
+    EXPECT_FALSE(Segmenter::combine_models(coarse0, rep->models[1], out));
+    EXPECT_TRUE(Segmenter::combine_models(coarse0, rep->models[0], out));
+    TrainConfig r1 = refine;
+    r1.folds = 2;
+    r1.fold = 1;
+    r1.coarse_model = coarse0;
+    r1.init_weights = "";
+    auto wrong = train(r1, smoke_run("refine_wrong_fold", 1));
+    ASSERT_FALSE(wrong);
+    EXPECT_NE(wrong.error().find("coarse_model"), std::string::npos) << wrong.error();
+    fs::copy_file(rep->models[0], rep->models[1], fs::copy_options::overwrite_existing);
+    auto mixed = evaluate_out_of_fold(*recs, (dir_ / "kfold").string(), {1});
+    ASSERT_FALSE(mixed);
+    EXPECT_NE(mixed.error().find("does not record fold 1"), std::string::npos) << mixed.error();
+    fs::remove(rep->models[1]);
+    auto missing = evaluate_out_of_fold(*recs, (dir_ / "kfold").string(), {1});
+    ASSERT_FALSE(missing);
+    EXPECT_NE(missing.error().find("missing"), std::string::npos) << missing.error();
+    // A plain (non-fold) model is not a k-fold run.
+    auto plain = train(tiny_config(), smoke_run("plain/fold0", 1));
+    ASSERT_TRUE(plain) << plain.error();
+    auto not_kfold = evaluate_out_of_fold(*recs, (dir_ / "plain").string(), {1});
+    ASSERT_FALSE(not_kfold);
+    EXPECT_NE(not_kfold.error().find("not a k-fold model"), std::string::npos) << not_kfold.error();
+    // A plain model's metadata has no folds keys (unchanged layout).
+    auto pm = nlohmann::json::parse(Segmenter::load(plain->model_path, {1})->info().metadata);
+    EXPECT_FALSE(pm.contains("folds"));
+    EXPECT_FALSE(pm["config"].contains("folds"));
+}
+
+TEST(TrainConfig, FoldKeysAreChecked) {
+    TrainConfig c = tiny_config();
+    nlohmann::json j = nlohmann::json::parse(to_json(c));
+    EXPECT_FALSE(j.contains("folds"));  // plain configs write what they always did
+    c.folds = 5;
+    c.fold = 4;
+    j = nlohmann::json::parse(to_json(c));
+    EXPECT_EQ(j["folds"], 5);
+    EXPECT_EQ(j["fold"], 4);
+    const fs::path p = fs::temp_directory_path() / ("fetalhc_foldcfg_" + std::to_string(::getpid()) + ".json");
+    auto load_with = [&](const std::string& extra) {
+        std::ofstream(p) << "{\"epochs\": 1" << extra << "}";
+        auto r = load_train_config(p.string());
+        fs::remove(p);
+        return r;
+    };
+    auto ok = load_with(", \"folds\": 5, \"fold\": 2");
+    ASSERT_TRUE(ok) << ok.error();
+    EXPECT_EQ(ok->folds, 5);
+    EXPECT_EQ(ok->fold, 2);
+    EXPECT_FALSE(load_with(", \"folds\": 5, \"fold\": 5"));
+    EXPECT_FALSE(load_with(", \"folds\": 1"));
+    EXPECT_FALSE(load_with(", \"fold\": 1"));
+    EXPECT_FALSE(load_with(", \"folds\": 5, \"fold\": -1"));
 }
 
 TEST(TrainConfig, UnknownKeysAndBadValuesAreRejected) {

@@ -21,6 +21,7 @@ struct EvalArgs {
     bool json_out = false, quiet = false;
     int worst = 10, threads = 0;
     std::string per_image_csv;
+    std::string oof;  // k-fold run folder: out-of-fold evaluation
 };
 
 // The records the chosen split names: the model's own grouped split read from its metadata.
@@ -40,7 +41,9 @@ void print_summary_line(const char* name, const fetalhc::ScoreSummary& s) {
 }
 
 void print_table(const EvalArgs& a, const fetalhc::EvaluationReport& rep, const json& worst) {
-    std::printf("fetalhc evaluate: %s (%s split), model %s\n", a.data.c_str(), a.split.c_str(), a.model.c_str());
+    if (a.oof.empty()) std::printf("fetalhc evaluate: %s (%s split), model %s\n", a.data.c_str(), a.split.c_str(), a.model.c_str());
+    else std::printf("fetalhc evaluate: %s (out of fold: each image by the fold model that did not train on it), k-fold run %s\n",
+                     a.data.c_str(), a.oof.c_str());
     print_summary_line("all", rep.overall);
     const auto& o = rep.overall;
     std::printf("review flag: %d of %d errors > 5 mm flagged; %d of %d others flagged needlessly\n",
@@ -55,11 +58,51 @@ void print_table(const EvalArgs& a, const fetalhc::EvaluationReport& rep, const 
     for (const auto& w : worst) std::printf("  %s\n", w.dump().c_str());
 }
 
+// --oof: every labelled image measured by the fold model that held it out, then the figures of
+// the whole set, of each fold, and their spread.
+int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& recs) {
+    Progress progress(int(recs.size()), !a.quiet);
+    fetalhc::ScoreOptions so;
+    so.progress = [&](size_t, size_t) { progress.step(); };
+    auto oof = fetalhc::evaluate_out_of_fold(recs, a.oof, {a.threads}, so);
+    if (!oof) return error(oof.error() + " (k-fold run folder '" + a.oof + "'; `fetalhc train --data " + a.data +
+                           " --kfold K --out " + a.oof + "` finishes or resumes it)"), kExitUsage;
+    progress.finish();
+    const int k = int(oof->models.size());
+    const std::vector<int>& fold = oof->fold;
+    std::vector<fetalhc::ImageScore> scores = std::move(oof->scores);
+    const fetalhc::FoldFigures ff = fetalhc::fold_figures(scores, fold, k);
+    const fetalhc::EvaluationReport rep = fetalhc::evaluate(std::move(scores));
+    json out = fetalhc::to_json(rep, a.worst);
+    out["data"] = a.data;
+    out["oof"] = a.oof;
+    out["split"] = "out-of-fold";
+    out["folds"] = json::array();
+    for (const auto& f : ff.folds) out["folds"].push_back(fetalhc::to_json(f));
+    out["fold_hc_mad_mm"] = {{"mean", ff.hc_mad_mm.mean}, {"sd", ff.hc_mad_mm.sd}, {"n", ff.hc_mad_mm.n}};
+    out["fold_dice"] = {{"mean", ff.dice.mean}, {"sd", ff.dice.sd}, {"n", ff.dice.n}};
+    if (!a.per_image_csv.empty()) {
+        std::ofstream f(a.per_image_csv);
+        fetalhc::write_per_image_csv(rep, f, fold);
+        if (!f.flush()) return error("cannot write '" + a.per_image_csv + "': check the folder exists and is writable"), kExitSomeFailed;
+    }
+    if (a.json_out) {
+        std::printf("%s\n", out.dump(2).c_str());
+    } else {
+        print_table(a, rep, out["worst"]);
+        for (int i = 0; i < k; ++i) print_summary_line(("fold " + std::to_string(i)).c_str(), ff.folds[i]);
+        std::printf("over %d folds: HC MAD %.2f +- %.2f mm (mean +- SD of the per-fold HC MAD), Dice %.2f +- %.2f%%\n", k,
+                    ff.hc_mad_mm.mean, ff.hc_mad_mm.sd, 100 * ff.dice.mean, 100 * ff.dice.sd);
+    }
+    return rep.overall.failed > 0 ? kExitSomeFailed : kExitOk;
+}
+
 // Scores are computed by the library's evaluation module (fetalhc/evaluation.h); this only
 // chooses the images, shows progress and prints.
 int run_evaluate(const EvalArgs& a) {
     auto recs = fetalhc::read_hc18_training(a.data);
     if (!recs) return error(recs.error()), kExitUsage;
+    if (!a.oof.empty()) return run_out_of_fold(a, *recs);
     if (!check_model_file(a.model)) return kExitUsage;
     auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
     if (!seg) return error(seg.error()), kExitUsage;
@@ -96,6 +139,9 @@ void add_evaluate_command(CLI::App& app, Commands& commands) {
                     "split, or all (optimistic for a model trained on this folder)")
         ->check(CLI::IsMember({"all", "validation", "train"}))
         ->capture_default_str();
+    cmd->add_option("--oof", a->oof,
+                    "k-fold run folder (fetalhc train --kfold): measure every labelled image with the fold model that "
+                    "did not train on it; per-fold figures and their spread (--split and --model do not apply)");
     cmd->add_flag("--json", a->json_out, "print JSON instead of a table");
     cmd->add_option("--per-image", a->per_image_csv, "also write one CSV row per image (errors, quality signals, reasons)");
     cmd->add_option("--worst", a->worst, "how many worst cases to list")->capture_default_str();

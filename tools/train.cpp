@@ -9,13 +9,38 @@ namespace fetalhc_cli {
 namespace {
 
 struct TrainArgs {
-    std::string data, config, out;
+    std::string data, config, out, refine_config = "configs/refine.json";
     bool resume = false;
     long long max_steps = -1;
-    int limit = 0;
+    int limit = 0, kfold = 0;
 };
 
+// --kfold K: the shipped two-stage recipe on each of K folds (fetalhc::train_kfold), resumable.
+int run_kfold(const TrainArgs& a) {
+    auto coarse = fetalhc::load_train_config(a.config.empty() ? "configs/default.json" : a.config);
+    if (!coarse) return error(coarse.error()), kExitUsage;
+    auto refine = fetalhc::load_train_config(a.refine_config);
+    if (!refine) return error(refine.error()), kExitUsage;
+    fetalhc::KFoldOptions o;
+    o.data_dir = a.data;
+    o.out_dir = a.out;
+    o.folds = a.kfold;
+    o.max_steps = a.max_steps;
+    o.limit = a.limit;
+    auto r = fetalhc::train_kfold(*coarse, *refine, o);
+    if (!r) return error(r.error()), kExitSomeFailed;
+    std::fprintf(stderr, "k-fold models (%d stages trained, %d skipped as finished):\n", r->stages_trained, r->stages_skipped);
+    for (const auto& m : r->models) std::fprintf(stderr, "  %s\n", m.c_str());
+    std::fprintf(stderr, "out-of-fold figures: fetalhc evaluate --data %s --oof %s\n", a.data.c_str(), a.out.c_str());
+    return kExitOk;
+}
+
 int run_train(const TrainArgs& a) {
+    if (a.kfold != 0) {
+        if (a.resume) return error("--resume is implied by --kfold (finished stages are skipped, interrupted ones resumed)"), kExitUsage;
+        return run_kfold(a);
+    }
+    if (a.config.empty()) return error("--config is required (e.g. configs/default.json), or give --kfold K"), kExitUsage;
     auto cfg = fetalhc::load_train_config(a.config);
     if (!cfg) return error(cfg.error()), kExitUsage;
     fetalhc::TrainOptions o;
@@ -37,7 +62,11 @@ void add_train_command(CLI::App& app, Commands& commands) {
     auto a = std::make_shared<TrainArgs>();
     auto* cmd = app.add_subcommand("train", "train the segmentation network from scratch (LibTorch, CPU)");
     cmd->add_option("--data", a->data, "HC18-layout data folder")->required();
-    cmd->add_option("--config", a->config, "training config JSON (see configs/default.json)")->required();
+    cmd->add_option("--config", a->config, "training config JSON (see configs/default.json; with --kfold the coarse stage, default configs/default.json)");
+    cmd->add_option("--kfold", a->kfold,
+                    "k-fold cross-validation: train coarse + refine stages and calibrate on each of K folds into "
+                    "OUT/fold<i>/ (rerun to resume; finished folds are skipped)");
+    cmd->add_option("--refine-config", a->refine_config, "with --kfold: the refine-stage config")->capture_default_str();
     cmd->add_option("--out", a->out, "run folder: checkpoints, split.json, report.json, model.pt")->required();
     cmd->add_flag("--resume", a->resume, "resume from the run folder's last checkpoint");
     cmd->add_option("--max-steps", a->max_steps, "stop after this many optimizer steps (smoke tests)");

@@ -122,9 +122,36 @@ nlohmann::json to_json(const ScoreSummary& summary);
 // One CSV row per image (header first), through the project's CSV writer.
 void write_per_image_csv(const EvaluationReport& report, std::ostream& out);
 
+// The same CSV with a last column `fold`: fold[i] is the k-fold fold of report.images[i] (the
+// model that held it out; `fetalhc evaluate --oof`).
+void write_per_image_csv(const EvaluationReport& report, std::ostream& out, const std::vector<int>& fold);
+
+// K-fold cross-validation: the figures of each fold's held-out images (scores[i] measured by the
+// model of fold[i], which never trained on it) and their spread over the folds: mean +- sample SD of
+// the per-fold HC MAD and Dice (folds without images left out). The pooled figures are
+// evaluate(scores) as for any set.
+struct FoldFigures {
+    std::vector<ScoreSummary> folds;  // index = fold
+    MeanSd hc_mad_mm, dice;
+};
+FoldFigures fold_figures(const std::vector<ImageScore>& scores, const std::vector<int>& fold, int folds);
+
+// Out-of-fold scores of a k-fold run folder (`fetalhc train --kfold K --out run_dir`): loads
+// run_dir/fold<i>/model.pt for i = 0..K-1 (K from fold0's metadata) and scores every record with
+// the model whose recorded split (model_split) holds it out. Error, naming the file, when a fold
+// model is missing or unreadable, fold0 is not a k-fold model, or a model does not record fold i of
+// the same K-fold split (same split_salt and folds). scores and fold are in the order of `records`.
+struct OutOfFold {
+    std::vector<ImageScore> scores;
+    std::vector<int> fold;            // the fold (and model) that measured each record
+    std::vector<std::string> models;  // index = fold
+};
+Expected<OutOfFold> evaluate_out_of_fold(const std::vector<Hc18Record>& records, const std::string& run_dir,
+                                         const SegmenterOptions& model_options = {}, const ScoreOptions& opt = {});
+
 // The grouped split a model was trained with, read from its metadata (JSON with `split_salt` and
-// `validation_fraction`, as the trainer writes it), applied to `records`. Error when the model
-// records no split.
+// `validation_fraction`, and `folds`/`fold` for a k-fold model (kfold_split), as the trainer writes
+// it), applied to `records`. Error when the model records no split.
 Expected<Split> model_split(const std::vector<Hc18Record>& records, const std::string& model_metadata_json);
 
 // Calibration of a model's axis scale, from the TRAINING split only:

@@ -47,13 +47,30 @@ struct Split {
 Split grouped_split(const std::vector<Hc18Record>& records, double validation_fraction,
                     const std::string& salt);
 
+// Grouped K-fold assignment: the fold (0..folds-1) of each record, in input order. Examinations
+// are taken in the order of a hash of salt + examination id (ties by id) and each goes, whole, to
+// the fold with the fewest images so far (ties: the lowest fold). Independent of file order, and
+// balanced to within a few images (HC18, 5 folds: 168..170 images); adding or removing
+// examinations may move others. folds must be >= 2.
+std::vector<int> kfold_assignment(const std::vector<Hc18Record>& records, int folds, const std::string& salt);
+
+// Fold `fold` of the grouped K-fold split: validation = the records kfold_assignment puts in that
+// fold, train = the rest, each in input order.
+Split kfold_split(const std::vector<Hc18Record>& records, int folds, int fold, const std::string& salt);
+
 // The grouped split a model file records in its metadata (JSON keys `split_salt` and
-// `validation_fraction`, as the trainer writes them); nullopt when it records none. Every check
-// that models share a split, and every figure on "the model's validation split", reads it here.
+// `validation_fraction`, and for a K-fold model `folds` and `fold`, as the trainer writes them);
+// nullopt when it records none. Every check that models share a split, and every figure on "the
+// model's validation split", reads it here. folds == 0: the grouped_split by validation_fraction;
+// folds > 0: fold `fold` of kfold_split (validation_fraction is then not compared).
 struct SplitSpec {
     std::string salt;
     double validation_fraction = 0;
-    bool operator==(const SplitSpec& o) const { return salt == o.salt && validation_fraction == o.validation_fraction; }
+    int folds = 0, fold = 0;
+    bool operator==(const SplitSpec& o) const {
+        if (salt != o.salt || folds != o.folds) return false;
+        return folds > 0 ? fold == o.fold : validation_fraction == o.validation_fraction;
+    }
 };
 std::optional<SplitSpec> recorded_split(const std::string& metadata_json);
 

@@ -15,6 +15,7 @@
 #include "fetalhc/segmenter.h"
 
 #include <string>
+#include <vector>
 
 namespace fetalhc {
 
@@ -58,6 +59,11 @@ struct TrainConfig {
     double ema_decay = 0;
     double validation_fraction = 0.15;
     std::string split_salt = "fetalhc-split-v1";
+    // Grouped K-fold cross-validation (kfold_split in fetalhc/hc18.h): folds >= 2 trains on every
+    // fold but `fold` (0..folds-1) and validates on that one; validation_fraction is then unused.
+    // 0 = the plain train/validation split. Recorded in split.json and the model metadata only when
+    // folds > 0, so models of different folds are never mixed.
+    int folds = 0, fold = 0;
     unsigned seed = 42;
     int threads = 0;                  // 0 = all cores
     // Start from this model file's weights (fine-tuning); "" = random. Like coarse_model, the file
@@ -97,5 +103,33 @@ struct TrainReport {
 };
 
 Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt);
+
+// K-fold cross-validation of a two-stage recipe (`fetalhc train --kfold K`). For each fold i of
+// kfold_split (fetalhc/hc18.h; salt = the coarse config's split_salt) it runs, in out_dir/fold<i>/:
+// coarse/ (the coarse config with folds = K, fold = i), refine/ (the refine config with the same
+// fold, its coarse_model, and init_weights when set, replaced by coarse/model.pt), then writes
+// model.pt: the refine model with its axis scale calibrated on that fold's training split
+// (calibrate_axis_scale; when the model measures none of them, as after a few smoke-test steps, the
+// stored scale is kept and the metadata says so). Resumable: a stage whose report.json shows it
+// finished (all epochs, or opt.max_steps steps) is skipped, a stage with a checkpoint is resumed,
+// a fold whose model.pt exists is skipped whole. A stage folder that records another split is an
+// error. Every fold model records its fold, so `fetalhc evaluate --oof out_dir` can measure each
+// image with the model that did not train on it.
+struct KFoldOptions {
+    std::string data_dir;
+    std::string out_dir;
+    int folds = 5;
+    long long max_steps = -1;  // per stage (smoke tests)
+    int limit = 0;             // per stage and for the calibration, as TrainOptions::limit
+    bool progress = true;
+};
+
+struct KFoldReport {
+    std::vector<std::string> models;  // out_dir/fold<i>/model.pt, index = fold
+    int stages_trained = 0;           // stages run (or resumed) by this call
+    int stages_skipped = 0;           // stages or whole folds found finished
+};
+
+Expected<KFoldReport> train_kfold(const TrainConfig& coarse, const TrainConfig& refine, const KFoldOptions& opt);
 
 }  // namespace fetalhc

@@ -24,6 +24,9 @@ std::string read_top_level(const json& j, TrainConfig& c) {
     for (auto it = j.begin(); it != j.end(); ++it) {
         const std::string& k = it.key();
         bool known = k == "augment" || k == "network" || k == "comment";
+        // folds / fold: outside the field list, so that configs without folds write what they always did.
+        if (k == "folds") it->get_to(c.folds), known = true;
+        if (k == "fold") it->get_to(c.fold), known = true;
 #define X(f) if (k == #f) it->get_to(c.f), known = true;
         FETALHC_FIELDS_TRAIN(X)
 #undef X
@@ -67,6 +70,7 @@ json config_to_json(const TrainConfig& c) {
 #define X(f) n[#f] = c.network.f;
     FETALHC_FIELDS_NET(X)
 #undef X
+    if (c.folds > 0) j["folds"] = c.folds, j["fold"] = c.fold;
     j["augment"] = a;
     j["network"] = n;
     return j;
@@ -92,6 +96,9 @@ std::string validate_config(const TrainConfig& c) {
     if (c.crop_margin < 1.0 || c.crop_margin > 3.0) return "crop_margin must be in [1, 3]";
     if (c.batch_size < 1 || c.epochs < 1 || c.learning_rate <= 0) return "batch_size, epochs and learning_rate must be positive";
     if (c.validation_fraction <= 0 || c.validation_fraction >= 1) return "validation_fraction must be in (0, 1)";
+    if (c.folds != 0 && (c.folds < 2 || c.folds > 20)) return "folds must be 0 (plain split) or in [2, 20]";
+    if (c.folds == 0 && c.fold != 0) return "fold is set but folds is 0; set folds (e.g. 5) for k-fold cross-validation";
+    if (c.folds > 0 && (c.fold < 0 || c.fold >= c.folds)) return "fold must be in [0, folds - 1]";
     if (c.augment.wide_crop_probability < 0 || c.augment.wide_crop_probability > 1 ||
         c.augment.wide_scale_max < c.augment.scale_max || c.augment.wide_translate < 0)
         return "augment: wide_crop_probability must be in [0, 1], wide_scale_max >= scale_max, wide_translate >= 0";

@@ -61,7 +61,8 @@ Expected<std::vector<Sample>> load_samples(const std::vector<Hc18Record>& recs, 
 Expected<Split> training_split(const TrainConfig& cfg, const TrainOptions& opt) {
     auto recs = read_hc18_training(opt.data_dir);
     if (!recs) return make_error(recs.error());
-    Split split = grouped_split(*recs, cfg.validation_fraction, cfg.split_salt);
+    Split split = cfg.folds > 0 ? kfold_split(*recs, cfg.folds, cfg.fold, cfg.split_salt)
+                                : grouped_split(*recs, cfg.validation_fraction, cfg.split_salt);
     if (opt.limit > 0) {
         if (int(split.train.size()) > opt.limit) split.train.resize(opt.limit);
         if (int(split.validation.size()) > opt.limit) split.validation.resize(opt.limit);
@@ -69,7 +70,7 @@ Expected<Split> training_split(const TrainConfig& cfg, const TrainOptions& opt) 
     if (split.train.empty() || split.validation.empty())
         return make_error("the grouped split of '" + opt.data_dir + "' left an empty side (" +
                           std::to_string(split.train.size()) + " train, " + std::to_string(split.validation.size()) +
-                          " validation); add examinations or change validation_fraction");
+                          " validation); add examinations or change " + (cfg.folds > 0 ? "folds" : "validation_fraction"));
     return split;
 }
 
@@ -108,6 +109,7 @@ void write_text(const std::filesystem::path& p, const std::string& text) {
 void write_split_file(const std::filesystem::path& out_dir, const TrainConfig& cfg, const Split& split) {
     nlohmann::json sj{{"salt", cfg.split_salt}, {"validation_fraction", cfg.validation_fraction},
                       {"train", nlohmann::json::array()}, {"validation", nlohmann::json::array()}};
+    if (cfg.folds > 0) sj["folds"] = cfg.folds, sj["fold"] = cfg.fold;
     for (const auto& r : split.train) sj["train"].push_back(r.filename);
     for (const auto& r : split.validation) sj["validation"].push_back(r.filename);
     write_text(out_dir / "split.json", sj.dump(1));
