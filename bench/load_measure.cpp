@@ -197,6 +197,7 @@ LoadStats run_clients(const Options& o, const Server& srv, const httplib::Multip
             httplib::Client cli(srv.host, srv.port);
             cli.set_keep_alive(true);
             cli.set_read_timeout(120, 0);
+            cli.set_default_headers({{"X-Fetalhc-Request", "1"}});  // the server refuses simple cross-site writes
             std::vector<double> mine;
             while (Clock::now() < deadline) {
                 const auto t = Clock::now();
@@ -265,6 +266,7 @@ int main(int argc, char** argv) {
     const httplib::MultipartFormDataItems form{{"image", bytes, filename, ""},
                                                {"pixel_size_mm", std::to_string(o.pixel_size), "", ""}};
     {
+        probe.set_default_headers({{"X-Fetalhc-Request", "1"}});
         auto r = probe.Post("/v1/measure", form);  // warm-up, and a check that the image measures
         if (!r || r->status != 200) {
             std::fprintf(stderr, "error: warm-up request failed: %s\n",

@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -215,25 +216,91 @@ Store::~Store() = default;
 
 const std::string& Store::image_dir() const { return impl_->images; }
 
+namespace {
+
+constexpr int kApplicationId = 0x46484331;  // "FHC1" in PRAGMA application_id
+
+// Whether an existing SQLite file is fetalhc's: our application_id, or (databases from before it)
+// the pregnancies and exams tables, or no table at all (an empty file). Read-only: nothing written.
+Expected<bool> is_fetalhc_database(const std::string& path) {
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
+        sqlite3_close(db);
+        return make_error("cannot open the database '" + path + "'; check --db");
+    }
+    bool ok = false;
+    std::string problem;
+    {
+        Stmt app(db, "PRAGMA application_id");
+        if (!app.ok() || app.step() != SQLITE_ROW) {
+            problem = "'" + path + "' is not an SQLite database (" + sqlite3_errmsg(db) + ")";
+        } else {
+            const long long id = app.integer(0);
+            Stmt t(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'");
+            std::vector<std::string> tables;
+            while (t.ok() && t.step() == SQLITE_ROW) tables.push_back(t.text(0));
+            const auto has = [&](const char* n) { return std::find(tables.begin(), tables.end(), n) != tables.end(); };
+            if (id == kApplicationId || (id == 0 && (tables.empty() || (has("pregnancies") && has("exams"))))) ok = true;
+            else problem = "'" + path + "' is another program's SQLite database (application_id " + std::to_string(id) + ", " +
+                           std::to_string(tables.size()) + " tables, no fetalhc exams table); it was left untouched";
+        }
+    }
+    sqlite3_close(db);
+    if (!ok) return make_error(problem + "; pass --db with a new file name or a fetalhc database");
+    return true;
+}
+
+// Whether a folder takes a new file (create and remove a probe).
+bool folder_writable(const fs::path& dir) {
+    const fs::path probe = dir / (".write-probe-" + std::to_string(std::random_device{}()));
+    {
+        std::ofstream out(probe, std::ios::binary);
+        if (!out || !(out << "x") || !out.flush()) {
+            std::error_code ec;
+            fs::remove(probe, ec);
+            return false;
+        }
+    }
+    std::error_code ec;
+    return fs::remove(probe, ec) && !ec;
+}
+
+}  // namespace
+
 Expected<std::unique_ptr<Store>> Store::open(const std::string& db_path) {
     if (db_path.empty()) return make_error("the database path is empty; pass --db PATH (e.g. fetalhc.db)");
     auto impl = std::make_unique<Impl>();
     impl->path = db_path;
     impl->images = db_path + ".images";
     std::error_code ec;
+    // An existing file must be fetalhc's before anything is written (no table, no WAL switch, no folder).
+    if (fs::exists(db_path, ec)) {
+        if (fs::is_directory(db_path, ec)) return make_error("--db '" + db_path + "' is a folder; pass a database file");
+        if (fs::file_size(db_path, ec) > 0) {
+            auto ours = is_fetalhc_database(db_path);
+            if (!ours) return make_error(ours.error());
+        }
+    }
     const fs::path parent = fs::path(db_path).parent_path();
     if (!parent.empty()) fs::create_directories(parent, ec);
     fs::create_directories(impl->images, ec);
     if (!fs::is_directory(impl->images))
         return make_error("cannot create the image folder '" + impl->images + "'" + (ec ? ": " + ec.message() : std::string()) +
                           "; check that the folder of --db is writable");
+    if (!folder_writable(impl->images))
+        return make_error("the image folder '" + impl->images + "' is not writable; fix its permissions (or run as its owner)");
+    if (!folder_writable(parent.empty() ? fs::path(".") : parent))
+        return make_error("the folder of the database '" + db_path + "' is not writable (SQLite needs its journal files there); "
+                          "fix its permissions");
     if (sqlite3_open_v2(db_path.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) !=
         SQLITE_OK)
         return make_error(impl->error("cannot open the database") + "; check --db");
+    if (sqlite3_db_readonly(impl->db, "main") == 1)
+        return make_error("the database '" + db_path + "' is read-only; fix its permissions (or run as its owner)");
     sqlite3_busy_timeout(impl->db, 5000);
     // WAL keeps readers and the writer apart; NORMAL sync is durable across application crashes.
     if (!impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;") || !impl->exec(kSchema) ||
-        !impl->migrate())
+        !impl->migrate() || !impl->exec("PRAGMA application_id=" + std::to_string(kApplicationId)))
         return make_error(impl->error("cannot set up the database") + "; is it a fetalhc database?");
     return std::unique_ptr<Store>(new Store(std::move(impl)));
 }

@@ -213,10 +213,16 @@ TEST(RouteTable, MatchesPatternsAndFillsPathParameters) {
     EXPECT_FALSE(match_route("DELETE", "/v1/exams"));
 }
 
-// POST routes, and the DICOM node's list (it names patients' instances), need the token.
-TEST(RouteTable, PostRoutesAndTheDicomListNeedTheToken) {
-    for (const Route& r : route_table())
-        EXPECT_EQ(route_needs_token(r), r.method == "POST" || r.pattern == "/v1/dicom/instances") << r.pattern;
+// Issue 16 row 5: every route but the page, /health and /openapi.json needs the token, reads too.
+TEST(RouteTable, EveryRouteButThePageHealthAndOpenApiNeedsTheToken) {
+    for (const Route& r : route_table()) {
+        const bool open = r.method == "GET" && (r.pattern == "/" || r.pattern.rfind("/static/", 0) == 0 || r.pattern == "/health" ||
+                                                r.pattern == "/openapi.json");
+        EXPECT_EQ(route_needs_token(r), !open) << r.method << " " << r.pattern;
+    }
+    for (const char* read : {"/v1/pregnancies/P-001", "/v1/pregnancies/P-001/export.csv", "/v1/images/" 
+                             "0000000000000000000000000000000000000000000000000000000000000000", "/metrics"})
+        EXPECT_TRUE(route_needs_token(*match_route("GET", read)->route)) << read;
 }
 
 TEST(RouteErrors, CatalogCodesAreUniqueSnakeCaseWithOneStatusEach) {
@@ -228,7 +234,7 @@ TEST(RouteErrors, CatalogCodesAreUniqueSnakeCaseWithOneStatusEach) {
         EXPECT_EQ(&error_info(e.code), &e);
         EXPECT_TRUE(std::regex_match(e.name, snake)) << e.name;
         EXPECT_TRUE(names.insert(e.name).second) << "duplicate " << e.name;
-        EXPECT_TRUE(std::set<int>({400, 401, 404, 413, 422, 500, 503}).count(e.http_status)) << e.name;
+        EXPECT_TRUE(std::set<int>({400, 401, 403, 404, 411, 413, 422, 500, 503}).count(e.http_status)) << e.name;
         EXPECT_GT(std::string(e.meaning).size(), 10u) << e.name;
     }
     for (const char* wanted : {"bad_request", "missing_field", "invalid_pixel_size", "image_unreadable", "no_head_found",
@@ -999,3 +1005,79 @@ TEST_F(RouteModel, RealDicomWithoutAHeadIs422) {
     EXPECT_FALSE(api_->store->image_path(sha256_hex(bytes)));
 }
 
+
+// ---- issue 16: browser-origin protection and impossible exams -------------------------------------
+
+namespace {
+std::map<std::string, std::string> hdrs(std::initializer_list<std::pair<const std::string, std::string>> l) { return {l}; }
+}  // namespace
+
+// Row 1: a loopback server answers only its own Host names (DNS rebinding), refuses a foreign
+// Origin, and refuses a POST a cross-site page could send without a preflight.
+TEST(RouteOrigin, ForeignHostOriginAndSimpleWritesAreRefused) {
+    const OriginPolicy p = origin_policy("127.0.0.1", 8080, {"https://viewer.example.org"}, true);
+    const auto status = [&](const std::string& method, std::map<std::string, std::string> h) {
+        auto r = check_request_origin(method, h, p);
+        return r ? r->status : 0;
+    };
+    EXPECT_EQ(status("GET", hdrs({{"host", "127.0.0.1:8080"}})), 0);
+    EXPECT_EQ(status("GET", hdrs({{"host", "localhost:8080"}})), 0);
+    EXPECT_EQ(status("GET", hdrs({{"host", "evil.example:8080"}})), 403);  // reads too
+    EXPECT_EQ(status("GET", hdrs({{"host", "127.0.0.1:9999"}})), 403);
+    EXPECT_EQ(status("GET", hdrs({})), 403);
+    EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"content-type", "application/json"}})), 0);
+    EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"content-type", "text/plain"}})), 403);
+    EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"content-type", "multipart/form-data; boundary=x"}})), 403);
+    EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"content-type", "multipart/form-data; boundary=x"},
+                                   {"x-fetalhc-request", "1"}})), 0);
+    EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"content-type", "multipart/form-data; boundary=x"},
+                                   {"authorization", "Bearer x"}})), 0);
+    // Origins: the server's own, the allowed list; any other is refused, JSON or not.
+    EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"origin", "http://127.0.0.1:8080"}, {"content-type", "application/json"}})), 0);
+    EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"origin", "https://viewer.example.org"}, {"content-type", "application/json"}})), 0);
+    EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"origin", "http://127.0.0.1:8081"}, {"content-type", "application/json"}})), 403);
+    EXPECT_EQ(status("GET", hdrs({{"host", "127.0.0.1:8080"}, {"origin", "null"}})), 403);
+    auto r = check_request_origin("POST", hdrs({{"host", "127.0.0.1:8080"}, {"origin", "http://evil.example"}}), p);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(body_json(*r)["error"]["code"], "forbidden");
+    EXPECT_NE(body_json(*r)["error"]["message"].get<std::string>().find("--allow-origin"), std::string::npos);
+    // Off loopback the Host is not checked (the token guards the API); same-origin pages work.
+    const OriginPolicy pub = origin_policy("0.0.0.0", 8080, {}, false);
+    EXPECT_FALSE(check_request_origin("POST", hdrs({{"host", "scanner.lan:8080"}, {"origin", "http://scanner.lan:8080"},
+                                                    {"content-type", "application/json"}}), pub));
+    EXPECT_TRUE(check_request_origin("POST", hdrs({{"host", "scanner.lan:8080"}, {"origin", "http://evil.example"},
+                                                   {"content-type", "application/json"}}), pub));
+}
+
+// Row 8: impossible numbers are refused, a submitted "ok" is recomputed, no 500 names a path.
+TEST_F(RouteApi, ImpossibleExamsAreRefusedAndQualityIsRecomputed) {
+    auto sha = api.store->put_image(synthetic_scan(11));
+    ASSERT_TRUE(sha) << sha.error();
+    auto exam = [&](double px, double a, double b, const std::string& date) {
+        return json{{"pregnancy_id", "imp-1"}, {"exam_date", date}, {"image_sha256", *sha}, {"pixel_size_mm", px},
+                    {"ellipse_px", {{"center_x", 400}, {"center_y", 270}, {"semi_axis_a", a}, {"semi_axis_b", b}, {"angle_rad", 0}}},
+                    {"corrected", false}, {"quality", "ok"}, {"reasons", json::array()}};
+    };
+    HttpResponse r = api(post_json("/v1/exams", exam(2, 2000, 100, "2026-01-02").dump()));
+    EXPECT_EQ(r.status, 400) << r.body;
+    r = api(post_json("/v1/exams", exam(0.15, 1e300, 1e300, "2026-01-02").dump()));
+    EXPECT_EQ(r.status, 400) << r.body;
+    r = api(post_json("/v1/exams", exam(0.15, 170, 130, "9999-12-31").dump()));
+    EXPECT_EQ(r.status, 400) << r.body;
+    EXPECT_EQ(body_json(r)["error"]["code"], "invalid_date");
+    r = api(post_json("/v1/exams", exam(0.15, 170, 130, "1899-12-31").dump()));
+    EXPECT_EQ(r.status, 400) << r.body;
+    r = api(post_json("/v1/exams", exam(3, 10, 8, "2026-01-02").dump()));
+    EXPECT_EQ(r.status, 400) << r.body;
+    EXPECT_EQ(body_json(r)["error"]["code"], "invalid_pixel_size");
+    // Plausible but far from round: the server's quality says review whatever the client claimed.
+    r = api(post_json("/v1/exams", exam(0.15, 300, 100, "2026-01-02").dump()));
+    ASSERT_EQ(r.status, 201) << r.body;
+    EXPECT_EQ(body_json(r)["quality"], "review") << r.body;
+    EXPECT_FALSE(body_json(r)["reasons"].empty());
+    // A 500 says "internal error" with an id, never a path.
+    const HttpResponse e = error_response({ErrorCode::StorageFailed, "cannot write in '/secret/path/hc.db': disk I/O error"});
+    EXPECT_EQ(e.status, 500);
+    EXPECT_EQ(e.body.find("/secret"), std::string::npos) << e.body;
+    EXPECT_NE(e.body.find("(id "), std::string::npos) << e.body;
+}

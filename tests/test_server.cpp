@@ -17,7 +17,10 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 #include <sqlite3.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -97,6 +100,8 @@ struct Instance {
     std::unique_ptr<httplib::Client> client() const {
         auto c = std::make_unique<httplib::Client>("127.0.0.1", server->port());
         c->set_read_timeout(60, 0);
+        // As the web page does: multipart writes carry the header a cross-site form cannot send.
+        c->set_default_headers({{"X-Fetalhc-Request", "1"}});
         return c;
     }
 };
@@ -161,10 +166,59 @@ TEST_F(ServerSocket, ServesTheEmbeddedPageAndChartJs) {
 }
 
 // Bodies over the cap are refused by the transport before any route runs, multipart or JSON.
+// Sends `text` on a new loopback connection and returns what comes back within `timeout_s`
+// (the server answers or closes). No body beyond what `text` holds is ever sent.
+std::string raw_exchange(int port, const std::string& text, double timeout_s = 5) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(fd);
+        return "";
+    }
+    timeval tv{long(timeout_s), long((timeout_s - long(timeout_s)) * 1e6)};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
+    std::string out;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {
+        out.append(buf, size_t(n));
+        const size_t end = out.find("\r\n\r\n");
+        if (end == std::string::npos) continue;
+        const size_t cl = out.find("Content-Length: ");
+        if (cl != std::string::npos && cl < end && out.size() >= end + 4 + std::stoul(out.substr(cl + 16))) break;  // one whole response
+    }
+    ::close(fd);
+    return out;
+}
+
+int status_of(const std::string& response) {
+    return response.rfind("HTTP/1.1 ", 0) == 0 ? std::atoi(response.c_str() + 9) : 0;
+}
+
+// Issue 16 rows 4 and 6: a Content-Length over the limit is answered 413 at once (the body is never
+// read, the connection closed), a chunked body 411.
 TEST_F(ServerSocket, UploadOverTheLimitIs413) {
-    expect_error(cli_->Post("/v1/measure", measure_form(std::string(5u << 20, 'x'))), 413, "payload_too_large", "upload limit");
-    expect_error(cli_->Post("/v1/perimeter", std::string(5u << 20, ' '), "application/json"), 413, "payload_too_large", "4 MB");
-    // The connection is still usable afterwards.
+    const int port = inst_->server->port();
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string big = raw_exchange(port, "POST /v1/measure HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
+                                                   "\r\nX-Fetalhc-Request: 1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                                                   "Content-Length: 1000000000000\r\n\r\n--x\r\n");
+    EXPECT_EQ(status_of(big), 413) << big;
+    EXPECT_NE(big.find("payload_too_large"), std::string::npos) << big;
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 3.0);
+    const std::string json_big = raw_exchange(port, "POST /v1/perimeter HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
+                                                        "\r\nContent-Type: application/json\r\nContent-Length: 5242880\r\n\r\n{");
+    EXPECT_EQ(status_of(json_big), 413) << json_big;
+    const std::string chunked = raw_exchange(port, "POST /v1/measure HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
+                                                       "\r\nX-Fetalhc-Request: 1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                                                       "Transfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n");
+    EXPECT_EQ(status_of(chunked), 411) << chunked;
+    EXPECT_NE(chunked.find("length_required"), std::string::npos) << chunked;
+    // The server is still usable afterwards.
     auto h = cli_->Get("/v1/growth-curve");
     ASSERT_TRUE(h);
     EXPECT_EQ(h->status, 200);
@@ -334,10 +388,29 @@ TEST(ServerAuth, OffLoopbackEveryPostNeedsTheToken) {
     auto ok = c->Post("/v1/perimeter", body, "application/json");
     ASSERT_TRUE(ok);
     EXPECT_EQ(ok->status, 200) << ok->body;
-    // Reads need no token.
-    auto g = in.client()->Get("/v1/growth-curve");
+    // Issue 16 row 5: reads need the token too (header, or the page's cookie); /health does not.
+    expect_error(in.client()->Get("/v1/pregnancies/P-001"), 401, "unauthorized");
+    expect_error(in.client()->Get("/v1/pregnancies/P-001/export.csv"), 401, "unauthorized");
+    expect_error(in.client()->Get("/v1/images/" + std::string(64, 'a')), 401, "unauthorized");
+    expect_error(in.client()->Get("/metrics"), 401, "unauthorized");
+    auto health = in.client()->Get("/health");
+    ASSERT_TRUE(health);
+    EXPECT_NE(health->status, 401);
+    auto g = c->Get("/v1/growth-curve");
     ASSERT_TRUE(g);
     EXPECT_EQ(g->status, 200);
+    auto cookie = in.client()->Get("/v1/growth-curve", {{"Cookie", "theme=x; fetalhc_token=" + token}});
+    ASSERT_TRUE(cookie);
+    EXPECT_EQ(cookie->status, 200);
+    // A cookie is not enough for a write.
+    expect_error(in.client()->Post("/v1/perimeter", {{"Cookie", "fetalhc_token=" + token}}, body, "application/json"), 401,
+                 "unauthorized");
+    // Row 4: with a token the 401 comes before the body is read (it is never sent here).
+    const int port = in.server->port();
+    const std::string early = raw_exchange(port, "POST /v1/measure HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
+                                                     "\r\nX-Fetalhc-Request: 1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                                                     "Content-Length: 10000000\r\n\r\n");
+    EXPECT_EQ(status_of(early), 401) << early;
     in.server->stop();
     fs::remove_all(dir);
 }
@@ -618,3 +691,116 @@ TEST(ServerStore, ValidatesIdsDatesAndHashes) {
     EXPECT_TRUE(is_loopback_host("localhost"));
     EXPECT_FALSE(is_loopback_host("0.0.0.0"));
 }
+
+namespace {
+
+// Issue 16 row 1 over the socket: DNS rebinding (a foreign Host) is refused for reads too, a
+// foreign Origin and a text/plain "simple" write are refused and store nothing; --allow-origin
+// lets a named site in.
+TEST_F(ServerSocket, ForeignHostOriginAndSimpleWritesAreRefused) {
+    expect_error(cli_->Get("/v1/growth-curve", {{"Host", "evil.example:" + std::to_string(inst_->server->port())}}), 403, "forbidden",
+                 "Host");
+    const std::string exam = R"({"pregnancy_id": "csrf-1", "exam_date": "2026-01-02", "image_sha256": ")" + std::string(64, 'a') +
+                             R"(", "pixel_size_mm": 0.15, "corrected": false,
+        "ellipse_px": {"center_x": 400, "center_y": 270, "semi_axis_a": 170, "semi_axis_b": 130, "angle_rad": 0}})";
+    httplib::Client plain("127.0.0.1", inst_->server->port());
+    expect_error(plain.Post("/v1/exams", exam, "text/plain"), 403, "forbidden", "application/json");
+    expect_error(plain.Post("/v1/exams", {{"Origin", "http://127.0.0.1:1"}}, exam, "application/json"), 403, "forbidden",
+                 "--allow-origin");
+    expect_error(plain.Post("/v1/measure", measure_form(synthetic_scan())), 403, "forbidden");
+    // The server's own origin passes the guard (the exam then fails on its unknown image).
+    expect_error(plain.Post("/v1/exams", {{"Origin", "http://127.0.0.1:" + std::to_string(inst_->server->port())}}, exam,
+                            "application/json"),
+                 400, "unknown_image");
+    expect_error(plain.Get("/v1/pregnancies/csrf-1"), 404, "pregnancy_not_found");
+}
+
+TEST(ServerOrigin, AllowOriginListAndItsFormat) {
+    const fs::path dir = temp_dir("origin");
+    std::ofstream(dir / "m.pt") << "x";
+    ServerOptions o;
+    o.model_path = (dir / "m.pt").string();
+    o.log_requests = false;
+    o.allow_origins = {"not-an-origin"};
+    o.db_path = (dir / "a.db").string();
+    auto bad = Server::create(o);
+    ASSERT_FALSE(bad);
+    EXPECT_NE(bad.error().find("--allow-origin"), std::string::npos) << bad.error();
+    o.allow_origins = {"https://viewer.example.org"};
+    Instance in = start(o, "origin");
+    auto g = in.client()->Get("/v1/growth-curve", {{"Origin", "https://viewer.example.org"}});
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->status, 200);
+    expect_error(in.client()->Get("/v1/growth-curve", {{"Origin", "https://other.example.org"}}), 403, "forbidden");
+    fs::remove_all(dir);
+}
+
+// Row 15: the loopback check resolves the name; a name merely starting with "127." is not loopback.
+TEST(ServerAuth, LoopbackCheckResolvesTheAddress) {
+    EXPECT_TRUE(is_loopback_host("127.0.0.1"));
+    EXPECT_TRUE(is_loopback_host("127.0.0.2"));
+    EXPECT_TRUE(is_loopback_host("::1"));
+    EXPECT_TRUE(is_loopback_host("localhost"));
+    EXPECT_FALSE(is_loopback_host("127.0.0.1.nip.io"));  // resolves to 127.0.0.1 only via outside DNS; never trusted by prefix
+    EXPECT_FALSE(is_loopback_host("0.0.0.0"));
+    EXPECT_FALSE(is_loopback_host("10.1.2.3"));
+    EXPECT_FALSE(is_loopback_host(""));
+}
+
+// Row 10: a foreign SQLite file is refused before anything is written to it or next to it.
+TEST(ServerStore, ForeignDatabaseIsRefusedUntouched) {
+    const fs::path dir = temp_dir("foreign");
+    const std::string db = (dir / "other.db").string();
+    sqlite3* h = nullptr;
+    ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(h, "CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); INSERT INTO invoices VALUES (1, 9.5);",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(h);
+    const auto before = fs::file_size(db);
+    auto s = Store::open(db);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().find("another program"), std::string::npos) << s.error();
+    EXPECT_FALSE(fs::exists(db + ".images"));
+    EXPECT_FALSE(fs::exists(db + "-wal"));
+    EXPECT_EQ(fs::file_size(db), before);
+    ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+    sqlite3_stmt* st = nullptr;
+    sqlite3_prepare_v2(h, "SELECT count(*) FROM sqlite_master WHERE type = 'table'", -1, &st, nullptr);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+    EXPECT_EQ(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    sqlite3_prepare_v2(h, "PRAGMA journal_mode", -1, &st, nullptr);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+    EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "delete");
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    // A file that is not SQLite at all is refused too; a new file becomes a fetalhc database.
+    std::ofstream(dir / "text.db") << "hello, not a database at all, long enough to be a header............................";
+    EXPECT_FALSE(Store::open((dir / "text.db").string()));
+    EXPECT_FALSE(fs::exists(dir / "text.db.images"));
+    EXPECT_TRUE(Store::open((dir / "new.db").string()));
+    EXPECT_TRUE(Store::open((dir / "new.db").string()));  // and is recognised when opened again
+    fs::remove_all(dir);
+}
+
+// Row 11: a database or image folder that cannot be written is found when the store opens.
+TEST(ServerStore, ReadOnlyDatabaseOrImageFolderIsRefusedAtStart) {
+    if (::geteuid() == 0) GTEST_SKIP() << "running as root: permissions do not stop root";
+    const fs::path dir = temp_dir("readonly");
+    const std::string db = (dir / "hc.db").string();
+    ASSERT_TRUE(Store::open(db));
+    fs::permissions(db + ".images", fs::perms::owner_read | fs::perms::owner_exec);
+    auto s = Store::open(db);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().find("not writable"), std::string::npos) << s.error();
+    fs::permissions(db + ".images", fs::perms::owner_all);
+    fs::permissions(db, fs::perms::owner_read);
+    s = Store::open(db);
+    ASSERT_FALSE(s);
+    EXPECT_NE(s.error().find("read-only"), std::string::npos) << s.error();
+    fs::permissions(db, fs::perms::owner_all);
+    fs::remove_all(dir);
+}
+
+}  // namespace

@@ -17,6 +17,7 @@ struct ServeArgs {
     fetalhc::ServerOptions server;
     double max_upload_mb = 20;
     std::string dicom_allow;  // comma-separated AE titles
+    std::string allow_origin;  // comma-separated web origins
 };
 
 std::vector<std::string> split_commas(const std::string& s) {
@@ -47,6 +48,7 @@ int run_serve(ServeArgs a) {
         return kExitUsage;
     }
     a.server.dicom_allow = split_commas(a.dicom_allow);
+    a.server.allow_origins = split_commas(a.allow_origin);
     if (a.server.dicom_port == 0 && (!a.server.dicom_forward.empty() || !a.server.dicom_allow.empty())) {
         error("--dicom-forward and --dicom-allow need --dicom-port");
         return kExitUsage;
@@ -83,12 +85,15 @@ void add_serve_command(CLI::App& app, Commands& commands) {
     auto a = std::make_shared<ServeArgs>();
     fetalhc::ServerOptions& so = a->server;
     auto* cmd = app.add_subcommand("serve", "HTTP service: JSON API (see /openapi.json), web page, per-pregnancy history");
-    cmd->add_option("--host", so.host, "address to listen on; off loopback every POST needs the bearer token")->capture_default_str();
+    cmd->add_option("--host", so.host, "address to listen on; off loopback (checked by resolving it) every API request needs the bearer token")->capture_default_str();
     cmd->add_option("--port", so.port, "TCP port (0 = any free port)")->capture_default_str();
     cmd->add_option("--db", so.db_path, "SQLite database (created if missing); images go to <db>.images/")->capture_default_str();
     cmd->add_option("--threads", so.threads, "requests running the network at once (0 = CPU cores; at most the core count)")
         ->capture_default_str();
     cmd->add_option("--token-file", so.token_file, "file whose first line is the bearer token (required off loopback)");
+    cmd->add_option("--allow-origin", a->allow_origin,
+                    "web origins (comma-separated, e.g. https://viewer.example.org) whose pages may call this API; "
+                    "requests with any other Origin header are refused (403)");
     cmd->add_option("--max-upload-mb", a->max_upload_mb, "request body cap in MB; larger uploads get 413")->capture_default_str();
     cmd->add_option("--dicom-port", so.dicom_port,
                     "also run a DICOM C-STORE node on this port: received ultrasound images are measured and listed "

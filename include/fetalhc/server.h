@@ -20,7 +20,11 @@
 // response value; service.h is the work without HTTP (model, slots, measure-and-store) that other
 // transports reuse.
 // Security: when a token file is given (required when the host is not a loopback address) every
-// POST needs "Authorization: Bearer <first line of the token file>". Logs name the method, the
+// route but /, /static/*, /health and /openapi.json needs "Authorization: Bearer <first line of the
+// token file>" (GETs may carry it as the cookie fetalhc_token instead). Before routing and before
+// any body is read: a loopback server answers only Host headers naming itself (DNS rebinding),
+// a foreign Origin is refused, a POST must be JSON or carry X-Fetalhc-Request / Authorization
+// (no cross-site "simple" writes), chunked bodies get 411 and a Content-Length over the limit 413. Logs name the method, the
 // route pattern, the status and the time; never a pregnancy id, a hash or image bytes.
 // Concurrency: HTTP connections are served by a thread pool; at most `threads` requests run the
 // network at once (the others wait for a slot). The model is loaded once and shared read-only.
@@ -52,8 +56,13 @@ struct ServerOptions {
     std::string dicom_aet = "FETALHC";     // our AE title
     std::string dicom_forward;             // "AET@HOST:PORT": each SR is sent there; empty = kept only
     std::vector<std::string> dicom_allow;  // calling AE titles accepted; empty = any, loopback peers only
+    // Web origins (e.g. "https://pacs.example.org") whose pages may call the API, beside the
+    // server's own http://host:port. A request with any other Origin header gets 403.
+    std::vector<std::string> allow_origins;
 };
 
+// Whether `host` (a name or an address) resolves to loopback addresses only (127.0.0.0/8, ::1);
+// a name that does not resolve is not loopback.
 bool is_loopback_host(const std::string& host);
 
 class Server {

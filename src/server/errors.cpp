@@ -1,3 +1,7 @@
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
 #include "errors.h"
 
 #include <stdexcept>
@@ -22,9 +26,14 @@ const std::vector<ErrorInfo>& error_catalog() {
         {E::ImageUnreadable, "image_unreadable", 400,
          "the upload is empty, not a PNG, JPEG, BMP or TIFF image, corrupt, or too small to hold a head"},
         {E::Unauthorized, "unauthorized", 401, "the bearer token is missing or wrong (servers started with a token file)"},
+        {E::Forbidden, "forbidden", 403,
+         "refused before routing: a Host header that is not this server's address (DNS rebinding), an Origin not allowed "
+         "(--allow-origin), or a write a web page on another site could send (POST needs Content-Type application/json, "
+         "or X-Fetalhc-Request: 1 / Authorization for multipart)"},
         {E::NotFound, "not_found", 404, "no endpoint or web page file at this path"},
         {E::PregnancyNotFound, "pregnancy_not_found", 404, "no exam was ever saved for this pregnancy id"},
         {E::ImageNotFound, "image_not_found", 404, "no stored image has this SHA-256"},
+        {E::LengthRequired, "length_required", 411, "a request body was sent without Content-Length (chunked uploads are refused)"},
         {E::PayloadTooLarge, "payload_too_large", 413, "the request body is larger than the server's upload limit"},
         {E::NoHeadFound, "no_head_found", 422, "no fetal head was found in the image, or none that an ellipse fits"},
         {E::NoEllipseFit, "no_ellipse_fit", 422, "no ellipse fits the points or the mask sent"},
@@ -51,6 +60,20 @@ nlohmann::json error_body(const ApiError& e) {
     return {{"error", {{"code", error_info(e.code).name}, {"message", e.message}}}};
 }
 
-HttpResponse error_response(const ApiError& e) { return json_response(error_info(e.code).http_status, error_body(e)); }
+HttpResponse error_response(const ApiError& e) {
+    const ErrorInfo& info = error_info(e.code);
+    // A 500's own message may name a file, a folder or a database detail: clients get an id, the
+    // log gets the message (messages already of the form "internal error (id ...)" pass).
+    if (info.http_status >= 500 && info.http_status < 503 && e.message.rfind("internal error (id ", 0) != 0) {
+        static std::atomic<unsigned long long> next_id{1};
+        const std::string id = "s" + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                                        std::chrono::system_clock::now().time_since_epoch()).count()) +
+                               "-" + std::to_string(next_id++);
+        spdlog::error("{} (error id {}): {}", info.name, id, e.message);
+        return json_response(info.http_status, error_body({e.code, std::string(info.code == ErrorCode::StorageFailed ? "storage error" : "internal error") +
+                                                                       " (id " + id + "); the server log has the details"}));
+    }
+    return json_response(info.http_status, error_body(e));
+}
 
 }  // namespace fetalhc::server

@@ -34,9 +34,11 @@ enum class ErrorCode {
     UnknownImage,        // 400
     ImageUnreadable,     // 400
     Unauthorized,        // 401
+    Forbidden,           // 403
     NotFound,            // 404
     PregnancyNotFound,   // 404
     ImageNotFound,       // 404
+    LengthRequired,      // 411
     PayloadTooLarge,     // 413
     NoHeadFound,         // 422
     NoEllipseFit,        // 422

@@ -6,6 +6,11 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+
 namespace fetalhc::server {
 namespace {
 
@@ -70,7 +75,84 @@ std::optional<RouteMatch> match_route(const std::string& method, const std::stri
     return std::nullopt;
 }
 
-bool route_needs_token(const Route& r) { return r.method != "GET" || r.pattern.rfind("/v1/dicom/", 0) == 0; }
+bool route_needs_token(const Route& r) {
+    if (r.method != "GET") return true;
+    return !(r.pattern == "/" || r.pattern.rfind("/static/", 0) == 0 || r.pattern == "/health" || r.pattern == "/openapi.json");
+}
+
+namespace {
+
+std::string lower_copy(std::string s) {
+    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+    return s;
+}
+
+std::string trim_slashes(std::string s) {
+    while (!s.empty() && s.back() == '/') s.pop_back();
+    return s;
+}
+
+const std::string& header_of(const std::map<std::string, std::string>& h, const std::string& name) {
+    static const std::string none;
+    auto it = h.find(name);
+    return it == h.end() ? none : it->second;
+}
+
+}  // namespace
+
+OriginPolicy origin_policy(const std::string& host, int port, const std::vector<std::string>& allow_origins, bool loopback) {
+    OriginPolicy p;
+    p.check_host = loopback;
+    std::vector<std::string> names;
+    const std::string h = lower_copy(host);
+    names.push_back(h.find(':') != std::string::npos && h.front() != '[' ? "[" + h + "]" : h);
+    if (loopback)
+        for (const char* n : {"localhost", "127.0.0.1", "[::1]"}) names.push_back(n);
+    const std::string ps = std::to_string(port);
+    for (const auto& n : names) {
+        p.hosts.push_back(n + ":" + ps);
+        if (port == 80) p.hosts.push_back(n);
+        p.origins.push_back("http://" + n + ":" + ps);
+        if (port == 80) p.origins.push_back("http://" + n);
+    }
+    for (const auto& o : allow_origins) {
+        const std::string lo = trim_slashes(lower_copy(o));
+        p.origins.push_back(lo);
+        const size_t scheme = lo.find("://");
+        if (scheme != std::string::npos) p.hosts.push_back(lo.substr(scheme + 3));  // a proxy in front forwards its Host
+    }
+    return p;
+}
+
+std::optional<HttpResponse> check_request_origin(const std::string& method, const std::map<std::string, std::string>& headers,
+                                                 const OriginPolicy& policy) {
+    auto refuse = [](const std::string& why) { return error_response({ErrorCode::Forbidden, why}); };
+    if (policy.check_host) {
+        const std::string host = lower_copy(header_of(headers, "host"));
+        if (std::find(policy.hosts.begin(), policy.hosts.end(), host) == policy.hosts.end())
+            return refuse("the Host header '" + host.substr(0, 100) + "' is not this server's address; open the page at the URL "
+                          "`fetalhc serve` printed (a loopback server answers only to its own names, against DNS rebinding)");
+    }
+    if (auto it = headers.find("origin"); it != headers.end()) {
+        const std::string origin = trim_slashes(lower_copy(it->second));
+        // Same origin: the page was loaded from the Host this request names (checked above when
+        // check_host; off loopback the token guards the API).
+        const std::string host = lower_copy(header_of(headers, "host"));
+        const bool same = !host.empty() && (origin == "http://" + host || origin == "https://" + host);
+        if (!same && std::find(policy.origins.begin(), policy.origins.end(), origin) == policy.origins.end())
+            return refuse("requests from the web origin '" + origin.substr(0, 100) + "' are not allowed; start serve with "
+                          "--allow-origin " + origin.substr(0, 100) + " to allow that site");
+    }
+    if (method == "POST") {
+        const std::string type = lower_copy(header_of(headers, "content-type"));
+        const bool json = type.rfind("application/json", 0) == 0;
+        const bool marked = headers.count("x-fetalhc-request") || headers.count("authorization");
+        if (!json && !marked)
+            return refuse("a POST must have Content-Type: application/json, or (multipart) the header 'X-Fetalhc-Request: 1' "
+                          "or an Authorization header: requests a page on another site could send are refused");
+    }
+    return std::nullopt;
+}
 
 HttpResponse handle(HttpRequest req, Services& services) {
     auto match = match_route(req.method, req.path);
@@ -82,8 +164,13 @@ HttpResponse handle(HttpRequest req, Services& services) {
     } catch (const ApiError& e) {
         return error_response(e);
     } catch (const std::exception& e) {
-        spdlog::error("{} {} handler failed: {}", req.method, match->route->pattern, e.what());
-        return error_response({ErrorCode::Internal, std::string("internal error: ") + e.what() + "; please report it with the server log"});
+        // The message may name a path or a database detail: it goes to the log only, under an id.
+        static std::atomic<unsigned long long> next_id{1};
+        const std::string id = std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                                  std::chrono::system_clock::now().time_since_epoch()).count()) +
+                               "-" + std::to_string(next_id++);
+        spdlog::error("{} {} handler failed (error id {}): {}", req.method, match->route->pattern, id, e.what());
+        return error_response({ErrorCode::Internal, "internal error (id " + id + "); the server log has the details"});
     }
 }
 

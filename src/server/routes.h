@@ -53,9 +53,25 @@ struct RouteMatch {
 // The route for a method (HEAD = GET) and a path, with its path parameters.
 std::optional<RouteMatch> match_route(const std::string& method, const std::string& path);
 
-// POST routes change or compute things, and the DICOM node's list names patients' instances: a
-// server with a token requires it on them.
+// A server with a token requires it on every route except the page (/ and /static/*), /health and
+// /openapi.json (no patient data in them): writes, and reads of exams, images, CSV, metrics, DICOM.
 bool route_needs_token(const Route& r);
+
+// Browser-origin protection, checked before routing and before the body is read (the transport
+// calls it; tests call it directly). Refuses with 403 `forbidden`:
+// - a Host header that names none of `hosts` (when check_host: a loopback server, DNS rebinding);
+// - an Origin header (when present) that is none of `origins`;
+// - a POST a cross-site page could send without a CORS preflight: it needs Content-Type
+//   application/json, or (multipart) an `X-Fetalhc-Request` or `Authorization` header.
+struct OriginPolicy {
+    bool check_host = true;
+    std::vector<std::string> hosts;    // lower case, "name" or "name:port" as a Host header carries it
+    std::vector<std::string> origins;  // lower case, "scheme://host[:port]" without a trailing slash
+};
+// The policy of a server bound to `host`:`port` with extra allowed origins (`--allow-origin`).
+OriginPolicy origin_policy(const std::string& host, int port, const std::vector<std::string>& allow_origins, bool loopback);
+std::optional<HttpResponse> check_request_origin(const std::string& method, const std::map<std::string, std::string>& headers_lower,
+                                                 const OriginPolicy& policy);
 
 // Routes `req` (its path_params are set from the pattern) and runs the handler.
 HttpResponse handle(HttpRequest req, Services& services);

@@ -8,6 +8,9 @@
 
 #include <opencv2/imgcodecs.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <ctime>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -85,9 +88,37 @@ std::string history_csv(const History& h) {
     return out.str();
 }
 
+// Today's date (UTC) as YYYY-MM-DD, plus `days`.
+std::string utc_date(int days) {
+    const std::time_t t = std::time(nullptr) + std::time_t(days) * 86400;
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[16];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d", &tm);
+    return buf;
+}
+
+// An exam must describe a possible head: finite positive axes, a pixel size in (0, 2] mm, a date
+// between 1900 and today (one day of slack for time zones), and an HC within 40..400 mm (the range
+// measure's quality check uses).
+void check_exam_plausible(const Exam& ex, const Measurement& m) {
+    const Ellipse& e = ex.ellipse_px;
+    if (!(std::isfinite(e.cx) && std::isfinite(e.cy) && std::isfinite(e.a) && std::isfinite(e.b) && std::isfinite(e.angle)) ||
+        !(e.a > 0 && e.b > 0) || e.a > 1e6 || e.b > 1e6 || std::abs(e.cx) > 1e6 || std::abs(e.cy) > 1e6)
+        fail(ErrorCode::InvalidEllipse, "'ellipse_px' must have finite coordinates and positive semi-axes of at most 1e6 pixels");
+    if (!(ex.pixel_size_mm > 0 && ex.pixel_size_mm <= 2))
+        fail(ErrorCode::InvalidPixelSize, "'pixel_size_mm' of an exam must be in (0, 2] mm per pixel");
+    if (ex.exam_date < "1900-01-01" || ex.exam_date > utc_date(1))
+        fail(ErrorCode::InvalidDate, "'exam_date' must be between 1900-01-01 and today");
+    if (!(std::isfinite(m.hc_mm) && m.hc_mm >= 40 && m.hc_mm <= 400))
+        fail(ErrorCode::InvalidEllipse, "the ellipse gives a head circumference outside 40..400 mm with this pixel size; check "
+                                        "'ellipse_px' (pixels) and 'pixel_size_mm'");
+}
+
 HttpResponse add_exam(const HttpRequest& req, Services& s) {
     ExamInput in = parse_exam_input(parse_json_body(req));
     Exam& ex = in.exam;
+    check_exam_plausible(ex, ellipse_numbers(ex.ellipse_px, ex.pixel_size_mm, ex.ga_weeks_given));
     const auto stored = s.store.image_path(ex.image_sha256);
     if (!stored) fail(ErrorCode::UnknownImage, "'image_sha256' names no stored image; upload the image with POST /v1/measure first");
     // A DICOM image names itself: its SOP Instance UID is kept with the exam (taken from the file
@@ -109,8 +140,12 @@ HttpResponse add_exam(const HttpRequest& req, Services& s) {
     if (m.ga_hadlock.in_range) ex.ga_hadlock_weeks = m.ga_hadlock.weeks;
     if (m.ga_intergrowth.in_range) ex.ga_intergrowth_weeks = m.ga_intergrowth.weeks;
     if (m.centile && m.centile->in_range) ex.centile = m.centile->centile;
-    ex.quality = in.quality.value_or(m.quality);
-    ex.reasons = in.reasons.value_or(m.reasons);
+    // The quality is recomputed from the ellipse; a client's "review" (e.g. from the image checks
+    // of /v1/measure) and its reasons are kept, a client's "ok" never overrides the numbers.
+    ex.quality = (m.quality == "review" || in.quality.value_or("ok") == "review") ? "review" : "ok";
+    ex.reasons = m.reasons;
+    for (const std::string& r : in.reasons.value_or(std::vector<std::string>{}))
+        if (std::find(ex.reasons.begin(), ex.reasons.end(), r) == ex.reasons.end()) ex.reasons.push_back(r);
     ex.accepted = true;
     auto saved = s.store.add_exam(ex);
     if (!saved) fail(ErrorCode::StorageFailed, saved.error());

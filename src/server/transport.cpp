@@ -22,7 +22,13 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
+#include <optional>
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -115,7 +121,26 @@ Expected<bool> check_options(const ServerOptions& o) {
 }  // namespace
 
 bool is_loopback_host(const std::string& host) {
-    return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+    if (host.empty()) return false;
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || !res) return false;
+    bool all_loopback = true;
+    for (addrinfo* a = res; a; a = a->ai_next) {
+        if (a->ai_family == AF_INET) {
+            const auto* in = reinterpret_cast<const sockaddr_in*>(a->ai_addr);
+            if ((ntohl(in->sin_addr.s_addr) >> 24) != 127) all_loopback = false;
+        } else if (a->ai_family == AF_INET6) {
+            const auto* in6 = reinterpret_cast<const sockaddr_in6*>(a->ai_addr);
+            if (!IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr)) all_loopback = false;
+        } else {
+            all_loopback = false;
+        }
+    }
+    freeaddrinfo(res);
+    return all_loopback;
 }
 
 struct Server::Impl {
@@ -132,6 +157,51 @@ struct Server::Impl {
     std::mutex stop_mu;  // start/run/stop
     bool started = false;
     std::atomic<bool> listen_returned{false};
+    server::OriginPolicy origin;
+
+    static std::string cookie_token(const httplib::Request& req) {
+        const std::string cookies = req.get_header_value("Cookie");
+        const std::string key = "fetalhc_token=";
+        size_t at = 0;
+        while ((at = cookies.find(key, at)) != std::string::npos) {
+            if (at == 0 || cookies[at - 1] == ' ' || cookies[at - 1] == ';') {
+                const size_t start = at + key.size();
+                const size_t end = cookies.find(';', start);
+                return cookies.substr(start, end == std::string::npos ? std::string::npos : end - start);
+            }
+            at += key.size();
+        }
+        return "";
+    }
+
+    // Everything decided from the request line and headers alone, before the body is read:
+    // origin policy, token, body framing and size. A refusal closes the connection (the body,
+    // if any, is never read).
+    httplib::Server::HandlerResponse before_body(const httplib::Request& req, httplib::Response& res) {
+        std::map<std::string, std::string> headers;
+        for (const auto& [k, v] : req.headers) headers.emplace(lower(k), v);
+        std::optional<server::HttpResponse> refused = server::check_request_origin(req.method, headers, origin);
+        if (!refused) refused = reject_token(req);
+        if (!refused && req.method != "GET" && req.method != "HEAD") {
+            if (req.has_header("Transfer-Encoding"))
+                refused = server::error_response({ErrorCode::LengthRequired, "send the request body with a Content-Length header; "
+                                                                             "chunked uploads are not accepted"});
+            else if (req.has_header("Content-Length")) {
+                const std::string cl = req.get_header_value("Content-Length");
+                const bool digits = !cl.empty() && cl.size() <= 19 &&
+                                    std::all_of(cl.begin(), cl.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
+                if (!digits || std::stoull(cl) > opt.max_upload_bytes)
+                    refused = server::error_response(
+                        {ErrorCode::PayloadTooLarge, "the request body is larger than this server's upload limit of " +
+                                                         std::to_string(opt.max_upload_bytes) + " bytes; send a smaller image or "
+                                                         "start serve with a larger --max-upload-mb"});
+            }
+        }
+        if (!refused) return httplib::Server::HandlerResponse::Unhandled;
+        write_response(*refused, res);
+        res.set_header("Connection", "close");
+        return httplib::Server::HandlerResponse::Handled;
+    }
 
     // The token is checked here, after httplib has read the body, so that a rejected request
     // leaves the keep-alive connection in a clean state. Only routes that exist need it: an
@@ -143,8 +213,13 @@ struct Server::Impl {
         const std::string auth = req.get_header_value("Authorization");
         const std::string prefix = "Bearer ";
         if (auth.rfind(prefix, 0) == 0 && same_token(auth.substr(prefix.size()), token)) return std::nullopt;
+        // Reads may carry the token as a cookie (images and CSV links of the page); writes may not.
+        if (auth.empty() && (req.method == "GET" || req.method == "HEAD")) {
+            const std::string c = cookie_token(req);
+            if (!c.empty() && same_token(c, token)) return std::nullopt;
+        }
         server::HttpResponse r = server::error_response(
-            {ErrorCode::Unauthorized, auth.empty() ? "this server requires 'Authorization: Bearer <token>' on every POST; the "
+            {ErrorCode::Unauthorized, auth.empty() ? "this server requires 'Authorization: Bearer <token>' on every API request; the "
                                                      "token is the first line of the server's --token-file"
                                                    : "the bearer token is wrong; use the first line of the server's --token-file"});
         r.headers.emplace_back("WWW-Authenticate", "Bearer");
@@ -152,7 +227,6 @@ struct Server::Impl {
     }
 
     void serve(const httplib::Request& req, httplib::Response& res) {
-        if (auto rejected = reject_token(req)) return write_response(*rejected, res);
         write_response(server::handle(to_request(req), *services), res);
     }
 
@@ -206,10 +280,10 @@ struct Server::Impl {
             int yes = 1;
             setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
         });
-        http.set_pre_routing_handler([](const httplib::Request&, httplib::Response&) {
+        http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
             t_request_start = Clock::now();
             t_request_timed = true;
-            return httplib::Server::HandlerResponse::Unhandled;
+            return before_body(req, res);
         });
         http.set_error_handler(httplib::Server::HandlerWithResponse(
             [this](const httplib::Request& req, httplib::Response& res) { return transport_error(req, res); }));
@@ -242,11 +316,15 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     impl->services = std::make_unique<server::Services>(
         server::Services{*impl->store, *impl->engine, impl->metrics, server::openapi_json(FETALHC_VERSION, o.max_upload_bytes)});
     impl->install();
+    for (const auto& origin : o.allow_origins)
+        if (origin.rfind("http://", 0) != 0 && origin.rfind("https://", 0) != 0)
+            return make_error("--allow-origin '" + origin + "' must be an origin such as https://host or http://host:port");
     if (o.port == 0) impl->port = impl->http.bind_to_any_port(o.host);
     else impl->port = impl->http.bind_to_port(o.host, o.port) ? o.port : -1;
     if (impl->port <= 0)
         return make_error("cannot listen on " + o.host + ":" + std::to_string(o.port) +
                           "; is the port in use or the address not on this machine? (try another --port)");
+    impl->origin = server::origin_policy(o.host, impl->port, o.allow_origins, is_loopback_host(o.host));
     if (o.dicom_port != 0) {
         server::DicomNodeOptions d;
         d.port = o.dicom_port;

@@ -561,6 +561,57 @@ function shot(wd, opts, name) {
   return wd.screenshot(path.join(opts.artifacts, `browser_${name}.png`));
 }
 
+// Issue 16 row 1: a page on a second origin (another local port) tries to write an exam with a
+// no-cors text/plain POST (a "simple" request, no preflight) and with a CORS JSON POST; both must
+// fail and nothing be stored.
+async function runCrossOrigin(opts, { base, wd, imagePath, pixelSize }) {
+  const form = new FormData();
+  form.append('image', new Blob([fs.readFileSync(imagePath)], { type: 'image/png' }), 'scan.png');
+  form.append('pixel_size_mm', String(pixelSize));
+  const m = await fetch(`${base}/v1/measure`, { method: 'POST', body: form, headers: { 'X-Fetalhc-Request': '1' } });
+  check(m.ok, `POST /v1/measure from the test: ${m.status}`);
+  const measured = await m.json();
+  const pid = 'csrf-browser';
+  const exam = {
+    pregnancy_id: pid, exam_date: '2026-01-02', image_sha256: measured.image_sha256, pixel_size_mm: pixelSize,
+    ellipse_px: measured.ellipse_px, corrected: false,
+  };
+  const http = await import('node:http');
+  const evil = http.createServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/html' });
+    res.end('<!doctype html><title>other site</title><p>other site</p>');
+  });
+  const port = await freePort();
+  await new Promise((r) => evil.listen(port, '127.0.0.1', r));
+  try {
+    await wd.navigate(`http://localhost:${port}/`);
+    const result = await wd.cmd('POST', '/execute/async', {
+      script: `const [url, body, done] = arguments;
+        const out = {};
+        fetch(url, { method: 'POST', mode: 'no-cors', headers: { 'Content-Type': 'text/plain' }, body })
+          .then((r) => { out.simple = r.type; })
+          .catch((e) => { out.simple = 'error ' + e.message; })
+          .then(() => fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body }))
+          .then((r) => { out.cors = r.status; }, (e) => { out.cors = 'error ' + e.message; })
+          .then(() => done(out));`,
+      args: [`${base}/v1/exams`, JSON.stringify(exam)],
+    });
+    console.log(`cross-origin write attempts: ${JSON.stringify(result)}`);
+    check(String(result.cors).startsWith('error') || result.cors >= 400, `the CORS JSON write was not refused: ${JSON.stringify(result)}`);
+    const stored = await fetch(`${base}/v1/pregnancies/${pid}`);
+    check(stored.status === 404, `a page on another origin stored an exam (GET /v1/pregnancies/${pid}: ${stored.status})`);
+    // DNS rebinding: the loopback server refuses a foreign Host name, reads included.
+    const rebound = await new Promise((resolve, reject) => {
+      const u = new URL(base);
+      http.get({ host: u.hostname, port: u.port, path: '/v1/growth-curve', headers: { Host: `evil.example:${u.port}` } },
+        (res) => { res.resume(); resolve(res.statusCode); }).on('error', reject);
+    });
+    check(rebound === 403, `a foreign Host header got ${rebound}, expected 403`);
+  } finally {
+    evil.close();
+  }
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
 
@@ -616,6 +667,7 @@ async function main() {
     }, 30000);
     await wd.start(chromium, path.join(tmp, 'profile'));
 
+    await runCrossOrigin(opts, { base, wd, imagePath, pixelSize });
     await run(opts, { base, pixelSize, gaWeeks: opts.gaWeeks, imagePath, truthHc: row ? row.hc : null, wd, tmp });
   } catch (err) {
     failed = err;

@@ -1,5 +1,8 @@
 // Owns: every request to the fetalhc server (fetch is called here and nowhere else), the bearer
-// token on POSTs, and the one place that turns a failed response into an Error.
+// token (on every API request, and as the SameSite=Strict cookie fetalhc_token so that image and
+// CSV links load too), the X-Fetalhc-Request header the server requires on multipart writes (a
+// page on another site cannot send it without a CORS preflight), and the one place that turns a
+// failed response into an Error.
 //
 // Server errors: {"error": {"code": "...", "message": "..."}}, or the older {"error": "..."}; both
 // are read. A thrown Error has .status (HTTP status) and, when the server sent one, .code.
@@ -40,9 +43,12 @@ async function send(path, options) {
 // A JSON request: the parsed body (null when not JSON), or a thrown Error with the server's reason.
 async function request(path, options = {}) {
   const token = tokenOf();
-  if (token && options.method && options.method !== 'GET') {
-    options = { ...options, headers: { ...(options.headers || {}), Authorization: 'Bearer ' + token } };
+  const headers = { ...(options.headers || {}), 'X-Fetalhc-Request': '1' };
+  if (token) {
+    headers.Authorization = 'Bearer ' + token;
+    document.cookie = `fetalhc_token=${encodeURIComponent(token)}; path=/; SameSite=Strict`;
   }
+  options = { ...options, headers };
   const res = await send(path, options);
   const type = res.headers.get('content-type') || '';
   let body = null;
