@@ -138,29 +138,32 @@ std::string check_value_lengths(DcmItem* item, std::initializer_list<DcmTagKey> 
     return "";
 }
 
-// Header fields and the checks made before any pixel is allocated.
-Expected<DicomHeader> header_from(DcmFileFormat& ff, const std::string& name) {
+// Wrong value lengths in the image-size fields and the ultrasound regions (see check_value_lengths).
+std::string check_header_lengths(DcmDataset* ds, const std::string& name) {
+    const std::string what = "DICOM '" + name + "'";
+    if (auto e = check_value_lengths(ds, {DCM_SamplesPerPixel, DCM_Rows, DCM_Columns, DCM_BitsAllocated, DCM_BitsStored,
+                                          DCM_HighBit, DCM_PixelRepresentation, DCM_PlanarConfiguration},
+                                     what);
+        !e.empty())
+        return e;
+    DcmSequenceOfItems* seq = nullptr;
+    if (ds->findAndGetSequence(DCM_SequenceOfUltrasoundRegions, seq).good() && seq)
+        for (unsigned long i = 0; i < seq->card(); ++i)
+            if (DcmItem* it = seq->getItem(i))
+                if (auto e = check_value_lengths(
+                        it, {DCM_RegionLocationMinX0, DCM_RegionLocationMinY0, DCM_RegionLocationMaxX1, DCM_RegionLocationMaxY1,
+                             DCM_RegionSpatialFormat, DCM_RegionDataType, DCM_PhysicalUnitsXDirection,
+                             DCM_PhysicalUnitsYDirection, DCM_PhysicalDeltaX, DCM_PhysicalDeltaY},
+                        what + " ultrasound region " + std::to_string(i));
+                    !e.empty())
+                    return e;
+    return "";
+}
+
+// The header's identity, image and calibration fields; frames read as NumberOfFrames (1 when absent).
+Expected<DicomHeader> header_fields(DcmFileFormat& ff, const std::string& name) {
     DcmDataset* ds = ff.getDataset();
     DicomHeader h;
-    {
-        const std::string what = "DICOM '" + name + "'";
-        if (auto e = check_value_lengths(ds, {DCM_SamplesPerPixel, DCM_Rows, DCM_Columns, DCM_BitsAllocated, DCM_BitsStored,
-                                              DCM_HighBit, DCM_PixelRepresentation, DCM_PlanarConfiguration},
-                                         what);
-            !e.empty())
-            return make_error(e);
-        DcmSequenceOfItems* seq = nullptr;
-        if (ds->findAndGetSequence(DCM_SequenceOfUltrasoundRegions, seq).good() && seq)
-            for (unsigned long i = 0; i < seq->card(); ++i)
-                if (DcmItem* it = seq->getItem(i))
-                    if (auto e = check_value_lengths(
-                            it, {DCM_RegionLocationMinX0, DCM_RegionLocationMinY0, DCM_RegionLocationMaxX1, DCM_RegionLocationMaxY1,
-                                 DCM_RegionSpatialFormat, DCM_RegionDataType, DCM_PhysicalUnitsXDirection,
-                                 DCM_PhysicalUnitsYDirection, DCM_PhysicalDeltaX, DCM_PhysicalDeltaY},
-                            what + " ultrasound region " + std::to_string(i));
-                        !e.empty())
-                        return make_error(e);
-    }
     h.path = name;
     const DcmXfer xfer(ds->getOriginalXfer());
     h.transfer_syntax_uid = xfer.getXferID();
@@ -205,7 +208,12 @@ Expected<DicomHeader> header_from(DcmFileFormat& ff, const std::string& name) {
     h.has_pixel_data = ds->tagExists(DCM_PixelData);
     h.can_decode = xfer.isNotEncapsulated() ||
                    DcmCodecList::canChangeCoding(ds->getOriginalXfer(), EXS_LittleEndianExplicit);
+    return h;
+}
 
+// The checks made before any pixel is allocated: an image size, and frames and pixels in budget.
+Expected<DicomHeader> checked_budget(DicomHeader h) {
+    const std::string& name = h.path;
     const std::string what = "DICOM '" + name + "'";
     if (!h.has_pixel_data) return h;  // a header without an image is still a header (info shows it)
     if (h.rows <= 0 || h.columns <= 0)
@@ -222,6 +230,14 @@ Expected<DicomHeader> header_from(DcmFileFormat& ff, const std::string& name) {
         return make_error(what + " holds " + std::to_string(px * h.frames) + " pixels in all, over the limit of " +
                           std::to_string(kDicomMaxTotalPixels) + "; split the cine into shorter files");
     return h;
+}
+
+// Header fields and the checks made before any pixel is allocated.
+Expected<DicomHeader> header_from(DcmFileFormat& ff, const std::string& name) {
+    if (auto e = check_header_lengths(ff.getDataset(), name); !e.empty()) return make_error(e);
+    auto h = header_fields(ff, name);
+    if (!h) return h;
+    return checked_budget(std::move(*h));
 }
 
 bool has_dicm_magic(const unsigned char* p, size_t n) { return n >= 132 && std::memcmp(p + 128, "DICM", 4) == 0; }
