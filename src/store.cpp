@@ -11,6 +11,9 @@
 #include <fstream>
 #include <mutex>
 #include <random>
+#include <set>
+#include <tuple>
+#include <vector>
 
 namespace fs = std::filesystem;
 
@@ -191,6 +194,9 @@ struct Store::Impl {
     sqlite3* db = nullptr;
     std::string path, images;
     mutable std::mutex mu;
+    std::mutex images_mu;                 // the image folder's quota bookkeeping
+    unsigned long long quota = 0;         // bytes, 0 = none
+    unsigned long long stored = 0;        // bytes in the image folder (counted at open)
 
     ~Impl() { sqlite3_close(db); }
     std::string error(const std::string& what) const { return what + " in '" + path + "': " + sqlite3_errmsg(db); }
@@ -302,14 +308,97 @@ Expected<std::unique_ptr<Store>> Store::open(const std::string& db_path) {
     if (!impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;") || !impl->exec(kSchema) ||
         !impl->migrate() || !impl->exec("PRAGMA application_id=" + std::to_string(kApplicationId)))
         return make_error(impl->error("cannot set up the database") + "; is it a fetalhc database?");
+    for (fs::directory_iterator it(impl->images, ec), end; !ec && it != end; it.increment(ec)) {
+        std::error_code e2;
+        if (it->is_regular_file(e2)) impl->stored += it->file_size(e2);
+    }
     return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
-Expected<std::string> Store::put_image(const std::string& bytes) {
+size_t image_data_end(const std::string& b) {
+    const auto u = [&](size_t i) { return static_cast<unsigned char>(b[i]); };
+    if (b.size() >= 8 && b.compare(0, 8, std::string("\x89PNG\r\n\x1a\n", 8)) == 0) {
+        size_t p = 8;
+        while (p + 12 <= b.size()) {
+            const unsigned long long len = (u(p) << 24) | (u(p + 1) << 16) | (u(p + 2) << 8) | u(p + 3);
+            if (len > b.size() - p - 12) break;
+            const size_t next = p + 12 + size_t(len);
+            if (b.compare(p + 4, 4, "IEND") == 0) return next;
+            p = next;
+        }
+        return b.size();
+    }
+    if (b.size() >= 4 && u(0) == 0xFF && u(1) == 0xD8) {
+        size_t p = 2;
+        bool entropy = false;  // inside entropy-coded data after SOS
+        while (p + 1 < b.size()) {
+            if (entropy) {
+                if (u(p) != 0xFF) { ++p; continue; }
+                const unsigned char m = u(p + 1);
+                if (m == 0x00 || (m >= 0xD0 && m <= 0xD7) || m == 0xFF) { p += (m == 0xFF ? 1 : 2); continue; }
+                entropy = false;  // a marker: fall through to the segment parser
+            }
+            if (u(p) != 0xFF) return b.size();
+            const unsigned char m = u(p + 1);
+            if (m == 0xFF) { ++p; continue; }  // fill byte
+            if (m == 0xD9) return p + 2;       // EOI
+            if ((m >= 0xD0 && m <= 0xD7) || m == 0x01) { p += 2; continue; }
+            if (p + 4 > b.size()) return b.size();
+            const size_t len = (size_t(u(p + 2)) << 8) | u(p + 3);
+            if (len < 2) return b.size();
+            p += 2 + len;
+            if (m == 0xDA) entropy = true;
+        }
+        return b.size();
+    }
+    return b.size();
+}
+
+void Store::set_quota_bytes(unsigned long long bytes) {
+    std::lock_guard<std::mutex> lock(impl_->images_mu);
+    impl_->quota = bytes;
+}
+
+unsigned long long Store::stored_image_bytes() const {
+    std::lock_guard<std::mutex> lock(impl_->images_mu);
+    return impl_->stored;
+}
+
+Expected<std::string> Store::put_image(const std::string& all_bytes) {
+    const std::string bytes = all_bytes.substr(0, image_data_end(all_bytes));
     const std::string sha = sha256_hex(bytes);
     const fs::path dest = fs::path(impl_->images) / sha;
     std::error_code ec;
+    std::lock_guard<std::mutex> images_lock(impl_->images_mu);
     if (fs::exists(dest, ec) && fs::file_size(dest, ec) == bytes.size()) return sha;
+    if (impl_->quota && impl_->stored + bytes.size() > impl_->quota) {
+        if (bytes.size() > impl_->quota)
+            return make_error(std::string(kStoreFullError) + ": the image alone is larger than the store quota");
+        // Images referenced by an exam or a DICOM instance are kept; the others go, oldest first.
+        std::set<std::string> referenced;
+        {
+            std::lock_guard<std::mutex> lock(impl_->mu);
+            Stmt s(impl_->db, "SELECT image_sha256 FROM exams UNION SELECT image_sha256 FROM dicom_instances "
+                              "UNION SELECT sr_sha256 FROM dicom_instances WHERE sr_sha256 IS NOT NULL");
+            if (!s.ok()) return make_error(impl_->error("cannot list the referenced images"));
+            while (s.step() == SQLITE_ROW) referenced.insert(s.text(0));
+        }
+        std::vector<std::tuple<fs::file_time_type, unsigned long long, fs::path>> candidates;
+        for (fs::directory_iterator it(impl_->images, ec), end; !ec && it != end; it.increment(ec)) {
+            std::error_code e2;
+            const std::string name = it->path().filename().string();
+            if (!valid_sha256(name) || referenced.count(name) || !it->is_regular_file(e2)) continue;
+            candidates.emplace_back(it->last_write_time(e2), it->file_size(e2), it->path());
+        }
+        std::sort(candidates.begin(), candidates.end());
+        for (const auto& [t, size, path] : candidates) {
+            if (impl_->stored + bytes.size() <= impl_->quota) break;
+            std::error_code e2;
+            if (fs::remove(path, e2)) impl_->stored -= std::min(impl_->stored, size);
+        }
+        if (impl_->stored + bytes.size() > impl_->quota)
+            return make_error(std::string(kStoreFullError) + ": every stored image is referenced by an exam; raise --max-store-mb");
+    }
     // Unique temporary name in the same folder, then an atomic rename onto the final name.
     thread_local std::mt19937_64 rng{std::random_device{}()};
     const fs::path tmp = fs::path(impl_->images) / (".tmp-" + sha.substr(0, 16) + "-" + std::to_string(rng()));
@@ -325,6 +414,7 @@ Expected<std::string> Store::put_image(const std::string& bytes) {
         fs::remove(tmp, ec);
         return make_error("cannot store the image in '" + impl_->images + "': " + ec.message());
     }
+    impl_->stored += bytes.size();
     return sha;
 }
 

@@ -234,7 +234,7 @@ TEST(RouteErrors, CatalogCodesAreUniqueSnakeCaseWithOneStatusEach) {
         EXPECT_EQ(&error_info(e.code), &e);
         EXPECT_TRUE(std::regex_match(e.name, snake)) << e.name;
         EXPECT_TRUE(names.insert(e.name).second) << "duplicate " << e.name;
-        EXPECT_TRUE(std::set<int>({400, 401, 403, 404, 411, 413, 422, 500, 503}).count(e.http_status)) << e.name;
+        EXPECT_TRUE(std::set<int>({400, 401, 403, 404, 411, 413, 422, 500, 503, 507}).count(e.http_status)) << e.name;
         EXPECT_GT(std::string(e.meaning).size(), 10u) << e.name;
     }
     for (const char* wanted : {"bad_request", "missing_field", "invalid_pixel_size", "image_unreadable", "no_head_found",
@@ -420,6 +420,70 @@ TEST_F(RouteApi, FitEllipseFromPointsAndFromAMask) {
                  "white");
 }
 
+namespace {
+uint32_t png_crc(const std::string& b) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (unsigned char ch : b) {
+        c ^= ch;
+        for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+void put_be32(std::string& s, uint32_t v) {
+    for (int sh = 24; sh >= 0; sh -= 8) s.push_back(char((v >> sh) & 0xFF));
+}
+void png_chunk(std::string& out, const std::string& type, const std::string& data) {
+    put_be32(out, uint32_t(data.size()));
+    const std::string td = type + data;
+    out += td;
+    put_be32(out, png_crc(td));
+}
+// The issue's row 3 bomb: a tiny PNG whose IHDR claims w x h (8-bit gray) with a 2-byte IDAT.
+std::string forged_png(uint32_t w, uint32_t h) {
+    std::string out("\x89PNG\r\n\x1a\n", 8);
+    std::string ihdr;
+    put_be32(ihdr, w);
+    put_be32(ihdr, h);
+    ihdr += std::string("\x08\x00\x00\x00\x00", 5);
+    png_chunk(out, "IHDR", ihdr);
+    png_chunk(out, "IDAT", std::string("\x78\x9c", 2));
+    png_chunk(out, "IEND", "");
+    return out;
+}
+}  // namespace
+
+// Issue 16 row 2/3: a mask or image whose header claims more than kMaxImagePixels is refused before
+// any pixel is allocated, and every decode waits for a decode slot, so N bombs at once cannot decode
+// more than the slot count at a time.
+TEST_F(RouteApi, DecodesAreBudgetedFromTheHeaderAndRunInDecodeSlots) {
+    for (uint32_t side : {32768u, 16384u}) {
+        const std::string bomb = forged_png(side, side);
+        expect_error(api(post_form("/v1/fit-ellipse", {{"mask", bomb, "mask.png"}})), 400, "image_unreadable", "megapixels");
+        expect_error(api(post_form("/v1/measure", {{"image", bomb, "scan.png"}, {"pixel_size_mm", "0.1", ""}})), 400,
+                     "image_unreadable", "megapixels");
+    }
+    Slots& decode = api.engine.decode_slots();
+    ASSERT_EQ(decode.total(), 2);
+    decode.acquire();
+    decode.acquire();
+    std::atomic<int> done{0};
+    std::vector<HttpResponse> got(3);
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 3; ++i)
+        ts.emplace_back([&, i] {
+            got[size_t(i)] = api(post_form("/v1/fit-ellipse", {{"mask", png(cv::Mat::zeros(100, 100, CV_8U)), "m.png"}}));
+            ++done;
+        });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_EQ(done.load(), 0) << "a decode ran without a decode slot";
+    decode.release();
+    decode.release();
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(done.load(), 3);
+    for (const auto& r : got) expect_error(r, 422, "empty_mask");
+    EXPECT_EQ(decode.in_use(), 0);
+}
+
 TEST_F(RouteApi, PerimeterGivesTheNumbersOfAnEllipse) {
     const json ell{{"center_x", 400}, {"center_y", 270}, {"semi_axis_a", 120}, {"semi_axis_b", 95}, {"angle_rad", 0.3}};
     const HttpResponse r = api(post_json("/v1/perimeter", json{{"ellipse_px", ell}, {"pixel_size_mm", kPixelMm}, {"ga_weeks", 21}}.dump()));
@@ -577,6 +641,74 @@ TEST_F(RouteApi, ExportCsvNeutralisesFormulasAndQuotesText) {
     EXPECT_NE(csv.body.find(",170.000,130.000,"), std::string::npos) << csv.body;
     // One header line and one record (two physical lines, the break being inside the quotes).
     EXPECT_EQ(std::count(csv.body.begin(), csv.body.end(), '\n'), 3);
+}
+
+// Issue 16 row 7: bytes after a PNG's IEND or a JPEG's EOI are not stored (the image is kept up to
+// its end, its hash is the hash of those bytes).
+TEST_F(RouteApi, BytesAfterTheImageEndAreNotStored) {
+    std::mt19937 rng(7);
+    std::string junk(5000, '\0');
+    for (char& c : junk) c = char(rng());
+    const std::string scan = synthetic_scan();
+    std::vector<unsigned char> jpg;
+    ASSERT_TRUE(cv::imencode(".jpg", cv::Mat(64, 80, CV_8U, cv::Scalar(90)), jpg));
+    for (const std::string& image : {scan, std::string(jpg.begin(), jpg.end())}) {
+        EXPECT_EQ(image_data_end(image), image.size());
+        auto sha = api.store->put_image(image + junk);
+        ASSERT_TRUE(sha) << sha.error();
+        EXPECT_EQ(*sha, sha256_hex(image));
+        HttpResponse r = api(get("/v1/images/" + *sha));
+        ASSERT_EQ(r.status, 200);
+        EXPECT_EQ(r.body, image) << "trailing bytes were stored and served";
+    }
+    EXPECT_EQ(api.store->stored_image_bytes(), scan.size() + jpg.size());
+    EXPECT_EQ(image_data_end("not an image"), 12u);
+}
+
+// Issue 16 row 7: with a quota, the oldest images no exam references go first; when every image is
+// referenced, 507 store_full with a clear message.
+TEST_F(RouteApi, StoreQuotaRemovesOldUnreferencedImagesThenRefusesWith507) {
+    std::vector<std::string> imgs;
+    for (int k = 0; k < 4; ++k) {
+        cv::Mat m(64, 64, CV_8U);
+        cv::randu(m, 0, 255);
+        std::vector<unsigned char> b;
+        ASSERT_TRUE(cv::imencode(".png", m, b, {cv::IMWRITE_PNG_COMPRESSION, 0}));
+        imgs.emplace_back(b.begin(), b.end());
+    }
+    const size_t size = imgs[0].size();
+    for (const auto& i : imgs) ASSERT_EQ(i.size(), size);  // stored uncompressed: the same size
+    api.store->set_quota_bytes(3 * size);
+    std::vector<std::string> shas;
+    for (int k = 0; k < 3; ++k) {
+        auto sha = api.store->put_image(imgs[size_t(k)]);
+        ASSERT_TRUE(sha) << sha.error();
+        shas.push_back(*sha);
+        fs::last_write_time(api.dir / "fetalhc.db.images" / *sha,
+                            fs::file_time_type::clock::now() - std::chrono::hours(10 - k));  // 0 oldest
+    }
+    // Image 0, the oldest, is referenced by an exam: image 1 goes to make room for image 3.
+    json exam{{"pregnancy_id", "quota-1"}, {"exam_date", "2026-05-02"}, {"image_sha256", shas[0]},
+              {"pixel_size_mm", kPixelMm}, {"ellipse_px", ellipse_json(kHead)}, {"corrected", false}};
+    ASSERT_EQ(api(post_json("/v1/exams", exam.dump())).status, 201);
+    auto sha3 = api.store->put_image(imgs[3]);
+    ASSERT_TRUE(sha3) << sha3.error();
+    EXPECT_TRUE(api.store->image_path(shas[0]));
+    EXPECT_FALSE(api.store->image_path(shas[1]));
+    EXPECT_TRUE(api.store->image_path(shas[2]));
+    EXPECT_TRUE(api.store->image_path(*sha3));
+    EXPECT_EQ(api.store->stored_image_bytes(), 3 * size);
+    // Every image referenced: nothing can go.
+    for (const std::string& sha : {shas[2], *sha3}) {
+        exam["image_sha256"] = sha;
+        ASSERT_EQ(api(post_json("/v1/exams", exam.dump())).status, 201);
+    }
+    auto full = api.store->put_image(imgs[1]);
+    ASSERT_FALSE(full);
+    EXPECT_EQ(full.error().rfind(kStoreFullError, 0), 0u) << full.error();
+    const HttpResponse r = error_response(ApiError{ErrorCode::StoreFull, full.error()});
+    expect_error(r, 507, "store_full", "--max-store-mb");
+    EXPECT_TRUE(api.store->image_path(shas[0]));
 }
 
 TEST_F(RouteApi, ImagesAreValidatedAndLookedUp) {

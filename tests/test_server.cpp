@@ -21,7 +21,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <grp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -785,21 +787,58 @@ TEST(ServerStore, ForeignDatabaseIsRefusedUntouched) {
 }
 
 // Row 11: a database or image folder that cannot be written is found when the store opens.
-TEST(ServerStore, ReadOnlyDatabaseOrImageFolderIsRefusedAtStart) {
-    if (::geteuid() == 0) GTEST_SKIP() << "running as root: permissions do not stop root";
-    const fs::path dir = temp_dir("readonly");
+// Runs the permission checks in a child process. As root (CI), the child drops to the unprivileged uid/gid 65534
+// ("nobody") before touching anything, since permissions do not stop root: the check stays a real one.
+std::string readonly_checks_as_unprivileged(const fs::path& dir) {
     const std::string db = (dir / "hc.db").string();
-    ASSERT_TRUE(Store::open(db));
+    std::string err;
+    auto fail = [&](const std::string& m) { err += m + "\n"; };
+    if (!Store::open(db)) { fail("fresh database did not open"); return err; }
     fs::permissions(db + ".images", fs::perms::owner_read | fs::perms::owner_exec);
     auto s = Store::open(db);
-    ASSERT_FALSE(s);
-    EXPECT_NE(s.error().find("not writable"), std::string::npos) << s.error();
+    if (s) fail("read-only image folder was accepted");
+    else if (s.error().find("not writable") == std::string::npos) fail("image folder error: " + s.error());
     fs::permissions(db + ".images", fs::perms::owner_all);
     fs::permissions(db, fs::perms::owner_read);
     s = Store::open(db);
-    ASSERT_FALSE(s);
-    EXPECT_NE(s.error().find("read-only"), std::string::npos) << s.error();
+    if (s) fail("read-only database was accepted");
+    else if (s.error().find("read-only") == std::string::npos) fail("database error: " + s.error());
     fs::permissions(db, fs::perms::owner_all);
+    return err;
+}
+
+TEST(ServerStore, ReadOnlyDatabaseOrImageFolderIsRefusedAtStart) {
+    const fs::path dir = temp_dir("readonly");
+    constexpr uid_t kNobody = 65534;
+    if (::geteuid() == 0) {
+        ASSERT_EQ(::chown(dir.c_str(), kNobody, kNobody), 0) << std::strerror(errno);
+        ::chmod(dir.c_str(), 0700);
+    }
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::close(fds[0]);
+        std::string err;
+        if (::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setgid(kNobody) != 0 || ::setuid(kNobody) != 0))
+            err = std::string("cannot drop to uid 65534: ") + std::strerror(errno) + "\n";
+        else if (::geteuid() == 0)
+            err = "still root after setuid\n";
+        else
+            err = readonly_checks_as_unprivileged(dir);
+        if (::write(fds[1], err.data(), err.size()) < 0) {}
+        ::_exit(err.empty() ? 0 : 1);
+    }
+    ::close(fds[1]);
+    std::string out;
+    char buf[512];
+    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+    ::close(fds[0]);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+    EXPECT_EQ(out, "");
     fs::remove_all(dir);
 }
 

@@ -16,6 +16,7 @@ namespace {
 struct ServeArgs {
     fetalhc::ServerOptions server;
     double max_upload_mb = 20;
+    double max_store_mb = 2048;
     std::string dicom_allow;  // comma-separated AE titles
     std::string allow_origin;  // comma-separated web origins
 };
@@ -43,6 +44,11 @@ int run_serve(ServeArgs a) {
     if (!bound_thread_count(a.server.threads, "--threads")) return kExitUsage;
     if (!check_model_file(a.server.model_path)) return kExitUsage;
     a.server.max_upload_bytes = size_t(a.max_upload_mb * (1 << 20));
+    if (!(a.max_store_mb >= 0 && a.max_store_mb <= 1e9)) {
+        error("--max-store-mb must be 0 (no quota) or a positive size in MB");
+        return kExitUsage;
+    }
+    a.server.max_store_bytes = static_cast<unsigned long long>(a.max_store_mb * (1 << 20));
     if (a.server.dicom_port < 0 || a.server.dicom_port > 65535) {
         error("--dicom-port must be in 1..65535 (0 = no DICOM node)");
         return kExitUsage;
@@ -95,6 +101,9 @@ void add_serve_command(CLI::App& app, Commands& commands) {
                     "web origins (comma-separated, e.g. https://viewer.example.org) whose pages may call this API; "
                     "requests with any other Origin header are refused (403)");
     cmd->add_option("--max-upload-mb", a->max_upload_mb, "request body cap in MB; larger uploads get 413")->capture_default_str();
+    cmd->add_option("--max-store-mb", a->max_store_mb,
+                    "image store quota in MB (0 = none): the oldest images no exam references go first, then 507")
+        ->capture_default_str();
     cmd->add_option("--dicom-port", so.dicom_port,
                     "also run a DICOM C-STORE node on this port: received ultrasound images are measured and listed "
                     "(GET /v1/dicom/instances); 0 = off")

@@ -49,6 +49,9 @@ struct ServerOptions {
     int connection_threads = 64;           // HTTP connections served at once (keep-alive clients)
     std::string token_file;                // first line is the bearer token
     size_t max_upload_bytes = 20u << 20;   // larger request bodies get 413
+    // Quota of the image folder: the oldest images no exam references are removed to make room;
+    // when that is not enough, 507 store_full. 0 = none.
+    unsigned long long max_store_bytes = 2048ull << 20;
     bool log_requests = true;              // one spdlog line per request
     // DICOM node (C-STORE SCP) beside the HTTP server: 0 = off. Received objects larger than
     // max_upload_bytes abort their association.

@@ -77,8 +77,14 @@ public:
     Store(const Store&) = delete;
     Store& operator=(const Store&) = delete;
 
-    // Stores image bytes under their SHA-256 (nothing is rewritten when already present).
+    // Stores image bytes under their SHA-256 (nothing is rewritten when already present). A PNG or
+    // JPEG is stored up to its end (IEND / EOI): bytes after it are dropped and not hashed. With a
+    // quota set, the oldest images no exam or DICOM instance references are removed first to make
+    // room; when that is not enough the error starts with kStoreFullError.
     Expected<std::string> put_image(const std::string& bytes);
+    // Store quota in bytes for the image folder (0 = none).
+    void set_quota_bytes(unsigned long long bytes);
+    unsigned long long stored_image_bytes() const;
     // Path of a stored image, or nullopt when unknown (sha256 must be 64 lower-case hex digits).
     std::optional<std::string> image_path(const std::string& sha256) const;
 
@@ -100,6 +106,11 @@ private:
     explicit Store(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
 };
+
+inline constexpr const char* kStoreFullError = "the image store is full";
+// Length of the image at the start of `bytes`: a PNG up to its IEND chunk, a JPEG up to its EOI
+// marker; bytes.size() for other data or when no end is found.
+size_t image_data_end(const std::string& bytes);
 
 // Lower-case hex SHA-256 of the bytes.
 std::string sha256_hex(const std::string& bytes);

@@ -42,6 +42,7 @@ const std::vector<ErrorInfo>& error_catalog() {
          "and no pixel_size_mm was sent"},
         {E::EmptyMask, "empty_mask", 422, "the mask has no white (head) region to fit"},
         {E::StorageFailed, "storage_failed", 500, "the database or the image folder could not be read or written"},
+        {E::StoreFull, "store_full", 507, "the image store is at its quota (--max-store-mb) and every stored image is referenced by an exam"},
         {E::Internal, "internal", 500, "an unexpected failure inside the server (a bug: report it with the server log)"},
         {E::ModelLoading, "model_loading", 503, "the model is still loading; retry in a few seconds (GET /health says when)"},
         {E::ModelUnavailable, "model_unavailable", 503, "the model failed to load; the server must be restarted with a good --model"},
@@ -64,7 +65,7 @@ HttpResponse error_response(const ApiError& e) {
     const ErrorInfo& info = error_info(e.code);
     // A 500's own message may name a file, a folder or a database detail: clients get an id, the
     // log gets the message (messages already of the form "internal error (id ...)" pass).
-    if (info.http_status >= 500 && info.http_status < 503 && e.message.rfind("internal error (id ", 0) != 0) {
+    if (info.http_status >= 500 && info.http_status < 503 && info.code != ErrorCode::StoreFull && e.message.rfind("internal error (id ", 0) != 0) {
         static std::atomic<unsigned long long> next_id{1};
         const std::string id = "s" + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
                                                         std::chrono::system_clock::now().time_since_epoch()).count()) +

@@ -45,6 +45,7 @@ enum class ErrorCode {
     InvalidCalibration,  // 422
     EmptyMask,           // 422
     StorageFailed,       // 500
+    StoreFull,           // 507
     Internal,            // 500
     ModelLoading,        // 503
     ModelUnavailable,    // 503

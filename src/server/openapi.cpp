@@ -273,7 +273,7 @@ json measure_path() {
                                          {E::BadRequest, E::MissingField, E::InvalidField, E::InvalidPixelSize, E::InvalidGa,
                                           E::InvalidPregnancyId, E::InvalidDate, E::ImageUnreadable, E::Unauthorized,
                                           E::PayloadTooLarge, E::NoHeadFound, E::InvalidCalibration, E::StorageFailed,
-                                          E::ModelLoading, E::ModelUnavailable})}};
+                                          E::StoreFull, E::ModelLoading, E::ModelUnavailable})}};
 }
 
 json dicom_instances_path() {

@@ -182,8 +182,14 @@ HttpResponse image_preview(const HttpRequest& req, Services& s) {
     }
     cv::Mat gray;
     if (is_dicom_file(*path)) {
-        auto frames = decode_dicom_frames(*path);
-        if (!frames) fail(ErrorCode::ImageUnreadable, frames.error());
+        Result<std::vector<cv::Mat>> frames = ApiError{ErrorCode::Internal, ""};
+        {
+            SlotGuard slot(s.engine.decode_slots());
+            auto f = decode_dicom_frames(*path);
+            if (f) frames = std::move(*f);
+            else frames = ApiError{ErrorCode::ImageUnreadable, f.error()};
+        }
+        if (!frames) fail(frames.error().code, frames.error().message);
         if (frame >= int(frames->size()))
             fail(ErrorCode::InvalidField, "'frame' " + std::to_string(frame) + " is past the last frame of the stored image (it has " +
                                               std::to_string(frames->size()) + ")");
@@ -192,7 +198,7 @@ HttpResponse image_preview(const HttpRequest& req, Services& s) {
         if (frame != 0) fail(ErrorCode::InvalidField, "'frame' is only for multi-frame DICOM images; this image has one frame");
         std::ifstream in(*path, std::ios::binary);
         const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        gray = decode_image(bytes, "the stored image").value_or_throw();
+        gray = decode_image(s.engine.decode_slots(), bytes, "the stored image").value_or_throw();
     }
     std::vector<unsigned char> png;
     if (gray.empty() || !cv::imencode(".png", gray, png)) fail(ErrorCode::Internal, "cannot encode the preview PNG");

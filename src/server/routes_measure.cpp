@@ -133,7 +133,7 @@ HttpResponse segment(const HttpRequest& req, Services& s) {
     const std::string format = form_text(req, "format").value_or("png");
     if (format != "png" && format != "json")
         fail(ErrorCode::InvalidField, "'format' must be 'png' (mask image) or 'json' (contour)");
-    const cv::Mat gray = decode_image(up.bytes, upload_name(up)).value_or_throw();
+    const cv::Mat gray = decode_image(s.engine.decode_slots(), up.bytes, upload_name(up)).value_or_throw();
     const auto model = s.engine.measurer().value_or_throw();
     Segmentation seg;
     {
@@ -151,12 +151,18 @@ HttpResponse segment(const HttpRequest& req, Services& s) {
                                {"area_px", b.area_px}});
 }
 
-HttpResponse fit_ellipse_route(const HttpRequest& req, Services&) {
+HttpResponse fit_ellipse_route(const HttpRequest& req, Services& s) {
     std::vector<cv::Point2d> pts;
     std::string what;
     if (req.multipart) {
         const UploadedFile& up = require_upload(req, req.files.count("mask") ? "mask" : "image");
-        const Boundary b = mask_boundary(decode_image(up.bytes, upload_name(up)).value_or_throw());
+        cv::Mat mask = decode_image(s.engine.decode_slots(), up.bytes, upload_name(up)).value_or_throw();
+        Boundary b;
+        {
+            SlotGuard slot(s.engine.decode_slots());  // tracing a large mask costs several times its size
+            b = mask_boundary(mask);
+            mask.release();
+        }
         if (!b.found)
             fail(ErrorCode::EmptyMask,
                  "the mask '" + upload_name(up) + "' has no white region to fit; send a mask with the head in white (255)");

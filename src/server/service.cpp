@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <thread>
 
@@ -45,7 +46,7 @@ int Slots::in_use() const {
 
 // ---- Engine -----------------------------------------------------------------------------------
 
-Engine::Engine(int slots) : slots_(slots) {}
+Engine::Engine(int slots) : slots_(slots), decode_slots_(slots) {}
 
 void Engine::load(const std::string& model_path, int torch_threads) {
     const auto t0 = Clock::now();
@@ -96,7 +97,16 @@ Result<std::shared_ptr<const Measurer>> Engine::measurer() const {
 
 // ---- measure and store ------------------------------------------------------------------------
 
-Result<cv::Mat> decode_image(const std::string& bytes, const std::string& name) {
+namespace {
+// A put_image failure: the quota (507 store_full, message shown) or a storage failure (500).
+ApiError store_error(const std::string& message) {
+    if (message.rfind(kStoreFullError, 0) == 0) return ApiError{ErrorCode::StoreFull, message};
+    return ApiError{ErrorCode::StorageFailed, message};
+}
+}  // namespace
+
+Result<cv::Mat> decode_image(Slots& decode_slots, const std::string& bytes, const std::string& name) {
+    SlotGuard slot(decode_slots);
     auto img = decode_grayscale(std::vector<unsigned char>(bytes.begin(), bytes.end()), name);
     if (!img) return ApiError{ErrorCode::ImageUnreadable, img.error()};
     return *img;
@@ -108,7 +118,7 @@ Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const 
     if (options.ga_weeks)
         if (auto p = ga_problem(*options.ga_weeks, "ga_weeks")) return *p;
     const auto t0 = Clock::now();
-    auto gray = decode_image(image_bytes, name);
+    auto gray = decode_image(engine.decode_slots(), image_bytes, name);
     if (!gray) return gray.error();
     const double decode_ms = ms_since(t0);
     auto model = engine.measurer();
@@ -127,7 +137,7 @@ Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const 
     out.measurement.timings.decode_ms = decode_ms;
     out.measurement.timings.total_ms += decode_ms;
     auto sha = store.put_image(image_bytes);
-    if (!sha) return ApiError{ErrorCode::StorageFailed, sha.error()};
+    if (!sha) return store_error(sha.error());
     out.image_sha256 = *sha;
     return out;
 }
@@ -210,13 +220,15 @@ Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, co
         if (auto p = pixel_size_problem(*request.pixel_size_mm, "pixel_size_mm")) return *p;
     if (request.ga_weeks)
         if (auto p = ga_problem(*request.ga_weeks, "ga_weeks")) return *p;
-    const std::vector<unsigned char> data(bytes.begin(), bytes.end());
     const auto t0 = Clock::now();
+    std::optional<SlotGuard> decode_slot(std::in_place, engine.decode_slots());
+    const std::vector<unsigned char> data(bytes.begin(), bytes.end());
     auto h = read_dicom_header(data, name);
     if (!h) return ApiError{ErrorCode::ImageUnreadable, h.error()};
     if (!request.pixel_size_mm)
         if (auto p = calibration_problem(*h)) return *p;
     auto frames = decode_dicom_frames(data, name);
+    decode_slot.reset();
     if (!frames) return ApiError{ErrorCode::ImageUnreadable, frames.error()};
     if (frames->empty()) return ApiError{ErrorCode::ImageUnreadable, "'" + name + "' holds no frame to measure"};
     const double decode_ms = ms_since(t0);
@@ -252,7 +264,7 @@ Result<StoredDicomMeasurement> measure_dicom_and_store(Engine& engine, Store& st
     auto r = measure_dicom(engine, bytes, name, request);
     if (!r) return r.error();
     auto sha = store.put_image(bytes);
-    if (!sha) return ApiError{ErrorCode::StorageFailed, sha.error()};
+    if (!sha) return store_error(sha.error());
     return StoredDicomMeasurement{std::move(*r), *sha};
 }
 

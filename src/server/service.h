@@ -81,6 +81,10 @@ public:
     // The loaded model, or model_loading / model_unavailable.
     Result<std::shared_ptr<const Measurer>> measurer() const;
     Slots& slots() { return slots_; }
+    // Decode slots: every decode of request bytes (image, mask, DICOM) runs holding one, so at most
+    // this many decodes (each capped at kMaxImagePixels from the header) allocate at once. Same count
+    // as the network slots.
+    Slots& decode_slots() { return decode_slots_; }
 
 private:
     mutable std::mutex mu_;
@@ -89,11 +93,14 @@ private:
     std::string error_;
     std::shared_ptr<const Measurer> measurer_;
     Slots slots_;
+    Slots decode_slots_;
 };
 
 // Decodes image bytes (PNG, JPEG, BMP, TIFF; any depth) to 8-bit gray; image_unreadable on failure.
 // `name` is used in the message.
-Result<cv::Mat> decode_image(const std::string& bytes, const std::string& name);
+// Runs on one of `decode_slots` (Engine::decode_slots()); the pixel budget (kMaxImagePixels) is
+// checked from the header by the library before any pixel is allocated.
+Result<cv::Mat> decode_image(Slots& decode_slots, const std::string& bytes, const std::string& name);
 
 struct StoredMeasurement {
     Measurement measurement;   // timings include the decode; the queue wait is apart

@@ -311,6 +311,7 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
     impl->engine = std::make_unique<server::Engine>(o.threads > 0 ? o.threads : cores);
     auto store = Store::open(o.db_path);
+    if (store) (*store)->set_quota_bytes(o.max_store_bytes);
     if (!store) return make_error(store.error());
     impl->store = std::move(*store);
     impl->services = std::make_unique<server::Services>(
