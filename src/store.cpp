@@ -105,6 +105,18 @@ const char* kExamColumns =
     "hc_mm, bpd_mm, ofd_mm, ga_hadlock_weeks, ga_intergrowth_weeks, ga_weeks_given, centile, quality, reasons, corrected, "
     "accepted, created_at, sop_instance_uid";
 
+// Reasons are stored as a JSON array of strings (exams and DICOM instances alike).
+std::string reasons_text(const std::vector<std::string>& reasons) { return nlohmann::json(reasons).dump(); }
+
+std::vector<std::string> reasons_from(const std::string& text) {
+    std::vector<std::string> out;
+    auto r = nlohmann::json::parse(text, nullptr, false);
+    if (r.is_array())
+        for (const auto& x : r)
+            if (x.is_string()) out.push_back(x.get<std::string>());
+    return out;
+}
+
 Exam read_exam(Stmt& s) {
     Exam e;
     e.id = s.integer(0);
@@ -121,10 +133,7 @@ Exam read_exam(Stmt& s) {
     e.ga_weeks_given = s.opt(15);
     e.centile = s.opt(16);
     e.quality = s.text(17);
-    auto r = nlohmann::json::parse(s.text(18), nullptr, false);
-    if (r.is_array())
-        for (const auto& x : r)
-            if (x.is_string()) e.reasons.push_back(x.get<std::string>());
+    e.reasons = reasons_from(s.text(18));
     e.corrected = s.integer(19) != 0;
     e.accepted = s.integer(20) != 0;
     e.created_at = s.text(21);
@@ -135,17 +144,6 @@ Exam read_exam(Stmt& s) {
 const char* kDicomColumns =
     "id, sop_instance_uid, sop_class_uid, calling_aet, received_at, image_sha256, status, hc_mm, bpd_mm, ofd_mm, "
     "ga_hadlock_weeks, pixel_size_mm, calibration_source, quality, reasons, frames, error, forward_status, sr_sha256";
-
-std::string reasons_text(const std::vector<std::string>& reasons) { return nlohmann::json(reasons).dump(); }
-
-std::vector<std::string> reasons_from(const std::string& text) {
-    std::vector<std::string> out;
-    auto r = nlohmann::json::parse(text, nullptr, false);
-    if (r.is_array())
-        for (const auto& x : r)
-            if (x.is_string()) out.push_back(x.get<std::string>());
-    return out;
-}
 
 DicomInstance read_dicom_instance(Stmt& s) {
     DicomInstance d;
@@ -469,7 +467,7 @@ Expected<Exam> Store::add_exam(const Exam& in) {
         s.bind(15, in.ga_weeks_given);
         s.bind(16, in.centile);
         s.bind(17, in.quality);
-        s.bind(18, nlohmann::json(in.reasons).dump());
+        s.bind(18, reasons_text(in.reasons));
         s.bind_int(19, in.corrected);
         s.bind_int(20, in.accepted);
         s.bind(21, in.sop_instance_uid);

@@ -510,6 +510,32 @@ TEST(DicomAnisotropic, HcIsThePhysicalEllipses) {
 
 namespace {
 bool have_model_and_data() { return fs::exists(FETALHC_DEFAULT_MODEL) && fs::exists(kHc18 + "/training_set/010_HC.png"); }
+
+// An HC18 scan, its pixel size, its measurement through the PNG path, and the scan wrapped into a
+// one-region DICOM at that pixel size (written to the temp folder, never committed).
+struct WrappedScan {
+    cv::Mat img;
+    double px = 0;
+    Measurement ref;
+    std::string dcm;
+};
+void wrap_scan(const Measurer& measurer, const std::map<std::string, double>& sizes, const std::string& name,
+               const std::string& suffix, WrappedScan& out) {
+    const std::string png = kHc18 + "/training_set/" + name;
+    auto img = load_grayscale(png);
+    ASSERT_TRUE(img) << img.error();
+    out.img = *img;
+    out.px = sizes.at(name);
+    MeasureOptions o;
+    o.pixel_size_mm = out.px;
+    auto ref = measurer.measure(*img, o, png);
+    ASSERT_TRUE(ref) << ref.error();
+    out.ref = *ref;
+    Synthetic s;
+    s.frames = {*img};
+    s.regions = {{{0, 0, img->cols, img->rows}, out.px / 10, out.px / 10}};
+    out.dcm = write_dicom(s, name + suffix);
+}
 }  // namespace
 
 TEST(DicomMeasure, WrappedHc18ScansGiveThePngHc) {
@@ -520,18 +546,13 @@ TEST(DicomMeasure, WrappedHc18ScansGiveThePngHc) {
     ASSERT_TRUE(seg) << seg.error();
     const Measurer measurer(*seg);
     for (const std::string name : {"010_HC.png", "011_HC.png", "013_HC.png"}) {
-        const std::string png = kHc18 + "/training_set/" + name;
-        auto img = load_grayscale(png);
-        ASSERT_TRUE(img) << img.error();
-        const double px = sizes->at(name);
-        MeasureOptions o;
-        o.pixel_size_mm = px;
-        auto ref = measurer.measure(*img, o, png);
-        ASSERT_TRUE(ref) << ref.error();
-        Synthetic s;
-        s.frames = {*img};
-        s.regions = {{{0, 0, img->cols, img->rows}, px / 10, px / 10}};
-        const std::string dcm = write_dicom(s, name + ".dcm");  // in the temp folder, never committed
+        WrappedScan w;
+        wrap_scan(measurer, *sizes, name, ".dcm", w);
+        if (HasFatalFailure()) return;
+        const cv::Mat* img = &w.img;
+        const double px = w.px;
+        const Measurement* ref = &w.ref;
+        const std::string dcm = w.dcm;
         auto h = read_dicom_header(dcm);
         ASSERT_TRUE(h) << h.error();
         auto frames = frames_of(dcm);
@@ -895,18 +916,13 @@ TEST(DicomMeasure, JpegBaselineWrappedScanGivesThePngHcWithin2Percent) {
     ASSERT_TRUE(seg) << seg.error();
     const Measurer measurer(*seg);
     for (const std::string name : {"010_HC.png", "011_HC.png", "013_HC.png"}) {
-        const std::string png = kHc18 + "/training_set/" + name;
-        auto img = load_grayscale(png);
-        ASSERT_TRUE(img) << img.error();
-        const double px = sizes->at(name);
-        MeasureOptions o;
-        o.pixel_size_mm = px;
-        auto ref = measurer.measure(*img, o, png);
-        ASSERT_TRUE(ref) << ref.error();
-        Synthetic s;
-        s.frames = {*img};
-        s.regions = {{{0, 0, img->cols, img->rows}, px / 10, px / 10}};
-        const std::string raw = write_dicom(s, name + "_raw.dcm");  // temp folder only, never committed
+        WrappedScan w;
+        wrap_scan(measurer, *sizes, name, "_raw.dcm", w);
+        if (HasFatalFailure()) return;
+        const cv::Mat* img = &w.img;
+        const double px = w.px;
+        const Measurement* ref = &w.ref;
+        const std::string raw = w.dcm;
         const std::string jpeg = (temp_dir() / (name + "_jpeg.dcm")).string();
         ASSERT_EQ(std::system(("dcmcjpeg +eb '" + raw + "' '" + jpeg + "'").c_str()), 0);
         auto h = read_dicom_header(jpeg);
