@@ -2,6 +2,7 @@
 // Every route, its error paths (status, stable code, message), the route table, the error catalog
 // and the OpenAPI document, the measure-and-store service. Only the tests that run the network
 // (RouteModel) need the model file; they skip with a message when it is absent.
+#include "dicom_wrap.h"
 #include "errors.h"
 #include "http_metrics.h"
 #include "openapi.h"
@@ -14,11 +15,6 @@
 #include "fetalhc/growth.h"
 #include "fetalhc/store.h"
 
-#include <dcmtk/config/osconfig.h>
-#include <dcmtk/dcmdata/dcdeftag.h>
-#include <dcmtk/dcmdata/dcfilefo.h>
-#include <dcmtk/dcmdata/dcitem.h>
-#include <dcmtk/dcmdata/dcuid.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -96,41 +92,7 @@ std::string read_bytes(const fs::path& p) {
 std::string wrap_in_dicom(const std::string& png_bytes, double mm, int frames = 1) {
     const cv::Mat img = cv::imdecode(std::vector<unsigned char>(png_bytes.begin(), png_bytes.end()), cv::IMREAD_GRAYSCALE);
     DcmFileFormat file;
-    DcmDataset* d = file.getDataset();
-    char uid[100];
-    d->putAndInsertString(DCM_SOPClassUID, frames > 1 ? UID_UltrasoundMultiframeImageStorage : UID_UltrasoundImageStorage);
-    d->putAndInsertString(DCM_SOPInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_INSTANCE_UID_ROOT));
-    d->putAndInsertString(DCM_StudyInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_STUDY_UID_ROOT));
-    d->putAndInsertString(DCM_SeriesInstanceUID, dcmGenerateUniqueIdentifier(uid, SITE_SERIES_UID_ROOT));
-    d->putAndInsertString(DCM_Modality, "US");
-    d->putAndInsertUint16(DCM_SamplesPerPixel, 1);
-    d->putAndInsertString(DCM_PhotometricInterpretation, "MONOCHROME2");
-    d->putAndInsertUint16(DCM_Rows, Uint16(img.rows));
-    d->putAndInsertUint16(DCM_Columns, Uint16(img.cols));
-    d->putAndInsertUint16(DCM_BitsAllocated, 8);
-    d->putAndInsertUint16(DCM_BitsStored, 8);
-    d->putAndInsertUint16(DCM_HighBit, 7);
-    d->putAndInsertUint16(DCM_PixelRepresentation, 0);
-    if (frames > 1) {
-        d->putAndInsertString(DCM_NumberOfFrames, std::to_string(frames).c_str());
-        d->putAndInsertString(DCM_FrameTime, "40");
-    }
-    std::vector<unsigned char> px;
-    for (int k = 0; k < frames; ++k) px.insert(px.end(), img.datastart, img.dataend);
-    d->putAndInsertUint8Array(DCM_PixelData, px.data(), unsigned(px.size()));
-    DcmItem* region = nullptr;
-    d->findOrCreateSequenceItem(DCM_SequenceOfUltrasoundRegions, region, 0);
-    region->putAndInsertUint16(DCM_RegionSpatialFormat, 1);
-    region->putAndInsertUint16(DCM_RegionDataType, 1);
-    region->putAndInsertUint32(DCM_RegionFlags, 0);
-    region->putAndInsertUint32(DCM_RegionLocationMinX0, 0);
-    region->putAndInsertUint32(DCM_RegionLocationMinY0, 0);
-    region->putAndInsertUint32(DCM_RegionLocationMaxX1, Uint32(img.cols - 1));
-    region->putAndInsertUint32(DCM_RegionLocationMaxY1, Uint32(img.rows - 1));
-    region->putAndInsertUint16(DCM_PhysicalUnitsXDirection, 3);
-    region->putAndInsertUint16(DCM_PhysicalUnitsYDirection, 3);
-    region->putAndInsertFloat64(DCM_PhysicalDeltaX, mm / 10);
-    region->putAndInsertFloat64(DCM_PhysicalDeltaY, mm / 10);
+    build_wrapped_dicom(file, img, mm, frames);
     const fs::path tmp = fs::temp_directory_path() / ("fetalhc_routes_wrap_" + std::to_string(std::random_device{}()) + ".dcm");
     if (file.saveFile(tmp.string().c_str(), EXS_LittleEndianExplicit).bad()) throw std::runtime_error("cannot write DICOM");
     std::string bytes = read_bytes(tmp);
