@@ -1,4 +1,4 @@
-// Writes the fuzz targets' seed corpora into OUT/{png_gray,decode_image,pixel_sizes,dicom}: small
+// Writes the fuzz targets' seed corpora into OUT/{png_gray,decode_image,pixel_sizes,dicom,routes}: small
 // synthetic files made here (no HC18 image or copy of one). Usage: fuzz_make_seeds OUT
 #include <dcmtk/config/osconfig.h>  // must come first among the DCMTK headers
 #include <dcmtk/dcmdata/dctk.h>
@@ -245,6 +245,41 @@ void dicom_seeds(const fs::path& dir) {
     }
 }
 
+// Requests for fuzz_routes: the first byte picks the route (kRoutes in fuzz_routes.cpp), the rest is
+// a JSON body, multipart parts ("NAME[;FILENAME]\n" then the bytes, separated by "\r\n--\r\n") or
+// the rest of a GET path.
+void route_seeds(const fs::path& dir) {
+    const auto seed = [&](const std::string& name, int route, const std::string& rest) {
+        write(dir / name, std::string(1, char(route)) + rest);
+    };
+    const std::string ellipse = R"({"center_x": 402, "center_y": 268, "semi_axis_a": 170, "semi_axis_b": 130, "angle_rad": 0.45})";
+    seed("perimeter.json", 0, R"({"ellipse_px": )" + ellipse + R"(, "pixel_size_mm": 0.15, "ga_weeks": 22.5})");
+    seed("exam.json", 1,
+         R"({"pregnancy_id": "P-1", "exam_date": "2024-03-01", "image_sha256": ")" + std::string(64, 'a') +
+             R"(", "pixel_size_mm": 0.15, "ellipse_px": )" + ellipse +
+             R"(, "corrected": true, "ga_weeks": 22, "quality": "review", "reasons": ["low detection score"],)"
+             R"( "sop_instance_uid": "1.2.826.0.1.3680043.2.1125.1"})");
+    seed("fit_points.json", 2, R"({"points": [[10, 0], [0, 5], [-10, 0], [0, -5], [7.07, 3.54], [-7.07, -3.54]]})");
+    cv::Mat mask = cv::Mat::zeros(36, 40, CV_8U);
+    cv::ellipse(mask, cv::Point(20, 18), cv::Size(14, 10), 20, 0, 360, cv::Scalar(255), cv::FILLED);
+    const Bytes mask_png = encode(".png", mask);
+    const std::string part_sep = "\r\n--\r\n";
+    seed("fit_mask.multipart", 3, "mask;mask.png\n" + std::string(mask_png.begin(), mask_png.end()));
+    const Bytes scan = encode(".png", pattern(40, 36));
+    const std::string scan_part = "image;scan.png\n" + std::string(scan.begin(), scan.end());
+    seed("measure.multipart", 4,
+         scan_part + part_sep + "pixel_size_mm\n0.15" + part_sep + "ga_weeks\n22" + part_sep + "pregnancy_id\nP-1" +
+             part_sep + "exam_date\n2024-03-01" + part_sep + "format\nfhir");
+    seed("segment.multipart", 5, scan_part + part_sep + "format\njson");
+    seed("measure_json.json", 6, R"({"pixel_size_mm": 0.15})");
+    seed("pregnancy.path", 7, "P-1");
+    seed("pregnancy_csv.path", 7, "P-1/export.csv");
+    seed("image_preview.path", 8, std::string(64, 'a') + "/preview.png?frame=1");
+    seed("static.path", 9, "js/main.js");
+    seed("instances.path", 10, "");
+    seed("growth.path", 11, "");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -253,12 +288,13 @@ int main(int argc, char** argv) {
         return 2;
     }
     const fs::path out = argv[1];
-    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom"}) fs::create_directories(out / d);
+    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes"}) fs::create_directories(out / d);
     png_seeds(out / "png_gray");
     image_seeds(out / "decode_image");
     csv_seeds(out / "pixel_sizes");
     dicom_seeds(out / "dicom");
-    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom"}) {
+    route_seeds(out / "routes");
+    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes"}) {
         size_t n = 0;
         for ([[maybe_unused]] const auto& e : fs::directory_iterator(out / d)) ++n;
         std::printf("%s: %zu seeds\n", d, n);

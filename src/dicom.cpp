@@ -10,6 +10,7 @@
 #include <dcmtk/config/osconfig.h>  // must come first among the DCMTK headers
 #include <dcmtk/dcmdata/dccodec.h>
 #include <dcmtk/dcmdata/dcistrmb.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcrledrg.h>
 #include <dcmtk/dcmdata/dctk.h>
 #include <dcmtk/dcmimage/diregist.h>  // colour images in DicomImage
@@ -272,11 +273,22 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
     };
     const auto vr_is = [&](size_t i, const char* v) { return p[i] == v[0] && p[i + 1] == v[1]; };
     std::string xfer;
+    // The meta header is read as DCMTK reads it: in the encoding it guesses from the first element
+    // (explicit VR when the two bytes after the tag are capital letters, big endian when the group
+    // reads 0x0002 so), and, after a leading group length (0002,0000), for as many bytes as that
+    // says whatever the tags inside; without one, while the tags are of group 0002.
+    if (n < 140) return "";
+    big = p[132] == 0x00 && p[133] == 0x02;
+    explicit_vr = std::isupper(p[136]) && std::isupper(p[137]);
+    size_t meta_end = 0;
+    if (n >= 144 && u16(132) == 0x0002 && u16(134) == 0x0000 && (explicit_vr ? vr_is(136, "UL") && u16(138) == 4 : u32(136) == 4))
+        meta_end = 144 + size_t(u32(140));
     for (size_t pos = 132; pos + 8 <= n;) {
         unsigned group = u16(pos);
-        if (in_meta && group != 0x0002) {
+        if (in_meta && (meta_end ? pos >= meta_end : group != 0x0002)) {
             // The data set starts: its encoding is the meta header's transfer syntax (DICOM PS3.5 A).
             in_meta = false;
+            big = false, explicit_vr = true;
             while (!xfer.empty() && (xfer.back() == '\0' || xfer.back() == ' ')) xfer.pop_back();
             if (xfer == "1.2.840.10008.1.2.1.99") return "";  // deflated: lengths are in the inflated stream
             if (xfer == "1.2.840.10008.1.2") explicit_vr = false;
@@ -295,7 +307,7 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
         bool sequence = false;
         if (group == 0xFFFE) {  // item and delimiters: no VR in any encoding
             len = u32(pos + 4);
-        } else if (explicit_vr || in_meta) {
+        } else if (explicit_vr) {
             // The VRs with a 2-byte length (PS3.5 7.1.2); every other one, a VR DCMTK does not know
             // included, has 2 reserved bytes and a 4-byte length, as DCMTK reads it.
             static const char* const kShort[] = {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO",
@@ -389,6 +401,36 @@ Expected<cv::Mat> frame_gray8(DicomImage& img, int f, const DicomHeader& h, int 
 
 // The fragments of an encapsulated file must be able to hold every frame the header announces
 // (each frame takes at least one fragment after the basic offset table).
+// An RLE frame starts with a 64-byte header: the number of segments (1 to 15) and where each starts.
+// DCMTK's RLE decoder reads at those offsets unchecked (an offset of 3.5 GB crashed it; found by
+// fuzz_dicom), so each fragment's header is checked first: every segment must start inside the
+// frame's data (the fragment, or when frames span fragments, the fragments from there on).
+std::string check_rle_headers(DcmPixelSequence* seq, const DicomHeader& h) {
+    const unsigned long n = seq->card();
+    std::vector<unsigned long long> rest(n + 1, 0);  // bytes from fragment i to the end
+    for (unsigned long i = n; i-- > 1;) {
+        DcmPixelItem* item = nullptr;
+        rest[i] = rest[i + 1] + (seq->getItem(item, i).good() && item ? item->getLength() : 0);
+    }
+    const bool one_per_frame = n - 1 == static_cast<unsigned long>(h.frames);
+    for (unsigned long i = 1; i < n; ++i) {
+        DcmPixelItem* item = nullptr;
+        Uint8* b = nullptr;
+        if (seq->getItem(item, i).bad() || !item || item->getLength() == 0) continue;
+        const unsigned long long len = item->getLength(), limit = one_per_frame ? len : rest[i];
+        const std::string where = "DICOM '" + h.path + "' has a damaged RLE frame header in fragment " + std::to_string(i);
+        if (len < 64 || item->getUint8Array(b).bad() || !b) return where + " (shorter than its 64-byte header)";
+        const auto u32 = [&](int k) { return uint32_t(b[4 * k]) | uint32_t(b[4 * k + 1]) << 8 | uint32_t(b[4 * k + 2]) << 16 | uint32_t(b[4 * k + 3]) << 24; };
+        const uint32_t segments = u32(0);
+        if (segments < 1 || segments > 15) return where + " (" + std::to_string(segments) + " segments; 1 to 15 are possible)";
+        for (uint32_t k = 1; k <= segments; ++k)
+            if (u32(int(k)) < 64 || u32(int(k)) >= limit || (k > 1 && u32(int(k)) < u32(int(k) - 1)))
+                return where + " (segment " + std::to_string(k) + " starts at byte " + std::to_string(u32(int(k))) + " of " +
+                       std::to_string(limit) + ")";
+    }
+    return "";
+}
+
 std::string check_fragments(DcmDataset* ds, const DicomHeader& h) {
     DcmElement* el = nullptr;
     if (ds->findAndGetElement(DCM_PixelData, el).bad() || !el) return "";
@@ -401,6 +443,7 @@ std::string check_fragments(DcmDataset* ds, const DicomHeader& h) {
         return "DICOM '" + h.path + "' says it has " + std::to_string(h.frames) + " frames but its pixel data holds " +
                std::to_string(fragments) + " compressed fragment" + (fragments == 1 ? "" : "s") +
                "; the file is truncated or its NumberOfFrames is wrong";
+    if (ds->getOriginalXfer() == EXS_RLELossless) return check_rle_headers(seq, h);
     return "";
 }
 

@@ -129,6 +129,14 @@ ScoreSummary summarize(const std::vector<ImageScore>& scores, int trimester) {
             ++s.good;
             s.good_flagged += flagged;
         }
+        if (r.abs_error_mm > 0.1 * r.ref_hc_mm) {
+            ++s.errors_over_10pct;
+            s.errors_over_10pct_flagged += flagged;
+        }
+        if (const auto& iv = r.measurement->interval) {
+            ++s.interval_images;
+            s.interval_covered += r.ref_hc_mm >= iv->low_mm && r.ref_hc_mm <= iv->high_mm;
+        }
     }
     s.hc_abs_error_mm = mean_sd(abs_err);
     s.hc_signed_error_mm = mean_sd(signed_err);
@@ -176,7 +184,13 @@ json to_json(const ScoreSummary& s) {
              {{"errors_over_5mm", s.errors_over_5mm},
               {"errors_over_5mm_flagged", s.errors_over_5mm_flagged},
               {"good_flagged", s.good_flagged},
-              {"good", s.good}}}};
+              {"good", s.good},
+              {"errors_over_10pct", s.errors_over_10pct},
+              {"errors_over_10pct_flagged", s.errors_over_10pct_flagged}}},
+            {"hc_interval",
+             {{"images", s.interval_images},
+              {"covered", s.interval_covered},
+              {"coverage", s.interval_images ? json(double(s.interval_covered) / s.interval_images) : json(nullptr)}}}};
 }
 
 json to_json(const EvaluationReport& rep, int worst) {
@@ -218,7 +232,9 @@ namespace {
 void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const std::vector<int>* fold) {
     CsvWriter w(out);
     for (const char* h : {"filename", "ref_hc_mm", "hc_mm", "diff_mm", "dice", "hausdorff_mm", "trimester", "quality",
-                          "detection_score", "certainty", "fit_rms_px", "inlier_share", "cut_share", "reasons_or_error"})
+                          "detection_score", "certainty", "fit_rms_px", "inlier_share", "cut_share", "refine_presence",
+                          "rival_share", "second_look", "skull_evidence", "ring_contrast", "seg_agreement", "head_fraction",
+                          "member_disagreement", "reasons_or_error"})
         w.raw(h);
     if (fold) w.raw("fold");
     w.end_row();
@@ -226,7 +242,7 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
         const ImageScore& r = rep.images[i];
         w.text(r.file).number(r.ref_hc_mm, 2);
         if (!r.measured()) {
-            w.empty(4).integer(r.trimester).empty(6).text(r.error);
+            w.empty(4).integer(r.trimester).empty(14).text(r.error);
             if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
             w.end_row();
             continue;
@@ -240,6 +256,9 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
         w.integer(r.trimester).text(m.quality).number(m.presence, 3).number(m.certainty, 3).number(m.fit_rms_px, 3);
         w.number(double(m.inliers) / std::max(1, m.boundary_points), 3);
         w.number(double(m.cut_points) / std::max(1, m.cut_points + m.boundary_points), 3);
+        const ReviewSignals& g = m.signals;
+        w.number(g.refine_presence, 3).number(g.rival_share, 3).integer(g.second_look ? 1 : 0).number(g.skull_evidence, 3);
+        w.number(g.ring_contrast, 3).number(g.seg_agreement, 3).number(g.head_fraction, 3).number(g.member_disagreement, 4);
         w.text(reasons);
         if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
         w.end_row();

@@ -3,6 +3,8 @@
 #include "fetalhc/hc18.h"
 #include "fetalhc/image_io.h"
 
+#include "review.h"
+
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -125,6 +127,7 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     m.boundary_points = int(bnd.points.size());
     m.inliers = fit.inliers;
     m.cut_points = int(bnd.cut_points.size());
+    m.signals = review_signals(seg, gray8, m.ellipse_px);
     m.timings.network_ms = seg.network_ms;
     m.timings.postprocess_ms = post_ms;
     m.timings.fit_ms = fit_ms;
@@ -163,15 +166,22 @@ Expected<Measurement> segment_and_measure(const cv::Mat& gray8, const MeasureOpt
     }
 }
 
+// The model's interval around a measurement, once its quality is decided.
+Expected<Measurement> with_interval(Expected<Measurement> r, const std::optional<HcIntervalModel>& model) {
+    if (r && model) r->interval = hc_interval(*model, r->hc_mm, r->quality != "ok");
+    return r;
+}
+
 }  // namespace
 
 Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source) const {
-    return segment_and_measure(gray8, opt, source, [&] { return seg_.segment(gray8); });
+    return with_interval(segment_and_measure(gray8, opt, source, [&] { return seg_.segment(gray8); }), interval_);
 }
 
 Expected<Measurement> Measurer::measure_near(const cv::Mat& gray8, const MeasureOptions& opt, const Ellipse& prior,
                                              const std::string& source) const {
-    return segment_and_measure(gray8, opt, source, [&] { return seg_.segment_near(gray8, prior); });
+    return with_interval(segment_and_measure(gray8, opt, source, [&] { return seg_.segment_near(gray8, prior); }),
+                         interval_);
 }
 
 Expected<Measurement> Measurer::measure_file(const std::string& path, const MeasureOptions& opt) const {
@@ -202,6 +212,15 @@ nlohmann::json ga_json(const GaEstimate& g) {
     return j;
 }
 
+// -1 (does not apply) as null.
+nlohmann::json signals_json(const ReviewSignals& s) {
+    auto share = [](double v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
+    return {{"refine_presence", share(s.refine_presence)}, {"rival_share", s.rival_share}, {"second_look", s.second_look},
+            {"skull_evidence", share(s.skull_evidence)}, {"ring_contrast", share(s.ring_contrast)},
+            {"seg_agreement", share(s.seg_agreement)}, {"head_fraction", s.head_fraction},
+            {"member_disagreement", s.member_disagreement}};
+}
+
 }  // namespace
 
 nlohmann::json to_json(const Measurement& m) {
@@ -225,10 +244,20 @@ nlohmann::json to_json(const Measurement& m) {
                      {"boundary_points", m.boundary_points},
                      {"inliers", m.inliers},
                      {"cut_points", m.cut_points},
+                     {"signals", signals_json(m.signals)},
                      {"timings_ms",
                       {{"decode", m.timings.decode_ms}, {"network", m.timings.network_ms},
                        {"postprocess", m.timings.postprocess_ms}, {"fit", m.timings.fit_ms}, {"total", m.timings.total_ms}}}};
     if (m.pixel_size_y_mm) j["pixel_size_y_mm"] = *m.pixel_size_y_mm;
+    if (m.interval) {
+        const HcInterval& iv = *m.interval;
+        j["hc_low_mm"] = iv.low_mm;
+        j["hc_high_mm"] = iv.high_mm;
+        j["interval_coverage"] = iv.coverage;
+        auto weeks = [](const std::optional<double>& w) { return w ? nlohmann::json(*w) : nlohmann::json(nullptr); };
+        j["ga_hadlock"]["low_weeks"] = weeks(iv.ga_hadlock_low_weeks);
+        j["ga_hadlock"]["high_weeks"] = weeks(iv.ga_hadlock_high_weeks);
+    }
     if (m.ga_weeks_given) j["ga_weeks_given"] = *m.ga_weeks_given;
     if (m.centile) {
         const Centile& c = *m.centile;

@@ -100,6 +100,19 @@ std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8);
 // ellipse, or its centre lies more than kSecondLookShift semi-major axes from the crop's centre, it
 // crops once more around that head (see needs_second_look).
 Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r);
+// The same with several members (an ensemble; all with one network config and margin): each crop
+// is segmented by every member and their probability maps averaged.
+Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const std::vector<Refiner>& members);
+
+// Mean probability map and presence of several networks on one input (one member: forward_one).
+// `disagreement` (members > 1): 1 - the mean IoU of each member's mask (p > 0.5) with the mask of
+// the mean; 0 for one member.
+struct MemberForward {
+    cv::Mat probability;
+    float presence = 0;
+    double disagreement = 0;
+};
+MemberForward forward_members(const std::vector<UNet>& nets, const cv::Mat& input8);
 inline constexpr double kSecondLookAreaShare = 0.6, kSecondLookShift = 0.2;
 bool needs_second_look(const Segmentation& refined, const Ellipse& crop_ellipse);
 

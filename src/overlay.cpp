@@ -52,6 +52,9 @@ std::string ga_text(const GaEstimate& g) { return g.in_range ? format_weeks(g.we
 std::vector<std::string> panel_lines(const Measurement& m) {
     std::vector<std::string> lines;
     lines.push_back(fmt("HC %.1f mm", m.hc_mm));
+    if (m.interval)
+        lines.push_back(fmt("%.0f%% ", 100 * m.interval->coverage) + fmt("%.1f", m.interval->low_mm) +
+                        fmt(" to %.1f mm", m.interval->high_mm));
     lines.push_back(fmt("BPD %.1f", m.bpd_mm) + fmt("  OFD %.1f mm", m.ofd_mm));
     lines.push_back("GA Hadlock " + ga_text(m.ga_hadlock));
     lines.push_back("GA IG-21 " + ga_text(m.ga_intergrowth));

@@ -2,8 +2,10 @@
 
 #include <png.h>
 
+#include <cctype>
 #include <csetjmp>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace fetalhc::detail {
@@ -63,6 +65,27 @@ bool read_rows(png_structp png, png_infop info, png_bytepp rows) {
     return true;
 }
 
+// libpng allocates (and clears) an ancillary chunk at the length its header declares before it
+// reads the chunk, and only warns when that length is over its 8 MB chunk limit: a 450-byte file
+// whose tEXt chunk declared 2 GB made it allocate and clear 2 GB (found by fuzz_decode_image). A
+// chunk before IEND whose length and CRC run past the end of the bytes, which libpng could never
+// read whole, is refused first. Returns why, or "".
+std::string overrunning_chunk(const unsigned char* data, size_t size) {
+    for (size_t i = 8; i + 8 <= size;) {
+        const size_t len = size_t(data[i]) << 24 | size_t(data[i + 1]) << 16 | size_t(data[i + 2]) << 8 | data[i + 3];
+        std::string type(reinterpret_cast<const char*>(data + i + 4), 4);
+        for (char& c : type)
+            if (!std::isalpha(static_cast<unsigned char>(c))) c = '?';
+        const size_t left = size - i - 8;
+        if (len > left || left - len < 4)
+            return "its " + type + " chunk declares " + std::to_string(len) + " bytes and a CRC, " + std::to_string(left) +
+                   " bytes are left: truncated or damaged";
+        if (type == "IEND") break;
+        i += 12 + len;
+    }
+    return "";
+}
+
 }  // namespace
 
 bool is_png(const unsigned char* data, size_t size) {
@@ -81,6 +104,8 @@ size_t png_idat_bytes(const unsigned char* data, size_t size) {
 }
 
 Expected<cv::Mat> decode_png(const unsigned char* data, size_t size, const std::string& name) {
+    if (const std::string e = overrunning_chunk(data, size); !e.empty())
+        return make_error("'" + name + "' is a damaged PNG (" + e + "); export the image again or use the original file");
     Reader r{data, size, 0, {0}};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &r, on_error, on_warning);
     png_infop info = png ? png_create_info_struct(png) : nullptr;

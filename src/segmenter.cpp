@@ -6,6 +6,7 @@
 #include "geometry.h"
 #include "model_file.h"
 #include "network.h"
+#include "review.h"
 
 #include "fetalhc/ellipse.h"
 
@@ -23,8 +24,10 @@
 namespace fetalhc {
 
 struct Segmenter::Impl {
-    mutable detail::UNet net{nullptr};  // forward() is not const in LibTorch; used read-only
-    mutable detail::Refiner refine;     // refine.net null when the model has no second pass
+    // One network per member (one for a model file, K for an ensemble). forward() is not const in
+    // LibTorch; the networks are used read-only.
+    mutable std::vector<detail::UNet> nets;
+    mutable std::vector<detail::Refiner> refiners;  // empty when the model has no second pass
     ModelInfo info;
 };
 
@@ -40,7 +43,42 @@ std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8) {
     return {p, torch::sigmoid(presence).item<float>()};
 }
 
+MemberForward forward_members(const std::vector<UNet>& nets, const cv::Mat& input8) {
+    MemberForward out;
+    if (nets.size() == 1) {
+        std::tie(out.probability, out.presence) = forward_one(nets[0], input8);
+        return out;
+    }
+    std::vector<cv::Mat> probs;
+    out.probability = cv::Mat::zeros(input8.size(), CV_32F);
+    for (const auto& n : nets) {
+        auto [p, presence] = forward_one(n, input8);
+        out.probability += p;
+        out.presence += presence;
+        probs.push_back(p);
+    }
+    const double k = double(nets.size());
+    out.probability /= k;
+    out.presence = float(out.presence / k);
+    const cv::Mat mean_mask = out.probability > 0.5f;
+    double iou_sum = 0;
+    for (const auto& p : probs) {
+        const cv::Mat m = p > 0.5f;
+        const double uni = cv::countNonZero(m | mean_mask);
+        iou_sum += uni > 0 ? cv::countNonZero(m & mean_mask) / uni : 1.0;
+    }
+    out.disagreement = 1 - iou_sum / k;
+    return out;
+}
+
 Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r) {
+    return refine_segmentation(coarse, gray8, std::vector<Refiner>{r});
+}
+
+Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const std::vector<Refiner>& members) {
+    const Refiner& r = members.front();
+    std::vector<UNet> nets;
+    for (const auto& m : members) nets.push_back(m.net);
     // The crop only needs a rough ellipse: a short RANSAC without the geometric refinement.
     auto rough_ellipse = [&](const Segmentation& seg) -> std::optional<Ellipse> {
         Boundary b = extract_boundary(seg, gray8);
@@ -57,7 +95,10 @@ Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray
     auto segment_crop = [&](Segmentation& seg, const Ellipse& around) {
         seg.crop_to_net = crop_frame(around, ns, r.margin);
         seg.net_input = warp_to_frame(gray8, seg.crop_to_net, ns);
-        seg.net_probability = forward_one(r.net, seg.net_input).first;
+        auto f = forward_members(nets, seg.net_input);
+        seg.net_probability = f.probability;
+        seg.refine_presence = f.presence;
+        seg.member_disagreement = f.disagreement;
     };
     const auto first = rough_ellipse(coarse);
     if (!first) return coarse;
@@ -70,6 +111,7 @@ Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray
     const auto head = rough_ellipse(out);
     if (!head) return out;
     Segmentation again = out;
+    again.second_look = true;
     segment_crop(again, *head);
     return again;
 }
@@ -87,6 +129,16 @@ bool needs_second_look(const Segmentation& refined, const Ellipse& crop_ellipse)
 
 }  // namespace detail
 
+namespace {
+
+// A model's metadata as a JSON object; empty when the file has none or it is not an object.
+nlohmann::json metadata_object(const std::string& text) {
+    auto j = nlohmann::json::parse(text.empty() ? "{}" : text, nullptr, false);
+    return j.is_object() ? j : nlohmann::json::object();
+}
+
+}  // namespace
+
 Segmenter::Segmenter(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
 const ModelInfo& Segmenter::info() const { return impl_->info; }
@@ -102,8 +154,8 @@ Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOpti
         detail::set_threads(opt.threads);
         auto lm = detail::load_model(path);
         auto impl = std::make_shared<Impl>();
-        impl->net = lm.net;
-        impl->refine = lm.refine;
+        impl->nets = {lm.net};
+        if (lm.refine.net) impl->refiners = {lm.refine};
         if (lm.refine.net) {
             impl->info.refine_config = lm.refine.net->cfg;
             impl->info.refine_margin = lm.refine.margin;
@@ -126,6 +178,63 @@ Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOpti
     }
 }
 
+Expected<Segmenter> Segmenter::load_ensemble(const std::vector<std::string>& paths, const SegmenterOptions& opt) {
+    if (paths.empty()) return make_error("an ensemble needs at least one model file");
+    std::vector<Segmenter> members;
+    for (const auto& p : paths) {
+        auto m = load(p, opt);
+        if (!m) return make_error(m.error());
+        members.push_back(*m);
+    }
+    const ModelInfo& first = members.front().info();
+    auto impl = std::make_shared<Impl>(*members.front().impl_);
+    double axis_scale_sum = 0;
+    nlohmann::json names = nlohmann::json::array();
+    for (size_t i = 0; i < members.size(); ++i) {
+        const Impl& m = *members[i].impl_;
+        const ModelInfo& mi = m.info;
+        if (detail::network_config_json(mi.config) != detail::network_config_json(first.config) ||
+            detail::network_config_json(mi.refine_config) != detail::network_config_json(first.refine_config) ||
+            mi.refine_margin != first.refine_margin)
+            return make_error("ensemble: '" + paths[i] + "' has other network settings than '" + paths[0] +
+                              "'; members must come from one recipe (e.g. the folds of one `fetalhc train --kfold` run)");
+        if (i > 0) {
+            impl->nets.push_back(m.nets.front());
+            if (!m.refiners.empty()) impl->refiners.push_back(m.refiners.front());
+            impl->info.parameters += mi.parameters;
+        }
+        axis_scale_sum += mi.axis_scale;
+        names.push_back(paths[i]);
+    }
+    impl->info.axis_scale = axis_scale_sum / double(members.size());
+    impl->info.path = paths.front() + (paths.size() > 1 ? " (+" + std::to_string(paths.size() - 1) + " members)" : "");
+    auto meta = metadata_object(first.metadata);
+    meta["ensemble_of"] = names;
+    meta["axis_scale"] = impl->info.axis_scale;
+    impl->info.metadata = meta.dump();
+    return Segmenter(impl);
+}
+
+Expected<std::vector<std::string>> ensemble_model_files(const std::string& dir) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) return make_error("ensemble folder '" + dir + "' is not a folder; name a `fetalhc train --kfold` run folder");
+    std::vector<std::string> folds, files;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+        const auto name = e.path().filename().string();
+        if (e.is_directory() && name.rfind("fold", 0) == 0 && fs::is_regular_file(e.path() / "model.pt"))
+            folds.push_back((e.path() / "model.pt").string());
+        else if (e.is_regular_file() && e.path().extension() == ".pt")
+            files.push_back(e.path().string());
+    }
+    auto& out = folds.empty() ? files : folds;
+    std::sort(out.begin(), out.end());
+    if (out.size() < 2)
+        return make_error("ensemble folder '" + dir + "' holds " + std::to_string(out.size()) +
+                          " model(s); expected fold<i>/model.pt of a finished k-fold run or at least two .pt files");
+    return out;
+}
+
 Segmentation Segmenter::segment(const cv::Mat& gray8) const {
     CV_Assert(gray8.type() == CV_8UC1 && !gray8.empty());
     const auto& cfg = impl_->info.config;
@@ -135,44 +244,45 @@ Segmentation Segmenter::segment(const cv::Mat& gray8) const {
 
     auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode guard;
-    std::tie(out.net_probability, out.presence) = detail::forward_one(impl_->net, input);
+    auto first = detail::forward_members(impl_->nets, input);
+    out.net_probability = first.probability;
+    out.presence = first.presence;
+    out.member_disagreement = first.disagreement;
     out.net_input = input;
     out.axis_scale = impl_->info.axis_scale;
-    if (impl_->refine.net) out = detail::refine_segmentation(out, gray8, impl_->refine);
+    out.rival_share = rival_share(out.net_probability);
+    if (!impl_->refiners.empty()) out = detail::refine_segmentation(out, gray8, impl_->refiners);
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
 }
 
 Segmentation Segmenter::segment_near(const cv::Mat& gray8, const Ellipse& prior) const {
-    if (!impl_->refine.net || !prior.valid()) return segment(gray8);
+    if (impl_->refiners.empty() || !prior.valid()) return segment(gray8);
     CV_Assert(gray8.type() == CV_8UC1 && !gray8.empty());
     const auto& cfg = impl_->info.config;
-    const auto& rc = impl_->refine.net->cfg;
+    const auto& rc = impl_->refiners.front().net->cfg;
     const cv::Size ns(rc.input_width, rc.input_height);
     Segmentation out;
     out.letterbox = Letterbox::fit(gray8.size(), {cfg.input_width, cfg.input_height});
     out.axis_scale = impl_->info.axis_scale;
     out.refined = true;
-    out.crop_to_net = crop_frame(prior, ns, impl_->refine.margin);
+    out.crop_to_net = crop_frame(prior, ns, impl_->refiners.front().margin);
     auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode guard;
     cv::Mat input = warp_to_frame(gray8, out.crop_to_net, ns);
     // The second network's own score: is the crop still centred on a head?
-    std::tie(out.net_probability, out.presence) = detail::forward_one(impl_->refine.net, input);
+    std::vector<detail::UNet> nets;
+    for (const auto& r : impl_->refiners) nets.push_back(r.net);
+    auto f = detail::forward_members(nets, input);
+    out.net_probability = f.probability;
+    out.presence = f.presence;
+    out.member_disagreement = f.disagreement;
+    out.refine_presence = out.presence;
     out.net_input = input;
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
 }
 
-namespace {
-
-// A model's metadata as a JSON object; empty when the file has none or it is not an object.
-nlohmann::json metadata_object(const std::string& text) {
-    auto j = nlohmann::json::parse(text.empty() ? "{}" : text, nullptr, false);
-    return j.is_object() ? j : nlohmann::json::object();
-}
-
-}  // namespace
 
 Expected<std::string> Segmenter::rewrite_metadata(const std::string& in, const std::string& out,
                                                   const std::string& json_patch) {

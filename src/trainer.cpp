@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -68,6 +69,7 @@ struct Run {
     int steps_per_epoch = 0;
     long long total_steps = 0;
     double best_dice = 0;                     // of the best epoch of this call
+    std::optional<EvalResult> last_ev;        // the latest validation (keep_last runs skip some epochs)
     const Clock::time_point t_start = Clock::now();
     Clock::time_point loop_start;             // for the ETA: steps since then
     long long loop_start_step = 0;
@@ -286,6 +288,21 @@ void save_best_model(Run& r, int epoch, const EvalResult& ev, detail::UNet& kept
 void end_epoch(Run& r, int epoch, const EpochStats& st) {
     const auto t_val = Clock::now();
     detail::UNet& kept = r.w.ema ? r.w.ema : r.w.net;  // the weights validated and saved
+    // keep_last: validation is for the log only (every 5th epoch, the last, and the first after a
+    // start or resume); model.pt follows the weights every epoch.
+    const bool validate_now = !r.cfg.keep_last || epoch + 1 >= r.cfg.epochs || (epoch + 1) % 5 == 0 || !r.last_ev;
+    if (!validate_now) {
+        const double wall = r.state.prior_seconds + seconds_since(r.t_start);
+        const double train_loss = st.loss_sum / st.steps;
+        r.state.history.push_back({{"epoch", epoch + 1}, {"step", r.state.step}, {"train_loss", train_loss},
+                                   {"lr", training::lr_at(r.cfg, r.state.step, r.total_steps)}, {"wall_seconds", wall}});
+        std::fprintf(stderr, "epoch %d: train loss %.4f (validated every 5th epoch; the last epoch's weights are kept) | %s total\n",
+                     epoch + 1, train_loss, hms(wall).c_str());
+        save_best_model(r, epoch, *r.last_ev, kept);
+        r.state.epochs_done = epoch + 1;
+        training::write_checkpoint(r.out, r.w, r.state, wall, r.split_meta);
+        return;
+    }
     const EvalResult ev = validate(r, kept);
     const double raw_mad = r.w.ema ? validate(r, r.w.net).hc_mad : ev.hc_mad;
     const double val_s = seconds_since(t_val), wall = r.state.prior_seconds + seconds_since(r.t_start);
@@ -302,8 +319,9 @@ void end_epoch(Run& r, int epoch, const EpochStats& st) {
     std::fprintf(stderr, "epoch %d: train loss %.4f | val loss %.4f Dice %.4f HC MAD %.2f mm (%d failed of %d)%s | %.0f s augment, %.0f s val | %s total\n",
                  epoch + 1, train_loss, ev.loss, ev.dice, ev.hc_mad, ev.failed, ev.n, raw_note, st.aug_seconds, val_s,
                  hms(wall).c_str());
-    if (ev.hc_mad < r.state.best_hc_mad_mm) {
-        r.state.best_hc_mad_mm = ev.hc_mad;
+    r.last_ev = ev;
+    if (r.cfg.keep_last || ev.hc_mad < r.state.best_hc_mad_mm) {
+        r.state.best_hc_mad_mm = r.cfg.keep_last ? ev.hc_mad : std::min(ev.hc_mad, r.state.best_hc_mad_mm);
         save_best_model(r, epoch, ev, kept);
         r.best_dice = ev.dice;
     }
@@ -454,6 +472,7 @@ Expected<KFoldReport> train_kfold(const TrainConfig& coarse_cfg, const TrainConf
             TrainConfig c = coarse_cfg, r = refine_cfg;
             c.folds = r.folds = opt.folds;
             c.fold = r.fold = i;
+            c.keep_last = r.keep_last = true;  // the held-out fold must not choose the epoch
             if (fs::exists(model)) {
                 // A finished fold must still be of this split (a folder of another run is refused).
                 if (auto e = check_stage_folder(dir / "refine", r); !e.empty()) return make_error(e);

@@ -541,10 +541,10 @@ model_checks_without_data() {
             test "$(csv_row_fields "$T/out" 2)" = 6
     fi
     run measure --model "$MODEL" --pixel-size 0.13 --format csv "$T/odd/a,b.png"
-    expect "csv: error row quotes the path and the message" 1 --out-re "^\"$T/odd/a,b\\.png\",{18}[^,]"
+    expect "csv: error row quotes the path and the message" 1 --out-re "^\"$T/odd/a,b\\.png\",{20}[^,]"
     if ((HAVE_PYTHON)); then
-        check "csv: the error row has the header's 19 fields" "$(csv_row_fields "$T/out" 2) fields" \
-            test "$(csv_row_fields "$T/out" 2)" = 19
+        check "csv: the error row has the header's 21 fields" "$(csv_row_fields "$T/out" 2) fields" \
+            test "$(csv_row_fields "$T/out" 2)" = 21
     fi
 
     # --threads above the core count is lowered to it (it used to start that many threads and hang).

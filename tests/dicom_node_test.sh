@@ -9,7 +9,8 @@
 #   3. --dicom-allow refuses other AE titles; an object over the upload limit aborts its
 #      association and the node keeps serving;
 #   4. the list is behind the bearer token when one is set;
-#   5. the C-STORE-to-stored-result latency (median of 3) is printed.
+#   5. the C-STORE-to-stored-result latency (median of 3) is printed;
+#   6. a full image store (--max-store-mb) refuses a C-STORE with A700 (Refused: Out of Resources).
 # Usage: dicom_node_test.sh FETALHC DICOM_WRAP MODEL HC18_DIR DICOM_DIR. Exit 77: skipped.
 set -u
 BIN=$1 WRAP=$2 MODEL=$3 HC18=$4 DICOMS=$5
@@ -124,8 +125,22 @@ check "the list needs the token" '[ "$(curl -s -o /dev/null -w "%{http_code}" "$
 check "the list with the token" \
   '[ "$(curl -s -H "Authorization: Bearer 0123456789abcdef0123456789abcdef" "$URL2/v1/dicom/instances" | json "len(d[\"instances\"])")" = 2 ]'
 
+# A third node whose image store quota (0.1 MB) is smaller than the object: the C-STORE is refused
+# with status A700 (Refused: Out of Resources), so the sender keeps the object and may retry, and
+# the log says why.
+HTTP3=$(free_port) DPORT3=$(free_port)
+"$BIN" serve --model "$MODEL" --port "$HTTP3" --db "$T/db3/f.db" --dicom-port "$DPORT3" --max-store-mb 0.1 \
+  >"$T/serve3.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$HTTP3/health" >/dev/null && break; sleep 0.2; done
+storescu -v -aec FETALHC 127.0.0.1 "$DPORT3" "$DICOMS/OBXXXX1A.dcm" >"$T/storescu3.log" 2>&1
+check "a full image store refuses a C-STORE with Out of Resources (A700)" \
+  'grep -q "Received Store Response (Refused: OutOfResources)" "$T/storescu3.log"'
+check "the log names the status and why" 'grep -q "status A700.*image store is full" "$T/serve3.log"'
+
 if [ "$failures" -ne 0 ]; then
   echo "--- serve.log"; cat "$T/serve.log"; echo "--- serve2.log"; cat "$T/serve2.log"; echo "--- storescu.log"; cat "$T/storescu.log"
+  echo "--- serve3.log"; cat "$T/serve3.log"; echo "--- storescu3.log"; cat "$T/storescu3.log"
   exit 1
 fi
 echo "dicom_node: all checks passed"

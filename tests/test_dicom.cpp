@@ -1002,3 +1002,76 @@ TEST(DicomMeasure, MultiFrameHeadLeavingItsRegionIsThatFramesError) {
     ASSERT_TRUE(run(given, seen_given));
     ASSERT_EQ(seen_given.size(), 3u);
 }
+
+// Found by fuzz/fuzz_dicom (issue 16): DCMTK reads the meta header for as many bytes as its group
+// length (0002,0000) says, whatever the tags inside. The length walk ended the meta header at the
+// first tag outside group 0002 and, the transfer syntax being deflated, checked nothing after it,
+// so an element of another group inside the meta header declaring 3.2 GB was allocated by DCMTK.
+TEST(DicomBad, OverlongElementInsideTheMetaGroupLengthIsRefusedBeforeReading) {
+    RawDicom meta;  // the meta elements after the group length, as the fuzzer's file had them
+    meta.b.clear();
+    meta.el(0x0002, 0x0001, "OB", 2), meta.b += std::string("\0\1", 2);
+    meta.str(0x0002, 0x0002, "UI", UID_UltrasoundImageStorage);
+    meta.str(0x0002, 0x0003, "UI", "1.2.3.4.5");
+    meta.str(0x0002, 0x0010, "UI", UID_DeflatedExplicitVRLittleEndianTransferSyntax);
+    meta.u16(0xF914), meta.u16(0x3B80), meta.b += "MG", meta.u16(0), meta.u32(0xC20A0EE9ul);  // unknown VR: 4-byte length
+    meta.b += std::string(8, '\x51');
+    RawDicom d;
+    d.el(0x0002, 0x0000, "UL", 4), d.u32(meta.b.size());
+    d.b += meta.b + std::string(64, '\0');
+    const std::vector<unsigned char> bytes(d.b.begin(), d.b.end());
+    ASSERT_LT(bytes.size(), 400u);
+    auto h = read_dicom_header(bytes, "meta_bomb.dcm");
+    ASSERT_FALSE(h);
+    EXPECT_TRUE(contains(h.error(), "meta_bomb.dcm")) << h.error();
+    EXPECT_TRUE(contains(h.error(), "longer than the file")) << h.error();
+    EXPECT_TRUE(contains(h.error(), "(F914,3B80)")) << h.error();
+    auto f = decode_dicom_frames(bytes, "meta_bomb.dcm");
+    ASSERT_FALSE(f);
+    EXPECT_TRUE(contains(f.error(), "longer than the file")) << f.error();
+}
+
+// Found by fuzz/fuzz_dicom (issue 16): DCMTK reads the meta header in the encoding it guesses from
+// the first element, implicit VR when the two bytes after the tag are not letters; the length walk
+// read it as explicit VR, saw an undefined length there and let DCMTK allocate 4.2 GB for the
+// implicit 4-byte length. The bytes after the preamble are the fuzzer's (151 bytes in all).
+TEST(DicomBad, ImplicitMetaHeaderLengthIsWalkedAsDcmtkReadsIt) {
+    RawDicom d;
+    d.u16(0x0002), d.u16(0xC300), d.b += std::string("U\x08\x0f\xff\xff\xff\xff\xff", 8);
+    d.b += ".8.44.1";
+    const std::vector<unsigned char> bytes(d.b.begin(), d.b.end());
+    ASSERT_EQ(bytes.size(), 151u);
+    auto h = read_dicom_header(bytes, "implicit_meta.dcm");
+    ASSERT_FALSE(h);
+    EXPECT_TRUE(contains(h.error(), "implicit_meta.dcm")) << h.error();
+    EXPECT_TRUE(contains(h.error(), "(0002,C300): 4279175253 bytes declared")) << h.error();
+}
+
+// Found by fuzz/fuzz_dicom (issue 16): an RLE frame header whose segment offset points 3.5 GB past
+// its fragment made DCMTK's RLE decoder read there and crash the process. The header is now checked
+// before DCMTK decodes (a well-formed RLE file still decodes: DicomSamples.RleGivesIdenticalPixels...).
+TEST(DicomBad, RleSegmentOffsetOutsideItsFragmentIsAnError) {
+    RawDicom d;
+    d.el(0x0002, 0x0001, "OB", 2), d.b += std::string("\0\1", 2);
+    d.str(0x0002, 0x0002, "UI", UID_UltrasoundImageStorage);
+    d.str(0x0002, 0x0003, "UI", "1.2.3.4.5");
+    d.str(0x0002, 0x0010, "UI", UID_RLELosslessTransferSyntax);
+    d.str(0x0008, 0x0016, "UI", UID_UltrasoundImageStorage);
+    d.str(0x0008, 0x0018, "UI", "1.2.3.4.5");
+    d.image();  // 30 x 20, 8-bit MONOCHROME2
+    d.el(0x7FE0, 0x0010, "OB", 0xFFFFFFFF);
+    d.u16(0xFFFE), d.u16(0xE000), d.u32(0);  // empty basic offset table
+    std::string rle(64, '\0');
+    rle[0] = 1;                                       // one segment
+    rle[4] = 0x40, rle[7] = char(0xD1);               // starting at byte 0xD1000040
+    rle += std::string(1, char(-19)) + std::string(1, '\x40') + std::string(1, char(-19)) + std::string(1, '\x40');
+    d.u16(0xFFFE), d.u16(0xE000), d.u32(rle.size()), d.b += rle;
+    d.u16(0xFFFE), d.u16(0xE0DD), d.u32(0);
+    const std::vector<unsigned char> bytes(d.b.begin(), d.b.end());
+    ASSERT_TRUE(read_dicom_header(bytes, "rle_offset.dcm"));
+    auto f = decode_dicom_frames(bytes, "rle_offset.dcm");
+    ASSERT_FALSE(f);
+    EXPECT_TRUE(contains(f.error(), "rle_offset.dcm")) << f.error();
+    EXPECT_TRUE(contains(f.error(), "damaged RLE frame header")) << f.error();
+    EXPECT_TRUE(contains(f.error(), "segment 1 starts at byte 3506438208")) << f.error();
+}

@@ -83,6 +83,24 @@ TEST(Evaluation, ReviewFlagHitsSeparateGrossErrorsFromTheRest) {
     EXPECT_EQ(sum.good, 2);
     EXPECT_EQ(sum.good_flagged, 1);
     EXPECT_EQ(sum.flagged_review, 2);
+    EXPECT_EQ(sum.errors_over_10pct, 0);  // 7 mm of 200 is 3.5%
+}
+
+TEST(Evaluation, GrossRelativeErrorsAndIntervalCoverage) {
+    auto with_interval = [](Measurement m, double lo, double hi) {
+        m.interval = HcInterval{lo, hi, 0.9, std::nullopt, std::nullopt};
+        return m;
+    };
+    std::vector<ImageScore> s{score_hc("trunk_for_head", 68, 0.1, with_interval(measured(81, "review"), 76, 86)),
+                              score_hc("missed", 68, 0.1, with_interval(measured(60), 58, 62)),
+                              score_hc("inside", 200, 0.1, with_interval(measured(201), 196, 206)),
+                              score_hc("no_interval", 200, 0.1, measured(201))};
+    const ScoreSummary sum = summarize(s);
+    EXPECT_EQ(sum.errors_over_10pct, 2);          // 13 of 68 and 8 of 68 mm
+    EXPECT_EQ(sum.errors_over_10pct_flagged, 1);
+    EXPECT_EQ(sum.interval_images, 3);
+    EXPECT_EQ(sum.interval_covered, 1);           // 68 lies outside 76..86 and 58..62
+    EXPECT_DOUBLE_EQ(to_json(sum)["hc_interval"]["coverage"].get<double>(), 1.0 / 3);
 }
 
 TEST(Evaluation, ShapeMetricsAgainstTheReferenceMask) {

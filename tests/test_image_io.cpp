@@ -16,6 +16,7 @@
 #include <opencv2/imgproc.hpp>
 #include <zlib.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -745,3 +746,30 @@ TEST(ExpandInputs, NothingInNothingOut) {
 }
 
 }  // namespace
+
+// Found by fuzz/fuzz_decode_image (issue 16; its RSS passed 2 GB): libpng allocates and clears an
+// ancillary chunk at its declared length before reading it, and only warns when that is over its
+// 8 MB limit, so a 450-byte PNG whose tEXt chunk declared 2 GB took 2 GB for a moment. A chunk
+// that runs past the end of the bytes is now refused before libpng reads anything. Peak RSS is
+// the process's high-water mark: it may not rise by the 2 GB the chunk declares.
+TEST(PngDecode, ChunkLongerThanTheFileIsRefusedBeforeLibpngAllocatesIt) {
+    std::string png("\x89PNG\r\n\x1a\n", 8);
+    const auto be32 = [&](uint32_t v) {
+        for (int s = 24; s >= 0; s -= 8) png += char(v >> s & 0xFF);
+    };
+    const auto chunk_header = [&](uint32_t len, const char* type) { be32(len), png += std::string(type, 4); };
+    const std::string ihdr("\0\0\0\x28\0\0\0\x24\x08\0\0\0\0", 13);  // 40 x 36, 8-bit gray
+    chunk_header(13, "IHDR"), png += ihdr;
+    be32(uint32_t(crc32(crc32(0, reinterpret_cast<const Bytef*>("IHDR"), 4), reinterpret_cast<const Bytef*>(ihdr.data()), 13)));
+    chunk_header(0x7B00000C, "tEXt"), png += std::string("Comment\0seed", 12) + std::string(400, '\0');
+    const std::vector<unsigned char> bytes(png.begin(), png.end());
+    rusage before{}, after{};
+    getrusage(RUSAGE_SELF, &before);
+    auto img = fetalhc::decode_grayscale(bytes, "text_bomb.png");
+    getrusage(RUSAGE_SELF, &after);
+    ASSERT_FALSE(img);
+    EXPECT_NE(img.error().find("text_bomb.png"), std::string::npos) << img.error();
+    EXPECT_NE(img.error().find("tEXt chunk declares 2063597580 bytes"), std::string::npos) << img.error();
+    EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 256L << 10) << "peak RSS rose by " << (after.ru_maxrss - before.ru_maxrss) / 1024
+                                                               << " MB decoding a 450-byte file";
+}

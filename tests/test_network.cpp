@@ -7,6 +7,11 @@
 #include "fetalhc/ellipse.h"
 
 #include <gtest/gtest.h>
+#include <opencv2/imgproc.hpp>
+
+#include <filesystem>
+
+#include <unistd.h>
 
 using fetalhc::detail::UNet;
 
@@ -160,4 +165,76 @@ TEST(WeightAverage, EmaMovesEachTensorByOneMinusDecay) {
     EXPECT_GT(checked, 10);
     fetalhc::detail::copy_weights(*avg, *net);
     for (auto& p : avg->parameters()) EXPECT_TRUE(torch::equal(p, torch::ones_like(p)));
+}
+
+// Ensembles (Segmenter::load_ensemble): members' probability maps are averaged, so two copies of
+// one model segment exactly as the model alone; members from other recipes are refused.
+namespace {
+
+struct TempFolder {
+    std::filesystem::path path;
+    TempFolder() {
+        path = std::filesystem::temp_directory_path() / ("fetalhc_ens_" + std::to_string(::getpid()));
+        std::filesystem::create_directories(path);
+    }
+    ~TempFolder() { std::filesystem::remove_all(path); }
+};
+
+cv::Mat head_scan() {
+    cv::Mat img(200, 260, CV_8U, cv::Scalar(25));
+    cv::ellipse(img, {130, 100}, {70, 50}, 20, 0, 360, cv::Scalar(210), 4);
+    return img;
+}
+
+}  // namespace
+
+TEST(Ensemble, TwoCopiesOfOneModelSegmentAsTheModel) {
+    TempFolder t;
+    UNet net = random_eval_net(64, 64, 4, 2);
+    const auto a = (t.path / "a.pt").string(), b = (t.path / "b.pt").string();
+    fetalhc::detail::save_model(net, a, R"({"axis_scale": 0.99})");
+    fetalhc::detail::save_model(net, b, R"({"axis_scale": 0.97})");
+    auto one = fetalhc::Segmenter::load(a, {1});
+    auto two = fetalhc::Segmenter::load_ensemble({a, b}, {1});
+    ASSERT_TRUE(one && two) << (one ? two.error() : one.error());
+    const cv::Mat img = head_scan();
+    const fetalhc::Segmentation s1 = one->segment(img), s2 = two->segment(img);
+    EXPECT_LT(cv::norm(s1.net_probability, s2.net_probability, cv::NORM_INF), 1e-6);
+    EXPECT_NEAR(s2.presence, s1.presence, 1e-6);
+    EXPECT_EQ(s2.member_disagreement, 0.0);
+    EXPECT_NEAR(two->info().axis_scale, 0.98, 1e-12);  // the members' mean
+    EXPECT_NE(two->info().metadata.find("ensemble_of"), std::string::npos);
+    EXPECT_EQ(two->info().parameters, 2 * one->info().parameters);
+}
+
+TEST(Ensemble, MembersOfAnotherRecipeAreRefused) {
+    TempFolder t;
+    UNet small = random_eval_net(64, 64, 4, 2), other = random_eval_net(96, 64, 4, 2);
+    const auto a = (t.path / "a.pt").string(), b = (t.path / "b.pt").string();
+    fetalhc::detail::save_model(small, a, "{}");
+    fetalhc::detail::save_model(other, b, "{}");
+    auto e = fetalhc::Segmenter::load_ensemble({a, b}, {1});
+    ASSERT_FALSE(e);
+    EXPECT_NE(e.error().find(b), std::string::npos);
+    EXPECT_NE(e.error().find("other network settings"), std::string::npos);
+}
+
+TEST(Ensemble, FolderListsFoldModelsOrModelFiles) {
+    TempFolder t;
+    UNet net = random_eval_net(64, 64, 4, 2);
+    EXPECT_FALSE(fetalhc::ensemble_model_files((t.path / "missing").string()));
+    for (const char* f : {"fold1", "fold0"}) {
+        std::filesystem::create_directories(t.path / f);
+        fetalhc::detail::save_model(net, (t.path / f / "model.pt").string(), "{}");
+    }
+    fetalhc::detail::save_model(net, (t.path / "loose.pt").string(), "{}");  // ignored beside fold folders
+    auto files = fetalhc::ensemble_model_files(t.path.string());
+    ASSERT_TRUE(files) << files.error();
+    ASSERT_EQ(files->size(), 2u);
+    EXPECT_NE((*files)[0].find("fold0"), std::string::npos);
+    std::filesystem::remove_all(t.path / "fold0");
+    std::filesystem::remove_all(t.path / "fold1");
+    auto single = fetalhc::ensemble_model_files(t.path.string());  // one .pt file: not an ensemble
+    ASSERT_FALSE(single);
+    EXPECT_NE(single.error().find("1 model"), std::string::npos);
 }

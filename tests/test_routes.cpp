@@ -623,7 +623,7 @@ TEST_F(RouteApi, BytesAfterTheImageEndAreNotStored) {
         ASSERT_EQ(r.status, 200);
         EXPECT_EQ(r.body, image) << "trailing bytes were stored and served";
     }
-    EXPECT_EQ(api.store->stored_image_bytes(), scan.size() + jpg.size());
+    EXPECT_EQ(*api.store->stored_image_bytes(), scan.size() + jpg.size());
     EXPECT_EQ(image_data_end("not an image"), 12u);
 }
 
@@ -655,11 +655,11 @@ TEST_F(RouteApi, StoreQuotaRemovesOldUnreferencedImagesThenRefusesWith507) {
     ASSERT_EQ(api(post_json("/v1/exams", exam.dump())).status, 201);
     auto sha3 = api.store->put_image(imgs[3]);
     ASSERT_TRUE(sha3) << sha3.error();
-    EXPECT_TRUE(api.store->image_path(shas[0]));
-    EXPECT_FALSE(api.store->image_path(shas[1]));
-    EXPECT_TRUE(api.store->image_path(shas[2]));
-    EXPECT_TRUE(api.store->image_path(*sha3));
-    EXPECT_EQ(api.store->stored_image_bytes(), 3 * size);
+    EXPECT_TRUE(*api.store->has_image(shas[0]));
+    EXPECT_FALSE(*api.store->has_image(shas[1]));
+    EXPECT_TRUE(*api.store->has_image(shas[2]));
+    EXPECT_TRUE(*api.store->has_image(*sha3));
+    EXPECT_EQ(*api.store->stored_image_bytes(), 3 * size);
     // Every image referenced: nothing can go.
     for (const std::string& sha : {shas[2], *sha3}) {
         exam["image_sha256"] = sha;
@@ -670,7 +670,41 @@ TEST_F(RouteApi, StoreQuotaRemovesOldUnreferencedImagesThenRefusesWith507) {
     EXPECT_EQ(full.error().rfind(kStoreFullError, 0), 0u) << full.error();
     const HttpResponse r = error_response(ApiError{ErrorCode::StoreFull, full.error()});
     expect_error(r, 507, "store_full", "--max-store-mb");
-    EXPECT_TRUE(api.store->image_path(shas[0]));
+    EXPECT_TRUE(*api.store->has_image(shas[0]));
+}
+
+// Issue 16 (scale-out): POST /v1/exams with an Idempotency-Key saves once; a retry with the same
+// body answers 201 with the same exam (Idempotent-Replayed: true) and saves nothing; the same key
+// with another body is 422 idempotency_key_reused; a malformed key is 400.
+TEST_F(RouteApi, IdempotencyKeyMakesExamWritesSafeToRetry) {
+    auto sha = api.store->put_image(synthetic_scan());
+    ASSERT_TRUE(sha) << sha.error();
+    const json exam{{"pregnancy_id", "idem-1"}, {"exam_date", "2026-05-02"}, {"image_sha256", *sha},
+                    {"pixel_size_mm", kPixelMm}, {"ellipse_px", ellipse_json(kHead)}, {"corrected", false}};
+    const auto with_key = [](const std::string& body, const std::string& key) {
+        HttpRequest r = post_json("/v1/exams", body);
+        r.headers["idempotency-key"] = key;
+        return r;
+    };
+    const HttpResponse first = api(with_key(exam.dump(), "retry-me-1"));
+    ASSERT_EQ(first.status, 201) << first.body;
+    EXPECT_EQ(first.header("Idempotent-Replayed"), "");
+    const HttpResponse again = api(with_key(exam.dump(2), "retry-me-1"));  // the same body, laid out differently
+    ASSERT_EQ(again.status, 201) << again.body;
+    EXPECT_EQ(again.header("Idempotent-Replayed"), "true");
+    EXPECT_EQ(body_json(again)["id"], body_json(first)["id"]);
+    EXPECT_EQ(body_json(again)["created_at"], body_json(first)["created_at"]);
+    json other = exam;
+    other["pixel_size_mm"] = 0.16;
+    expect_error(api(with_key(other.dump(), "retry-me-1")), 422, "idempotency_key_reused", "retry-me-1");
+    expect_error(api(with_key(exam.dump(), "")), 400, "invalid_field", "Idempotency-Key");
+    expect_error(api(with_key(exam.dump(), std::string(129, 'k'))), 400, "invalid_field", "Idempotency-Key");
+    expect_error(api(with_key(exam.dump(), "caf\xc3\xa9")), 400, "invalid_field", "Idempotency-Key");
+    const HttpResponse h = api(get("/v1/pregnancies/idem-1"));
+    ASSERT_EQ(h.status, 200);
+    EXPECT_EQ(body_json(h)["exams"].size(), 1u);  // one exam for all those requests
+    ASSERT_EQ(api(with_key(other.dump(), "retry-me-2")).status, 201);  // a new key: a new exam
+    EXPECT_EQ(body_json(api(get("/v1/pregnancies/idem-1")))["exams"].size(), 2u);
 }
 
 TEST_F(RouteApi, ImagesAreValidatedAndLookedUp) {
@@ -813,7 +847,7 @@ TEST_F(RouteApi, MeasureAndStoreChecksItsInputBeforeTheModel) {
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, ErrorCode::ModelLoading);
     // Nothing measured, nothing kept.
-    EXPECT_FALSE(api.store->image_path(sha256_hex(synthetic_scan())));
+    EXPECT_FALSE(*api.store->has_image(sha256_hex(synthetic_scan())));
 }
 
 // ---- DICOM without the network ---------------------------------------------------------------------
@@ -1096,7 +1130,7 @@ TEST_F(RouteModel, RealDicomWithoutAHeadIs422) {
     if (!fs::exists(f)) GTEST_SKIP() << "sample DICOM files absent (" << FETALHC_DICOM_DIR << ")";
     const std::string bytes = read_bytes(f);
     expect_error((*api_)(post_form("/v1/measure", dicom_form(bytes))), 422, "no_head_found", "no fetal head");
-    EXPECT_FALSE(api_->store->image_path(sha256_hex(bytes)));
+    EXPECT_FALSE(*api_->store->has_image(sha256_hex(bytes)));
 }
 
 
@@ -1174,4 +1208,195 @@ TEST_F(RouteApi, ImpossibleExamsAreRefusedAndQualityIsRecomputed) {
     EXPECT_EQ(e.status, 500);
     EXPECT_EQ(e.body.find("/secret"), std::string::npos) << e.body;
     EXPECT_NE(e.body.find("(id "), std::string::npos) << e.body;
+}
+
+// ---- overload: the bounded queue in front of the network slots (issue 16 "Overload") ---------------
+
+namespace {
+
+// Polls `done` (a state another thread reaches) for up to 5 s; false when it never held.
+bool eventually(const std::function<bool()>& done) {
+    for (int i = 0; i < 500; ++i) {
+        if (done()) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return done();
+}
+
+// The value of an unlabelled metric line "name value" in a /metrics body; NaN when absent.
+double metric_value(const std::string& text, const std::string& name) {
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
+    return std::nan("");
+}
+
+}  // namespace
+
+// Exact arithmetic: with every slot busy, the request is served at the k-th release (k = waiting +
+// 1), releases come every service_ms / slots, and the spread of k service times adds
+// 2 sqrt(k) deviation_ms / slots.
+TEST(SlotsAdmission, EstimatedWaitIsTheQueueAheadOverTheSlots) {
+    EXPECT_DOUBLE_EQ(estimated_wait_ms(0, 0, 2, 40), 0);    // a free slot: no wait
+    EXPECT_DOUBLE_EQ(estimated_wait_ms(1, 0, 2, 40), 0);
+    EXPECT_DOUBLE_EQ(estimated_wait_ms(2, 0, 2, 40), 20);   // both busy, nobody ahead: the next release
+    EXPECT_DOUBLE_EQ(estimated_wait_ms(2, 9, 2, 40), 200);  // 10 releases at 20 ms each
+    EXPECT_DOUBLE_EQ(estimated_wait_ms(1, 3, 1, 50), 200);
+    EXPECT_DOUBLE_EQ(estimated_wait_ms(1, 0, 1, 0), 0);     // no estimate yet: admitted, the wait itself is bounded
+    EXPECT_DOUBLE_EQ(estimated_wait_ms(2, 3, 2, 40, 10), 100);  // (4 x 40 + 2 x 2 x 10) / 2
+    EXPECT_DOUBLE_EQ(estimated_wait_ms(0, 0, 2, 40, 10), 0);    // a free slot: no wait, whatever the spread
+}
+
+// The running estimates, as TCP keeps its round-trip time: mean += (x - mean) / 8, deviation +=
+// (|x - mean| - deviation) / 4 (with the old mean), starting from the first sample and half of it.
+TEST(SlotsAdmission, ServiceTimeIsAMovingAverageOfTheHeldTimes) {
+    Slots s(1);
+    EXPECT_EQ(s.service_ms(), 0);
+    s.record_service_ms(100);  // the first sample is the estimate
+    EXPECT_DOUBLE_EQ(s.service_ms(), 100);
+    EXPECT_DOUBLE_EQ(s.deviation_ms(), 50);
+    s.record_service_ms(200);
+    EXPECT_DOUBLE_EQ(s.service_ms(), 112.5);
+    EXPECT_DOUBLE_EQ(s.deviation_ms(), 62.5);
+    s.record_service_ms(std::nan(""));  // ignored
+    s.record_service_ms(-5);
+    EXPECT_DOUBLE_EQ(s.service_ms(), 112.5);
+    s.acquire();
+    s.release(170);  // a timed release feeds it too
+    EXPECT_DOUBLE_EQ(s.service_ms(), 119.6875);
+    EXPECT_DOUBLE_EQ(s.deviation_ms(), 61.25);
+}
+
+// A fake service time decides: no sleeping, no clock. The request is refused without queueing, the
+// held slot is untouched, and Retry-After covers the queue's drain time (at least 1 s).
+TEST(SlotsAdmission, RefusesAtOnceWhenTheEstimatedWaitPassesTheLimit) {
+    Slots s(1, /*max_wait_ms=*/100);
+    s.record_service_ms(2500);
+    s.acquire();
+    const Admission a = s.acquire_within();
+    EXPECT_FALSE(a.admitted);
+    EXPECT_EQ(a.waited_ms, 0);
+    EXPECT_DOUBLE_EQ(a.estimated_wait_ms, 5000);  // 2500 + 2 x 1250 (the first deviation is half the sample)
+    EXPECT_EQ(a.retry_after_s, 3);  // one request in service at 2.5 s: ceil(2.5)
+    EXPECT_EQ(s.shed(), 1u);
+    EXPECT_EQ(s.waiting(), 0);
+    EXPECT_EQ(s.in_use(), 1);
+    const ApiError e = overloaded_error(a, s);
+    EXPECT_EQ(e.code, ErrorCode::Overloaded);
+    EXPECT_EQ(e.retry_after_s, 3);
+    EXPECT_NE(e.message.find("--max-queue-ms"), std::string::npos) << e.message;
+    const HttpResponse r = error_response(e);
+    EXPECT_EQ(r.status, 503);
+    EXPECT_EQ(r.header("Retry-After"), "3");
+    EXPECT_EQ(body_json(r)["error"]["code"], "overloaded");
+    s.release();
+    EXPECT_EQ(s.in_use(), 0);
+    // A short service time admits the next one into the queue instead (here: straight to the free slot).
+    EXPECT_TRUE(s.acquire_within().admitted);
+    s.release();
+}
+
+// Admitted on an estimate that proved too short: it leaves the queue at the limit (refused, not
+// served late), and the slot released afterwards is not handed to the request that left.
+TEST(SlotsAdmission, AnAdmittedRequestThatWaitsPastTheLimitIsShed) {
+    Slots s(1, /*max_wait_ms=*/40);
+    s.record_service_ms(1);  // the estimate says 2 ms (1 + 2 x 0.5); the slot is held until the end of the test
+    s.acquire();
+    const Admission a = s.acquire_within();
+    EXPECT_FALSE(a.admitted);
+    EXPECT_GE(a.waited_ms, 40);
+    EXPECT_LT(a.waited_ms, 5000);
+    EXPECT_GE(a.retry_after_s, 1);
+    EXPECT_EQ(s.shed(), 1u);
+    EXPECT_EQ(s.waiting(), 0);
+    s.release();
+    EXPECT_EQ(s.in_use(), 0);
+}
+
+// Waiting requests are served in arrival order, each released slot handed to the oldest; the
+// unbounded acquire() and the bounded acquire_within() share the one queue.
+TEST(SlotsAdmission, WaitersAreServedFirstComeFirstServed) {
+    Slots s(1, /*max_wait_ms=*/60000);
+    s.record_service_ms(1);
+    s.acquire();
+    std::mutex mu;
+    std::vector<int> order;
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 4; ++i) {
+        ts.emplace_back([&, i] {
+            if (i % 2 == 0) {
+                s.acquire();
+            } else {
+                const Admission a = s.acquire_within();
+                if (!a.admitted) return;
+            }
+            {
+                std::lock_guard<std::mutex> lock(mu);
+                order.push_back(i);
+            }
+            s.release();
+        });
+        ASSERT_TRUE(eventually([&] { return s.waiting() == i + 1; })) << "waiter " << i << " did not queue";
+    }
+    s.release();
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3}));
+    EXPECT_EQ(s.in_use(), 0);
+    EXPECT_EQ(s.shed(), 0u);
+}
+
+// The route: with every network slot busy and a tiny limit, POST /v1/measure gets 503 overloaded
+// with Retry-After at once (no decode, no model needed), and /metrics counts the shed request.
+TEST_F(RouteApi, MeasureIsShedWith503AndRetryAfterWhenTheSlotsAreBusy) {
+    Slots& slots = api.engine.slots();
+    slots.set_max_wait_ms(5);
+    slots.record_service_ms(30);
+    slots.acquire();
+    slots.acquire();
+    const auto t0 = std::chrono::steady_clock::now();
+    const HttpResponse r = api(post_form("/v1/measure", measure_form(synthetic_scan())));
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    expect_error(r, 503, "overloaded", "--max-queue-ms");
+    EXPECT_LT(ms, 1000) << "the refusal must come at once, not after a wait";
+    ASSERT_FALSE(r.header("Retry-After").empty());
+    EXPECT_GE(std::stoi(r.header("Retry-After")), 1);
+    const std::string m = api(get("/metrics")).body;
+    EXPECT_EQ(metric_value(m, "fetalhc_inference_shed_total"), 1) << m;
+    EXPECT_EQ(metric_value(m, "fetalhc_inference_queue_depth"), 0) << m;
+    EXPECT_EQ(metric_value(m, "fetalhc_inference_slots_in_use"), 2) << m;
+    EXPECT_DOUBLE_EQ(metric_value(m, "fetalhc_inference_service_seconds"), 0.03) << m;
+    EXPECT_DOUBLE_EQ(metric_value(m, "fetalhc_inference_max_queue_seconds"), 0.005) << m;
+    slots.release();
+    slots.release();
+    // Slots free again: the same request is no longer shed (here the model is absent: 503 model_loading).
+    expect_error(api(post_form("/v1/measure", measure_form(synthetic_scan()))), 503, "model_loading");
+    EXPECT_EQ(slots.shed(), 1u);
+}
+
+// The OpenAPI document lists the code and the Retry-After header of POST /v1/measure's 503.
+TEST(RouteOpenApi, MeasureDocumentsOverloadedAndRetryAfter) {
+    const json doc = json::parse(openapi_json("test", 1u << 20));
+    const json& r503 = doc["paths"]["/v1/measure"]["post"]["responses"]["503"];
+    EXPECT_NE(r503["description"].get<std::string>().find("overloaded"), std::string::npos) << r503.dump();
+    EXPECT_EQ(r503["headers"]["Retry-After"]["schema"]["type"], "integer") << r503.dump();
+    const json codes = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"];
+    EXPECT_NE(std::find(codes.begin(), codes.end(), "overloaded"), codes.end());
+}
+
+// Found by fuzz/fuzz_routes (issue 16): a path that is not UTF-8 (httplib URL-decodes %93 to the
+// byte 0x93) quoted in an error message made the JSON writer throw out of handle(), which must
+// never throw. Invalid bytes are now written as U+FFFD and the error is answered as JSON.
+TEST_F(RouteApi, PathThatIsNotUtf8IsAnsweredAsAJsonError) {
+    for (const std::string path : {"/v1/images/aa\x93\x93/preview.png?frame=1", "/v1/pregnancies/P\x93", "/static/\xff.js",
+                                   "/no/such/\xc3"}) {
+        HttpRequest req;
+        req.path = path;
+        HttpResponse r;
+        ASSERT_NO_THROW(r = api(req)) << path;
+        EXPECT_GE(r.status, 400) << path;
+        EXPECT_EQ(r.content_type, "application/json") << path;
+        const auto j = nlohmann::json::parse(r.body, nullptr, false);
+        ASSERT_TRUE(j.is_object() && j.contains("error")) << r.body;
+        EXPECT_TRUE(j["error"]["message"].is_string()) << r.body;
+    }
 }

@@ -128,6 +128,28 @@ TEST_F(TrainerSmoke, TrainsTwoStepsSavesReloadsAndInfers) {
     EXPECT_LE(s.presence, 1.0f);
 }
 
+// keep_last (k-fold runs): model.pt is the last epoch's, validation runs only on the first epoch,
+// every 5th and the last, and the held-out images choose nothing.
+TEST_F(TrainerSmoke, KeepLastSavesTheFinalEpochAndValidatesSparsely) {
+    TrainConfig c = tiny_config();
+    c.keep_last = true;
+    c.epochs = 6;
+    TrainOptions o = smoke_run("last", -1);
+    auto rep = train(c, o);
+    ASSERT_TRUE(rep) << rep.error();
+    auto seg = Segmenter::load(rep->model_path, {1});
+    ASSERT_TRUE(seg) << seg.error();
+    auto meta = nlohmann::json::parse(seg->info().metadata);
+    EXPECT_EQ(meta["epoch"], 6);
+    EXPECT_EQ(meta["config"]["keep_last"], true);
+    std::ifstream cf(dir_ / "last" / "checkpoint.json");
+    auto ck = nlohmann::json::parse(cf);
+    std::vector<int> validated;
+    for (const auto& h : ck["history"])
+        if (h.contains("val_hc_mad_mm")) validated.push_back(h["epoch"].get<int>());
+    EXPECT_EQ(validated, (std::vector<int>{1, 5, 6}));
+}
+
 // Coarse-to-fine: a refine run on crops, over a frozen coarse model, writes one file with both
 // networks; the loaded Segmenter then runs the second pass.
 TEST_F(TrainerSmoke, RefineStageWritesATwoPassModel) {
@@ -404,6 +426,7 @@ TEST_F(TrainerSmoke, KFoldTrainsEachFoldResumesAndEvaluatesOutOfFold) {
         EXPECT_EQ(meta["folds"], 2);
         EXPECT_EQ(meta["fold"], i);
         EXPECT_EQ(meta["coarse_model"], (fold / "coarse" / "model.pt").string());
+        EXPECT_EQ(meta["config"]["keep_last"], true) << "a fold's held-out images must not choose its epoch";
     }
     const auto stamp = fs::last_write_time(rep->models[0]);
 

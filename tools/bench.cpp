@@ -27,6 +27,7 @@ constexpr int kWarmupRuns = 3;
 struct BenchArgs {
     std::string image;          // PNG/JPEG on disk; empty = a synthetic 800x540 scan (fixed seed)
     std::string model;
+    std::string ensemble;       // k-fold run folder: time the ensemble instead of --model
     double pixel_size = 0.15;   // mm per pixel (only scales the numbers, not the work)
     int threads = 2;
     int runs = 30;              // timed end-to-end runs (after the warm-up runs)
@@ -167,9 +168,8 @@ int run_bench(BenchArgs a) {
         return kExitUsage;
     }
     if (!bound_thread_count(a.threads, "--threads") || !bound_thread_count(a.workers, "--workers")) return kExitUsage;
-    if (!check_model_file(a.model)) return kExitUsage;
-    auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
-    if (!seg) return error(seg.error()), kExitUsage;
+    auto seg = load_segmenter(a.model, a.ensemble, a.threads);
+    if (!seg) return kExitUsage;
     const fetalhc::Measurer measurer(*seg);
     fetalhc::MeasureOptions opt;
     opt.pixel_size_mm = a.pixel_size;
@@ -217,7 +217,7 @@ void add_bench_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--video-frames", a->video_frames, "frames of the synthetic cine loop (0 = skip)")->capture_default_str();
     cmd->add_option("--workers", a->workers, "video: frames measured at once (0 = one per core; at most the core count)")
         ->capture_default_str();
-    add_model_option(cmd, a->model);
+    add_ensemble_option(cmd, a->ensemble)->excludes(add_model_option(cmd, a->model));
     cmd->add_flag("--json", a->json, "print JSON");
     commands.push_back({cmd, [a] { return run_bench(*a); }});
 }

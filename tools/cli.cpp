@@ -115,6 +115,27 @@ CLI::Option* add_model_option(CLI::App* cmd, std::string& model) {
     return cmd->add_option("--model", model, "model file (or set FETALHC_MODEL)")->capture_default_str();
 }
 
+CLI::Option* add_ensemble_option(CLI::App* cmd, std::string& dir) {
+    return cmd->add_option("--ensemble", dir,
+                           "measure with the fold models of a k-fold run (DIR/fold<i>/model.pt) averaged, instead of --model");
+}
+
+std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const std::string& ensemble_dir, int threads) {
+    if (ensemble_dir.empty()) {
+        if (!check_model_file(model)) return std::nullopt;
+        auto seg = fetalhc::Segmenter::load(model, {threads});
+        if (!seg) return error(seg.error()), std::nullopt;
+        return *seg;
+    }
+    auto files = fetalhc::ensemble_model_files(ensemble_dir);
+    if (!files) return error(files.error()), std::nullopt;
+    for (const auto& f : *files)
+        if (auto problem = model_file_problem(f); !problem.empty()) return error("ensemble member: " + problem), std::nullopt;
+    auto seg = fetalhc::Segmenter::load_ensemble(*files, {threads});
+    if (!seg) return error(seg.error()), std::nullopt;
+    return *seg;
+}
+
 CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet) {
     return cmd->add_flag("-q,--quiet", quiet,
                          "no progress line on stderr (it is shown only when stderr is a terminal)");

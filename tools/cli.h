@@ -7,9 +7,12 @@
 // file that cannot be read). A batch goes on past a bad input.
 #pragma once
 
+#include "fetalhc/segmenter.h"
+
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +54,11 @@ using Commands = std::vector<Command>;
 // Options several commands share.
 CLI::Option* add_model_option(CLI::App* cmd, std::string& model);
 CLI::Option* add_quiet_flag(CLI::App* cmd, bool& quiet);
+// --ensemble DIR (the fold models of a k-fold run), excluding --model.
+CLI::Option* add_ensemble_option(CLI::App* cmd, std::string& dir);
+// The model to measure with: the ensemble in `ensemble_dir` when given, else the file `model`.
+// Prints the error (naming the file or folder) and returns nullopt when it cannot be loaded.
+std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const std::string& ensemble_dir, int threads);
 
 // One per subcommand file.
 void add_measure_command(CLI::App& app, Commands& commands);   // measure.cpp

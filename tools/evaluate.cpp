@@ -48,6 +48,10 @@ void print_table(const EvalArgs& a, const fetalhc::EvaluationReport& rep, const 
     const auto& o = rep.overall;
     std::printf("review flag: %d of %d errors > 5 mm flagged; %d of %d others flagged needlessly\n",
                 o.errors_over_5mm_flagged, o.errors_over_5mm, o.good_flagged, o.good);
+    std::printf("            %d of %d errors > 10%% of the reference HC flagged\n", o.errors_over_10pct_flagged, o.errors_over_10pct);
+    if (o.interval_images)
+        std::printf("HC interval: reference inside for %d of %d measured images (%.1f%%)\n", o.interval_covered,
+                    o.interval_images, 100.0 * o.interval_covered / o.interval_images);
     const char* names[3] = {"first", "second", "third"};
     for (int t = 0; t < 3; ++t)
         if (rep.trimester[t].images > 0) print_summary_line(names[t], rep.trimester[t]);

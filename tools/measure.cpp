@@ -2,6 +2,7 @@
 // CSV or the HC18 submission CSV on stdout.
 #include "cli.h"
 #include "progress.h"
+#include "shard.h"
 
 #include "fetalhc/csv.h"
 #include "fetalhc/dicom.h"
@@ -33,12 +34,13 @@ struct MeasureArgs {
     std::vector<std::string> paths;
     bool pixel_size_given = false;
     double pixel_size = kNaN;
-    std::string pixel_sizes_csv, format = "text", overlay_dir, model, sr_dir;
+    std::string pixel_sizes_csv, format = "text", overlay_dir, model, sr_dir, ensemble;
     double ga_weeks = kNaN;
     int threads = 0;
     int redetect_every = 10;
     int workers = 0;
     bool quiet = false;
+    std::string shard;  // "I/N" (--shard), empty for every input
 };
 
 std::string join(const std::vector<std::string>& v, const std::string& sep) {
@@ -47,9 +49,19 @@ std::string join(const std::vector<std::string>& v, const std::string& sep) {
     return s;
 }
 
+// "  (GA Hadlock 20w1d to 20w5d)", or "" when either end is outside Hadlock's range.
+std::string interval_ga_text(const fetalhc::HcInterval& iv) {
+    if (!iv.ga_hadlock_low_weeks || !iv.ga_hadlock_high_weeks) return "";
+    return "  (GA Hadlock " + fetalhc::format_weeks(*iv.ga_hadlock_low_weeks) + " to " +
+           fetalhc::format_weeks(*iv.ga_hadlock_high_weeks) + ")";
+}
+
 void print_text(const fetalhc::Measurement& m) {
     std::printf("%s\n", m.source.c_str());
     std::printf("  HC   %.1f mm   BPD %.1f mm   OFD %.1f mm   cephalic index %.1f\n", m.hc_mm, m.bpd_mm, m.ofd_mm, m.cephalic_index);
+    if (m.interval)
+        std::printf("  HC %.0f%% interval %.1f to %.1f mm%s\n", 100 * m.interval->coverage, m.interval->low_mm,
+                    m.interval->high_mm, interval_ga_text(*m.interval).c_str());
     const auto& e = m.ellipse_px;
     std::printf("  ellipse (px)  centre (%.1f, %.1f)  a %.1f  b %.1f  angle %.3f rad   pixel size %.4f mm\n", e.cx, e.cy, e.a, e.b,
                 e.angle, m.pixel_size_mm);
@@ -86,8 +98,8 @@ public:
         if (format_ == "hc18") std::printf("filename,center_x_mm,center_y_mm,semi_axes_a_mm,semi_axes_b_mm,angle_rad\n");
         if (format_ == "csv")
             std::printf("file,hc_mm,bpd_mm,ofd_mm,cephalic_index,center_x_px,center_y_px,semi_axis_a_px,semi_axis_b_px,"
-                        "angle_rad,pixel_size_mm,ga_hadlock_weeks,ga_intergrowth_weeks,ga_given_weeks,centile,z,quality,"
-                        "reasons,error\n");
+                        "angle_rad,pixel_size_mm,ga_hadlock_weeks,ga_intergrowth_weeks,ga_given_weeks,centile,z,hc_low_mm,"
+                        "hc_high_mm,quality,reasons,error\n");
     }
 
     // `extra`: keys added to the JSON object (the DICOM calibration).
@@ -176,12 +188,13 @@ private:
             .number(m.ga_weeks_given ? *m.ga_weeks_given : kNaN, 2)
             .number(centile ? m.centile->centile : kNaN, 1)
             .number(centile ? m.centile->z : kNaN, 3);
+        csv_.number(m.interval ? m.interval->low_mm : kNaN, 2).number(m.interval ? m.interval->high_mm : kNaN, 2);
         csv_.text(m.quality).text(join(m.reasons, "; ")).empty();
         csv_.end_row();
     }
 
     void csv_error(const std::string& label, const std::string& message) {
-        csv_.text(label).empty(17).text(message);
+        csv_.text(label).empty(19).text(message);
         csv_.end_row();
     }
 
@@ -248,8 +261,9 @@ double pixel_size_for(const std::string& name, const MeasureArgs& a, const std::
     return it == sizes.end() ? kNaN : it->second;
 }
 
-// Everything refused before the model is loaded. Fills `sizes` from --pixel-sizes.
-int check_measure_args(MeasureArgs& a, std::map<std::string, double>& sizes) {
+// Everything refused before the model is loaded. `items`: the inputs this run measures (its shard).
+// Fills `sizes` from --pixel-sizes.
+int check_measure_args(MeasureArgs& a, const std::vector<fetalhc::InputItem>& items, std::map<std::string, double>& sizes) {
     if (!bound_thread_count(a.threads, "--threads") || !bound_thread_count(a.workers, "--workers")) return kExitUsage;
     if (a.pixel_size_given && !a.pixel_sizes_csv.empty()) {
         error("give either --pixel-size or --pixel-sizes, not both");
@@ -257,7 +271,7 @@ int check_measure_args(MeasureArgs& a, std::map<std::string, double>& sizes) {
     }
     if (!a.pixel_size_given && a.pixel_sizes_csv.empty()) {
         // DICOM files carry their own calibration; every other input needs one given.
-        for (const auto& item : fetalhc::expand_inputs_with_dicom(a.paths))
+        for (const auto& item : items)
             if (!item.error.empty() || !fetalhc::is_dicom_file(item.path)) {
                 error("the pixel size is missing: pass --pixel-size MM (mm per pixel) or --pixel-sizes CSV (filename,pixel "
                       "size(mm)); only DICOM files carry their own");
@@ -440,17 +454,32 @@ bool measure_one_image(const fetalhc::Measurer& measurer, const fetalhc::InputIt
     return bool(r);
 }
 
-int run_measure(MeasureArgs a) {
-    std::map<std::string, double> sizes;
-    if (const int rc = check_measure_args(a, sizes); rc != kExitOk) return rc;
-    if (!check_model_file(a.model)) return kExitUsage;
-    auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
-    if (!seg) {
-        error(seg.error());
-        return kExitUsage;
+// The inputs this run measures: folders expanded (files in name order), then --shard's part.
+// Returns false after a usage error.
+bool inputs_of(const MeasureArgs& a, std::vector<fetalhc::InputItem>& items) {
+    items = fetalhc::expand_inputs_with_dicom(a.paths);
+    if (a.shard.empty()) return true;
+    const ShardParse s = parse_shard(a.shard);
+    if (!s) {
+        error(s.error);
+        return false;
     }
+    const size_t all = items.size();
+    items = take_shard(items, s.shard);
+    if (items.empty())
+        note("--shard " + a.shard + ": this part is empty (" + std::to_string(all) + " inputs in " +
+             std::to_string(s.shard.count) + " parts); nothing to measure");
+    return true;
+}
+
+int run_measure(MeasureArgs a) {
+    std::vector<fetalhc::InputItem> items;
+    if (!inputs_of(a, items)) return kExitUsage;
+    std::map<std::string, double> sizes;
+    if (const int rc = check_measure_args(a, items, sizes); rc != kExitOk) return rc;
+    auto seg = load_segmenter(a.model, a.ensemble, a.threads);
+    if (!seg) return kExitUsage;
     const fetalhc::Measurer measurer(*seg);
-    const auto items = fetalhc::expand_inputs_with_dicom(a.paths);
     Output out(a.format, a.sr_dir);
     out.begin();
     Progress progress(int(items.size()), !a.quiet);
@@ -493,7 +522,7 @@ void add_measure_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--overlay", a->overlay_dir, "write <image>_overlay.png with the ellipse and numbers into this folder");
     cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
         ->capture_default_str();
-    add_model_option(cmd, a->model);
+    add_ensemble_option(cmd, a->ensemble)->excludes(add_model_option(cmd, a->model));
     cmd->add_option("--redetect-every", a->redetect_every,
                     "videos: whole-image pass at least every N frames, tracking between (1 = every frame)")
         ->check(CLI::Range(1, 100000))
@@ -501,6 +530,9 @@ void add_measure_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--workers", a->workers,
                     "videos: frames measured at once, each on one core (0 = one per core; at most the core count)")
         ->capture_default_str();
+    cmd->add_option("--shard", a->shard,
+                    "I/N: measure only part I (0..N-1) of N, the inputs whose position in the expanded list (folders in "
+                    "file name order) is I mod N; the N parts hold every input exactly once, the same on every run");
     add_quiet_flag(cmd, a->quiet);
     commands.push_back({cmd, [a, cmd] {
                             a->pixel_size_given = cmd->count("--pixel-size") > 0;

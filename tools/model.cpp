@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <optional>
 
 using nlohmann::json;
@@ -66,11 +67,34 @@ int run_combine(const std::string& coarse, const std::string& two_pass, const st
     return kExitOk;
 }
 
+// Stores a conformal HC interval calibrated on held-out per-image results (fetalhc/uncertainty.h).
+int run_interval(const std::string& in, const std::string& per_image, double coverage, const std::vector<double>& edges,
+                 const std::string& out) {
+    if (!check_input_models({in})) return kExitUsage;
+    std::ifstream f(per_image);
+    if (!f) return error("cannot read '" + per_image + "'; pass the CSV of `fetalhc evaluate --oof DIR --per-image FILE`"), kExitUsage;
+    auto samples = fetalhc::read_interval_samples(f, per_image);
+    if (!samples) return error(samples.error()), kExitUsage;
+    auto m = fetalhc::calibrate_hc_interval(*samples, coverage, edges,
+                                            "conformal on " + std::to_string(samples->size()) + " held-out measurements of " + per_image);
+    if (!m) return error(m.error()), kExitSomeFailed;
+    auto r = fetalhc::Segmenter::rewrite_metadata(in, out, json{{"hc_interval", fetalhc::to_json(*m)}}.dump());
+    if (!r) return error(r.error()), kExitSomeFailed;
+    for (size_t b = 0; b < m->lo_rel.size(); ++b)
+        std::fprintf(stderr, "bin %zu: ok %+.2f%% .. %+.2f%% (n %d), review %+.2f%% .. %+.2f%% (n %d)\n", b, 100 * m->lo_rel[b],
+                     100 * m->hi_rel[b], m->n_ok[b], 100 * m->review_lo_rel[b], 100 * m->review_hi_rel[b], m->n_review[b]);
+    std::fprintf(stderr, "wrote %s\n", out.c_str());
+    return kExitOk;
+}
+
 struct ModelArgs {
     std::string cal_data, cal_in, cal_out;
     std::vector<std::string> avg_in;
     std::string avg_out;
     std::string comb_coarse, comb_two, comb_out;
+    std::string iv_in, iv_csv, iv_out;
+    double iv_coverage = 0.9;
+    std::vector<double> iv_edges{150, 250};
 };
 
 }  // namespace
@@ -98,6 +122,17 @@ void add_model_command(CLI::App& app, Commands& commands) {
     comb->add_option("--refine", a->comb_two, "two-pass model whose second pass (and metadata) is kept")->required();
     comb->add_option("--out", a->comb_out, "model file to write")->required();
     commands.push_back({comb, [a] { return run_combine(a->comb_coarse, a->comb_two, a->comb_out); }});
+
+    auto* iv = mdl->add_subcommand("interval",
+                                   "store an HC interval calibrated (conformal, by head size) on held-out per-image results");
+    a->iv_in = default_model();
+    iv->add_option("--model", a->iv_in, "model to read")->capture_default_str();
+    iv->add_option("--per-image", a->iv_csv, "per-image CSV of images the model never saw (`fetalhc evaluate --oof DIR --per-image FILE`)")
+        ->required();
+    iv->add_option("--coverage", a->iv_coverage, "share of reference HCs the interval should hold")->capture_default_str()->check(CLI::Range(0.6, 0.99));
+    iv->add_option("--edges", a->iv_edges, "bin edges on the measured HC in mm (comma-separated)")->delimiter(',')->capture_default_str();
+    iv->add_option("--out", a->iv_out, "model file to write (may equal --model)")->required();
+    commands.push_back({iv, [a] { return run_interval(a->iv_in, a->iv_csv, a->iv_coverage, a->iv_edges, a->iv_out); }});
 }
 
 }  // namespace fetalhc_cli

@@ -98,6 +98,8 @@ struct ScoreSummary {
     int over_10mm = 0;          // |error| > 10 mm, failures included
     int errors_over_5mm = 0, errors_over_5mm_flagged = 0;  // measured images
     int good = 0, good_flagged = 0;                          // measured, |error| <= 5 mm
+    int errors_over_10pct = 0, errors_over_10pct_flagged = 0;  // measured, |error| > 10% of the reference HC
+    int interval_images = 0, interval_covered = 0;  // measured with an HC interval; reference HC inside it
 };
 
 // `trimester` 0 summarises every image; 1..3 only that trimester's.

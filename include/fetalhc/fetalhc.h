@@ -15,4 +15,5 @@
 #include "fetalhc/report.h"
 #include "fetalhc/segmenter.h"
 #include "fetalhc/trainer.h"
+#include "fetalhc/uncertainty.h"
 #include "fetalhc/video.h"

@@ -17,6 +17,7 @@
 #include "fetalhc/expected.h"
 #include "fetalhc/growth.h"
 #include "fetalhc/segmenter.h"
+#include "fetalhc/uncertainty.h"
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -46,6 +47,19 @@ struct Timings {
     double decode_ms = 0, network_ms = 0, postprocess_ms = 0, fit_ms = 0, total_ms = 0;
 };
 
+// Signals about how far a measurement can be trusted, besides the fit's own (presence, certainty,
+// fit RMS, inliers, cut points). Shares are in [0, 1]; -1 where a signal does not apply.
+struct ReviewSignals {
+    float refine_presence = -1;   // the second network's presence score on its final crop (-1: one-pass model)
+    double rival_share = 0;       // first pass: second-largest head-like region / the largest, by area
+    bool second_look = false;     // the second pass had to crop again around the head it found
+    double skull_evidence = -1;   // share of the fitted ellipse (inside the image) with a bright ridge under it
+    double ring_contrast = -1;    // median ridge brightness along the ellipse / median brightness inside the head
+    double seg_agreement = -1;    // share of the ellipse where the head probability is > 0.5 just inside, < 0.5 just outside
+    double head_fraction = 0;     // OFD in pixels / the image's larger side
+    double member_disagreement = 0;  // ensemble (--ensemble): 1 - mean IoU of the members' masks; 0 for one model
+};
+
 struct Measurement {
     std::string source;                 // file name or label given by the caller
     cv::Size image_size;
@@ -61,6 +75,10 @@ struct Measurement {
     double certainty = 0;               // mean |2p-1| in the segmented head
     double fit_rms_px = 0;
     int boundary_points = 0, inliers = 0, cut_points = 0;
+    ReviewSignals signals;
+    // 90% interval for the reference HC (fetalhc/uncertainty.h), set by a Measurer whose model
+    // file carries a calibrated interval; unset for ellipses given by hand.
+    std::optional<HcInterval> interval;
     std::string quality;                // "ok" or "review"
     std::vector<std::string> reasons;   // why "review"
     Timings timings;
@@ -77,7 +95,9 @@ Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm,
 
 class Measurer {
 public:
-    explicit Measurer(Segmenter seg) : seg_(std::move(seg)) {}
+    // Reads the model's calibrated HC interval (metadata "hc_interval"), when it has one.
+    explicit Measurer(Segmenter seg)
+        : seg_(std::move(seg)), interval_(interval_model_from_metadata(seg_.info().metadata)) {}
     Expected<Measurement> measure(const cv::Mat& gray8, const MeasureOptions& opt,
                                   const std::string& source = "image") const;
     // Same, tracking a head found on a previous frame (see Segmenter::segment_near): `prior` is
@@ -87,9 +107,11 @@ public:
     // Reads the file too (decode time is reported in timings).
     Expected<Measurement> measure_file(const std::string& path, const MeasureOptions& opt) const;
     const Segmenter& segmenter() const { return seg_; }
+    const std::optional<HcIntervalModel>& interval_model() const { return interval_; }
 
 private:
     Segmenter seg_;
+    std::optional<HcIntervalModel> interval_;
 };
 
 // JSON object with every field of a measurement (mm unless _px; angles in radians). Include

@@ -67,6 +67,11 @@ struct Segmentation {
     bool refined = false;
     cv::Matx23d crop_to_net = cv::Matx23d::eye();
     double network_ms = 0;    // forward pass time (both passes)
+    // What the passes saw besides the head they chose (review signals, see ReviewSignals in measure.h).
+    float refine_presence = -1;  // the second network's own presence score on its final crop; -1: no second pass
+    double rival_share = 0;      // first pass: area of its second-largest head region / the largest (0: one region)
+    bool second_look = false;    // the second pass cropped again around the head it found
+    double member_disagreement = 0;  // ensemble: 1 - mean IoU of members' masks with the mean's (last pass); 0 for one model
     // The 8-bit image the last network saw (net_probability's frame), kept so later stages need
     // not resample the input again. Empty when the segmentation was built by hand.
     cv::Mat net_input;
@@ -99,6 +104,11 @@ struct ModelInfo {
 class Segmenter {
 public:
     static Expected<Segmenter> load(const std::string& model_path, const SegmenterOptions& opt = {});
+    // An ensemble: every pass runs each member and averages their probability maps and presence
+    // scores (Segmentation::member_disagreement says how much they differ). Members must share their
+    // network configs and crop margin (e.g. the K fold models of `fetalhc train --kfold`). The axis
+    // scale is the members' mean; the metadata is the first member's with "ensemble_of" added.
+    static Expected<Segmenter> load_ensemble(const std::vector<std::string>& model_paths, const SegmenterOptions& opt = {});
     // gray8: CV_8UC1 image of any size (>= 16 px each side).
     Segmentation segment(const cv::Mat& gray8) const;
     // Tracking (video): with a two-pass model, skips the whole-image pass and re-segments the crop
@@ -133,6 +143,10 @@ private:
     explicit Segmenter(std::shared_ptr<const Impl> impl);
     std::shared_ptr<const Impl> impl_;
 };
+
+// The members of an ensemble folder: DIR/fold<i>/model.pt of a k-fold run (`fetalhc train --kfold`),
+// else the *.pt files directly in DIR; sorted by path. Error when there are fewer than two.
+Expected<std::vector<std::string>> ensemble_model_files(const std::string& dir);
 
 // Sub-pixel skull boundary from a segmentation: the 0.5 iso-contour of the probability map of the
 // largest plausible component, found by linear interpolation along pixel edges (no dilation or

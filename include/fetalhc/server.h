@@ -1,4 +1,4 @@
-// fetalhc/server.h - the HTTP service behind `fetalhc serve`: JSON API, web page, SQLite history.
+// fetalhc/server.h - the HTTP service behind `fetalhc serve`: JSON API, web page, history (SQLite or PostgreSQL).
 //
 //   fetalhc::ServerOptions o; o.port = 0; o.db_path = "/tmp/x.db"; o.model_path = "models/fetalhc_unet.pt";
 //   auto s = fetalhc::Server::create(o);       // opens the DB, reads the token, binds the port
@@ -27,7 +27,8 @@
 // (no cross-site "simple" writes), chunked bodies get 411 and a Content-Length over the limit 413. Logs name the method, the
 // route pattern, the status and the time; never a pregnancy id, a hash or image bytes.
 // Concurrency: HTTP connections are served by a thread pool; at most `threads` requests run the
-// network at once (the others wait for a slot). The model is loaded once and shared read-only.
+// network at once (the others wait for a slot, measure requests at most max_queue_ms). The model
+// is loaded once and shared read-only.
 #pragma once
 
 #include "fetalhc/expected.h"
@@ -42,16 +43,32 @@ namespace fetalhc {
 struct ServerOptions {
     std::string host = "127.0.0.1";
     int port = 8080;                       // 0 = any free port (see Server::port)
-    std::string db_path = "fetalhc.db";    // images go to <db_path>.images/
+    // An SQLite file (images go to <db_path>.images/) or a postgresql:// URI (images in the
+    // database; several servers may share it). See store.h.
+    std::string db_path = "fetalhc.db";
     std::string model_path;
     int threads = 0;                       // requests running the network at once; 0 = CPU cores
     int torch_threads = 0;                 // LibTorch threads per request; 0 = cores / threads (>= 1)
     int connection_threads = 64;           // HTTP connections served at once (keep-alive clients)
+    // Slow clients: a request (request line, headers and body) must arrive whole within
+    // request_timeout_s of its first byte, or its connection is closed unanswered (a request that
+    // arrived is always answered whole, however long it runs). At most max_connections_per_client
+    // connections per client address are served at once; further ones are closed at once (0 = no
+    // cap). Behind a reverse proxy every client has the proxy's address: raise the cap there.
+    double request_timeout_s = 60;
+    int max_connections_per_client = 16;
+    // Overload: a measure request that would wait longer than this for a network slot (estimated
+    // from the queue ahead of it and a running average of the time a request holds a slot), or
+    // that does, gets 503 `overloaded` with Retry-After at once instead. 0 = wait as long as it takes.
+    double max_queue_ms = 5000;
     std::string token_file;                // first line is the bearer token
     size_t max_upload_bytes = 20u << 20;   // larger request bodies get 413
     // Quota of the image folder: the oldest images no exam references are removed to make room;
     // when that is not enough, 507 store_full. 0 = none.
     unsigned long long max_store_bytes = 2048ull << 20;
+    // Images no exam or DICOM instance references are removed once older than this many days,
+    // at start and then hourly. 0 = kept forever.
+    int retain_image_days = 0;
     bool log_requests = true;              // one spdlog line per request
     // DICOM node (C-STORE SCP) beside the HTTP server: 0 = off. Received objects larger than
     // max_upload_bytes abort their association.

@@ -1,23 +1,37 @@
-// fetalhc/store.h - pregnancies, exams and uploaded images (embedded SQLite + files by content hash).
+// fetalhc/store.h - pregnancies, exams, DICOM bookkeeping and uploaded images, in SQLite or PostgreSQL.
 //
-//   auto store = fetalhc::Store::open("fetalhc.db");         // images go to fetalhc.db.images/
-//   auto sha = (*store)->put_image(bytes);                     // idempotent, returns the SHA-256 hex
+//   auto store = fetalhc::Store::open("fetalhc.db");           // SQLite; images go to fetalhc.db.images/
+//   auto pg = fetalhc::Store::open("postgresql://fetalhc@db.example.org/fetalhc");  // PostgreSQL; images in the database
+//   auto sha = (*store)->put_image(bytes);                       // idempotent, returns the SHA-256 hex
+//   auto img = (*store)->read_image(*sha);                       // the bytes, or nullopt when unknown
 //   fetalhc::Exam e; e.pregnancy_id = "P-0042"; ...; auto saved = (*store)->add_exam(e);
-//   auto h = (*store)->history("P-0042");                      // h->found, h->exams by exam_date
+//   auto again = (*store)->add_exam(e, "client-key-1");          // idempotent write: again->replayed on a retry
+//   auto h = (*store)->history("P-0042");                        // h->found, h->exams by exam_date
 //
-// Pregnancies are identified by a pseudonymous id chosen by the user (1..64 chars of
-// [A-Za-z0-9_.-], see valid_pregnancy_id); no other personal data is stored. An exam keeps the
-// accepted ellipse (pixels, project conventions, see ellipse.h), the numbers derived from it and
-// whether a clinician corrected it, and the SOP Instance UID of a DICOM image (a nullable column
-// that databases from before it gain when opened). Images are written once to
-// <db>.images/<sha256> (write to a temporary file, then rename), so a crash never leaves a partial
-// image under its final name.
-// Thread safety: every member may be called concurrently (one connection behind a mutex).
+// Engines. `open` takes a libpq connection URI (postgresql://... or postgres://...) for PostgreSQL;
+// anything else is an SQLite file path. SQLite keeps images as files <db>.images/<sha256> (written to
+// a temporary file, then renamed, so a crash never leaves a partial image under its final name).
+// PostgreSQL keeps them in the database (bytea), so several server replicas can share one database
+// and no disk: every write is safe under concurrent writers from several processes (the same image
+// stored at once by two replicas is stored once, an idempotency key saves one exam).
+// Schema. Both engines keep a schema_version table and apply an ordered list of migrations at open,
+// each once, in a transaction (PostgreSQL: under an advisory lock, so replicas starting together
+// migrate once). An SQLite database written before versioning is recognised and upgraded in place;
+// a database whose version is newer than this program knows is refused, as is an SQLite file or a
+// PostgreSQL database that holds another program's tables (left untouched).
+// Pregnancies are identified by a pseudonymous id chosen by the user (1..64 chars of [A-Za-z0-9_.-],
+// see valid_pregnancy_id); no other personal data is stored. An exam keeps the accepted ellipse
+// (pixels, project conventions, see ellipse.h), the numbers derived from it, whether a clinician
+// corrected it, and the SOP Instance UID of a DICOM image.
+// Times are UTC; the store's clock (set_clock) stamps exams, DICOM instances and images.
+// Thread safety: every member may be called concurrently (one connection per store, behind a mutex).
 #pragma once
 
 #include "fetalhc/ellipse.h"
 #include "fetalhc/expected.h"
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,6 +56,13 @@ struct Exam {
     // The SOP Instance UID of the DICOM image measured (nullopt: not a DICOM image, or an exam
     // saved before the store kept it). A DICOM UID: see valid_dicom_uid.
     std::optional<std::string> sop_instance_uid;
+};
+
+// What add_exam with an idempotency key did: saved the exam now, or found it saved by an earlier
+// call with the same key and the same exam (replayed: nothing new was saved).
+struct ExamWrite {
+    Exam exam;
+    bool replayed = false;
 };
 
 // One object received by the DICOM node (`serve --dicom-port`): what came in and what became of it.
@@ -69,27 +90,63 @@ struct History {
     std::vector<Exam> exams;             // sorted by exam_date, then id
 };
 
+// What remove_unreferenced_images removed.
+struct ImageSweep {
+    int removed = 0;
+    unsigned long long bytes = 0;
+};
+
 class Store {
 public:
-    // Opens or creates the database (and its image folder <db_path>.images/).
-    static Expected<std::unique_ptr<Store>> open(const std::string& db_path);
+    using Clock = std::chrono::system_clock;
+
+    // Opens or creates the store: a PostgreSQL database when `target` is a libpq connection URI
+    // (postgresql://user@host:port/dbname?...; the database must exist), else an SQLite file
+    // (created with its image folder <target>.images/). Errors name the target (a URI's password
+    // is never shown) and say what to do.
+    static Expected<std::unique_ptr<Store>> open(const std::string& target);
     ~Store();
     Store(const Store&) = delete;
     Store& operator=(const Store&) = delete;
 
-    // Stores image bytes under their SHA-256 (nothing is rewritten when already present). A PNG or
-    // JPEG is stored up to its end (IEND / EOI): bytes after it are dropped and not hashed. With a
-    // quota set, the oldest images no exam or DICOM instance references are removed first to make
-    // room; when that is not enough the error starts with kStoreFullError.
-    Expected<std::string> put_image(const std::string& bytes);
-    // Store quota in bytes for the image folder (0 = none).
-    void set_quota_bytes(unsigned long long bytes);
-    unsigned long long stored_image_bytes() const;
-    // Path of a stored image, or nullopt when unknown (sha256 must be 64 lower-case hex digits).
-    std::optional<std::string> image_path(const std::string& sha256) const;
+    // "sqlite" or "postgresql".
+    std::string engine() const;
+    // The schema version this program writes; open() upgrades older stores to it.
+    static int schema_version();
 
-    // Saves an exam, creating its pregnancy when new; returns it with id and created_at set.
+    // Stores image bytes under their SHA-256; when already present nothing is rewritten, only its
+    // time is refreshed (a re-upload counts as new for the quota and retention). A PNG or JPEG is
+    // stored up to its end (IEND / EOI): bytes after it are dropped and not hashed. With a quota
+    // set, the oldest images no exam or DICOM instance references are removed first to make room;
+    // when that is not enough the error starts with kStoreFullError.
+    Expected<std::string> put_image(const std::string& bytes);
+    // Whether an image is stored (false for anything that is not 64 lower-case hex digits).
+    Expected<bool> has_image(const std::string& sha256) const;
+    // The stored bytes, or nullopt when no image has this hash (or it is not a SHA-256).
+    Expected<std::optional<std::string>> read_image(const std::string& sha256) const;
+    // Store quota in bytes for the images (0 = none). With PostgreSQL the quota is the whole
+    // database's: replicas that set it take turns to store images.
+    void set_quota_bytes(unsigned long long bytes);
+    Expected<unsigned long long> stored_image_bytes() const;
+    // Removes the images that no exam or DICOM instance references and that were stored (or last
+    // re-uploaded) before `cutoff`.
+    Expected<ImageSweep> remove_unreferenced_images(Clock::time_point cutoff);
+    // Keeps images for `days` days (0 = forever, the default): remove_unreferenced_images(now -
+    // days) runs now and then every `every` on a background thread (stopped with the store).
+    // Failures of a sweep are logged and retried at the next one.
+    void set_image_retention(int days, std::chrono::seconds every = std::chrono::hours(1));
+    // Replaces the clock (tests; the default is Clock::now).
+    void set_clock(std::function<Clock::time_point()> now);
+
+    // Saves an exam, creating its pregnancy when new; returns it with id and created_at set. The
+    // exam's image must be stored (else the error starts with kUnknownImageError).
     Expected<Exam> add_exam(const Exam& exam);
+    // The same, idempotent: the first call with a key saves the exam; a later call with the same
+    // key and the same exam (every field but id and created_at) returns the saved one with
+    // replayed set, and saves nothing; the same key with another exam is refused with an error
+    // starting with kIdempotencyConflictError. An empty key is a plain add_exam. Keys are kept in
+    // the store (they hold across restarts and replicas); see valid_idempotency_key.
+    Expected<ExamWrite> add_exam(const Exam& exam, const std::string& idempotency_key);
     Expected<History> history(const std::string& pregnancy_id) const;
 
     // DICOM node bookkeeping: add returns the row with id and received_at set; update rewrites
@@ -97,8 +154,6 @@ public:
     Expected<DicomInstance> add_dicom_instance(const DicomInstance& d);
     Expected<bool> update_dicom_instance(const DicomInstance& d);
     Expected<std::vector<DicomInstance>> dicom_instances(int limit) const;
-
-    const std::string& image_dir() const;
 
     struct Impl;
 
@@ -108,6 +163,9 @@ private:
 };
 
 inline constexpr const char* kStoreFullError = "the image store is full";
+inline constexpr const char* kUnknownImageError = "the exam's image is not stored";
+inline constexpr const char* kIdempotencyConflictError = "this Idempotency-Key was already used for a different exam";
+
 // Length of the image at the start of `bytes`: a PNG up to its IEND chunk, a JPEG up to its EOI
 // marker; bytes.size() for other data or when no end is found.
 size_t image_data_end(const std::string& bytes);
@@ -119,5 +177,9 @@ bool valid_pregnancy_id(const std::string& s);      // 1..64 chars of [A-Za-z0-9
 bool valid_date(const std::string& s);              // a real calendar date as YYYY-MM-DD
 // A DICOM UID (PS3.5 9.1): 1..64 characters, dot-separated components of digits, none empty.
 bool valid_dicom_uid(const std::string& s);
+// An idempotency key: 1..128 printable ASCII characters (space to tilde).
+bool valid_idempotency_key(const std::string& s);
+// Whether `target` names a PostgreSQL database (a postgresql:// or postgres:// URI).
+bool is_postgresql_target(const std::string& target);
 
 }  // namespace fetalhc

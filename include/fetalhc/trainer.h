@@ -64,6 +64,11 @@ struct TrainConfig {
     // 0 = the plain train/validation split. Recorded in split.json and the model metadata only when
     // folds > 0, so models of different folds are never mixed.
     int folds = 0, fold = 0;
+    // Which weights become model.pt: false = those of the epoch with the best validation HC MAD
+    // (model selection on the validation images); true = the last epoch's, whatever validation says,
+    // so that held-out images never choose the model (k-fold runs always keep the last; validation
+    // then runs every 5th epoch and at the end, for the log only). Written only when true.
+    bool keep_last = false;
     unsigned seed = 42;
     int threads = 0;                  // 0 = all cores
     // Start from this model file's weights (fine-tuning); "" = random. Like coarse_model, the file

@@ -12,9 +12,13 @@
 #include <dcmtk/oflog/oflog.h>
 #include <spdlog/spdlog.h>
 
+#include <stdlib.h>
+
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -51,6 +55,18 @@ const char* const kTransferSyntaxes[] = {
 std::string random_suffix() {
     thread_local std::mt19937_64 rng{std::random_device{}()};
     return std::to_string(rng());
+}
+
+// A private folder (mode 0700) under the system's temporary folder for objects being received.
+Expected<fs::path> make_spool_folder() {
+    std::error_code ec;
+    const fs::path base = fs::temp_directory_path(ec);
+    if (ec) return make_error("no temporary folder for received DICOM objects (" + ec.message() + "); set TMPDIR to a writable folder");
+    std::string tmpl = (base / "fetalhc-dicom-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data()))
+        return make_error("cannot create a folder for received DICOM objects in '" + base.string() + "' (" + std::strerror(errno) +
+                          "); set TMPDIR to a writable folder");
+    return fs::path(tmpl);
 }
 
 std::optional<std::string> read_file(const fs::path& p, size_t max_bytes) {
@@ -117,8 +133,13 @@ struct DicomNode::Impl {
     std::condition_variable cv;
     std::deque<Job> queue;
     bool started = false;
+    fs::path spool;  // received objects land here before they are stored (the store may keep no files)
 
     Impl(Engine& e, Store& s) : engine(e), store(s) {}
+    ~Impl() {
+        std::error_code ec;
+        if (!spool.empty()) fs::remove_all(spool, ec);
+    }
     // Keeps and lists a received object; the DIMSE status of the C-STORE response.
     Uint16 accept(std::string bytes, const std::string& sop_instance, const std::string& sop_class, const std::string& aet);
     void work();
@@ -137,7 +158,7 @@ protected:
         const T_ASC_PresentationContextID pres = info.presentationContextID;
         // Received straight to a file (never held whole in memory); notifyRECEIVEProgress aborts
         // the association once the object passes the size limit.
-        const fs::path tmp = fs::path(node_.store.image_dir()) / (".dicom-in-" + random_suffix());
+        const fs::path tmp = node_.spool / ("in-" + random_suffix());
         received_ = 0;
         too_large_ = false;
         OFCondition c = receiveSTORERequest(rq, pres, OFString(tmp.string().c_str()));
@@ -200,7 +221,8 @@ Uint16 DicomNode::Impl::accept(std::string bytes, const std::string& sop_instanc
     const auto received = Clock::now();
     auto sha = store.put_image(bytes);
     if (!sha) {
-        spdlog::error("dicom: cannot keep a received object: {}", sha.error());
+        // The store's quota (--max-store-mb) is full, or the disk: the sender may retry later.
+        spdlog::warn("dicom: refused an object from '{}' with status A700 (Refused: Out of Resources): {}", aet, sha.error());
         return kStatusOutOfResources;
     }
     DicomInstance row;
@@ -328,6 +350,9 @@ Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o
         if (!valid_ae_title(a)) return make_error("--dicom-allow: '" + a + "' is not an AE title (1 to 16 printable characters, no '\\')");
     auto impl = std::make_unique<Impl>(engine, store);
     impl->opt = o;
+    auto spool = make_spool_folder();
+    if (!spool) return make_error(spool.error());
+    impl->spool = *spool;
     if (!o.forward.empty()) {
         auto t = parse_forward_target(o.forward);
         if (!t) return make_error(t.error());

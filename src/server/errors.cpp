@@ -1,5 +1,6 @@
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include "errors.h"
@@ -41,11 +42,16 @@ const std::vector<ErrorInfo>& error_catalog() {
          "the DICOM file carries no usable calibration (no region in cm, a region box outside the image, absurd deltas) "
          "and no pixel_size_mm was sent"},
         {E::EmptyMask, "empty_mask", 422, "the mask has no white (head) region to fit"},
+        {E::IdempotencyKeyReused, "idempotency_key_reused", 422,
+         "the Idempotency-Key was already used for a different exam (a retry must repeat the first request's body)"},
         {E::StorageFailed, "storage_failed", 500, "the database or the image folder could not be read or written"},
         {E::StoreFull, "store_full", 507, "the image store is at its quota (--max-store-mb) and every stored image is referenced by an exam"},
         {E::Internal, "internal", 500, "an unexpected failure inside the server (a bug: report it with the server log)"},
         {E::ModelLoading, "model_loading", 503, "the model is still loading; retry in a few seconds (GET /health says when)"},
         {E::ModelUnavailable, "model_unavailable", 503, "the model failed to load; the server must be restarted with a good --model"},
+        {E::Overloaded, "overloaded", 503,
+         "the server is busy: the request would have waited for the network longer than --max-queue-ms; it was not run, "
+         "retry after the Retry-After header's seconds"},
     };
     return catalog;
 }
@@ -74,7 +80,10 @@ HttpResponse error_response(const ApiError& e) {
         return json_response(info.http_status, error_body({e.code, std::string(info.code == ErrorCode::StorageFailed ? "storage error" : "internal error") +
                                                                        " (id " + id + "); the server log has the details"}));
     }
-    return json_response(info.http_status, error_body(e));
+    HttpResponse r = json_response(info.http_status, error_body(e));
+    if (e.retry_after_s > 0 || e.code == ErrorCode::Overloaded)
+        r.headers.emplace_back("Retry-After", std::to_string(std::max(1, e.retry_after_s)));
+    return r;
 }
 
 }  // namespace fetalhc::server

@@ -44,11 +44,13 @@ enum class ErrorCode {
     NoEllipseFit,        // 422
     InvalidCalibration,  // 422
     EmptyMask,           // 422
+    IdempotencyKeyReused,  // 422
     StorageFailed,       // 500
     StoreFull,           // 507
     Internal,            // 500
     ModelLoading,        // 503
     ModelUnavailable,    // 503
+    Overloaded,          // 503, with Retry-After
 };
 
 struct ErrorInfo {
@@ -67,6 +69,7 @@ const ErrorInfo& error_info(ErrorCode code);
 struct ApiError {
     ErrorCode code;
     std::string message;
+    int retry_after_s = 0;  // > 0: sent as the Retry-After header (seconds); overloaded always has one
 };
 
 // {"error": {"code": ..., "message": ...}}

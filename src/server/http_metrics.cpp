@@ -1,5 +1,7 @@
 #include "http_metrics.h"
 
+#include "service.h"
+
 #include <sstream>
 
 namespace fetalhc::server {
@@ -51,6 +53,27 @@ std::string HttpMetrics::text(const std::string& extra) const {
         o << "fetalhc_http_request_duration_seconds_count{route=\"" << route << "\"} " << h.count << "\n";
     }
     o << extra;
+    return o.str();
+}
+
+std::string slot_metrics_text(const SlotsSnapshot& s) {
+    std::ostringstream o;
+    const auto metric = [&o](const char* name, const char* type, const char* help, auto value) {
+        o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << value << "\n";
+    };
+    metric("fetalhc_inference_slots_in_use", "gauge", "Requests running the network now.", s.in_use);
+    metric("fetalhc_inference_slots", "gauge", "Requests that may run the network at once.", s.total);
+    metric("fetalhc_inference_queue_depth", "gauge", "Requests waiting for a network slot now.", s.waiting);
+    metric("fetalhc_inference_shed_total", "counter",
+           "Requests refused with 503 overloaded: their wait for a network slot would have passed --max-queue-ms, or did.", s.shed);
+    metric("fetalhc_inference_service_seconds", "gauge",
+           "Running estimate (moving average) of the time a measure request holds a network slot; 0 before the first.",
+           s.service_ms / 1000);
+    metric("fetalhc_inference_service_deviation_seconds", "gauge",
+           "Running mean absolute deviation of that time (the wait estimate adds two per sqrt of the queue ahead).",
+           s.deviation_ms / 1000);
+    metric("fetalhc_inference_max_queue_seconds", "gauge", "Longest wait for a network slot (--max-queue-ms); 0 = no limit.",
+           s.max_wait_ms / 1000);
     return o.str();
 }
 

@@ -10,6 +10,8 @@
 
 namespace fetalhc::server {
 
+struct SlotsSnapshot;  // service.h
+
 class HttpMetrics {
 public:
     // route is the route pattern (e.g. "/v1/pregnancies/{id}"), never the raw path. A negative
@@ -29,5 +31,10 @@ private:
     std::map<std::string, unsigned long long> errors_;                                 // route -> 4xx/5xx count
     std::map<std::string, Histogram> latency_;                                         // route
 };
+
+// The network slots and their queue as Prometheus gauges and a counter: slots in use and in all,
+// requests waiting for one (queue depth), requests shed for overload, the running estimate of the
+// time a request holds a slot, and the wait limit (--max-queue-ms; 0 = none).
+std::string slot_metrics_text(const SlotsSnapshot& s);
 
 }  // namespace fetalhc::server

@@ -22,7 +22,9 @@ HttpResponse json_response(int status, const nlohmann::json& body) {
     HttpResponse r;
     r.status = status;
     r.content_type = "application/json";
-    r.body = body.dump();
+    // Text from the request (a path, a file name) may be any bytes: invalid UTF-8 is replaced by
+    // U+FFFD instead of throwing, so an error that quotes it is still answered (found by fuzz_routes).
+    r.body = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     return r;
 }
 

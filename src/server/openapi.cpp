@@ -60,6 +60,14 @@ void add_errors(json& responses, std::vector<ErrorCode> codes) {
     }
 }
 
+// The 503 of a route that sheds load (overloaded) carries Retry-After.
+json overload_header(json responses) {
+    responses["503"]["headers"]["Retry-After"] = {
+        {"description", "with code overloaded: seconds to wait before retrying (an integer, at least 1)"},
+        {"schema", {{"type", "integer"}, {"minimum", 1}}}};
+    return responses;
+}
+
 json responses_with(const json& ok, std::vector<ErrorCode> codes) {
     json r = ok;
     add_errors(r, std::move(codes));
@@ -269,11 +277,11 @@ json measure_path() {
                         "(no exam is created). A multi-frame DICOM is measured frame by frame with a median summary"},
             {"security", kSecured},
             {"requestBody", form},
-            {"responses", responses_with({{"200", ok}},
+            {"responses", overload_header(responses_with({{"200", ok}},
                                          {E::BadRequest, E::MissingField, E::InvalidField, E::InvalidPixelSize, E::InvalidGa,
                                           E::InvalidPregnancyId, E::InvalidDate, E::ImageUnreadable, E::Unauthorized,
                                           E::PayloadTooLarge, E::NoHeadFound, E::InvalidCalibration, E::StorageFailed,
-                                          E::StoreFull, E::ModelLoading, E::ModelUnavailable})}};
+                                          E::StoreFull, E::ModelLoading, E::ModelUnavailable, E::Overloaded}))}};
 }
 
 json dicom_instances_path() {
@@ -359,11 +367,20 @@ void history_paths(json& paths) {
     paths["/v1/exams"]["post"] = {
         {"summary", "Save an accepted (possibly corrected) measurement as an exam; the numbers are recomputed from the ellipse"},
         {"security", kSecured},
+        {"parameters",
+         {{{"name", "Idempotency-Key"},
+           {"in", "header"},
+           {"required", false},
+           {"description", "Makes the write safe to retry: the first request with a key saves the exam; a retry with the "
+                           "same key and the same body saves nothing and answers 201 with the exam saved first (and the "
+                           "header Idempotent-Replayed: true); the same key with another body is refused with "
+                           "idempotency_key_reused (422). Keys are kept in the database, across restarts and replicas."},
+           {"schema", {{"type", "string"}, {"minLength", 1}, {"maxLength", 128}, {"pattern", "^[ -~]+$"}}}}}},
         {"requestBody", json_body(ref("ExamInput"))},
-        {"responses", responses_with({{"201", json_response("the stored exam", ref("Exam"))}},
+        {"responses", responses_with({{"201", json_response("the stored exam (or, on a retry, the exam saved first)", ref("Exam"))}},
                                      {E::BadRequest, E::MissingField, E::InvalidField, E::InvalidPregnancyId, E::InvalidDate,
                                       E::InvalidImageId, E::UnknownImage, E::InvalidPixelSize, E::InvalidEllipse, E::InvalidGa,
-                                      E::Unauthorized, E::PayloadTooLarge, E::StorageFailed})}};
+                                      E::Unauthorized, E::PayloadTooLarge, E::IdempotencyKeyReused, E::StorageFailed})}};
     const json id_param = {{"name", "id"}, {"in", "path"}, {"required", true}, {"schema", str()}};
     const std::vector<ErrorCode> pregnancy_errors{E::InvalidPregnancyId, E::PregnancyNotFound, E::StorageFailed};
     paths["/v1/pregnancies/{id}"]["get"] = {

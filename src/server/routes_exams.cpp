@@ -11,8 +11,6 @@
 #include <algorithm>
 #include <cmath>
 #include <ctime>
-#include <fstream>
-#include <iterator>
 #include <sstream>
 
 namespace fetalhc::server {
@@ -41,6 +39,15 @@ json exam_json(const Exam& e) {
             {"accepted", e.accepted},
             {"created_at", e.created_at},
             {"sop_instance_uid", e.sop_instance_uid ? json(*e.sop_instance_uid) : json(nullptr)}};
+}
+
+// A stored image's bytes; fails with `missing` when the store has no such image, storage_failed
+// when it cannot be read.
+std::string stored_image(Services& s, const std::string& sha, ErrorCode missing, const std::string& message) {
+    auto bytes = s.store.read_image(sha);
+    if (!bytes) fail(ErrorCode::StorageFailed, bytes.error());
+    if (!*bytes) fail(missing, message);
+    return std::move(**bytes);
 }
 
 // Image type from its first bytes (stored images keep no extension).
@@ -115,16 +122,28 @@ void check_exam_plausible(const Exam& ex, const Measurement& m) {
                                         "'ellipse_px' (pixels) and 'pixel_size_mm'");
 }
 
+// The Idempotency-Key header of POST /v1/exams ("" when absent).
+std::string idempotency_key(const HttpRequest& req) {
+    if (req.headers.find("idempotency-key") == req.headers.end()) return "";
+    const std::string key = req.header("Idempotency-Key");
+    if (!valid_idempotency_key(key))
+        fail(ErrorCode::InvalidField, "the Idempotency-Key header must be 1 to 128 printable ASCII characters (e.g. a UUID); "
+                                      "send the same key again only to retry the same exam");
+    return key;
+}
+
 HttpResponse add_exam(const HttpRequest& req, Services& s) {
+    const std::string key = idempotency_key(req);
     ExamInput in = parse_exam_input(parse_json_body(req));
     Exam& ex = in.exam;
     check_exam_plausible(ex, ellipse_numbers(ex.ellipse_px, ex.pixel_size_mm, ex.ga_weeks_given));
-    const auto stored = s.store.image_path(ex.image_sha256);
-    if (!stored) fail(ErrorCode::UnknownImage, "'image_sha256' names no stored image; upload the image with POST /v1/measure first");
+    const std::string stored = stored_image(s, ex.image_sha256, ErrorCode::UnknownImage,
+                                            "'image_sha256' names no stored image; upload the image with POST /v1/measure first");
     // A DICOM image names itself: its SOP Instance UID is kept with the exam (taken from the file
     // when the client sends none, and a different one is refused).
-    if (is_dicom_file(*stored)) {
-        auto h = read_dicom_header(*stored);
+    const std::vector<unsigned char> raw(stored.begin(), stored.end());
+    if (is_dicom(raw)) {
+        auto h = read_dicom_header(raw, "the stored image");
         if (h && valid_dicom_uid(h->sop_instance_uid)) {
             if (ex.sop_instance_uid && *ex.sop_instance_uid != h->sop_instance_uid)
                 fail(ErrorCode::InvalidField, "'sop_instance_uid' " + *ex.sop_instance_uid + " is not the SOP Instance UID of the "
@@ -147,19 +166,23 @@ HttpResponse add_exam(const HttpRequest& req, Services& s) {
     for (const std::string& r : in.reasons.value_or(std::vector<std::string>{}))
         if (std::find(ex.reasons.begin(), ex.reasons.end(), r) == ex.reasons.end()) ex.reasons.push_back(r);
     ex.accepted = true;
-    auto saved = s.store.add_exam(ex);
-    if (!saved) fail(ErrorCode::StorageFailed, saved.error());
-    return json_response(201, exam_json(*saved));
+    auto saved = s.store.add_exam(ex, key);
+    if (!saved) {
+        if (saved.error().rfind(kIdempotencyConflictError, 0) == 0)
+            fail(ErrorCode::IdempotencyKeyReused, "the Idempotency-Key '" + key + "' was already used for a different exam; send "
+                                                  "a new key for a new exam (a retry must repeat the first request's body)");
+        if (saved.error().rfind(kUnknownImageError, 0) == 0)
+            fail(ErrorCode::UnknownImage, "'image_sha256' names no stored image; upload the image with POST /v1/measure first");
+        fail(ErrorCode::StorageFailed, saved.error());
+    }
+    HttpResponse r = json_response(201, exam_json(saved->exam));
+    if (saved->replayed) r.headers.emplace_back("Idempotent-Replayed", "true");
+    return r;
 }
 
 HttpResponse image(const HttpRequest& req, Services& s) {
     const std::string sha = check_image_id(req.path_params.at("sha256"));
-    auto path = s.store.image_path(sha);
-    if (!path) fail(ErrorCode::ImageNotFound, "no stored image with this SHA-256; upload it with POST /v1/measure");
-    std::ifstream in(*path, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (!in.good() && !in.eof())
-        fail(ErrorCode::StorageFailed, "cannot read the stored image; check the image folder next to the database");
+    std::string bytes = stored_image(s, sha, ErrorCode::ImageNotFound, "no stored image with this SHA-256; upload it with POST /v1/measure");
     HttpResponse r;
     r.content_type = sniff_image_type(bytes);
     r.body = std::move(bytes);
@@ -171,8 +194,8 @@ HttpResponse image(const HttpRequest& req, Services& s) {
 // default 0), any other image decoded as POST /v1/measure decodes it.
 HttpResponse image_preview(const HttpRequest& req, Services& s) {
     const std::string sha = check_image_id(req.path_params.at("sha256"));
-    auto path = s.store.image_path(sha);
-    if (!path) fail(ErrorCode::ImageNotFound, "no stored image with this SHA-256; upload it with POST /v1/measure");
+    const std::string bytes =
+        stored_image(s, sha, ErrorCode::ImageNotFound, "no stored image with this SHA-256; upload it with POST /v1/measure");
     int frame = 0;
     if (auto q = req.query.find("frame"); q != req.query.end()) {
         const auto v = parse_number(q->second);
@@ -181,11 +204,12 @@ HttpResponse image_preview(const HttpRequest& req, Services& s) {
         frame = int(*v);
     }
     cv::Mat gray;
-    if (is_dicom_file(*path)) {
+    const std::vector<unsigned char> raw(bytes.begin(), bytes.end());
+    if (is_dicom(raw)) {
         Result<std::vector<cv::Mat>> frames = ApiError{ErrorCode::Internal, ""};
         {
             SlotGuard slot(s.engine.decode_slots());
-            auto f = decode_dicom_frames(*path);
+            auto f = decode_dicom_frames(raw, "the stored image");
             if (f) frames = std::move(*f);
             else frames = ApiError{ErrorCode::ImageUnreadable, f.error()};
         }
@@ -196,8 +220,6 @@ HttpResponse image_preview(const HttpRequest& req, Services& s) {
         gray = (*frames)[size_t(frame)];
     } else {
         if (frame != 0) fail(ErrorCode::InvalidField, "'frame' is only for multi-frame DICOM images; this image has one frame");
-        std::ifstream in(*path, std::ios::binary);
-        const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         gray = decode_image(s.engine.decode_slots(), bytes, "the stored image").value_or_throw();
     }
     std::vector<unsigned char> png;

@@ -69,10 +69,8 @@ HttpResponse health(const HttpRequest&, Services& s) {
 HttpResponse metrics(const HttpRequest&, Services& s) {
     std::ostringstream g;
     g << "# HELP fetalhc_model_ready 1 when the model is loaded.\n# TYPE fetalhc_model_ready gauge\nfetalhc_model_ready "
-      << (s.engine.ready() ? 1 : 0) << "\n# HELP fetalhc_inference_slots_in_use Requests running the network now.\n"
-      << "# TYPE fetalhc_inference_slots_in_use gauge\nfetalhc_inference_slots_in_use " << s.engine.slots().in_use() << "\n"
-      << "# HELP fetalhc_inference_slots Requests that may run the network at once.\n"
-      << "# TYPE fetalhc_inference_slots gauge\nfetalhc_inference_slots " << s.engine.slots().total() << "\n";
+      << (s.engine.ready() ? 1 : 0) << "\n"
+      << slot_metrics_text(s.engine.slots().snapshot());
     HttpResponse r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     r.body = s.metrics.text(g.str());

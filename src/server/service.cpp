@@ -8,8 +8,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <optional>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <optional>
 #include <thread>
 
 namespace fetalhc::server {
@@ -23,30 +25,182 @@ double ms_since(Clock::time_point t) { return std::chrono::duration<double, std:
 
 // ---- Slots ------------------------------------------------------------------------------------
 
-Slots::Slots(int n) : total_(static_cast<unsigned long long>(std::max(1, n))) {}
+double estimated_wait_ms(int in_use, int waiting, int slots, double service_ms, double deviation_ms) {
+    slots = std::max(1, slots);
+    if (in_use < slots && waiting == 0) return 0;
+    const double k = double(std::max(0, waiting) + 1);
+    return (k * std::max(0.0, service_ms) + 2 * std::sqrt(k) * std::max(0.0, deviation_ms)) / double(slots);
+}
+
+// One request in the queue; lives on the waiting thread's stack, reached through queue_.
+struct Slots::Waiter {
+    std::condition_variable cv;
+    bool granted = false;
+};
+
+Slots::Slots(int n, double max_wait_ms) : total_(std::max(1, n)), max_wait_ms_(std::max(0.0, max_wait_ms)) {}
 
 void Slots::acquire() {
     std::unique_lock<std::mutex> lock(mu_);
-    const unsigned long long ticket = next_++;
-    cv_.wait(lock, [&] { return ticket < released_ + total_; });
+    if (in_use_ < total_ && queue_.empty()) {
+        ++in_use_;
+        return;
+    }
+    Waiter w;
+    queue_.push_back(&w);
+    w.cv.wait(lock, [&] { return w.granted; });
+}
+
+Admission Slots::acquire_within() {
+    const auto t0 = Clock::now();
+    Admission a;
+    std::unique_lock<std::mutex> lock(mu_);
+    if (in_use_ < total_ && queue_.empty()) {
+        ++in_use_;
+        a.admitted = true;
+        return a;
+    }
+    a.estimated_wait_ms = estimated_wait_ms(in_use_, int(queue_.size()), total_, service_ms_, deviation_ms_);
+    if (max_wait_ms_ > 0 && a.estimated_wait_ms > max_wait_ms_) {
+        ++shed_;
+        a.retry_after_s = retry_after_locked();
+        return a;
+    }
+    Waiter w;
+    queue_.push_back(&w);
+    if (max_wait_ms_ > 0) {
+        const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(max_wait_ms_));
+        w.cv.wait_until(lock, deadline, [&] { return w.granted; });
+    } else {
+        w.cv.wait(lock, [&] { return w.granted; });
+    }
+    a.waited_ms = ms_since(t0);
+    if (w.granted) {
+        a.admitted = true;
+        return a;
+    }
+    // Waited the whole limit: leave the queue (the slot goes to the next one when it comes).
+    queue_.erase(std::find(queue_.begin(), queue_.end(), &w));
+    ++shed_;
+    a.retry_after_s = retry_after_locked();
+    return a;
+}
+
+// The slot of the caller goes to the oldest waiter, or back to the pool. Notified under the lock:
+// the waiter's condition variable lives on its stack, which it may leave as soon as it sees `granted`.
+void Slots::hand_over_locked() {
+    if (queue_.empty()) {
+        in_use_ = std::max(0, in_use_ - 1);
+        return;
+    }
+    Waiter* next = queue_.front();
+    queue_.pop_front();
+    next->granted = true;
+    next->cv.notify_one();
 }
 
 void Slots::release() {
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        ++released_;
+    std::lock_guard<std::mutex> lock(mu_);
+    hand_over_locked();
+}
+
+void Slots::release(double held_ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    hand_over_locked();
+    record_locked(held_ms);
+}
+
+void Slots::record_service_ms(double held_ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    record_locked(held_ms);
+}
+
+void Slots::record_locked(double held_ms) {
+    if (!(held_ms >= 0) || !std::isfinite(held_ms)) return;
+    // Weights of the newest sample (those of TCP's round-trip estimate): the mean follows a change
+    // within ~16 requests, the deviation a little faster.
+    constexpr double kMeanWeight = 0.125, kDeviationWeight = 0.25;
+    if (!have_estimate_) {
+        service_ms_ = held_ms;
+        deviation_ms_ = held_ms / 2;
+        have_estimate_ = true;
+        return;
     }
-    cv_.notify_all();
+    deviation_ms_ = (1 - kDeviationWeight) * deviation_ms_ + kDeviationWeight * std::abs(held_ms - service_ms_);
+    service_ms_ = (1 - kMeanWeight) * service_ms_ + kMeanWeight * held_ms;
+}
+
+// Seconds until the requests now in service and waiting should have gone through (at least 1).
+int Slots::retry_after_locked() const {
+    const double drain_ms = double(in_use_ + int(queue_.size())) * service_ms_ / double(total_);
+    return std::max(1, int(std::ceil(drain_ms / 1000)));
 }
 
 int Slots::in_use() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return int(std::min<unsigned long long>(next_ - released_, total_));
+    return in_use_;
+}
+
+int Slots::waiting() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return int(queue_.size());
+}
+
+double Slots::service_ms() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return service_ms_;
+}
+
+double Slots::deviation_ms() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return deviation_ms_;
+}
+
+unsigned long long Slots::shed() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return shed_;
+}
+
+void Slots::set_max_wait_ms(double ms) {
+    std::lock_guard<std::mutex> lock(mu_);
+    max_wait_ms_ = std::max(0.0, ms);
+}
+
+SlotsSnapshot Slots::snapshot() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {total_, in_use_, int(queue_.size()), shed_, service_ms_, deviation_ms_, max_wait_ms_};
+}
+
+SlotGuard::SlotGuard(Slots& s, Admission& admission) : slots_(s) {
+    admission = slots_.acquire_within();
+    held_ = timed_ = admission.admitted;
+    since_ = Clock::now();
+}
+
+SlotGuard::~SlotGuard() {
+    if (!held_) return;
+    if (timed_) slots_.release(ms_since(since_));
+    else slots_.release();
+}
+
+ApiError overloaded_error(const Admission& a, const Slots& slots) {
+    const SlotsSnapshot s = slots.snapshot();
+    char why[160];
+    if (a.waited_ms > 0)
+        std::snprintf(why, sizeof why, "waited %.0f ms for one of the %d network slots without getting one", a.waited_ms, s.total);
+    else
+        std::snprintf(why, sizeof why, "the %d network slots are busy and the queue ahead would take about %.0f ms", s.total,
+                      a.estimated_wait_ms);
+    return ApiError{ErrorCode::Overloaded,
+                    std::string("the server is overloaded: ") + why + ", over its limit of " + std::to_string(int(s.max_wait_ms)) +
+                        " ms (serve --max-queue-ms); the request was not run, retry in " + std::to_string(std::max(1, a.retry_after_s)) +
+                        " s",
+                    std::max(1, a.retry_after_s)};
 }
 
 // ---- Engine -----------------------------------------------------------------------------------
 
-Engine::Engine(int slots) : slots_(slots), decode_slots_(slots) {}
+Engine::Engine(int slots, double max_queue_ms) : slots_(slots, max_queue_ms), decode_slots_(slots) {}
 
 void Engine::load(const std::string& model_path, int torch_threads) {
     const auto t0 = Clock::now();
@@ -117,19 +271,22 @@ Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const 
     if (auto p = pixel_size_problem(options.pixel_size_mm, "pixel_size_mm")) return *p;
     if (options.ga_weeks)
         if (auto p = ga_problem(*options.ga_weeks, "ga_weeks")) return *p;
-    const auto t0 = Clock::now();
-    auto gray = decode_image(engine.decode_slots(), image_bytes, name);
-    if (!gray) return gray.error();
-    const double decode_ms = ms_since(t0);
-    auto model = engine.measurer();
-    if (!model) return model.error();
-
     StoredMeasurement out;
     Expected<Measurement> m = make_error("");
+    double decode_ms = 0;
     {
-        const auto tq = Clock::now();
-        SlotGuard slot(engine.slots());
-        out.queue_ms = ms_since(tq);
+        // The slot first: a request refused for overload costs no decode, and the decode runs on
+        // the slot's core like the network does.
+        Admission admission;
+        SlotGuard slot(engine.slots(), admission);
+        if (!admission.admitted) return overloaded_error(admission, engine.slots());
+        out.queue_ms = admission.waited_ms;
+        const auto t0 = Clock::now();
+        auto gray = decode_image(engine.decode_slots(), image_bytes, name);
+        if (!gray) return gray.error();
+        decode_ms = ms_since(t0);
+        auto model = engine.measurer();
+        if (!model) return model.error();
         m = (*model)->measure(*gray, options, name);
     }
     if (!m) return ApiError{ErrorCode::NoHeadFound, m.error()};

@@ -11,10 +11,15 @@
 //   if (r) use(r->measurement, r->image_sha256); else report(r.error().code, r.error().message);
 //
 // Errors (ApiError codes): invalid_pixel_size, invalid_ga, image_unreadable, model_loading,
-// model_unavailable, no_head_found, storage_failed.
+// model_unavailable, no_head_found, storage_failed, store_full, overloaded.
 // Thread safety: every Engine member and measure_and_store may be called from many threads at
 // once; at most `slots` of them run the network at the same time, the others wait their turn
-// (first come, first served).
+// (first come, first served). Overload: measure_and_store waits for a network slot at most
+// `max_queue_ms`; a request whose estimated wait (estimated_wait_ms: the queue ahead of it and a
+// running average of the time a request holds a slot, with its spread) is longer is refused at
+// once (overloaded, 503 with Retry-After), and one admitted that still waits past the limit is
+// refused then, never served late. (DICOM objects and POST /v1/segment still wait as long as it
+// takes: the DICOM node has its own queue, and a multi-frame file would skew the estimate.)
 #pragma once
 
 #include "errors.h"
@@ -24,7 +29,9 @@
 #include "fetalhc/store.h"
 #include "fetalhc/video.h"
 
+#include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -33,34 +40,93 @@
 
 namespace fetalhc::server {
 
-// How many requests may run the network at once. Waiting requests are admitted first come, first
-// served (tickets), so that under load no request waits much longer than the others.
-class Slots {
-public:
-    explicit Slots(int n);
-    void acquire();
-    void release();
-    int in_use() const;
-    int total() const { return int(total_); }
+// The wait a request arriving now should not exceed for a slot, in ms: 0 when one of the `slots`
+// slots is free; else the request is served at the k-th release (k = waiting + 1), and with every
+// slot busy k releases take about k service times over `slots` slots. Service times vary (the
+// machine is shared): k of them sum to k * service_ms with a spread growing like sqrt(k), so the
+// estimate adds two spreads, 2 * sqrt(k) * deviation_ms (deviation_ms: the mean absolute deviation
+// of the service time; as TCP bounds a round trip by its mean plus deviations). Erring long sheds a
+// little earlier; erring short admits requests that are then shed after waiting the whole limit.
+double estimated_wait_ms(int in_use, int waiting, int slots, double service_ms, double deviation_ms = 0);
 
-private:
-    mutable std::mutex mu_;
-    std::condition_variable cv_;
-    unsigned long long next_ = 0, released_ = 0;
-    const unsigned long long total_;
+// What Slots::acquire_within decided for one request.
+struct Admission {
+    bool admitted = false;          // a slot is held (release it)
+    double waited_ms = 0;           // time spent in the queue
+    double estimated_wait_ms = 0;   // the estimate at arrival
+    int retry_after_s = 0;          // refused: seconds until the queue ahead should have drained (>= 1)
 };
 
-// Holds a slot for its lifetime.
+// The slots' state for /metrics.
+struct SlotsSnapshot {
+    int total = 0, in_use = 0, waiting = 0;
+    unsigned long long shed = 0;   // requests refused (at once or after waiting max_wait_ms)
+    double service_ms = 0;         // running estimate of the time a request holds a slot (0: none yet)
+    double deviation_ms = 0;       // running mean absolute deviation of that time
+    double max_wait_ms = 0;        // 0 = no limit
+};
+
+// How many requests may run the network at once. Waiting requests are served first come, first
+// served (a FIFO queue; a released slot is handed to the oldest waiter), so that under load no
+// request waits much longer than the others. acquire() waits as long as it takes; acquire_within()
+// waits at most max_wait_ms (see the file comment) and feeds the service-time estimate through
+// release(held_ms).
+class Slots {
+public:
+    // max_wait_ms: the bound of acquire_within; 0 = none (it waits as long as it takes).
+    explicit Slots(int n, double max_wait_ms = 0);
+    void acquire();
+    // Refused at once when no slot is free and estimated_wait_ms(...) > max_wait_ms, or after
+    // waiting max_wait_ms without getting a slot; both count as shed.
+    Admission acquire_within();
+    void release();
+    // Also records `held_ms` in the service-time estimate (exponentially weighted moving averages of
+    // the time and of its absolute deviation).
+    void release(double held_ms);
+    void record_service_ms(double held_ms);
+    int in_use() const;
+    int waiting() const;
+    int total() const { return total_; }
+    double service_ms() const;
+    double deviation_ms() const;
+    unsigned long long shed() const;
+    void set_max_wait_ms(double ms);
+    SlotsSnapshot snapshot() const;
+
+private:
+    struct Waiter;
+    int retry_after_locked() const;
+    void hand_over_locked();
+    void record_locked(double held_ms);
+    mutable std::mutex mu_;
+    std::deque<Waiter*> queue_;   // waiting requests, oldest first (they live on their own stacks)
+    int in_use_ = 0;              // invariant: queue_ is empty unless in_use_ == total_
+    const int total_;
+    double max_wait_ms_;
+    double service_ms_ = 0, deviation_ms_ = 0;
+    bool have_estimate_ = false;
+    unsigned long long shed_ = 0;
+};
+
+// Holds a slot for its lifetime. SlotGuard(s) waits as long as it takes; SlotGuard(s, admission)
+// waits through acquire_within and holds a slot only when admission.admitted (then its held time
+// feeds the service-time estimate).
 class SlotGuard {
 public:
-    explicit SlotGuard(Slots& s) : slots_(s) { slots_.acquire(); }
-    ~SlotGuard() { slots_.release(); }
+    explicit SlotGuard(Slots& s) : slots_(s), held_(true) { slots_.acquire(); }
+    SlotGuard(Slots& s, Admission& admission);
+    ~SlotGuard();
     SlotGuard(const SlotGuard&) = delete;
     SlotGuard& operator=(const SlotGuard&) = delete;
 
 private:
     Slots& slots_;
+    bool held_ = false, timed_ = false;
+    std::chrono::steady_clock::time_point since_;
 };
+
+// The overloaded error (503 with Retry-After: admission.retry_after_s) of a refused admission.
+ApiError overloaded_error(const Admission& a, const Slots& slots);
 
 // The model and its loading state (Loading until load() ends, then Ready or Failed), and the
 // slots that bound how many callers run the network at once.
@@ -68,7 +134,9 @@ class Engine {
 public:
     enum class State { Loading, Ready, Failed };
 
-    explicit Engine(int slots);
+    // max_queue_ms: how long measure_and_store may wait for a network slot (0 = as long as it takes).
+    explicit Engine(int slots, double max_queue_ms = kDefaultMaxQueueMs);
+    static constexpr double kDefaultMaxQueueMs = 5000;
     // Loads the model (blocking: call it on a background thread). torch_threads: LibTorch threads
     // per request; 0 = cores / slots (at least 1).
     void load(const std::string& model_path, int torch_threads);
@@ -108,10 +176,11 @@ struct StoredMeasurement {
     double queue_ms = 0;       // time spent waiting for a network slot
 };
 
-// Checks the pixel size and GA in `options`, decodes the image, measures it on a network slot,
-// and keeps the image bytes in the store (the exam itself is saved later, once a clinician
-// accepts the ellipse: Store::add_exam). `name` labels the image in messages and in
-// Measurement::source.
+// Checks the pixel size and GA in `options`, takes a network slot (waiting at most the engine's
+// max_queue_ms, else overloaded), decodes the image and measures it on that slot (so a refused
+// request costs no decode), and keeps the image bytes in the store (the exam itself is saved
+// later, once a clinician accepts the ellipse: Store::add_exam). `name` labels the image in
+// messages and in Measurement::source.
 Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const std::string& image_bytes,
                                             const std::string& name, const MeasureOptions& options);
 

@@ -29,6 +29,11 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cerrno>
+#include <cstring>
 #include <thread>
 
 namespace fs = std::filesystem;
@@ -107,7 +112,16 @@ Expected<std::string> read_token(const std::string& token_file) {
 Expected<bool> check_options(const ServerOptions& o) {
     if (o.port < 0 || o.port > 65535) return make_error("--port must be 0..65535 (0 picks a free port), got " + std::to_string(o.port));
     if (o.threads < 0) return make_error("--threads must be >= 0 (0 = one per CPU core)");
+    if (!(o.max_queue_ms >= 0 && o.max_queue_ms <= 3600e3))
+        return make_error("--max-queue-ms must be in 0..3600000 ms (0 = requests wait for a network slot as long as it takes)");
     if (o.max_upload_bytes == 0) return make_error("--max-upload-mb must be positive");
+    if (o.retain_image_days < 0 || o.retain_image_days > 36500)
+        return make_error("--retain-images must be 0 (keep images forever) or a number of days up to 36500");
+    if (!(o.request_timeout_s > 0 && o.request_timeout_s <= 86400))
+        return make_error("--request-timeout must be in (0, 86400] seconds: the time a request may take to arrive whole");
+    if (o.max_connections_per_client < 0)
+        return make_error("--max-connections-per-client must be >= 0 (0 = no cap; behind a reverse proxy every client "
+                          "has the proxy's address)");
     std::error_code ec;
     // Any file but a folder: a named pipe is fine too (read when the model loads).
     if (o.model_path.empty() || !fs::exists(o.model_path, ec) || fs::is_directory(o.model_path, ec))
@@ -117,6 +131,208 @@ Expected<bool> check_options(const ServerOptions& o) {
                           "must carry a bearer token (or use --host 127.0.0.1)");
     return true;
 }
+
+// Slow clients (issue 16 row 6). httplib times out each read on its own, so a client sending a
+// byte every few seconds holds a connection thread for as long as it likes, and 64 such clients
+// hold the whole pool. httplib 0.11 (Debian builds it as a shared library) has no hook on an
+// accepted socket, but Server::process_and_close_socket, which serves one connection, is virtual
+// and the request parser it calls (process_request) is protected. GuardedServer overrides the
+// former with its own keep-alive loop over ConnectionStream: it counts the connections of each
+// client address and closes one over the cap before reading a byte, and it gives every request a
+// deadline, counted from its first byte, for arriving whole (request line, headers, body): a read
+// past it fails, httplib abandons the request and the connection is closed without an answer.
+// Writes have no deadline and handlers never read from the socket, so a request that arrived in
+// time is answered whole however long it runs. Preferred to a watchdog thread scanning
+// /proc/self/fd for our sockets: nothing polls, no descriptor can be closed and reused under a
+// scan, and the cap applies before the first byte is read.
+class ConnectionStream final : public httplib::Stream {
+public:
+    ConnectionStream(int fd, time_t read_s, time_t write_s, const std::atomic<socket_t>& listener)
+        : fd_(fd), read_timeout_(std::chrono::seconds(read_s)), write_timeout_(std::chrono::seconds(write_s)),
+          listener_(listener) {}
+
+    // The next request may take until `deadline` to arrive whole.
+    void start_request(Clock::time_point deadline) { deadline_ = deadline; }
+    bool expired() const { return expired_; }
+    bool has_buffered() const { return begin_ < end_; }
+
+    // What a wait is for: the next request (ends when the server stops), reading a request (also
+    // ends at its deadline; either abandons the request), writing an answer (only its timeout).
+    enum class Wait { NextRequest, Read, Write };
+
+    // Waits up to `limit` for `events`, in short slices so that a stopping server is noticed.
+    // False on timeout, deadline or stop.
+    bool wait(short events, Clock::duration limit, Wait why) const {
+        const bool reading = why == Wait::Read;
+        const Clock::time_point until = Clock::now() + limit;
+        for (;;) {
+            const Clock::time_point now = Clock::now();
+            if (why != Wait::Write && listener_ == INVALID_SOCKET) {
+                abandoned_ = abandoned_ || reading;
+                return false;
+            }
+            if (reading && now >= deadline_) {
+                expired_ = abandoned_ = true;
+                return false;
+            }
+            if (now >= until) return false;
+            Clock::time_point slice = std::min(until, now + std::chrono::milliseconds(200));
+            if (reading) slice = std::min(slice, deadline_);
+            pollfd p{fd_, events, 0};
+            const int ms = int(std::chrono::ceil<std::chrono::milliseconds>(slice - now).count());
+            const int r = ::poll(&p, 1, std::max(ms, 1));
+            if (r > 0) return true;
+            if (r < 0 && errno != EINTR) return false;
+        }
+    }
+    bool is_readable() const override { return has_buffered() || wait(POLLIN, read_timeout_, Wait::Read); }
+    bool is_writable() const override { return !abandoned_ && wait(POLLOUT, write_timeout_, Wait::Write); }
+
+    ssize_t read(char* ptr, size_t size) override {
+        if (!has_buffered()) {
+            if (!wait(POLLIN, read_timeout_, Wait::Read)) return -1;
+            if (size >= sizeof buf_) return receive(ptr, size);  // large reads (bodies) skip the buffer
+            const ssize_t n = receive(buf_, sizeof buf_);
+            if (n <= 0) return n;
+            begin_ = 0, end_ = size_t(n);
+        }
+        const size_t n = std::min(size, end_ - begin_);
+        std::memcpy(ptr, buf_ + begin_, n);
+        begin_ += n;
+        return ssize_t(n);
+    }
+
+    // A request abandoned at its deadline (or at a stop) gets no answer (httplib would send a 400).
+    ssize_t write(const char* ptr, size_t size) override {
+        if (abandoned_ || !wait(POLLOUT, write_timeout_, Wait::Write)) return -1;
+        ssize_t n;
+        do n = ::send(fd_, ptr, size, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        return n;
+    }
+
+    void get_remote_ip_and_port(std::string& ip, int& port) const override { address_of(::getpeername, ip, port); }
+    void get_local_ip_and_port(std::string& ip, int& port) const override { address_of(::getsockname, ip, port); }
+    socket_t socket() const override { return fd_; }
+
+private:
+    ssize_t receive(char* ptr, size_t size) {
+        ssize_t n;
+        do n = ::recv(fd_, ptr, size, 0);
+        while (n < 0 && errno == EINTR);
+        return n;
+    }
+    void address_of(int (*get)(int, sockaddr*, socklen_t*), std::string& ip, int& port) const {
+        sockaddr_storage a{};
+        socklen_t len = sizeof a;
+        char host[NI_MAXHOST] = "", serv[NI_MAXSERV] = "";
+        if (get(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0 ||
+            getnameinfo(reinterpret_cast<sockaddr*>(&a), len, host, sizeof host, serv, sizeof serv,
+                        NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+            return;
+        ip = host;
+        port = std::atoi(serv);
+    }
+
+    int fd_;
+    Clock::duration read_timeout_, write_timeout_;
+    const std::atomic<socket_t>& listener_;  // httplib sets it to INVALID_SOCKET when stopping
+    Clock::time_point deadline_ = Clock::time_point::max();
+    mutable bool expired_ = false;    // a request missed its deadline
+    mutable bool abandoned_ = false;  // ... or the server stopped while it was read: no answer
+    char buf_[4096];
+    size_t begin_ = 0, end_ = 0;
+};
+
+// At most one warning per kind every 10 s: a flood of slow or surplus connections must not flood
+// the log too.
+class WarnEvery10s {
+public:
+    void warn(const std::string& message) {
+        const auto now = Clock::now().time_since_epoch().count();
+        auto last = last_.load();
+        const auto gap = std::chrono::duration_cast<Clock::duration>(std::chrono::seconds(10)).count();
+        if (last != 0 && now - last < gap) {
+            ++suppressed_;
+            return;
+        }
+        if (!last_.compare_exchange_strong(last, now)) return;
+        const long more = suppressed_.exchange(0);
+        if (more > 0) spdlog::warn("{} ({} more like it since the last such line)", message, more);
+        else spdlog::warn("{}", message);
+    }
+
+private:
+    std::atomic<Clock::rep> last_{0};
+    std::atomic<long> suppressed_{0};
+};
+
+class GuardedServer final : public httplib::Server {
+public:
+    void set_client_limits(double request_timeout_s, int max_per_client) {
+        request_timeout_s_ = request_timeout_s;
+        request_timeout_ = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(request_timeout_s));
+        max_per_client_ = max_per_client;
+    }
+
+private:
+    bool process_and_close_socket(socket_t sock) override {
+        ConnectionStream stream(sock, read_timeout_sec_, write_timeout_sec_, svr_sock_);
+        std::string client;
+        int client_port = 0;
+        stream.get_remote_ip_and_port(client, client_port);
+        bool ok = false;
+        if (admit(client)) {
+            ok = serve_connection(stream);
+            release(client);
+        }
+        ::shutdown(sock, SHUT_RDWR);
+        ::close(sock);
+        return ok;
+    }
+
+    // httplib's keep-alive loop, with the request deadline: up to keep_alive_max_count_ requests,
+    // each awaited for keep_alive_timeout_sec_, then given request_timeout_ from its first byte.
+    bool serve_connection(ConnectionStream& stream) {
+        bool ok = false;
+        for (size_t left = keep_alive_max_count_; left > 0; --left) {
+            if (!stream.has_buffered() &&
+                !stream.wait(POLLIN, std::chrono::seconds(keep_alive_timeout_sec_), ConnectionStream::Wait::NextRequest))
+                break;
+            stream.start_request(Clock::now() + request_timeout_);
+            bool closed = false;
+            ok = process_request(stream, left == 1, closed, nullptr);
+            if (stream.expired())
+                timeouts_.warn("closed a connection whose request did not arrive whole within --request-timeout " +
+                               fmt::format("{:g} s", request_timeout_s_));
+            if (!ok || closed) break;
+        }
+        return ok;
+    }
+
+    bool admit(const std::string& client) {
+        std::lock_guard<std::mutex> lock(mu_);
+        int& open = per_client_[client];
+        if (max_per_client_ > 0 && open >= max_per_client_) {
+            surplus_.warn("closed a new connection at once: its client address already has " + std::to_string(open) +
+                          " open (--max-connections-per-client)");
+            return false;
+        }
+        ++open;
+        return true;
+    }
+    void release(const std::string& client) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (--per_client_[client] <= 0) per_client_.erase(client);
+    }
+
+    double request_timeout_s_ = 60;
+    Clock::duration request_timeout_ = std::chrono::seconds(60);
+    int max_per_client_ = 16;  // 0: no cap
+    std::mutex mu_;
+    std::map<std::string, int> per_client_;  // open connections by client address
+    WarnEvery10s timeouts_, surplus_;
+};
 
 }  // namespace
 
@@ -151,7 +367,7 @@ struct Server::Impl {
     server::HttpMetrics metrics;
     std::unique_ptr<server::Services> services;
     std::unique_ptr<server::DicomNode> dicom;  // the C-STORE node, when dicom_port is set
-    httplib::Server http;
+    GuardedServer http;  // httplib's server with the slow-client limits
     int port = 0;
     std::thread loader, listener;
     std::mutex stop_mu;  // start/run/stop
@@ -269,6 +485,7 @@ struct Server::Impl {
         const size_t threads = size_t(std::max(1, opt.connection_threads));
         http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
         http.set_payload_max_length(opt.max_upload_bytes);
+        http.set_client_limits(opt.request_timeout_s, opt.max_connections_per_client);
         http.set_keep_alive_max_count(1000);
         // Generous socket timeouts: uploads over slow links, and a machine busy with other work.
         http.set_read_timeout(30, 0);
@@ -309,10 +526,11 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
         impl->token = *token;
     }
     const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
-    impl->engine = std::make_unique<server::Engine>(o.threads > 0 ? o.threads : cores);
+    impl->engine = std::make_unique<server::Engine>(o.threads > 0 ? o.threads : cores, o.max_queue_ms);
     auto store = Store::open(o.db_path);
-    if (store) (*store)->set_quota_bytes(o.max_store_bytes);
     if (!store) return make_error(store.error());
+    (*store)->set_quota_bytes(o.max_store_bytes);
+    (*store)->set_image_retention(o.retain_image_days);
     impl->store = std::move(*store);
     impl->services = std::make_unique<server::Services>(
         server::Services{*impl->store, *impl->engine, impl->metrics, server::openapi_json(FETALHC_VERSION, o.max_upload_bytes)});

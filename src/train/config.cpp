@@ -27,6 +27,7 @@ std::string read_top_level(const json& j, TrainConfig& c) {
         // folds / fold: outside the field list, so that configs without folds write what they always did.
         if (k == "folds") it->get_to(c.folds), known = true;
         if (k == "fold") it->get_to(c.fold), known = true;
+        if (k == "keep_last") it->get_to(c.keep_last), known = true;
 #define X(f) if (k == #f) it->get_to(c.f), known = true;
         FETALHC_FIELDS_TRAIN(X)
 #undef X
@@ -71,6 +72,7 @@ json config_to_json(const TrainConfig& c) {
     FETALHC_FIELDS_NET(X)
 #undef X
     if (c.folds > 0) j["folds"] = c.folds, j["fold"] = c.fold;
+    if (c.keep_last) j["keep_last"] = true;
     j["augment"] = a;
     j["network"] = n;
     return j;

@@ -150,6 +150,23 @@ function freePort() {
 }
 
 // A child process whose output is kept (the tail is printed when the test fails).
+// A copy of the model carrying an HC interval calibrated on made-up residuals (+-2%, so the
+// interval is about 4% wide): the page must show whatever interval the model carries, and the
+// shipped model may carry none. Written by `fetalhc model interval`, as a user would.
+function modelWithTestInterval(tmp, binary, model) {
+  const rows = ['filename,ref_hc_mm,hc_mm,quality'];
+  for (let i = 0; i < 60; i++) {
+    const hc = 100 + 4 * i;
+    rows.push(`r${i}.png,${(hc * (1 + 0.02 * Math.sin(i * 1.7))).toFixed(2)},${hc.toFixed(2)},ok`);
+  }
+  const csv = path.join(tmp, 'residuals.csv');
+  fs.writeFileSync(csv, rows.join('\n') + '\n');
+  const out = path.join(tmp, 'model_interval.pt');
+  execFileSync(path.resolve(binary), ['model', 'interval', '--per-image', csv, '--edges', '200',
+    '--model', path.resolve(model), '--out', out], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return out;
+}
+
 function startProcess(label, cmd, args, opts = {}) {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
   const log = [];
@@ -342,6 +359,13 @@ async function run(opts, ctx) {
   check(centileText && centileText !== '\u2013', 'the centile is not shown although a GA was given');
   check(await wd.exec('return document.getElementById("corrected-flag").hidden;'),
     'the exam is marked corrected before any correction');
+  const intervalText = (await wd.text('#hc-interval')).trim();
+  if (!opts.serverUrl) {
+    const lo = Number(await wd.attr('#hc-interval', 'data-low')), hi = Number(await wd.attr('#hc-interval', 'data-high'));
+    console.log(`interval shown: "${intervalText}"`);
+    check(/^90% \d+\.\d to \d+\.\d mm/.test(intervalText), `#hc-interval should read like "90% 169.8 to 175.1 mm", got "${intervalText}"`);
+    check(lo < hc0 && hc0 < hi && hi - lo < 0.1 * hc0, `interval ${lo}..${hi} should hold the HC ${hc0} and be about 4% wide`);
+  }
   await shot('measured');
 
   // 4. Drag one end of the major axis along the axis, outward when it stays on the canvas, else inward.
@@ -388,6 +412,8 @@ async function run(opts, ctx) {
 
   const ellipse1 = JSON.parse(await wd.attr('#canvas', 'data-ellipse'));
   const hc1Local = Number(await wd.attr('#hc', 'data-value'));
+  const intervalAfter = (await wd.text('#hc-interval')).trim();
+  check(intervalAfter.startsWith('n/a'), `after a hand correction the model's interval must be withdrawn, #hc-interval shows "${intervalAfter}"`);
   console.log(`dragged ${plan.name} ${plan.sign > 0 ? 'outward' : 'inward'} by 40 CSS px: ` +
     `a ${ellipse0.semi_axis_a.toFixed(1)} -> ${ellipse1.semi_axis_a.toFixed(1)} px, HC ${hc0.toFixed(2)} -> ${hc1Local.toFixed(2)} mm`);
   const da = ellipse1.semi_axis_a - ellipse0.semi_axis_a;
@@ -648,8 +674,9 @@ async function main() {
       base = `http://127.0.0.1:${port}`;
       const env = { ...process.env };
       delete env.FETALHC_MODEL;
+      const model = modelWithTestInterval(tmp, opts.binary, opts.model);
       server = startProcess('fetalhc serve', path.resolve(opts.binary),
-        ['serve', '--port', String(port), '--db', path.join(tmp, 't.db'), '--model', path.resolve(opts.model)], { env });
+        ['serve', '--port', String(port), '--db', path.join(tmp, 't.db'), '--model', model], { env });
     }
     await waitFor(`${base}/health to answer 200`, async () => {
       if (server && server.exitCode !== null) throw new TestFailure(`fetalhc serve exited with code ${server.exitCode}`);

@@ -15,7 +15,7 @@ export const el = {
   ellAngle: $('ell-angle'),
   // results panel
   quality: $('quality'), corrected: $('corrected-flag'), reasons: $('reasons'),
-  hc: $('hc'), bpd: $('bpd'), ofd: $('ofd'), ci: $('ci'), gaHadlock: $('ga-hadlock'),
+  hc: $('hc'), hcInterval: $('hc-interval'), bpd: $('bpd'), ofd: $('ofd'), ci: $('ci'), gaHadlock: $('ga-hadlock'),
   gaIntergrowth: $('ga-intergrowth'), centile: $('centile'), timings: $('timings'), results: $('results'),
   calibrationBox: $('calibration-box'), calibration: $('calibration'), dicomInfo: $('dicom-info'),
   calibrationWarnings: $('calibration-warnings'),

@@ -189,6 +189,7 @@ function showMeasurement(m) {
   results.showLocalNumbers();
   editor.syncFields();
   results.showServerHc(m.hc_mm);
+  results.setInterval90(m);
   results.showCalibration(m);
   const notes = [...(m.warnings || [])];
   if (!squarePixels(m)) {

@@ -5,6 +5,9 @@
 // the calibration the server used with where it came from (#calibration-box: "0.2623 mm/px from
 // ultrasound region 0", "from PixelSpacing", "given by you"), a DICOM file's frames and its warnings.
 //
+// The model's calibrated interval for the reference HC (#hc-interval: "90% 169.8 to 175.1 mm", with
+// the GA range it implies) belongs to the network's ellipse: it is shown while that ellipse stands
+// and withdrawn once the ellipse is corrected by hand.
 // For tests: #hc carries data-value (HC in mm, 3 decimals); outputs waiting for the server have the
 // class "pending"; #results gets data-updated when a refresh has arrived; #calibration carries
 // data-source (the API's calibration.source) and data-mm-per-px (the working pixel size).
@@ -12,13 +15,14 @@
 import * as api from './api.js';
 import { el } from './dom.js';
 import { currentEllipse, isCorrected } from './ellipse-editor.js';
-import { DASH, formatGa, mm } from './format.js';
+import { DASH, formatGa, formatWeeks, mm } from './format.js';
 import { normalise, perimeter, toApi } from './geometry.js';
 import { gaWeeksValue, pixelSizeValue, typedPixelSizeValue } from './inputs.js';
 import { showMessage } from './messages.js';
 
 const PERIMETER_DEBOUNCE_MS = 250;
 
+let serverInterval = null;  // {low, high, coverage, gaLow, gaHigh} of the last measurement, or null
 let perimeterTimer = 0;
 let perimeterSeq = 0;
 
@@ -55,6 +59,27 @@ export function showQuality(m) {
   }
 }
 
+// The interval of a measurement from POST /v1/measure (absent when the model carries none).
+export function setInterval90(m) {
+  const ok = m && Number.isFinite(m.hc_low_mm) && Number.isFinite(m.hc_high_mm);
+  serverInterval = ok ? {
+    low: m.hc_low_mm, high: m.hc_high_mm, coverage: m.interval_coverage,
+    gaLow: m.ga_hadlock && m.ga_hadlock.low_weeks, gaHigh: m.ga_hadlock && m.ga_hadlock.high_weeks,
+  } : null;
+  showInterval();
+}
+
+function showInterval() {
+  const iv = serverInterval;
+  if (!iv) { setOutput(el.hcInterval, 'n/a', 'this model file carries no calibrated interval'); return; }
+  if (isCorrected()) { setOutput(el.hcInterval, 'n/a', 'the interval is the model\'s; the ellipse was corrected by hand'); return; }
+  const pct = Number.isFinite(iv.coverage) ? Math.round(100 * iv.coverage) : 90;
+  const ga = Number.isFinite(iv.gaLow) && Number.isFinite(iv.gaHigh) ? `GA ${formatWeeks(iv.gaLow)} to ${formatWeeks(iv.gaHigh)}` : '';
+  setOutput(el.hcInterval, `${pct}% ${iv.low.toFixed(1)} to ${iv.high.toFixed(1)} mm`, ga);
+  el.hcInterval.dataset.low = iv.low.toFixed(3);
+  el.hcInterval.dataset.high = iv.high.toFixed(3);
+}
+
 // HC as the server computed it (it is authoritative; it agrees with the local value).
 export function showServerHc(hcMm) {
   if (!Number.isFinite(hcMm)) return;
@@ -80,6 +105,7 @@ export function showLocalNumbers() {
   const corrected = isCorrected();
   el.corrected.hidden = !corrected;
   el.reset.disabled = !corrected;
+  showInterval();
 }
 
 function showCentile(c) {
@@ -187,7 +213,10 @@ async function refreshFromServer() {
 // Back to "no measurement".
 export function clearResults() {
   showQuality(null);
-  for (const n of [el.hc, el.bpd, el.ofd, el.ci, el.gaHadlock, el.gaIntergrowth, el.centile]) {
+  serverInterval = null;
+  delete el.hcInterval.dataset.low;
+  delete el.hcInterval.dataset.high;
+  for (const n of [el.hc, el.hcInterval, el.bpd, el.ofd, el.ci, el.gaHadlock, el.gaIntergrowth, el.centile]) {
     n.textContent = DASH;
     n.classList.remove('pending', 'warn');
   }

@@ -1,0 +1,118 @@
+// Review signals: what the passes saw besides the chosen head, and how much of the fitted ellipse
+// has skull and segmentation evidence under it. The thresholds that turn them into review reasons
+// live in measure.cpp.
+#include "review.h"
+
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace fetalhc {
+namespace {
+
+constexpr int kSamples = 128;  // points along the ellipse
+
+double median_of(std::vector<double> v) {
+    if (v.empty()) return 0;
+    auto mid = v.begin() + long(v.size() / 2);
+    std::nth_element(v.begin(), mid, v.end());
+    return *mid;
+}
+
+// Bilinear value of a CV_8U or CV_32F image at (x, y); -1 outside the image.
+double sample(const cv::Mat& img, double x, double y) {
+    if (!(x >= 0 && y >= 0 && x <= img.cols - 1 && y <= img.rows - 1)) return -1;
+    const int x0 = std::min(int(x), std::max(0, img.cols - 2)), y0 = std::min(int(y), std::max(0, img.rows - 2));
+    const int x1 = std::min(x0 + 1, img.cols - 1), y1 = std::min(y0 + 1, img.rows - 1);
+    const double fx = x - x0, fy = y - y0;
+    auto at = [&](int r, int c) { return img.depth() == CV_8U ? double(img.at<uchar>(r, c)) : double(img.at<float>(r, c)); };
+    return (1 - fy) * ((1 - fx) * at(y0, x0) + fx * at(y0, x1)) + fy * ((1 - fx) * at(y1, x0) + fx * at(y1, x1));
+}
+
+struct EllipseFrame {
+    cv::Point2d c, u, v;  // centre, unit major and minor axis directions
+    double a, b;
+    cv::Point2d at(double t, double scale) const { return c + scale * (a * std::cos(t) * u + b * std::sin(t) * v); }
+    cv::Point2d normal(double t) const {
+        cv::Point2d n = (std::cos(t) / a) * u + (std::sin(t) / b) * v;
+        return n / std::max(1e-12, std::hypot(n.x, n.y));
+    }
+};
+
+// Skull evidence and ring contrast: along each normal within +-w px of the ellipse, the brightest
+// value; the skull is a bright ridge, so a share of points whose ridge reaches half of the ring's
+// 90th percentile (and a floor of 25 grey levels), and the median ridge over the median of the
+// head's inside (sampled at half the radii).
+void skull_signals(const cv::Mat& gray8, const EllipseFrame& f, ReviewSignals& s) {
+    const double w = std::max(3.0, 0.08 * f.b);
+    std::vector<double> ridge, inside;
+    for (int k = 0; k < kSamples; ++k) {
+        const double t = 2 * CV_PI * k / kSamples;
+        const cv::Point2d p = f.at(t, 1.0), n = f.normal(t);
+        if (sample(gray8, p.x, p.y) < 0) continue;  // outside the image: the cut share covers it
+        double best = 0;
+        for (double o = -w; o <= w; o += 1.0) best = std::max(best, sample(gray8, p.x + o * n.x, p.y + o * n.y));
+        ridge.push_back(best);
+        const cv::Point2d q = f.at(t, 0.5);
+        if (double v = sample(gray8, q.x, q.y); v >= 0) inside.push_back(v);
+    }
+    if (ridge.size() < kSamples / 8) return;
+    std::vector<double> sorted = ridge;
+    std::sort(sorted.begin(), sorted.end());
+    const double level = std::max(25.0, 0.5 * sorted[size_t(0.9 * double(sorted.size() - 1))]);
+    s.skull_evidence = double(std::count_if(ridge.begin(), ridge.end(), [&](double r) { return r >= level; })) / double(ridge.size());
+    s.ring_contrast = median_of(ridge) / std::max(1.0, median_of(inside));
+}
+
+// Segmentation agreement: the probability map (in its own frame) just inside (0.9 of the radii)
+// and just outside (1.1) each ellipse point.
+void segmentation_signal(const Segmentation& seg, const EllipseFrame& f, ReviewSignals& s) {
+    if (seg.net_probability.empty()) return;
+    const cv::Matx23d A = seg.to_net();
+    auto prob = [&](cv::Point2d p) {
+        return sample(seg.net_probability, A(0, 0) * p.x + A(0, 1) * p.y + A(0, 2), A(1, 0) * p.x + A(1, 1) * p.y + A(1, 2));
+    };
+    int seen = 0, agree = 0;
+    for (int k = 0; k < kSamples; ++k) {
+        const double t = 2 * CV_PI * k / kSamples;
+        const double in = prob(f.at(t, 0.9)), out = prob(f.at(t, 1.1));
+        if (in < 0 || out < 0) continue;
+        ++seen;
+        agree += in > 0.5 && out < 0.5;
+    }
+    if (seen >= kSamples / 8) s.seg_agreement = double(agree) / seen;
+}
+
+}  // namespace
+
+double rival_share(const cv::Mat& probability) {
+    if (probability.empty()) return 0;
+    cv::Mat labels, stats, centroids;
+    const int n = cv::connectedComponentsWithStats(probability > 0.5f, labels, stats, centroids, 8, CV_32S);
+    int first = 0, second = 0;
+    for (int i = 1; i < n; ++i) {
+        const int area = stats.at<int>(i, cv::CC_STAT_AREA);
+        if (area > first) second = first, first = area;
+        else if (area > second) second = area;
+    }
+    return first > 0 ? double(second) / first : 0.0;
+}
+
+ReviewSignals review_signals(const Segmentation& seg, const cv::Mat& gray8, const Ellipse& ellipse_px) {
+    ReviewSignals s;
+    s.refine_presence = seg.refine_presence;
+    s.rival_share = seg.rival_share;
+    s.second_look = seg.second_look;
+    s.member_disagreement = seg.member_disagreement;
+    const Ellipse e = ellipse_px.normalized();
+    if (!e.valid() || gray8.empty()) return s;
+    s.head_fraction = 2 * e.a / std::max(gray8.cols, gray8.rows);
+    const EllipseFrame f{{e.cx, e.cy}, {std::cos(e.angle), std::sin(e.angle)}, {-std::sin(e.angle), std::cos(e.angle)}, e.a, e.b};
+    skull_signals(gray8, f, s);
+    segmentation_signal(seg, f, s);
+    return s;
+}
+
+}  // namespace fetalhc

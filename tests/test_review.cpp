@@ -1,0 +1,99 @@
+// Review signals (src/review.cpp) on synthetic images whose answer is known by construction: a
+// bright skull ring drawn with cv::ellipse, a probability map that is the filled head.
+#include "review.h"
+
+#include "fetalhc/measure.h"
+
+#include <gtest/gtest.h>
+#include <opencv2/imgproc.hpp>
+
+using namespace fetalhc;
+
+namespace {
+
+const cv::Size kImage(400, 300);
+const Ellipse kHead{200, 150, 110, 80, 0.3};
+
+cv::RotatedRect rect(const Ellipse& e) {
+    return {{float(e.cx), float(e.cy)}, {float(2 * e.a), float(2 * e.b)}, float(e.angle * 180 / CV_PI)};
+}
+
+// Dark background (30), darker brain (20), bright skull ring (200, 5 px), optionally only the arc
+// between two angles (degrees, in the ellipse's own frame).
+cv::Mat scan(double arc_from = 0, double arc_to = 360) {
+    cv::Mat img(kImage, CV_8U, cv::Scalar(30));
+    cv::ellipse(img, rect(kHead), cv::Scalar(20), cv::FILLED);
+    cv::ellipse(img, {int(kHead.cx), int(kHead.cy)}, {int(kHead.a), int(kHead.b)}, kHead.angle * 180 / CV_PI, arc_from,
+                arc_to, cv::Scalar(200), 5);
+    return img;
+}
+
+// A segmentation whose probability map is the filled ellipse `e` in image pixels (frame = image).
+Segmentation filled(const Ellipse& e) {
+    Segmentation s;
+    cv::Mat mask(kImage, CV_8U, cv::Scalar(0));
+    cv::ellipse(mask, rect(e), cv::Scalar(255), cv::FILLED);
+    mask.convertTo(s.net_probability, CV_32F, 1.0 / 255);
+    s.letterbox = Letterbox::fit(kImage, kImage);
+    return s;
+}
+
+}  // namespace
+
+// Tolerances: 128 samples along the ellipse, so shares move in steps of 1/128; the drawn ring and
+// the filled mask are rasterised, so a few samples near the ends of an arc can go either way.
+TEST(ReviewSignals, WholeSkullRingHasFullEvidence) {
+    auto s = review_signals(filled(kHead), scan(), kHead);
+    EXPECT_GT(s.skull_evidence, 0.97);
+    EXPECT_GT(s.ring_contrast, 5.0);  // ridge 200 over brain 20
+    EXPECT_GT(s.seg_agreement, 0.97);
+    EXPECT_NEAR(s.head_fraction, 2 * 110.0 / 400, 1e-9);
+}
+
+TEST(ReviewSignals, HalfMissingSkullHasHalfTheEvidence) {
+    auto s = review_signals(filled(kHead), scan(0, 180), kHead);
+    EXPECT_NEAR(s.skull_evidence, 0.5, 0.06);
+}
+
+TEST(ReviewSignals, EllipseOffTheSegmentationDisagrees) {
+    Ellipse shifted = kHead;
+    shifted.cx += 40;  // the fit says one place, the probability map another
+    auto s = review_signals(filled(kHead), scan(), shifted);
+    EXPECT_LT(s.seg_agreement, 0.75);
+    EXPECT_LT(s.skull_evidence, 0.8);
+}
+
+TEST(ReviewSignals, FlatImageHasNoSkullEvidence) {
+    cv::Mat flat(kImage, CV_8U, cv::Scalar(15));  // below the 25 grey-level floor everywhere
+    auto s = review_signals(filled(kHead), flat, kHead);
+    EXPECT_EQ(s.skull_evidence, 0.0);
+}
+
+TEST(ReviewSignals, EllipseOutsideTheImageGivesNoShares) {
+    Ellipse away{-500, -500, 50, 40, 0};
+    auto s = review_signals(filled(kHead), scan(), away);
+    EXPECT_EQ(s.skull_evidence, -1);
+    EXPECT_EQ(s.seg_agreement, -1);
+}
+
+TEST(ReviewSignals, PassSignalsAreCopiedFromTheSegmentation) {
+    Segmentation seg = filled(kHead);
+    seg.refine_presence = 0.25f;
+    seg.rival_share = 0.4;
+    seg.second_look = true;
+    auto s = review_signals(seg, scan(), kHead);
+    EXPECT_FLOAT_EQ(s.refine_presence, 0.25f);
+    EXPECT_DOUBLE_EQ(s.rival_share, 0.4);
+    EXPECT_TRUE(s.second_look);
+}
+
+TEST(RivalShare, SecondRegionOverFirstByArea) {
+    cv::Mat p(100, 200, CV_32F, cv::Scalar(0));
+    p(cv::Rect(10, 10, 20, 20)).setTo(0.9f);   // 400 px
+    p(cv::Rect(100, 10, 10, 20)).setTo(0.8f);  // 200 px
+    p(cv::Rect(150, 60, 5, 4)).setTo(0.7f);    // 20 px, third: ignored
+    EXPECT_DOUBLE_EQ(rival_share(p), 0.5);
+    p(cv::Rect(100, 10, 10, 20)).setTo(0.4f);  // below 0.5: not a region
+    EXPECT_DOUBLE_EQ(rival_share(p), 20.0 / 400);
+    EXPECT_DOUBLE_EQ(rival_share(cv::Mat(10, 10, CV_32F, cv::Scalar(0))), 0.0);
+}
