@@ -359,6 +359,8 @@ bool is_loopback_host(const std::string& host) {
     return all_loopback;
 }
 
+constexpr int kListenBacklog = 512;  // pending connections the kernel keeps before accept()
+
 struct Server::Impl {
     ServerOptions opt;
     std::string token;  // empty: no token required
@@ -369,6 +371,7 @@ struct Server::Impl {
     std::unique_ptr<server::DicomNode> dicom;  // the C-STORE node, when dicom_port is set
     GuardedServer http;  // httplib's server with the slow-client limits
     int port = 0;
+    int listen_fd = -1;  // httplib's listening socket (set by the socket-options hook)
     std::thread loader, listener;
     std::mutex stop_mu;  // start/run/stop
     bool started = false;
@@ -493,9 +496,10 @@ struct Server::Impl {
         http.set_tcp_nodelay(true);
         // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a second server
         // bind the same port silently and share its connections.
-        http.set_socket_options([](socket_t sock) {
+        http.set_socket_options([this](socket_t sock) {
             int yes = 1;
             setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const void*>(&yes), sizeof(yes));
+            listen_fd = sock;  // the listening socket: its backlog is raised once it is bound
         });
         http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
             t_request_start = Clock::now();
@@ -543,6 +547,9 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     if (impl->port <= 0)
         return make_error("cannot listen on " + o.host + ":" + std::to_string(o.port) +
                           "; is the port in use or the address not on this machine? (try another --port)");
+    // httplib listens with a backlog of 5: a burst of new connections (50 clients starting at once)
+    // then sees refused SYNs and 1 s retransmits. Listening again on the bound socket raises it.
+    if (impl->listen_fd >= 0) ::listen(impl->listen_fd, kListenBacklog);
     impl->origin = server::origin_policy(o.host, impl->port, o.allow_origins, is_loopback_host(o.host));
     if (o.dicom_port != 0) {
         server::DicomNodeOptions d;
