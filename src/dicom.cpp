@@ -21,6 +21,8 @@
 
 #include <opencv2/imgproc.hpp>
 
+#include <zlib.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -261,7 +263,58 @@ Expected<DicomHeader> load_file(DcmFileFormat& ff, const std::string& path, bool
 // elements first, without allocating, and returns the first declared length that runs past the end
 // of the bytes (as "tag: N bytes declared, M left"), or "" when every length fits. Sequences and
 // items are entered (their contents are elements), fragments of encapsulated pixel data skipped.
-// Deflated data sets cannot be checked this way and pass (DCMTK then decides).
+// A deflated data set (PS3.5 A.5) is inflated first, at most kMaxInflatedBytes, and its elements
+// walked the same way.
+std::string overlong_value(const std::vector<unsigned char>& b);
+
+constexpr size_t kMaxInflatedBytes = size_t(256) << 20;
+
+// Raw DEFLATE (RFC 1951, no zlib header: PS3.5 A.5) of p[0..n), inflated into at most `cap` bytes.
+// Returns "" and the bytes, or why not (damaged stream, larger than the cap).
+std::string inflate_raw(const unsigned char* p, size_t n, size_t cap, std::vector<unsigned char>& out) {
+    z_stream z{};
+    if (inflateInit2(&z, -MAX_WBITS) != Z_OK) return "cannot start inflating";
+    z.next_in = const_cast<unsigned char*>(p);
+    z.avail_in = uInt(std::min<size_t>(n, UINT32_MAX));
+    std::string why;
+    unsigned char chunk[1 << 16];
+    for (;;) {
+        z.next_out = chunk;
+        z.avail_out = sizeof chunk;
+        const int r = inflate(&z, Z_NO_FLUSH);
+        const size_t got = sizeof chunk - z.avail_out;
+        if (out.size() + got > cap) {
+            why = "the deflated data set inflates past " + std::to_string(cap >> 20) + " MB";
+            break;
+        }
+        out.insert(out.end(), chunk, chunk + got);
+        if (r == Z_STREAM_END) break;
+        if (r != Z_OK) {
+            why = "the deflated data set is damaged (" + std::string(z.msg ? z.msg : "inflate error") + ")";
+            break;
+        }
+        if (got == 0 && z.avail_in == 0) {
+            why = "the deflated data set ends early";
+            break;
+        }
+    }
+    inflateEnd(&z);
+    return why;
+}
+
+// The file with its deflated data set inflated and its transfer syntax rewritten in place (same
+// value length, padded with NULs) to explicit VR little endian, the encoding inside the stream.
+std::string walk_inflated(const std::vector<unsigned char>& b, size_t data_start, size_t xfer_pos, size_t xfer_len) {
+    static const char kExplicitLittle[] = "1.2.840.10008.1.2.1";
+    const size_t k = sizeof kExplicitLittle - 1;
+    if (xfer_len < k) return "transfer syntax value too short";
+    std::vector<unsigned char> plain(b.begin(), b.begin() + long(data_start));
+    std::memcpy(plain.data() + xfer_pos, kExplicitLittle, k);
+    std::memset(plain.data() + xfer_pos + k, 0, xfer_len - k);
+    if (auto why = inflate_raw(b.data() + data_start, b.size() - data_start, kMaxInflatedBytes, plain); !why.empty()) return why;
+    return overlong_value(plain);
+}
+
 std::string overlong_value(const std::vector<unsigned char>& b) {
     const unsigned char* p = b.data();
     const size_t n = b.size();
@@ -273,6 +326,7 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
     };
     const auto vr_is = [&](size_t i, const char* v) { return p[i] == v[0] && p[i + 1] == v[1]; };
     std::string xfer;
+    size_t xfer_pos = 0, xfer_len = 0;  // where the transfer syntax value lies (a deflated file is rewritten there)
     // The meta header is read as DCMTK reads it: in the encoding it guesses from the first element
     // (explicit VR when the two bytes after the tag are capital letters, big endian when the group
     // reads 0x0002 so), and, after a leading group length (0002,0000), for as many bytes as that
@@ -290,7 +344,7 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
             in_meta = false;
             big = false, explicit_vr = true;
             while (!xfer.empty() && (xfer.back() == '\0' || xfer.back() == ' ')) xfer.pop_back();
-            if (xfer == "1.2.840.10008.1.2.1.99") return "";  // deflated: lengths are in the inflated stream
+            if (xfer == "1.2.840.10008.1.2.1.99") return walk_inflated(b, pos, xfer_pos, xfer_len);  // lengths are inside the stream
             if (xfer == "1.2.840.10008.1.2") explicit_vr = false;
             else if (xfer == "1.2.840.10008.1.2.2") big = true;
             else if (xfer.empty()) explicit_vr = std::isupper(p[pos + 4]) && std::isupper(p[pos + 5]);  // as DCMTK guesses
@@ -339,7 +393,10 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
             continue;
         }
         if (len > n - pos) return tag() + ": " + std::to_string(len) + " bytes declared, " + std::to_string(n - pos) + " left";
-        if (in_meta && group == 0x0002 && element == 0x0010) xfer.assign(reinterpret_cast<const char*>(p + pos), len);
+        if (in_meta && group == 0x0002 && element == 0x0010) {
+            xfer.assign(reinterpret_cast<const char*>(p + pos), len);
+            xfer_pos = pos, xfer_len = len;
+        }
         if (!sequence) pos += len;
     }
     return "";

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <zlib.h>
 
 #include <filesystem>
 #include <cstdlib>
@@ -1074,4 +1075,71 @@ TEST(DicomBad, RleSegmentOffsetOutsideItsFragmentIsAnError) {
     EXPECT_TRUE(contains(f.error(), "rle_offset.dcm")) << f.error();
     EXPECT_TRUE(contains(f.error(), "damaged RLE frame header")) << f.error();
     EXPECT_TRUE(contains(f.error(), "segment 1 starts at byte 3506438208")) << f.error();
+}
+
+// A deflated data set (PS3.5 A.5) hides its element lengths inside the DEFLATE stream, so the
+// length walk used to pass it to DCMTK unchecked. The stream is now inflated (at most 256 MB) and
+// walked like any data set before DCMTK reads it: the 3 GB pixel data element below is named.
+namespace {
+
+std::string deflate_raw(const std::string& plain) {
+    z_stream z{};
+    EXPECT_EQ(deflateInit2(&z, 9, Z_DEFLATED, -MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    std::string out(compressBound(uLong(plain.size())) + 64, '\0');
+    z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(plain.data()));
+    z.avail_in = uInt(plain.size());
+    z.next_out = reinterpret_cast<Bytef*>(out.data());
+    z.avail_out = uInt(out.size());
+    EXPECT_EQ(deflate(&z, Z_FINISH), Z_STREAM_END);
+    out.resize(z.total_out);
+    deflateEnd(&z);
+    return out;
+}
+
+// Meta header (deflated transfer syntax) + the deflated data set `data` (explicit VR LE inside).
+std::vector<unsigned char> deflated_file(const std::string& data) {
+    RawDicom meta;
+    meta.b.clear();
+    meta.el(0x0002, 0x0001, "OB", 2), meta.b += std::string("\0\1", 2);
+    meta.str(0x0002, 0x0002, "UI", UID_UltrasoundImageStorage);
+    meta.str(0x0002, 0x0003, "UI", "1.2.3.4.5");
+    meta.str(0x0002, 0x0010, "UI", UID_DeflatedExplicitVRLittleEndianTransferSyntax);
+    RawDicom d;
+    d.el(0x0002, 0x0000, "UL", 4), d.u32(meta.b.size());
+    d.b += meta.b + deflate_raw(data);
+    return {d.b.begin(), d.b.end()};
+}
+
+}  // namespace
+
+TEST(DicomBad, DeflatedDataSetIsWalkedAfterInflating) {
+    RawDicom inner;
+    inner.b.clear();
+    inner.str(0x0008, 0x0016, "UI", UID_UltrasoundImageStorage);
+    inner.str(0x0008, 0x0018, "UI", "1.2.3.4.5");
+    // Pixel data declaring 3 GB with 16 bytes behind it.
+    inner.el(0x7FE0, 0x0010, "OB", 3000000000ul), inner.b += std::string(16, '\x7f');
+    const auto bomb = deflated_file(inner.b);
+    ASSERT_LT(bomb.size(), 400u);
+    auto h = read_dicom_header(bomb, "deflate_bomb.dcm");
+    ASSERT_FALSE(h);
+    EXPECT_TRUE(contains(h.error(), "deflate_bomb.dcm")) << h.error();
+    EXPECT_TRUE(contains(h.error(), "(7FE0,0010)")) << h.error();
+
+    // A damaged stream is an error too, named.
+    auto damaged = deflated_file(inner.b);
+    damaged.resize(damaged.size() - 6);
+    for (size_t i = damaged.size() - 8; i < damaged.size(); ++i) damaged[i] = 0xFF;
+    auto d = read_dicom_header(damaged, "deflate_damaged.dcm");
+    ASSERT_FALSE(d);
+    EXPECT_TRUE(contains(d.error(), "deflate_damaged.dcm")) << d.error();
+
+    // A sound deflated data set still reads.
+    RawDicom ok;
+    ok.b.clear();
+    ok.str(0x0008, 0x0016, "UI", UID_UltrasoundImageStorage);
+    ok.str(0x0008, 0x0018, "UI", "1.2.3.4.5");
+    auto good = read_dicom_header(deflated_file(ok.b), "deflated_ok.dcm");
+    ASSERT_TRUE(good) << good.error();
+    EXPECT_EQ(good->sop_instance_uid, "1.2.3.4.5");
 }
