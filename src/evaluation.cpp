@@ -85,9 +85,9 @@ ImageScore score_image(const Hc18Record& rec, const Expected<Measurement>& m, co
     return s;
 }
 
-MeasureRecordFn measure_with(const Measurer& measurer) {
-    return [&measurer](const Hc18Record& r) {
-        MeasureOptions o;
+MeasureRecordFn measure_with(const Measurer& measurer, const MeasureOptions& base) {
+    return [&measurer, base](const Hc18Record& r) {
+        MeasureOptions o = base;
         o.pixel_size_mm = r.pixel_size_mm;
         return measurer.measure_file(r.image_path, o);
     };
@@ -234,7 +234,7 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
     for (const char* h : {"filename", "ref_hc_mm", "hc_mm", "diff_mm", "dice", "hausdorff_mm", "trimester", "quality",
                           "detection_score", "certainty", "fit_rms_px", "inlier_share", "cut_share", "refine_presence",
                           "rival_share", "second_look", "skull_evidence", "ring_contrast", "seg_agreement", "head_fraction",
-                          "member_disagreement", "reasons_or_error"})
+                          "member_disagreement", "second_opinion_rel", "reasons_or_error"})
         w.raw(h);
     if (fold) w.raw("fold");
     w.end_row();
@@ -242,7 +242,7 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
         const ImageScore& r = rep.images[i];
         w.text(r.file).number(r.ref_hc_mm, 2);
         if (!r.measured()) {
-            w.empty(4).integer(r.trimester).empty(14).text(r.error);
+            w.empty(4).integer(r.trimester).empty(15).text(r.error);
             if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
             w.end_row();
             continue;
@@ -259,6 +259,7 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
         const ReviewSignals& g = m.signals;
         w.number(g.refine_presence, 3).number(g.rival_share, 3).integer(g.second_look ? 1 : 0).number(g.skull_evidence, 3);
         w.number(g.ring_contrast, 3).number(g.seg_agreement, 3).number(g.head_fraction, 3).number(g.member_disagreement, 4);
+        w.number(g.second_opinion_rel, 5);
         w.text(reasons);
         if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
         w.end_row();
@@ -331,7 +332,7 @@ Expected<OutOfFold> evaluate_out_of_fold(const std::vector<Hc18Record>& records,
         auto split = model_split(records, seg->info().metadata);
         if (!split) return make_error("'" + path(i) + "': " + split.error());
         Measurer measurer(*seg);
-        auto sc = score_records(split->validation, measure_with(measurer), opt);
+        auto sc = score_records(split->validation, measure_with(measurer, opt.measure), opt);
         size_t j = 0;
         for (size_t r = 0; r < records.size(); ++r) {
             if (out.fold[r] != i) continue;

@@ -6,6 +6,7 @@
 #include "review.h"
 
 #include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -174,8 +175,25 @@ Expected<Measurement> with_interval(Expected<Measurement> r, const std::optional
 
 }  // namespace
 
+// MeasureOptions::second_opinion: the head measured again on the mirrored image, its second pass
+// cropped around the mirror of the first result (a different crop of the same head).
+void add_second_opinion(Measurement& m, const cv::Mat& gray8, const MeasureOptions& opt, const Segmenter& seg) {
+    cv::Mat mirrored;
+    cv::flip(gray8, mirrored, 1);
+    Ellipse prior = m.ellipse_px;
+    prior.cx = (gray8.cols - 1) - prior.cx;
+    prior.angle = CV_PI - prior.angle;
+    prior = prior.normalized();
+    MeasureOptions once = opt;
+    once.second_opinion = false;
+    auto again = segment_and_measure(mirrored, once, m.source, [&] { return seg.segment_near(mirrored, prior); });
+    m.signals.second_opinion_rel = again && m.hc_mm > 0 ? (again->hc_mm - m.hc_mm) / m.hc_mm : 1.0;
+}
+
 Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source) const {
-    return with_interval(segment_and_measure(gray8, opt, source, [&] { return seg_.segment(gray8); }), interval_);
+    auto r = segment_and_measure(gray8, opt, source, [&] { return seg_.segment(gray8); });
+    if (r && opt.second_opinion) add_second_opinion(*r, gray8, opt, seg_);
+    return with_interval(std::move(r), interval_);
 }
 
 Expected<Measurement> Measurer::measure_near(const cv::Mat& gray8, const MeasureOptions& opt, const Ellipse& prior,
@@ -218,7 +236,8 @@ nlohmann::json signals_json(const ReviewSignals& s) {
     return {{"refine_presence", share(s.refine_presence)}, {"rival_share", s.rival_share}, {"second_look", s.second_look},
             {"skull_evidence", share(s.skull_evidence)}, {"ring_contrast", share(s.ring_contrast)},
             {"seg_agreement", share(s.seg_agreement)}, {"head_fraction", s.head_fraction},
-            {"member_disagreement", s.member_disagreement}};
+            {"member_disagreement", s.member_disagreement},
+            {"second_opinion_rel", std::isfinite(s.second_opinion_rel) ? nlohmann::json(s.second_opinion_rel) : nlohmann::json(nullptr)}};
 }
 
 }  // namespace

@@ -18,7 +18,7 @@ namespace {
 
 struct EvalArgs {
     std::string data, model = default_model(), split = "validation";
-    bool json_out = false, quiet = false;
+    bool json_out = false, quiet = false, second_opinion = false;
     int worst = 10, threads = 0;
     std::string per_image_csv;
     std::string oof;  // k-fold run folder: out-of-fold evaluation
@@ -68,6 +68,7 @@ int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& r
     Progress progress(int(recs.size()), !a.quiet);
     fetalhc::ScoreOptions so;
     so.progress = [&](size_t, size_t) { progress.step(); };
+    so.measure.second_opinion = a.second_opinion;
     auto oof = fetalhc::evaluate_out_of_fold(recs, a.oof, {a.threads}, so);
     if (!oof) return error(oof.error() + " (k-fold run folder '" + a.oof + "'; `fetalhc train --data " + a.data +
                            " --kfold K --out " + a.oof + "` finishes or resumes it)"), kExitUsage;
@@ -116,7 +117,10 @@ int run_evaluate(const EvalArgs& a) {
     Progress progress(int(chosen->size()), !a.quiet);
     fetalhc::ScoreOptions so;
     so.progress = [&](size_t, size_t) { progress.step(); };
-    const fetalhc::EvaluationReport rep = fetalhc::evaluate(fetalhc::score_records(*chosen, fetalhc::measure_with(measurer), so));
+    fetalhc::MeasureOptions base;
+    base.second_opinion = a.second_opinion;
+    const fetalhc::EvaluationReport rep =
+        fetalhc::evaluate(fetalhc::score_records(*chosen, fetalhc::measure_with(measurer, base), so));
     progress.finish();
     json out = fetalhc::to_json(rep, a.worst);
     out["data"] = a.data;
@@ -152,6 +156,8 @@ void add_evaluate_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--threads", a->threads, "CPU threads (0 = all cores; at most the core count)")->capture_default_str();
     add_model_option(cmd, a->model);
     add_quiet_flag(cmd, a->quiet);
+    cmd->add_flag("--second-opinion", a->second_opinion,
+                  "also measure each image mirrored (its second pass on another crop) and record the relative HC difference");
     commands.push_back({cmd, [a] {
                             if (!bound_thread_count(a->threads, "--threads")) return kExitUsage;
                             return run_evaluate(*a);

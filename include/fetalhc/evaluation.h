@@ -72,12 +72,13 @@ ImageScore score_hc(const std::string& file, double ref_hc_mm, double pixel_size
 ImageScore score_image(const Hc18Record& rec, const Expected<Measurement>& m, const cv::Mat& ref_mask = cv::Mat());
 
 using MeasureRecordFn = std::function<Expected<Measurement>(const Hc18Record&)>;
-// Measures a record's image with its own pixel size.
-MeasureRecordFn measure_with(const Measurer& measurer);
+// Measures a record's image with its own pixel size (the other options from `base`).
+MeasureRecordFn measure_with(const Measurer& measurer, const MeasureOptions& base = {});
 
 struct ScoreOptions {
     bool shape_metrics = true;  // read masks and compute Dice / IoU / Hausdorff
     std::function<void(size_t done, size_t total)> progress;  // called after each image
+    MeasureOptions measure;     // evaluate_out_of_fold: options of each measurement (its pixel size is the image's)
 };
 // Measures every record in order with `measure` and scores it.
 std::vector<ImageScore> score_records(const std::vector<Hc18Record>& records, const MeasureRecordFn& measure,

@@ -21,6 +21,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,6 +36,10 @@ struct MeasureOptions {
     std::optional<double> pixel_size_y_mm;
     std::optional<double> ga_weeks;      // known GA (e.g. from a dating scan) for the centile
     EllipseFitOptions fit;
+    // Measure the head a second time on the mirrored image, cropped around the first result
+    // (second pass only), and record the relative HC difference (ReviewSignals::second_opinion_rel).
+    // About 40% more time per image; off by default.
+    bool second_opinion = false;
     // Quality thresholds.
     double min_presence = 0.5;           // detection score below this -> review
     double min_certainty = 0.6;          // mean |2p-1| inside the head below this -> review
@@ -58,6 +63,9 @@ struct ReviewSignals {
     double seg_agreement = -1;    // share of the ellipse where the head probability is > 0.5 just inside, < 0.5 just outside
     double head_fraction = 0;     // OFD in pixels / the image's larger side
     double member_disagreement = 0;  // ensemble (--ensemble): 1 - mean IoU of the members' masks; 0 for one model
+    // MeasureOptions::second_opinion: (HC measured on the mirrored image - HC) / HC; NaN when not
+    // asked for, 1 when the second look found no head.
+    double second_opinion_rel = std::numeric_limits<double>::quiet_NaN();
 };
 
 struct Measurement {
