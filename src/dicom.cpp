@@ -380,6 +380,13 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
             sequence = DcmTag(Uint16(group), Uint16(element)).getEVR() == EVR_SQ;
         }
         pos += header;
+        if (group == 0xFFFE && element != 0xE000 && element != 0xE00D && element != 0xE0DD) {
+            // Not an item or a delimiter: DCMTK reads it as an element with a value of that length.
+            if (len != 0xFFFFFFFF && len > n - pos)
+                return tag() + ": " + std::to_string(len) + " bytes declared, " + std::to_string(n - pos) + " left";
+            if (len != 0xFFFFFFFF) pos += len;
+            continue;
+        }
         if (group == 0xFFFE) {
             if (element == 0xE0DD) in_fragments = false;
             if (element != 0xE000 || len == 0xFFFFFFFF) continue;

@@ -1048,6 +1048,21 @@ TEST(DicomBad, ImplicitMetaHeaderLengthIsWalkedAsDcmtkReadsIt) {
     EXPECT_TRUE(contains(h.error(), "(0002,C300): 4279175253 bytes declared")) << h.error();
 }
 
+// Found by fuzz/fuzz_routes (issue 16, the 30-minute run): an element of group FFFE that is neither
+// an item nor a delimiter, (FFFE,FFFF) here, is read by DCMTK as an element with a value; the length
+// walk skipped it as structure and DCMTK allocated its declared 3.2 GB. The bytes after the preamble
+// are the fuzzer's (implicit VR: no meta header).
+TEST(DicomBad, NonItemElementOfGroupFffeIsLengthChecked) {
+    RawDicom d;
+    d.b += std::string("\x83\x53\x66\x00\x00\x00\x00\x00\xfe\xff\xff\xff\x01\x00\x60\xc0", 16);
+    d.b += std::string("\x00\x5e\x07\xd6", 4) + std::string(16, '\xff') + "r";
+    const std::vector<unsigned char> bytes(d.b.begin(), d.b.end());
+    auto h = read_dicom_header(bytes, "fffe_bomb.dcm");
+    ASSERT_FALSE(h);
+    EXPECT_TRUE(contains(h.error(), "fffe_bomb.dcm")) << h.error();
+    EXPECT_TRUE(contains(h.error(), "(FFFE,FFFF): 3227516929 bytes declared")) << h.error();
+}
+
 // Found by fuzz/fuzz_dicom (issue 16): an RLE frame header whose segment offset points 3.5 GB past
 // its fragment made DCMTK's RLE decoder read there and crash the process. The header is now checked
 // before DCMTK decodes (a well-formed RLE file still decodes: DicomSamples.RleGivesIdenticalPixels...).
