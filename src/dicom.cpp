@@ -23,8 +23,12 @@
 
 #include <zlib.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -409,17 +413,39 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
     return "";
 }
 
-Expected<DicomHeader> load_bytes(DcmFileFormat& ff, const std::vector<unsigned char>& bytes, const std::string& name) {
+// Bytes in an anonymous memory file (memfd), open while the object lives. DCMTK reads them as a
+// file: values over 4096 bytes stay in the file until needed, and one longer than the bytes left
+// is refused when it is skipped, never allocated (read from a memory buffer DCMTK allocates the
+// length an element declares, which the walk above tries to foresee; this is the second line).
+class MemoryFile {
+public:
+    explicit MemoryFile(const std::vector<unsigned char>& bytes) : fd_(memfd_create("fetalhc-dicom", MFD_CLOEXEC)) {
+        for (size_t done = 0; fd_ >= 0 && done < bytes.size();) {
+            const ssize_t w = ::write(fd_, bytes.data() + done, bytes.size() - done);
+            if (w <= 0) ::close(fd_), fd_ = -1;
+            else done += size_t(w);
+        }
+    }
+    ~MemoryFile() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    MemoryFile(const MemoryFile&) = delete;
+    MemoryFile& operator=(const MemoryFile&) = delete;
+    bool ok() const { return fd_ >= 0; }
+    std::string path() const { return "/proc/self/fd/" + std::to_string(fd_); }
+
+private:
+    int fd_;
+};
+
+Expected<DicomHeader> load_bytes(DcmFileFormat& ff, const MemoryFile& file, const std::vector<unsigned char>& bytes,
+                                 const std::string& name) {
     init_dcmtk();
     if (!is_dicom(bytes)) return make_error("'" + name + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
     if (auto e = overlong_value(bytes); !e.empty())
         return make_error("DICOM '" + name + "' is truncated or damaged: an element is longer than the file (" + e + ")");
-    DcmInputBufferStream in;
-    in.setBuffer(bytes.data(), offile_off_t(bytes.size()));
-    in.setEos();
-    ff.transferInit();
-    const OFCondition c = ff.read(in, EXS_Unknown, EGL_noChange, DCM_MaxReadLength);
-    ff.transferEnd();
+    if (!file.ok()) return make_error("cannot read DICOM '" + name + "': no memory file for it (" + std::strerror(errno) + ")");
+    const OFCondition c = ff.loadFile(file.path().c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
     if (c.bad()) return make_error("cannot read DICOM '" + name + "': " + c.text() + " (truncated or damaged file?)");
     return header_from(ff, name);
 }
@@ -664,8 +690,9 @@ Expected<DicomHeader> read_dicom_header(const std::string& path) {
 
 Expected<DicomHeader> read_dicom_header(const std::vector<unsigned char>& bytes, const std::string& name) {
     try {
+        const MemoryFile file(bytes);
         DcmFileFormat ff;
-        return load_bytes(ff, bytes, name);
+        return load_bytes(ff, file, bytes, name);
     } catch (const std::exception& e) {
         return make_error("reading DICOM '" + name + "' failed: " + e.what());
     }
@@ -676,7 +703,8 @@ Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::string& path) {
 }
 
 Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::vector<unsigned char>& bytes, const std::string& name) {
-    return decode_with([&](DcmFileFormat& ff) { return load_bytes(ff, bytes, name); });
+    const MemoryFile file(bytes);  // outlives the decode: pixel data is read from it when needed
+    return decode_with([&](DcmFileFormat& ff) { return load_bytes(ff, file, bytes, name); });
 }
 
 bool DicomCalibration::anisotropic() const {
