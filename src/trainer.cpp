@@ -291,39 +291,41 @@ void end_epoch(Run& r, int epoch, const EpochStats& st) {
     // keep_last: validation is for the log only (every 5th epoch, the last, and the first after a
     // start or resume); model.pt follows the weights every epoch.
     const bool validate_now = !r.cfg.keep_last || epoch + 1 >= r.cfg.epochs || (epoch + 1) % 5 == 0 || !r.last_ev;
-    if (!validate_now) {
-        const double wall = r.state.prior_seconds + seconds_since(r.t_start);
-        const double train_loss = st.loss_sum / st.steps;
-        r.state.history.push_back({{"epoch", epoch + 1}, {"step", r.state.step}, {"train_loss", train_loss},
-                                   {"lr", training::lr_at(r.cfg, r.state.step, r.total_steps)}, {"wall_seconds", wall}});
-        std::fprintf(stderr, "epoch %d: train loss %.4f (validated every 5th epoch; the last epoch's weights are kept) | %s total\n",
-                     epoch + 1, train_loss, hms(wall).c_str());
-        save_best_model(r, epoch, *r.last_ev, kept);
-        r.state.epochs_done = epoch + 1;
-        training::write_checkpoint(r.out, r.w, r.state, wall, r.split_meta);
-        return;
+    std::optional<EvalResult> ev;
+    double raw_mad = 0;
+    if (validate_now) {
+        ev = validate(r, kept);
+        raw_mad = r.w.ema ? validate(r, r.w.net).hc_mad : ev->hc_mad;
     }
-    const EvalResult ev = validate(r, kept);
-    const double raw_mad = r.w.ema ? validate(r, r.w.net).hc_mad : ev.hc_mad;
     const double val_s = seconds_since(t_val), wall = r.state.prior_seconds + seconds_since(r.t_start);
     const double train_loss = st.loss_sum / st.steps;
-    r.state.history.push_back({{"epoch", epoch + 1}, {"step", r.state.step}, {"train_loss", train_loss},
-                               {"val_loss", ev.loss}, {"val_dice", ev.dice}, {"val_hc_mad_mm", ev.hc_mad},
-                               {"val_failed", ev.failed}, {"val_images", ev.n},
-                               {"lr", training::lr_at(r.cfg, r.state.step, r.total_steps)}, {"wall_seconds", wall}});
-    char raw_note[64] = "";
-    if (r.w.ema) {
-        r.state.history.back()["val_hc_mad_mm_raw_weights"] = raw_mad;
-        std::snprintf(raw_note, sizeof raw_note, " [averaged weights; raw %.2f mm]", raw_mad);
+    json entry{{"epoch", epoch + 1}, {"step", r.state.step}, {"train_loss", train_loss}};
+    std::string said = " (validated every 5th epoch; the last epoch's weights are kept)";  // the log line's middle
+    if (ev) {
+        entry.update({{"val_loss", ev->loss}, {"val_dice", ev->dice}, {"val_hc_mad_mm", ev->hc_mad},
+                      {"val_failed", ev->failed}, {"val_images", ev->n}});
+        char raw_note[64] = "";
+        if (r.w.ema) {
+            entry["val_hc_mad_mm_raw_weights"] = raw_mad;
+            std::snprintf(raw_note, sizeof raw_note, " [averaged weights; raw %.2f mm]", raw_mad);
+        }
+        char text[256];
+        std::snprintf(text, sizeof text, " | val loss %.4f Dice %.4f HC MAD %.2f mm (%d failed of %d)%s | %.0f s augment, %.0f s val",
+                      ev->loss, ev->dice, ev->hc_mad, ev->failed, ev->n, raw_note, st.aug_seconds, val_s);
+        said = text;
     }
-    std::fprintf(stderr, "epoch %d: train loss %.4f | val loss %.4f Dice %.4f HC MAD %.2f mm (%d failed of %d)%s | %.0f s augment, %.0f s val | %s total\n",
-                 epoch + 1, train_loss, ev.loss, ev.dice, ev.hc_mad, ev.failed, ev.n, raw_note, st.aug_seconds, val_s,
-                 hms(wall).c_str());
-    r.last_ev = ev;
-    if (r.cfg.keep_last || ev.hc_mad < r.state.best_hc_mad_mm) {
-        r.state.best_hc_mad_mm = r.cfg.keep_last ? ev.hc_mad : std::min(ev.hc_mad, r.state.best_hc_mad_mm);
-        save_best_model(r, epoch, ev, kept);
-        r.best_dice = ev.dice;
+    entry.update({{"lr", training::lr_at(r.cfg, r.state.step, r.total_steps)}, {"wall_seconds", wall}});
+    r.state.history.push_back(std::move(entry));
+    std::fprintf(stderr, "epoch %d: train loss %.4f%s | %s total\n", epoch + 1, train_loss, said.c_str(), hms(wall).c_str());
+    if (!ev) {
+        save_best_model(r, epoch, *r.last_ev, kept);  // keep_last: the latest validation's figures
+    } else {
+        r.last_ev = ev;
+        if (r.cfg.keep_last || ev->hc_mad < r.state.best_hc_mad_mm) {
+            r.state.best_hc_mad_mm = r.cfg.keep_last ? ev->hc_mad : std::min(ev->hc_mad, r.state.best_hc_mad_mm);
+            save_best_model(r, epoch, *ev, kept);
+            r.best_dice = ev->dice;
+        }
     }
     r.state.epochs_done = epoch + 1;
     training::write_checkpoint(r.out, r.w, r.state, wall, r.split_meta);
