@@ -165,10 +165,8 @@ TEST_F(ServerSocket, ServesTheEmbeddedPageAndChartJs) {
     expect_error(cli_->Get("/no/such/endpoint"), 404, "not_found", "openapi");
 }
 
-// Bodies over the cap are refused by the transport before any route runs, multipart or JSON.
-// Sends `text` on a new loopback connection and returns what comes back within `timeout_s`
-// (the server answers or closes). No body beyond what `text` holds is ever sent.
-std::string raw_exchange(int port, const std::string& text, double timeout_s = 5) {
+// A loopback connection to `port` (-1 when refused), reads timing out after `timeout_s`.
+int open_socket(int port, double timeout_s) {
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -176,10 +174,19 @@ std::string raw_exchange(int port, const std::string& text, double timeout_s = 5
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
         ::close(fd);
-        return "";
+        return -1;
     }
     timeval tv{long(timeout_s), long((timeout_s - long(timeout_s)) * 1e6)};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+// Bodies over the cap are refused by the transport before any route runs, multipart or JSON.
+// Sends `text` on a new loopback connection and returns what comes back within `timeout_s`
+// (the server answers or closes). No body beyond what `text` holds is ever sent.
+std::string raw_exchange(int port, const std::string& text, double timeout_s = 5) {
+    const int fd = open_socket(port, timeout_s);
+    if (fd < 0) return "";
     (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
     std::string out;
     char buf[4096];
@@ -601,22 +608,6 @@ Instance start_guarded(double request_timeout_s, int max_per_client, const std::
     std::error_code ec;
     fs::remove_all(model.parent_path(), ec);
     return in;
-}
-
-// A loopback connection to `port` (-1 when refused), reads timing out after `timeout_s`.
-int open_socket(int port, double timeout_s) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(uint16_t(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-        ::close(fd);
-        return -1;
-    }
-    timeval tv{long(timeout_s), long((timeout_s - long(timeout_s)) * 1e6)};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    return fd;
 }
 
 // Whether the server closed `fd`: a read sees the end of the stream (or a reset) before its timeout.
