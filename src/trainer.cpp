@@ -26,6 +26,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <numeric>
 #include <random>
@@ -264,15 +265,19 @@ EvalResult validate(Run& r, detail::UNet& net) {
                     : training::validate_coarse(net, r.data.validation, r.cfg, r.data.axis_scale);
 }
 
-// out_dir/model.pt from the weights `kept` of the epoch just validated (a refine run writes both
-// networks), with the metadata later commands read: the split, the axis scale, the figures.
-void save_best_model(Run& r, int epoch, const EvalResult& ev, detail::UNet& kept) {
+// out_dir/model.pt from the weights `kept` of this epoch (a refine run writes both networks), with
+// the metadata later commands read: the split, the axis scale, and the figures of `ev`, the latest
+// validation (none in a run without validation images).
+void save_best_model(Run& r, int epoch, const EvalResult* ev, detail::UNet& kept) {
     const TrainConfig& cfg = r.cfg;
     json meta{{"trained_by", "fetalhc train"}, {"epoch", epoch + 1}, {"step", r.state.step},
-              {"val_hc_mad_mm", ev.hc_mad}, {"val_dice_net", ev.dice}, {"val_failed", ev.failed},
-              {"val_images", ev.n}, {"split_salt", cfg.split_salt},
-              {"validation_fraction", cfg.validation_fraction}, {"axis_scale", r.data.axis_scale},
-              {"config", training::config_to_json(cfg)}};
+              {"split_salt", cfg.split_salt}, {"validation_fraction", cfg.validation_fraction},
+              {"axis_scale", r.data.axis_scale}, {"config", training::config_to_json(cfg)}};
+    if (ev)
+        meta.update({{"val_hc_mad_mm", ev->hc_mad}, {"val_dice_net", ev->dice}, {"val_failed", ev->failed},
+                     {"val_images", ev->n}});
+    else
+        meta["val_images"] = 0;
     if (cfg.folds > 0) meta["folds"] = cfg.folds, meta["fold"] = cfg.fold;
     if (r.refine) {
         const detail::Refiner second{kept, cfg.crop_margin};
@@ -290,7 +295,9 @@ void end_epoch(Run& r, int epoch, const EpochStats& st) {
     detail::UNet& kept = r.w.ema ? r.w.ema : r.w.net;  // the weights validated and saved
     // keep_last: validation is for the log only (every 5th epoch, the last, and the first after a
     // start or resume); model.pt follows the weights every epoch.
-    const bool validate_now = !r.cfg.keep_last || epoch + 1 >= r.cfg.epochs || (epoch + 1) % 5 == 0 || !r.last_ev;
+    // A run without validation images (validation_fraction 0) never validates.
+    const bool validate_now = !r.data.validation.empty() &&
+                              (!r.cfg.keep_last || epoch + 1 >= r.cfg.epochs || (epoch + 1) % 5 == 0 || !r.last_ev);
     std::optional<EvalResult> ev;
     double raw_mad = 0;
     if (validate_now) {
@@ -300,7 +307,8 @@ void end_epoch(Run& r, int epoch, const EpochStats& st) {
     const double val_s = seconds_since(t_val), wall = r.state.prior_seconds + seconds_since(r.t_start);
     const double train_loss = st.loss_sum / st.steps;
     json entry{{"epoch", epoch + 1}, {"step", r.state.step}, {"train_loss", train_loss}};
-    std::string said = " (validated every 5th epoch; the last epoch's weights are kept)";  // the log line's middle
+    std::string said = r.data.validation.empty() ? " (no validation images; the last epoch's weights are kept)"
+                                                 : " (validated every 5th epoch; the last epoch's weights are kept)";
     if (ev) {
         entry.update({{"val_loss", ev->loss}, {"val_dice", ev->dice}, {"val_hc_mad_mm", ev->hc_mad},
                       {"val_failed", ev->failed}, {"val_images", ev->n}});
@@ -318,12 +326,12 @@ void end_epoch(Run& r, int epoch, const EpochStats& st) {
     r.state.history.push_back(std::move(entry));
     std::fprintf(stderr, "epoch %d: train loss %.4f%s | %s total\n", epoch + 1, train_loss, said.c_str(), hms(wall).c_str());
     if (!ev) {
-        save_best_model(r, epoch, *r.last_ev, kept);  // keep_last: the latest validation's figures
+        save_best_model(r, epoch, r.last_ev ? &*r.last_ev : nullptr, kept);  // keep_last: the latest validation's figures
     } else {
         r.last_ev = ev;
         if (r.cfg.keep_last || ev->hc_mad < r.state.best_hc_mad_mm) {
             r.state.best_hc_mad_mm = r.cfg.keep_last ? ev->hc_mad : std::min(ev->hc_mad, r.state.best_hc_mad_mm);
-            save_best_model(r, epoch, *ev, kept);
+            save_best_model(r, epoch, &*ev, kept);
             r.best_dice = ev->dice;
         }
     }
@@ -340,7 +348,10 @@ TrainReport finish(Run& r) {
     rep.epochs_done = r.state.epochs_done;
     rep.steps_done = r.state.step;
     rep.wall_seconds = r.state.prior_seconds + seconds_since(r.t_start);
-    json report{{"model", rep.model_path}, {"best_val_hc_mad_mm", rep.best_hc_mad_mm}, {"epochs_done", rep.epochs_done},
+    if (r.data.validation.empty()) rep.best_hc_mad_mm = std::numeric_limits<double>::quiet_NaN();
+    json report{{"model", rep.model_path},
+                {"best_val_hc_mad_mm", r.data.validation.empty() ? json(nullptr) : json(rep.best_hc_mad_mm)},
+                {"epochs_done", rep.epochs_done},
                 {"steps_done", rep.steps_done}, {"wall_seconds", rep.wall_seconds}, {"threads", torch::get_num_threads()},
                 {"parameters", detail::count_parameters(*r.w.net)}, {"train_images", r.data.train.size()},
                 {"validation_images", r.data.validation.size()}, {"config", training::config_to_json(r.cfg)},
@@ -408,11 +419,16 @@ bool stage_finished(const fs::path& dir, const TrainConfig& cfg, long long max_s
     return rep.value("epochs_done", 0) >= cfg.epochs || (max_steps >= 0 && rep.value("steps_done", 0LL) >= max_steps);
 }
 
+// What the log calls a run of `cfg`: "fold 2 of 5" or "all images".
+std::string run_label(const TrainConfig& cfg) {
+    return cfg.folds > 0 ? "fold " + std::to_string(cfg.fold) + " of " + std::to_string(cfg.folds) : "all images";
+}
+
 Expected<bool> run_stage(const TrainConfig& cfg, const fs::path& dir, const KFoldOptions& opt, const char* name) {
     if (auto e = check_stage_folder(dir, cfg); !e.empty()) return make_error(e);
+    const std::string label = run_label(cfg);
     if (stage_finished(dir, cfg, opt.max_steps)) {
-        std::fprintf(stderr, "fetalhc train --kfold: fold %d %s stage finished (%s), skipped\n", cfg.fold, name,
-                     dir.string().c_str());
+        std::fprintf(stderr, "fetalhc train: %s, %s stage finished (%s), skipped\n", label.c_str(), name, dir.string().c_str());
         return false;
     }
     TrainOptions o;
@@ -422,15 +438,15 @@ Expected<bool> run_stage(const TrainConfig& cfg, const fs::path& dir, const KFol
     o.max_steps = opt.max_steps;
     o.limit = opt.limit;
     o.progress = opt.progress;
-    std::fprintf(stderr, "fetalhc train --kfold: fold %d of %d, %s stage%s -> %s\n", cfg.fold, cfg.folds, name,
-                 o.resume ? " (resumed)" : "", dir.string().c_str());
+    std::fprintf(stderr, "fetalhc train: %s, %s stage%s -> %s\n", label.c_str(), name, o.resume ? " (resumed)" : "",
+                 dir.string().c_str());
     auto r = train(cfg, o);
-    if (!r) return make_error("fold " + std::to_string(cfg.fold) + " " + name + " stage: " + r.error());
+    if (!r) return make_error(label + ", " + name + " stage: " + r.error());
     return true;
 }
 
-// fold<i>/model.pt: the refine model with its axis scale set on the fold's training split.
-std::string calibrate_fold(const fs::path& refine_model, const fs::path& out, const KFoldOptions& opt) {
+// dir/model.pt: the refine model with its axis scale set on the run's training split.
+std::string calibrate_stage_model(const fs::path& refine_model, const fs::path& out, const KFoldOptions& opt) {
     auto seg = Segmenter::load(refine_model.string(), {});
     if (!seg) return seg.error();
     auto recs = read_hc18_training(opt.data_dir);
@@ -444,11 +460,11 @@ std::string calibrate_fold(const fs::path& refine_model, const fs::path& out, co
     if (c) {
         patch = {{"axis_scale", c->axis_scale}, {"axis_scale_masks", c->masks_factor},
                  {"axis_scale_measured", c->measured_factor}, {"axis_scale_images", c->measured_images}};
-        std::fprintf(stderr, "fetalhc train --kfold: axis scale %.5f (%d training images)\n", c->axis_scale,
+        std::fprintf(stderr, "fetalhc train: axis scale %.5f (%d training images)\n", c->axis_scale,
                      c->measured_images);
     } else {
         patch = {{"axis_scale_calibration", "not calibrated: " + c.error()}};
-        std::fprintf(stderr, "fetalhc train --kfold: warning: %s; the stored axis scale is kept\n", c.error().c_str());
+        std::fprintf(stderr, "fetalhc train: warning: %s; the stored axis scale is kept\n", c.error().c_str());
     }
     const fs::path tmp = out.string() + ".tmp";
     auto w = Segmenter::rewrite_metadata(refine_model.string(), tmp.string(), patch.dump());
@@ -457,14 +473,35 @@ std::string calibrate_fold(const fs::path& refine_model, const fs::path& out, co
     return "";
 }
 
+// Both stages of the recipe in dir/{coarse,refine}/, then dir/model.pt; adds the stages run and
+// skipped to `rep`.
+std::string train_two_stages(TrainConfig c, TrainConfig r, const fs::path& dir, const KFoldOptions& opt, KFoldReport& rep) {
+    fs::create_directories(dir);
+    r.coarse_model = (dir / "coarse" / "model.pt").string();
+    if (!r.init_weights.empty()) r.init_weights = r.coarse_model;
+    auto a = run_stage(c, dir / "coarse", opt, "coarse");
+    if (!a) return a.error();
+    auto b = run_stage(r, dir / "refine", opt, "refine");
+    if (!b) return b.error();
+    rep.stages_trained += int(*a) + int(*b);
+    rep.stages_skipped += int(!*a) + int(!*b);
+    if (auto e = calibrate_stage_model(dir / "refine" / "model.pt", dir / "model.pt", opt); !e.empty())
+        return run_label(c) + " calibration: " + e;
+    return "";
+}
+
+std::string check_stage_configs(const TrainConfig& coarse_cfg, const TrainConfig& refine_cfg) {
+    if (coarse_cfg.stage != "coarse" || refine_cfg.stage != "refine")
+        return "the recipe needs a coarse-stage config and a refine-stage config";
+    if (coarse_cfg.split_salt != refine_cfg.split_salt) return "the coarse and refine configs name different split_salt values";
+    return "";
+}
+
 }  // namespace
 
 Expected<KFoldReport> train_kfold(const TrainConfig& coarse_cfg, const TrainConfig& refine_cfg, const KFoldOptions& opt) {
     if (opt.folds < 2 || opt.folds > 20) return make_error("--kfold must be in [2, 20] (e.g. 5)");
-    if (coarse_cfg.stage != "coarse" || refine_cfg.stage != "refine")
-        return make_error("k-fold training needs a coarse-stage config and a refine-stage config");
-    if (coarse_cfg.split_salt != refine_cfg.split_salt)
-        return make_error("the coarse and refine configs name different split_salt values");
+    if (auto e = check_stage_configs(coarse_cfg, refine_cfg); !e.empty()) return make_error(e);
     KFoldReport rep;
     try {
         for (int i = 0; i < opt.folds; ++i) {
@@ -482,20 +519,33 @@ Expected<KFoldReport> train_kfold(const TrainConfig& coarse_cfg, const TrainConf
                 ++rep.stages_skipped;
                 continue;
             }
-            fs::create_directories(dir);
-            r.coarse_model = (dir / "coarse" / "model.pt").string();
-            if (!r.init_weights.empty()) r.init_weights = r.coarse_model;
-            auto a = run_stage(c, dir / "coarse", opt, "coarse");
-            if (!a) return make_error(a.error());
-            auto b = run_stage(r, dir / "refine", opt, "refine");
-            if (!b) return make_error(b.error());
-            rep.stages_trained += int(*a) + int(*b);
-            rep.stages_skipped += int(!*a) + int(!*b);
-            if (auto e = calibrate_fold(dir / "refine" / "model.pt", model, opt); !e.empty())
-                return make_error("fold " + std::to_string(i) + " calibration: " + e);
+            if (auto e = train_two_stages(c, r, dir, opt, rep); !e.empty()) return make_error(e);
         }
     } catch (const std::exception& e) {
         return make_error(std::string("k-fold training failed: ") + e.what());
+    }
+    return rep;
+}
+
+Expected<KFoldReport> train_all_images(const TrainConfig& coarse_cfg, const TrainConfig& refine_cfg, const KFoldOptions& opt) {
+    if (auto e = check_stage_configs(coarse_cfg, refine_cfg); !e.empty()) return make_error(e);
+    KFoldReport rep;
+    const fs::path dir(opt.out_dir), model = dir / "model.pt";
+    rep.models.push_back(model.string());
+    TrainConfig c = coarse_cfg, r = refine_cfg;
+    c.folds = r.folds = c.fold = r.fold = 0;
+    c.validation_fraction = r.validation_fraction = 0;  // every labelled image trains
+    c.keep_last = r.keep_last = true;                   // no validation to choose the epoch
+    try {
+        if (fs::exists(model)) {
+            if (auto e = check_stage_folder(dir / "refine", r); !e.empty()) return make_error(e);
+            std::fprintf(stderr, "fetalhc train: all images, finished (%s), skipped\n", model.string().c_str());
+            ++rep.stages_skipped;
+            return rep;
+        }
+        if (auto e = train_two_stages(c, r, dir, opt, rep); !e.empty()) return make_error(e);
+    } catch (const std::exception& e) {
+        return make_error(std::string("training on all images failed: ") + e.what());
     }
     return rep;
 }

@@ -11,6 +11,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <unistd.h>
 #include <fstream>
@@ -506,6 +507,64 @@ TEST_F(TrainerSmoke, KFoldTrainsEachFoldResumesAndEvaluatesOutOfFold) {
     auto pm = nlohmann::json::parse(Segmenter::load(plain->model_path, {1})->info().metadata);
     EXPECT_FALSE(pm.contains("folds"));
     EXPECT_FALSE(pm["config"].contains("folds"));
+}
+
+// The recipe on every labelled image (the model that ships after the k-fold run): both stages see
+// all 8 images and validate none, the last epoch is kept, the model records validation_fraction 0,
+// its split has no validation side, a rerun skips it; the config without keep_last is refused.
+TEST_F(TrainerSmoke, AllImagesTrainsEveryImageWithoutValidation) {
+    TrainConfig coarse = tiny_config(), refine = tiny_config();
+    refine.stage = "refine";
+    refine.network.input_width = 48;
+    refine.network.input_height = 32;
+    refine.coarse_model = "unused";  // replaced by the run's coarse model
+    refine.init_weights = "unused";
+    KFoldOptions o;
+    o.data_dir = (dir_ / "data").string();
+    o.out_dir = (dir_ / "all").string();
+    o.max_steps = 2;
+    o.progress = false;
+    auto rep = train_all_images(coarse, refine, o);
+    ASSERT_TRUE(rep) << rep.error();
+    EXPECT_EQ(rep->stages_trained, 2);
+    ASSERT_EQ(rep->models.size(), 1u);
+    auto recs = read_hc18_training(o.data_dir);
+    ASSERT_TRUE(recs) << recs.error();
+    for (const char* stage : {"coarse", "refine"}) {
+        std::ifstream sf(dir_ / "all" / stage / "split.json");
+        auto sj = nlohmann::json::parse(sf);
+        EXPECT_EQ(sj["train"].size(), recs->size()) << stage;
+        EXPECT_TRUE(sj["validation"].empty()) << stage;
+        std::ifstream rf(dir_ / "all" / stage / "report.json");
+        auto rj = nlohmann::json::parse(rf);
+        EXPECT_TRUE(rj["best_val_hc_mad_mm"].is_null()) << stage;
+        EXPECT_EQ(rj["validation_images"], 0) << stage;
+    }
+    auto seg = Segmenter::load(rep->models[0], {1});
+    ASSERT_TRUE(seg) << seg.error();
+    auto meta = nlohmann::json::parse(seg->info().metadata);
+    EXPECT_EQ(meta["validation_fraction"], 0.0);
+    EXPECT_EQ(meta["val_images"], 0);
+    EXPECT_FALSE(meta.contains("val_hc_mad_mm"));
+    EXPECT_EQ(meta["config"]["keep_last"], true);
+    auto split = model_split(*recs, seg->info().metadata);
+    ASSERT_TRUE(split) << split.error();
+    EXPECT_TRUE(split->validation.empty());
+    EXPECT_EQ(split->train.size(), recs->size());
+
+    auto again = train_all_images(coarse, refine, o);
+    ASSERT_TRUE(again) << again.error();
+    EXPECT_EQ(again->stages_trained, 0);
+
+    TrainConfig no_keep = tiny_config();
+    no_keep.validation_fraction = 0;
+    auto refused = train(no_keep, smoke_run("no_keep", 1));
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().find("keep_last"), std::string::npos) << refused.error();
+    no_keep.keep_last = true;
+    auto plain = train(no_keep, smoke_run("keep", 1));
+    ASSERT_TRUE(plain) << plain.error();
+    EXPECT_TRUE(std::isnan(plain->best_hc_mad_mm));
 }
 
 TEST(TrainConfig, FoldKeysAreChecked) {

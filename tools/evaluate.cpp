@@ -31,7 +31,19 @@ fetalhc::Expected<std::vector<fetalhc::Hc18Record>> chosen_records(const EvalArg
     if (a.split == "all") return all;
     auto s = fetalhc::model_split(all, seg.info().metadata);
     if (!s) return fetalhc::make_error("model '" + a.model + "': " + s.error() + "; use --split all");
+    if (a.split == "validation" && s->validation.empty() && !s->train.empty())
+        return fetalhc::make_error(
+            "model '" + a.model + "' was trained on every labelled image (validation_fraction 0): no image is held out "
+            "from it, so it has no validation figure. The recipe's figure is the out-of-fold one of its k-fold run "
+            "(models/MODEL_CARD.md; `fetalhc evaluate --data " + a.data + " --oof RUN`); --split train or all measure "
+            "images it trained on");
     return a.split == "validation" ? s->validation : s->train;
+}
+
+// True when the model's recorded split holds every labelled image for training (fetalhc train --all-images).
+bool trained_on_every_image(const std::vector<fetalhc::Hc18Record>& all, const fetalhc::Segmenter& seg) {
+    auto s = fetalhc::model_split(all, seg.info().metadata);
+    return s && s->validation.empty() && !s->train.empty();
 }
 
 void print_summary_line(const char* name, const fetalhc::ScoreSummary& s) {
@@ -131,8 +143,11 @@ int run_evaluate(const EvalArgs& a) {
         fetalhc::write_per_image_csv(rep, f);
         if (!f.flush()) return error("cannot write '" + a.per_image_csv + "': check the folder exists and is writable"), kExitSomeFailed;
     }
+    const bool saw_all = trained_on_every_image(*recs, *seg);
+    if (saw_all) out["note"] = "the model was trained on every labelled image: these are training images, not an accuracy figure";
     if (a.json_out) std::printf("%s\n", out.dump(2).c_str());
     else print_table(a, rep, out["worst"]);
+    if (saw_all && !a.json_out) std::printf("note: %s\n", out["note"].get<std::string>().c_str());
     return rep.overall.failed > 0 ? kExitSomeFailed : kExitOk;
 }
 

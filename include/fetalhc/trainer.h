@@ -137,4 +137,11 @@ struct KFoldReport {
 
 Expected<KFoldReport> train_kfold(const TrainConfig& coarse, const TrainConfig& refine, const KFoldOptions& opt);
 
+// The recipe trained on every labelled image (`fetalhc train --all-images`), for the model that
+// ships once train_kfold has fixed and measured the recipe: the same two stages and calibration as
+// one fold, with validation_fraction 0 and keep_last (no image is held out, none chooses the
+// epoch), in out_dir/{coarse,refine}/ and out_dir/model.pt. opt.folds is unused; resumable like
+// train_kfold. `fetalhc evaluate` on that model refuses its (empty) validation split.
+Expected<KFoldReport> train_all_images(const TrainConfig& coarse, const TrainConfig& refine, const KFoldOptions& opt);
+
 }  // namespace fetalhc
