@@ -143,6 +143,14 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     const double cut_share = double(bnd.cut_points.size()) / std::max<size_t>(1, bnd.cut_points.size() + bnd.points.size());
     if (cut_share > opt.max_cut_fraction)
         m.reasons.push_back("head cut by the image border or sector edge (" + fmt(100 * cut_share, 0) + "% of the boundary)");
+    if (m.signals.skull_evidence >= 0) {
+        // The length of the outline with no skull under it: a large head whose far side fades out
+        // (or lies in a shadow) is where the ellipse edge is placed by guess (models/MODEL_CARD.md).
+        const double unseen_mm = m.hc_mm * (1 - m.signals.skull_evidence);
+        if (unseen_mm > opt.max_unseen_outline_mm)
+            m.reasons.push_back("skull not seen under " + fmt(unseen_mm, 0) + " mm of the " + fmt(m.hc_mm, 0) +
+                                " mm outline: check the ellipse where the skull is faint or in shadow");
+    }
     add_cephalic_index_reason(m, opt.min_cephalic_index, opt.max_cephalic_index);
     decide_quality(m);
     return m;

@@ -92,7 +92,7 @@ Expected<std::vector<IntervalSample>> read_interval_samples(std::istream& in, co
         auto it = std::find(header->begin(), header->end(), c);
         return it == header->end() ? -1 : int(it - header->begin());
     };
-    const int ref = column("ref_hc_mm"), hc = column("hc_mm"), quality = column("quality");
+    const int ref = column("ref_hc_mm"), hc = column("hc_mm"), quality = column("quality"), fold = column("fold");
     if (ref < 0 || hc < 0 || quality < 0)
         return make_error("'" + name + "' lacks a ref_hc_mm, hc_mm or quality column; expected the per-image CSV of `fetalhc evaluate --per-image`");
     std::vector<IntervalSample> out;
@@ -108,12 +108,27 @@ Expected<std::vector<IntervalSample>> read_interval_samples(std::istream& in, co
             s.reference_hc_mm = std::stod((*cells)[size_t(ref)]);
             s.measured_hc_mm = std::stod((*cells)[size_t(hc)]);
             s.review = (*cells)[size_t(quality)] != "ok";
+            if (fold >= 0 && size_t(fold) < cells->size() && !(*cells)[size_t(fold)].empty())
+                s.fold = std::stoi((*cells)[size_t(fold)]);
             out.push_back(s);
         } catch (const std::exception&) {
             return make_error("'" + name + "' line " + std::to_string(row) + ": ref_hc_mm and hc_mm must be numbers");
         }
     }
     return out;
+}
+
+IntervalCoverage interval_coverage(const HcIntervalModel& model, const std::vector<IntervalSample>& samples) {
+    IntervalCoverage c;
+    for (const auto& s : samples) {
+        const HcInterval iv = hc_interval(model, s.measured_hc_mm, s.review);
+        const bool in = s.reference_hc_mm >= iv.low_mm && s.reference_hc_mm <= iv.high_mm;
+        ++c.images;
+        c.covered += in;
+        c.review_images += s.review;
+        c.review_covered += s.review && in;
+    }
+    return c;
 }
 
 nlohmann::json to_json(const HcIntervalModel& m) {

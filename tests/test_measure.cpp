@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <opencv2/imgproc.hpp>
 
+#include <cmath>
 #include <functional>
 #include <string>
 
@@ -73,6 +74,36 @@ TEST(MeasureQuality, CleanSegmentationIsOk) {
     EXPECT_EQ(m->quality, "ok");
 }
 
+// The unseen-outline reason: a skull ring drawn all round passes; the same head with the ring over
+// a third of it is flagged once the unseen length (about 67 mm of 101 mm) passes the threshold,
+// and the reason gives both lengths.
+TEST(MeasureQuality, SkullUnseenOverMuchOfTheOutlineIsReview) {
+    const Segmentation seg = from_mask(rasterize(kHead, kImage));
+    auto ring = [&](double end_deg) {
+        cv::Mat g(kImage, CV_8U, cv::Scalar(30));
+        cv::ellipse(g, cv::Point(int(kHead.cx), int(kHead.cy)), cv::Size(int(kHead.a), int(kHead.b)),
+                    kHead.angle * 180 / CV_PI, 0, end_deg, cv::Scalar(220), 5);
+        return g;
+    };
+    MeasureOptions o = options();
+    o.max_unseen_outline_mm = 40;
+    auto whole = measure_from_segmentation(seg, ring(360), o, "whole ring");
+    ASSERT_TRUE(whole) << whole.error();
+    EXPECT_GT(whole->signals.skull_evidence, 0.9);
+    EXPECT_FALSE(has_reason(*whole, "skull not seen"));
+    auto third = measure_from_segmentation(seg, ring(120), o, "a third");
+    ASSERT_TRUE(third) << third.error();
+    EXPECT_NEAR(third->signals.skull_evidence, 1.0 / 3, 0.08);
+    ASSERT_TRUE(has_reason(*third, "skull not seen")) << (third->reasons.empty() ? "" : third->reasons.front());
+    EXPECT_EQ(third->quality, "review");
+    const double unseen = third->hc_mm * (1 - third->signals.skull_evidence);
+    EXPECT_TRUE(has_reason(*third, "under " + std::to_string(int(std::lround(unseen))) + " mm"));
+    o.max_unseen_outline_mm = 90;  // above the unseen length
+    auto lenient = measure_from_segmentation(seg, ring(120), o, "a third, lenient");
+    ASSERT_TRUE(lenient) << lenient.error();
+    EXPECT_FALSE(has_reason(*lenient, "skull not seen"));
+}
+
 // Each check of measure_from_segmentation, triggered on its own: the reason is there, the
 // measurement is "review".
 TEST(MeasureQuality, EveryReasonEndsInReview) {
@@ -92,11 +123,17 @@ TEST(MeasureQuality, EveryReasonEndsInReview) {
         {"head cut", from_mask(head), [](MeasureOptions& o) { o.max_cut_fraction = -1; }},
         {"cephalic index", from_mask(head), [](MeasureOptions& o) { o.min_cephalic_index = 85; }},
         {"plausible", from_mask(head), [](MeasureOptions& o) { o.pixel_size_mm = 2.0; }},
+        {"skull not seen", from_mask(head), [](MeasureOptions& o) { o.max_unseen_outline_mm = 40; }},
     };
+    // The image: the skull drawn as a bright ring over a third of the head only (skull evidence
+    // about 1/3, HC about 101 mm, so about 67 mm of the outline unseen).
+    cv::Mat gray(kImage, CV_8U, cv::Scalar(30));
+    cv::ellipse(gray, cv::Point(int(kHead.cx), int(kHead.cy)), cv::Size(int(kHead.a), int(kHead.b)),
+                kHead.angle * 180 / CV_PI, 0, 120, cv::Scalar(220), 5);
     for (const Case& c : cases) {
         MeasureOptions o = options();
         c.tweak(o);
-        auto m = measure_from_segmentation(c.seg, cv::Mat(), o, c.reason);
+        auto m = measure_from_segmentation(c.seg, gray, o, c.reason);
         ASSERT_TRUE(m) << c.reason << ": " << m.error();
         EXPECT_TRUE(has_reason(*m, c.reason)) << c.reason;
         EXPECT_EQ(m->quality, "review") << c.reason;

@@ -58,6 +58,10 @@ TEST(HcInterval, HoldsNinetyPercentOfFreshDraws) {
         inside += s.reference_hc_mm >= iv.low_mm && s.reference_hc_mm <= iv.high_mm;
     }
     EXPECT_NEAR(double(inside) / fresh.size(), 0.90, 0.012);
+    const IntervalCoverage c = interval_coverage(*m, fresh);  // the same count, by the library
+    EXPECT_EQ(c.images, int(fresh.size()));
+    EXPECT_EQ(c.covered, inside);
+    EXPECT_EQ(c.review_images, 0);
 }
 
 TEST(HcInterval, ReviewMeasurementsGetTheirWiderSpread) {
@@ -114,15 +118,17 @@ TEST(HcInterval, MetadataRoundTripAndRefusals) {
 
 TEST(HcInterval, ReadsTheEvaluatePerImageCsv) {
     std::istringstream csv(
-        "filename,ref_hc_mm,hc_mm,diff_mm,quality,reasons_or_error\n"
-        "a.png,100.00,101.00,1.00,ok,\n"
-        "b.png,200.00,,,,\"no fetal head found, check\"\n"
-        "c.png,150.00,140.00,-10.00,review,\"poor fit, RMS 3\"\n");
+        "filename,ref_hc_mm,hc_mm,diff_mm,quality,reasons_or_error,fold\n"
+        "a.png,100.00,101.00,1.00,ok,,3\n"
+        "b.png,200.00,,,,\"no fetal head found, check\",1\n"
+        "c.png,150.00,140.00,-10.00,review,\"poor fit, RMS 3\",0\n");
     auto s = read_interval_samples(csv, "oof.csv");
     ASSERT_TRUE(s) << s.error();
     ASSERT_EQ(s->size(), 2u);
     EXPECT_FALSE((*s)[0].review);
     EXPECT_TRUE((*s)[1].review);
+    EXPECT_EQ((*s)[0].fold, 3);
+    EXPECT_EQ((*s)[1].fold, 0);
     EXPECT_DOUBLE_EQ((*s)[1].measured_hc_mm, 140);
     std::istringstream wrong("file,hc\nx,1\n");
     auto e = read_interval_samples(wrong, "other.csv");

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -67,14 +68,38 @@ int run_combine(const std::string& coarse, const std::string& two_pass, const st
     return kExitOk;
 }
 
+// --check-folds: the interval calibrated without the rows of those folds, and its coverage on them
+// (images neither the fold models nor the calibration saw).
+int check_held_out_folds(const std::vector<fetalhc::IntervalSample>& samples, const std::vector<int>& folds, double coverage,
+                         const std::vector<double>& edges) {
+    std::vector<fetalhc::IntervalSample> fit, held;
+    for (const auto& s : samples) {
+        if (s.fold < 0)
+            return error("--check-folds needs the CSV's fold column (`fetalhc evaluate --oof DIR --per-image FILE` writes it)"), kExitUsage;
+        (std::find(folds.begin(), folds.end(), s.fold) != folds.end() ? held : fit).push_back(s);
+    }
+    if (held.empty()) return error("no rows of the folds given to --check-folds"), kExitUsage;
+    auto m = fetalhc::calibrate_hc_interval(fit, coverage, edges, "check");
+    if (!m) return error("calibrating without the checked folds: " + m.error()), kExitSomeFailed;
+    const auto c = fetalhc::interval_coverage(*m, held);
+    std::string names;
+    for (int f : folds) names += (names.empty() ? "" : ",") + std::to_string(f);
+    std::fprintf(stderr, "check: calibrated on %zu rows of the other folds, the reference HC is inside for %d of %d rows of folds "
+                         "%s (%.1f%%; review %d of %d)\n",
+                 fit.size(), c.covered, c.images, names.c_str(), 100.0 * c.covered / c.images, c.review_covered, c.review_images);
+    return kExitOk;
+}
+
 // Stores a conformal HC interval calibrated on held-out per-image results (fetalhc/uncertainty.h).
 int run_interval(const std::string& in, const std::string& per_image, double coverage, const std::vector<double>& edges,
-                 const std::string& out) {
+                 const std::vector<int>& check_folds, const std::string& out) {
     if (!check_input_models({in})) return kExitUsage;
     std::ifstream f(per_image);
     if (!f) return error("cannot read '" + per_image + "'; pass the CSV of `fetalhc evaluate --oof DIR --per-image FILE`"), kExitUsage;
     auto samples = fetalhc::read_interval_samples(f, per_image);
     if (!samples) return error(samples.error()), kExitUsage;
+    if (!check_folds.empty())
+        if (int rc = check_held_out_folds(*samples, check_folds, coverage, edges); rc != kExitOk) return rc;
     auto m = fetalhc::calibrate_hc_interval(*samples, coverage, edges,
                                             "conformal on " + std::to_string(samples->size()) + " held-out measurements of " + per_image);
     if (!m) return error(m.error()), kExitSomeFailed;
@@ -83,6 +108,8 @@ int run_interval(const std::string& in, const std::string& per_image, double cov
     for (size_t b = 0; b < m->lo_rel.size(); ++b)
         std::fprintf(stderr, "bin %zu: ok %+.2f%% .. %+.2f%% (n %d), review %+.2f%% .. %+.2f%% (n %d)\n", b, 100 * m->lo_rel[b],
                      100 * m->hi_rel[b], m->n_ok[b], 100 * m->review_lo_rel[b], 100 * m->review_hi_rel[b], m->n_review[b]);
+    const auto all = fetalhc::interval_coverage(*m, *samples);
+    std::fprintf(stderr, "on the %d calibration rows themselves: %.1f%% inside\n", all.images, 100.0 * all.covered / all.images);
     std::fprintf(stderr, "wrote %s\n", out.c_str());
     return kExitOk;
 }
@@ -95,6 +122,7 @@ struct ModelArgs {
     std::string iv_in, iv_csv, iv_out;
     double iv_coverage = 0.9;
     std::vector<double> iv_edges{150, 250};
+    std::vector<int> iv_check_folds;
 };
 
 }  // namespace
@@ -131,8 +159,11 @@ void add_model_command(CLI::App& app, Commands& commands) {
         ->required();
     iv->add_option("--coverage", a->iv_coverage, "share of reference HCs the interval should hold")->capture_default_str()->check(CLI::Range(0.6, 0.99));
     iv->add_option("--edges", a->iv_edges, "bin edges on the measured HC in mm (comma-separated)")->delimiter(',')->capture_default_str();
+    iv->add_option("--check-folds", a->iv_check_folds,
+                   "first calibrate without the rows of these folds (comma-separated) and report the coverage on them")
+        ->delimiter(',');
     iv->add_option("--out", a->iv_out, "model file to write (may equal --model)")->required();
-    commands.push_back({iv, [a] { return run_interval(a->iv_in, a->iv_csv, a->iv_coverage, a->iv_edges, a->iv_out); }});
+    commands.push_back({iv, [a] { return run_interval(a->iv_in, a->iv_csv, a->iv_coverage, a->iv_edges, a->iv_check_folds, a->iv_out); }});
 }
 
 }  // namespace fetalhc_cli

@@ -45,6 +45,7 @@ struct HcInterval {
 struct IntervalSample {
     double measured_hc_mm = 0, reference_hc_mm = 0;
     bool review = false;
+    int fold = -1;  // the k-fold fold that held the image out (column `fold` of an out-of-fold CSV), -1 unknown
 };
 
 // Calibrates from held-out samples (failures left out: they have no measurement). Needs at least
@@ -53,8 +54,15 @@ Expected<HcIntervalModel> calibrate_hc_interval(const std::vector<IntervalSample
                                                 const std::vector<double>& edges_mm, const std::string& source);
 HcInterval hc_interval(const HcIntervalModel& model, double hc_mm, bool review);
 
+// How many of `samples` have their reference HC inside the interval `model` gives them.
+struct IntervalCoverage {
+    int images = 0, covered = 0;
+    int review_images = 0, review_covered = 0;  // of those, the ones marked review
+};
+IntervalCoverage interval_coverage(const HcIntervalModel& model, const std::vector<IntervalSample>& samples);
+
 // Samples from a per-image CSV written by `fetalhc evaluate --per-image` (columns ref_hc_mm, hc_mm,
-// quality; rows of failed images have no hc_mm and are skipped). `name` names the file in errors.
+// quality, and fold when the CSV is out-of-fold; rows of failed images have no hc_mm and are skipped). `name` names the file in errors.
 Expected<std::vector<IntervalSample>> read_interval_samples(std::istream& csv, const std::string& name);
 
 nlohmann::json to_json(const HcIntervalModel& model);
