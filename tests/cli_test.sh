@@ -696,6 +696,29 @@ measure_real_images() {
     skip "JPEG, 16-bit and RGB inputs (need an image encoder; covered by tests/test_image_io.cpp)"
 }
 
+# model interval from out-of-fold rows (made up: 300 rows, +-2% residuals, fold = row mod 5): --check-folds
+# reports the coverage on the folds left out of a first calibration, the file written carries the
+# interval (measure shows hc_low_mm / hc_high_mm), and a CSV without the fold column is refused.
+interval_from_out_of_fold_rows() {
+    python3 - "$T/oof_rows.csv" "$T/no_fold.csv" <<'PY'
+import random, sys
+random.seed(5)
+with open(sys.argv[1], "w") as f, open(sys.argv[2], "w") as g:
+    f.write("filename,ref_hc_mm,hc_mm,quality,fold\n"); g.write("filename,ref_hc_mm,hc_mm,quality\n")
+    for i in range(300):
+        hc = random.uniform(60, 340); ref = hc * (1 + random.gauss(0, 0.02))
+        f.write("%03d_HC.png,%.2f,%.2f,ok,%d\n" % (i, ref, hc, i % 5)); g.write("%03d_HC.png,%.2f,%.2f,ok\n" % (i, ref, hc))
+PY
+    run model interval --per-image "$T/oof_rows.csv" --model "$MODEL" --check-folds 3,4 --out "$T/interval.pt"
+    expect "model interval --check-folds: coverage on the held-out folds, then the file" 0 --err-re "check: calibrated on 180 rows" \
+        --err-re "of 120 rows of folds 3,4 \([0-9.]+%" --err "$T/interval.pt"
+    run measure --model "$T/interval.pt" --pixel-size 0.13 --format json "$T/in/010_HC.png"
+    expect "model interval: the file written gives measurements an interval" 0 --out '"hc_low_mm"' --out '"hc_high_mm"'
+    run model interval --per-image "$T/no_fold.csv" --model "$MODEL" --check-folds 3 --out "$T/never_iv.pt"
+    expect "model interval --check-folds without a fold column: exit 2 naming the column" 2 --err "fold column"
+    check "model interval: no output file after an error" "$T/never_iv.pt exists" test ! -e "$T/never_iv.pt"
+}
+
 # evaluate and dataset coco on a small HC18-layout folder (--split all: the three images are the set).
 evaluate_small_folder() {
     run dataset coco --data "$T/hc18" --out "$T/coco.json"
@@ -731,6 +754,10 @@ evaluate_small_folder() {
     run model calibrate --data "$T/empty_folder" --model "$MODEL" --out "$T/never.pt"
     expect "model calibrate on a folder without the HC18 layout: exit 2, nothing written" 2 --err training_set
     check "model calibrate: no output file after an error" "$T/never.pt exists" test ! -e "$T/never.pt"
+    run evaluate --data "$T/hc18" --model "$MODEL" --quiet
+    expect "evaluate on the shipped model (trained on every labelled image): no validation split, exit 2 saying so" 2 \
+        --err "trained on every labelled image" --err "--oof"
+    interval_from_out_of_fold_rows
     run evaluate --data "$T/hc18" --model "$MODEL" --split all --per-image "$T/rows.csv"
     expect "evaluate --per-image: exit 0" 0 --out Dice
     check "evaluate --per-image: header and one row per image" "not 4 lines with the header first" \

@@ -1,10 +1,11 @@
-// Accuracy of the shipped model (models/fetalhc_unet.pt) on its grouped validation split of
-// ../shared/hc18, against the figure in models/MODEL_CARD.md. Skips (with a message) when the data
+// The shipped model (models/fetalhc_unet.pt) against the figures of models/MODEL_CARD.md on
+// ../shared/hc18. Skips (with a message) when the data
 // or the model is absent.
 #include "fetalhc/evaluation.h"
 #include "fetalhc/hc18.h"
 #include "fetalhc/image_io.h"
 #include "fetalhc/measure.h"
+#include "fetalhc/uncertainty.h"
 
 #include <gtest/gtest.h>
 
@@ -29,8 +30,16 @@ double model_card_mad(const std::string& key) {
     return NAN;
 }
 
-void check_model(const std::string& model, const std::string& card_key) {
-    const std::string data = FETALHC_DATA_DIR;
+}  // namespace
+
+// The shipped model is the recipe trained on every labelled image (`fetalhc train --all-images`):
+// it holds no image out, so it has no validation figure; the recipe's figure is the out-of-fold one
+// of the k-fold run (model card, `oof_hc_mad_mm`), which needs the fold models (not shipped) to
+// remeasure. Checked here: the file records that it saw every labelled image, and on them (its
+// training images, so a fit and not an accuracy figure) it measures what the card says, so the
+// committed file is the documented one.
+TEST(ShippedModel, TrainedOnEveryImageAndMatchesModelCard) {
+    const std::string data = FETALHC_DATA_DIR, model = FETALHC_DEFAULT_MODEL;
     if (!fs::exists(fs::path(data) / "training_set")) GTEST_SKIP() << "HC18 data not found at " << data << "; accuracy not checked";
     if (!fs::exists(model)) GTEST_SKIP() << "model " << model << " not found";
     auto seg = Segmenter::load(model, {0});
@@ -39,27 +48,24 @@ void check_model(const std::string& model, const std::string& card_key) {
     ASSERT_TRUE(recs) << recs.error();
     auto split = model_split(*recs, seg->info().metadata);
     ASSERT_TRUE(split) << split.error();
-    ASSERT_GT(split->validation.size(), 100u);
+    EXPECT_TRUE(split->validation.empty()) << "the shipped model should be trained on every labelled image";
+    ASSERT_EQ(split->train.size(), recs->size());
 
     // The library's one definition of the figure (evaluation.h): a failure counts as an error of
     // the whole reference HC.
     Measurer m(*seg);
     ScoreOptions o;
     o.shape_metrics = false;
-    const ScoreSummary sum = summarize(score_records(split->validation, measure_with(m), o));
+    const ScoreSummary sum = summarize(score_records(split->train, measure_with(m), o));
     const double mad = sum.hc_abs_error_mm.mean;
-    std::printf("validation HC MAD %.3f mm over %d images (%d failed)\n", mad, sum.images, sum.failed);
-    EXPECT_LE(mad, 2.5) << "acceptance: HC mean absolute difference <= 2.5 mm";
-    const double card = model_card_mad(card_key);
-    ASSERT_TRUE(std::isfinite(card)) << "models/MODEL_CARD.md lacks a '" << card_key << ":' line";
+    std::printf("HC MAD on the %d training images %.3f mm (%d failed)\n", sum.images, mad, sum.failed);
+    EXPECT_LE(mad, 2.0) << "a model that fits its own training images worse than this is broken";
+    const double card = model_card_mad("training_images_hc_mad_mm");
+    ASSERT_TRUE(std::isfinite(card)) << "models/MODEL_CARD.md lacks a 'training_images_hc_mad_mm:' line";
     // The card is rounded to 0.01 mm; oneDNN kernels may differ in the last bits between CPUs.
     EXPECT_NEAR(mad, card, 0.02) << "the model card's figure for " << model << " does not match this run";
-}
-
-}  // namespace
-
-TEST(ShippedModel, ValidationSplitHcMadMeetsTargetAndMatchesModelCard) {
-    check_model(FETALHC_DEFAULT_MODEL, "validation_hc_mad_mm");
+    EXPECT_TRUE(std::isfinite(model_card_mad("oof_hc_mad_mm"))) << "models/MODEL_CARD.md lacks the recipe's out-of-fold figure";
+    EXPECT_TRUE(interval_model_from_metadata(seg->info().metadata)) << "the shipped model should carry its calibrated HC interval";
 }
 
 // The second opinion (MeasureOptions::second_opinion): the same head measured on the mirrored scan
