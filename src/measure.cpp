@@ -64,7 +64,8 @@ void add_hc_reason(Measurement& m) {
 
 void add_cephalic_index_reason(Measurement& m, double min_ci, double max_ci) {
     if (m.cephalic_index < min_ci || m.cephalic_index > max_ci)
-        m.reasons.push_back("cephalic index " + fmt(m.cephalic_index) + " outside " + fmt(min_ci, 0) + ".." + fmt(max_ci, 0));
+        m.reasons.push_back("cephalic index " + fmt(m.cephalic_index) + " outside " + fmt(min_ci, 0) + ".." + fmt(max_ci, 0) +
+                            ": an unusual head shape, or not the head; check the plane and the ellipse");
 }
 
 // The one owner of the quality flag, called once every reason has been added: any reason means
@@ -133,16 +134,18 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     m.timings.postprocess_ms = post_ms;
     m.timings.fit_ms = fit_ms;
 
-    if (seg.presence < opt.min_presence) m.reasons.push_back("low detection confidence (" + fmt(seg.presence, 2) + ")");
+    if (seg.presence < opt.min_presence) m.reasons.push_back("low detection confidence (" + fmt(seg.presence, 2) + "): the image may not show a head in the HC plane");
     if (bnd.mean_confidence < opt.min_certainty)
-        m.reasons.push_back("uncertain segmentation (certainty " + fmt(bnd.mean_confidence, 2) + ")");
-    if (fit.rms_px > opt.max_fit_rms_px) m.reasons.push_back("poor ellipse fit (RMS " + fmt(fit.rms_px, 2) + " px)");
+        m.reasons.push_back("uncertain segmentation (certainty " + fmt(bnd.mean_confidence, 2) + "): check the ellipse against the skull");
+    if (fit.rms_px > opt.max_fit_rms_px) m.reasons.push_back("poor ellipse fit (RMS " + fmt(fit.rms_px, 2) + " px): the outline found is not a clean ellipse; check it");
     const double inlier_share = double(fit.inliers) / std::max(1, fit.points);
     if (inlier_share < 0.8)
-        m.reasons.push_back("boundary is not elliptical (" + fmt(100 * (1 - inlier_share), 0) + "% of points rejected)");
+        m.reasons.push_back("boundary is not elliptical (" + fmt(100 * (1 - inlier_share), 0) +
+                            "% of points rejected): the head may be taken with the fluid or a structure beside it");
     const double cut_share = double(bnd.cut_points.size()) / std::max<size_t>(1, bnd.cut_points.size() + bnd.points.size());
     if (cut_share > opt.max_cut_fraction)
-        m.reasons.push_back("head cut by the image border or sector edge (" + fmt(100 * cut_share, 0) + "% of the boundary)");
+        m.reasons.push_back("head cut by the image border or sector edge (" + fmt(100 * cut_share, 0) +
+                            "% of the boundary): the hidden part of the ellipse is a guess");
     if (m.signals.skull_evidence >= 0) {
         // The length of the outline with no skull under it: a large head whose far side fades out
         // (or lies in a shadow) is where the ellipse edge is placed by guess (models/MODEL_CARD.md).
