@@ -1373,6 +1373,27 @@ TEST_F(RouteApi, MeasureIsShedWith503AndRetryAfterWhenTheSlotsAreBusy) {
     EXPECT_EQ(slots.shed(), 1u);
 }
 
+// POST /v1/segment sheds the same way (it runs the network like /v1/measure).
+TEST_F(RouteApi, SegmentIsShedWith503AndRetryAfterWhenTheSlotsAreBusy) {
+    Slots& slots = api.engine.slots();
+    slots.set_max_wait_ms(5);
+    slots.record_service_ms(30);
+    slots.acquire();
+    slots.acquire();
+    const HttpResponse r = api(post_form("/v1/segment", measure_form(synthetic_scan())));
+    expect_error(r, 503, "overloaded", "--max-queue-ms");
+    ASSERT_FALSE(r.header("Retry-After").empty());
+    EXPECT_EQ(slots.shed(), 1u);
+    slots.release();
+    slots.release();
+    expect_error(api(post_form("/v1/segment", measure_form(synthetic_scan()))), 503, "model_loading");
+    EXPECT_EQ(slots.shed(), 1u);
+    const json doc = json::parse(openapi_json("test", 1u << 20));
+    const json& r503 = doc["paths"]["/v1/segment"]["post"]["responses"]["503"];
+    EXPECT_NE(r503["description"].get<std::string>().find("overloaded"), std::string::npos) << r503.dump();
+    EXPECT_EQ(r503["headers"]["Retry-After"]["schema"]["type"], "integer") << r503.dump();
+}
+
 // The OpenAPI document lists the code and the Retry-After header of POST /v1/measure's 503.
 TEST(RouteOpenApi, MeasureDocumentsOverloadedAndRetryAfter) {
     const json doc = json::parse(openapi_json("test", 1u << 20));

@@ -327,9 +327,10 @@ json segment_path() {
     return {{"summary", "Segment the head: a mask PNG (255 = head; headers X-Detection-Score, X-Confidence) or JSON contour"},
             {"security", kSecured},
             {"requestBody", image_form({{"format", {{"type", "string"}, {"enum", {"png", "json"}}, {"default", "png"}}}}, {"image"})},
-            {"responses", responses_with({{"200", ok}}, {E::BadRequest, E::MissingField, E::InvalidField, E::ImageUnreadable,
-                                                         E::Unauthorized, E::PayloadTooLarge, E::NoHeadFound, E::ModelLoading,
-                                                         E::ModelUnavailable})}};
+            {"responses", overload_header(responses_with({{"200", ok}},
+                                                         {E::BadRequest, E::MissingField, E::InvalidField, E::ImageUnreadable,
+                                                          E::Unauthorized, E::PayloadTooLarge, E::NoHeadFound, E::ModelLoading,
+                                                          E::ModelUnavailable, E::Overloaded}))}};
 }
 
 json fit_path() {

@@ -133,11 +133,15 @@ HttpResponse segment(const HttpRequest& req, Services& s) {
     const std::string format = form_text(req, "format").value_or("png");
     if (format != "png" && format != "json")
         fail(ErrorCode::InvalidField, "'format' must be 'png' (mask image) or 'json' (contour)");
-    const cv::Mat gray = decode_image(s.engine.decode_slots(), up.bytes, upload_name(up)).value_or_throw();
-    const auto model = s.engine.measurer().value_or_throw();
     Segmentation seg;
+    cv::Mat gray;
     {
-        SlotGuard slot(s.engine.slots());
+        // Shed like /v1/measure (--max-queue-ms): the slot first, so a refused request costs no decode.
+        Admission admission;
+        SlotGuard slot(s.engine.slots(), admission);
+        if (!admission.admitted) throw overloaded_error(admission, s.engine.slots());
+        gray = decode_image(s.engine.decode_slots(), up.bytes, upload_name(up)).value_or_throw();
+        const auto model = s.engine.measurer().value_or_throw();
         seg = model->segmenter().segment(gray);
     }
     const Boundary b = extract_boundary(seg, gray);
