@@ -1373,6 +1373,25 @@ TEST_F(RouteApi, MeasureIsShedWith503AndRetryAfterWhenTheSlotsAreBusy) {
     EXPECT_EQ(slots.shed(), 1u);
 }
 
+// A DICOM upload to POST /v1/measure sheds too, before its decode: 503 overloaded with Retry-After.
+TEST_F(RouteApi, DicomUploadIsShedWith503WhenTheSlotsAreBusy) {
+    const std::string dcm = wrap_in_dicom(synthetic_scan(), kPixelMm);
+    Slots& slots = api.engine.slots();
+    slots.set_max_wait_ms(5);
+    slots.record_service_ms(30);
+    slots.acquire();
+    slots.acquire();
+    const HttpResponse r = api(post_form("/v1/measure", dicom_form(dcm)));
+    expect_error(r, 503, "overloaded", "--max-queue-ms");
+    ASSERT_FALSE(r.header("Retry-After").empty());
+    EXPECT_EQ(slots.shed(), 1u);
+    slots.release();
+    slots.release();
+    expect_error(api(post_form("/v1/measure", dicom_form(dcm))), 503, "model_loading");
+    EXPECT_EQ(slots.shed(), 1u);
+    EXPECT_EQ(slots.in_use(), 0);
+}
+
 // POST /v1/segment sheds the same way (it runs the network like /v1/measure).
 TEST_F(RouteApi, SegmentIsShedWith503AndRetryAfterWhenTheSlotsAreBusy) {
     Slots& slots = api.engine.slots();

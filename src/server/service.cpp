@@ -326,9 +326,18 @@ std::optional<ApiError> calibration_problem(const DicomHeader& h) {
     return ApiError{ErrorCode::InvalidCalibration, message.front()};
 }
 
+// The network slot for a DICOM measurement, unless the caller already holds one (an HTTP upload
+// admitted before its decode).
+void take_network_slot(std::optional<SlotGuard>& slot, Engine& engine, bool held, double& queue_ms) {
+    if (held) return;
+    const auto tq = Clock::now();
+    slot.emplace(engine.slots());
+    queue_ms = ms_since(tq);
+}
+
 Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& engine, DicomMeasured out,
                                               const std::vector<cv::Mat>& frames, const std::string& name,
-                                              const DicomMeasureRequest& request) {
+                                              const DicomMeasureRequest& request, bool slot_held) {
     auto cal = calibration_for_frames(out.header, request.pixel_size_mm, out.warnings);
     rename_override(out.warnings);
     if (!cal) return ApiError{ErrorCode::InvalidCalibration, "'" + name + "': " + cal.error()};
@@ -350,9 +359,8 @@ Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& 
     };
     Expected<VideoSummary> s = make_error("");
     {
-        const auto tq = Clock::now();
-        SlotGuard slot(engine.slots());
-        out.queue_ms = ms_since(tq);
+        std::optional<SlotGuard> slot;
+        take_network_slot(slot, engine, slot_held, out.queue_ms);
         // The CLI's path too: each frame masked to its region, a head leaving the region is that
         // frame's error (with the file's own calibration).
         s = measure_dicom_cine(measurer, out.header, *cal, name, next, vo, [&](const VideoFrame& f) { out.frames.push_back(f); });
@@ -377,6 +385,15 @@ Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, co
         if (auto p = pixel_size_problem(*request.pixel_size_mm, "pixel_size_mm")) return *p;
     if (request.ga_weeks)
         if (auto p = ga_problem(*request.ga_weeks, "ga_weeks")) return *p;
+    std::optional<SlotGuard> admitted;
+    double admission_wait_ms = 0;
+    if (request.shed_when_busy) {
+        Admission admission;
+        admitted.emplace(engine.slots(), admission);
+        if (!admission.admitted) return overloaded_error(admission, engine.slots());
+        admission_wait_ms = admission.waited_ms;
+    }
+    const bool slot_held = admitted.has_value();
     const auto t0 = Clock::now();
     std::optional<SlotGuard> decode_slot(std::in_place, engine.decode_slots());
     const std::vector<unsigned char> data(bytes.begin(), bytes.end());
@@ -394,15 +411,15 @@ Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, co
 
     DicomMeasured out;
     out.header = std::move(*h);
-    if (frames->size() > 1) return measure_dicom_frames_on(**model, engine, std::move(out), *frames, name, request);
+    out.queue_ms = admission_wait_ms;
+    if (frames->size() > 1) return measure_dicom_frames_on(**model, engine, std::move(out), *frames, name, request, slot_held);
     DicomMeasureOptions o;
     o.measure.ga_weeks = request.ga_weeks;
     o.pixel_size_mm = request.pixel_size_mm;
     Expected<DicomMeasurement> m = make_error("");
     {
-        const auto tq = Clock::now();
-        SlotGuard slot(engine.slots());
-        out.queue_ms = ms_since(tq);
+        std::optional<SlotGuard> slot;
+        take_network_slot(slot, engine, slot_held, out.queue_ms);
         m = measure_dicom_frame(**model, out.header, frames->front(), o, name);
     }
     if (!m) return ApiError{ErrorCode::NoHeadFound, m.error()};

@@ -199,6 +199,10 @@ Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const 
 struct DicomMeasureRequest {
     std::optional<double> pixel_size_mm;   // override of the file's calibration
     std::optional<double> ga_weeks;
+    // HTTP uploads: take the network slot first, within --max-queue-ms (else 503 overloaded, nothing
+    // decoded), and hold it through the decode, as measure_and_store does. The DICOM node's queued
+    // jobs leave it false and wait for a slot.
+    bool shed_when_busy = false;
 };
 
 struct DicomMeasured {
