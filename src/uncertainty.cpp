@@ -112,7 +112,7 @@ Expected<std::vector<IntervalSample>> read_interval_samples(std::istream& in, co
                 s.fold = std::stoi((*cells)[size_t(fold)]);
             out.push_back(s);
         } catch (const std::exception&) {
-            return make_error("'" + name + "' line " + std::to_string(row) + ": ref_hc_mm and hc_mm must be numbers");
+            return make_error("'" + name + "' line " + std::to_string(row) + ": ref_hc_mm, hc_mm (and fold, when present) must be numbers");
         }
     }
     return out;

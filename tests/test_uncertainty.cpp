@@ -130,6 +130,11 @@ TEST(HcInterval, ReadsTheEvaluatePerImageCsv) {
     EXPECT_EQ((*s)[0].fold, 3);
     EXPECT_EQ((*s)[1].fold, 0);
     EXPECT_DOUBLE_EQ((*s)[1].measured_hc_mm, 140);
+    std::istringstream bad_fold("filename,ref_hc_mm,hc_mm,quality,fold\na.png,100,101,ok,three\n");
+    auto f = read_interval_samples(bad_fold, "folds.csv");
+    ASSERT_FALSE(f);
+    EXPECT_NE(f.error().find("fold"), std::string::npos) << f.error();
+    EXPECT_NE(f.error().find("line 2"), std::string::npos) << f.error();
     std::istringstream wrong("file,hc\nx,1\n");
     auto e = read_interval_samples(wrong, "other.csv");
     ASSERT_FALSE(e);
