@@ -134,10 +134,15 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     m.timings.postprocess_ms = post_ms;
     m.timings.fit_ms = fit_ms;
 
-    if (seg.presence < opt.min_presence) m.reasons.push_back("low detection confidence (" + fmt(seg.presence, 2) + "): the image may not show a head in the HC plane");
+    if (seg.presence < opt.min_presence)
+        m.reasons.push_back("low detection confidence (" + fmt(seg.presence, 2) +
+                            "): the image may not show a head in the HC plane");
     if (bnd.mean_confidence < opt.min_certainty)
-        m.reasons.push_back("uncertain segmentation (certainty " + fmt(bnd.mean_confidence, 2) + "): check the ellipse against the skull");
-    if (fit.rms_px > opt.max_fit_rms_px) m.reasons.push_back("poor ellipse fit (RMS " + fmt(fit.rms_px, 2) + " px): the outline found is not a clean ellipse; check it");
+        m.reasons.push_back("uncertain segmentation (certainty " + fmt(bnd.mean_confidence, 2) +
+                            "): check the ellipse against the skull");
+    if (fit.rms_px > opt.max_fit_rms_px)
+        m.reasons.push_back("poor ellipse fit (RMS " + fmt(fit.rms_px, 2) +
+                            " px): the outline found is not a clean ellipse; check it");
     const double inlier_share = double(fit.inliers) / std::max(1, fit.points);
     if (inlier_share < 0.8)
         m.reasons.push_back("boundary is not elliptical (" + fmt(100 * (1 - inlier_share), 0) +

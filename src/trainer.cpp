@@ -26,8 +26,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <limits>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -348,10 +348,8 @@ TrainReport finish(Run& r) {
     rep.epochs_done = r.state.epochs_done;
     rep.steps_done = r.state.step;
     rep.wall_seconds = r.state.prior_seconds + seconds_since(r.t_start);
-    if (r.data.validation.empty()) rep.best_hc_mad_mm = std::numeric_limits<double>::quiet_NaN();
-    json report{{"model", rep.model_path},
-                {"best_val_hc_mad_mm", r.data.validation.empty() ? json(nullptr) : json(rep.best_hc_mad_mm)},
-                {"epochs_done", rep.epochs_done},
+    if (r.data.validation.empty()) rep.best_hc_mad_mm = std::numeric_limits<double>::quiet_NaN();  // written as null
+    json report{{"model", rep.model_path}, {"best_val_hc_mad_mm", rep.best_hc_mad_mm}, {"epochs_done", rep.epochs_done},
                 {"steps_done", rep.steps_done}, {"wall_seconds", rep.wall_seconds}, {"threads", torch::get_num_threads()},
                 {"parameters", detail::count_parameters(*r.w.net)}, {"train_images", r.data.train.size()},
                 {"validation_images", r.data.validation.size()}, {"config", training::config_to_json(r.cfg)},
@@ -474,8 +472,15 @@ std::string calibrate_stage_model(const fs::path& refine_model, const fs::path& 
 }
 
 // Both stages of the recipe in dir/{coarse,refine}/, then dir/model.pt; adds the stages run and
-// skipped to `rep`.
+// skipped to `rep`. A run whose dir/model.pt exists is skipped whole, once its refine folder is
+// found to be of this split (a folder of another run is refused).
 std::string train_two_stages(TrainConfig c, TrainConfig r, const fs::path& dir, const KFoldOptions& opt, KFoldReport& rep) {
+    if (fs::exists(dir / "model.pt")) {
+        if (auto e = check_stage_folder(dir / "refine", r); !e.empty()) return e;
+        std::fprintf(stderr, "fetalhc train: %s, finished (%s), skipped\n", run_label(c).c_str(), (dir / "model.pt").string().c_str());
+        ++rep.stages_skipped;
+        return "";
+    }
     fs::create_directories(dir);
     r.coarse_model = (dir / "coarse" / "model.pt").string();
     if (!r.init_weights.empty()) r.init_weights = r.coarse_model;
@@ -506,19 +511,11 @@ Expected<KFoldReport> train_kfold(const TrainConfig& coarse_cfg, const TrainConf
     try {
         for (int i = 0; i < opt.folds; ++i) {
             const fs::path dir = fs::path(opt.out_dir) / ("fold" + std::to_string(i));
-            const fs::path model = dir / "model.pt";
-            rep.models.push_back(model.string());
+            rep.models.push_back((dir / "model.pt").string());
             TrainConfig c = coarse_cfg, r = refine_cfg;
             c.folds = r.folds = opt.folds;
             c.fold = r.fold = i;
             c.keep_last = r.keep_last = true;  // the held-out fold must not choose the epoch
-            if (fs::exists(model)) {
-                // A finished fold must still be of this split (a folder of another run is refused).
-                if (auto e = check_stage_folder(dir / "refine", r); !e.empty()) return make_error(e);
-                std::fprintf(stderr, "fetalhc train --kfold: fold %d finished (%s), skipped\n", i, model.string().c_str());
-                ++rep.stages_skipped;
-                continue;
-            }
             if (auto e = train_two_stages(c, r, dir, opt, rep); !e.empty()) return make_error(e);
         }
     } catch (const std::exception& e) {
@@ -530,19 +527,13 @@ Expected<KFoldReport> train_kfold(const TrainConfig& coarse_cfg, const TrainConf
 Expected<KFoldReport> train_all_images(const TrainConfig& coarse_cfg, const TrainConfig& refine_cfg, const KFoldOptions& opt) {
     if (auto e = check_stage_configs(coarse_cfg, refine_cfg); !e.empty()) return make_error(e);
     KFoldReport rep;
-    const fs::path dir(opt.out_dir), model = dir / "model.pt";
-    rep.models.push_back(model.string());
+    const fs::path dir(opt.out_dir);
+    rep.models.push_back((dir / "model.pt").string());
     TrainConfig c = coarse_cfg, r = refine_cfg;
     c.folds = r.folds = c.fold = r.fold = 0;
     c.validation_fraction = r.validation_fraction = 0;  // every labelled image trains
     c.keep_last = r.keep_last = true;                   // no validation to choose the epoch
     try {
-        if (fs::exists(model)) {
-            if (auto e = check_stage_folder(dir / "refine", r); !e.empty()) return make_error(e);
-            std::fprintf(stderr, "fetalhc train: all images, finished (%s), skipped\n", model.string().c_str());
-            ++rep.stages_skipped;
-            return rep;
-        }
         if (auto e = train_two_stages(c, r, dir, opt, rep); !e.empty()) return make_error(e);
     } catch (const std::exception& e) {
         return make_error(std::string("training on all images failed: ") + e.what());

@@ -40,6 +40,15 @@ bool has_reason(const Measurement& m, const std::string& text) {
     return false;
 }
 
+// The image of kHead: dark, with the skull drawn as a bright ring from 0 to end_deg degrees of the
+// ellipse (360: all round).
+cv::Mat skull_ring(double end_deg) {
+    cv::Mat g(kImage, CV_8U, cv::Scalar(30));
+    cv::ellipse(g, cv::Point(int(kHead.cx), int(kHead.cy)), cv::Size(int(kHead.a), int(kHead.b)), kHead.angle * 180 / CV_PI,
+                0, end_deg, cv::Scalar(220), 5);
+    return g;
+}
+
 // The invariant under test: review exactly when there is a reason.
 void expect_quality_follows_reasons(const Measurement& m, const std::string& what) {
     EXPECT_EQ(m.quality, m.reasons.empty() ? "ok" : "review") << what;
@@ -79,19 +88,13 @@ TEST(MeasureQuality, CleanSegmentationIsOk) {
 // and the reason gives both lengths.
 TEST(MeasureQuality, SkullUnseenOverMuchOfTheOutlineIsReview) {
     const Segmentation seg = from_mask(rasterize(kHead, kImage));
-    auto ring = [&](double end_deg) {
-        cv::Mat g(kImage, CV_8U, cv::Scalar(30));
-        cv::ellipse(g, cv::Point(int(kHead.cx), int(kHead.cy)), cv::Size(int(kHead.a), int(kHead.b)),
-                    kHead.angle * 180 / CV_PI, 0, end_deg, cv::Scalar(220), 5);
-        return g;
-    };
     MeasureOptions o = options();
     o.max_unseen_outline_mm = 40;
-    auto whole = measure_from_segmentation(seg, ring(360), o, "whole ring");
+    auto whole = measure_from_segmentation(seg, skull_ring(360), o, "whole ring");
     ASSERT_TRUE(whole) << whole.error();
     EXPECT_GT(whole->signals.skull_evidence, 0.9);
     EXPECT_FALSE(has_reason(*whole, "skull not seen"));
-    auto third = measure_from_segmentation(seg, ring(120), o, "a third");
+    auto third = measure_from_segmentation(seg, skull_ring(120), o, "a third");
     ASSERT_TRUE(third) << third.error();
     EXPECT_NEAR(third->signals.skull_evidence, 1.0 / 3, 0.08);
     ASSERT_TRUE(has_reason(*third, "skull not seen")) << (third->reasons.empty() ? "" : third->reasons.front());
@@ -99,7 +102,7 @@ TEST(MeasureQuality, SkullUnseenOverMuchOfTheOutlineIsReview) {
     const double unseen = third->hc_mm * (1 - third->signals.skull_evidence);
     EXPECT_TRUE(has_reason(*third, "under " + std::to_string(int(std::lround(unseen))) + " mm"));
     o.max_unseen_outline_mm = 90;  // above the unseen length
-    auto lenient = measure_from_segmentation(seg, ring(120), o, "a third, lenient");
+    auto lenient = measure_from_segmentation(seg, skull_ring(120), o, "a third, lenient");
     ASSERT_TRUE(lenient) << lenient.error();
     EXPECT_FALSE(has_reason(*lenient, "skull not seen"));
 }
@@ -127,9 +130,7 @@ TEST(MeasureQuality, EveryReasonEndsInReview) {
     };
     // The image: the skull drawn as a bright ring over a third of the head only (skull evidence
     // about 1/3, HC about 101 mm, so about 67 mm of the outline unseen).
-    cv::Mat gray(kImage, CV_8U, cv::Scalar(30));
-    cv::ellipse(gray, cv::Point(int(kHead.cx), int(kHead.cy)), cv::Size(int(kHead.a), int(kHead.b)),
-                kHead.angle * 180 / CV_PI, 0, 120, cv::Scalar(220), 5);
+    const cv::Mat gray = skull_ring(120);
     for (const Case& c : cases) {
         MeasureOptions o = options();
         c.tweak(o);

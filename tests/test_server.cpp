@@ -106,6 +106,17 @@ struct Instance {
     }
 };
 
+// Options of a server in `dir` that is only created, never asked to measure: a placeholder model
+// file (the model loads in the background), a database in `dir`, any free port.
+ServerOptions options_in(const fs::path& dir) {
+    std::ofstream(dir / "m.pt") << "x";
+    ServerOptions o;
+    o.model_path = (dir / "m.pt").string();
+    o.db_path = (dir / "db.sqlite").string();
+    o.port = 0;
+    return o;
+}
+
 Instance start(ServerOptions o, const std::string& tag) {
     Instance in;
     in.dir = temp_dir(tag);
@@ -504,11 +515,7 @@ TEST(ServerOptionsCheck, MissingModelAndBusyPortAreClearErrors) {
 // The DICOM node's options are checked when the server is created, with messages naming the flag.
 TEST(ServerOptionsCheck, DicomNodeOptionsAreClearErrors) {
     const fs::path dir = temp_dir("dicomopts");
-    std::ofstream(dir / "m.pt") << "x";
-    ServerOptions o;
-    o.model_path = (dir / "m.pt").string();
-    o.db_path = (dir / "db.sqlite").string();
-    o.port = 0;
+    ServerOptions o = options_in(dir);
     o.dicom_port = 70000;
     auto s = Server::create(o);
     ASSERT_FALSE(s);
@@ -750,11 +757,7 @@ TEST(ServerOverload, BusySlotGives503WithRetryAfterAndMetricsCountIt) {
 
 TEST(ServerOptionsCheck, MaxQueueMsMustBeZeroOrPositive) {
     const fs::path dir = temp_dir("queueopts");
-    std::ofstream(dir / "m.pt") << "x";
-    ServerOptions o;
-    o.model_path = (dir / "m.pt").string();
-    o.db_path = (dir / "db.sqlite").string();
-    o.port = 0;
+    ServerOptions o = options_in(dir);
     o.max_queue_ms = -1;
     auto s = Server::create(o);
     ASSERT_FALSE(s);

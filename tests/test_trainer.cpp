@@ -18,6 +18,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <utility>
 
 namespace fs = std::filesystem;
 using namespace fetalhc;
@@ -72,6 +73,18 @@ TrainConfig tiny_config() {
     return c;
 }
 
+// The two-stage recipe of the k-fold and all-images tests: tiny_config as the coarse stage and a
+// refine stage whose coarse_model and init_weights each run replaces with its own coarse model.
+std::pair<TrainConfig, TrainConfig> tiny_recipe() {
+    TrainConfig coarse = tiny_config(), refine = tiny_config();
+    refine.stage = "refine";
+    refine.network.input_width = 48;
+    refine.network.input_height = 32;
+    refine.coarse_model = "unused";
+    refine.init_weights = "unused";
+    return {coarse, refine};
+}
+
 }  // namespace
 
 class TrainerSmoke : public ::testing::Test {
@@ -89,6 +102,15 @@ protected:
         o.out_dir = (dir_ / run_name).string();
         o.progress = false;
         o.max_steps = steps;
+        return o;
+    }
+    // Quiet two-step stages on the synthetic data, into dir_/run_name.
+    KFoldOptions recipe_run(const std::string& run_name) const {
+        KFoldOptions o;
+        o.data_dir = (dir_ / "data").string();
+        o.out_dir = (dir_ / run_name).string();
+        o.max_steps = 2;
+        o.progress = false;
         return o;
     }
     fs::path dir_;
@@ -389,18 +411,9 @@ TEST_F(TrainerSmoke, TheLoopDrawsOnlyFromTheTrainingSplit) {
 // the out-of-fold evaluation measures each image with the model that held it out, and fold models
 // are not mixed.
 TEST_F(TrainerSmoke, KFoldTrainsEachFoldResumesAndEvaluatesOutOfFold) {
-    TrainConfig coarse = tiny_config(), refine = tiny_config();
-    refine.stage = "refine";
-    refine.network.input_width = 48;
-    refine.network.input_height = 32;
-    refine.coarse_model = "unused";  // replaced by each fold's coarse model
-    refine.init_weights = "unused";
-    KFoldOptions o;
-    o.data_dir = (dir_ / "data").string();
-    o.out_dir = (dir_ / "kfold").string();
+    auto [coarse, refine] = tiny_recipe();
+    KFoldOptions o = recipe_run("kfold");
     o.folds = 2;
-    o.max_steps = 2;
-    o.progress = false;
     auto rep = train_kfold(coarse, refine, o);
     ASSERT_TRUE(rep) << rep.error();
     EXPECT_EQ(rep->stages_trained, 4);
@@ -513,17 +526,8 @@ TEST_F(TrainerSmoke, KFoldTrainsEachFoldResumesAndEvaluatesOutOfFold) {
 // all 8 images and validate none, the last epoch is kept, the model records validation_fraction 0,
 // its split has no validation side, a rerun skips it; the config without keep_last is refused.
 TEST_F(TrainerSmoke, AllImagesTrainsEveryImageWithoutValidation) {
-    TrainConfig coarse = tiny_config(), refine = tiny_config();
-    refine.stage = "refine";
-    refine.network.input_width = 48;
-    refine.network.input_height = 32;
-    refine.coarse_model = "unused";  // replaced by the run's coarse model
-    refine.init_weights = "unused";
-    KFoldOptions o;
-    o.data_dir = (dir_ / "data").string();
-    o.out_dir = (dir_ / "all").string();
-    o.max_steps = 2;
-    o.progress = false;
+    auto [coarse, refine] = tiny_recipe();
+    const KFoldOptions o = recipe_run("all");
     auto rep = train_all_images(coarse, refine, o);
     ASSERT_TRUE(rep) << rep.error();
     EXPECT_EQ(rep->stages_trained, 2);

@@ -24,26 +24,24 @@ struct EvalArgs {
     std::string oof;  // k-fold run folder: out-of-fold evaluation
 };
 
-// The records the chosen split names: the model's own grouped split read from its metadata.
+// True when the model's recorded split holds every labelled image for training (fetalhc train --all-images).
+bool trained_on_every_image(const fetalhc::Expected<fetalhc::Split>& s) {
+    return s && s->validation.empty() && !s->train.empty();
+}
+
+// The records the chosen split names: the model's own grouped split `s`, read from its metadata.
 fetalhc::Expected<std::vector<fetalhc::Hc18Record>> chosen_records(const EvalArgs& a,
                                                                    const std::vector<fetalhc::Hc18Record>& all,
-                                                                   const fetalhc::Segmenter& seg) {
+                                                                   const fetalhc::Expected<fetalhc::Split>& s) {
     if (a.split == "all") return all;
-    auto s = fetalhc::model_split(all, seg.info().metadata);
     if (!s) return fetalhc::make_error("model '" + a.model + "': " + s.error() + "; use --split all");
-    if (a.split == "validation" && s->validation.empty() && !s->train.empty())
+    if (a.split == "validation" && trained_on_every_image(s))
         return fetalhc::make_error(
             "model '" + a.model + "' was trained on every labelled image (validation_fraction 0): no image is held out "
             "from it, so it has no validation figure. The recipe's figure is the out-of-fold one of its k-fold run "
             "(models/MODEL_CARD.md; `fetalhc evaluate --data " + a.data + " --oof RUN`); --split train or all measure "
             "images it trained on");
     return a.split == "validation" ? s->validation : s->train;
-}
-
-// True when the model's recorded split holds every labelled image for training (fetalhc train --all-images).
-bool trained_on_every_image(const std::vector<fetalhc::Hc18Record>& all, const fetalhc::Segmenter& seg) {
-    auto s = fetalhc::model_split(all, seg.info().metadata);
-    return s && s->validation.empty() && !s->train.empty();
 }
 
 void print_summary_line(const char* name, const fetalhc::ScoreSummary& s) {
@@ -123,7 +121,8 @@ int run_evaluate(const EvalArgs& a) {
     if (!check_model_file(a.model)) return kExitUsage;
     auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
     if (!seg) return error(seg.error()), kExitUsage;
-    auto chosen = chosen_records(a, *recs, *seg);
+    const auto split = fetalhc::model_split(*recs, seg->info().metadata);
+    auto chosen = chosen_records(a, *recs, split);
     if (!chosen) return error(chosen.error()), kExitUsage;
     fetalhc::Measurer measurer(*seg);
     Progress progress(int(chosen->size()), !a.quiet);
@@ -143,7 +142,7 @@ int run_evaluate(const EvalArgs& a) {
         fetalhc::write_per_image_csv(rep, f);
         if (!f.flush()) return error("cannot write '" + a.per_image_csv + "': check the folder exists and is writable"), kExitSomeFailed;
     }
-    const bool saw_all = trained_on_every_image(*recs, *seg);
+    const bool saw_all = trained_on_every_image(split);
     if (saw_all) out["note"] = "the model was trained on every labelled image: these are training images, not an accuracy figure";
     if (a.json_out) std::printf("%s\n", out.dump(2).c_str());
     else print_table(a, rep, out["worst"]);

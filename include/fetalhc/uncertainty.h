@@ -62,7 +62,8 @@ struct IntervalCoverage {
 IntervalCoverage interval_coverage(const HcIntervalModel& model, const std::vector<IntervalSample>& samples);
 
 // Samples from a per-image CSV written by `fetalhc evaluate --per-image` (columns ref_hc_mm, hc_mm,
-// quality, and fold when the CSV is out-of-fold; rows of failed images have no hc_mm and are skipped). `name` names the file in errors.
+// quality, and fold when the CSV is out-of-fold; rows of failed images have no hc_mm and are
+// skipped). `name` names the file in errors.
 Expected<std::vector<IntervalSample>> read_interval_samples(std::istream& csv, const std::string& name);
 
 nlohmann::json to_json(const HcIntervalModel& model);
