@@ -99,10 +99,14 @@ std::pair<cv::Mat, float> forward_one(UNet net, const cv::Mat& input8);
 // When the head the second network finds covers less than kSecondLookAreaShare of the crop's
 // ellipse, or its centre lies more than kSecondLookShift semi-major axes from the crop's centre, it
 // crops once more around that head (see needs_second_look).
-Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r);
+// mirror_average: each crop is also segmented mirrored left-right and the maps averaged
+// (SegmenterOptions::mirror_average).
+Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r,
+                                 bool mirror_average = false);
 // The same with several members (an ensemble; all with one network config and margin): each crop
 // is segmented by every member and their probability maps averaged.
-Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const std::vector<Refiner>& members);
+Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const std::vector<Refiner>& members,
+                                 bool mirror_average = false);
 
 // Mean probability map and presence of several networks on one input (one member: forward_one).
 // `disagreement` (members > 1): 1 - the mean IoU of each member's mask (p > 0.5) with the mask of
@@ -113,6 +117,9 @@ struct MemberForward {
     double disagreement = 0;
 };
 MemberForward forward_members(const std::vector<UNet>& nets, const cv::Mat& input8);
+// forward_members on input8 and on input8 mirrored left-right (its maps mirrored back), averaged:
+// probability, presence and disagreement are the means of the two views. mirror == false: forward_members.
+MemberForward forward_members(const std::vector<UNet>& nets, const cv::Mat& input8, bool mirror);
 inline constexpr double kSecondLookAreaShare = 0.6, kSecondLookShift = 0.2;
 bool needs_second_look(const Segmentation& refined, const Ellipse& crop_ellipse);
 

@@ -28,6 +28,7 @@ struct Segmenter::Impl {
     // LibTorch; the networks are used read-only.
     mutable std::vector<detail::UNet> nets;
     mutable std::vector<detail::Refiner> refiners;  // empty when the model has no second pass
+    bool mirror_average = false;                     // SegmenterOptions::mirror_average
     ModelInfo info;
 };
 
@@ -71,11 +72,25 @@ MemberForward forward_members(const std::vector<UNet>& nets, const cv::Mat& inpu
     return out;
 }
 
-Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r) {
-    return refine_segmentation(coarse, gray8, std::vector<Refiner>{r});
+MemberForward forward_members(const std::vector<UNet>& nets, const cv::Mat& input8, bool mirror) {
+    if (!mirror) return forward_members(nets, input8);
+    cv::Mat mirrored;
+    cv::flip(input8, mirrored, 1);
+    MemberForward out = forward_members(nets, input8), m = forward_members(nets, mirrored);
+    cv::Mat back;
+    cv::flip(m.probability, back, 1);
+    out.probability = 0.5f * (out.probability + back);
+    out.presence = 0.5f * (out.presence + m.presence);
+    out.disagreement = 0.5 * (out.disagreement + m.disagreement);
+    return out;
 }
 
-Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const std::vector<Refiner>& members) {
+Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const Refiner& r, bool mirror_average) {
+    return refine_segmentation(coarse, gray8, std::vector<Refiner>{r}, mirror_average);
+}
+
+Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray8, const std::vector<Refiner>& members,
+                                 bool mirror_average) {
     const Refiner& r = members.front();
     std::vector<UNet> nets;
     for (const auto& m : members) nets.push_back(m.net);
@@ -95,7 +110,7 @@ Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray
     auto segment_crop = [&](Segmentation& seg, const Ellipse& around) {
         seg.crop_to_net = crop_frame(around, ns, r.margin);
         seg.net_input = warp_to_frame(gray8, seg.crop_to_net, ns);
-        auto f = forward_members(nets, seg.net_input);
+        auto f = forward_members(nets, seg.net_input, mirror_average);
         seg.net_probability = f.probability;
         seg.refine_presence = f.presence;
         seg.member_disagreement = f.disagreement;
@@ -160,6 +175,7 @@ Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOpti
             impl->info.refine_config = lm.refine.net->cfg;
             impl->info.refine_margin = lm.refine.margin;
         }
+        impl->mirror_average = opt.mirror_average;
         impl->info.path = path;
         impl->info.config = lm.cfg;
         impl->info.metadata = lm.metadata;
@@ -251,7 +267,7 @@ Segmentation Segmenter::segment(const cv::Mat& gray8) const {
     out.net_input = input;
     out.axis_scale = impl_->info.axis_scale;
     out.rival_share = rival_share(out.net_probability);
-    if (!impl_->refiners.empty()) out = detail::refine_segmentation(out, gray8, impl_->refiners);
+    if (!impl_->refiners.empty()) out = detail::refine_segmentation(out, gray8, impl_->refiners, impl_->mirror_average);
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
 }
@@ -273,7 +289,7 @@ Segmentation Segmenter::segment_near(const cv::Mat& gray8, const Ellipse& prior)
     // The second network's own score: is the crop still centred on a head?
     std::vector<detail::UNet> nets;
     for (const auto& r : impl_->refiners) nets.push_back(r.net);
-    auto f = detail::forward_members(nets, input);
+    auto f = detail::forward_members(nets, input, impl_->mirror_average);
     out.net_probability = f.probability;
     out.presence = f.presence;
     out.member_disagreement = f.disagreement;

@@ -135,6 +135,9 @@ struct FrameTracker {
     int since_detect = 0;  // frames handed out since the last whole-image pass
     std::deque<std::pair<std::shared_ptr<FrameJob>, std::future<void>>> in_flight;
 
+    FrameTracker(VideoSummary& summary, const std::function<void(const VideoFrame&)>& callback)
+        : s(summary), on_frame(callback) {}
+
     // Decides whether the job tracks from the last ellipse or runs the whole-image pass.
     void plan(FrameJob& job, int redetect_every) {
         job.track = have_prior && since_detect < redetect_every;
@@ -213,7 +216,7 @@ Expected<VideoSummary> measure_frames(const Measurer& measurer, const std::strin
     const int workers = opt.workers > 0 ? opt.workers : int(std::max(1u, std::thread::hardware_concurrency()));
     VideoSummary s;
     s.source = label;
-    FrameTracker tracker{s, on_frame};
+    FrameTracker tracker(s, on_frame);
     run_frames(measurer, label, opt, next, workers, tracker);
     if (s.frames == 0) return make_error("video '" + label + "' has no readable frames; check that the file is complete");
     s.ok = int(tracker.ok.size());

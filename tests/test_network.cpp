@@ -238,3 +238,29 @@ TEST(Ensemble, FolderListsFoldModelsOrModelFiles) {
     ASSERT_FALSE(single);
     EXPECT_NE(single.error().find("1 model"), std::string::npos);
 }
+
+// The second pass's mirror average: the averaged map of an input and of its mirror image are
+// mirror images of each other (whatever the weights), the mean of the two single views; without
+// it a random network is not symmetric, so the test can tell them apart.
+TEST(MirrorAverage, IsTheMeanOfBothViewsAndMirrorSymmetric) {
+    UNet net = random_eval_net(64, 48, 4, 2);
+    const std::vector<UNet> nets{net};
+    cv::Mat input(48, 64, CV_8UC1);
+    cv::randu(input, 0, 256);
+    cv::Mat mirrored;
+    cv::flip(input, mirrored, 1);
+    c10::InferenceMode guard;
+    const auto plain = fetalhc::detail::forward_members(nets, input, false);
+    const auto plain_m = fetalhc::detail::forward_members(nets, mirrored, false);
+    const auto avg = fetalhc::detail::forward_members(nets, input, true);
+    const auto avg_m = fetalhc::detail::forward_members(nets, mirrored, true);
+
+    cv::Mat back;
+    cv::flip(plain_m.probability, back, 1);
+    EXPECT_GT(cv::norm(plain.probability, back, cv::NORM_INF), 1e-3) << "a random network should not be mirror symmetric";
+    const cv::Mat expected = 0.5f * (plain.probability + back);
+    EXPECT_LT(cv::norm(avg.probability, expected, cv::NORM_INF), 1e-6);
+    EXPECT_NEAR(avg.presence, 0.5f * (plain.presence + plain_m.presence), 1e-6);
+    cv::flip(avg_m.probability, back, 1);
+    EXPECT_LT(cv::norm(avg.probability, back, cv::NORM_INF), 1e-6);
+}

@@ -30,6 +30,7 @@ struct BenchArgs {
     std::string ensemble;       // k-fold run folder: time the ensemble instead of --model
     double pixel_size = 0.15;   // mm per pixel (only scales the numbers, not the work)
     int threads = 2;
+    bool mirror = false;        // --mirror: time the second pass with its mirrored copy
     int runs = 30;              // timed end-to-end runs (after the warm-up runs)
     int video_frames = 60;      // frames of the synthetic cine loop (0 = skip the video part)
     int workers = 0;            // video: frames measured at once (0 = one per core)
@@ -123,6 +124,7 @@ void print_json(const BenchArgs& a, const fetalhc::ModelInfo& info, const cv::Ma
                      {"parameters", info.parameters},
                      {"two_pass", info.refine_config.input_width > 0},
                      {"threads", a.threads},
+                     {"mirror_average", a.mirror},
                      {"image", a.image.empty() ? "synthetic 800x540" : a.image},
                      {"image_width", frame0.cols},
                      {"image_height", frame0.rows},
@@ -168,7 +170,7 @@ int run_bench(BenchArgs a) {
         return kExitUsage;
     }
     if (!bound_thread_count(a.threads, "--threads") || !bound_thread_count(a.workers, "--workers")) return kExitUsage;
-    auto seg = load_segmenter(a.model, a.ensemble, a.threads);
+    auto seg = load_segmenter(a.model, a.ensemble, {a.threads, a.mirror});
     if (!seg) return kExitUsage;
     const fetalhc::Measurer measurer(*seg);
     fetalhc::MeasureOptions opt;
@@ -213,6 +215,7 @@ void add_bench_command(CLI::App& app, Commands& commands) {
     cmd->add_option("image", a->image, "image to time (PNG, JPEG, ...); default: a synthetic 800x540 scan");
     cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
         ->capture_default_str();
+    add_mirror_flag(cmd, a->mirror);
     cmd->add_option("--runs", a->runs, "timed end-to-end runs, after 3 warm-up runs")->capture_default_str();
     cmd->add_option("--video-frames", a->video_frames, "frames of the synthetic cine loop (0 = skip)")->capture_default_str();
     cmd->add_option("--workers", a->workers, "video: frames measured at once (0 = one per core; at most the core count)")

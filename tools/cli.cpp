@@ -120,10 +120,15 @@ CLI::Option* add_ensemble_option(CLI::App* cmd, std::string& dir) {
                            "measure with the fold models of a k-fold run (DIR/fold<i>/model.pt) averaged, instead of --model");
 }
 
-std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const std::string& ensemble_dir, int threads) {
+CLI::Option* add_mirror_flag(CLI::App* cmd, bool& mirror) {
+    return cmd->add_flag("--mirror", mirror, kMirrorHelp);
+}
+
+std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const std::string& ensemble_dir,
+                                                 const fetalhc::SegmenterOptions& options) {
     if (ensemble_dir.empty()) {
         if (!check_model_file(model)) return std::nullopt;
-        auto seg = fetalhc::Segmenter::load(model, {threads});
+        auto seg = fetalhc::Segmenter::load(model, options);
         if (!seg) return error(seg.error()), std::nullopt;
         return *seg;
     }
@@ -131,7 +136,7 @@ std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const
     if (!files) return error(files.error()), std::nullopt;
     for (const auto& f : *files)
         if (auto problem = model_file_problem(f); !problem.empty()) return error("ensemble member: " + problem), std::nullopt;
-    auto seg = fetalhc::Segmenter::load_ensemble(*files, {threads});
+    auto seg = fetalhc::Segmenter::load_ensemble(*files, options);
     if (!seg) return error(seg.error()), std::nullopt;
     return *seg;
 }

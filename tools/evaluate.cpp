@@ -18,7 +18,7 @@ namespace {
 
 struct EvalArgs {
     std::string data, model = default_model(), split = "validation";
-    bool json_out = false, quiet = false, second_opinion = false;
+    bool json_out = false, quiet = false, second_opinion = false, mirror = false;
     int worst = 10, threads = 0;
     std::string per_image_csv;
     std::string oof;  // k-fold run folder: out-of-fold evaluation
@@ -79,7 +79,7 @@ int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& r
     fetalhc::ScoreOptions so;
     so.progress = [&](size_t, size_t) { progress.step(); };
     so.measure.second_opinion = a.second_opinion;
-    auto oof = fetalhc::evaluate_out_of_fold(recs, a.oof, {a.threads}, so);
+    auto oof = fetalhc::evaluate_out_of_fold(recs, a.oof, {a.threads, a.mirror}, so);
     if (!oof) return error(oof.error() + " (k-fold run folder '" + a.oof + "'; `fetalhc train --data " + a.data +
                            " --kfold K --out " + a.oof + "` finishes or resumes it)"), kExitUsage;
     progress.finish();
@@ -119,7 +119,7 @@ int run_evaluate(const EvalArgs& a) {
     if (!recs) return error(recs.error()), kExitUsage;
     if (!a.oof.empty()) return run_out_of_fold(a, *recs);
     if (!check_model_file(a.model)) return kExitUsage;
-    auto seg = fetalhc::Segmenter::load(a.model, {a.threads});
+    auto seg = fetalhc::Segmenter::load(a.model, {a.threads, a.mirror});
     if (!seg) return error(seg.error()), kExitUsage;
     const auto split = fetalhc::model_split(*recs, seg->info().metadata);
     auto chosen = chosen_records(a, *recs, split);
@@ -170,6 +170,7 @@ void add_evaluate_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--threads", a->threads, "CPU threads (0 = all cores; at most the core count)")->capture_default_str();
     add_model_option(cmd, a->model);
     add_quiet_flag(cmd, a->quiet);
+    add_mirror_flag(cmd, a->mirror);
     cmd->add_flag("--second-opinion", a->second_opinion,
                   "also measure each image mirrored (its second pass on another crop) and record the relative HC difference");
     commands.push_back({cmd, [a] {

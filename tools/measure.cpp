@@ -37,6 +37,7 @@ struct MeasureArgs {
     std::string pixel_sizes_csv, format = "text", overlay_dir, model, sr_dir, ensemble;
     double ga_weeks = kNaN;
     int threads = 0;
+    bool mirror = false;
     int redetect_every = 10;
     int workers = 0;
     bool quiet = false;
@@ -477,7 +478,7 @@ int run_measure(MeasureArgs a) {
     if (!inputs_of(a, items)) return kExitUsage;
     std::map<std::string, double> sizes;
     if (const int rc = check_measure_args(a, items, sizes); rc != kExitOk) return rc;
-    auto seg = load_segmenter(a.model, a.ensemble, a.threads);
+    auto seg = load_segmenter(a.model, a.ensemble, {a.threads, a.mirror});
     if (!seg) return kExitUsage;
     const fetalhc::Measurer measurer(*seg);
     Output out(a.format, a.sr_dir);
@@ -523,6 +524,7 @@ void add_measure_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
         ->capture_default_str();
     add_ensemble_option(cmd, a->ensemble)->excludes(add_model_option(cmd, a->model));
+    add_mirror_flag(cmd, a->mirror);
     cmd->add_option("--redetect-every", a->redetect_every,
                     "videos: whole-image pass at least every N frames, tracking between (1 = every frame)")
         ->check(CLI::Range(1, 100000))

@@ -49,6 +49,7 @@ struct ServerOptions {
     std::string model_path;
     int threads = 0;                       // requests running the network at once; 0 = CPU cores
     int torch_threads = 0;                 // LibTorch threads per request; 0 = cores / threads (>= 1)
+    bool mirror_average = false;           // SegmenterOptions::mirror_average (serve --mirror)
     int connection_threads = 64;           // HTTP connections served at once (keep-alive clients)
     // Slow clients: a request (request line, headers and body) must arrive whole within
     // request_timeout_s of its first byte, or its connection is closed unanswered (a request that

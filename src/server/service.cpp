@@ -202,11 +202,11 @@ ApiError overloaded_error(const Admission& a, const Slots& slots) {
 
 Engine::Engine(int slots, double max_queue_ms) : slots_(slots, max_queue_ms), decode_slots_(slots) {}
 
-void Engine::load(const std::string& model_path, int torch_threads) {
+void Engine::load(const std::string& model_path, int torch_threads, bool mirror_average) {
     const auto t0 = Clock::now();
     const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
     const int threads = torch_threads > 0 ? torch_threads : std::max(1, hw / slots_.total());
-    auto seg = Segmenter::load(model_path, {threads});
+    auto seg = Segmenter::load(model_path, {threads, mirror_average});
     {
         std::lock_guard<std::mutex> lock(mu_);
         if (seg) {

@@ -138,8 +138,8 @@ public:
     explicit Engine(int slots, double max_queue_ms = kDefaultMaxQueueMs);
     static constexpr double kDefaultMaxQueueMs = 5000;
     // Loads the model (blocking: call it on a background thread). torch_threads: LibTorch threads
-    // per request; 0 = cores / slots (at least 1).
-    void load(const std::string& model_path, int torch_threads);
+    // per request; 0 = cores / slots (at least 1). mirror_average: SegmenterOptions::mirror_average.
+    void load(const std::string& model_path, int torch_threads, bool mirror_average = false);
 
     State state() const;
     std::string load_error() const;     // why loading failed ("" otherwise)

@@ -580,7 +580,7 @@ void Server::start() {
         impl_->http.listen_after_bind();
         impl_->listen_returned = true;
     });
-    impl_->loader = std::thread([this] { impl_->engine->load(impl_->opt.model_path, impl_->opt.torch_threads); });
+    impl_->loader = std::thread([this] { impl_->engine->load(impl_->opt.model_path, impl_->opt.torch_threads, impl_->opt.mirror_average); });
     if (impl_->dicom) impl_->dicom->start();
 }
 
@@ -589,7 +589,7 @@ void Server::run() {
         std::lock_guard<std::mutex> lock(impl_->stop_mu);
         if (impl_->started) return;
         impl_->started = true;
-        impl_->loader = std::thread([this] { impl_->engine->load(impl_->opt.model_path, impl_->opt.torch_threads); });
+        impl_->loader = std::thread([this] { impl_->engine->load(impl_->opt.model_path, impl_->opt.torch_threads, impl_->opt.mirror_average); });
         if (impl_->dicom) impl_->dicom->start();
     }
     impl_->http.listen_after_bind();
