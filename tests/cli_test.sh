@@ -631,6 +631,15 @@ measure_real_images() {
         test "$header_fields" = "$row_fields"
     check "csv format: stderr is empty for a good image" "stderr not empty" test ! -s "$T/err"
 
+    # --mirror: the second pass averaged with the crop's mirror image; another HC, close to the default's.
+    local hc_plain hc_mirror
+    hc_plain=$(sed -n 2p "$T/out" | cut -d, -f2)
+    run measure --model "$MODEL" --pixel-size 0.13 --format csv --mirror "$img"
+    expect "--mirror: the image is measured" 0 --out-re "^$img,$NUM,"
+    hc_mirror=$(sed -n 2p "$T/out" | cut -d, -f2)
+    check "--mirror: another HC than the default, within 2% of it" "default $hc_plain mm, --mirror $hc_mirror mm" \
+        awk -v a="$hc_plain" -v b="$hc_mirror" 'BEGIN { d = (b - a) / a; exit !(a > 0 && d != 0 && d < 0.02 && d > -0.02) }'
+
     run measure --model "$MODEL" --pixel-size 0.13 --format hc18 "$T/in/011_HC.png" "$T/in/010_HC.png"
     expect "hc18 format: two images measured" 0
     check "hc18 format: exact challenge header" "first line is '$(sed -n 1p "$T/out")'" \

@@ -219,8 +219,8 @@ void Engine::load(const std::string& model_path, int torch_threads, bool mirror_
     }
     cv_.notify_all();
     if (seg)
-        spdlog::info("model loaded in {:.1f} s ({} requests at once, {} LibTorch threads each)", ms_since(t0) / 1000,
-                     slots_.total(), threads);
+        spdlog::info("model loaded in {:.1f} s ({} requests at once, {} LibTorch threads each{})", ms_since(t0) / 1000,
+                     slots_.total(), threads, mirror_average ? ", mirror averaging on" : "");
     else
         spdlog::error("{}", seg.error());
 }
