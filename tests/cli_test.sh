@@ -755,6 +755,10 @@ evaluate_small_folder() {
     expect "evaluate --json: the metrics" 0 --out '"hc_abs_diff_mm"' --out '"dice"' --out '"hausdorff_mm"' \
         --out '"mask_ap50"' --out '"per_trimester"' --out '"images": 3' --out '"worst"'
     check "evaluate --json: valid JSON" "not valid JSON" valid_json "$T/out"
+    check "evaluate --json: says the default path does not mirror" "no '\"mirror_average\": false'" \
+        grep -qF '"mirror_average": false' "$T/out"
+    run evaluate --data "$T/hc18" --model "$MODEL" --split all --mirror
+    expect "evaluate --mirror: the table says so" 0 --out "mirror averaging (--mirror)" --out-re "n= *3 "
     run model calibrate --data "$T/hc18" --model "$MODEL" --out "$T/calibrated.pt"
     expect "model calibrate: exit 0, reports both factors and what it wrote" 0 --err "axis scale" \
         --err "training images" --err "$T/calibrated.pt"

@@ -51,9 +51,10 @@ void print_summary_line(const char* name, const fetalhc::ScoreSummary& s) {
 }
 
 void print_table(const EvalArgs& a, const fetalhc::EvaluationReport& rep, const json& worst) {
-    if (a.oof.empty()) std::printf("fetalhc evaluate: %s (%s split), model %s\n", a.data.c_str(), a.split.c_str(), a.model.c_str());
-    else std::printf("fetalhc evaluate: %s (out of fold: each image by the fold model that did not train on it), k-fold run %s\n",
-                     a.data.c_str(), a.oof.c_str());
+    const char* mirror = a.mirror ? ", mirror averaging (--mirror)" : "";
+    if (a.oof.empty()) std::printf("fetalhc evaluate: %s (%s split), model %s%s\n", a.data.c_str(), a.split.c_str(), a.model.c_str(), mirror);
+    else std::printf("fetalhc evaluate: %s (out of fold: each image by the fold model that did not train on it), k-fold run %s%s\n",
+                     a.data.c_str(), a.oof.c_str(), mirror);
     print_summary_line("all", rep.overall);
     const auto& o = rep.overall;
     std::printf("review flag: %d of %d errors > 5 mm flagged; %d of %d others flagged needlessly\n",
@@ -92,6 +93,7 @@ int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& r
     out["data"] = a.data;
     out["oof"] = a.oof;
     out["split"] = "out-of-fold";
+    out["mirror_average"] = a.mirror;
     out["folds"] = json::array();
     for (const auto& f : ff.folds) out["folds"].push_back(fetalhc::to_json(f));
     out["fold_hc_mad_mm"] = {{"mean", ff.hc_mad_mm.mean}, {"sd", ff.hc_mad_mm.sd}, {"n", ff.hc_mad_mm.n}};
@@ -137,6 +139,7 @@ int run_evaluate(const EvalArgs& a) {
     out["data"] = a.data;
     out["model"] = a.model;
     out["split"] = a.split;
+    out["mirror_average"] = a.mirror;
     if (!a.per_image_csv.empty()) {
         std::ofstream f(a.per_image_csv);
         fetalhc::write_per_image_csv(rep, f);
