@@ -121,7 +121,9 @@ CLI::Option* add_ensemble_option(CLI::App* cmd, std::string& dir) {
 }
 
 CLI::Option* add_mirror_flag(CLI::App* cmd, bool& mirror) {
-    return cmd->add_flag("--mirror", mirror, kMirrorHelp);
+    return cmd->add_flag("--mirror", mirror,
+                         "second pass: also segment each crop mirrored left-right and average the two (about a third "
+                         "more time per image; out-of-fold HC error 1.89 instead of 1.93 mm)");
 }
 
 std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const std::string& ensemble_dir,

@@ -115,7 +115,7 @@ void add_serve_command(CLI::App& app, Commands& commands) {
         ->capture_default_str();
     cmd->add_option("--threads", so.threads, "requests running the network at once (0 = CPU cores; at most the core count)")
         ->capture_default_str();
-    cmd->add_flag("--mirror", so.mirror_average, kMirrorHelp);
+    add_mirror_flag(cmd, so.mirror_average);
     cmd->add_option("--token-file", so.token_file, "file whose first line is the bearer token (required off loopback)");
     cmd->add_option("--allow-origin", a->allow_origin,
                     "web origins (comma-separated, e.g. https://viewer.example.org) whose pages may call this API; "

@@ -99,7 +99,7 @@ std::string validate_config(const TrainConfig& c) {
     if (c.batch_size < 1 || c.epochs < 1 || c.learning_rate <= 0) return "batch_size, epochs and learning_rate must be positive";
     if (c.validation_fraction < 0 || c.validation_fraction >= 1)
         return "validation_fraction must be in [0, 1) (0 = train on every labelled image, no validation)";
-    if (c.folds == 0 && c.validation_fraction == 0 && !c.keep_last)
+    if (trains_on_every_image(c) && !c.keep_last)
         return "validation_fraction 0 (no validation images) needs keep_last: true, since no validation can choose the epoch";
     if (c.folds != 0 && (c.folds < 2 || c.folds > 20)) return "folds must be 0 (plain split) or in [2, 20]";
     if (c.folds == 0 && c.fold != 0) return "fold is set but folds is 0; set folds (e.g. 5) for k-fold cross-validation";

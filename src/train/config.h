@@ -20,4 +20,7 @@ std::string config_from_json(const nlohmann::json& j, TrainConfig& c);
 // Checks the values of a config (ranges, names of the optimizer, schedule, stage). "" when valid.
 std::string validate_config(const TrainConfig& c);
 
+// A plain split with validation_fraction 0: every labelled image trains, none validates.
+inline bool trains_on_every_image(const TrainConfig& c) { return c.folds == 0 && c.validation_fraction == 0; }
+
 }  // namespace fetalhc::training

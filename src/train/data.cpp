@@ -1,5 +1,6 @@
 // The images of a training run (see data.h).
 #include "data.h"
+#include "config.h"
 
 #include "fetalhc/image_io.h"
 #include "geometry.h"
@@ -67,9 +68,7 @@ Expected<Split> training_split(const TrainConfig& cfg, const TrainOptions& opt) 
         if (int(split.train.size()) > opt.limit) split.train.resize(opt.limit);
         if (int(split.validation.size()) > opt.limit) split.validation.resize(opt.limit);
     }
-    // validation_fraction 0 (plain split): every labelled image trains, none validates.
-    const bool no_validation = cfg.folds == 0 && cfg.validation_fraction == 0;
-    if (split.train.empty() || (split.validation.empty() && !no_validation))
+    if (split.train.empty() || (split.validation.empty() && !trains_on_every_image(cfg)))
         return make_error("the grouped split of '" + opt.data_dir + "' left an empty side (" +
                           std::to_string(split.train.size()) + " train, " + std::to_string(split.validation.size()) +
                           " validation); add examinations or change " + (cfg.folds > 0 ? "folds" : "validation_fraction"));
