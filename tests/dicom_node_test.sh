@@ -29,7 +29,14 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/nu
 trap cleanup EXIT
 failures=0
 check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# free_ports N: N distinct loopback ports nothing listens on (the sockets are held together while
+# the kernel picks them, so two calls' worth can never name the same port twice).
+free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
 json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
 
 # An HC18 scan with a head, wrapped with its known pixel size as the region calibration.
@@ -40,16 +47,23 @@ cp "$DICOMS/OBXXXX1A.dcm" "$T/huge.dcm" && chmod u+w "$T/huge.dcm"
 dcmodify -nb -m "(0028,0010)=60000" -m "(0028,0011)=60000" -m "(0008,0018)=1.2.826.0.1.3680043.2.1125.9.1" "$T/huge.dcm" \
   || skip "dcmodify failed"
 
-HTTP=$(free_port) DPORT=$(free_port) PACS=$(free_port)
+read -r HTTP DPORT PACS < <(free_ports 3)
 mkdir -p "$T/pacs"
 storescp -aet PACS -od "$T/pacs" "$PACS" >"$T/storescp.log" 2>&1 &
 PIDS+=($!)
 "$BIN" serve --model "$MODEL" --port "$HTTP" --db "$T/db/f.db" --dicom-port "$DPORT" \
   --dicom-forward "PACS@127.0.0.1:$PACS" >"$T/serve.log" 2>&1 &
-PIDS+=($!)
+SERVE_PID=$!
+PIDS+=("$SERVE_PID")
 URL=http://127.0.0.1:$HTTP
-for _ in $(seq 1 300); do curl -sf "$URL/health" >/dev/null && break; sleep 0.2; done
-check "server ready" 'curl -sf "$URL/health" >/dev/null'
+for _ in $(seq 1 300); do
+  curl -sf "$URL/health" >/dev/null && break
+  kill -0 "$SERVE_PID" 2>/dev/null || break  # it exited (e.g. its port was taken)
+  sleep 0.2
+done
+# Nothing below can pass without the server: stop here with its log rather than wait on every check.
+curl -sf "$URL/health" >/dev/null || { echo "FAIL server ready"; echo "--- serve.log"; cat "$T/serve.log"; exit 1; }
+echo "ok   server ready"
 
 # Waits until `n` instances are listed and none is pending; prints the list.
 wait_listed() {
@@ -110,7 +124,7 @@ node_ms=$(grep -o 'instance [5-7] measured [0-9]* ms' "$T/serve.log" | awk '{pri
 echo "C-STORE received to result stored, by the node's log: $node_ms ms (median $(echo $node_ms | tr ' ' '\n' | sed -n 2p) ms)"
 
 # A second node: an allow-list, a small upload limit, a token.
-HTTP2=$(free_port) DPORT2=$(free_port)
+read -r HTTP2 DPORT2 < <(free_ports 2)
 echo "0123456789abcdef0123456789abcdef" >"$T/token"
 "$BIN" serve --model "$MODEL" --port "$HTTP2" --db "$T/db2/f.db" --dicom-port "$DPORT2" --dicom-aet NODE2 \
   --dicom-allow "MODALITY, US1" --max-upload-mb 0.3 --token-file "$T/token" >"$T/serve2.log" 2>&1 &
@@ -128,7 +142,7 @@ check "the list with the token" \
 # A third node whose image store quota (0.1 MB) is smaller than the object: the C-STORE is refused
 # with status A700 (Refused: Out of Resources), so the sender keeps the object and may retry, and
 # the log says why.
-HTTP3=$(free_port) DPORT3=$(free_port)
+read -r HTTP3 DPORT3 < <(free_ports 2)
 "$BIN" serve --model "$MODEL" --port "$HTTP3" --db "$T/db3/f.db" --dicom-port "$DPORT3" --max-store-mb 0.1 \
   >"$T/serve3.log" 2>&1 &
 PIDS+=($!)
