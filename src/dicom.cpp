@@ -23,7 +23,9 @@
 
 #include <zlib.h>
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -249,12 +251,40 @@ Expected<DicomHeader> header_from(DcmFileFormat& ff, const std::string& name) {
 
 bool has_dicm_magic(const unsigned char* p, size_t n) { return n >= 132 && std::memcmp(p + 128, "DICM", 4) == 0; }
 
+std::string overlong_value(const unsigned char* p, size_t n);
+
+// The message for a problem the walk found in `name`.
+std::string walk_error(const std::string& name, const std::string& problem) {
+    if (problem.find("nested more than") != std::string::npos)
+        return "DICOM '" + name + "' is refused: " + problem + " (a damaged or crafted file: no scanner nests that deep)";
+    return "DICOM '" + name + "' is truncated or damaged: an element is longer than the file (" + problem + ")";
+}
+
+// The walk over a file's bytes, mapped read-only (nothing is copied; pixel data is skipped by its
+// length, so only the pages holding element headers are read).
+std::string walk_file(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return "";  // DCMTK's own read reports it
+    struct stat st{};
+    std::string problem;
+    if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+        void* m = ::mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m != MAP_FAILED) {
+            problem = overlong_value(static_cast<const unsigned char*>(m), size_t(st.st_size));
+            ::munmap(m, size_t(st.st_size));
+        }
+    }
+    ::close(fd);
+    return problem;
+}
+
 Expected<DicomHeader> load_file(DcmFileFormat& ff, const std::string& path, bool header_only) {
     init_dcmtk();
     std::error_code ec;
     if (!fs::is_regular_file(path, ec)) return make_error("DICOM '" + path + "' does not exist or is not a file; check the path");
     if (!is_dicom_file(path))
         return make_error("'" + path + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
+    if (auto e = walk_file(path); !e.empty()) return make_error(walk_error(path, e));
     // A read limit keeps large values (the pixel data) on disk until they are needed.
     const OFCondition c = ff.loadFile(path.c_str(), EXS_Unknown, EGL_noChange, header_only ? 4096 : DCM_MaxReadLength,
                                       ERM_fileOnly);
@@ -267,10 +297,11 @@ Expected<DicomHeader> load_file(DcmFileFormat& ff, const std::string& path, bool
 // elements first, without allocating, and returns the first declared length that runs past the end
 // of the bytes (as "tag: N bytes declared, M left"), or "" when every length fits. Sequences and
 // items are entered (their contents are elements), fragments of encapsulated pixel data skipped.
+// DCMTK reads nested sequences by recursion, and some thousands of levels overflow the stack (a
+// 553 KB file of 6000 nested empty sequences crashed the process), so the walk also keeps the
+// stack of open sequences and items and refuses more than kDicomMaxNesting nested sequences.
 // A deflated data set (PS3.5 A.5) is inflated first, at most kMaxInflatedBytes, and its elements
 // walked the same way.
-std::string overlong_value(const std::vector<unsigned char>& b);
-
 constexpr size_t kMaxInflatedBytes = size_t(256) << 20;
 
 // Raw DEFLATE (RFC 1951, no zlib header: PS3.5 A.5) of p[0..n), inflated into at most `cap` bytes.
@@ -308,20 +339,18 @@ std::string inflate_raw(const unsigned char* p, size_t n, size_t cap, std::vecto
 
 // The file with its deflated data set inflated and its transfer syntax rewritten in place (same
 // value length, padded with NULs) to explicit VR little endian, the encoding inside the stream.
-std::string walk_inflated(const std::vector<unsigned char>& b, size_t data_start, size_t xfer_pos, size_t xfer_len) {
+std::string walk_inflated(const unsigned char* b, size_t n, size_t data_start, size_t xfer_pos, size_t xfer_len) {
     static const char kExplicitLittle[] = "1.2.840.10008.1.2.1";
     const size_t k = sizeof kExplicitLittle - 1;
     if (xfer_len < k) return "transfer syntax value too short";
-    std::vector<unsigned char> plain(b.begin(), b.begin() + long(data_start));
+    std::vector<unsigned char> plain(b, b + data_start);
     std::memcpy(plain.data() + xfer_pos, kExplicitLittle, k);
     std::memset(plain.data() + xfer_pos + k, 0, xfer_len - k);
-    if (auto why = inflate_raw(b.data() + data_start, b.size() - data_start, kMaxInflatedBytes, plain); !why.empty()) return why;
-    return overlong_value(plain);
+    if (auto why = inflate_raw(b + data_start, n - data_start, kMaxInflatedBytes, plain); !why.empty()) return why;
+    return overlong_value(plain.data(), plain.size());
 }
 
-std::string overlong_value(const std::vector<unsigned char>& b) {
-    const unsigned char* p = b.data();
-    const size_t n = b.size();
+std::string overlong_value(const unsigned char* p, size_t n) {
     bool big = false, explicit_vr = true, in_meta = true, in_fragments = false;
     const auto u16 = [&](size_t i) { return big ? unsigned(p[i]) << 8 | p[i + 1] : unsigned(p[i + 1]) << 8 | p[i]; };
     const auto u32 = [&](size_t i) {
@@ -331,6 +360,24 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
     const auto vr_is = [&](size_t i, const char* v) { return p[i] == v[0] && p[i + 1] == v[1]; };
     std::string xfer;
     size_t xfer_pos = 0, xfer_len = 0;  // where the transfer syntax value lies (a deflated file is rewritten there)
+    // The open sequences and items: where each ends (kOpenEnded: at its delimiter) and whether it
+    // is a sequence (an element of undefined length other than pixel data counts as one: DCMTK
+    // reads such an element of unknown VR as a sequence).
+    constexpr size_t kOpenEnded = SIZE_MAX;
+    struct Open {
+        size_t end;
+        bool sequence;
+    };
+    std::vector<Open> open;
+    int sequences = 0;
+    const auto enter = [&](size_t end, bool seq) {
+        open.push_back({end, seq});
+        sequences += seq;
+    };
+    const auto leave = [&] {
+        sequences -= open.back().sequence;
+        open.pop_back();
+    };
     // The meta header is read as DCMTK reads it: in the encoding it guesses from the first element
     // (explicit VR when the two bytes after the tag are capital letters, big endian when the group
     // reads 0x0002 so), and, after a leading group length (0002,0000), for as many bytes as that
@@ -348,12 +395,13 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
             in_meta = false;
             big = false, explicit_vr = true;
             while (!xfer.empty() && (xfer.back() == '\0' || xfer.back() == ' ')) xfer.pop_back();
-            if (xfer == "1.2.840.10008.1.2.1.99") return walk_inflated(b, pos, xfer_pos, xfer_len);  // lengths are inside the stream
+            if (xfer == "1.2.840.10008.1.2.1.99") return walk_inflated(p, n, pos, xfer_pos, xfer_len);  // lengths are inside the stream
             if (xfer == "1.2.840.10008.1.2") explicit_vr = false;
             else if (xfer == "1.2.840.10008.1.2.2") big = true;
             else if (xfer.empty()) explicit_vr = std::isupper(p[pos + 4]) && std::isupper(p[pos + 5]);  // as DCMTK guesses
             group = u16(pos);
         }
+        while (!open.empty() && open.back().end != kOpenEnded && pos >= open.back().end) leave();
         const unsigned element = u16(pos + 2);
         const auto tag = [&] {
             char t[16];
@@ -392,18 +440,38 @@ std::string overlong_value(const std::vector<unsigned char>& b) {
             continue;
         }
         if (group == 0xFFFE) {
-            if (element == 0xE0DD) in_fragments = false;
-            if (element != 0xE000 || len == 0xFFFFFFFF) continue;
+            if (element != 0xE000) {  // a delimiter closes the innermost open-ended sequence or item
+                if (element == 0xE0DD && in_fragments) in_fragments = false;
+                else if (!open.empty() && open.back().end == kOpenEnded) leave();
+                continue;
+            }
+            if (len == 0xFFFFFFFF) {
+                if (!in_fragments) enter(kOpenEnded, false);
+                continue;
+            }
             if (len > n - pos)
                 return "item " + tag() + ": " + std::to_string(len) + " bytes declared, " + std::to_string(n - pos) + " left";
             if (in_fragments) pos += len;  // a fragment of compressed pixel data; an item of a sequence is entered
+            else enter(pos + len, false);
             continue;
         }
+        const auto too_deep = [&] {
+            return tag() + ": sequences nested more than " + std::to_string(kDicomMaxNesting) + " levels deep";
+        };
         if (len == 0xFFFFFFFF) {  // a sequence, or encapsulated pixel data, ended by a delimiter
-            if (group == 0x7FE0 && element == 0x0010) in_fragments = true;
+            if (group == 0x7FE0 && element == 0x0010 && !sequence) {
+                in_fragments = true;
+                continue;
+            }
+            enter(kOpenEnded, true);
+            if (sequences > kDicomMaxNesting) return too_deep();
             continue;
         }
         if (len > n - pos) return tag() + ": " + std::to_string(len) + " bytes declared, " + std::to_string(n - pos) + " left";
+        if (sequence) {
+            enter(pos + len, true);
+            if (sequences > kDicomMaxNesting) return too_deep();
+        }
         if (in_meta && group == 0x0002 && element == 0x0010) {
             xfer.assign(reinterpret_cast<const char*>(p + pos), len);
             xfer_pos = pos, xfer_len = len;
@@ -442,8 +510,7 @@ Expected<DicomHeader> load_bytes(DcmFileFormat& ff, const MemoryFile& file, cons
                                  const std::string& name) {
     init_dcmtk();
     if (!is_dicom(bytes)) return make_error("'" + name + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
-    if (auto e = overlong_value(bytes); !e.empty())
-        return make_error("DICOM '" + name + "' is truncated or damaged: an element is longer than the file (" + e + ")");
+    if (auto e = overlong_value(bytes.data(), bytes.size()); !e.empty()) return make_error(walk_error(name, e));
     if (!file.ok()) return make_error("cannot read DICOM '" + name + "': no memory file for it (" + std::strerror(errno) + ")");
     const OFCondition c = ff.loadFile(file.path().c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
     if (c.bad()) return make_error("cannot read DICOM '" + name + "': " + c.text() + " (truncated or damaged file?)");
@@ -540,7 +607,10 @@ std::string check_fragments(DcmDataset* ds, const DicomHeader& h) {
 // Frame by frame: DCMTK reads (or decompresses) only the frame asked for (partial access), so
 // at most one frame is held in DCMTK beside the frames already returned, instead of the whole
 // pixel data, its decompressed copy and DicomImage's copy of every frame.
-Expected<std::vector<cv::Mat>> decode_loaded(DcmFileFormat& ff, const DicomHeader& h) {
+// `first`, `count`: the frames wanted (count -1: to the last); a frame past the last is an error.
+// `checked`: the pixel data's length and fragments were already checked (by an earlier call).
+Expected<std::vector<cv::Mat>> decode_loaded(DcmFileFormat& ff, const DicomHeader& h, int first = 0, int count = -1,
+                                             bool checked = false) {
     const std::string what = "DICOM '" + h.path + "'";
     if (!h.has_pixel_data) return make_error(what + " has no pixel data (7FE0,0010): it is not an image");
     if (!h.can_decode)
@@ -548,11 +618,16 @@ Expected<std::vector<cv::Mat>> decode_loaded(DcmFileFormat& ff, const DicomHeade
                           "), which this build of DCMTK cannot decode; export it uncompressed, RLE or JPEG");
     DcmDataset* ds = ff.getDataset();
     const DcmXfer xfer(ds->getOriginalXfer());
-    if (auto e = xfer.isNotEncapsulated() ? check_native_length(ds, h) : check_fragments(ds, h); !e.empty())
-        return make_error(e);
+    if (!checked)
+        if (auto e = xfer.isNotEncapsulated() ? check_native_length(ds, h) : check_fragments(ds, h); !e.empty())
+            return make_error(e);
+    if (first < 0 || first >= h.frames)
+        return make_error(what + " has " + std::to_string(h.frames) + " frame" + (h.frames == 1 ? "" : "s") + "; frame " +
+                          std::to_string(first) + " is past the last (frames count from 0)");
+    const int end = count < 0 ? h.frames : std::min(h.frames, first + count);
     std::vector<cv::Mat> frames;
-    frames.reserve(size_t(h.frames));
-    for (int f = 0; f < h.frames; ++f) {
+    frames.reserve(size_t(end - first));
+    for (int f = first; f < end; ++f) {
         DicomImage img(&ff, ds->getOriginalXfer(), CIF_UsePartialAccessToPixelData, static_cast<unsigned long>(f), 1UL);
         if (img.getStatus() != EIS_Normal || img.getFrameCount() < 1)
             return make_error("cannot decode " + what + (h.frames > 1 ? " frame " + std::to_string(f) : std::string()) + " (" +
@@ -568,12 +643,12 @@ Expected<std::vector<cv::Mat>> decode_loaded(DcmFileFormat& ff, const DicomHeade
 }
 
 template <class Load>
-Expected<std::vector<cv::Mat>> decode_with(Load load) {
+Expected<std::vector<cv::Mat>> decode_with(Load load, int first = 0, int count = -1) {
     try {
         DcmFileFormat ff;
         auto h = load(ff);
         if (!h) return make_error(h.error());
-        return decode_loaded(ff, *h);
+        return decode_loaded(ff, *h, first, count);
     } catch (const std::exception& e) {
         return make_error(std::string("decoding DICOM failed: ") + e.what());
     }
@@ -672,6 +747,19 @@ Expected<DicomCalibration> dicom_region_calibration(const DicomHeader& h, const 
 
 bool is_dicom(const std::vector<unsigned char>& bytes) { return has_dicm_magic(bytes.data(), bytes.size()); }
 
+bool valid_dicom_uid(const std::string& s) {
+    if (s.empty() || s.size() > 64) return false;
+    size_t start = 0;
+    for (;;) {
+        const size_t dot = s.find('.', start);
+        const std::string part = s.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+        if (part.empty() || part.find_first_not_of("0123456789") != std::string::npos) return false;
+        if (part.size() > 1 && part[0] == '0') return false;  // no leading zero but "0" itself
+        if (dot == std::string::npos) return true;
+        start = dot + 1;
+    }
+}
+
 bool is_dicom_file(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     unsigned char buf[132];
@@ -705,6 +793,49 @@ Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::string& path) {
 Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::vector<unsigned char>& bytes, const std::string& name) {
     const MemoryFile file(bytes);  // outlives the decode: pixel data is read from it when needed
     return decode_with([&](DcmFileFormat& ff) { return load_bytes(ff, file, bytes, name); });
+}
+
+Expected<cv::Mat> decode_dicom_frame(const std::vector<unsigned char>& bytes, const std::string& name, int frame) {
+    auto reader = DicomFrameReader::open(bytes, name);
+    if (!reader) return make_error(reader.error());
+    return (*reader)->frame(frame);
+}
+
+struct DicomFrameReader::Impl {
+    explicit Impl(const std::vector<unsigned char>& bytes) : file(bytes) {}
+    MemoryFile file;  // outlives the reads: pixel data is read from it when needed
+    DcmFileFormat ff;
+    DicomHeader header;
+    bool checked = false;  // the pixel data passed its checks (done at the first frame)
+};
+
+DicomFrameReader::DicomFrameReader(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DicomFrameReader::~DicomFrameReader() = default;
+
+Expected<std::unique_ptr<DicomFrameReader>> DicomFrameReader::open(const std::vector<unsigned char>& bytes,
+                                                                   const std::string& name) {
+    try {
+        auto impl = std::make_unique<Impl>(bytes);
+        auto h = load_bytes(impl->ff, impl->file, bytes, name);
+        if (!h) return make_error(h.error());
+        impl->header = std::move(*h);
+        return std::unique_ptr<DicomFrameReader>(new DicomFrameReader(std::move(impl)));
+    } catch (const std::exception& e) {
+        return make_error(std::string("reading DICOM failed: ") + e.what());
+    }
+}
+
+const DicomHeader& DicomFrameReader::header() const { return impl_->header; }
+
+Expected<cv::Mat> DicomFrameReader::frame(int index) {
+    try {
+        auto f = decode_loaded(impl_->ff, impl_->header, index, 1, impl_->checked);
+        if (!f) return make_error(f.error());
+        impl_->checked = true;
+        return std::move(f->front());
+    } catch (const std::exception& e) {
+        return make_error(std::string("decoding DICOM failed: ") + e.what());
+    }
 }
 
 bool DicomCalibration::anisotropic() const {

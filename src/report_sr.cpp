@@ -38,6 +38,37 @@ std::string fixed(double v, int decimals) {
     return buf;
 }
 
+// A value copied from a received file, made to fit its VR (PS3.5 6.2) so that the SR is valid
+// whatever the sender wrote: at most `max_chars` characters (cut at a UTF-8 character boundary),
+// no control characters and no backslash (these attributes hold one value).
+std::string fit_vr(const std::string& v, size_t max_chars) {
+    std::string out;
+    size_t chars = 0;
+    for (size_t i = 0; i < v.size() && chars < max_chars;) {
+        const unsigned char c = static_cast<unsigned char>(v[i]);
+        const size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
+        if (i + len > v.size()) break;
+        if (!(c < 0x20 || c == 0x7f || c == '\\')) out.append(v, i, len), ++chars;
+        i += len;
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    return out;
+}
+
+// A DA (YYYYMMDD), TM (HHMMSS[.F...]) or CS value kept only when it has its VR's form.
+std::string only_if(const std::string& v, bool ok) { return ok ? v : std::string(); }
+bool all_digits(const std::string& v, size_t from, size_t to) {
+    for (size_t i = from; i < to; ++i)
+        if (i >= v.size() || !std::isdigit(static_cast<unsigned char>(v[i]))) return false;
+    return true;
+}
+bool is_da(const std::string& v) { return v.size() == 8 && all_digits(v, 0, 8); }
+bool is_tm(const std::string& v) {
+    if (v.size() < 2 || v.size() > 14 || !all_digits(v, 0, std::min<size_t>(v.size(), 6))) return false;
+    const size_t dot = v.find('.');
+    return dot == std::string::npos ? v.size() <= 6 : (dot == 6 && all_digits(v, 7, v.size()));
+}
+
 bool is_ascii(const std::string& s) {
     for (unsigned char c : s)
         if (c >= 0x80) return false;
@@ -99,30 +130,35 @@ Axes axes_of(const Ellipse& e) {
 }
 
 void set_identity(DSRDocument& doc, Steps& ok, const DicomHeader* src) {
-    if (src && !src->study_instance_uid.empty()) {
+    if (src && valid_dicom_uid(src->study_instance_uid)) {
         ok(doc.createNewSeriesInStudy(src->study_instance_uid.c_str(), OFFalse), "new series in the source study");
     } else {
         doc.createNewStudy();  // also a new series and SOP instance
     }
     if (!src) return;
-    const std::string* copied[] = {&src->patient_name, &src->patient_id, &src->referring_physician,
-                                   &src->study_id, &src->accession_number};
-    for (const auto* s : copied)
+    // Copied from the received file, each cut or dropped to fit its VR (PN and LO: 64 characters,
+    // SH: 16, DA/TM/CS by form), so that a sender's oversized or malformed value never makes the
+    // SR invalid.
+    const std::string name = fit_vr(src->patient_name, 64), id = fit_vr(src->patient_id, 64),
+                      physician = fit_vr(src->referring_physician, 64), study_id = fit_vr(src->study_id, 16),
+                      accession = fit_vr(src->accession_number, 16);
+    for (const auto* s : {&name, &id, &physician, &study_id, &accession})
         if (!is_ascii(*s)) {
             ok(doc.setSpecificCharacterSetType(DSRTypes::CS_UTF8), "SpecificCharacterSet");
             break;
         }
-    // Copied as the source file has them (already DICOM values): no VR re-check.
-    ok(doc.setPatientName(src->patient_name.c_str(), OFFalse), "PatientName");
-    ok(doc.setPatientID(src->patient_id.c_str(), OFFalse), "PatientID");
-    ok(doc.setPatientBirthDate(src->patient_birth_date.c_str(), OFFalse), "PatientBirthDate");
-    ok(doc.setPatientSex(src->patient_sex.c_str(), OFFalse), "PatientSex");
-    ok(doc.setStudyDate(src->study_date.c_str(), OFFalse), "StudyDate");
-    ok(doc.setStudyTime(src->study_time.c_str(), OFFalse), "StudyTime");
-    ok(doc.setStudyID(src->study_id.c_str(), OFFalse), "StudyID");
-    ok(doc.setAccessionNumber(src->accession_number.c_str(), OFFalse), "AccessionNumber");
-    ok(doc.setReferringPhysicianName(src->referring_physician.c_str(), OFFalse), "ReferringPhysicianName");
-    if (!src->series_instance_uid.empty())
+    const std::string& sex = src->patient_sex;
+    ok(doc.setPatientName(name.c_str(), OFFalse), "PatientName");
+    ok(doc.setPatientID(id.c_str(), OFFalse), "PatientID");
+    ok(doc.setPatientBirthDate(only_if(src->patient_birth_date, is_da(src->patient_birth_date)).c_str(), OFFalse), "PatientBirthDate");
+    ok(doc.setPatientSex(only_if(sex, sex == "M" || sex == "F" || sex == "O").c_str(), OFFalse), "PatientSex");
+    ok(doc.setStudyDate(only_if(src->study_date, is_da(src->study_date)).c_str(), OFFalse), "StudyDate");
+    ok(doc.setStudyTime(only_if(src->study_time, is_tm(src->study_time)).c_str(), OFFalse), "StudyTime");
+    ok(doc.setStudyID(study_id.c_str(), OFFalse), "StudyID");
+    ok(doc.setAccessionNumber(accession.c_str(), OFFalse), "AccessionNumber");
+    ok(doc.setReferringPhysicianName(physician.c_str(), OFFalse), "ReferringPhysicianName");
+    if (valid_dicom_uid(src->study_instance_uid) && valid_dicom_uid(src->series_instance_uid) &&
+        valid_dicom_uid(src->sop_class_uid) && valid_dicom_uid(src->sop_instance_uid))
         ok(doc.getCurrentRequestedProcedureEvidence().addItem(src->study_instance_uid.c_str(),
                                                              src->series_instance_uid.c_str(),
                                                              src->sop_class_uid.c_str(), src->sop_instance_uid.c_str()),
@@ -181,8 +217,9 @@ void add_biometry(DSRDocumentTree& t, Steps& ok, const Measurement& m, const Dic
 Expected<DcmFileFormat*> build(DcmFileFormat& file, const Measurement& m, const DicomHeader* src, const SrOptions& opt) {
     if (!(m.hc_mm > 0) || !(m.bpd_mm > 0) || !(m.ofd_mm > 0) || !std::isfinite(m.hc_mm))
         return make_error("cannot write an SR for '" + m.source + "': the measurement has no HC/BPD/OFD");
-    if (src && (src->sop_class_uid.empty() || src->sop_instance_uid.empty()))
-        return make_error("cannot write an SR for '" + m.source + "': the source DICOM has no SOP Class/Instance UID");
+    if (src && (!valid_dicom_uid(src->sop_class_uid) || !valid_dicom_uid(src->sop_instance_uid)))
+        return make_error("cannot write an SR for '" + m.source + "': the source DICOM has no valid SOP Class/Instance UID "
+                          "(an SR must reference its image by UID)");
     if (opt.referenced_frame && *opt.referenced_frame < 1)
         return make_error("SR referenced frame numbers start at 1 (got " + std::to_string(*opt.referenced_frame) + ")");
 

@@ -3,15 +3,23 @@
 // that tests can send a measurable head through DICOM paths without committing any such file.
 //
 //   dicom_wrap IMAGE PIXEL_SIZE_MM OUT.dcm [SOP_INSTANCE_UID]
+//   dicom_wrap --nested LEVELS OUT.dcm      (a file of LEVELS nested sequences: nested_sequences_dicom)
 #include "dicom_wrap.h"
 
 #include <opencv2/imgcodecs.hpp>
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 int main(int argc, char** argv) {
+    if (argc == 4 && std::string(argv[1]) == "--nested") {
+        const std::string bytes = nested_sequences_dicom(std::atoi(argv[2]));
+        std::ofstream out(argv[3], std::ios::binary);
+        out.write(bytes.data(), std::streamsize(bytes.size()));
+        return out ? 0 : 1;
+    }
     if (argc < 4) {
         std::fprintf(stderr, "usage: dicom_wrap IMAGE PIXEL_SIZE_MM OUT.dcm [SOP_INSTANCE_UID]\n");
         return 2;

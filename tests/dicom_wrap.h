@@ -60,3 +60,38 @@ inline void build_wrapped_dicom(DcmFileFormat& file, const cv::Mat& img, double 
     region->putAndInsertFloat64(DCM_PhysicalDeltaX, mm / 10);
     region->putAndInsertFloat64(DCM_PhysicalDeltaY, mm / 10);
 }
+
+// Issue 22 row 1: a Part 10 file (explicit VR little endian) whose first data set element opens
+// `levels` nested sequences of undefined length, each with one item of undefined length, all closed
+// by their delimiters, followed by a small 8-bit image. DCMTK reads nesting by recursion; some
+// thousands of levels overflowed its stack.
+inline std::string nested_sequences_dicom(int levels) {
+    std::string b(128, '\0');
+    b += "DICM";
+    const auto u16 = [&](unsigned v) { b += char(v & 255), b += char(v >> 8 & 255); };
+    const auto u32 = [&](unsigned long v) { u16(unsigned(v & 0xFFFF)), u16(unsigned(v >> 16 & 0xFFFF)); };
+    const auto str = [&](unsigned g, unsigned e, const char* vr, std::string v) {
+        if (v.size() % 2) v += std::string(vr) == "UI" ? '\0' : ' ';
+        u16(g), u16(e), b += vr, u16(unsigned(v.size())), b += v;
+    };
+    const auto us = [&](unsigned g, unsigned e, unsigned v) { u16(g), u16(e), b += "US", u16(2), u16(v); };
+    str(0x0002, 0x0002, "UI", UID_UltrasoundImageStorage);
+    str(0x0002, 0x0003, "UI", "1.2.826.0.1.3680043.10.1000.1");
+    str(0x0002, 0x0010, "UI", UID_LittleEndianExplicitTransferSyntax);
+    for (int i = 0; i < levels; ++i) {
+        u16(0x0008), u16(0x1115), b += "SQ", u16(0), u32(0xFFFFFFFFul);  // Referenced Series Sequence
+        u16(0xFFFE), u16(0xE000), u32(0xFFFFFFFFul);                      // an item
+    }
+    for (int i = 0; i < levels; ++i) {
+        u16(0xFFFE), u16(0xE00D), u32(0);  // item delimiter
+        u16(0xFFFE), u16(0xE0DD), u32(0);  // sequence delimiter
+    }
+    str(0x0008, 0x0016, "UI", UID_UltrasoundImageStorage);
+    str(0x0008, 0x0018, "UI", "1.2.826.0.1.3680043.10.1000.1");
+    us(0x0028, 0x0002, 1);
+    str(0x0028, 0x0004, "CS", "MONOCHROME2");
+    us(0x0028, 0x0010, 16), us(0x0028, 0x0011, 16);
+    us(0x0028, 0x0100, 8), us(0x0028, 0x0101, 8), us(0x0028, 0x0102, 7), us(0x0028, 0x0103, 0);
+    u16(0x7FE0), u16(0x0010), b += "OB", u16(0), u32(256), b += std::string(256, '\x40');
+    return b;
+}

@@ -6,7 +6,10 @@
 #include "fetalhc/image_io.h"
 #include "fetalhc/measure.h"
 
+#include "dicom_wrap.h"
+
 #include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dctk.h>
 
 #include <gtest/gtest.h>
@@ -707,14 +710,14 @@ TEST(DicomBad, WrongValueLengthsAreErrors) {
     struct Case { std::string name; RawDicom d; std::string says; };
     std::vector<Case> cases;
     {
-        RawDicom d;  // pixel data whose length runs 1 MB past the end of the file
+        RawDicom d;  // pixel data whose length runs 1 MB past the end of the file (the walk reads files too)
         d.meta(), d.image(), d.pixels(1'000'000, 600);
-        cases.push_back({"len_past_end.dcm", d, "end of stream"});
+        cases.push_back({"len_past_end.dcm", d, "longer than the file"});
     }
     {
         RawDicom d;  // a text element whose length runs past the end of the file
         d.meta(), d.el(0x0028, 0x0004, "CS", 60000), d.b += "MONOCHROME2";
-        cases.push_back({"cs_past_end.dcm", d, "end of stream"});
+        cases.push_back({"cs_past_end.dcm", d, "longer than the file"});
     }
     {
         RawDicom d;  // Rows (US) with an odd length, 3 bytes
@@ -1157,4 +1160,109 @@ TEST(DicomBad, DeflatedDataSetIsWalkedAfterInflating) {
     auto good = read_dicom_header(deflated_file(ok.b), "deflated_ok.dcm");
     ASSERT_TRUE(good) << good.error();
     EXPECT_EQ(good->sop_instance_uid, "1.2.3.4.5");
+}
+
+// Issue 22 row 1: a file whose first element nests 6000 undefined-length sequences overflowed
+// DCMTK's stack (the process died: HTTP, the node, preview, the CLI). The walk refuses nesting past
+// kDicomMaxNesting before DCMTK reads a byte, from memory and from a file; shallow nesting reads.
+TEST(DicomBad, DeeplyNestedSequencesAreRefusedBeforeDcmtkRecurses) {
+    for (int levels : {kDicomMaxNesting + 1, 6000, 20000}) {
+        const std::string raw = nested_sequences_dicom(levels);
+        const std::vector<unsigned char> bytes(raw.begin(), raw.end());
+        auto h = read_dicom_header(bytes, "nested.dcm");
+        ASSERT_FALSE(h) << levels;
+        EXPECT_TRUE(contains(h.error(), "nested.dcm")) << h.error();
+        EXPECT_TRUE(contains(h.error(), "nested more than " + std::to_string(kDicomMaxNesting))) << h.error();
+        auto f = decode_dicom_frames(bytes, "nested.dcm");
+        ASSERT_FALSE(f);
+        EXPECT_TRUE(contains(f.error(), "nested more than")) << f.error();
+        const std::string path = (temp_dir() / "nested.dcm").string();
+        std::ofstream(path, std::ios::binary).write(raw.data(), std::streamsize(raw.size()));
+        auto hf = read_dicom_header(path);
+        ASSERT_FALSE(hf);
+        EXPECT_TRUE(contains(hf.error(), "nested more than")) << hf.error();
+        auto ff = decode_dicom_frames(path);
+        ASSERT_FALSE(ff);
+        EXPECT_TRUE(contains(ff.error(), "nested more than")) << ff.error();
+    }
+    // Within the budget the same structure reads and decodes (16 x 16 pixels of 0x40).
+    const std::string ok_raw = nested_sequences_dicom(kDicomMaxNesting);
+    auto h = read_dicom_header(std::vector<unsigned char>(ok_raw.begin(), ok_raw.end()), "shallow.dcm");
+    ASSERT_TRUE(h) << h.error();
+    EXPECT_EQ(h->rows, 16);
+    auto f = decode_dicom_frames(std::vector<unsigned char>(ok_raw.begin(), ok_raw.end()), "shallow.dcm");
+    ASSERT_TRUE(f) << f.error();
+    ASSERT_EQ(f->size(), 1u);
+    EXPECT_EQ((*f)[0].at<unsigned char>(3, 3), 0x40);
+}
+
+// Sequences of defined length are counted too, and closing them at their end lets siblings follow:
+// 200 sibling sequences one level deep are fine.
+TEST(DicomBad, NestingCountsDefinedLengthSequencesAndClosesThem) {
+    RawDicom d;
+    d.meta();
+    std::string inner;  // kDicomMaxNesting + 1 nested defined-length sequences, built inside out
+    const auto wrap = [](const std::string& body) {
+        RawDicom w;
+        w.b.clear();
+        w.u16(0xFFFE), w.u16(0xE000), w.u32(body.size()), w.b += body;
+        const std::string item = w.b;
+        w.b.clear();
+        w.el(0x0008, 0x1115, "SQ", item.size());
+        return w.b + item;
+    };
+    for (int i = 0; i <= kDicomMaxNesting; ++i) inner = wrap(inner);
+    RawDicom deep = d;
+    deep.b += inner;
+    deep.image();
+    deep.pixels(600, 600);
+    auto h = read_dicom_header(std::vector<unsigned char>(deep.b.begin(), deep.b.end()), "deep.dcm");
+    ASSERT_FALSE(h);
+    EXPECT_TRUE(contains(h.error(), "nested more than")) << h.error();
+    RawDicom wide = d;
+    for (int i = 0; i < 200; ++i) wide.b += wrap(wrap(""));
+    wide.image();
+    wide.pixels(600, 600);
+    auto w = read_dicom_header(std::vector<unsigned char>(wide.b.begin(), wide.b.end()), "wide.dcm");
+    ASSERT_TRUE(w) << w.error();
+}
+
+// Issue 22 row 6: one frame is decoded alone, whatever its number. The proof: an RLE cine whose
+// frame 0 cannot be decoded (its header announces 2 segments for 8-bit gray, which DCMTK's RLE
+// decoder refuses); frame 2 still decodes alone, identical to its source, while decoding every
+// frame (what a preview did before) fails at frame 0.
+TEST(DicomDecode, OneFrameIsDecodedWithoutTheFramesBeforeIt) {
+    if (std::system("command -v dcmcrle >/dev/null 2>&1") != 0)
+        GTEST_SKIP() << "DCMTK's command-line tools (package dcmtk) are not installed";
+    Synthetic s;
+    s.frames = {noise8({32, 24}, 41), noise8({32, 24}, 42), noise8({32, 24}, 43)};
+    const std::string src = write_dicom(s, "to_rle_three.dcm");
+    const std::string rle = (temp_dir() / "rle_three.dcm").string();
+    ASSERT_EQ(std::system(("dcmcrle '" + src + "' '" + rle + "'").c_str()), 0);
+    {  // break frame 0: two segments, the second starting inside its fragment
+        DcmFileFormat ff;
+        ASSERT_TRUE(ff.loadFile(rle.c_str()).good());
+        DcmElement* el = nullptr;
+        ASSERT_TRUE(ff.getDataset()->findAndGetElement(DCM_PixelData, el).good());
+        DcmPixelSequence* seq = nullptr;
+        ASSERT_TRUE(dynamic_cast<DcmPixelData*>(el)->getEncapsulatedRepresentation(EXS_RLELossless, nullptr, seq).good());
+        DcmPixelItem* item = nullptr;
+        ASSERT_TRUE(seq->getItem(item, 1).good());
+        Uint8* b = nullptr;
+        ASSERT_TRUE(item->getUint8Array(b).good());
+        ASSERT_GT(item->getLength(), 70u);
+        b[0] = 2, b[8] = 66, b[9] = b[10] = b[11] = 0;
+        ASSERT_TRUE(ff.saveFile(rle.c_str(), EXS_RLELossless).good());
+    }
+    std::ifstream in(rle, std::ios::binary);
+    const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)), {});
+    auto all = decode_dicom_frames(bytes, "rle_three.dcm");
+    ASSERT_FALSE(all) << "frame 0 should not decode";
+    auto two = decode_dicom_frame(bytes, "rle_three.dcm", 2);
+    ASSERT_TRUE(two) << two.error();
+    EXPECT_EQ(cv::countNonZero(*two != s.frames[2]), 0);
+    EXPECT_FALSE(decode_dicom_frame(bytes, "rle_three.dcm", 0));
+    auto past = decode_dicom_frame(bytes, "rle_three.dcm", 3);
+    ASSERT_FALSE(past);
+    EXPECT_TRUE(contains(past.error(), "has 3 frames")) << past.error();
 }

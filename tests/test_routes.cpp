@@ -870,6 +870,20 @@ TEST_F(RouteApi, MeasureDicomRefusesBadFilesAndFormatsBeforeTheModel) {
     expect_error(api(post_form("/v1/measure", dicom_form(read_bytes(uncalibrated)))), 422, "invalid_calibration", "pixel_size_mm");
 }
 
+// Issue 22 row 1: 6000 nested sequences crashed the process inside DCMTK, at the upload and at
+// every preview of the stored file. Both are a clear 400 now, and the server goes on.
+TEST_F(RouteApi, DeeplyNestedDicomIsRefusedAtUploadAndAtPreview) {
+    const std::string nested = nested_sequences_dicom(6000);
+    expect_error(api(post_form("/v1/measure", dicom_form(nested))), 400, "image_unreadable", "nested more than");
+    auto sha = api.store->put_image(nested);  // as the DICOM node stores what it receives
+    ASSERT_TRUE(sha) << sha.error();
+    expect_error(api(get("/v1/images/" + *sha + "/preview.png")), 400, "image_unreadable", "nested more than");
+    HttpRequest frame = get("/v1/images/" + *sha + "/preview.png");
+    frame.query["frame"] = "1";
+    expect_error(api(frame), 400, "image_unreadable", "nested more than");
+    EXPECT_EQ(api(get("/v1/growth-curve")).status, 200);
+}
+
 TEST_F(RouteApi, DicomInstancesAreListedNewestFirst) {
     DicomInstance a;
     a.sop_instance_uid = "1.2.3";

@@ -242,6 +242,77 @@ TEST_F(ServerSocket, UploadOverTheLimitIs413) {
     EXPECT_EQ(h->status, 200);
 }
 
+// Sends `text` on a new loopback connection and reads until the server closes it (or `timeout_s`
+// passes without a byte). `closed` tells which.
+std::string raw_until_close(int port, const std::string& text, bool& closed, double timeout_s = 5) {
+    closed = false;
+    const int fd = open_socket(port, timeout_s);
+    if (fd < 0) return "";
+    (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
+    std::string out;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) out.append(buf, size_t(n));
+    closed = n == 0;
+    ::close(fd);
+    return out;
+}
+
+size_t responses_in(const std::string& wire) {
+    size_t count = 0;
+    for (size_t at = wire.find("HTTP/1.1 "); at != std::string::npos; at = wire.find("HTTP/1.1 ", at + 1)) ++count;
+    return count;
+}
+
+// Issue 22 row 2: a refused request's body is never parsed as a request. A page on another site
+// can send a no-cors text/plain POST whose body is a whole request of its choosing; refused for its
+// content type, origin, size or framing, the connection must close after the one answer (also when
+// the next request comes pipelined behind it), and duplicate or malformed Content-Length is a 400.
+TEST_F(ServerSocket, RefusedRequestsCloseTheConnectionSoTheirBodyIsNeverARequest) {
+    const int port = inst_->server->port();
+    const std::string host = "Host: 127.0.0.1:" + std::to_string(port) + "\r\n";
+    const std::string inner_json = R"({"pregnancy_id": "smuggled-1", "exam_date": "2026-01-02"})";
+    // The request hidden in the body: a harmless read, so that it would be answered 200 if parsed.
+    const std::string inner = "GET /v1/growth-curve HTTP/1.1\r\n" + host + "\r\n";
+    const std::string inner_write = "POST /v1/exams HTTP/1.1\r\n" + host + "Content-Type: application/json\r\nContent-Length: " +
+                                    std::to_string(inner_json.size()) + "\r\n\r\n" + inner_json;
+    const auto post = [&](const std::string& headers, const std::string& body) {
+        return "POST /v1/exams HTTP/1.1\r\n" + host + headers + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    };
+    struct Case {
+        const char* what;
+        std::string wire;
+        int status;
+    };
+    const std::vector<Case> cases = {
+        {"text/plain write", post("Content-Type: text/plain\r\n", inner + inner_write), 403},
+        {"foreign origin", post("Origin: http://evil.example\r\nContent-Type: application/json\r\n", inner), 403},
+        {"pipelined after a refusal", post("Content-Type: text/plain\r\n", "x") + inner + inner_write, 403},
+        {"over the upload limit", "POST /v1/exams HTTP/1.1\r\n" + host +
+                                      "Content-Type: application/json\r\nContent-Length: 99999999\r\n\r\n" + inner, 413},
+        {"chunked", "POST /v1/exams HTTP/1.1\r\n" + host + "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + inner,
+         411},
+        {"two Content-Lengths", "POST /v1/perimeter HTTP/1.1\r\n" + host +
+                                    "Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}" + inner, 400},
+        {"Content-Length not a number", "POST /v1/perimeter HTTP/1.1\r\n" + host +
+                                            "Content-Type: application/json\r\nContent-Length: 2x\r\n\r\n{}" + inner, 400},
+        {"a GET with a body", "GET /v1/growth-curve HTTP/1.1\r\n" + host + "Content-Length: " + std::to_string(inner.size()) +
+                                  "\r\n\r\n" + inner, 400},
+    };
+    for (const auto& c : cases) {
+        bool closed = false;
+        const std::string wire = raw_until_close(port, c.wire, closed);
+        EXPECT_EQ(status_of(wire), c.status) << c.what << ": " << wire;
+        EXPECT_EQ(responses_in(wire), 1u) << c.what << ": the body was read as a request: " << wire;
+        EXPECT_TRUE(closed) << c.what << ": the connection stayed open";
+    }
+    expect_error(cli_->Get("/v1/pregnancies/smuggled-1"), 404, "pregnancy_not_found");
+    // A request that passes keeps its connection: two pipelined reads get two answers.
+    bool closed = false;
+    const std::string two = raw_until_close(port, inner + inner, closed, 1.5);
+    EXPECT_EQ(responses_in(two), 2u) << two;
+}
+
 // What the adapter must carry across: multipart text fields and files, JSON bodies, URL-decoded
 // path parameters, statuses and error bodies of the routes and of httplib itself.
 TEST_F(ServerSocket, RequestsAndErrorsCrossTheWire) {

@@ -25,6 +25,7 @@
 #include <opencv2/core.hpp>
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,10 +65,16 @@ struct DicomHeader {
 constexpr long long kDicomMaxFramePixels = 40'000'000;  // Rows x Columns
 constexpr int kDicomMaxFrames = 2000;
 constexpr long long kDicomMaxTotalPixels = 2'000'000'000;  // Rows x Columns x Frames (8-bit output)
+// Nested sequences a file may hold before it is refused unread (DCMTK reads nesting by recursion:
+// thousands of levels overflow its stack; real objects, SR content trees included, stay far below).
+constexpr int kDicomMaxNesting = 128;
 
 // True when `bytes` look like a DICOM Part 10 file ("DICM" at offset 128).
 bool is_dicom(const std::vector<unsigned char>& bytes);
 bool is_dicom_file(const std::string& path);
+// A DICOM UID (PS3.5 9.1): 1..64 characters, dot-separated components of digits, none empty and
+// none with a leading zero (but "0" itself).
+bool valid_dicom_uid(const std::string& s);
 
 // Reads the header only (no pixel data is decoded), from a file or from bytes in memory (`name`
 // is used in messages). Errors name the file: not DICOM, truncated, no image.
@@ -79,6 +86,28 @@ Expected<DicomHeader> read_dicom_header(const std::vector<unsigned char>& bytes,
 // transfer syntax is an error that names it.
 Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::string& path);
 Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::vector<unsigned char>& bytes, const std::string& name);
+// One frame (from 0) the same way, decoding only that frame whatever its number: the same work for
+// frame 0 and frame 1999. A frame past the last is an error that says how many there are.
+Expected<cv::Mat> decode_dicom_frame(const std::vector<unsigned char>& bytes, const std::string& name, int frame);
+
+// A file read once (header checked, budgets applied) whose frames are then decoded one at a time,
+// on demand: a long cine is measured holding one decoded frame, not all of them. Not thread-safe;
+// one reader per thread.
+class DicomFrameReader {
+public:
+    static Expected<std::unique_ptr<DicomFrameReader>> open(const std::vector<unsigned char>& bytes, const std::string& name);
+    ~DicomFrameReader();
+    DicomFrameReader(const DicomFrameReader&) = delete;
+    DicomFrameReader& operator=(const DicomFrameReader&) = delete;
+    const DicomHeader& header() const;
+    Expected<cv::Mat> frame(int index);  // 8-bit gray, as decode_dicom_frames gives it
+
+    struct Impl;
+
+private:
+    explicit DicomFrameReader(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
 
 // The calibration measure uses for an image.
 struct DicomCalibration {

@@ -154,6 +154,9 @@ public:
     Expected<DicomInstance> add_dicom_instance(const DicomInstance& d);
     Expected<bool> update_dicom_instance(const DicomInstance& d);
     Expected<std::vector<DicomInstance>> dicom_instances(int limit) const;
+    // The instances still "pending" (received and acknowledged, not yet measured), oldest first:
+    // what the node resumes at start.
+    Expected<std::vector<DicomInstance>> pending_dicom_instances(int limit) const;
 
     struct Impl;
 
@@ -175,7 +178,7 @@ std::string sha256_hex(const std::string& bytes);
 bool valid_sha256(const std::string& s);            // 64 lower-case hex digits
 bool valid_pregnancy_id(const std::string& s);      // 1..64 chars of [A-Za-z0-9_.-]
 bool valid_date(const std::string& s);              // a real calendar date as YYYY-MM-DD
-// A DICOM UID (PS3.5 9.1): 1..64 characters, dot-separated components of digits, none empty.
+// A DICOM UID (PS3.5 9.1): see dicom.h (defined there, in the core library).
 bool valid_dicom_uid(const std::string& s);
 // An idempotency key: 1..128 printable ASCII characters (space to tilde).
 bool valid_idempotency_key(const std::string& s);

@@ -6,13 +6,23 @@
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmnet/dcmlayer.h>
+#include <dcmtk/dcmnet/dcmtrans.h>
 #include <dcmtk/dcmnet/diutil.h>
+#include <dcmtk/dcmnet/dulstruc.h>
 #include <dcmtk/dcmnet/scp.h>
+#include <dcmtk/dcmnet/scpthrd.h>
 #include <dcmtk/dcmnet/scu.h>
 #include <dcmtk/oflog/oflog.h>
 #include <spdlog/spdlog.h>
 
+#include <malloc.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -35,6 +45,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr Uint16 kStatusSuccess = 0x0000;
 constexpr Uint16 kStatusOutOfResources = 0xA700;  // PS3.4 C.4.2.3: Refused, out of resources
+constexpr Uint16 kStatusCannotUnderstand = 0xC000;  // PS3.4 C.4.2.3: Error, cannot understand
 
 // The storage classes an ultrasound machine sends (and Secondary Capture, which may carry a calibration).
 const char* const kStorageClasses[] = {
@@ -57,12 +68,39 @@ std::string random_suffix() {
     return std::to_string(rng());
 }
 
+constexpr const char* kSpoolPrefix = "fetalhc-dicom-";
+
+// Spool folders of earlier runs that ended without cleaning up (a crash, kill -9): a folder is
+// named after its process (fetalhc-dicom-<pid>-XXXXXX) and removed when that process is gone.
+// Folders of the earlier naming (fetalhc-dicom-XXXXXX) are removed after a day.
+void remove_stale_spools(const fs::path& base) {
+    std::error_code ec;
+    for (fs::directory_iterator it(base, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name.rfind(kSpoolPrefix, 0) != 0 || !it->is_directory(ec)) continue;
+        const std::string rest = name.substr(std::strlen(kSpoolPrefix));
+        const size_t dash = rest.find('-');
+        bool stale = false;
+        if (dash != std::string::npos && dash > 0 && rest.find_first_not_of("0123456789") == dash) {
+            const long pid = std::atol(rest.substr(0, dash).c_str());
+            stale = pid != long(::getpid()) && ::kill(pid_t(pid), 0) != 0 && errno == ESRCH;
+        } else {
+            const auto age = fs::file_time_type::clock::now() - fs::last_write_time(it->path(), ec);
+            stale = !ec && age > std::chrono::hours(24);
+        }
+        if (!stale) continue;
+        fs::remove_all(it->path(), ec);
+        if (!ec) spdlog::info("dicom: removed the spool folder '{}' left by an earlier run", it->path().string());
+    }
+}
+
 // A private folder (mode 0700) under the system's temporary folder for objects being received.
 Expected<fs::path> make_spool_folder() {
     std::error_code ec;
     const fs::path base = fs::temp_directory_path(ec);
     if (ec) return make_error("no temporary folder for received DICOM objects (" + ec.message() + "); set TMPDIR to a writable folder");
-    std::string tmpl = (base / "fetalhc-dicom-XXXXXX").string();
+    remove_stale_spools(base);
+    std::string tmpl = (base / (kSpoolPrefix + std::to_string(::getpid()) + "-XXXXXX")).string();
     if (!::mkdtemp(tmpl.data()))
         return make_error("cannot create a folder for received DICOM objects in '" + base.string() + "' (" + std::strerror(errno) +
                           "); set TMPDIR to a writable folder");
@@ -79,10 +117,104 @@ std::optional<std::string> read_file(const fs::path& p, size_t max_bytes) {
     return bytes;
 }
 
-struct Job {
-    DicomInstance row;
-    std::string bytes;
-    Clock::time_point received;
+std::string trim_ae(std::string ae) {
+    while (!ae.empty() && ae.back() == ' ') ae.pop_back();
+    size_t i = 0;
+    while (i < ae.size() && ae[i] == ' ') ++i;
+    return ae.substr(i);
+}
+
+std::string peer_address(int fd) {
+    sockaddr_storage a{};
+    socklen_t len = sizeof a;
+    char host[NI_MAXHOST] = "";
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0 ||
+        ::getnameinfo(reinterpret_cast<sockaddr*>(&a), len, host, sizeof host, nullptr, 0, NI_NUMERICHOST) != 0)
+        return "";
+    return host;
+}
+
+// ---- deadlines on every association ------------------------------------------------------------
+
+// A TCP connection of one association with two limits DCMTK's per-read timeouts do not give: the
+// whole association must end by `deadline`, and the peer must make progress: every idle window it
+// must send at least kProgressBytes or be answered (a peer trickling a byte now and then resets
+// DCMTK's timeouts forever). The first window, before the association request has arrived, is
+// at most kRequestWindow. A read past either limit fails and the association is dropped.
+class DeadlineConnection final : public DcmTCPConnection {
+public:
+    static constexpr size_t kProgressBytes = 1024;
+    static constexpr auto kRequestWindow = std::chrono::seconds(5);
+
+    DeadlineConnection(DcmNativeSocketType fd, double association_s, double idle_s, bool refused, const std::atomic<bool>& stopping)
+        : DcmTCPConnection(fd),
+          deadline_(Clock::now() + to_duration(association_s)),
+          idle_(to_duration(idle_s)),
+          idle_until_(Clock::now() + std::min<Clock::duration>(idle_, kRequestWindow)),
+          refused_(refused),
+          stopping_(stopping) {
+        if (refused_) ::shutdown(fd, SHUT_RDWR);  // closed as soon as it connects
+    }
+
+    ssize_t read(void* buf, size_t nbyte) override {
+        if (refused_ || !wait_readable(limit())) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        const ssize_t n = DcmTCPConnection::read(buf, nbyte);
+        if (n > 0 && (progress_ += size_t(n)) >= kProgressBytes) made_progress();
+        return n;
+    }
+    ssize_t write(void* buf, size_t nbyte) override {
+        const ssize_t n = DcmTCPConnection::write(buf, nbyte);
+        if (n > 0) made_progress();  // the peer's last message was whole: it gets a new window
+        return n;
+    }
+    OFBool networkDataAvailable(int timeout) override {
+        if (refused_) return OFTrue;  // the read then fails at once
+        return wait_readable(std::min(limit(), Clock::now() + std::chrono::seconds(std::max(timeout, 0)))) ? OFTrue : OFFalse;
+    }
+
+private:
+    static Clock::duration to_duration(double s) {
+        return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+    }
+    Clock::time_point limit() const { return std::min(deadline_, idle_until_); }
+    void made_progress() {
+        progress_ = 0;
+        idle_until_ = Clock::now() + idle_;
+    }
+    // Waits for data until `until`, in slices, so that a stopping node is noticed.
+    bool wait_readable(Clock::time_point until) {
+        for (;;) {
+            const auto now = Clock::now();
+            if (now >= until || stopping_) return false;
+            pollfd p{getSocket(), POLLIN, 0};
+            const auto slice = std::min<Clock::duration>(until - now, std::chrono::milliseconds(200));
+            const int ms = std::max(1, int(std::chrono::ceil<std::chrono::milliseconds>(slice).count()));
+            const int r = ::poll(&p, 1, ms);
+            if (r > 0) return true;
+            if (r < 0 && errno != EINTR) return false;
+        }
+    }
+
+    const Clock::time_point deadline_;
+    const Clock::duration idle_;
+    Clock::time_point idle_until_;
+    size_t progress_ = 0;
+    const bool refused_;
+    const std::atomic<bool>& stopping_;
+};
+
+// Hands every accepted socket to DCMTK as a DeadlineConnection; a peer that may not send at all
+// (not loopback while no AE title list is set) is refused there, before it can hold a thread.
+class DeadlineLayer final : public DcmTransportLayer {
+public:
+    explicit DeadlineLayer(DicomNode::Impl& node) : node_(node) {}
+    DcmTransportConnection* createConnection(DcmNativeSocketType fd, OFBool secure) override;
+
+private:
+    DicomNode::Impl& node_;
 };
 
 }  // namespace
@@ -96,6 +228,23 @@ bool valid_ae_title(const std::string& s) {
 
 bool is_loopback_peer(const std::string& ip) {
     return ip.rfind("127.", 0) == 0 || ip == "::1" || ip.rfind("::ffff:127.", 0) == 0 || ip == "localhost";
+}
+
+std::string log_escape(const std::string& s, size_t max) {
+    std::string out;
+    const size_t n = std::min(s.size(), max);
+    for (size_t i = 0; i < n; ++i) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        if (c < 0x20 || c >= 0x7f || c == '\\') {
+            char hex[8];
+            std::snprintf(hex, sizeof hex, "\\x%02X", c);
+            out += hex;
+        } else {
+            out += char(c);
+        }
+    }
+    if (s.size() > max) out += "...";
+    return out;
 }
 
 Expected<ForwardTarget> parse_forward_target(const std::string& s) {
@@ -119,35 +268,53 @@ Expected<ForwardTarget> parse_forward_target(const std::string& s) {
 
 // ---- the SCP ------------------------------------------------------------------------------------
 
-class StoreScp;
-
 struct DicomNode::Impl {
     DicomNodeOptions opt;
     std::optional<ForwardTarget> forward;
     Engine& engine;
     Store& store;
-    std::unique_ptr<StoreScp> scp;
-    std::thread listener, worker;
+    T_ASC_Network* net = nullptr;
+    std::unique_ptr<DeadlineLayer> layer;
+    DcmSharedSCPConfig config;
+    std::vector<std::thread> receivers, workers;
     std::atomic<bool> stopping{false};
     std::mutex mu;
-    std::condition_variable cv;
-    std::deque<Job> queue;
+    std::condition_variable cv, idle_cv;
+    struct Queued {
+        DicomInstance row;
+        std::optional<Clock::time_point> received;  // unknown for rows resumed at start
+    };
+    std::deque<Queued> queue;  // pending rows, oldest first (their objects are in the store)
+    int busy = 0;                     // rows being measured
     bool started = false;
     fs::path spool;  // received objects land here before they are stored (the store may keep no files)
 
     Impl(Engine& e, Store& s) : engine(e), store(s) {}
     ~Impl() {
+        if (net) ASC_dropNetwork(&net);
         std::error_code ec;
         if (!spool.empty()) fs::remove_all(spool, ec);
     }
+    Expected<bool> listen_on_host();
+    void receive_loop();
     // Keeps and lists a received object; the DIMSE status of the C-STORE response.
     Uint16 accept(std::string bytes, const std::string& sop_instance, const std::string& sop_class, const std::string& aet);
     void work();
-    void process(Job& job);
+    void process(DicomInstance& row, std::optional<Clock::time_point> received);
     std::string send_sr(const std::vector<unsigned char>& sr);
 };
 
-class StoreScp : public DcmSCP {
+namespace {
+
+DcmTransportConnection* DeadlineLayer::createConnection(DcmNativeSocketType fd, OFBool) {
+    const std::string ip = peer_address(fd);
+    const bool refused = node_.opt.allow.empty() && !is_loopback_peer(ip);
+    if (refused)
+        spdlog::warn("dicom: connection from '{}' closed: without --dicom-allow only loopback peers may send", log_escape(ip));
+    return new DeadlineConnection(fd, node_.opt.association_timeout_s, node_.opt.idle_timeout_s, refused, node_.stopping);
+}
+
+class StoreScp : public DcmThreadSCP {
 public:
     explicit StoreScp(DicomNode::Impl& node) : node_(node) {}
 
@@ -166,8 +333,8 @@ protected:
         if (too_large_ || c.bad()) {
             fs::remove(tmp, ec);
             if (too_large_) {
-                spdlog::warn("dicom: an object from '{}' passed the {} byte limit; association aborted", getPeerAETitle().c_str(),
-                             node_.opt.max_object_bytes);
+                spdlog::warn("dicom: an object from '{}' passed the {} byte limit; association aborted",
+                             log_escape(getPeerAETitle().c_str()), node_.opt.max_object_bytes);
                 return DIMSE_ILLEGALASSOCIATION;  // ends the association loop (it is already aborted)
             }
             return c;
@@ -175,7 +342,7 @@ protected:
         auto bytes = read_file(tmp, node_.opt.max_object_bytes + (1u << 16));
         fs::remove(tmp, ec);
         const Uint16 status = bytes ? node_.accept(std::move(*bytes), rq.AffectedSOPInstanceUID, rq.AffectedSOPClassUID,
-                                                   getPeerAETitle().c_str())
+                                                   trim_ae(getPeerAETitle().c_str()))
                                     : kStatusOutOfResources;
         return sendSTOREResponse(pres, rq, status);
     }
@@ -188,13 +355,19 @@ protected:
         }
     }
 
+    OFBool checkCalledAETitleAccepted(const OFString& called) override {
+        const std::string ae = trim_ae(called.c_str());
+        if (ae == node_.opt.aet) return OFTrue;
+        spdlog::warn("dicom: association called '{}' refused: this node is '{}' (--dicom-aet)", log_escape(ae), node_.opt.aet);
+        return OFFalse;
+    }
+
     OFBool checkCallingAETitleAccepted(const OFString& calling) override {
-        if (node_.opt.allow.empty()) return OFTrue;  // any AE title, but loopback peers only (below)
-        std::string ae = calling.c_str();
-        while (!ae.empty() && ae.back() == ' ') ae.pop_back();
+        if (node_.opt.allow.empty()) return OFTrue;  // any AE title, but loopback peers only (DeadlineLayer)
+        const std::string ae = trim_ae(calling.c_str());
         for (const auto& a : node_.opt.allow)
             if (a == ae) return OFTrue;
-        spdlog::warn("dicom: association from AE title '{}' refused (not in --dicom-allow)", ae);
+        spdlog::warn("dicom: association from AE title '{}' refused (not in --dicom-allow)", log_escape(ae));
         return OFFalse;
     }
 
@@ -203,7 +376,7 @@ protected:
         // what counts (an empty one is refused).
         const std::string ip = host.empty() ? getPeerIP().c_str() : host.c_str();
         if (!node_.opt.allow.empty() || is_loopback_peer(ip)) return OFTrue;
-        spdlog::warn("dicom: association from '{}' refused: without --dicom-allow only loopback peers may send", ip);
+        spdlog::warn("dicom: association from '{}' refused: without --dicom-allow only loopback peers may send", log_escape(ip));
         return OFFalse;
     }
 
@@ -216,19 +389,101 @@ private:
     bool too_large_ = false;
 };
 
+}  // namespace
+
+// DCMTK's acceptor listens on every interface; its listening socket is replaced by one bound to
+// opt.host (same port), so that `--host 127.0.0.1` keeps the node off the network too. It is
+// non-blocking: the receiver threads all wait on it and the one that loses a race for a new
+// connection returns at once instead of blocking in accept().
+Expected<bool> DicomNode::Impl::listen_on_host() {
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    const std::string port = std::to_string(opt.port);
+    if (int e = ::getaddrinfo(opt.host.empty() ? nullptr : opt.host.c_str(), port.c_str(), &hints, &res); e != 0 || !res)
+        return make_error("cannot listen for DICOM on '" + opt.host + "': " + ::gai_strerror(e));
+    auto* key = reinterpret_cast<PRIVATE_NETWORKKEY*>(net->network);
+    const int old = key->networkSpecific.TCP.listenSocket;
+    ::close(old);
+    int fd = ::socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, res->ai_protocol);
+    int yes = 1;
+    std::string why;
+    if (fd < 0) why = std::strerror(errno);
+    else if (::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes) != 0 || ::bind(fd, res->ai_addr, res->ai_addrlen) != 0 ||
+             ::listen(fd, 64) != 0)
+        why = std::strerror(errno);
+    ::freeaddrinfo(res);
+    if (!why.empty()) {
+        if (fd >= 0) ::close(fd);
+        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);  // a placeholder DCMTK may close
+        key->networkSpecific.TCP.listenSocket = fd;
+        return make_error("cannot listen for DICOM on " + opt.host + ":" + port + " (" + why +
+                          "); choose another --dicom-port or --host");
+    }
+    key->networkSpecific.TCP.listenSocket = fd;
+    return true;
+}
+
+// One of max_associations threads: waits for an association (a second at a time, so that stop()
+// is noticed) and serves it to its end.
+void DicomNode::Impl::receive_loop() {
+    while (!stopping) {
+        T_ASC_Association* assoc = nullptr;
+        const OFCondition c = ASC_receiveAssociation(net, &assoc, long(config->getMaxReceivePDULength()), nullptr, nullptr,
+                                                     OFFalse, DUL_NOBLOCK, 1);
+        if (c.bad()) {
+            if (assoc) {
+                ASC_dropAssociation(assoc);
+                ASC_destroyAssociation(&assoc);
+            }
+            continue;  // no connection this second, a lost race for one, or a peer that failed early
+        }
+        StoreScp scp(*this);
+        scp.setSharedConfig(config);
+        scp.run(assoc);  // negotiates, serves and ends the association
+    }
+}
+
 Uint16 DicomNode::Impl::accept(std::string bytes, const std::string& sop_instance, const std::string& sop_class,
                                const std::string& aet) {
     const auto received = Clock::now();
-    auto sha = store.put_image(bytes);
-    if (!sha) {
-        // The store's quota (--max-store-mb) is full, or the disk: the sender may retry later.
-        spdlog::warn("dicom: refused an object from '{}' with status A700 (Refused: Out of Resources): {}", aet, sha.error());
-        return kStatusOutOfResources;
-    }
     DicomInstance row;
     row.sop_instance_uid = sop_instance;
     row.sop_class_uid = sop_class;
     row.calling_aet = aet;
+    // A UID that breaks the DICOM rules (PS3.5 9.1) would follow the result into the SR and the
+    // exams: refused, and listed with the reason (the UID itself escaped and shortened).
+    for (const auto* uid : {&sop_instance, &sop_class})
+        if (!valid_dicom_uid(*uid)) {
+            row.sop_instance_uid = log_escape(sop_instance, 64);
+            row.sop_class_uid = log_escape(sop_class, 64);
+            row.status = "failed";
+            row.error = std::string(uid == &sop_instance ? "the SOP Instance UID" : "the SOP Class UID") + " '" +
+                        log_escape(*uid, 64) +
+                        "' is not a DICOM UID (1 to 64 characters, digits in dot-separated components without leading zeros); "
+                        "the object was refused with status C000";
+            spdlog::warn("dicom: refused an object from '{}' with status C000: {}", log_escape(aet), row.error);
+            if (auto added = store.add_dicom_instance(row); !added) spdlog::error("dicom: cannot list a refused object: {}", added.error());
+            return kStatusCannotUnderstand;
+        }
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        if (int(queue.size()) + busy >= opt.max_pending) {
+            spdlog::warn("dicom: refused an object from '{}' with status A700 (Refused: Out of Resources): {} instances are "
+                         "waiting to be measured (the node's limit)",
+                         log_escape(aet), queue.size() + size_t(busy));
+            return kStatusOutOfResources;
+        }
+    }
+    auto sha = store.put_image(bytes);
+    bytes.clear();
+    bytes.shrink_to_fit();
+    if (!sha) {
+        // The store's quota (--max-store-mb) is full, or the disk: the sender may retry later.
+        spdlog::warn("dicom: refused an object from '{}' with status A700 (Refused: Out of Resources): {}", log_escape(aet), sha.error());
+        return kStatusOutOfResources;
+    }
     row.image_sha256 = *sha;
     auto added = store.add_dicom_instance(row);
     if (!added) {
@@ -237,7 +492,7 @@ Uint16 DicomNode::Impl::accept(std::string bytes, const std::string& sop_instanc
     }
     {
         std::lock_guard<std::mutex> lock(mu);
-        queue.push_back({std::move(*added), std::move(bytes), received});
+        queue.push_back({std::move(*added), received});
     }
     cv.notify_one();
     return kStatusSuccess;
@@ -245,59 +500,76 @@ Uint16 DicomNode::Impl::accept(std::string bytes, const std::string& sop_instanc
 
 void DicomNode::Impl::work() {
     while (true) {
-        Job job;
+        Queued job;
         {
             std::unique_lock<std::mutex> lock(mu);
             cv.wait(lock, [&] { return stopping || !queue.empty(); });
-            if (stopping) return;  // the rest stay listed as pending
+            if (stopping) return;  // the rest stay listed as pending, and are resumed at the next start
             job = std::move(queue.front());
             queue.pop_front();
+            ++busy;
         }
+        DicomInstance& row = job.row;
         try {
-            process(job);
+            process(row, job.received);
         } catch (const std::exception& e) {  // a bug must not take the node down: record it
-            job.row.status = "failed";
-            job.row.error = std::string("internal error while measuring: ") + e.what();
-            store.update_dicom_instance(job.row);
-            spdlog::error("dicom: instance {}: {}", job.row.id, job.row.error);
+            row.status = "failed";
+            row.error = std::string("internal error while measuring: ") + e.what();
+            store.update_dicom_instance(row);
+            spdlog::error("dicom: instance {}: {}", row.id, row.error);
         }
+        malloc_trim(0);  // a cine's frames were freed: give the pages back
+        {
+            std::lock_guard<std::mutex> lock(mu);
+            --busy;
+        }
+        idle_cv.notify_all();
     }
 }
 
-void DicomNode::Impl::process(Job& job) {
-    DicomInstance& row = job.row;
+void DicomNode::Impl::process(DicomInstance& row, std::optional<Clock::time_point> received) {
+    const auto t0 = received.value_or(Clock::now());
     const std::string name = "dicom instance " + std::to_string(row.id);
-    if (auto h = read_dicom_header(std::vector<unsigned char>(job.bytes.begin(), job.bytes.end()), name)) row.frames = h->frames;
-    engine.wait_ready(600);  // received while the model loads: measure once it is there
-    auto r = measure_dicom(engine, job.bytes, name, {});
-    if (!r) {
+    auto stored = store.read_image(row.image_sha256);
+    if (!stored || !*stored) {
         row.status = "failed";
-        row.error = r.error().message;
+        row.error = "the received object is no longer in the store" + (stored ? std::string() : " (" + stored.error() + ")");
     } else {
-        const Measurement& m = r->measurement;
-        row.status = "measured";
-        row.hc_mm = m.hc_mm;
-        row.bpd_mm = m.bpd_mm;
-        row.ofd_mm = m.ofd_mm;
-        if (m.ga_hadlock.in_range) row.ga_hadlock_weeks = m.ga_hadlock.weeks;
-        row.pixel_size_mm = r->calibration.mm_per_px_x;
-        row.calibration_source = r->calibration.source;
-        row.quality = m.quality;
-        row.reasons = m.reasons;
-        for (const auto& w : r->warnings) row.reasons.push_back(w);
-        auto sr = dicom_result_sr(*r);
-        if (!sr) {
-            row.error = "the SR could not be written: " + sr.error().message;
-        } else if (auto sha = store.put_image(std::string(sr->begin(), sr->end()))) {
-            row.sr_sha256 = *sha;
-            if (forward) row.forward_status = send_sr(*sr);
+        const std::string& bytes = **stored;
+        if (auto h = read_dicom_header(std::vector<unsigned char>(bytes.begin(), bytes.end()), name)) row.frames = h->frames;
+        engine.wait_ready(600);  // received while the model loads: measure once it is there
+        DicomMeasureRequest request;
+        request.max_frames = kServerMaxCineFrames;
+        auto r = measure_dicom(engine, bytes, name, request);
+        if (!r) {
+            row.status = "failed";
+            row.error = r.error().message;
         } else {
-            row.error = "the SR could not be kept: " + sha.error();
+            const Measurement& m = r->measurement;
+            row.status = "measured";
+            row.hc_mm = m.hc_mm;
+            row.bpd_mm = m.bpd_mm;
+            row.ofd_mm = m.ofd_mm;
+            if (m.ga_hadlock.in_range) row.ga_hadlock_weeks = m.ga_hadlock.weeks;
+            row.pixel_size_mm = r->calibration.mm_per_px_x;
+            row.calibration_source = r->calibration.source;
+            row.quality = m.quality;
+            row.reasons = m.reasons;
+            for (const auto& w : r->warnings) row.reasons.push_back(w);
+            auto sr = dicom_result_sr(*r);
+            if (!sr) {
+                row.error = "the SR could not be written: " + sr.error().message;
+            } else if (auto sha = store.put_image(std::string(sr->begin(), sr->end()))) {
+                row.sr_sha256 = *sha;
+                if (forward) row.forward_status = send_sr(*sr);
+            } else {
+                row.error = "the SR could not be kept: " + sha.error();
+            }
         }
     }
     if (auto u = store.update_dicom_instance(row); !u) spdlog::error("dicom: cannot record the result: {}", u.error());
-    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - job.received).count();
-    spdlog::info("dicom: instance {} {} {:.0f} ms after it was received{}", row.id, row.status, ms,
+    const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+    spdlog::info("dicom: instance {} {} {:.0f} ms after it was {}{}", row.id, row.status, ms, received ? "received" : "resumed",
                  row.forward_status.empty() ? "" : " (forward: " + row.forward_status + ")");
 }
 
@@ -348,6 +620,8 @@ Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o
     if (!valid_ae_title(o.aet)) return make_error("--dicom-aet '" + o.aet + "' is not an AE title (1 to 16 printable characters, no '\\')");
     for (const auto& a : o.allow)
         if (!valid_ae_title(a)) return make_error("--dicom-allow: '" + a + "' is not an AE title (1 to 16 printable characters, no '\\')");
+    if (o.max_associations < 1 || o.max_pending < 1 || o.workers < 1 || !(o.association_timeout_s > 0) || !(o.idle_timeout_s > 0))
+        return make_error("the DICOM node's limits must be positive");
     auto impl = std::make_unique<Impl>(engine, store);
     impl->opt = o;
     auto spool = make_spool_folder();
@@ -360,28 +634,31 @@ Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o
     }
     // DCMTK logs through oflog; keep its chatter (every association) to warnings and above.
     OFLog::configure(OFLogger::WARN_LOG_LEVEL);
-    impl->scp = std::make_unique<StoreScp>(*impl);
-    StoreScp& scp = *impl->scp;
-    scp.setPort(Uint16(o.port));
-    scp.setAETitle(o.aet.c_str());
-    scp.setMaxReceivePDULength(ASC_DEFAULTMAXPDU);
-    scp.setConnectionBlockingMode(DUL_NOBLOCK);  // so that listen() checks for stop() every second
-    scp.setConnectionTimeout(1);
-    scp.setACSETimeout(30);
-    scp.setDIMSEBlockingMode(DIMSE_NONBLOCKING);
-    scp.setDIMSETimeout(60);
-    scp.setHostLookupEnabled(OFFalse);
-    scp.setVerbosePCMode(OFFalse);
+    DcmSCPConfig& cfg = *impl->config;
+    cfg.setPort(Uint16(o.port));
+    cfg.setAETitle(o.aet.c_str());
+    cfg.setMaxReceivePDULength(ASC_DEFAULTMAXPDU);
+    cfg.setConnectionBlockingMode(DUL_NOBLOCK);
+    cfg.setConnectionTimeout(1);
+    cfg.setACSETimeout(30);
+    cfg.setDIMSEBlockingMode(DIMSE_NONBLOCKING);
+    cfg.setDIMSETimeout(60);
+    cfg.setHostLookupEnabled(OFFalse);
+    cfg.setVerbosePCMode(OFFalse);
     OFList<OFString> ts;
     for (const char* t : kTransferSyntaxes) ts.push_back(t);
-    for (const char* c : kStorageClasses) scp.addPresentationContext(c, ts);
+    for (const char* c : kStorageClasses) cfg.addPresentationContext(c, ts);
     OFList<OFString> plain;
     plain.push_back(UID_LittleEndianImplicitTransferSyntax);
     plain.push_back(UID_LittleEndianExplicitTransferSyntax);
-    scp.addPresentationContext(UID_VerificationSOPClass, plain);
-    if (OFCondition c = scp.openListenPort(); c.bad())
+    cfg.addPresentationContext(UID_VerificationSOPClass, plain);
+    if (OFCondition c = ASC_initializeNetwork(NET_ACCEPTOR, o.port, 30, &impl->net); c.bad())
         return make_error("cannot listen for DICOM on port " + std::to_string(o.port) + ": " + c.text() +
                           "; choose another --dicom-port (ports below 1024 need privileges)");
+    if (auto ok = impl->listen_on_host(); !ok) return make_error(ok.error());
+    impl->layer = std::make_unique<DeadlineLayer>(*impl);
+    if (OFCondition c = ASC_setTransportLayer(impl->net, impl->layer.get(), 0); c.bad())
+        return make_error(std::string("cannot set up the DICOM node's connections: ") + c.text());
     return std::unique_ptr<DicomNode>(new DicomNode(std::move(impl)));
 }
 
@@ -390,18 +667,37 @@ int DicomNode::port() const { return impl_->opt.port; }
 void DicomNode::start() {
     if (impl_->started) return;
     impl_->started = true;
-    impl_->worker = std::thread([this] { impl_->work(); });
-    impl_->listener = std::thread([this] {
-        OFCondition c = impl_->scp->acceptAssociations();
-        if (c.bad() && !impl_->stopping) spdlog::error("dicom: the node stopped: {}", c.text());
-    });
+    // Instances acknowledged before a stop or a crash: measured now, oldest first.
+    if (auto pending = impl_->store.pending_dicom_instances(1'000'000); !pending) {
+        spdlog::error("dicom: cannot read the instances left pending: {}", pending.error());
+    } else if (!pending->empty()) {
+        std::lock_guard<std::mutex> lock(impl_->mu);
+        for (auto& row : *pending) impl_->queue.push_back({std::move(row), std::nullopt});
+        spdlog::info("dicom: resuming {} instance(s) received before the last stop and not measured yet", pending->size());
+    }
+    for (int i = 0; i < impl_->opt.workers; ++i) impl_->workers.emplace_back([this] { impl_->work(); });
+    for (int i = 0; i < impl_->opt.max_associations; ++i) impl_->receivers.emplace_back([this] { impl_->receive_loop(); });
 }
 
 void DicomNode::stop() {
     impl_->stopping = true;
     impl_->cv.notify_all();
-    if (impl_->listener.joinable()) impl_->listener.join();
-    if (impl_->worker.joinable()) impl_->worker.join();
+    for (auto& t : impl_->receivers)
+        if (t.joinable()) t.join();
+    for (auto& t : impl_->workers)
+        if (t.joinable()) t.join();
+    impl_->idle_cv.notify_all();
+}
+
+unsigned short DicomNode::receive(const std::string& bytes, const std::string& sop_instance, const std::string& sop_class,
+                                  const std::string& calling_aet) {
+    return impl_->accept(bytes, sop_instance, sop_class, calling_aet);
+}
+
+bool DicomNode::wait_idle(double timeout_s) {
+    std::unique_lock<std::mutex> lock(impl_->mu);
+    return impl_->idle_cv.wait_for(lock, std::chrono::duration<double>(timeout_s),
+                                   [&] { return impl_->queue.empty() && impl_->busy == 0; });
 }
 
 }  // namespace fetalhc::server

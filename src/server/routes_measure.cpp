@@ -49,6 +49,7 @@ json summary_json(const VideoSummary& v) {
 HttpResponse measure_dicom_route(const HttpRequest& req, Services& s, const UploadedFile& up, const std::string& format) {
     DicomMeasureRequest o;
     o.shed_when_busy = true;
+    o.max_frames = kServerMaxCineFrames;
     if (form_text(req, "pixel_size_mm").value_or("").find_first_not_of(" \t") != std::string::npos) o.pixel_size_mm = form_pixel_size(req);
     o.ga_weeks = form_ga(req);
     const auto pid = form_pregnancy_id(req);

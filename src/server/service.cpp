@@ -335,9 +335,29 @@ void take_network_slot(std::optional<SlotGuard>& slot, Engine& engine, bool held
     queue_ms = ms_since(tq);
 }
 
+// The frames of a cine that are measured: every one, or `max_frames` evenly spaced from the first
+// to the last when it has more (0: no limit).
+std::vector<int> frames_to_measure(int frames, int max_frames) {
+    std::vector<int> pick;
+    if (max_frames <= 0 || frames <= max_frames) {
+        for (int k = 0; k < frames; ++k) pick.push_back(k);
+        return pick;
+    }
+    for (int k = 0; k < max_frames; ++k)
+        pick.push_back(max_frames == 1 ? 0 : int(std::lround(double(k) * (frames - 1) / (max_frames - 1))));
+    return pick;
+}
+
+// A cine, decoded frame by frame as the measurement asks for the next one (one decoded frame held
+// at a time, however long the cine).
 Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& engine, DicomMeasured out,
-                                              const std::vector<cv::Mat>& frames, const std::string& name,
+                                              DicomFrameReader& reader, const std::string& name,
                                               const DicomMeasureRequest& request, bool slot_held) {
+    const std::vector<int> pick = frames_to_measure(out.header.frames, request.max_frames);
+    if (int(pick.size()) < out.header.frames)
+        out.warnings.push_back("the cine has " + std::to_string(out.header.frames) + " frames; " + std::to_string(pick.size()) +
+                               " evenly spaced frames were measured (this server measures at most " +
+                               std::to_string(request.max_frames) + " frames of a file)");
     auto cal = calibration_for_frames(out.header, request.pixel_size_mm, out.warnings);
     rename_override(out.warnings);
     if (!cal) return ApiError{ErrorCode::InvalidCalibration, "'" + name + "': " + cal.error()};
@@ -350,10 +370,16 @@ Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& 
     vo.workers = 1;  // one network slot per request, as for a still image
     size_t k = 0;
     const double frame_time_s = out.header.frame_time_ms / 1000;
+    std::string decode_error;
     const FrameSource next = [&](cv::Mat& frame, double& time_s) {
-        if (k >= frames.size()) return false;
-        frame = frames[k];  // measure_dicom_cine masks it to the region
-        time_s = frame_time_s * double(k);
+        if (k >= pick.size() || !decode_error.empty()) return false;
+        auto f = reader.frame(pick[k]);
+        if (!f) {
+            decode_error = f.error();
+            return false;
+        }
+        frame = std::move(*f);  // measure_dicom_cine masks it to the region
+        time_s = frame_time_s * double(pick[k]);
         ++k;
         return true;
     };
@@ -363,9 +389,14 @@ Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& 
         take_network_slot(slot, engine, slot_held, out.queue_ms);
         // The CLI's path too: each frame masked to its region, a head leaving the region is that
         // frame's error (with the file's own calibration).
-        s = measure_dicom_cine(measurer, out.header, *cal, name, next, vo, [&](const VideoFrame& f) { out.frames.push_back(f); });
+        s = measure_dicom_cine(measurer, out.header, *cal, name, next, vo, [&](const VideoFrame& f) {
+            out.frames.push_back(f);
+            out.frames.back().index = pick[size_t(f.index)];  // the frame's number in the file
+        });
     }
+    if (!decode_error.empty()) return ApiError{ErrorCode::ImageUnreadable, decode_error};
     if (!s) return ApiError{ErrorCode::NoHeadFound, s.error()};
+    if (s->estimate_frame >= 0 && s->estimate_frame < int(pick.size())) s->estimate_frame = pick[size_t(s->estimate_frame)];
     if (!s->has_estimate)
         return ApiError{ErrorCode::NoHeadFound, "no frame of '" + name + "' gave an ok measurement (" + std::to_string(s->measured) +
                                                     " of " + std::to_string(s->frames) + " frames measured)"};
@@ -396,23 +427,26 @@ Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, co
     const bool slot_held = admitted.has_value();
     const auto t0 = Clock::now();
     std::optional<SlotGuard> decode_slot(std::in_place, engine.decode_slots());
-    const std::vector<unsigned char> data(bytes.begin(), bytes.end());
-    auto h = read_dicom_header(data, name);
-    if (!h) return ApiError{ErrorCode::ImageUnreadable, h.error()};
+    auto reader = DicomFrameReader::open(std::vector<unsigned char>(bytes.begin(), bytes.end()), name);
+    if (!reader) return ApiError{ErrorCode::ImageUnreadable, reader.error()};
+    const DicomHeader& h = (*reader)->header();
     if (!request.pixel_size_mm)
-        if (auto p = calibration_problem(*h)) return *p;
-    auto frames = decode_dicom_frames(data, name);
+        if (auto p = calibration_problem(h)) return *p;
+    // A still image is decoded here; a cine frame by frame while it is measured.
+    auto first = (*reader)->frame(0);
     decode_slot.reset();
-    if (!frames) return ApiError{ErrorCode::ImageUnreadable, frames.error()};
-    if (frames->empty()) return ApiError{ErrorCode::ImageUnreadable, "'" + name + "' holds no frame to measure"};
+    if (!first) return ApiError{ErrorCode::ImageUnreadable, first.error()};
     const double decode_ms = ms_since(t0);
     auto model = engine.measurer();
     if (!model) return model.error();
 
     DicomMeasured out;
-    out.header = std::move(*h);
+    out.header = h;
     out.queue_ms = admission_wait_ms;
-    if (frames->size() > 1) return measure_dicom_frames_on(**model, engine, std::move(out), *frames, name, request, slot_held);
+    if (h.frames > 1) {
+        first = cv::Mat();  // decoded again in turn (one frame held at a time)
+        return measure_dicom_frames_on(**model, engine, std::move(out), **reader, name, request, slot_held);
+    }
     DicomMeasureOptions o;
     o.measure.ga_weeks = request.ga_weeks;
     o.pixel_size_mm = request.pixel_size_mm;
@@ -420,7 +454,7 @@ Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, co
     {
         std::optional<SlotGuard> slot;
         take_network_slot(slot, engine, slot_held, out.queue_ms);
-        m = measure_dicom_frame(**model, out.header, frames->front(), o, name);
+        m = measure_dicom_frame(**model, out.header, *first, o, name);
     }
     if (!m) return ApiError{ErrorCode::NoHeadFound, m.error()};
     out.measurement = std::move(m->m);

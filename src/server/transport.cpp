@@ -49,6 +49,11 @@ double ms_since(Clock::time_point t) { return std::chrono::duration<double, std:
 
 thread_local Clock::time_point t_request_start;
 thread_local bool t_request_timed = false;
+// Set when a request was refused before its body was read (or httplib answered an error itself):
+// its connection is closed after the answer, so that the unread body is never parsed as the next
+// request (a cross-site page could otherwise smuggle a whole request inside a refused one's body).
+thread_local bool t_close_connection = false;
+thread_local bool t_routed = false;  // the router answered the request (its body was read whole)
 
 std::string lower(std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return char(std::tolower(c)); });
@@ -56,7 +61,8 @@ std::string lower(std::string s) {
 }
 
 // httplib's request as a plain value. Every multipart part goes to `files` (as httplib keeps
-// them); the parts sent without a file name go to `form` as well. Of repeated names the first wins.
+// them); the parts sent without a file name go to `form` as well. Repeated names are refused
+// before this (Impl::serve).
 server::HttpRequest to_request(const httplib::Request& req) {
     server::HttpRequest r;
     r.method = req.method;
@@ -76,6 +82,12 @@ void write_response(const server::HttpResponse& from, httplib::Response& to) {
     to.status = from.status;
     for (const auto& [k, v] : from.headers) to.set_header(k, v);
     to.set_content(from.body, from.content_type.c_str());
+}
+
+// Headers every response carries: the content type is the one meant (no sniffing an upload or an
+// error into HTML).
+void add_common_headers(httplib::Response& res) {
+    if (!res.has_header("X-Content-Type-Options")) res.set_header("X-Content-Type-Options", "nosniff");
 }
 
 // Constant-time comparison of a presented token with the expected one.
@@ -301,7 +313,9 @@ private:
                 break;
             stream.start_request(Clock::now() + request_timeout_);
             bool closed = false;
+            t_close_connection = t_routed = false;
             ok = process_request(stream, left == 1, closed, nullptr);
+            if (t_close_connection) closed = true;
             if (stream.expired())
                 timeouts_.warn("closed a connection whose request did not arrive whole within --request-timeout " +
                                fmt::format("{:g} s", request_timeout_s_));
@@ -401,25 +415,42 @@ struct Server::Impl {
         for (const auto& [k, v] : req.headers) headers.emplace(lower(k), v);
         std::optional<server::HttpResponse> refused = server::check_request_origin(req.method, headers, origin);
         if (!refused) refused = reject_token(req);
-        if (!refused && req.method != "GET" && req.method != "HEAD") {
-            if (req.has_header("Transfer-Encoding"))
-                refused = server::error_response({ErrorCode::LengthRequired, "send the request body with a Content-Length header; "
-                                                                             "chunked uploads are not accepted"});
-            else if (req.has_header("Content-Length")) {
-                const std::string cl = req.get_header_value("Content-Length");
-                const bool digits = !cl.empty() && cl.size() <= 19 &&
-                                    std::all_of(cl.begin(), cl.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
-                if (!digits || std::stoull(cl) > opt.max_upload_bytes)
-                    refused = server::error_response(
-                        {ErrorCode::PayloadTooLarge, "the request body is larger than this server's upload limit of " +
-                                                         std::to_string(opt.max_upload_bytes) + " bytes; send a smaller image or "
-                                                         "start serve with a larger --max-upload-mb"});
-            }
-        }
+        if (!refused) refused = check_framing(req);
         if (!refused) return httplib::Server::HandlerResponse::Unhandled;
         write_response(*refused, res);
         res.set_header("Connection", "close");
+        t_close_connection = true;
         return httplib::Server::HandlerResponse::Handled;
+    }
+
+    // Body framing, from the headers alone: one Content-Length of digits within the upload limit,
+    // no Transfer-Encoding, and no body at all on GET/HEAD (httplib would not read it, and it would
+    // be parsed as the next request).
+    std::optional<server::HttpResponse> check_framing(const httplib::Request& req) const {
+        const size_t lengths = req.get_header_value_count("Content-Length");
+        const std::string cl = req.get_header_value("Content-Length");
+        const bool digits = !cl.empty() && cl.size() <= 19 &&
+                            std::all_of(cl.begin(), cl.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
+        if (lengths > 1 || (lengths == 1 && !digits))
+            return server::error_response({ErrorCode::BadRequest, "the request has " +
+                                                                      std::string(lengths > 1 ? "more than one Content-Length header"
+                                                                                              : "a Content-Length that is not a number") +
+                                                                      "; send exactly one, the body's size in bytes"});
+        if (req.has_header("Transfer-Encoding"))
+            return server::error_response({ErrorCode::LengthRequired, "send the request body with a Content-Length header; "
+                                                                      "chunked uploads are not accepted"});
+        const unsigned long long length = lengths ? std::stoull(cl) : 0;
+        if (req.method == "GET" || req.method == "HEAD") {
+            if (length > 0)
+                return server::error_response({ErrorCode::BadRequest, req.method + " requests carry no body; send the data with POST"});
+            return std::nullopt;
+        }
+        if (length > opt.max_upload_bytes)
+            return server::error_response(
+                {ErrorCode::PayloadTooLarge, "the request body is larger than this server's upload limit of " +
+                                                 std::to_string(opt.max_upload_bytes) + " bytes; send a smaller image or "
+                                                 "start serve with a larger --max-upload-mb"});
+        return std::nullopt;
     }
 
     // The token is checked here, after httplib has read the body, so that a rejected request
@@ -430,8 +461,12 @@ struct Server::Impl {
         auto m = server::match_route(req.method, req.path);
         if (!m || !server::route_needs_token(*m->route)) return std::nullopt;
         const std::string auth = req.get_header_value("Authorization");
-        const std::string prefix = "Bearer ";
-        if (auth.rfind(prefix, 0) == 0 && same_token(auth.substr(prefix.size()), token)) return std::nullopt;
+        // The scheme is case-insensitive (RFC 9110 11.1); one or more spaces before the token.
+        const size_t space = auth.find(' ');
+        if (space != std::string::npos && lower(auth.substr(0, space)) == "bearer") {
+            const size_t at = auth.find_first_not_of(' ', space);
+            if (at != std::string::npos && same_token(auth.substr(at), token)) return std::nullopt;
+        }
         // Reads may carry the token as a cookie (images and CSV links of the page); writes may not.
         if (auth.empty() && (req.method == "GET" || req.method == "HEAD")) {
             const std::string c = cookie_token(req);
@@ -446,12 +481,24 @@ struct Server::Impl {
     }
 
     void serve(const httplib::Request& req, httplib::Response& res) {
+        t_routed = true;
+        // A form field sent twice would be read as its first copy while a proxy or a log may see
+        // the second: refused.
+        for (auto it = req.files.begin(); it != req.files.end(); it = req.files.upper_bound(it->first))
+            if (req.files.count(it->first) > 1) {
+                write_response(server::error_response({ErrorCode::BadRequest, "the form field '" + it->first.substr(0, 64) +
+                                                                                  "' is sent more than once; send each field once"}),
+                               res);
+                return;
+            }
         write_response(server::handle(to_request(req), *services), res);
     }
 
     // Errors httplib answers itself (before any route runs): body too large, malformed request,
     // no handler for the method.
     httplib::Server::HandlerResponse transport_error(const httplib::Request& req, httplib::Response& res) const {
+        // httplib's own refusals (malformed request, body too large, ...) may leave the body unread.
+        if (!t_routed) t_close_connection = true;
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
         ApiError e{res.status >= 500 ? ErrorCode::Internal : ErrorCode::BadRequest, "HTTP error " + std::to_string(res.status)};
         switch (res.status) {
@@ -509,6 +556,7 @@ struct Server::Impl {
         http.set_error_handler(httplib::Server::HandlerWithResponse(
             [this](const httplib::Request& req, httplib::Response& res) { return transport_error(req, res); }));
         http.set_logger([this](const httplib::Request& req, const httplib::Response& res) { log_request(req, res); });
+        http.set_post_routing_handler([](const httplib::Request&, httplib::Response& res) { add_common_headers(res); });
         // Every GET and POST goes to the router, which answers unknown paths itself.
         const auto all = [this](const httplib::Request& req, httplib::Response& res) { serve(req, res); };
         http.Get(".*", all);
@@ -554,6 +602,7 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     if (o.dicom_port != 0) {
         server::DicomNodeOptions d;
         d.port = o.dicom_port;
+        d.host = o.host;
         d.aet = o.dicom_aet;
         d.forward = o.dicom_forward;
         d.allow = o.dicom_allow;

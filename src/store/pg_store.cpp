@@ -354,10 +354,12 @@ public:
         });
     }
 
-    Expected<std::vector<DicomInstance>> dicom_instances(int limit) override {
+    Expected<std::vector<DicomInstance>> dicom_instances(int limit, bool pending_only) override {
         return run("cannot read the DICOM instances", [&](pqxx::connection& c) -> Expected<std::vector<DicomInstance>> {
             pqxx::read_transaction w(c);
-            const auto r = w.exec_params(std::string("SELECT ") + kDicomColumns + " FROM dicom_instances ORDER BY id DESC LIMIT $1",
+            const auto r = w.exec_params(std::string("SELECT ") + kDicomColumns + " FROM dicom_instances " +
+                                             (pending_only ? "WHERE status = 'pending' ORDER BY id ASC" : "ORDER BY id DESC") +
+                                             " LIMIT $1",
                                          limit);
             std::vector<DicomInstance> out;
             for (const auto& row : r) out.push_back(read_dicom_instance(PgRow{row}));

@@ -2,11 +2,17 @@
 // time is the time they were stored (or last re-uploaded).
 #include "store_impl.h"
 
+#include "fetalhc/image_io.h"
+
 #include <sqlite3.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -119,19 +125,47 @@ bool set_file_mtime(const fs::path& p, long long seconds) {
     return ::utimensat(AT_FDCWD, p.c_str(), times, 0) == 0;
 }
 
-// Whether a folder takes a new file (create and remove a probe).
-bool folder_writable(const fs::path& dir) {
+// Whether a folder takes a new file (create and remove a probe): 0, or the errno that refused it.
+int folder_write_error(const fs::path& dir) {
     const fs::path probe = dir / (".write-probe-" + std::to_string(std::random_device{}()));
-    {
-        std::ofstream out(probe, std::ios::binary);
-        if (!out || !(out << "x") || !out.flush()) {
-            std::error_code ec;
-            fs::remove(probe, ec);
-            return false;
-        }
-    }
-    std::error_code ec;
-    return fs::remove(probe, ec) && !ec;
+    const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return errno;
+    int err = ::write(fd, "x", 1) == 1 ? 0 : errno;
+    if (::close(fd) != 0 && !err) err = errno;
+    if (::unlink(probe.c_str()) != 0 && !err) err = errno;
+    return err;
+}
+
+// Whether the file system holding `p` (or its folder, when p is not there) is mounted read-only.
+bool on_read_only_fs(const fs::path& p) {
+    struct statvfs v{};
+    const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    if (::statvfs(p.c_str(), &v) != 0 && ::statvfs(dir.c_str(), &v) != 0) return false;
+    return (v.f_flag & ST_RDONLY) != 0;
+}
+
+// Why `what` (e.g. "the image folder 'x'") cannot be written, from the errno of the failed write.
+std::string unwritable(const std::string& what, int err) {
+    if (err == EROFS)
+        return what + " is on a read-only file system (EROFS); remount it read-write, or pass --db with a path on a "
+                      "writable disk";
+    if (err == EACCES || err == EPERM)
+        return what + " is not writable: permission denied (" + (err == EACCES ? "EACCES" : "EPERM") +
+               "); fix its permissions (or run as its owner)";
+    return what + " cannot be written: " + std::strerror(err);
+}
+
+// Why SQLite could not read an existing file, from what SQLite and the system said: the file is
+// not SQLite at all only when SQLite says so (SQLITE_NOTADB). A WAL database needs its -shm file
+// beside it even to be read, so one on a read-only file system cannot be opened at all.
+std::string unreadable_database(sqlite3* db, const std::string& path) {
+    const int code = sqlite3_errcode(db), sys = sqlite3_system_errno(db);
+    const std::string said = sqlite3_errmsg(db);
+    if (code == SQLITE_NOTADB)
+        return "'" + path + "' is not an SQLite database (" + said + "); pass --db with a new file name or a fetalhc database";
+    if (sys == EROFS || on_read_only_fs(path)) return unwritable("the database '" + path + "'", EROFS);
+    if (sys == EACCES || sys == EPERM) return unwritable("the database '" + path + "' (or its -wal/-shm files)", sys);
+    return "cannot read the database '" + path + "' (" + said + (sys ? std::string(": ") + std::strerror(sys) : "") + ")";
 }
 
 // The highest applied migration (0: none, or no schema_version table).
@@ -155,7 +189,7 @@ Expected<bool> check_existing_database(const std::string& path) {
     {
         Stmt app(db, "PRAGMA application_id");
         if (!app.ok() || app.step() != SQLITE_ROW) {
-            problem = "'" + path + "' is not an SQLite database (" + sqlite3_errmsg(db) + ")";
+            problem = unreadable_database(db, path);
         } else {
             const long long id = app.integer(0);
             Stmt t(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'");
@@ -165,7 +199,8 @@ Expected<bool> check_existing_database(const std::string& path) {
             const long long version = sqlite_schema_version(db);
             if (id != kApplicationId && !(id == 0 && (tables.empty() || (has("pregnancies") && has("exams")))))
                 problem = "'" + path + "' is another program's SQLite database (application_id " + std::to_string(id) + ", " +
-                          std::to_string(tables.size()) + " tables, no fetalhc exams table); it was left untouched";
+                          std::to_string(tables.size()) + " tables, no fetalhc exams table); it was left untouched; "
+                          "pass --db with a new file name or a fetalhc database";
             else if (version > kSchemaVersion) {
                 sqlite3_close(db);
                 return make_error(newer_schema_message("the database '" + path + "'", int(version)));
@@ -173,7 +208,7 @@ Expected<bool> check_existing_database(const std::string& path) {
         }
     }
     sqlite3_close(db);
-    if (!problem.empty()) return make_error(problem + "; pass --db with a new file name or a fetalhc database");
+    if (!problem.empty()) return make_error(problem);
     return true;
 }
 
@@ -441,9 +476,10 @@ public:
         return sqlite3_changes(db) > 0;
     }
 
-    Expected<std::vector<DicomInstance>> dicom_instances(int limit) override {
+    Expected<std::vector<DicomInstance>> dicom_instances(int limit, bool pending_only) override {
         std::lock_guard<std::mutex> lock(mu);
-        Stmt s(db, std::string("SELECT ") + kDicomColumns + " FROM dicom_instances ORDER BY id DESC LIMIT ?1");
+        Stmt s(db, std::string("SELECT ") + kDicomColumns + " FROM dicom_instances " +
+                       (pending_only ? "WHERE status = 'pending' ORDER BY id ASC" : "ORDER BY id DESC") + " LIMIT ?1");
         if (!s.ok()) return make_error(error("cannot read the DICOM instances"));
         s.bind(1, Value(static_cast<long long>(limit)));
         std::vector<DicomInstance> out;
@@ -464,11 +500,9 @@ Expected<bool> prepare_folders(const std::string& db_path, const std::string& im
     if (!fs::is_directory(images))
         return make_error("cannot create the image folder '" + images + "'" + (ec ? ": " + ec.message() : std::string()) +
                           "; check that the folder of --db is writable");
-    if (!folder_writable(images))
-        return make_error("the image folder '" + images + "' is not writable; fix its permissions (or run as its owner)");
-    if (!folder_writable(parent.empty() ? fs::path(".") : parent))
-        return make_error("the folder of the database '" + db_path + "' is not writable (SQLite needs its journal files there); "
-                          "fix its permissions");
+    if (const int err = folder_write_error(images)) return make_error(unwritable("the image folder '" + images + "'", err));
+    if (const int err = folder_write_error(parent.empty() ? fs::path(".") : parent))
+        return make_error(unwritable("the folder of the database '" + db_path + "' (SQLite writes its journal files there)", err));
     return true;
 }
 
@@ -481,8 +515,10 @@ Expected<std::unique_ptr<Store::Impl>> open_sqlite_store(const std::string& db_p
     impl->images = db_path + ".images";
     std::error_code ec;
     // An existing file must be fetalhc's before anything is written (no table, no WAL switch, no folder).
+    if (fs::is_directory(db_path, ec)) return make_error("--db '" + db_path + "' is a folder; pass a database file");
+    // A device, a named pipe, a symlink loop or an unreadable file is named as what it is.
+    if (auto p = regular_file_problem(db_path, "a database file", /*missing_ok=*/true); !p.empty()) return make_error(p);
     if (fs::exists(db_path, ec)) {
-        if (fs::is_directory(db_path, ec)) return make_error("--db '" + db_path + "' is a folder; pass a database file");
         if (fs::file_size(db_path, ec) > 0) {
             auto ours = check_existing_database(db_path);
             if (!ours) return make_error(ours.error());
@@ -493,7 +529,9 @@ Expected<std::unique_ptr<Store::Impl>> open_sqlite_store(const std::string& db_p
         SQLITE_OK)
         return make_error(impl->error("cannot open the database") + "; check --db");
     if (sqlite3_db_readonly(impl->db, "main") == 1)
-        return make_error("the database '" + db_path + "' is read-only; fix its permissions (or run as its owner)");
+        return make_error(on_read_only_fs(db_path)
+                              ? unwritable("the database '" + db_path + "'", EROFS)
+                              : "the database '" + db_path + "' is read-only; fix its permissions (or run as its owner)");
     sqlite3_busy_timeout(impl->db, 5000);
     // WAL keeps readers and the writer apart; NORMAL sync is durable across application crashes.
     if (!impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"))

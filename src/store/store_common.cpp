@@ -248,7 +248,8 @@ Expected<DicomInstance> Store::add_dicom_instance(const DicomInstance& d) {
 
 Expected<bool> Store::update_dicom_instance(const DicomInstance& d) { return impl_->update_dicom_instance(d); }
 
-Expected<std::vector<DicomInstance>> Store::dicom_instances(int limit) const { return impl_->dicom_instances(limit); }
+Expected<std::vector<DicomInstance>> Store::dicom_instances(int limit) const { return impl_->dicom_instances(limit, false); }
+Expected<std::vector<DicomInstance>> Store::pending_dicom_instances(int limit) const { return impl_->dicom_instances(limit, true); }
 
 // ---- free functions ----------------------------------------------------------------------------
 
@@ -310,12 +311,6 @@ bool valid_pregnancy_id(const std::string& s) {
     for (unsigned char c : s)
         if (!std::isalnum(c) && c != '_' && c != '.' && c != '-') return false;
     return true;
-}
-
-bool valid_dicom_uid(const std::string& s) {
-    if (s.empty() || s.size() > 64 || s.front() == '.' || s.back() == '.') return false;
-    if (s.find("..") != std::string::npos) return false;
-    return s.find_first_not_of("0123456789.") == std::string::npos;
 }
 
 bool valid_date(const std::string& s) {

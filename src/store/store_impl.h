@@ -147,7 +147,7 @@ struct Store::Impl {
     virtual Expected<History> history(const std::string& pregnancy_id) = 0;
     virtual Expected<DicomInstance> add_dicom_instance(const DicomInstance& d, const std::string& now) = 0;
     virtual Expected<bool> update_dicom_instance(const DicomInstance& d) = 0;
-    virtual Expected<std::vector<DicomInstance>> dicom_instances(int limit) = 0;
+    virtual Expected<std::vector<DicomInstance>> dicom_instances(int limit, bool pending_only) = 0;
 
     // Shared by both engines (store_common.cpp).
     std::atomic<unsigned long long> quota_bytes{0};
