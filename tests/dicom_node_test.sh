@@ -152,9 +152,107 @@ check "a full image store refuses a C-STORE with Out of Resources (A700)" \
   'grep -q "Received Store Response (Refused: OutOfResources)" "$T/storescu3.log"'
 check "the log names the status and why" 'grep -q "status A700.*image store is full" "$T/serve3.log"'
 
+# ---- Issue 22: acknowledged instances survive a crash, the queue is bounded, hostile peers ----
+# A fourth node whose model file is not a model: nothing is measured while there is no model, so
+# every instance received stays pending (as when the workers are busy), and is measured once a
+# restart brings the model.
+echo "not a model" >"$T/broken.pt"
+mkdir -p "$T/tmp4"
+read -r HTTP4 DPORT4 < <(free_ports 2)
+URL4=http://127.0.0.1:$HTTP4
+start_node4() {
+  TMPDIR="$T/tmp4" "$BIN" serve --model "$1" --host 127.0.0.1 --port "$HTTP4" --db "$T/db4/f.db" --dicom-port "$DPORT4" \
+    --dicom-max-pending 12 --dicom-idle-timeout 3 --max-upload-mb 30 >>"$T/serve4.log" 2>&1 &
+  NODE4=$!
+  PIDS+=("$NODE4")
+  for _ in $(seq 1 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL4/health")" != 000 ] && break
+    sleep 0.1
+  done
+}
+start_node4 "$T/broken.pt"
+listening=$(python3 -c 'import sys
+port = int(sys.argv[1])
+for line in open("/proc/net/tcp").readlines()[1:] + open("/proc/net/tcp6").readlines()[1:]:
+    f = line.split()
+    if f[3] == "0A" and int(f[1].split(":")[1], 16) == port: print(f[1].split(":")[0])' "$DPORT4")
+check "row 7: the node listens on --host 127.0.0.1 only (listening on: $listening)" '[ "$listening" = 0100007F ]'
+# Row 7: an idle connection and a trickling one hold no one else up; the trickle is cut although
+# it keeps sending (a byte a second, under the 1 KiB per idle window).
+python3 - "$DPORT4" >"$T/idle.txt" 2>&1 <<'PY' &
+import socket, sys, time
+idle = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+trickle = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+t0 = time.time()
+cut = None
+for _ in range(30):
+    try:
+        trickle.send(b"\x01")
+    except OSError:
+        cut = time.time() - t0
+        break
+    time.sleep(1)
+print("trickle cut after %s s" % (None if cut is None else round(cut, 1)))
+PY
+TRICKLE=$!
+sleep 0.5
+t0=$(date +%s.%N)
+timeout 20 storescu -aec FETALHC 127.0.0.1 "$DPORT4" "$T/head.dcm" >"$T/storescu4a.log" 2>&1
+rc=$?
+took=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
+check "row 7: a legitimate C-STORE beside an idle and a trickling connection is served at once ($took s)" \
+  '[ $rc -eq 0 ] && python3 -c "import sys; sys.exit(0 if $took < 5 else 1)"'
+wait "$TRICKLE"
+check "row 7: the trickling peer is cut within the first window ($(cat "$T/idle.txt"))" \
+  'python3 -c "import sys; t = open(\"$T/idle.txt\").read().split()[-2]; sys.exit(0 if t != \"None\" and float(t) <= 12 else 1)"'
+# Row 10: another called AE title is rejected; row 11: peer strings are escaped in the log.
+check "row 10: an association to another called AE title is rejected" \
+  '! storescu -aec WRONG 127.0.0.1 "$DPORT4" "$T/head.dcm" >/dev/null 2>&1 && grep -q "called .WRONG. refused" "$T/serve4.log"'
+storescu -aec $'X\n[error] FAKE' 127.0.0.1 "$DPORT4" "$T/head.dcm" >/dev/null 2>&1
+check "row 11: control characters from a peer are escaped in the log" \
+  'grep -q "X\\\\x0A\[error\] FAKE" "$T/serve4.log" && ! grep -q "^\[error\] FAKE" "$T/serve4.log"'
+# Row 9: an invalid SOP Instance UID is refused with a status and listed with its error.
+cp "$T/head.dcm" "$T/bad_uid.dcm"
+dcmodify -nb -m "(0008,0018)=1.2.3.<script>" "$T/bad_uid.dcm" >/dev/null 2>&1
+storescu -v -aec FETALHC 127.0.0.1 "$DPORT4" "$T/bad_uid.dcm" >"$T/storescu4b.log" 2>&1
+check "row 9: an invalid SOP Instance UID is refused with status C000" 'grep -q "Error: CannotUnderstand\|0xc000" "$T/storescu4b.log"'
+check "row 9: ... and listed as failed with the reason" \
+  'curl -s "$URL4/v1/dicom/instances" | json "[i for i in d[\"instances\"] if i[\"status\"] == \"failed\"][0][\"error\"]" | grep -q "not a DICOM UID"'
+# Row 3: the queue is bounded: 12 may wait (one above was accepted), the rest get A700.
+files=()
+for _ in $(seq 1 14); do files+=("$T/head.dcm"); done
+storescu -v -aec FETALHC 127.0.0.1 "$DPORT4" "${files[@]}" >"$T/storescu4c.log" 2>&1
+refused=$(grep -c "Refused: OutOfResources" "$T/storescu4c.log")
+pending=$(curl -s "$URL4/v1/dicom/instances" | json "sum(i['status'] == 'pending' for i in d['instances'])")
+storescu -v -aec FETALHC 127.0.0.1 "$DPORT4" "$T/head.dcm" >>"$T/storescu4c.log" 2>&1
+refused_again=$(grep -c "Refused: OutOfResources" "$T/storescu4c.log")
+check "row 3: with 12 waiting, further C-STOREs are refused with A700 (storescu halts at the first: refused $refused, then $refused_again; pending $pending)" \
+  '[ "$refused" = 1 ] && [ "$refused_again" = 2 ] && [ "$pending" = 12 ]'
+# Row 4: kill -9 with 12 acknowledged instances unmeasured; at restart (with the model) all 12 are
+# measured within a minute, each once; the crashed run's spool folder is removed.
+kill -9 "$NODE4"
+wait "$NODE4" 2>/dev/null
+spool_before=$(ls "$T/tmp4" | grep fetalhc-dicom- | tr '\n' ' ')
+t0=$(date +%s.%N)
+start_node4 "$MODEL"
+for _ in $(seq 1 600); do
+  left=$(curl -s "$URL4/v1/dicom/instances" | json "sum(i['status'] == 'pending' for i in d['instances'])" 2>/dev/null)
+  [ "$left" = 0 ] && break
+  sleep 0.1
+done
+took=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
+measured=$(curl -s "$URL4/v1/dicom/instances" | json "sum(i['status'] == 'measured' for i in d['instances'])")
+once=$(grep -o "instance [0-9]* measured" "$T/serve4.log" | sort | uniq -d | wc -l)
+check "row 4: the 12 acknowledged instances are measured after a kill -9 and restart ($measured in $took s, $once twice)" \
+  '[ "$measured" = 12 ] && [ "$once" = 0 ] && python3 -c "import sys; sys.exit(0 if $took < 60 else 1)"'
+spool_after=$(ls "$T/tmp4" | grep fetalhc-dicom- | tr '\n' ' ')
+check "row 14: the crashed run's spool folder is removed at start (before: $spool_before; after: $spool_after)" \
+  '[ -n "$spool_before" ] && [ "$(echo $spool_after | wc -w)" = 1 ] && [ "$spool_before" != "$spool_after" ]'
+
 if [ "$failures" -ne 0 ]; then
   echo "--- serve.log"; cat "$T/serve.log"; echo "--- serve2.log"; cat "$T/serve2.log"; echo "--- storescu.log"; cat "$T/storescu.log"
   echo "--- serve3.log"; cat "$T/serve3.log"; echo "--- storescu3.log"; cat "$T/storescu3.log"
+  echo "--- serve4.log"; cat "$T/serve4.log"; echo "--- storescu4b.log"; cat "$T/storescu4b.log"
   exit 1
 fi
 echo "dicom_node: all checks passed"

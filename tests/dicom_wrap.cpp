@@ -2,7 +2,7 @@
 // file whose Sequence of Ultrasound Regions calibrates the whole image at a given pixel size, so
 // that tests can send a measurable head through DICOM paths without committing any such file.
 //
-//   dicom_wrap IMAGE PIXEL_SIZE_MM OUT.dcm [SOP_INSTANCE_UID]
+//   dicom_wrap IMAGE PIXEL_SIZE_MM OUT.dcm [SOP_INSTANCE_UID [FRAMES]]   ("" for a new UID)
 //   dicom_wrap --nested LEVELS OUT.dcm      (a file of LEVELS nested sequences: nested_sequences_dicom)
 #include "dicom_wrap.h"
 
@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
         return 1;
     }
     DcmFileFormat file;
-    build_wrapped_dicom(file, img, mm, 1, argc > 4 ? argv[4] : "");
+    build_wrapped_dicom(file, img, mm, argc > 5 ? std::atoi(argv[5]) : 1, argc > 4 ? argv[4] : "");
     const OFCondition c = file.saveFile(argv[3], EXS_LittleEndianExplicit);
     if (c.bad()) {
         std::fprintf(stderr, "error: cannot write '%s': %s\n", argv[3], c.text());

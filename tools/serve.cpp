@@ -149,6 +149,21 @@ void add_serve_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--dicom-forward", so.dicom_forward, "send each result's DICOM SR by C-STORE to AET@HOST:PORT (a PACS)");
     cmd->add_option("--dicom-allow", a->dicom_allow,
                     "calling AE titles accepted, comma-separated (any host); default: any AE title from loopback peers only");
+    cmd->add_option("--dicom-max-pending", so.dicom_max_pending,
+                    "received instances waiting to be measured; past this a C-STORE is refused with A700 (out of resources)")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 100000));
+    cmd->add_option("--dicom-associations", so.dicom_max_associations, "DICOM associations served at once")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 64));
+    cmd->add_option("--dicom-idle-timeout", so.dicom_idle_timeout_s,
+                    "seconds a DICOM peer may go without sending 1 KiB or being answered (a trickle does not reset it)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.1, 3600.0));
+    cmd->add_option("--dicom-association-timeout", so.dicom_association_timeout_s,
+                    "seconds a whole DICOM association may last, from its connection")
+        ->capture_default_str()
+        ->check(CLI::Range(1.0, 86400.0));
     add_model_option(cmd, so.model_path);
     commands.push_back({cmd, [a] { return run_serve(*a); }});
 }

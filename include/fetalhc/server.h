@@ -77,6 +77,10 @@ struct ServerOptions {
     std::string dicom_aet = "FETALHC";     // our AE title
     std::string dicom_forward;             // "AET@HOST:PORT": each SR is sent there; empty = kept only
     std::vector<std::string> dicom_allow;  // calling AE titles accepted; empty = any, loopback peers only
+    int dicom_max_pending = 64;            // instances waiting to be measured; more are refused with A700
+    int dicom_max_associations = 4;        // associations served at once
+    double dicom_idle_timeout_s = 20;      // a peer must send 1 KiB (or be answered) this often
+    double dicom_association_timeout_s = 300;  // a whole association, from its connection
     // Web origins (e.g. "https://pacs.example.org") whose pages may call the API, beside the
     // server's own http://host:port. A request with any other Origin header gets 403.
     std::vector<std::string> allow_origins;

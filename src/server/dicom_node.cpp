@@ -278,6 +278,7 @@ struct DicomNode::Impl {
     DcmSharedSCPConfig config;
     std::vector<std::thread> receivers, workers;
     std::atomic<bool> stopping{false};
+    std::atomic<bool> warned_no_model{false};
     std::mutex mu;
     std::condition_variable cv, idle_cv;
     struct Queued {
@@ -500,6 +501,16 @@ Uint16 DicomNode::Impl::accept(std::string bytes, const std::string& sop_instanc
 
 void DicomNode::Impl::work() {
     while (true) {
+        // Without a model nothing is measured: the instances stay pending (listed so, and resumed
+        // at the next start, e.g. with a model that loads) instead of failing one by one.
+        if (!engine.wait_ready(1.0)) {
+            std::unique_lock<std::mutex> lock(mu);
+            if (engine.state() == Engine::State::Failed && !queue.empty() && !warned_no_model.exchange(true))
+                spdlog::error("dicom: received instances stay pending: the model did not load ({})", engine.load_error());
+            cv.wait_for(lock, std::chrono::seconds(1), [&] { return stopping.load(); });
+            if (stopping) return;
+            continue;
+        }
         Queued job;
         {
             std::unique_lock<std::mutex> lock(mu);
@@ -537,7 +548,6 @@ void DicomNode::Impl::process(DicomInstance& row, std::optional<Clock::time_poin
     } else {
         const std::string& bytes = **stored;
         if (auto h = read_dicom_header(std::vector<unsigned char>(bytes.begin(), bytes.end()), name)) row.frames = h->frames;
-        engine.wait_ready(600);  // received while the model loads: measure once it is there
         DicomMeasureRequest request;
         request.max_frames = kServerMaxCineFrames;
         auto r = measure_dicom(engine, bytes, name, request);

@@ -607,6 +607,10 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
         d.forward = o.dicom_forward;
         d.allow = o.dicom_allow;
         d.max_object_bytes = o.max_upload_bytes;
+        d.max_pending = o.dicom_max_pending;
+        d.max_associations = o.dicom_max_associations;
+        d.idle_timeout_s = o.dicom_idle_timeout_s;
+        d.association_timeout_s = o.dicom_association_timeout_s;
         auto node = server::DicomNode::create(d, *impl->engine, *impl->store);
         if (!node) return make_error(node.error());
         impl->dicom = std::move(*node);
