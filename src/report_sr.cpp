@@ -130,7 +130,7 @@ Axes axes_of(const Ellipse& e) {
 }
 
 void set_identity(DSRDocument& doc, Steps& ok, const DicomHeader* src) {
-    if (src && valid_dicom_uid(src->study_instance_uid)) {
+    if (src && !src->study_instance_uid.empty()) {
         ok(doc.createNewSeriesInStudy(src->study_instance_uid.c_str(), OFFalse), "new series in the source study");
     } else {
         doc.createNewStudy();  // also a new series and SOP instance
@@ -157,8 +157,7 @@ void set_identity(DSRDocument& doc, Steps& ok, const DicomHeader* src) {
     ok(doc.setStudyID(study_id.c_str(), OFFalse), "StudyID");
     ok(doc.setAccessionNumber(accession.c_str(), OFFalse), "AccessionNumber");
     ok(doc.setReferringPhysicianName(physician.c_str(), OFFalse), "ReferringPhysicianName");
-    if (valid_dicom_uid(src->study_instance_uid) && valid_dicom_uid(src->series_instance_uid) &&
-        valid_dicom_uid(src->sop_class_uid) && valid_dicom_uid(src->sop_instance_uid))
+    if (!src->series_instance_uid.empty())
         ok(doc.getCurrentRequestedProcedureEvidence().addItem(src->study_instance_uid.c_str(),
                                                              src->series_instance_uid.c_str(),
                                                              src->sop_class_uid.c_str(), src->sop_instance_uid.c_str()),
@@ -220,6 +219,10 @@ Expected<DcmFileFormat*> build(DcmFileFormat& file, const Measurement& m, const 
     if (src && (!valid_dicom_uid(src->sop_class_uid) || !valid_dicom_uid(src->sop_instance_uid)))
         return make_error("cannot write an SR for '" + m.source + "': the source DICOM has no valid SOP Class/Instance UID "
                           "(an SR must reference its image by UID)");
+    if (src && ((!src->study_instance_uid.empty() && !valid_dicom_uid(src->study_instance_uid)) ||
+                (!src->series_instance_uid.empty() && !valid_dicom_uid(src->series_instance_uid))))
+        return make_error("cannot write an SR for '" + m.source + "': the source's Study or Series Instance UID is not a DICOM "
+                          "UID (digits in dot-separated components, at most 64 characters)");
     if (opt.referenced_frame && *opt.referenced_frame < 1)
         return make_error("SR referenced frame numbers start at 1 (got " + std::to_string(*opt.referenced_frame) + ")");
 

@@ -1,6 +1,7 @@
 // Results back to the record (report.h): the DICOM SR checked by the real clients (dciodvfy from
 // dicom3tools, dsrdump from DCMTK) and read back with DCMTK; the FHIR Observations' content. The
 // FHIR Bundle's validity against the R4 StructureDefinitions is the `fhir_validate` test (Node).
+#include "fetalhc/dicom.h"
 #include "fetalhc/report.h"
 
 #include <dcmtk/dcmdata/dcdeftag.h>
@@ -310,4 +311,47 @@ TEST(Fhir, BundleIsACollectionWithUuidFullUrls) {
         urls.insert(url);
     }
     EXPECT_EQ(urls.size(), 6u);  // distinct
+}
+
+// Issue 22 row 9: a sender's oversized or malformed values (a 20,000-character PatientName, a date
+// that is not a date, a newline, a backslash) are cut or dropped to fit their VRs, so that the SR
+// still passes dciodvfy; a study UID that breaks the UID rules is refused (the SR could not
+// reference its image).
+TEST_F(SrFile, OversizedAndMalformedSourceValuesFitTheirVrs) {
+    DicomHeader src = synthetic_source();
+    src.patient_name = std::string(20000, 'A');
+    src.patient_id = "ID\nwith\\backslash" + std::string(100, '9');
+    src.patient_birth_date = "1990-01-01";
+    src.patient_sex = "female";
+    src.study_time = "10:15";
+    src.study_id = std::string(40, 'S');
+    src.accession_number = std::string(40, '7');
+    const std::string path = write(synthetic_measurement(), &src, "oversized_sr.dcm");
+    DcmFileFormat f;
+    ASSERT_TRUE(f.loadFile(path.c_str()).good());
+    EXPECT_EQ(get(f, DCM_PatientName), std::string(64, 'A'));
+    EXPECT_EQ(get(f, DCM_PatientID).rfind("IDwithbackslash9", 0), 0u) << get(f, DCM_PatientID);
+    EXPECT_EQ(get(f, DCM_PatientID).size(), 64u);
+    EXPECT_EQ(get(f, DCM_PatientBirthDate), "");
+    EXPECT_EQ(get(f, DCM_PatientSex), "");
+    EXPECT_EQ(get(f, DCM_StudyTime), "");
+    EXPECT_EQ(get(f, DCM_StudyID), std::string(16, 'S'));
+    EXPECT_EQ(get(f, DCM_AccessionNumber), std::string(16, '7'));
+    DicomHeader bad_uid = synthetic_source();
+    bad_uid.study_instance_uid = "1.2.3.<script>";
+    auto refused = fetalhc::write_biometry_sr(synthetic_measurement(), &bad_uid);
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().find("Study or Series Instance UID"), std::string::npos) << refused.error();
+    if (!have_tool("dciodvfy")) GTEST_SKIP() << "dciodvfy not found (apt-get install dicom3tools)";
+    const std::string out = run("dciodvfy '" + path + "'");
+    EXPECT_EQ(lines_with(out, "Error"), "") << out;
+}
+
+TEST(DicomUid, FollowsTheRulesOfPs35Section91) {
+    for (const char* ok : {"0", "1.2.840.10008.5.1.4.1.1.6.1", "2.25.329800735698586629295641978511506172918", "1.0.3"})
+        EXPECT_TRUE(fetalhc::valid_dicom_uid(ok)) << ok;
+    for (const char* bad : {"", "1..2", ".1", "1.", "1.02", "01.2", "1.2.3.<script>", "../../etc/x", "1 2"})
+        EXPECT_FALSE(fetalhc::valid_dicom_uid(bad)) << bad;
+    EXPECT_TRUE(fetalhc::valid_dicom_uid(std::string(64, '1')));
+    EXPECT_FALSE(fetalhc::valid_dicom_uid(std::string(65, '1')));
 }
