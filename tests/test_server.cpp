@@ -313,6 +313,23 @@ TEST_F(ServerSocket, RefusedRequestsCloseTheConnectionSoTheirBodyIsNeverARequest
     EXPECT_EQ(responses_in(two), 2u) << two;
 }
 
+// Issue 22 row 14: every response says nosniff (errors and refusals too); a form field sent twice
+// is a 400 instead of silently taking the first copy.
+TEST_F(ServerSocket, NosniffOnEveryResponseAndDuplicateFormFieldsAre400) {
+    for (const auto& r : {cli_->Get("/"), cli_->Get("/no/such/endpoint"), cli_->Get("/v1/growth-curve")}) {
+        ASSERT_TRUE(r);
+        EXPECT_EQ(r->get_header_value("X-Content-Type-Options"), "nosniff") << r->status;
+    }
+    bool closed = false;
+    const int port = inst_->server->port();
+    const std::string refused = raw_until_close(port, "POST /v1/exams HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
+                                                          "\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n", closed);
+    EXPECT_NE(refused.find("X-Content-Type-Options: nosniff"), std::string::npos) << refused;
+    httplib::MultipartFormDataItems twice = measure_form(synthetic_scan(), "0.15");
+    twice.push_back({"pixel_size_mm", "0.3", "", ""});
+    expect_error(cli_->Post("/v1/measure", twice), 400, "bad_request", "'pixel_size_mm' is sent more than once");
+}
+
 // What the adapter must carry across: multipart text fields and files, JSON bodies, URL-decoded
 // path parameters, statuses and error bodies of the routes and of httplib itself.
 TEST_F(ServerSocket, RequestsAndErrorsCrossTheWire) {
@@ -477,6 +494,14 @@ TEST(ServerAuth, OffLoopbackEveryPostNeedsTheToken) {
     auto ok = c->Post("/v1/perimeter", body, "application/json");
     ASSERT_TRUE(ok);
     EXPECT_EQ(ok->status, 200) << ok->body;
+    // Issue 22 row 14: the scheme is case-insensitive (RFC 9110 11.1).
+    for (const std::string scheme : {"bearer ", "BEARER ", "Bearer  "}) {
+        auto lower_case = in.client()->Post("/v1/perimeter", {{"Authorization", scheme + token}}, body, "application/json");
+        ASSERT_TRUE(lower_case);
+        EXPECT_EQ(lower_case->status, 200) << "'" << scheme << "': " << lower_case->body;
+    }
+    expect_error(in.client()->Post("/v1/perimeter", {{"Authorization", "Basic " + token}}, body, "application/json"), 401,
+                 "unauthorized");
     // Issue 16 row 5: reads need the token too (header, or the page's cookie); /health does not.
     expect_error(in.client()->Get("/v1/pregnancies/P-001"), 401, "unauthorized");
     expect_error(in.client()->Get("/v1/pregnancies/P-001/export.csv"), 401, "unauthorized");
@@ -733,37 +758,73 @@ TEST(ServerSlowClients, DribblingClientIsCutAtTheRequestDeadline) {
     EXPECT_LE(cut_at, 2.0 + 2.5) << "closed long after its deadline";
 }
 
-// Issue 16 row 6: with --max-connections-per-client 3, three idle connections from 127.0.0.1 are
-// kept, a fourth and fifth are closed at once (before any byte), and once the three go a normal
-// request from the same address succeeds again.
-TEST(ServerSlowClients, ConnectionsOverThePerClientCapAreClosedAtOnce) {
+// Issue 16 row 6, issue 22 row 8: with --max-connections-per-client 3, a client's fourth
+// connection takes the place of its oldest one that is not being answered (idle or still sending):
+// loopback users all share 127.0.0.1, so three idle or trickling connections must not lock the
+// page out. The evicted connection is closed at once; the newer ones stay open.
+TEST(ServerSlowClients, AClientAtItsCapGetsNewConnectionsInPlaceOfItsIdleOnes) {
     Instance in = start_guarded(30.0, 3, "cap");
     const int port = in.server->port();
     std::vector<int> kept;
-    for (int i = 0; i < 3; ++i) kept.push_back(open_socket(port, 0.3));
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // taken up by connection threads
-    for (int i = 0; i < 2; ++i) {
-        const int extra = open_socket(port, 2.0);
-        ASSERT_GE(extra, 0);
-        const auto t0 = std::chrono::steady_clock::now();
-        EXPECT_TRUE(closed_by_server(extra)) << "connection " << i + 4 << " over the cap of 3 was left open";
-        EXPECT_LT(seconds_since(t0), 1.5);
-        ::close(extra);
+    for (int i = 0; i < 3; ++i) {
+        kept.push_back(open_socket(port, 0.3));
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));  // taken up in order
     }
-    for (int fd : kept) {
-        ASSERT_GE(fd, 0);
-        EXPECT_FALSE(closed_by_server(fd)) << "a connection within the cap was closed";
-        ::close(fd);
-    }
-    // The server sees the three go within a moment: a normal request succeeds again.
     const auto t0 = std::chrono::steady_clock::now();
-    bool ok = false;
-    while (!ok && seconds_since(t0) < 5) {
-        auto r = in.client()->Get("/v1/growth-curve");
-        ok = r && r->status == 200;
-        if (!ok) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto r = in.client()->Get("/v1/growth-curve");
+    ASSERT_TRUE(r) << "a fourth connection from the same address was refused";
+    EXPECT_EQ(r->status, 200);
+    EXPECT_LT(seconds_since(t0), 2.0);
+    ASSERT_GE(kept[0], 0);
+    EXPECT_TRUE(closed_by_server(kept[0])) << "the oldest idle connection was not the one closed";
+    for (size_t i = 1; i < kept.size(); ++i) {
+        ASSERT_GE(kept[i], 0);
+        EXPECT_FALSE(closed_by_server(kept[i])) << "connection " << i << " was closed too";
     }
-    EXPECT_TRUE(ok) << "no normal request succeeded within 5 s of the idle connections closing";
+    for (int fd : kept) ::close(fd);
+}
+
+// Issue 22 row 8: 16 connections from loopback trickling their headers (a byte every half second)
+// locked every other loopback client out until the 60 s request timeout. Now the page is served at
+// once beside them, and a trickler is cut at the header deadline (here 1.5 s) although the request
+// timeout is 60 s.
+TEST(ServerSlowClients, TricklingLoopbackConnectionsDoNotLockThePageOut) {
+    const fs::path model = temp_dir("trickle_model") / "placeholder.pt";
+    std::ofstream(model) << "not a model";
+    ServerOptions o;
+    o.model_path = model.string();
+    o.log_requests = false;
+    o.request_timeout_s = 60;
+    o.header_timeout_s = 1.5;
+    Instance in = start(o, "trickle");
+    in.server->wait_ready(60);
+    const int port = in.server->port();
+    const std::string request = "GET / HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) + "\r\nX-Padding: " +
+                                std::string(200, 'x') + "\r\n\r\n";
+    std::vector<int> tricklers;
+    for (int i = 0; i < 16; ++i) tricklers.push_back(open_socket(port, 0.01));
+    const auto t0 = std::chrono::steady_clock::now();
+    bool page_ok = false;
+    std::vector<double> cut(tricklers.size(), -1);
+    for (size_t i = 0; i < request.size() && seconds_since(t0) < 8; ++i) {
+        for (size_t k = 0; k < tricklers.size(); ++k) {
+            if (cut[k] >= 0 || tricklers[k] < 0) continue;
+            if (::send(tricklers[k], &request[i], 1, MSG_NOSIGNAL) != 1 || closed_by_server(tricklers[k])) cut[k] = seconds_since(t0);
+        }
+        if (std::all_of(cut.begin(), cut.end(), [](double c) { return c >= 0; })) break;
+        if (i == 1) {  // all 16 are mid-request: the page is still served, at once
+            const auto tp = std::chrono::steady_clock::now();
+            auto r = in.client()->Get("/");
+            page_ok = r && r->status == 200 && seconds_since(tp) < 2.0;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    for (int fd : tricklers) ::close(fd);
+    EXPECT_TRUE(page_ok) << "the page was not served within 2 s beside 16 trickling connections";
+    for (size_t k = 0; k < cut.size(); ++k) {
+        ASSERT_GE(cut[k], 0) << "trickler " << k << " was still connected after 8 s (header deadline 1.5 s)";
+        EXPECT_LE(cut[k], 1.5 + 2.5) << "trickler " << k << " closed long after the header deadline";
+    }
 }
 
 // ---- overload (issue 16 "Overload") ----------------------------------------------------------------

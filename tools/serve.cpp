@@ -129,6 +129,10 @@ void add_serve_command(CLI::App& app, Commands& commands) {
                     "connections served at once per client address; more are closed at once (0 = no cap; behind a "
                     "reverse proxy all clients share its address: raise it)")
         ->capture_default_str();
+    cmd->add_option("--header-timeout", so.header_timeout_s,
+                    "seconds a request's line and headers may take to arrive; its body then gets its size at 64 KB/s, "
+                    "the whole request at most --request-timeout")
+        ->capture_default_str();
     cmd->add_option("--max-queue-ms", so.max_queue_ms,
                     "longest wait of a measure request for a network slot; one that would wait longer gets 503 "
                     "overloaded with Retry-After at once (0 = no limit)")

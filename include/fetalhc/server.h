@@ -58,6 +58,9 @@ struct ServerOptions {
     // cap). Behind a reverse proxy every client has the proxy's address: raise the cap there.
     double request_timeout_s = 60;
     int max_connections_per_client = 16;
+    // A request's line and headers must arrive within this; its body then at 64 KB/s at least (the
+    // whole request never past request_timeout_s).
+    double header_timeout_s = 10;
     // Overload: a measure request that would wait longer than this for a network slot (estimated
     // from the queue ahead of it and a running average of the time a request holds a slot), or
     // that does, gets 503 `overloaded` with Retry-After at once instead. 0 = wait as long as it takes.

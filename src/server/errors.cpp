@@ -42,6 +42,8 @@ const std::vector<ErrorInfo>& error_catalog() {
          "the DICOM file carries no usable calibration (no region in cm, a region box outside the image, absurd deltas) "
          "and no pixel_size_mm was sent"},
         {E::EmptyMask, "empty_mask", 422, "the mask has no white (head) region to fit"},
+        {E::MaskTooComplex, "mask_too_complex", 422,
+         "the mask's white regions have more boundary pixels than a head's outline could (over 200,000): send one filled head"},
         {E::IdempotencyKeyReused, "idempotency_key_reused", 422,
          "the Idempotency-Key was already used for a different exam (a retry must repeat the first request's body)"},
         {E::StorageFailed, "storage_failed", 500, "the database or the image folder could not be read or written"},

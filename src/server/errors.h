@@ -44,6 +44,7 @@ enum class ErrorCode {
     NoEllipseFit,        // 422
     InvalidCalibration,  // 422
     EmptyMask,           // 422
+    MaskTooComplex,      // 422
     IdempotencyKeyReused,  // 422
     StorageFailed,       // 500
     StoreFull,           // 507

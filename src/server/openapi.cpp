@@ -350,7 +350,7 @@ json fit_path() {
             {"requestBody", body},
             {"responses", responses_with({{"200", json_response("the fitted ellipse", fitted)}},
                                          {E::BadRequest, E::MissingField, E::InvalidPoints, E::ImageUnreadable, E::Unauthorized,
-                                          E::PayloadTooLarge, E::NoEllipseFit, E::EmptyMask})}};
+                                          E::PayloadTooLarge, E::NoEllipseFit, E::EmptyMask, E::MaskTooComplex})}};
 }
 
 json perimeter_path() {

@@ -22,11 +22,13 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <list>
 #include <map>
 #include <mutex>
 #include <optional>
 
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -129,6 +131,8 @@ Expected<bool> check_options(const ServerOptions& o) {
     if (o.max_upload_bytes == 0) return make_error("--max-upload-mb must be positive");
     if (o.retain_image_days < 0 || o.retain_image_days > 36500)
         return make_error("--retain-images must be 0 (keep images forever) or a number of days up to 36500");
+    if (!(o.header_timeout_s > 0 && o.header_timeout_s <= 3600))
+        return make_error("--header-timeout must be in (0, 3600] seconds: the time a request's line and headers may take to arrive");
     if (!(o.request_timeout_s > 0 && o.request_timeout_s <= 86400))
         return make_error("--request-timeout must be in (0, 86400] seconds: the time a request may take to arrive whole");
     if (o.max_connections_per_client < 0)
@@ -279,24 +283,60 @@ private:
     std::atomic<long> suppressed_{0};
 };
 
+// Bytes per second a request body must arrive at, at least, for its deadline (issue 22 row 8).
+constexpr double kMinBodyBytesPerSecond = 64 * 1024;
+
 class GuardedServer final : public httplib::Server {
 public:
-    void set_client_limits(double request_timeout_s, int max_per_client) {
+    void set_client_limits(double request_timeout_s, double header_timeout_s, int max_per_client) {
         request_timeout_s_ = request_timeout_s;
-        request_timeout_ = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(request_timeout_s));
+        request_timeout_ = to_duration(request_timeout_s);
+        header_timeout_ = std::min(request_timeout_, to_duration(header_timeout_s));
+        header_timeout_s_ = std::min(request_timeout_s, header_timeout_s);
         max_per_client_ = max_per_client;
     }
 
+    // Called once a request's headers have arrived (before its body is read): the connection is
+    // busy until its answer is written (it is not evicted), and the request's deadline becomes
+    // the header deadline plus the body's size at kMinBodyBytesPerSecond, at most --request-timeout.
+    void headers_arrived(unsigned long long content_length) {
+        Conn* c = t_conn;
+        if (!c) return;
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            c->busy = true;
+        }
+        const auto body = to_duration(double(content_length) / kMinBodyBytesPerSecond);
+        c->stream->start_request(c->request_start + std::min(request_timeout_, header_timeout_ + body));
+    }
+
 private:
+    static Clock::duration to_duration(double s) {
+        return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+    }
+
+    // One open connection, as the per-client cap sees it.
+    struct Conn {
+        int fd = -1;
+        ConnectionStream* stream = nullptr;
+        bool busy = false;                   // between its headers and its answer
+        Clock::time_point since;             // opened, or its last answer written
+        Clock::time_point request_start;
+    };
+    static thread_local Conn* t_conn;
+
     bool process_and_close_socket(socket_t sock) override {
         ConnectionStream stream(sock, read_timeout_sec_, write_timeout_sec_, svr_sock_);
         std::string client;
         int client_port = 0;
         stream.get_remote_ip_and_port(client, client_port);
+        Conn conn{sock, &stream, false, Clock::now(), Clock::now()};
         bool ok = false;
-        if (admit(client)) {
-            ok = serve_connection(stream);
-            release(client);
+        if (admit(client, conn)) {
+            t_conn = &conn;
+            ok = serve_connection(stream, conn);
+            t_conn = nullptr;
+            release(client, conn);
         }
         ::shutdown(sock, SHUT_RDWR);
         ::close(sock);
@@ -305,48 +345,73 @@ private:
 
     // httplib's keep-alive loop, with the request deadline: up to keep_alive_max_count_ requests,
     // each awaited for keep_alive_timeout_sec_, then given request_timeout_ from its first byte.
-    bool serve_connection(ConnectionStream& stream) {
+    bool serve_connection(ConnectionStream& stream, Conn& conn) {
         bool ok = false;
         for (size_t left = keep_alive_max_count_; left > 0; --left) {
             if (!stream.has_buffered() &&
                 !stream.wait(POLLIN, std::chrono::seconds(keep_alive_timeout_sec_), ConnectionStream::Wait::NextRequest))
                 break;
-            stream.start_request(Clock::now() + request_timeout_);
+            conn.request_start = Clock::now();
+            stream.start_request(conn.request_start + header_timeout_);  // headers_arrived extends it
             bool closed = false;
             t_close_connection = t_routed = false;
             ok = process_request(stream, left == 1, closed, nullptr);
             if (t_close_connection) closed = true;
+            {
+                std::lock_guard<std::mutex> lock(mu_);
+                conn.busy = false;
+                conn.since = Clock::now();
+            }
             if (stream.expired())
-                timeouts_.warn("closed a connection whose request did not arrive whole within --request-timeout " +
-                               fmt::format("{:g} s", request_timeout_s_));
+                timeouts_.warn("closed a connection whose request did not arrive in time (headers within " +
+                               fmt::format("{:g} s", header_timeout_s_) + ", the whole request within --request-timeout " +
+                               fmt::format("{:g} s", request_timeout_s_) + ")");
             if (!ok || closed) break;
         }
         return ok;
     }
 
-    bool admit(const std::string& client) {
+    // A client at its cap gets its new connection in place of its oldest one that is not being
+    // answered (idle, or still sending a request): all loopback users share one address, so
+    // connections that trickle must not lock the page out. Only when every one is being answered
+    // is the new connection closed.
+    bool admit(const std::string& client, Conn& conn) {
         std::lock_guard<std::mutex> lock(mu_);
-        int& open = per_client_[client];
-        if (max_per_client_ > 0 && open >= max_per_client_) {
-            surplus_.warn("closed a new connection at once: its client address already has " + std::to_string(open) +
-                          " open (--max-connections-per-client)");
-            return false;
+        auto& open = per_client_[client];
+        if (max_per_client_ > 0 && int(open.size()) >= max_per_client_) {
+            auto victim = open.end();
+            for (auto it = open.begin(); it != open.end(); ++it)
+                if (!(*it)->busy && (victim == open.end() || (*it)->since < (*victim)->since)) victim = it;
+            if (victim == open.end()) {
+                surplus_.warn("closed a new connection at once: its client address already has " + std::to_string(open.size()) +
+                              " open, all being answered (--max-connections-per-client)");
+                return false;
+            }
+            ::shutdown((*victim)->fd, SHUT_RDWR);  // its thread sees the end of the stream and leaves
+            open.erase(victim);
+            evicted_.warn("closed the oldest idle or unfinished connection of a client at its cap (--max-connections-per-client) "
+                          "to serve its new one");
         }
-        ++open;
+        open.push_back(&conn);
         return true;
     }
-    void release(const std::string& client) {
+    void release(const std::string& client, Conn& conn) {
         std::lock_guard<std::mutex> lock(mu_);
-        if (--per_client_[client] <= 0) per_client_.erase(client);
+        auto it = per_client_.find(client);
+        if (it == per_client_.end()) return;
+        it->second.remove(&conn);  // absent when it was evicted
+        if (it->second.empty()) per_client_.erase(it);
     }
 
-    double request_timeout_s_ = 60;
-    Clock::duration request_timeout_ = std::chrono::seconds(60);
+    double request_timeout_s_ = 60, header_timeout_s_ = 10;
+    Clock::duration request_timeout_ = std::chrono::seconds(60), header_timeout_ = std::chrono::seconds(10);
     int max_per_client_ = 16;  // 0: no cap
     std::mutex mu_;
-    std::map<std::string, int> per_client_;  // open connections by client address
-    WarnEvery10s timeouts_, surplus_;
+    std::map<std::string, std::list<Conn*>> per_client_;  // open connections by client address
+    WarnEvery10s timeouts_, surplus_, evicted_;
 };
+
+thread_local GuardedServer::Conn* GuardedServer::t_conn = nullptr;
 
 }  // namespace
 
@@ -374,6 +439,10 @@ bool is_loopback_host(const std::string& host) {
 }
 
 constexpr int kListenBacklog = 512;  // pending connections the kernel keeps before accept()
+constexpr size_t kTrimAfterBytes = 1u << 20;  // requests larger than this return freed memory to the system
+// malloc arenas: glibc's default (8 per core) lets each connection thread keep its own, and the
+// freed memory of one arena serves no other; a few are enough for the slots that decode.
+constexpr int kMallocArenas = 4;
 
 struct Server::Impl {
     ServerOptions opt;
@@ -411,6 +480,11 @@ struct Server::Impl {
     // origin policy, token, body framing and size. A refusal closes the connection (the body,
     // if any, is never read).
     httplib::Server::HandlerResponse before_body(const httplib::Request& req, httplib::Response& res) {
+        {
+            const std::string cl = req.get_header_value("Content-Length");
+            const bool digits = !cl.empty() && cl.size() <= 19 && cl.find_first_not_of("0123456789") == std::string::npos;
+            http.headers_arrived(digits ? std::stoull(cl) : 0);
+        }
         std::map<std::string, std::string> headers;
         for (const auto& [k, v] : req.headers) headers.emplace(lower(k), v);
         std::optional<server::HttpResponse> refused = server::check_request_origin(req.method, headers, origin);
@@ -492,6 +566,9 @@ struct Server::Impl {
                 return;
             }
         write_response(server::handle(to_request(req), *services), res);
+        // A large upload's decoded pixels were freed: give the pages back (RSS otherwise ratchets
+        // up to the largest concurrent peak and stays there).
+        if (std::max(req.body.size(), req.content_length_) > kTrimAfterBytes) malloc_trim(0);
     }
 
     // Errors httplib answers itself (before any route runs): body too large, malformed request,
@@ -535,7 +612,7 @@ struct Server::Impl {
         const size_t threads = size_t(std::max(1, opt.connection_threads));
         http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
         http.set_payload_max_length(opt.max_upload_bytes);
-        http.set_client_limits(opt.request_timeout_s, opt.max_connections_per_client);
+        http.set_client_limits(opt.request_timeout_s, opt.header_timeout_s, opt.max_connections_per_client);
         http.set_keep_alive_max_count(1000);
         // Generous socket timeouts: uploads over slow links, and a machine busy with other work.
         http.set_read_timeout(30, 0);
@@ -570,6 +647,7 @@ Server::~Server() { stop(); }
 
 Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     if (auto ok = check_options(o); !ok) return make_error(ok.error());
+    mallopt(M_ARENA_MAX, kMallocArenas);
     auto impl = std::make_unique<Impl>();
     impl->opt = o;
     if (!o.token_file.empty()) {
