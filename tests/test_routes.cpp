@@ -1117,6 +1117,50 @@ TEST_F(RouteModel, MeasureDicomReturnsTheSrOrTheFhirBundle) {
     EXPECT_EQ(png_sr.content_type, "application/dicom");
 }
 
+// Issue 22 row 5: a cine over the server's frame limit is measured on that many frames, evenly
+// spaced from the first to the last, named by their number in the file, and a warning says so.
+TEST(CineLimit, FramesToMeasureAreEvenlySpacedFromFirstToLast) {
+    const std::vector<int> all = frames_to_measure(10, kServerMaxCineFrames);
+    ASSERT_EQ(all.size(), 10u);
+    EXPECT_EQ(all.back(), 9);
+    const std::vector<int> pick = frames_to_measure(2000, 400);
+    ASSERT_EQ(pick.size(), 400u);
+    EXPECT_EQ(pick.front(), 0);
+    EXPECT_EQ(pick.back(), 1999);
+    for (size_t k = 1; k < pick.size(); ++k) {
+        EXPECT_GT(pick[k], pick[k - 1]);
+        EXPECT_LE(pick[k] - pick[k - 1], 6);
+    }
+    EXPECT_EQ(frames_to_measure(5, 0).size(), 5u);
+}
+
+TEST_F(RouteModel, CineOverTheFrameLimitIsMeasuredOnEvenlySpacedFrames) {
+    DicomMeasureRequest request;
+    request.max_frames = 3;
+    auto r = measure_dicom(api_->engine, wrap_in_dicom(scan_, kPixelMm, 5), "cine.dcm", request);
+    ASSERT_TRUE(r) << r.error().message;
+    ASSERT_EQ(r->frames.size(), 3u);
+    EXPECT_EQ(r->frames[0].index, 0);
+    EXPECT_EQ(r->frames[1].index, 2);
+    EXPECT_EQ(r->frames[2].index, 4);
+    ASSERT_TRUE(r->summary);
+    EXPECT_TRUE(r->summary->estimate_frame == 0 || r->summary->estimate_frame == 2 || r->summary->estimate_frame == 4)
+        << r->summary->estimate_frame;
+    ASSERT_FALSE(r->warnings.empty());
+    EXPECT_NE(r->warnings.back().find("3 evenly spaced frames were measured"), std::string::npos) << r->warnings.back();
+}
+
+// Issue 22 row 5: a 6300 x 6300 line-pattern mask gave 19 M boundary points (34 s, 4.1 GB). A mask
+// whose boundary is longer than any head's is refused before it is traced.
+TEST_F(RouteApi, MaskWithMoreBoundaryThanAHeadIsRefusedBeforeTracing) {
+    cv::Mat lines(2000, 2000, CV_8UC1, cv::Scalar(0));
+    for (int y = 0; y < lines.rows; y += 2) lines.row(y).setTo(255);
+    std::vector<unsigned char> png;
+    ASSERT_TRUE(cv::imencode(".png", lines, png));
+    std::vector<Part> form{{"mask", std::string(png.begin(), png.end()), "lines.png"}};
+    expect_error(api(post_form("/v1/fit-ellipse", form)), 422, "mask_too_complex", "boundary pixels");
+}
+
 // Multi-frame: per-frame results and the median summary, as the CLI's video path.
 TEST_F(RouteModel, MeasureMultiFrameDicomGivesFramesAndSummary) {
     const HttpResponse r = (*api_)(post_form("/v1/measure", dicom_form(wrap_in_dicom(scan_, kPixelMm, 3))));

@@ -301,6 +301,18 @@ Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const 
 
 // ---- DICOM ------------------------------------------------------------------------------------
 
+std::vector<int> frames_to_measure(int frames, int max_frames) {
+    std::vector<int> pick;
+    if (max_frames <= 0 || frames <= max_frames) {
+        for (int k = 0; k < frames; ++k) pick.push_back(k);
+        return pick;
+    }
+    for (int k = 0; k < max_frames; ++k)
+        pick.push_back(max_frames == 1 ? 0 : int(std::lround(double(k) * (frames - 1) / (max_frames - 1))));
+    return pick;
+}
+
+
 namespace {
 
 void rename_override(DicomCalibration& c) {
@@ -333,19 +345,6 @@ void take_network_slot(std::optional<SlotGuard>& slot, Engine& engine, bool held
     const auto tq = Clock::now();
     slot.emplace(engine.slots());
     queue_ms = ms_since(tq);
-}
-
-// The frames of a cine that are measured: every one, or `max_frames` evenly spaced from the first
-// to the last when it has more (0: no limit).
-std::vector<int> frames_to_measure(int frames, int max_frames) {
-    std::vector<int> pick;
-    if (max_frames <= 0 || frames <= max_frames) {
-        for (int k = 0; k < frames; ++k) pick.push_back(k);
-        return pick;
-    }
-    for (int k = 0; k < max_frames; ++k)
-        pick.push_back(max_frames == 1 ? 0 : int(std::lround(double(k) * (frames - 1) / (max_frames - 1))));
-    return pick;
 }
 
 // A cine, decoded frame by frame as the measurement asks for the next one (one decoded frame held

@@ -210,6 +210,9 @@ struct DicomMeasureRequest {
 // The cine frames the server (HTTP and the DICOM node) measures per file: a 2000-frame cine took
 // 33 s of a network slot; 400 frames take about a fifth of that.
 constexpr int kServerMaxCineFrames = 400;
+// The frames of a cine that are measured: every one, or `max_frames` evenly spaced from the first
+// to the last when it has more (0: no limit).
+std::vector<int> frames_to_measure(int frames, int max_frames);
 
 struct DicomMeasured {
     DicomHeader header;
