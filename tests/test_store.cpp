@@ -10,7 +10,10 @@
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <grp.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -279,19 +282,20 @@ TEST_P(StoreEngines, DicomInstancesAreAddedUpdatedAndListedNewestFirst) {
 // error starts with kStoreFullError and nothing is removed.
 TEST_P(StoreEngines, QuotaRemovesTheOldestUnreferencedImagesThenRefuses) {
     FakeClock clock;
+    constexpr long long kHours2 = 7200;  // apart by more than the quota's grace period (1 h)
     auto s = open();
     s->set_clock(clock.fn());
     const size_t n = 1000;
     s->set_quota_bytes(3 * n);
     std::vector<std::string> shas;
     for (unsigned k = 0; k < 3; ++k) {
-        clock.seconds += 60;
+        clock.seconds += kHours2;
         auto sha = s->put_image(blob(n, k));
         ASSERT_TRUE(sha) << sha.error();
         shas.push_back(*sha);
     }
     ASSERT_TRUE(s->add_exam(sample_exam("quota-1", shas[0])));  // the oldest is referenced
-    clock.seconds += 60;
+    clock.seconds += kHours2;
     auto sha3 = s->put_image(blob(n, 3));
     ASSERT_TRUE(sha3) << sha3.error();
     EXPECT_TRUE(*s->has_image(shas[0]));
@@ -299,9 +303,9 @@ TEST_P(StoreEngines, QuotaRemovesTheOldestUnreferencedImagesThenRefuses) {
     EXPECT_TRUE(*s->has_image(shas[2]));
     EXPECT_EQ(*s->stored_image_bytes(), 3 * n);
     // A re-upload refreshes an image's time: image 2 is now the newest, so image 3 goes first.
-    clock.seconds += 60;
+    clock.seconds += kHours2;
     ASSERT_TRUE(s->put_image(blob(n, 2)));
-    clock.seconds += 60;
+    clock.seconds += kHours2;
     ASSERT_TRUE(s->put_image(blob(n, 4)));
     EXPECT_TRUE(*s->has_image(shas[2]));
     EXPECT_FALSE(*s->has_image(*sha3));
@@ -321,6 +325,28 @@ TEST_P(StoreEngines, QuotaRemovesTheOldestUnreferencedImagesThenRefuses) {
     EXPECT_EQ(*s->stored_image_bytes(), 3 * n);
     s->set_quota_bytes(0);  // no quota: stored
     EXPECT_TRUE(s->put_image(blob(n, 5)));
+}
+
+// Issue 22 row 12: an image measured within the grace period (one hour) is not removed to make
+// room, so that its Accept does not fail on a missing image; once the hour has passed it may go.
+TEST_P(StoreEngines, QuotaKeepsRecentlyMeasuredImagesForTheirAccept) {
+    FakeClock clock;
+    auto s = open();
+    s->set_clock(clock.fn());
+    const size_t n = 1000;
+    s->set_quota_bytes(2 * n);
+    auto measured = s->put_image(blob(n, 10));
+    ASSERT_TRUE(measured) << measured.error();
+    clock.seconds += 600;
+    ASSERT_TRUE(s->put_image(blob(n, 11)));
+    clock.seconds += 600;  // 20 minutes after the first: both within the hour
+    auto full = s->put_image(blob(n, 12));
+    ASSERT_FALSE(full) << "an image measured 20 minutes ago was removed to make room";
+    EXPECT_NE(full.error().find("within the last hour"), std::string::npos) << full.error();
+    EXPECT_TRUE(*s->has_image(*measured));
+    clock.seconds += 3600;  // past the grace period: the oldest goes
+    ASSERT_TRUE(s->put_image(blob(n, 12)));
+    EXPECT_FALSE(*s->has_image(*measured));
 }
 
 // Retention: images stored before the cut-off that nothing references go; referenced ones (by an
@@ -742,4 +768,124 @@ TEST(StoreValidation, IdsDatesHashesUidsAndKeys) {
     EXPECT_TRUE(is_postgresql_target("postgres://h/db"));
     EXPECT_FALSE(is_postgresql_target("postgresql.db"));
     EXPECT_FALSE(is_postgresql_target("/var/lib/fetalhc/postgresql://x"));
+}
+
+// ---- issue 22: what stands at --db is named (SQLite) -------------------------------------------------------
+
+namespace {
+
+// Runs `fn` in a child process killed after 10 s; returns what it returned, or why it did not
+// finish (a regression that blocks opening a named pipe fails instead of hanging the test).
+std::string in_child(const std::function<std::string()>& fn) {
+    int fds[2];
+    if (::pipe(fds) != 0) return "test setup: pipe() failed";
+    const pid_t pid = ::fork();
+    if (pid < 0) return "test setup: fork() failed";
+    if (pid == 0) {
+        ::close(fds[0]);
+        ::alarm(10);
+        const std::string out = fn();
+        if (::write(fds[1], out.data(), out.size()) < 0) {}
+        ::_exit(0);
+    }
+    ::close(fds[1]);
+    std::string out;
+    char buf[512];
+    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+    ::close(fds[0]);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) return "the child was killed by signal " + std::to_string(WTERMSIG(status)) + " (10 s passed?)";
+    return out;
+}
+
+std::string open_error(const std::string& db) {
+    auto s = Store::open(db);
+    return s ? "opened" : s.error();
+}
+
+// Makes `dir` a read-only mount in a new mount namespace of this (child) process: as root directly,
+// else inside a new user namespace. Returns "" or why it could not (the test is then skipped).
+std::string remount_read_only(const fs::path& dir) {
+    const uid_t uid = ::geteuid();
+    const gid_t gid = ::getegid();
+    if (::unshare(uid == 0 ? CLONE_NEWNS : CLONE_NEWUSER | CLONE_NEWNS) != 0)
+        return std::string("unshare: ") + std::strerror(errno);
+    if (uid != 0) {
+        std::ofstream("/proc/self/setgroups") << "deny";
+        std::ofstream("/proc/self/uid_map") << "0 " << uid << " 1";
+        std::ofstream("/proc/self/gid_map") << "0 " << gid << " 1";
+    }
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+        return std::string("making mounts private: ") + std::strerror(errno);
+    if (::mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND, nullptr) != 0) return std::string("bind mount: ") + std::strerror(errno);
+    // A remount must keep the flags the mount already has (locked in a user namespace).
+    struct statvfs v{};
+    ::statvfs(dir.c_str(), &v);
+    unsigned long flags = MS_REMOUNT | MS_BIND | MS_RDONLY;
+    if (v.f_flag & ST_NOSUID) flags |= MS_NOSUID;
+    if (v.f_flag & ST_NODEV) flags |= MS_NODEV;
+    if (v.f_flag & ST_NOEXEC) flags |= MS_NOEXEC;
+    if (v.f_flag & ST_NOATIME) flags |= MS_NOATIME;
+    if (v.f_flag & ST_NODIRATIME) flags |= MS_NODIRATIME;
+    if (v.f_flag & ST_RELATIME) flags |= MS_RELATIME;
+    if (::mount(nullptr, dir.c_str(), nullptr, flags, nullptr) != 0) return std::string("read-only remount: ") + std::strerror(errno);
+    if (::access(dir.c_str(), W_OK) == 0 || errno != EROFS) return "the remount did not make the folder read-only";
+    return "";
+}
+
+}  // namespace
+
+// A fetalhc database on a read-only file system was called "not an SQLite database" (a WAL database
+// needs its -shm file even to be read); it is now said to be on a read-only file system.
+TEST(SqliteStore, DatabaseOnAReadOnlyFileSystemIsSaidToBeSo) {
+    const fs::path dir = temp_dir("erofs");
+    const std::string db = (dir / "hc.db").string();
+    ASSERT_TRUE(Store::open(db));  // a fetalhc database, in WAL mode, closed again
+    const std::string out = in_child([&] {
+        if (auto why = remount_read_only(dir); !why.empty()) return "SKIP: " + why;
+        return open_error(db);
+    });
+    fs::remove_all(dir);
+    if (out.rfind("SKIP: ", 0) == 0) GTEST_SKIP() << "cannot mount a read-only folder here (" << out.substr(6) << ")";
+    EXPECT_NE(out.find("'" + db + "' is on a read-only file system (EROFS)"), std::string::npos) << out;
+    EXPECT_EQ(out.find("not an SQLite database"), std::string::npos) << out;
+}
+
+// A database file the server cannot read was also "not an SQLite database"; it is now permission
+// denied. As root (CI) the child drops to uid/gid 65534 first, since permissions do not stop root.
+TEST(SqliteStore, UnreadableDatabaseIsPermissionDenied) {
+    const fs::path dir = temp_dir("eacces");
+    const std::string db = (dir / "hc.db").string();
+    constexpr uid_t kNobody = 65534;
+    if (::geteuid() == 0) ASSERT_EQ(::chown(dir.c_str(), kNobody, kNobody), 0) << std::strerror(errno);
+    const std::string out = in_child([&] {
+        if (::geteuid() == 0 && (::setgroups(0, nullptr) != 0 || ::setgid(kNobody) != 0 || ::setuid(kNobody) != 0))
+            return std::string("cannot drop to uid 65534: ") + std::strerror(errno);
+        if (!Store::open(db)) return std::string("fresh database did not open");
+        fs::permissions(db, fs::perms::none);
+        return open_error(db);
+    });
+    fs::remove_all(dir);
+    EXPECT_NE(out.find("permission denied (EACCES)"), std::string::npos) << out;
+    EXPECT_EQ(out.find("not an SQLite database"), std::string::npos) << out;
+}
+
+// A device, a named pipe or a symlink loop at --db is named as what it is, before SQLite opens it
+// (a named pipe blocked the open) and before any folder is made beside it.
+TEST(SqliteStore, DeviceNamedPipeOrSymlinkLoopAsDatabaseIsNamed) {
+    const std::string zero = in_child([] { return open_error("/dev/zero"); });
+    EXPECT_NE(zero.find("'/dev/zero' is a character device, not a regular file"), std::string::npos) << zero;
+    const fs::path dir = temp_dir("special");
+    const std::string fifo = (dir / "pipe.db").string();
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    const std::string pipe = in_child([&] { return open_error(fifo); });
+    EXPECT_NE(pipe.find("named pipe (FIFO)"), std::string::npos) << pipe;
+    fs::create_symlink(dir / "b.db", dir / "a.db");
+    fs::create_symlink(dir / "a.db", dir / "b.db");
+    const std::string loop = open_error((dir / "a.db").string());
+    EXPECT_NE(loop.find("symbolic link loop (ELOOP"), std::string::npos) << loop;
+    EXPECT_FALSE(fs::exists(dir / "pipe.db.images"));
+    EXPECT_FALSE(fs::exists(dir / "a.db.images"));
+    fs::remove_all(dir);
 }

@@ -210,13 +210,13 @@ public:
     }
 
     // Under the exclusive image lock: removes the oldest unreferenced images until `incoming` fits.
-    static Expected<bool> make_room(pqxx::work& w, unsigned long long incoming, unsigned long long quota) {
+    static Expected<bool> make_room(pqxx::work& w, unsigned long long incoming, unsigned long long quota, long long now) {
         w.exec_params("SELECT pg_advisory_xact_lock($1)", kImageLock);
         const unsigned long long stored = total_bytes(w);
         if (stored + incoming <= quota) return true;
         if (incoming > quota) return make_error(store_full_message(true));
         auto candidates = unreferenced(w, std::nullopt);
-        const auto n = images_to_free(candidates, stored, incoming, quota);
+        const auto n = images_to_free(candidates, stored, incoming, quota, now - kQuotaGraceSeconds);
         if (!n) return make_error(store_full_message(false));
         candidates.resize(*n);
         remove(w, candidates);
@@ -231,7 +231,7 @@ public:
                 return true;
             }
             if (quota) {
-                auto room = make_room(w, bytes.size(), quota);
+                auto room = make_room(w, bytes.size(), quota, now);
                 if (!room) return room;  // the transaction is rolled back: nothing was removed
             }
             w.exec_params("INSERT INTO images(sha256, size, stored_at, data) VALUES($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING",

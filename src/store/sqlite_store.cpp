@@ -304,12 +304,12 @@ public:
         return sweep;
     }
 
-    Expected<bool> make_room(unsigned long long incoming, unsigned long long quota) {
+    Expected<bool> make_room(unsigned long long incoming, unsigned long long quota, long long now) {
         if (!quota || stored + incoming <= quota) return true;
         if (incoming > quota) return make_error(store_full_message(true));
         auto candidates = unreferenced_images();
         if (!candidates) return make_error(candidates.error());
-        const auto n = images_to_free(*candidates, stored, incoming, quota);
+        const auto n = images_to_free(*candidates, stored, incoming, quota, now - kQuotaGraceSeconds);
         if (!n) return make_error(store_full_message(false));
         candidates->resize(*n);
         remove_files(*candidates);
@@ -325,7 +325,7 @@ public:
             set_file_mtime(dest, now);
             return true;
         }
-        if (auto room = make_room(bytes.size(), quota); !room) return room;
+        if (auto room = make_room(bytes.size(), quota, now); !room) return room;
         // Unique temporary name in the same folder, then an atomic rename onto the final name.
         thread_local std::mt19937_64 rng{std::random_device{}()};
         const fs::path tmp = fs::path(images) / (".tmp-" + sha.substr(0, 16) + "-" + std::to_string(rng()));

@@ -107,10 +107,10 @@ std::string exam_fingerprint(const Exam& e) {
 }
 
 std::optional<size_t> images_to_free(const std::vector<ImageEntry>& oldest_first, unsigned long long stored,
-                                     unsigned long long incoming, unsigned long long quota) {
+                                     unsigned long long incoming, unsigned long long quota, long long protect_from) {
     size_t n = 0;
     while (stored + incoming > quota) {
-        if (n == oldest_first.size()) return std::nullopt;
+        if (n == oldest_first.size() || oldest_first[n].stored_at >= protect_from) return std::nullopt;
         stored -= std::min(stored, oldest_first[n++].bytes);
     }
     return n;
@@ -118,7 +118,8 @@ std::optional<size_t> images_to_free(const std::vector<ImageEntry>& oldest_first
 
 std::string store_full_message(bool alone_too_large) {
     return std::string(kStoreFullError) + (alone_too_large ? ": the image alone is larger than the store quota"
-                                                           : ": every stored image is referenced by an exam; raise --max-store-mb");
+                                                           : ": every stored image is referenced by an exam or was measured within "
+                                                             "the last hour (kept for its Accept); raise --max-store-mb");
 }
 
 std::string newer_schema_message(const std::string& where, int version) {

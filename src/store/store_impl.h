@@ -121,8 +121,13 @@ struct ImageEntry {
 };
 // How many of `oldest_first` to remove so that stored + incoming fits the quota; nullopt when
 // removing them all is not enough.
+// How many of the oldest images to remove so that `incoming` fits; none stored at or after
+// `protect_from` (seconds since the epoch) is removed: an image measured within the grace period
+// (kQuotaGraceSeconds) waits for its Accept. nullopt: not enough can go.
 std::optional<size_t> images_to_free(const std::vector<ImageEntry>& oldest_first, unsigned long long stored,
-                                     unsigned long long incoming, unsigned long long quota);
+                                     unsigned long long incoming, unsigned long long quota, long long protect_from);
+// Images stored (measured) this recently are not removed to make room (issue 22 row 12).
+constexpr long long kQuotaGraceSeconds = 3600;
 std::string store_full_message(bool alone_too_large);
 
 // Seconds since the epoch, and the same time as YYYY-MM-DDTHH:MM:SSZ.
