@@ -7,9 +7,12 @@
 #  2. `nginx -t` accepts deploy/nginx/fetalhc.conf (TLS, with a throw-away certificate);
 #  3. the retry policy of deploy/nginx, run by nginx against stand-in replicas (a first replica that
 #     answers 503, drops the connection after the request, or is not listening; a backup that
-#     answers 200): measurements and keyed exam writes go on to the backup, an exam write without
-#     Idempotency-Key only when it never reached a replica; Host is forwarded; the body limit is
-#     serve's --max-upload-mb; /metrics is not published.
+#     answers 200): after a dropped connection or a refusal, measurements and keyed exam writes go
+#     on to the backup, an exam write without Idempotency-Key only when it never reached a replica;
+#     a 503 (a replica shedding load or loading its model) reaches the client with Retry-After and
+#     does not take the replica out (the backup, used only once every replica is out, never
+#     answers); Host is forwarded; the body limit is serve's --max-upload-mb; /metrics is not
+#     published.
 #
 #   bash tests/deploy_test.sh FETALHC_BINARY SOURCE_DIR
 #
@@ -135,30 +138,35 @@ else
 fi
 
 # request NAME WANT_CODE METHOD PATH [CURL_ARGS...]: through nginx; a 200 must come from the backup
-# with the client's Host.
+# with the client's Host, a 503 must carry Retry-After.
 request() {
     local name=$1 want=$2 method=$3 path=$4 code
     shift 4
-    code=$(curl -s -o "$T/body" -w '%{http_code}' -X "$method" -H 'Content-Type: application/json' "$@" \
+    code=$(curl -s -o "$T/body" -D "$T/headers" -w '%{http_code}' -X "$method" -H 'Content-Type: application/json' "$@" \
         "http://127.0.0.1:$LISTEN$path")
     if [[ $code != "$want" ]]; then
         fail "$name" "HTTP $code, expected $want; body: $(head -c 200 "$T/body")"
     elif [[ $want == 200 ]] && ! grep -qx "good host=127.0.0.1:$LISTEN" "$T/body"; then
         fail "$name" "answered by '$(head -c 200 "$T/body")', expected the backup replica with Host 127.0.0.1:$LISTEN"
+    elif [[ $want == 503 ]] && ! grep -qiE '^Retry-After: [0-9]+' "$T/headers"; then
+        fail "$name" "a 503 without Retry-After"
     else
         pass "$name: $want"
     fi
 }
 
-# policy KIND MEASURE EXAM EXAM_KEYED: the first replica answers 503, drops the connection once it
-# has the request (444: nginx closes without answering, as a replica killed mid-request), or is not
-# listening (refused); the expected status of each request class.
+# policy KIND MEASURE EXAM EXAM_KEYED HEALTH: the first replica answers 503, drops the connection
+# once it has the request (444: nginx closes without answering, as a replica killed mid-request), or
+# is not listening (refused); the expected status of each request class.
 policy() {
-    local kind=$1 measure=$2 exam=$3 keyed=$4 dir=$T/nginx_$1 extra
+    local kind=$1 measure=$2 exam=$3 keyed=$4 health=$5 dir=$T/nginx_$1 extra max_fails=0
+    # A 503 must not count as a failed attempt: with max_fails=1, one that did would send every later
+    # request to the backup.
+    [[ $kind == 503 ]] && max_fails=1
     extra="    server { listen 127.0.0.1:$GOOD; access_log off; location / { return 200 \"good host=\$http_host\\n\"; } }"
     [[ $kind == refused ]] || extra+=$'\n'"    server { listen 127.0.0.1:$BAD; access_log off; location / { return $kind; } }"
     nginx_conf "$dir" "$SRC/deploy/nginx" "$LISTEN" \
-        "    server 127.0.0.1:$BAD max_fails=0;"$'\n'"    server 127.0.0.1:$GOOD backup;" "$extra"
+        "    server 127.0.0.1:$BAD max_fails=$max_fails fail_timeout=60s;"$'\n'"    server 127.0.0.1:$GOOD backup;" "$extra"
     if ! nginx_start "$dir" 2>"$T/nginx_start.err"; then
         fail "nginx ($kind)" "did not start: $(cat "$T/nginx_start.err") $(tail -n 5 "$dir/error.log" 2>/dev/null)"
         return
@@ -167,17 +175,22 @@ policy() {
     request "first replica $kind: POST /v1/segment" "$measure" POST /v1/segment --data '{}'
     request "first replica $kind: POST /v1/exams without Idempotency-Key" "$exam" POST /v1/exams --data '{}'
     request "first replica $kind: POST /v1/exams with Idempotency-Key" "$keyed" POST /v1/exams -H 'Idempotency-Key: k-1' --data '{}'
-    request "first replica $kind: GET /health" 200 GET /health
+    request "first replica $kind: GET /health" "$health" GET /health
     if [[ $kind == 503 ]]; then
+        if grep -q "temporarily disabled" "$dir/error.log"; then
+            fail "first replica 503" "nginx took the replica out: $(grep -m 1 "temporarily disabled" "$dir/error.log")"
+        else
+            pass "first replica 503: still in the pool after 5 answers with 503 (max_fails=1)"
+        fi
         request "GET /metrics is not published" 404 GET /metrics
         head -c $((default_mb * 1048576 + 1)) /dev/zero >"$T/big"
         request "a body over ${default_mb} MiB" 413 POST /v1/measure --data-binary "@$T/big"
     fi
     nginx_stop "$dir"
 }
-policy 503 200 503 200
-policy 444 200 502 200
-policy refused 200 200 200
+policy 503 503 503 503 503
+policy 444 200 502 200 200
+policy refused 200 200 200 200
 
 ((FAILED)) && { echo "deploy: some checks failed"; exit 1; }
 echo "deploy: all checks passed"
