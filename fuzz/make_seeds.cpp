@@ -2,6 +2,7 @@
 // synthetic files made here (no HC18 image or copy of one). Usage: fuzz_make_seeds OUT
 #include <dcmtk/config/osconfig.h>  // must come first among the DCMTK headers
 #include <dcmtk/dcmdata/dctk.h>
+#include "../tests/dicom_wrap.h"  // nested_sequences_dicom
 #include <libdeflate.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -243,6 +245,22 @@ void dicom_seeds(const fs::path& dir) {
         base_dataset(ff, 33, 34, 1, 3, 8, "YBR_FULL");
         save(ff, dir / "ybr_full.dcm");
     }
+    // Nested sequences (issue 22 row 1): within the budget, and past it.
+    write(dir / "nested_64.dcm", nested_sequences_dicom(64));
+    write(dir / "nested_200.dcm", nested_sequences_dicom(200));
+}
+
+// C-STOREs for fuzz_dicom_node: "SOP_INSTANCE_UID\0SOP_CLASS_UID\0CALLING_AET\0" then the data set.
+void dicom_node_seeds(const fs::path& dicom_dir, const fs::path& dir) {
+    const std::string us = "1.2.840.10008.5.1.4.1.1.6.1";
+    for (const auto& e : fs::directory_iterator(dicom_dir)) {
+        std::ifstream in(e.path(), std::ios::binary);
+        const std::string bytes((std::istreambuf_iterator<char>(in)), {});
+        write(dir / e.path().filename(), "1.2.826.0.1.3680043.10.1000." + std::to_string(bytes.size()) + std::string(1, '\0') + us +
+                                             std::string(1, '\0') + "US1" + std::string(1, '\0') + bytes);
+    }
+    write(dir / "bad_uid.dcm", "1.2.3.<script>" + std::string(1, '\0') + us + std::string(1, '\0') + "X\n[error] FAKE" +
+                                   std::string(1, '\0') + nested_sequences_dicom(2));
 }
 
 // Requests for fuzz_routes: the first byte picks the route (kRoutes in fuzz_routes.cpp), the rest is
@@ -288,13 +306,14 @@ int main(int argc, char** argv) {
         return 2;
     }
     const fs::path out = argv[1];
-    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes"}) fs::create_directories(out / d);
+    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes", "dicom_node"}) fs::create_directories(out / d);
     png_seeds(out / "png_gray");
     image_seeds(out / "decode_image");
     csv_seeds(out / "pixel_sizes");
     dicom_seeds(out / "dicom");
+    dicom_node_seeds(out / "dicom", out / "dicom_node");
     route_seeds(out / "routes");
-    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes"}) {
+    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes", "dicom_node"}) {
         size_t n = 0;
         for ([[maybe_unused]] const auto& e : fs::directory_iterator(out / d)) ++n;
         std::printf("%s: %zu seeds\n", d, n);

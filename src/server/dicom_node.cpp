@@ -626,7 +626,7 @@ DicomNode::DicomNode(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 DicomNode::~DicomNode() { stop(); }
 
 Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o, Engine& engine, Store& store) {
-    if (o.port < 1 || o.port > 65535) return make_error("--dicom-port must be in 1..65535");
+    if (o.listen && (o.port < 1 || o.port > 65535)) return make_error("--dicom-port must be in 1..65535");
     if (!valid_ae_title(o.aet)) return make_error("--dicom-aet '" + o.aet + "' is not an AE title (1 to 16 printable characters, no '\\')");
     for (const auto& a : o.allow)
         if (!valid_ae_title(a)) return make_error("--dicom-allow: '" + a + "' is not an AE title (1 to 16 printable characters, no '\\')");
@@ -662,6 +662,7 @@ Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o
     plain.push_back(UID_LittleEndianImplicitTransferSyntax);
     plain.push_back(UID_LittleEndianExplicitTransferSyntax);
     cfg.addPresentationContext(UID_VerificationSOPClass, plain);
+    if (!o.listen) return std::unique_ptr<DicomNode>(new DicomNode(std::move(impl)));
     if (OFCondition c = ASC_initializeNetwork(NET_ACCEPTOR, o.port, 30, &impl->net); c.bad())
         return make_error("cannot listen for DICOM on port " + std::to_string(o.port) + ": " + c.text() +
                           "; choose another --dicom-port (ports below 1024 need privileges)");
@@ -686,7 +687,8 @@ void DicomNode::start() {
         spdlog::info("dicom: resuming {} instance(s) received before the last stop and not measured yet", pending->size());
     }
     for (int i = 0; i < impl_->opt.workers; ++i) impl_->workers.emplace_back([this] { impl_->work(); });
-    for (int i = 0; i < impl_->opt.max_associations; ++i) impl_->receivers.emplace_back([this] { impl_->receive_loop(); });
+    if (impl_->net)
+        for (int i = 0; i < impl_->opt.max_associations; ++i) impl_->receivers.emplace_back([this] { impl_->receive_loop(); });
 }
 
 void DicomNode::stop() {

@@ -49,6 +49,7 @@ struct DicomNodeOptions {
     int workers = 2;                      // instances measured at once (each on a network slot)
     double association_timeout_s = 300;   // a whole association, from its connection
     double idle_timeout_s = 20;           // a peer must send 1 KiB (or get an answer) this often
+    bool listen = true;                   // false: no network at all, objects come through receive() (fuzzing)
 };
 
 struct ForwardTarget {
