@@ -5,6 +5,7 @@
 #include "fetalhc/image_io.h"
 #include "fetalhc/report.h"
 
+#include <opencv2/imgproc.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -207,10 +208,22 @@ void Engine::load(const std::string& model_path, int torch_threads, bool mirror_
     const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
     const int threads = torch_threads > 0 ? torch_threads : std::max(1, hw / slots_.total());
     auto seg = Segmenter::load(model_path, {threads, mirror_average});
+    std::shared_ptr<const Measurer> measurer;
+    if (seg) {
+        measurer = std::make_shared<const Measurer>(*seg);
+        // One measurement of a synthetic scan before saying ready: the first inference sets up the
+        // kernels (seconds on a cold machine), and a replica that says ready must not spend its
+        // first requests' queue time on that (they would be shed).
+        MeasureOptions warm;
+        warm.pixel_size_mm = 0.15;
+        cv::Mat ring(540, 800, CV_8UC1, cv::Scalar(40));  // a skull-like ring: both passes run
+        cv::ellipse(ring, {400, 270}, {170, 130}, 20, 0, 360, cv::Scalar(220), 10);
+        (void)measurer->measure(ring, warm);
+    }
     {
         std::lock_guard<std::mutex> lock(mu_);
         if (seg) {
-            measurer_ = std::make_shared<const Measurer>(*seg);
+            measurer_ = std::move(measurer);
             state_ = State::Ready;
         } else {
             error_ = seg.error();
