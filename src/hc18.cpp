@@ -1,6 +1,7 @@
 #include "fetalhc/hc18.h"
 
 #include "fetalhc/csv.h"
+#include "fetalhc/image_io.h"
 #include "fetalhc/metrics.h"
 
 #include <nlohmann/json.hpp>
@@ -8,7 +9,11 @@
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -31,14 +36,34 @@ std::vector<std::string> split_csv_line(std::string line) {
     return *cells;
 }
 
+// The whole of `s` as a number. A value too small for a double (1e-400) reads as what strtod
+// gives (0 or a subnormal) rather than failing, so that the range check can say it is too small.
 bool parse_double(const std::string& s, double& v) {
-    try {
-        size_t used = 0;
-        v = std::stod(s, &used);
-        return used == s.size();
-    } catch (const std::exception&) {
-        return false;
-    }
+    if (s.empty() || std::isspace(static_cast<unsigned char>(s[0]))) return false;
+    char* end = nullptr;
+    errno = 0;
+    v = std::strtod(s.c_str(), &end);
+    if (errno == ERANGE && std::isinf(v)) return false;  // too large, as std::stod said
+    return end == s.c_str() + s.size();
+}
+
+// A number as a person writes it: 0.13, 2, 1e-320 (std::to_string gives 0.000000 for the last).
+std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
+// At most kMaxQuotedCsvBytes of `s` for an error message, cut at a UTF-8 character boundary with
+// "..." when longer; control bytes (a binary file's line) are shown as '?'.
+std::string excerpt(const std::string& s) {
+    size_t n = std::min(s.size(), kMaxQuotedCsvBytes);
+    if (n < s.size())
+        while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;  // not inside a character
+    std::string out = s.substr(0, n);
+    for (char& c : out)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    return n < s.size() ? out + "..." : out;
 }
 
 // FNV-1a, 64 bit: a stable hash (std::hash may differ between standard libraries).
@@ -64,38 +89,41 @@ std::optional<SplitSpec> recorded_split(const std::string& metadata_json) {
 }
 
 std::string check_pixel_size(double mm, const std::string& what) {
-    if (!std::isfinite(mm)) return "pixel size for " + what + " is not a number; give it in mm per pixel, e.g. --pixel-size 0.13";
-    if (mm <= 0)
-        return "pixel size for " + what + " must be positive (got " + std::to_string(mm) +
-               "); give it in mm per pixel, e.g. --pixel-size 0.13";
-    if (mm > 2)
-        return "pixel size for " + what + " is " + std::to_string(mm) +
-               " mm, over the 2 mm/pixel plausible for ultrasound; check the unit (mm per pixel, not pixels per mm or cm)";
+    const std::string unit = "; give it in mm per pixel, e.g. 0.13";
+    if (!std::isfinite(mm)) return "pixel size for " + what + " is not a number" + unit;
+    if (mm <= 0) return "pixel size for " + what + " must be positive (got " + number_text(mm) + ")" + unit;
+    if (mm < kMinPixelSizeMm)
+        return "pixel size for " + what + " is " + number_text(mm) + " mm, under the " + number_text(kMinPixelSizeMm) +
+               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not metres or a lost exponent)";
+    if (mm > kMaxPixelSizeMm)
+        return "pixel size for " + what + " is " + number_text(mm) + " mm, over the " + number_text(kMaxPixelSizeMm) +
+               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not pixels per mm or cm)";
     return "";
 }
 
 Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_path) {
-    std::ifstream in(csv_path);
-    if (!in) return make_error("cannot open pixel-size CSV '" + csv_path + "': check the path");
+    auto bytes = read_file_limited(csv_path, kMaxPixelSizeCsvBytes, "a pixel-size CSV");
+    if (!bytes) return make_error("pixel-size CSV: " + bytes.error());
+    std::istringstream in(std::string(bytes->begin(), bytes->end()));
+    bytes->clear();
     std::map<std::string, double> out;
     std::string line;
     int lineno = 0;
+    const auto at = [&] { return "pixel-size CSV '" + csv_path + "' line " + std::to_string(lineno) + ": "; };
     while (std::getline(in, line)) {
         ++lineno;
         auto cells = split_csv_line(line);
         if (cells.empty() && !parse_csv_record(line))
-            return make_error("pixel-size CSV '" + csv_path + "' line " + std::to_string(lineno) +
-                              ": a quoted cell is not closed; quote as \"a,b.png\" and double inner quotes");
+            return make_error(at() + "a quoted cell is not closed; quote as \"a,b.png\" and double inner quotes");
         if (cells.empty() || cells[0].empty()) continue;
         double v = 0;
         if (cells.size() < 2 || !parse_double(cells[1], v) || !std::isfinite(v)) {
             if (lineno == 1) continue;  // header
-            return make_error("pixel-size CSV '" + csv_path + "' line " + std::to_string(lineno) +
-                              ": expected `filename,pixel size(mm)` with a finite number, got '" + line + "'");
+            return make_error(at() + "expected `filename,pixel size(mm)` with a finite number, got '" + excerpt(line) + "'");
         }
+        if (auto e = check_pixel_size(v, "'" + excerpt(cells[0]) + "'"); !e.empty()) return make_error(at() + e);
         if (auto it = out.find(cells[0]); it != out.end() && it->second != v)
-            return make_error("pixel-size CSV '" + csv_path + "' line " + std::to_string(lineno) + ": '" + cells[0] +
-                              "' is listed twice with different sizes; keep one row per file");
+            return make_error(at() + "'" + excerpt(cells[0]) + "' is listed twice with different sizes; keep one row per file");
         out[cells[0]] = v;
     }
     if (out.empty()) return make_error("pixel-size CSV '" + csv_path + "' has no rows of `filename,pixel size(mm)`");

@@ -6,9 +6,14 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
 
 namespace fs = std::filesystem;
 
@@ -44,6 +49,49 @@ Expected<cv::Mat> to_gray8(const cv::Mat& img, const std::string& name) {
 }
 
 namespace {
+
+// What a non-regular file is, as a noun phrase.
+std::string kind_of(mode_t mode) {
+    if (S_ISDIR(mode)) return "a folder";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISFIFO(mode)) return "a named pipe (FIFO)";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
+// The refusal of a path that is there but not a regular file.
+std::string not_regular(const std::string& path, mode_t mode, const std::string& what) {
+    if (S_ISDIR(mode)) return "'" + path + "' is a folder, not " + what;
+    return "'" + path + "' is " + kind_of(mode) + ", not a regular file; pass " + what + " (fetalhc reads files only)";
+}
+
+// The refusal of a path that stat() or open() failed on with `err`.
+std::string unreachable(const std::string& path, int err, const std::string& what) {
+    switch (err) {
+        case ENOENT: {
+            struct stat l{};
+            if (::lstat(path.c_str(), &l) == 0 && S_ISLNK(l.st_mode)) {
+                std::error_code ec;
+                const std::string target = fs::read_symlink(path, ec).string();
+                return "'" + path + "' is a broken symbolic link (to '" + target + "', which does not exist); check the path";
+            }
+            return "'" + path + "' does not exist; check the path";
+        }
+        case ENOTDIR: return "'" + path + "' does not exist (a part of the path is a file, not a folder); check the path";
+        case ELOOP:
+            return "'" + path + "' is a symbolic link loop (ELOOP: too many levels of symbolic links); point the link at " + what;
+        case EACCES:
+            return "cannot read '" + path + "': permission denied (EACCES); fix its permissions, or those of its folders";
+        default: return "cannot read '" + path + "' as " + what + ": " + std::strerror(err);
+    }
+}
+
+// "8 MB" for a whole number of MiB, else "1000 bytes".
+std::string size_text(size_t bytes) {
+    if (bytes >= (1 << 20) && bytes % (1 << 20) == 0) return std::to_string(bytes >> 20) + " MB";
+    return std::to_string(bytes) + " bytes";
+}
 
 std::string too_large(const std::string& name, long long w, long long h) {
     return "'" + name + "' claims " + std::to_string(w) + " x " + std::to_string(h) + " pixels, over the " +
@@ -91,18 +139,59 @@ Expected<cv::Mat> decode_grayscale(const std::vector<unsigned char>& bytes, cons
     return to_gray8(img, name);
 }
 
+std::string regular_file_problem(const std::string& path, const std::string& what, bool missing_ok) {
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0) {
+        const int err = errno;
+        if (missing_ok && err == ENOENT) {
+            struct stat l{};
+            if (::lstat(path.c_str(), &l) != 0) return "";  // nothing there; a dangling link is still refused
+        }
+        return unreachable(path, err, what);
+    }
+    if (!S_ISREG(st.st_mode)) return not_regular(path, st.st_mode, what);
+    if (::access(path.c_str(), R_OK) != 0 && errno == EACCES) return unreachable(path, EACCES, what);
+    return "";
+}
+
+Expected<std::vector<unsigned char>> read_file_limited(const std::string& path, size_t max_bytes, const std::string& what) {
+    if (auto p = regular_file_problem(path, what); !p.empty()) return make_error(p);
+    // O_NONBLOCK: should a FIFO take the file's place after the check, open() returns at once.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return make_error(unreachable(path, errno, what));
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{fd};
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) return make_error(unreachable(path, errno, what));
+    if (!S_ISREG(st.st_mode)) return make_error(not_regular(path, st.st_mode, what));
+    const auto over = [&](const std::string& size) {
+        return make_error("'" + path + "' is " + size + ", over the " + size_text(max_bytes) + " fetalhc reads as " + what +
+                          "; check that this is the file you meant");
+    };
+    if (st.st_size < 0 || size_t(st.st_size) > max_bytes) return over(std::to_string(st.st_size) + " bytes");
+    std::vector<unsigned char> bytes(size_t(st.st_size));
+    size_t got = 0;
+    for (;;) {
+        if (got == bytes.size()) {
+            if (bytes.size() > max_bytes) return over("larger (it grew while read)");
+            bytes.resize(std::min(max_bytes + 1, std::max<size_t>(bytes.size() * 2, 4096)));
+        }
+        const ssize_t n = ::read(fd, bytes.data() + got, bytes.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return make_error("cannot read '" + path + "' to its end: " + std::strerror(errno));
+        if (n == 0) break;
+        got += size_t(n);
+    }
+    bytes.resize(got);
+    return bytes;
+}
+
 Expected<cv::Mat> load_grayscale(const std::string& path) {
-    std::error_code ec;
-    if (!fs::exists(path, ec)) return make_error("'" + path + "' does not exist; check the path");
-    if (fs::is_directory(path, ec)) return make_error("'" + path + "' is a folder, not an image");
-    std::ifstream in(path, std::ios::binary | std::ios::ate);
-    if (!in) return make_error("cannot open '" + path + "': check its permissions");
-    const std::streamoff size = in.tellg();
-    std::vector<unsigned char> bytes(size > 0 ? size_t(size) : 0);
-    in.seekg(0);
-    if (!bytes.empty() && !in.read(reinterpret_cast<char*>(bytes.data()), size))
-        return make_error("cannot read '" + path + "': the file could not be read to its end");
-    return decode_grayscale(bytes, path);
+    auto bytes = read_file_limited(path, kMaxImageFileBytes, "an image");
+    if (!bytes) return make_error(bytes.error());
+    return decode_grayscale(*bytes, path);
 }
 
 std::vector<InputItem> expand_inputs(const std::vector<std::string>& paths) {

@@ -229,9 +229,8 @@ Expected<VideoSummary> measure_frames(const Measurer& measurer, const std::strin
 Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string& path, const VideoOptions& opt,
                                      const std::function<void(const VideoFrame&)>& on_frame) {
     if (auto e = check_pixel_size(opt.measure.pixel_size_mm, "'" + path + "'"); !e.empty()) return make_error(e);
-    std::error_code ec;
-    if (!std::filesystem::is_regular_file(path, ec))
-        return make_error("video '" + path + "' does not exist or is not a file; check the path");
+    // Before OpenCV opens it: a named pipe would block the open, a device would be read forever.
+    if (auto e = regular_file_problem(path, "a video file"); !e.empty()) return make_error(e);
     const auto t0 = std::chrono::steady_clock::now();
     cv::VideoCapture cap;
     if (auto e = open_capture(path, cap); !e.empty()) return make_error(e);

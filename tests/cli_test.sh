@@ -70,6 +70,20 @@ run() {
     RC=$?
 }
 
+# run_within SECONDS ARGS...: as run, killed after SECONDS (exit 124): for inputs that used to block
+# (a named pipe) or to be read without end (/dev/zero), so that a regression fails instead of
+# hanging the test. Outside sanitizer builds the address space is also capped at 4 GB.
+run_within() {
+    local seconds=$1
+    shift
+    LAST_CMD="fetalhc $* (within ${seconds} s)"
+    (
+        ldd "$BIN" 2>/dev/null | grep -q 'libasan\|libtsan' || ulimit -v 4000000
+        timeout -k 2 "$seconds" "$BIN" "$@" >"$T/out" 2>"$T/err" </dev/null
+    )
+    RC=$?
+}
+
 # run_env VAR=VALUE ARGS...: as run, with one extra environment variable.
 run_env() {
     local assignment=$1
@@ -401,7 +415,7 @@ basic_section() {
     expect "measure --help shows options and defaults" 0 --out --pixel-size --out --pixel-sizes --out "=text" \
         --out hc18 --out --ga-weeks --out --overlay --out --model
     expect "measure --help says a pixel size is required and its range" 0 --out "pixel size is required" \
-        --out "(0, 2] mm" --out "required unless --pixel-sizes" --out --quiet --out "at most the core count"
+        --out "[0.01, 2] mm" --out "required unless --pixel-sizes" --out --quiet --out "at most the core count"
     run evaluate --help
     expect "evaluate --help shows its options" 0 --out --data --out --split --out --json
     expect "evaluate --help: the validation split is the default; --quiet" 0 --out "=validation" --out --quiet
@@ -445,6 +459,8 @@ basic_section() {
     expect "missing --pixel-sizes CSV is named" 2 --err "$T/no_such.csv" --no-err "$NO_MODEL"
     run measure --model "$NO_MODEL" --pixel-sizes "$T/bad_row.csv" "$T/in/x.png"
     expect "bad row in --pixel-sizes CSV is reported with its line" 2 --err "line 3" --err "$T/bad_row.csv"
+
+    careless_operator_checks
 
     run measure --model "$NO_MODEL" --pixel-size 0.13 --ga-weeks -3 "$T/in/x.png"
     expect "--ga-weeks -3 is refused" 2 --err --ga-weeks --no-err "$NO_MODEL"
@@ -496,9 +512,10 @@ basic_section() {
     if ((HAVE_MODEL)); then
         batch_checks 0
         model_checks_without_data
+        special_inputs_checks
     else
         skip "batch with bad inputs (model '$MODEL' absent)"
-        skip "CSV quoting, --threads clamping, progress line, video errors (model '$MODEL' absent)"
+        skip "CSV quoting, --threads clamping, progress line, video errors, devices and FIFOs as inputs (model '$MODEL' absent)"
     fi
 
     dicom_checks
@@ -525,6 +542,82 @@ basic_section() {
     else
         skip "bench runs (model '$MODEL' absent)"
     fi
+}
+
+# Issue 22: a careless operator's inputs, refused before the model is loaded (the model path does not
+# exist): implausible pixel sizes, devices, named pipes and huge files as --pixel-sizes, a long bad
+# CSV line, and a named pipe as an input or a --model (whose open used to block).
+careless_operator_checks() {
+    run measure --model "$NO_MODEL" --pixel-size 1e-320 "$T/in/x.png"
+    expect "--pixel-size 1e-320 is refused as under 0.01 mm/pixel" 2 --err "under the 0.01 mm/pixel" --err "unit" \
+        --no-err "$NO_MODEL"
+    run measure --model "$NO_MODEL" --pixel-size 0.0099 "$T/in/x.png"
+    expect "--pixel-size 0.0099 is refused" 2 --err "is 0.0099 mm, under the 0.01 mm/pixel" --no-err "$NO_MODEL"
+    run measure --model "$NO_MODEL" --pixel-size 0.01 "$T/in/x.png"
+    expect "--pixel-size 0.01, the smallest plausible, passes to the model" 2 --err "cannot load model" --no-err "pixel size for"
+    printf 'filename,pixel size(mm)\nx.png,0.1\ny.png,1e-320\n' >"$T/tiny_row.csv"
+    run measure --model "$NO_MODEL" --pixel-sizes "$T/tiny_row.csv" "$T/in/x.png"
+    expect "--pixel-sizes row of 1e-320 mm is refused with its line" 2 --err "line 3" --err "under the 0.01 mm/pixel" \
+        --no-err "$NO_MODEL"
+
+    if ! command -v timeout >/dev/null 2>&1 || ! command -v mkfifo >/dev/null 2>&1; then
+        skip "devices, named pipes and huge files as inputs (coreutils timeout or mkfifo absent)"
+        return
+    fi
+    run_within 20 measure --model "$NO_MODEL" --pixel-sizes /dev/zero "$T/in/x.png"
+    expect "--pixel-sizes /dev/zero: refused at once as a character device" 2 \
+        --err "'/dev/zero' is a character device, not a regular file" --no-err "$NO_MODEL"
+    mkfifo "$T/sizes_fifo.csv"
+    run_within 20 measure --model "$NO_MODEL" --pixel-sizes "$T/sizes_fifo.csv" "$T/in/x.png"
+    expect "--pixel-sizes naming a FIFO: refused, no hang" 2 --err "'$T/sizes_fifo.csv' is a named pipe (FIFO)"
+    mkfifo "$T/in/fifo.png"
+    run_within 20 measure --model "$NO_MODEL" "$T/in/fifo.png"
+    expect "a FIFO as input without a pixel size: usage error, no hang" 2 --err "pixel size is missing"
+    run_within 20 measure --model "$T/in/fifo.png" --pixel-size 0.13 "$T/in/x.png"
+    expect "a FIFO as --model: refused as one, no hang" 2 --err "'$T/in/fifo.png' is a named pipe (FIFO)"
+    ln -sfn "$T/model_loop_b.pt" "$T/model_loop_a.pt"
+    ln -sfn "$T/model_loop_a.pt" "$T/model_loop_b.pt"
+    run measure --model "$T/model_loop_a.pt" --pixel-size 0.13 "$T/in/x.png"
+    expect "a symlink loop as --model: named as one, not as missing" 2 --err "is a symbolic link loop (ELOOP" --no-err "not found"
+    run_within 20 dicom info "$T/in/fifo.png"
+    expect "dicom info on a FIFO: refused as one, no hang" 1 --err "'$T/in/fifo.png' is a named pipe (FIFO)"
+
+    # 9 MB of good rows: over the 8 MB budget, refused by its size before it is read.
+    yes '000_HC.png,0.1' 2>/dev/null | head -c 9000000 >"$T/huge_sizes.csv"
+    run_within 20 measure --model "$NO_MODEL" --pixel-sizes "$T/huge_sizes.csv" "$T/in/x.png"
+    expect "--pixel-sizes of 9 MB is refused by its size" 2 --err "is 9000000 bytes, over the 8 MB" --no-err "$NO_MODEL"
+    # A bad line of 1 MB (under the budget) is quoted cut to about 100 bytes, not echoed whole.
+    {
+        printf 'filename,pixel size(mm)\nx.png,0.1\n'
+        head -c 1000000 /dev/zero | tr '\0' 'n'
+        printf ',not-a-number\n'
+    } >"$T/long_line.csv"
+    run_within 20 measure --model "$NO_MODEL" --pixel-sizes "$T/long_line.csv" "$T/in/x.png"
+    expect "a 1 MB bad CSV line: reported with its line, quoted cut with ..." 2 --err "line 3" --err-re "'n{100}\.\.\.'"
+    check "a 1 MB bad CSV line: stderr stays under 1 KB" "stderr is $(wc -c <"$T/err") bytes" \
+        test "$(wc -c <"$T/err")" -lt 1000
+}
+
+# Issue 22, with the model: inputs that are not regular files are each named as what they are, and
+# the batch goes on past them.
+special_inputs_checks() {
+    if ! command -v timeout >/dev/null 2>&1 || ! command -v mkfifo >/dev/null 2>&1; then
+        skip "devices, named pipes and symlink loops as inputs (coreutils timeout or mkfifo absent)"
+        return
+    fi
+    [[ -p $T/in/fifo.png ]] || mkfifo "$T/in/fifo.png"
+    ln -sfn "$T/in/loop_b.png" "$T/in/loop_a.png"
+    ln -sfn "$T/in/loop_a.png" "$T/in/loop_b.png"
+    run_within 60 measure --model "$MODEL" --pixel-size 0.13 --format csv /dev/zero "$T/in/loop_a.png" "$T/in/tiny_1x1.png"
+    expect "/dev/zero and a symlink loop as inputs: each named as what it is" 1 \
+        --err "'/dev/zero' is a character device, not a regular file" \
+        --err "'$T/in/loop_a.png' is a symbolic link loop (ELOOP" --err "$T/in/tiny_1x1.png" \
+        --no-err "is empty (0 bytes)" --no-err "does not exist"
+    check "/dev/zero and a symlink loop as inputs: the batch goes on, one CSV row each" "$(line_count "$T/out") lines" \
+        test "$(line_count "$T/out")" = 4
+    run_within 20 measure --model "$MODEL" --pixel-size 0.13 --format csv "$T/in/fifo.png" "$T/in/tiny_1x1.png"
+    expect "a FIFO as input: named as one, no hang, the batch goes on" 1 \
+        --err "'$T/in/fifo.png' is a named pipe (FIFO), not a regular file" --err "$T/in/tiny_1x1.png"
 }
 
 # Checks that run the model on synthetic files only: CSV quoting of names and messages, the

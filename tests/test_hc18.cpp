@@ -14,6 +14,8 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,6 +24,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <random>
@@ -660,4 +663,121 @@ TEST(RealHc18, KFoldSizesOfTheShippedFolder) {
 #else
     GTEST_SKIP() << "FETALHC_DATA_DIR is not defined for this test";
 #endif
+}
+
+// ---- issue 22: a careless operator's pixel sizes and pixel-size CSVs ------------------------------------
+
+TEST(CheckPixelSize, BelowOneHundredthOfAMillimetreIsRefusedAsAUnitMistake) {
+    // 1e-320 was accepted (an HC of 1e-317 mm); the range is [0.01, 2] mm per pixel.
+    for (double v : {1e-320, 1e-6, 0.0099}) {
+        const std::string e = fetalhc::check_pixel_size(v, "--pixel-size");
+        EXPECT_TRUE(contains(e, "under the 0.01 mm/pixel")) << v << ": " << e;
+        EXPECT_TRUE(contains(e, "unit")) << e;
+    }
+    EXPECT_TRUE(contains(fetalhc::check_pixel_size(1e-320, "x"), "is 9.99989e-321 mm")) << "the value as given, not 0.000000";
+    EXPECT_EQ(fetalhc::check_pixel_size(fetalhc::kMinPixelSizeMm, "x"), "");
+    EXPECT_EQ(fetalhc::check_pixel_size(0.01, "x"), "");
+    EXPECT_FALSE(fetalhc::check_pixel_size(std::nextafter(2.0, 3.0), "x").empty());
+}
+
+TEST(ReadPixelSizes, RowsOutsideThePlausibleRangeAreRefusedWithTheirLine) {
+    TempDir t;
+    auto tiny = fetalhc::read_pixel_sizes(t.write("tiny.csv", "filename,pixel size(mm)\na.png,0.1\nb.png,1e-320\n"));
+    ASSERT_FALSE(tiny);
+    EXPECT_TRUE(contains(tiny.error(), "line 3")) << tiny.error();
+    EXPECT_TRUE(contains(tiny.error(), "'b.png'")) << tiny.error();
+    EXPECT_TRUE(contains(tiny.error(), "under the 0.01")) << tiny.error();
+    auto large = fetalhc::read_pixel_sizes(t.write("large.csv", "a.png,7.8\n"));
+    ASSERT_FALSE(large);
+    EXPECT_TRUE(contains(large.error(), "line 1")) << large.error();
+    EXPECT_TRUE(fetalhc::read_pixel_sizes(t.write("edges.csv", "a.png,0.01\nb.png,2\n")));
+}
+
+TEST(ReadPixelSizes, ALongBadLineIsQuotedCutToAHundredBytes) {
+    // A 100 MB bad line used to be echoed whole to stderr.
+    TempDir t;
+    const std::string long_name(1 << 20, 'x');
+    auto s = fetalhc::read_pixel_sizes(t.write("long.csv", "filename,pixel size(mm)\na.png,0.1\n" + long_name + ",zz\n"));
+    ASSERT_FALSE(s);
+    EXPECT_TRUE(contains(s.error(), "line 3")) << s.error().substr(0, 300);
+    EXPECT_TRUE(contains(s.error(), "'" + std::string(fetalhc::kMaxQuotedCsvBytes, 'x') + "...'")) << s.error().substr(0, 300);
+    EXPECT_LT(s.error().size(), 400u) << s.error().substr(0, 300);
+    // The same for a name listed twice, and for a name whose size is refused.
+    auto twice = fetalhc::read_pixel_sizes(t.write("twice.csv", long_name + ",0.1\n" + long_name + ",0.2\n"));
+    ASSERT_FALSE(twice);
+    EXPECT_LT(twice.error().size(), 400u) << twice.error().substr(0, 300);
+    auto range = fetalhc::read_pixel_sizes(t.write("range.csv", long_name + ",9\n"));
+    ASSERT_FALSE(range);
+    EXPECT_LT(range.error().size(), 400u) << range.error().substr(0, 300);
+}
+
+TEST(ReadPixelSizes, QuotedExcerptKeepsWholeCharactersAndHidesControlBytes) {
+    TempDir t;
+    // 99 ASCII bytes then 'é' (2 bytes): the cut at 100 would split it, so it falls before it.
+    const std::string line = std::string(99, 'a') + "\xC3\xA9" + std::string(50, 'b') + "\x1b[2J,zz";
+    auto s = fetalhc::read_pixel_sizes(t.write("utf8.csv", "a.png,0.1\n" + line + "\n"));
+    ASSERT_FALSE(s);
+    EXPECT_TRUE(contains(s.error(), "'" + std::string(99, 'a') + "...'")) << s.error();
+    auto esc = fetalhc::read_pixel_sizes(t.write("esc.csv", "a.png,0.1\nb\x1b[2J.png,zz\n"));
+    ASSERT_FALSE(esc);
+    EXPECT_TRUE(contains(esc.error(), "'b?[2J.png,zz'")) << esc.error();
+}
+
+TEST(ReadPixelSizes, AFileOverTheBudgetIsRefusedBeforeItIsRead) {
+    TempDir t;
+    const std::string row = "000_HC.png,0.1\n";
+    std::string text;
+    while (text.size() <= fetalhc::kMaxPixelSizeCsvBytes) text += row;
+    auto s = fetalhc::read_pixel_sizes(t.write("big.csv", text));
+    ASSERT_FALSE(s);
+    EXPECT_TRUE(contains(s.error(), "is " + std::to_string(text.size()) + " bytes, over the 8 MB")) << s.error();
+    text.resize(fetalhc::kMaxPixelSizeCsvBytes - fetalhc::kMaxPixelSizeCsvBytes % row.size());  // whole rows, under it
+    EXPECT_TRUE(fetalhc::read_pixel_sizes(t.write("big.csv", text)));
+}
+
+namespace {
+
+// Runs `fn` in a child process killed after 5 s, and returns what it returned, or why it did not
+// finish. A regression that reads /dev/zero without end (it reached 16.9 GB in 67 s) or blocks
+// opening a named pipe then fails the test instead of hanging it or exhausting the machine.
+std::string in_child_for_5_s(const std::function<std::string()>& fn) {
+    int fds[2];
+    if (::pipe(fds) != 0) return "test setup: pipe() failed";
+    const pid_t pid = ::fork();
+    if (pid < 0) return "test setup: fork() failed";
+    if (pid == 0) {
+        ::close(fds[0]);
+        ::alarm(5);
+        const std::string out = fn();
+        if (::write(fds[1], out.data(), out.size()) < 0) {}
+        ::_exit(0);
+    }
+    ::close(fds[1]);
+    std::string out;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+    ::close(fds[0]);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) return "the child was killed by signal " + std::to_string(WTERMSIG(status)) + " (5 s passed?)";
+    return out;
+}
+
+std::string pixel_sizes_error(const std::string& path) {
+    auto s = fetalhc::read_pixel_sizes(path);
+    return s ? "read " + std::to_string(s->size()) + " rows" : s.error();
+}
+
+}  // namespace
+
+TEST(ReadPixelSizes, DevicesAndNamedPipesAreRefusedBeforeTheyAreRead) {
+    // /dev/zero used to be read for 67 s, to 16.9 GB; a named pipe blocked in open().
+    const std::string zero = in_child_for_5_s([] { return pixel_sizes_error("/dev/zero"); });
+    EXPECT_TRUE(contains(zero, "'/dev/zero' is a character device, not a regular file")) << zero;
+    TempDir t;
+    const std::string fifo = t.file("sizes.csv");
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    const std::string pipe = in_child_for_5_s([&] { return pixel_sizes_error(fifo); });
+    EXPECT_TRUE(contains(pipe, "named pipe (FIFO)")) << pipe;
+    EXPECT_TRUE(contains(pipe, fifo)) << pipe;
 }

@@ -16,12 +16,18 @@
 #include <opencv2/imgproc.hpp>
 #include <zlib.h>
 
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <cmath>
+#include <cstring>
+#include <future>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -772,4 +778,88 @@ TEST(PngDecode, ChunkLongerThanTheFileIsRefusedBeforeLibpngAllocatesIt) {
     EXPECT_NE(img.error().find("tEXt chunk declares 2063597580 bytes"), std::string::npos) << img.error();
     EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 256L << 10) << "peak RSS rose by " << (after.ru_maxrss - before.ru_maxrss) / 1024
                                                                << " MB decoding a 450-byte file";
+}
+
+// ---- input files that are not regular files (issue 22) -----------------------------------------------
+// A careless operator's inputs: each is named as what it is, and nothing blocks or reads without end.
+
+namespace {
+
+// Runs `fn` (which opens `fifo`) on a thread and waits at most 5 s. Should it block in open(), a
+// writer is opened on the FIFO so that the read ends and the test fails instead of hanging.
+template <class Fn>
+bool returns_without_a_writer(const std::string& fifo, Fn fn) {
+    auto done = std::async(std::launch::async, fn);
+    if (done.wait_for(std::chrono::seconds(5)) == std::future_status::ready) return true;
+    const int w = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+    if (w >= 0) ::close(w);
+    done.wait();
+    return false;
+}
+
+}  // namespace
+
+TEST_F(ImageIo, CharacterDeviceIsNamedAsOneNotAsAnEmptyFile) {
+    // /dev/zero used to give "is empty (0 bytes)" (its size is 0, yet it reads without end).
+    auto img = fetalhc::load_grayscale("/dev/zero");
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), "'/dev/zero' is a character device, not a regular file")) << img.error();
+    EXPECT_FALSE(contains(img.error(), "0 bytes")) << img.error();
+}
+
+TEST_F(ImageIo, NamedPipeIsRefusedWithoutBlocking) {
+    const std::string fifo = path("scan.png");
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+    fetalhc::Expected<cv::Mat> img = fetalhc::make_error("not run");
+    ASSERT_TRUE(returns_without_a_writer(fifo, [&] { img = fetalhc::load_grayscale(fifo); }))
+        << "load_grayscale blocked opening a named pipe";
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), "named pipe (FIFO)")) << img.error();
+    EXPECT_TRUE(contains(img.error(), fifo)) << img.error();
+}
+
+TEST_F(ImageIo, SymlinkLoopIsNamedAsOneNotAsMissing) {
+    fs::create_symlink(path("b.png"), path("a.png"));
+    fs::create_symlink(path("a.png"), path("b.png"));
+    auto img = fetalhc::load_grayscale(path("a.png"));
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), "symbolic link loop (ELOOP")) << img.error();
+    EXPECT_FALSE(contains(img.error(), "does not exist")) << img.error();
+}
+
+TEST_F(ImageIo, BrokenSymlinkNamesItsTarget) {
+    fs::create_symlink(path("moved_away.png"), path("scan.png"));
+    auto img = fetalhc::load_grayscale(path("scan.png"));
+    ASSERT_FALSE(img);
+    EXPECT_TRUE(contains(img.error(), "broken symbolic link")) << img.error();
+    EXPECT_TRUE(contains(img.error(), "moved_away.png")) << img.error();
+}
+
+TEST_F(ImageIo, RegularFileProblemSaysWhatStandsAtThePath) {
+    const std::string file = write_bytes("notes.txt", "x");
+    EXPECT_EQ(fetalhc::regular_file_problem(file, "an image"), "");
+    fs::create_symlink(file, path("link.txt"));
+    EXPECT_EQ(fetalhc::regular_file_problem(path("link.txt"), "an image"), "");  // links are followed
+    EXPECT_TRUE(contains(fetalhc::regular_file_problem(path("none"), "an image"), "does not exist"));
+    EXPECT_EQ(fetalhc::regular_file_problem(path("none"), "a database", /*missing_ok=*/true), "");
+    EXPECT_TRUE(contains(fetalhc::regular_file_problem(file + "/below", "an image"), "part of the path is a file"));
+    EXPECT_TRUE(contains(fetalhc::regular_file_problem(dir_.string(), "an image"), "is a folder, not an image"));
+    const std::string fifo = path("pipe");
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    EXPECT_TRUE(contains(fetalhc::regular_file_problem(fifo, "a CSV"), "is a named pipe (FIFO), not a regular file; pass a CSV"));
+    if (fs::exists("/dev/loop0") && fs::is_block_file("/dev/loop0"))
+        EXPECT_TRUE(contains(fetalhc::regular_file_problem("/dev/loop0", "an image"), "block device"));
+}
+
+TEST_F(ImageIo, ReadFileLimitedReadsUpToItsBudgetAndRefusesMore) {
+    const std::string p = write_bytes("data.bin", std::string(1000, 'a'));
+    auto all = fetalhc::read_file_limited(p, 1000, "a test file");
+    ASSERT_TRUE(all) << all.error();
+    EXPECT_EQ(all->size(), 1000u);
+    auto over = fetalhc::read_file_limited(p, 999, "a test file");
+    ASSERT_FALSE(over);
+    EXPECT_TRUE(contains(over.error(), "is 1000 bytes, over the 999 bytes fetalhc reads as a test file")) << over.error();
+    auto empty = fetalhc::read_file_limited(write_bytes("empty.bin", ""), 10, "a test file");
+    ASSERT_TRUE(empty) << empty.error();
+    EXPECT_TRUE(empty->empty());
 }

@@ -2,6 +2,8 @@
 
 #include "progress.h"
 
+#include "fetalhc/image_io.h"
+
 #include <opencv2/core/utils/logger.hpp>
 
 #include <cerrno>
@@ -59,8 +61,11 @@ std::string model_file_problem(const std::string& path) {
     if (path.empty()) return "no model file given";
     std::error_code ec;
     const fs::file_status st = fs::status(path, ec);
-    if (!fs::exists(st)) return "model file '" + path + "' not found";
+    if (st.type() == fs::file_type::not_found) return "model file '" + path + "' not found";
     if (fs::is_directory(st)) return "'" + path + "' is a folder, not a model file";
+    // A device, a named pipe (whose open would block), a symlink loop (ELOOP), permission denied:
+    // named before any open.
+    if (auto p = fetalhc::regular_file_problem(path, "a model file"); !p.empty()) return p;
     std::ifstream f(path, std::ios::binary);
     if (!f) return "model file '" + path + "' cannot be read (" + std::strerror(errno) + ")";
     return "";

@@ -92,7 +92,9 @@ int run_dicom_info(const DicomInfoArgs& a) {
     int failed = 0;
     json all = json::array();
     for (const auto& p : a.paths) {
-        auto h = fetalhc::read_dicom_header(p);
+        // Checked before DCMTK opens it: a named pipe would block the open.
+        const std::string problem = fetalhc::regular_file_problem(p, "a DICOM file");
+        auto h = problem.empty() ? fetalhc::read_dicom_header(p) : fetalhc::Expected<fetalhc::DicomHeader>(fetalhc::make_error(problem));
         if (!h) {
             error(h.error());
             ++failed;

@@ -44,6 +44,13 @@ struct MeasureArgs {
     std::string shard;  // "I/N" (--shard), empty for every input
 };
 
+// "[0.01, 2] mm": the pixel sizes check_pixel_size accepts, for the help.
+std::string pixel_size_range() {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "[%g, %g] mm", fetalhc::kMinPixelSizeMm, fetalhc::kMaxPixelSizeMm);
+    return buf;
+}
+
 std::string join(const std::vector<std::string>& v, const std::string& sep) {
     std::string s;
     for (size_t i = 0; i < v.size(); ++i) s += (i ? sep : "") + v[i];
@@ -457,19 +464,24 @@ bool measure_one_image(const fetalhc::Measurer& measurer, const fetalhc::InputIt
 
 // The inputs this run measures: folders expanded (files in name order), then --shard's part.
 // Returns false after a usage error.
+// An input that is not a regular file (missing, a device, a named pipe, a symlink loop) becomes an
+// error entry here, before anything opens it: opening a named pipe blocks until a writer comes.
 bool inputs_of(const MeasureArgs& a, std::vector<fetalhc::InputItem>& items) {
     items = fetalhc::expand_inputs_with_dicom(a.paths);
-    if (a.shard.empty()) return true;
-    const ShardParse s = parse_shard(a.shard);
-    if (!s) {
-        error(s.error);
-        return false;
+    if (!a.shard.empty()) {
+        const ShardParse s = parse_shard(a.shard);
+        if (!s) {
+            error(s.error);
+            return false;
+        }
+        const size_t all = items.size();
+        items = take_shard(items, s.shard);
+        if (items.empty())
+            note("--shard " + a.shard + ": this part is empty (" + std::to_string(all) + " inputs in " +
+                 std::to_string(s.shard.count) + " parts); nothing to measure");
     }
-    const size_t all = items.size();
-    items = take_shard(items, s.shard);
-    if (items.empty())
-        note("--shard " + a.shard + ": this part is empty (" + std::to_string(all) + " inputs in " +
-             std::to_string(s.shard.count) + " parts); nothing to measure");
+    for (auto& item : items)
+        if (item.error.empty()) item.error = fetalhc::regular_file_problem(item.path, "an image, video or DICOM file");
     return true;
 }
 
@@ -504,15 +516,16 @@ void add_measure_command(CLI::App& app, Commands& commands) {
     auto a = std::make_shared<MeasureArgs>();
     auto* cmd = app.add_subcommand("measure", "measure HC, BPD, OFD, GA (and centile) on images or folders");
     cmd->footer("A pixel size is required: --pixel-size MM for every input, or --pixel-sizes CSV per file name;\n"
-                "in mm per pixel, within (0, 2] mm. DICOM files carry their own (ultrasound region calibration,\n"
+                "in mm per pixel, within " + pixel_size_range() + ". DICOM files carry their own (ultrasound region calibration,\n"
                 "PixelSpacing): a pixel size given for them overrides it, with a note when they differ by over 1%.\n");
     cmd->add_option("paths", a->paths,
                     "image files (PNG, JPEG, BMP, TIFF, DICOM), folders of them, or videos (MP4, AVI, ..., multi-frame DICOM)")
         ->required();
     cmd->add_option("--pixel-size", a->pixel_size,
-                    "pixel size in mm per pixel, for every image; required unless --pixel-sizes; (0, 2] mm");
+                    "pixel size in mm per pixel, for every image; required unless --pixel-sizes; " + pixel_size_range());
     cmd->add_option("--pixel-sizes", a->pixel_sizes_csv,
-                    "CSV `filename,pixel size(mm)` (the HC18 layout); required unless --pixel-size");
+                    "CSV `filename,pixel size(mm)` (the HC18 layout, at most " +
+                        std::to_string(fetalhc::kMaxPixelSizeCsvBytes >> 20) + " MB); required unless --pixel-size");
     cmd->add_option("--ga-weeks", a->ga_weeks, "known gestational age in weeks, for the INTERGROWTH-21st centile");
     cmd->add_option("--format", a->format, "output format (fhir: a FHIR R4 Bundle of HC/BPD/OFD Observations)")
         ->check(CLI::IsMember({"text", "json", "csv", "hc18", "fhir"}))
