@@ -16,7 +16,7 @@ const std::vector<ErrorInfo>& error_catalog() {
          "the request is not in the form the endpoint reads (not multipart/form-data, not a JSON object, malformed HTTP)"},
         {E::MissingField, "missing_field", 400, "a required form field, file or JSON key is absent"},
         {E::InvalidField, "invalid_field", 400, "a field has the wrong type or a value outside those listed for it"},
-        {E::InvalidPixelSize, "invalid_pixel_size", 400, "the pixel size is not a number of mm per pixel in (0, 2]"},
+        {E::InvalidPixelSize, "invalid_pixel_size", 400, "the pixel size is not a number of mm per pixel in [0.01, 2]"},
         {E::InvalidGa, "invalid_ga", 400, "the gestational age is not a number of weeks in (0, 45)"},
         {E::InvalidPregnancyId, "invalid_pregnancy_id", 400, "the pregnancy id is not 1 to 64 characters of A-Z a-z 0-9 _ . -"},
         {E::InvalidDate, "invalid_date", 400, "the date is not a calendar date written YYYY-MM-DD"},

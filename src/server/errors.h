@@ -1,6 +1,6 @@
 // Errors of the service: stable snake_case codes, each with one HTTP status and a meaning.
 //
-//   return ApiError{ErrorCode::InvalidPixelSize, "'pixel_size_mm' must be in (0, 2] mm"};
+//   return ApiError{ErrorCode::InvalidPixelSize, "'pixel_size_mm' must be in [0.01, 2] mm"};
 //   HttpResponse r = error_response(e);   // e.g. 400 {"error": {"code": "invalid_pixel_size", "message": "..."}}
 //
 // Every error body is {"error": {"code": "...", "message": "..."}}: `code` is for programs (it

@@ -190,7 +190,7 @@ void exam_schemas(json& s) {
     s["ExamInput"] = object({{"pregnancy_id", pregnancy_id_schema()},
                              {"exam_date", date()},
                              {"image_sha256", {{"type", "string"}, {"pattern", "^[0-9a-f]{64}$"}}},
-                             {"pixel_size_mm", num("mm per pixel, (0, 2]")},
+                             {"pixel_size_mm", num("mm per pixel, [0.01, 2]")},
                              {"ellipse_px", ref("Ellipse")},
                              {"corrected", boolean()},
                              {"ga_weeks", num("known GA in weeks, for the centile")},
@@ -261,7 +261,7 @@ void site_paths(json& paths) {
 
 json measure_path() {
     const json form = image_form(
-        {{"pixel_size_mm", num("mm per pixel, (0, 2]; required for images, optional for DICOM (overrides the file's "
+        {{"pixel_size_mm", num("mm per pixel, [0.01, 2]; required for images, optional for DICOM (overrides the file's "
                                "calibration; a disagreement over 1% adds a warning)")},
          {"ga_weeks", num("known GA in weeks (0, 45), for the centile")},
          {"pregnancy_id", pregnancy_id_schema()},

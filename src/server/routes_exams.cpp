@@ -105,7 +105,7 @@ std::string utc_date(int days) {
     return buf;
 }
 
-// An exam must describe a possible head: finite positive axes, a pixel size in (0, 2] mm, a date
+// An exam must describe a possible head: finite positive axes, a pixel size in [0.01, 2] mm, a date
 // between 1900 and today (one day of slack for time zones), and an HC within 40..400 mm (the range
 // measure's quality check uses).
 void check_exam_plausible(const Exam& ex, const Measurement& m) {
@@ -113,8 +113,7 @@ void check_exam_plausible(const Exam& ex, const Measurement& m) {
     if (!(std::isfinite(e.cx) && std::isfinite(e.cy) && std::isfinite(e.a) && std::isfinite(e.b) && std::isfinite(e.angle)) ||
         !(e.a > 0 && e.b > 0) || e.a > 1e6 || e.b > 1e6 || std::abs(e.cx) > 1e6 || std::abs(e.cy) > 1e6)
         fail(ErrorCode::InvalidEllipse, "'ellipse_px' must have finite coordinates and positive semi-axes of at most 1e6 pixels");
-    if (!(ex.pixel_size_mm > 0 && ex.pixel_size_mm <= 2))
-        fail(ErrorCode::InvalidPixelSize, "'pixel_size_mm' of an exam must be in (0, 2] mm per pixel");
+    if (auto p = pixel_size_problem(ex.pixel_size_mm, "pixel_size_mm")) fail(p->code, "an exam's " + p->message);
     if (ex.exam_date < "1900-01-01" || ex.exam_date > utc_date(1))
         fail(ErrorCode::InvalidDate, "'exam_date' must be between 1900-01-01 and today");
     if (!(std::isfinite(m.hc_mm) && m.hc_mm >= 40 && m.hc_mm <= 400))

@@ -11,6 +11,7 @@
 #include "service.h"
 #include "dicom_node.h"
 
+#include "fetalhc/image_io.h"
 #include "fetalhc/store.h"
 
 #include <httplib.h>
@@ -109,6 +110,8 @@ std::string route_label(const std::string& method, const std::string& path) {
 }
 
 Expected<std::string> read_token(const std::string& token_file) {
+    // A FIFO or a device would block or never end: a token file is a regular file.
+    if (auto p = regular_file_problem(token_file, "a token file (--token-file)", false); !p.empty()) return make_error(p);
     std::ifstream in(token_file);
     if (!in) return make_error("cannot read --token-file '" + token_file + "'; check the path and its permissions");
     std::string line;

@@ -30,7 +30,7 @@ using nlohmann::json;
 [[noreturn]] void fail(ErrorCode code, std::string message);
 
 // Non-throwing checks: the error, or nullopt when the value is valid.
-std::optional<ApiError> pixel_size_problem(double mm, const std::string& field);  // (0, 2] mm
+std::optional<ApiError> pixel_size_problem(double mm, const std::string& field);  // [0.01, 2] mm
 std::optional<ApiError> ga_problem(double weeks, const std::string& field);       // (0, 45) weeks
 
 // A decimal number with optional surrounding spaces; nullopt for anything else (and NaN, inf).
