@@ -7,6 +7,7 @@
 //     2 px (cv::ellipse approximates the curve by a polygon and rounds to the pixel grid);
 //   - statistics: the split's validation share over 1000 examinations, 10..20 % for 15 % (a hash
 //     is a fair coin per examination: the standard deviation is ~1.1 %, so this is > 4 sigma).
+#include "child_process.h"
 #include "fetalhc/hc18.h"
 
 #include <gtest/gtest.h>
@@ -737,32 +738,6 @@ TEST(ReadPixelSizes, AFileOverTheBudgetIsRefusedBeforeItIsRead) {
 
 namespace {
 
-// Runs `fn` in a child process killed after 5 s, and returns what it returned, or why it did not
-// finish. A regression that reads /dev/zero without end (it reached 16.9 GB in 67 s) or blocks
-// opening a named pipe then fails the test instead of hanging it or exhausting the machine.
-std::string in_child_for_5_s(const std::function<std::string()>& fn) {
-    int fds[2];
-    if (::pipe(fds) != 0) return "test setup: pipe() failed";
-    const pid_t pid = ::fork();
-    if (pid < 0) return "test setup: fork() failed";
-    if (pid == 0) {
-        ::close(fds[0]);
-        ::alarm(5);
-        const std::string out = fn();
-        if (::write(fds[1], out.data(), out.size()) < 0) {}
-        ::_exit(0);
-    }
-    ::close(fds[1]);
-    std::string out;
-    char buf[4096];
-    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
-    ::close(fds[0]);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    if (WIFSIGNALED(status)) return "the child was killed by signal " + std::to_string(WTERMSIG(status)) + " (5 s passed?)";
-    return out;
-}
-
 std::string pixel_sizes_error(const std::string& path) {
     auto s = fetalhc::read_pixel_sizes(path);
     return s ? "read " + std::to_string(s->size()) + " rows" : s.error();
@@ -772,12 +747,12 @@ std::string pixel_sizes_error(const std::string& path) {
 
 TEST(ReadPixelSizes, DevicesAndNamedPipesAreRefusedBeforeTheyAreRead) {
     // /dev/zero used to be read for 67 s, to 16.9 GB; a named pipe blocked in open().
-    const std::string zero = in_child_for_5_s([] { return pixel_sizes_error("/dev/zero"); });
+    const std::string zero = in_child([] { return pixel_sizes_error("/dev/zero"); }, 5);
     EXPECT_TRUE(contains(zero, "'/dev/zero' is a character device, not a regular file")) << zero;
     TempDir t;
     const std::string fifo = t.file("sizes.csv");
     ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
-    const std::string pipe = in_child_for_5_s([&] { return pixel_sizes_error(fifo); });
+    const std::string pipe = in_child([&] { return pixel_sizes_error(fifo); }, 5);
     EXPECT_TRUE(contains(pipe, "named pipe (FIFO)")) << pipe;
     EXPECT_TRUE(contains(pipe, fifo)) << pipe;
 }

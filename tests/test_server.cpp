@@ -192,10 +192,11 @@ int open_socket(int port, double timeout_s) {
     return fd;
 }
 
-// Bodies over the cap are refused by the transport before any route runs, multipart or JSON.
-// Sends `text` on a new loopback connection and returns what comes back within `timeout_s`
-// (the server answers or closes). No body beyond what `text` holds is ever sent.
-std::string raw_exchange(int port, const std::string& text, double timeout_s = 5) {
+// Sends `text` on a new loopback connection and reads what comes back until the server closes it,
+// `timeout_s` passes without a byte, or (one_response) one whole response has arrived. No body
+// beyond what `text` holds is ever sent. `closed`: the server closed the connection.
+std::string raw_send(int port, const std::string& text, double timeout_s, bool one_response, bool* closed = nullptr) {
+    if (closed) *closed = false;
     const int fd = open_socket(port, timeout_s);
     if (fd < 0) return "";
     (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
@@ -205,12 +206,21 @@ std::string raw_exchange(int port, const std::string& text, double timeout_s = 5
     while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {
         out.append(buf, size_t(n));
         const size_t end = out.find("\r\n\r\n");
-        if (end == std::string::npos) continue;
+        if (!one_response || end == std::string::npos) continue;
         const size_t cl = out.find("Content-Length: ");
         if (cl != std::string::npos && cl < end && out.size() >= end + 4 + std::stoul(out.substr(cl + 16))) break;  // one whole response
     }
+    if (closed) *closed = n == 0;
     ::close(fd);
     return out;
+}
+
+// One exchange: what comes back within `timeout_s`, up to one whole response.
+std::string raw_exchange(int port, const std::string& text, double timeout_s = 5) { return raw_send(port, text, timeout_s, true); }
+
+// Everything the server sends until it closes the connection (or `timeout_s` without a byte).
+std::string raw_until_close(int port, const std::string& text, bool& closed, double timeout_s = 5) {
+    return raw_send(port, text, timeout_s, false, &closed);
 }
 
 int status_of(const std::string& response) {
@@ -242,21 +252,6 @@ TEST_F(ServerSocket, UploadOverTheLimitIs413) {
     EXPECT_EQ(h->status, 200);
 }
 
-// Sends `text` on a new loopback connection and reads until the server closes it (or `timeout_s`
-// passes without a byte). `closed` tells which.
-std::string raw_until_close(int port, const std::string& text, bool& closed, double timeout_s = 5) {
-    closed = false;
-    const int fd = open_socket(port, timeout_s);
-    if (fd < 0) return "";
-    (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
-    std::string out;
-    char buf[4096];
-    ssize_t n;
-    while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) out.append(buf, size_t(n));
-    closed = n == 0;
-    ::close(fd);
-    return out;
-}
 
 size_t responses_in(const std::string& wire) {
     size_t count = 0;

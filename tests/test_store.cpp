@@ -3,6 +3,7 @@
 // test process starts itself (tests/pg_cluster.h; those cases skip, with the reason, when the
 // PostgreSQL server binaries are not installed). The SQLite-only cases cover what only a file has:
 // databases written before schema versioning, foreign files, read-only files and folders.
+#include "child_process.h"
 #include "pg_cluster.h"
 
 #include "fetalhc/store.h"
@@ -774,30 +775,6 @@ TEST(StoreValidation, IdsDatesHashesUidsAndKeys) {
 
 namespace {
 
-// Runs `fn` in a child process killed after 10 s; returns what it returned, or why it did not
-// finish (a regression that blocks opening a named pipe fails instead of hanging the test).
-std::string in_child(const std::function<std::string()>& fn) {
-    int fds[2];
-    if (::pipe(fds) != 0) return "test setup: pipe() failed";
-    const pid_t pid = ::fork();
-    if (pid < 0) return "test setup: fork() failed";
-    if (pid == 0) {
-        ::close(fds[0]);
-        ::alarm(10);
-        const std::string out = fn();
-        if (::write(fds[1], out.data(), out.size()) < 0) {}
-        ::_exit(0);
-    }
-    ::close(fds[1]);
-    std::string out;
-    char buf[512];
-    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
-    ::close(fds[0]);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    if (WIFSIGNALED(status)) return "the child was killed by signal " + std::to_string(WTERMSIG(status)) + " (10 s passed?)";
-    return out;
-}
 
 std::string open_error(const std::string& db) {
     auto s = Store::open(db);
