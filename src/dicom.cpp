@@ -487,9 +487,9 @@ std::string overlong_value(const unsigned char* p, size_t n) {
 // length an element declares, which the walk above tries to foresee; this is the second line).
 class MemoryFile {
 public:
-    explicit MemoryFile(const std::vector<unsigned char>& bytes) : fd_(memfd_create("fetalhc-dicom", MFD_CLOEXEC)) {
-        for (size_t done = 0; fd_ >= 0 && done < bytes.size();) {
-            const ssize_t w = ::write(fd_, bytes.data() + done, bytes.size() - done);
+    MemoryFile(const unsigned char* data, size_t size) : fd_(memfd_create("fetalhc-dicom", MFD_CLOEXEC)) {
+        for (size_t done = 0; fd_ >= 0 && done < size;) {
+            const ssize_t w = ::write(fd_, data + done, size - done);
             if (w <= 0) ::close(fd_), fd_ = -1;
             else done += size_t(w);
         }
@@ -506,11 +506,11 @@ private:
     int fd_;
 };
 
-Expected<DicomHeader> load_bytes(DcmFileFormat& ff, const MemoryFile& file, const std::vector<unsigned char>& bytes,
+Expected<DicomHeader> load_bytes(DcmFileFormat& ff, const MemoryFile& file, const unsigned char* data, size_t size,
                                  const std::string& name) {
     init_dcmtk();
-    if (!is_dicom(bytes)) return make_error("'" + name + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
-    if (auto e = overlong_value(bytes.data(), bytes.size()); !e.empty()) return make_error(walk_error(name, e));
+    if (!has_dicm_magic(data, size)) return make_error("'" + name + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
+    if (auto e = overlong_value(data, size); !e.empty()) return make_error(walk_error(name, e));
     if (!file.ok()) return make_error("cannot read DICOM '" + name + "': no memory file for it (" + std::strerror(errno) + ")");
     const OFCondition c = ff.loadFile(file.path().c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
     if (c.bad()) return make_error("cannot read DICOM '" + name + "': " + c.text() + " (truncated or damaged file?)");
@@ -778,9 +778,9 @@ Expected<DicomHeader> read_dicom_header(const std::string& path) {
 
 Expected<DicomHeader> read_dicom_header(const std::vector<unsigned char>& bytes, const std::string& name) {
     try {
-        const MemoryFile file(bytes);
+        const MemoryFile file(bytes.data(), bytes.size());
         DcmFileFormat ff;
-        return load_bytes(ff, file, bytes, name);
+        return load_bytes(ff, file, bytes.data(), bytes.size(), name);
     } catch (const std::exception& e) {
         return make_error("reading DICOM '" + name + "' failed: " + e.what());
     }
@@ -791,8 +791,8 @@ Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::string& path) {
 }
 
 Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::vector<unsigned char>& bytes, const std::string& name) {
-    const MemoryFile file(bytes);  // outlives the decode: pixel data is read from it when needed
-    return decode_with([&](DcmFileFormat& ff) { return load_bytes(ff, file, bytes, name); });
+    const MemoryFile file(bytes.data(), bytes.size());  // outlives the decode: pixel data is read from it when needed
+    return decode_with([&](DcmFileFormat& ff) { return load_bytes(ff, file, bytes.data(), bytes.size(), name); });
 }
 
 Expected<cv::Mat> decode_dicom_frame(const std::vector<unsigned char>& bytes, const std::string& name, int frame) {
@@ -802,7 +802,7 @@ Expected<cv::Mat> decode_dicom_frame(const std::vector<unsigned char>& bytes, co
 }
 
 struct DicomFrameReader::Impl {
-    explicit Impl(const std::vector<unsigned char>& bytes) : file(bytes) {}
+    Impl(const unsigned char* data, size_t size) : file(data, size) {}
     MemoryFile file;  // outlives the reads: pixel data is read from it when needed
     DcmFileFormat ff;
     DicomHeader header;
@@ -814,9 +814,14 @@ DicomFrameReader::~DicomFrameReader() = default;
 
 Expected<std::unique_ptr<DicomFrameReader>> DicomFrameReader::open(const std::vector<unsigned char>& bytes,
                                                                    const std::string& name) {
+    return open(bytes.data(), bytes.size(), name);
+}
+
+Expected<std::unique_ptr<DicomFrameReader>> DicomFrameReader::open(const unsigned char* data, size_t size,
+                                                                   const std::string& name) {
     try {
-        auto impl = std::make_unique<Impl>(bytes);
-        auto h = load_bytes(impl->ff, impl->file, bytes, name);
+        auto impl = std::make_unique<Impl>(data, size);
+        auto h = load_bytes(impl->ff, impl->file, data, size, name);
         if (!h) return make_error(h.error());
         impl->header = std::move(*h);
         return std::unique_ptr<DicomFrameReader>(new DicomFrameReader(std::move(impl)));

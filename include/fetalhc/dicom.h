@@ -96,6 +96,8 @@ Expected<cv::Mat> decode_dicom_frame(const std::vector<unsigned char>& bytes, co
 class DicomFrameReader {
 public:
     static Expected<std::unique_ptr<DicomFrameReader>> open(const std::vector<unsigned char>& bytes, const std::string& name);
+    // The same from `size` bytes at `data` (not copied: they are written to the memory file).
+    static Expected<std::unique_ptr<DicomFrameReader>> open(const unsigned char* data, size_t size, const std::string& name);
     ~DicomFrameReader();
     DicomFrameReader(const DicomFrameReader&) = delete;
     DicomFrameReader& operator=(const DicomFrameReader&) = delete;

@@ -439,7 +439,7 @@ Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, co
     const bool slot_held = admitted.has_value();
     const auto t0 = Clock::now();
     std::optional<SlotGuard> decode_slot(std::in_place, engine.decode_slots());
-    auto reader = DicomFrameReader::open(std::vector<unsigned char>(bytes.begin(), bytes.end()), name);
+    auto reader = DicomFrameReader::open(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), name);
     if (!reader) return ApiError{ErrorCode::ImageUnreadable, reader.error()};
     const DicomHeader& h = (*reader)->header();
     if (!request.pixel_size_mm)
