@@ -45,7 +45,7 @@ px=$(grep "^$scan," "$HC18/training_set_pixel_size_and_HC.csv" | cut -d, -f2)
 "$WRAP" "$HC18/training_set/$scan" "$px" "$T/head.dcm" || { echo "FAIL cannot wrap $scan"; exit 1; }
 cp "$DICOMS/OBXXXX1A.dcm" "$T/huge.dcm" && chmod u+w "$T/huge.dcm"
 dcmodify -nb -m "(0028,0010)=60000" -m "(0028,0011)=60000" -m "(0008,0018)=1.2.826.0.1.3680043.2.1125.9.1" "$T/huge.dcm" \
-  || skip "dcmodify failed"
+  || { echo "FAIL set-up: dcmodify could not write the 60000 x 60000 header"; exit 1; }
 
 read -r HTTP DPORT PACS < <(free_ports 3)
 mkdir -p "$T/pacs"
@@ -65,6 +65,13 @@ done
 curl -sf "$URL/health" >/dev/null || { echo "FAIL server ready"; echo "--- serve.log"; cat "$T/serve.log"; exit 1; }
 echo "ok   server ready"
 
+# Waits until the server at URL $1 answers /health 200 (the model loaded); a server that never does
+# fails the test at once with its log ($2), so that no negative check below passes against nothing.
+wait_healthy() {
+  for _ in $(seq 1 300); do curl -sf "$1/health" >/dev/null && return 0; sleep 0.2; done
+  echo "FAIL the server at $1 never became ready"; echo "--- $2"; cat "$2"; exit 1
+}
+
 # Waits until `n` instances are listed and none is pending; prints the list.
 wait_listed() {
   local n=$1 body
@@ -83,7 +90,8 @@ storescu -aec FETALHC 127.0.0.1 "$DPORT" "$T/head.dcm" "$DICOMS/OBXXXX1A.dcm" "$
 sent_rc=$?
 check "storescu sent four objects" '[ $sent_rc -eq 0 ]'
 list=$(wait_listed 4)
-check "four instances listed and processed" '[ "$(echo "$list" | json "len(d[\"instances\"])")" = 4 ]'
+listed_rc=$?
+check "four instances listed and processed" '[ $listed_rc -eq 0 ] && [ "$(echo "$list" | json "len(d[\"instances\"])")" = 4 ]'
 head_row() { echo "$list" | json "[i for i in d['instances'] if i['id'] == 1][0]$1"; }
 check "the head was measured, ok, from the region calibration" \
   '[ "$(head_row "[\"status\"]")" = measured ] && [ "$(head_row "[\"quality\"]")" = ok ] && [ "$(head_row "[\"calibration_source\"]")" = "ultrasound region 0" ]'
@@ -114,7 +122,7 @@ lat=()
 for k in 1 2 3; do
   t0=$(date +%s.%N)
   storescu -aec FETALHC 127.0.0.1 "$DPORT" "$T/head.dcm" >/dev/null 2>&1
-  wait_listed $((4 + k)) >/dev/null
+  wait_listed $((4 + k)) >/dev/null || { echo "FAIL instance $((4 + k)) was never processed"; failures=$((failures + 1)); }
   t1=$(date +%s.%N)
   lat+=("$(python3 -c "print(round(($t1 - $t0) * 1000))")")
 done
@@ -130,7 +138,7 @@ echo "0123456789abcdef0123456789abcdef" >"$T/token"
   --dicom-allow "MODALITY, US1" --max-upload-mb 0.3 --token-file "$T/token" >"$T/serve2.log" 2>&1 &
 PIDS+=($!)
 URL2=http://127.0.0.1:$HTTP2
-for _ in $(seq 1 300); do curl -sf "$URL2/health" >/dev/null && break; sleep 0.2; done
+wait_healthy "$URL2" "$T/serve2.log"
 check "a calling AE title not allowed is rejected" '! storescu -aet OTHER -aec NODE2 127.0.0.1 "$DPORT2" "$T/head.dcm" >/dev/null 2>&1'
 check "an allowed AE title is accepted" 'storescu -aet US1 -aec NODE2 127.0.0.1 "$DPORT2" -xr "$DICOMS/OBXXXX1A_rle.dcm" >/dev/null 2>&1'
 check "an object over the upload limit is refused" '! storescu -aet MODALITY -aec NODE2 127.0.0.1 "$DPORT2" "$DICOMS/OBXXXX1A.dcm" >/dev/null 2>&1'
@@ -146,7 +154,7 @@ read -r HTTP3 DPORT3 < <(free_ports 2)
 "$BIN" serve --model "$MODEL" --port "$HTTP3" --db "$T/db3/f.db" --dicom-port "$DPORT3" --max-store-mb 0.1 \
   >"$T/serve3.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$HTTP3/health" >/dev/null && break; sleep 0.2; done
+wait_healthy "http://127.0.0.1:$HTTP3" "$T/serve3.log"
 storescu -v -aec FETALHC 127.0.0.1 "$DPORT3" "$DICOMS/OBXXXX1A.dcm" >"$T/storescu3.log" 2>&1
 check "a full image store refuses a C-STORE with Out of Resources (A700)" \
   'grep -q "Received Store Response (Refused: OutOfResources)" "$T/storescu3.log"'
@@ -166,9 +174,10 @@ start_node4() {
   NODE4=$!
   PIDS+=("$NODE4")
   for _ in $(seq 1 300); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL4/health")" != 000 ] && break
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL4/health")" != 000 ] && return 0
     sleep 0.1
   done
+  echo "FAIL the fourth node never answered"; echo "--- serve4.log"; cat "$T/serve4.log"; exit 1
 }
 start_node4 "$T/broken.pt"
 listening=$(python3 -c 'import sys
