@@ -118,7 +118,6 @@ public:
     // Reads the file too (decode time is reported in timings).
     Expected<Measurement> measure_file(const std::string& path, const MeasureOptions& opt) const;
     const Segmenter& segmenter() const { return seg_; }
-    const std::optional<HcIntervalModel>& interval_model() const { return interval_; }
 
 private:
     Segmenter seg_;

@@ -18,8 +18,9 @@
 // `max_queue_ms`; a request whose estimated wait (estimated_wait_ms: the queue ahead of it and a
 // running average of the time a request holds a slot, with its spread) is longer is refused at
 // once (overloaded, 503 with Retry-After), and one admitted that still waits past the limit is
-// refused then, never served late. (DICOM objects and POST /v1/segment still wait as long as it
-// takes: the DICOM node has its own queue, and a multi-frame file would skew the estimate.)
+// refused then, never served late. DICOM uploads and POST /v1/segment are admitted the same way
+// (their slot taken before the decode); the DICOM node's workers take a slot from the same queue
+// without a limit (the node bounds its own backlog: DicomNodeOptions::max_pending).
 #pragma once
 
 #include "errors.h"

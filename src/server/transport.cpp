@@ -530,9 +530,9 @@ struct Server::Impl {
         return std::nullopt;
     }
 
-    // The token is checked here, after httplib has read the body, so that a rejected request
-    // leaves the keep-alive connection in a clean state. Only routes that exist need it: an
-    // unknown path is a 404 either way.
+    // The token is checked from the headers, before the body is read (before_body); a refused
+    // request's connection is then closed, so its unread body is never taken for a request. Only
+    // routes that exist need it: an unknown path is a 404 either way.
     std::optional<server::HttpResponse> reject_token(const httplib::Request& req) const {
         if (token.empty()) return std::nullopt;
         auto m = server::match_route(req.method, req.path);
