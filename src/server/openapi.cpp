@@ -243,6 +243,7 @@ void site_paths(json& paths) {
     paths["/health"]["get"] = {{"summary", "Readiness: 200 once the model is loaded, 503 while loading or after a load failure"},
                                {"responses", health_responses}};
     paths["/metrics"]["get"] = {{"summary", "Prometheus metrics: requests by route and status, latency histogram, errors"},
+                                {"security", kSecured},
                                 {"responses", {{"200", {{"description", "text/plain; version=0.0.4"}}}}}};
     paths["/openapi.json"]["get"] = {{"summary", "This document"}, {"responses", {{"200", {{"description", "OpenAPI 3"}}}}}};
     paths["/"]["get"] = {{"summary", "The web page"}, {"responses", {{"200", {{"description", "text/html"}}}}}};
@@ -256,6 +257,7 @@ void site_paths(json& paths) {
                           {"p97", array_of({{"type", "number"}})}});
     paths["/v1/growth-curve"]["get"] = {
         {"summary", "INTERGROWTH-21st HC standard: 3rd, 50th and 97th centiles (mm) for GA 14..40 weeks in 0.5-week steps"},
+        {"security", kSecured},
         {"responses", {{"200", json_response("the curves", curves)}}}};
 }
 
@@ -386,16 +388,19 @@ void history_paths(json& paths) {
     const std::vector<ErrorCode> pregnancy_errors{E::InvalidPregnancyId, E::PregnancyNotFound, E::StorageFailed};
     paths["/v1/pregnancies/{id}"]["get"] = {
         {"summary", "Exam history of a pregnancy, sorted by exam date"},
+        {"security", kSecured},
         {"parameters", {id_param}},
         {"responses", responses_with({{"200", json_response("the history", ref("History"))}}, pregnancy_errors)}};
     paths["/v1/pregnancies/{id}/export.csv"]["get"] = {
         {"summary", "The history as CSV with a header row (text cells quoted as needed and formula-neutralised)"},
+        {"security", kSecured},
         {"parameters", {id_param}},
         {"responses", responses_with({{"200", {{"description", "text/csv"}}}}, pregnancy_errors)}};
     const json sha_param = {
         {"name", "sha256"}, {"in", "path"}, {"required", true}, {"schema", {{"type", "string"}, {"pattern", "^[0-9a-f]{64}$"}}}};
     paths["/v1/images/{sha256}"]["get"] = {
         {"summary", "A stored image by its SHA-256"},
+        {"security", kSecured},
         {"parameters", {sha_param}},
         {"responses", responses_with({{"200", {{"description", "the image bytes"}}}},
                                      {E::InvalidImageId, E::ImageNotFound, E::StorageFailed})}};
@@ -406,6 +411,7 @@ void history_paths(json& paths) {
                               {"description", "the frame of a multi-frame DICOM file (0 = the first)"}};
     paths["/v1/images/{sha256}/preview.png"]["get"] = {
         {"summary", "A stored image as an 8-bit gray PNG a browser can show: a DICOM file's frame, any other image decoded"},
+        {"security", kSecured},
         {"parameters", {sha_param, frame_param}},
         {"responses", responses_with({{"200", {{"description", "image/png"}}}},
                                      {E::InvalidImageId, E::InvalidField, E::ImageNotFound, E::ImageUnreadable, E::StorageFailed})}};
@@ -424,8 +430,9 @@ std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
     paths["/v1/dicom/instances"]["get"] = dicom_instances_path();
     const std::string description =
         "Fetal head circumference from 2D ultrasound: segmentation, ellipse fit, HC/BPD/OFD, GA and centiles, with a "
-        "per-pregnancy history. Lengths in mm unless a name ends in _px. Every POST needs a bearer token when the server "
-        "runs with a token file (always when bound to a non-loopback address), and so does GET /v1/dicom/instances. Request bodies over " +
+        "per-pregnancy history. Lengths in mm unless a name ends in _px. Every operation marked with bearerAuth (all but "
+        "/, /static/*, /health and /openapi.json) needs a bearer token when the server runs with a token file (always "
+        "when bound to a non-loopback address); reads may carry it as the page's cookie. Request bodies over " +
         std::to_string(max_upload_bytes) + " bytes get 413 payload_too_large. Every error is {\"error\": {\"code\", "
         "\"message\"}} (schema Error, which lists the codes).";
     json doc{{"openapi", "3.0.3"},
