@@ -12,7 +12,7 @@
 #include "train/config.h"
 #include "train/data.h"
 #include "train/loss.h"
-#include "train/validation.h"
+#include "train/epoch_scoring.h"
 
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>

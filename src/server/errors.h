@@ -65,7 +65,7 @@ struct ErrorInfo {
 const std::vector<ErrorInfo>& error_catalog();
 const ErrorInfo& error_info(ErrorCode code);
 
-// A failed request or service call: thrown by the validation helpers (validation.h) and caught by
+// A failed request or service call: thrown by the request-field helpers (request_fields.h) and caught by
 // routes::handle; returned (not thrown) by the services (service.h).
 struct ApiError {
     ErrorCode code;

@@ -1,6 +1,6 @@
 // Routes of the DICOM node (`serve --dicom-port`): what it received and what became of it.
 #include "routes.h"
-#include "validation.h"
+#include "request_fields.h"
 
 namespace fetalhc::server {
 namespace {

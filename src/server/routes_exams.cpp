@@ -1,7 +1,7 @@
 // Routes of the history: accepted exams, a pregnancy's exams (JSON and CSV) and stored images.
 #include "routes.h"
 #include "service.h"
-#include "validation.h"
+#include "request_fields.h"
 
 #include "fetalhc/csv.h"
 #include "fetalhc/dicom.h"

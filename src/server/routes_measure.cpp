@@ -2,7 +2,7 @@
 // (segment, fit-ellipse, perimeter).
 #include "routes.h"
 #include "service.h"
-#include "validation.h"
+#include "request_fields.h"
 
 #include "fetalhc/dicom.h"
 #include "fetalhc/measure.h"

@@ -2,7 +2,7 @@
 // document, /health, /metrics and the growth curve.
 #include "assets.h"
 #include "routes.h"
-#include "validation.h"
+#include "request_fields.h"
 
 #include "fetalhc/growth.h"
 

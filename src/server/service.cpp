@@ -1,6 +1,6 @@
 #include "service.h"
 
-#include "validation.h"
+#include "request_fields.h"
 
 #include "fetalhc/image_io.h"
 #include "fetalhc/report.h"

@@ -1,5 +1,5 @@
-// The trainer's per-epoch validation (see validation.h).
-#include "validation.h"
+// The trainer's per-epoch validation (see epoch_scoring.h).
+#include "epoch_scoring.h"
 
 #include "geometry.h"
 #include "loss.h"

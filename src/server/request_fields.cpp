@@ -1,4 +1,4 @@
-#include "validation.h"
+#include "request_fields.h"
 
 #include "fetalhc/hc18.h"
 
