@@ -643,12 +643,12 @@ Expected<std::vector<cv::Mat>> decode_loaded(DcmFileFormat& ff, const DicomHeade
 }
 
 template <class Load>
-Expected<std::vector<cv::Mat>> decode_with(Load load, int first = 0, int count = -1) {
+Expected<std::vector<cv::Mat>> decode_with(Load load) {
     try {
         DcmFileFormat ff;
         auto h = load(ff);
         if (!h) return make_error(h.error());
-        return decode_loaded(ff, *h, first, count);
+        return decode_loaded(ff, *h);
     } catch (const std::exception& e) {
         return make_error(std::string("decoding DICOM failed: ") + e.what());
     }

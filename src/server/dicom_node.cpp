@@ -547,14 +547,16 @@ void DicomNode::Impl::process(DicomInstance& row, std::optional<Clock::time_poin
         row.error = "the received object is no longer in the store" + (stored ? std::string() : " (" + stored.error() + ")");
     } else {
         const std::string& bytes = **stored;
-        if (auto h = read_dicom_header(std::vector<unsigned char>(bytes.begin(), bytes.end()), name)) row.frames = h->frames;
         DicomMeasureRequest request;
         request.max_frames = kServerMaxCineFrames;
         auto r = measure_dicom(engine, bytes, name, request);
         if (!r) {
             row.status = "failed";
             row.error = r.error().message;
+            // Its frame count, when its header can be read.
+            if (auto h = read_dicom_header(std::vector<unsigned char>(bytes.begin(), bytes.end()), name)) row.frames = h->frames;
         } else {
+            row.frames = r->header.frames;
             const Measurement& m = r->measurement;
             row.status = "measured";
             row.hc_mm = m.hc_mm;

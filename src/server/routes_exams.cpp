@@ -209,13 +209,13 @@ HttpResponse image_preview(const HttpRequest& req, Services& s) {
         Result<cv::Mat> decoded = ApiError{ErrorCode::Internal, ""};
         {
             SlotGuard slot(s.engine.decode_slots());
-            auto h = read_dicom_header(raw, "the stored image");
-            if (!h) decoded = ApiError{ErrorCode::ImageUnreadable, h.error()};
-            else if (frame >= h->frames)
+            auto reader = DicomFrameReader::open(raw, "the stored image");
+            if (!reader) decoded = ApiError{ErrorCode::ImageUnreadable, reader.error()};
+            else if (frame >= (*reader)->header().frames)
                 decoded = ApiError{ErrorCode::InvalidField, "'frame' " + std::to_string(frame) +
                                                                 " is past the last frame of the stored image (it has " +
-                                                                std::to_string(h->frames) + ")"};
-            else if (auto f = decode_dicom_frame(raw, "the stored image", frame)) decoded = std::move(*f);
+                                                                std::to_string((*reader)->header().frames) + ")"};
+            else if (auto f = (*reader)->frame(frame)) decoded = std::move(*f);
             else decoded = ApiError{ErrorCode::ImageUnreadable, f.error()};
         }
         if (!decoded) fail(decoded.error().code, decoded.error().message);

@@ -325,7 +325,6 @@ std::vector<int> frames_to_measure(int frames, int max_frames) {
     return pick;
 }
 
-
 namespace {
 
 void rename_override(DicomCalibration& c) {
@@ -361,9 +360,9 @@ void take_network_slot(std::optional<SlotGuard>& slot, Engine& engine, bool held
 }
 
 // A cine, decoded frame by frame as the measurement asks for the next one (one decoded frame held
-// at a time, however long the cine).
+// at a time, however long the cine). `first`: frame 0, already decoded (every pick starts there).
 Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& engine, DicomMeasured out,
-                                              DicomFrameReader& reader, const std::string& name,
+                                              DicomFrameReader& reader, cv::Mat first, const std::string& name,
                                               const DicomMeasureRequest& request, bool slot_held) {
     const std::vector<int> pick = frames_to_measure(out.header.frames, request.max_frames);
     if (int(pick.size()) < out.header.frames)
@@ -385,12 +384,14 @@ Result<DicomMeasured> measure_dicom_frames_on(const Measurer& measurer, Engine& 
     std::string decode_error;
     const FrameSource next = [&](cv::Mat& frame, double& time_s) {
         if (k >= pick.size() || !decode_error.empty()) return false;
-        auto f = reader.frame(pick[k]);
-        if (!f) {
+        if (k == 0) {
+            frame = std::move(first);  // measure_dicom_cine masks it to the region
+        } else if (auto f = reader.frame(pick[k])) {
+            frame = std::move(*f);
+        } else {
             decode_error = f.error();
             return false;
         }
-        frame = std::move(*f);  // measure_dicom_cine masks it to the region
         time_s = frame_time_s * double(pick[k]);
         ++k;
         return true;
@@ -455,10 +456,7 @@ Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, co
     DicomMeasured out;
     out.header = h;
     out.queue_ms = admission_wait_ms;
-    if (h.frames > 1) {
-        first = cv::Mat();  // decoded again in turn (one frame held at a time)
-        return measure_dicom_frames_on(**model, engine, std::move(out), **reader, name, request, slot_held);
-    }
+    if (h.frames > 1) return measure_dicom_frames_on(**model, engine, std::move(out), **reader, std::move(*first), name, request, slot_held);
     DicomMeasureOptions o;
     o.measure.ga_weeks = request.ga_weeks;
     o.pixel_size_mm = request.pixel_size_mm;

@@ -87,6 +87,16 @@ void write_response(const server::HttpResponse& from, httplib::Response& to) {
     to.set_content(from.body, from.content_type.c_str());
 }
 
+// The request's body length from its one Content-Length header: 0 without one, nullopt when it is
+// repeated or not a number of at most 19 digits.
+std::optional<unsigned long long> content_length(const httplib::Request& req) {
+    const size_t count = req.get_header_value_count("Content-Length");
+    if (count == 0) return 0;
+    const std::string cl = req.get_header_value("Content-Length");
+    if (count > 1 || cl.empty() || cl.size() > 19 || cl.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+    return std::stoull(cl);
+}
+
 // Headers every response carries: the content type is the one meant (no sniffing an upload or an
 // error into HTML).
 void add_common_headers(httplib::Response& res) {
@@ -483,11 +493,7 @@ struct Server::Impl {
     // origin policy, token, body framing and size. A refusal closes the connection (the body,
     // if any, is never read).
     httplib::Server::HandlerResponse before_body(const httplib::Request& req, httplib::Response& res) {
-        {
-            const std::string cl = req.get_header_value("Content-Length");
-            const bool digits = !cl.empty() && cl.size() <= 19 && cl.find_first_not_of("0123456789") == std::string::npos;
-            http.headers_arrived(digits ? std::stoull(cl) : 0);
-        }
+        http.headers_arrived(content_length(req).value_or(0));
         std::map<std::string, std::string> headers;
         for (const auto& [k, v] : req.headers) headers.emplace(lower(k), v);
         std::optional<server::HttpResponse> refused = server::check_request_origin(req.method, headers, origin);
@@ -504,25 +510,23 @@ struct Server::Impl {
     // no Transfer-Encoding, and no body at all on GET/HEAD (httplib would not read it, and it would
     // be parsed as the next request).
     std::optional<server::HttpResponse> check_framing(const httplib::Request& req) const {
-        const size_t lengths = req.get_header_value_count("Content-Length");
-        const std::string cl = req.get_header_value("Content-Length");
-        const bool digits = !cl.empty() && cl.size() <= 19 &&
-                            std::all_of(cl.begin(), cl.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
-        if (lengths > 1 || (lengths == 1 && !digits))
-            return server::error_response({ErrorCode::BadRequest, "the request has " +
-                                                                      std::string(lengths > 1 ? "more than one Content-Length header"
-                                                                                              : "a Content-Length that is not a number") +
-                                                                      "; send exactly one, the body's size in bytes"});
+        const auto length = content_length(req);
+        if (!length)
+            return server::error_response(
+                {ErrorCode::BadRequest, "the request has " +
+                                            std::string(req.get_header_value_count("Content-Length") > 1
+                                                            ? "more than one Content-Length header"
+                                                            : "a Content-Length that is not a number") +
+                                            "; send exactly one, the body's size in bytes"});
         if (req.has_header("Transfer-Encoding"))
             return server::error_response({ErrorCode::LengthRequired, "send the request body with a Content-Length header; "
                                                                       "chunked uploads are not accepted"});
-        const unsigned long long length = lengths ? std::stoull(cl) : 0;
         if (req.method == "GET" || req.method == "HEAD") {
-            if (length > 0)
+            if (*length > 0)
                 return server::error_response({ErrorCode::BadRequest, req.method + " requests carry no body; send the data with POST"});
             return std::nullopt;
         }
-        if (length > opt.max_upload_bytes)
+        if (*length > opt.max_upload_bytes)
             return server::error_response(
                 {ErrorCode::PayloadTooLarge, "the request body is larger than this server's upload limit of " +
                                                  std::to_string(opt.max_upload_bytes) + " bytes; send a smaller image or "
