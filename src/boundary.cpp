@@ -1,5 +1,5 @@
 // Sub-pixel head boundary from the network's probability map.
-#include "fetalhc/segmenter.h"
+#include "fetalhc/segmentation.h"
 
 #include "geometry.h"
 

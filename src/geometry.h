@@ -8,12 +8,12 @@
 // the crops and the trainer's pre-scaled copies all reduce with resize_area.
 // Pixel coordinates: origin at the centre of the top-left pixel, x right, y down (see ellipse.h).
 // An affine `A` maps image pixels to frame pixels: frame = A * (x, y, 1).
-// The Letterbox struct itself is public (fetalhc/segmenter.h: it is part of a Segmentation); its
-// methods are defined in geometry.cpp.
+// The Letterbox struct itself is public (fetalhc/segmentation.h: it is part of a Segmentation); its
+// methods and Segmentation::probability_full are defined in geometry.cpp.
 // Thread safety: pure functions.
 #pragma once
 
-#include "fetalhc/segmenter.h"
+#include "fetalhc/segmentation.h"
 
 #include <opencv2/core.hpp>
 

@@ -13,6 +13,7 @@
 #include "fetalhc/metrics.h"
 #include "fetalhc/overlay.h"
 #include "fetalhc/report.h"
+#include "fetalhc/segmentation.h"
 #include "fetalhc/segmenter.h"
 #include "fetalhc/trainer.h"
 #include "fetalhc/uncertainty.h"

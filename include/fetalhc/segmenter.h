@@ -14,6 +14,7 @@
 #pragma once
 
 #include "fetalhc/expected.h"
+#include "fetalhc/segmentation.h"
 
 #include <opencv2/core.hpp>
 
@@ -22,25 +23,6 @@
 #include <vector>
 
 namespace fetalhc {
-
-// Where an image sits inside the network input, per axis: net = scale * (img + 0.5) - 0.5 + offset
-// (the half-pixel terms make pixel centres line up as cv::resize does). The two scales differ only
-// by the rounding of the resized size. Part of a Segmentation (the whole-image pass's frame); build
-// one with fit() to wrap a probability map of your own (e.g. a mask) for extract_boundary.
-struct Letterbox {
-    double scale_x = 1, scale_y = 1;
-    int offset_x = 0, offset_y = 0;
-    cv::Size resized;     // size of the image inside the canvas
-    cv::Size net_size;    // network input (width, height)
-    cv::Size image_size;  // original image
-
-    static Letterbox fit(cv::Size image, cv::Size net);
-    cv::Point2d to_image(cv::Point2d net) const;
-    cv::Point2d to_net(cv::Point2d img) const;
-    // image -> net_size canvas; INTER_AREA is the pixel-area reduction the network passes use.
-    cv::Mat apply(const cv::Mat& img, int interpolation) const;
-    cv::Matx23d affine() const;  // the same mapping as a 2x3 affine (image -> net)
-};
 
 struct Ellipse;
 
@@ -54,32 +36,6 @@ struct NetworkConfig {
     // by 2, so the network works and predicts at half the input size and its logits are upsampled
     // bilinearly to the input size (about a quarter of the compute of the finest level).
     int stem_stride = 1;
-};
-
-struct Segmentation {
-    cv::Mat net_probability;  // CV_32F at the network input size, head probability in [0,1]
-    float presence = 0;       // probability that a head is in view (the detection head)
-    double axis_scale = 1;    // the model's mask-to-reference factor (ModelInfo::axis_scale)
-    Letterbox letterbox;      // the whole-image pass (its image_size is the input image's)
-    // Set when net_probability comes from the refinement pass on a head-centred crop: the
-    // image -> crop affine (crop = A * (x, y, 1); the ellipse's major axis along +x). Otherwise the
-    // frame is the letterbox.
-    bool refined = false;
-    cv::Matx23d crop_to_net = cv::Matx23d::eye();
-    double network_ms = 0;    // forward pass time (both passes)
-    // What the passes saw besides the head they chose (review signals, see ReviewSignals in measure.h).
-    float refine_presence = -1;  // the second network's own presence score on its final crop; -1: no second pass
-    double rival_share = 0;      // first pass: area of its second-largest head region / the largest (0: one region)
-    bool second_look = false;    // the second pass cropped again around the head it found
-    double member_disagreement = 0;  // ensemble: 1 - mean IoU of members' masks with the mean's (last pass); 0 for one model
-    // The 8-bit image the last network saw (net_probability's frame), kept so later stages need
-    // not resample the input again. Empty when the segmentation was built by hand.
-    cv::Mat net_input;
-
-    cv::Matx23d to_net() const { return refined ? crop_to_net : letterbox.affine(); }
-
-    // Probability map resized back to the input image (bilinear), CV_32F.
-    cv::Mat probability_full() const;
 };
 
 struct SegmenterOptions {
@@ -152,34 +108,5 @@ private:
 // The members of an ensemble folder: DIR/fold<i>/model.pt of a k-fold run (`fetalhc train --kfold`),
 // else the *.pt files directly in DIR; sorted by path. Error when there are fewer than two.
 Expected<std::vector<std::string>> ensemble_model_files(const std::string& dir);
-
-// Sub-pixel skull boundary from a segmentation: the 0.5 iso-contour of the probability map of the
-// largest plausible component, found by linear interpolation along pixel edges (no dilation or
-// erosion). Points are in input pixels. Points where the head region runs into the image border or
-// the edge of the ultrasound sector are marked `cut` (they are not skull) and are left out of fits.
-struct Boundary {
-    std::vector<cv::Point2d> points;     // visible skull boundary (fit these)
-    std::vector<cv::Point2d> cut_points; // boundary points on the image border or sector edge
-    double area_px = 0;                  // area of the chosen component, input pixels
-    double mean_confidence = 0;          // mean |2p-1| over the component's pixels (certainty)
-    bool found = false;
-};
-
-// gray8 (the input image) is used to find the ultrasound sector; pass an empty Mat to skip that.
-Boundary extract_boundary(const Segmentation& seg, const cv::Mat& gray8);
-
-// Boundary of a binary mask image (CV_8UC1, head where the value is >= 128: an annotation, or a
-// mask edited by hand or returned by POST /v1/segment): the same sub-pixel extraction as
-// extract_boundary, the mask read as a probability map (0 or 1) at its own resolution, so the
-// points lie on the pixel edges between head and background (half a pixel outside the outermost
-// head pixel centres). The largest region is used; points where it runs into the image border are
-// cut_points. No sector test. found is false when no region of at least 30 pixels is white.
-Boundary mask_boundary(const cv::Mat& mask8);
-
-// Outline of the largest region of a binary mask (CV_8UC1, non-zero = head): the polygon of the
-// outer pixel centres of the region of largest polygon area, corners only (cv::findContours with
-// CHAIN_APPROX_SIMPLE; on a tie the first found, scanning rows from the top). Empty when the mask
-// is all zero. Integer pixel coordinates, the project's convention.
-std::vector<cv::Point> mask_outline(const cv::Mat& mask);
 
 }  // namespace fetalhc
