@@ -464,7 +464,7 @@ TEST_F(RouteApi, DecodesAreBudgetedFromTheHeaderAndRunInDecodeSlots) {
     for (auto& t : ts) t.join();
     EXPECT_EQ(done.load(), 3);
     for (const auto& r : got) expect_error(r, 422, "empty_mask");
-    EXPECT_EQ(decode.in_use(), 0);
+    EXPECT_EQ(decode.snapshot().in_use, 0);
 }
 
 TEST_F(RouteApi, PerimeterGivesTheNumbersOfAnEllipse) {
@@ -1079,7 +1079,7 @@ TEST_F(RouteModel, ConcurrentMeasuresAllSucceedAndAgree) {
     }
     EXPECT_EQ(n, size_t(kThreads * kEach));
     EXPECT_EQ(distinct.size(), 1u) << "the same image must give the same HC under concurrency";
-    EXPECT_EQ(api_->engine.slots().in_use(), 0);
+    EXPECT_EQ(api_->engine.slots().snapshot().in_use, 0);
 }
 
 // A DICOM file is measured with its own calibration and gives the PNG path's numbers at the same
@@ -1330,20 +1330,20 @@ TEST(SlotsAdmission, EstimatedWaitIsTheQueueAheadOverTheSlots) {
 // (|x - mean| - deviation) / 4 (with the old mean), starting from the first sample and half of it.
 TEST(SlotsAdmission, ServiceTimeIsAMovingAverageOfTheHeldTimes) {
     Slots s(1);
-    EXPECT_EQ(s.service_ms(), 0);
+    EXPECT_EQ(s.snapshot().service_ms, 0);
     s.record_service_ms(100);  // the first sample is the estimate
-    EXPECT_DOUBLE_EQ(s.service_ms(), 100);
-    EXPECT_DOUBLE_EQ(s.deviation_ms(), 50);
+    EXPECT_DOUBLE_EQ(s.snapshot().service_ms, 100);
+    EXPECT_DOUBLE_EQ(s.snapshot().deviation_ms, 50);
     s.record_service_ms(200);
-    EXPECT_DOUBLE_EQ(s.service_ms(), 112.5);
-    EXPECT_DOUBLE_EQ(s.deviation_ms(), 62.5);
+    EXPECT_DOUBLE_EQ(s.snapshot().service_ms, 112.5);
+    EXPECT_DOUBLE_EQ(s.snapshot().deviation_ms, 62.5);
     s.record_service_ms(std::nan(""));  // ignored
     s.record_service_ms(-5);
-    EXPECT_DOUBLE_EQ(s.service_ms(), 112.5);
+    EXPECT_DOUBLE_EQ(s.snapshot().service_ms, 112.5);
     s.acquire();
     s.release(170);  // a timed release feeds it too
-    EXPECT_DOUBLE_EQ(s.service_ms(), 119.6875);
-    EXPECT_DOUBLE_EQ(s.deviation_ms(), 61.25);
+    EXPECT_DOUBLE_EQ(s.snapshot().service_ms, 119.6875);
+    EXPECT_DOUBLE_EQ(s.snapshot().deviation_ms, 61.25);
 }
 
 // A fake service time decides: no sleeping, no clock. The request is refused without queueing, the
@@ -1357,9 +1357,9 @@ TEST(SlotsAdmission, RefusesAtOnceWhenTheEstimatedWaitPassesTheLimit) {
     EXPECT_EQ(a.waited_ms, 0);
     EXPECT_DOUBLE_EQ(a.estimated_wait_ms, 5000);  // 2500 + 2 x 1250 (the first deviation is half the sample)
     EXPECT_EQ(a.retry_after_s, 3);  // one request in service at 2.5 s: ceil(2.5)
-    EXPECT_EQ(s.shed(), 1u);
-    EXPECT_EQ(s.waiting(), 0);
-    EXPECT_EQ(s.in_use(), 1);
+    EXPECT_EQ(s.snapshot().shed, 1u);
+    EXPECT_EQ(s.snapshot().waiting, 0);
+    EXPECT_EQ(s.snapshot().in_use, 1);
     const ApiError e = overloaded_error(a, s);
     EXPECT_EQ(e.code, ErrorCode::Overloaded);
     EXPECT_EQ(e.retry_after_s, 3);
@@ -1369,7 +1369,7 @@ TEST(SlotsAdmission, RefusesAtOnceWhenTheEstimatedWaitPassesTheLimit) {
     EXPECT_EQ(r.header("Retry-After"), "3");
     EXPECT_EQ(body_json(r)["error"]["code"], "overloaded");
     s.release();
-    EXPECT_EQ(s.in_use(), 0);
+    EXPECT_EQ(s.snapshot().in_use, 0);
     // A short service time admits the next one into the queue instead (here: straight to the free slot).
     EXPECT_TRUE(s.acquire_within().admitted);
     s.release();
@@ -1386,10 +1386,10 @@ TEST(SlotsAdmission, AnAdmittedRequestThatWaitsPastTheLimitIsShed) {
     EXPECT_GE(a.waited_ms, 40);
     EXPECT_LT(a.waited_ms, 5000);
     EXPECT_GE(a.retry_after_s, 1);
-    EXPECT_EQ(s.shed(), 1u);
-    EXPECT_EQ(s.waiting(), 0);
+    EXPECT_EQ(s.snapshot().shed, 1u);
+    EXPECT_EQ(s.snapshot().waiting, 0);
     s.release();
-    EXPECT_EQ(s.in_use(), 0);
+    EXPECT_EQ(s.snapshot().in_use, 0);
 }
 
 // Waiting requests are served in arrival order, each released slot handed to the oldest; the
@@ -1415,13 +1415,13 @@ TEST(SlotsAdmission, WaitersAreServedFirstComeFirstServed) {
             }
             s.release();
         });
-        ASSERT_TRUE(eventually([&] { return s.waiting() == i + 1; })) << "waiter " << i << " did not queue";
+        ASSERT_TRUE(eventually([&] { return s.snapshot().waiting == i + 1; })) << "waiter " << i << " did not queue";
     }
     s.release();
     for (auto& t : ts) t.join();
     EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3}));
-    EXPECT_EQ(s.in_use(), 0);
-    EXPECT_EQ(s.shed(), 0u);
+    EXPECT_EQ(s.snapshot().in_use, 0);
+    EXPECT_EQ(s.snapshot().shed, 0u);
 }
 
 // The route: with every network slot busy and a tiny limit, POST /v1/measure gets 503 overloaded
@@ -1449,7 +1449,7 @@ TEST_F(RouteApi, MeasureIsShedWith503AndRetryAfterWhenTheSlotsAreBusy) {
     slots.release();
     // Slots free again: the same request is no longer shed (here the model is absent: 503 model_loading).
     expect_error(api(post_form("/v1/measure", measure_form(synthetic_scan()))), 503, "model_loading");
-    EXPECT_EQ(slots.shed(), 1u);
+    EXPECT_EQ(slots.snapshot().shed, 1u);
 }
 
 // A DICOM upload to POST /v1/measure sheds too, before its decode: 503 overloaded with Retry-After.
@@ -1463,12 +1463,12 @@ TEST_F(RouteApi, DicomUploadIsShedWith503WhenTheSlotsAreBusy) {
     const HttpResponse r = api(post_form("/v1/measure", dicom_form(dcm)));
     expect_error(r, 503, "overloaded", "--max-queue-ms");
     ASSERT_FALSE(r.header("Retry-After").empty());
-    EXPECT_EQ(slots.shed(), 1u);
+    EXPECT_EQ(slots.snapshot().shed, 1u);
     slots.release();
     slots.release();
     expect_error(api(post_form("/v1/measure", dicom_form(dcm))), 503, "model_loading");
-    EXPECT_EQ(slots.shed(), 1u);
-    EXPECT_EQ(slots.in_use(), 0);
+    EXPECT_EQ(slots.snapshot().shed, 1u);
+    EXPECT_EQ(slots.snapshot().in_use, 0);
 }
 
 // POST /v1/segment sheds the same way (it runs the network like /v1/measure).
@@ -1481,11 +1481,11 @@ TEST_F(RouteApi, SegmentIsShedWith503AndRetryAfterWhenTheSlotsAreBusy) {
     const HttpResponse r = api(post_form("/v1/segment", measure_form(synthetic_scan())));
     expect_error(r, 503, "overloaded", "--max-queue-ms");
     ASSERT_FALSE(r.header("Retry-After").empty());
-    EXPECT_EQ(slots.shed(), 1u);
+    EXPECT_EQ(slots.snapshot().shed, 1u);
     slots.release();
     slots.release();
     expect_error(api(post_form("/v1/segment", measure_form(synthetic_scan()))), 503, "model_loading");
-    EXPECT_EQ(slots.shed(), 1u);
+    EXPECT_EQ(slots.snapshot().shed, 1u);
     const json doc = json::parse(openapi_json("test", 1u << 20));
     const json& r503 = doc["paths"]["/v1/segment"]["post"]["responses"]["503"];
     EXPECT_NE(r503["description"].get<std::string>().find("overloaded"), std::string::npos) << r503.dump();

@@ -15,10 +15,13 @@
 // receives is measured like an HTTP upload and listed by GET /v1/dicom/instances.
 // Errors are JSON {"error": {"code": "...", "message": "..."}} with 400, 401, 404, 413, 422, 500 or
 // 503; the stable codes and their meaning are listed in the document's Error schema.
-// Layout (src/server/): transport.cpp is this class (cpp-httplib: sockets, threads, body limit,
-// token, request log); routes*.cpp are the handlers, plain functions from a request value to a
-// response value; service.h is the work without HTTP (model, slots, measure-and-store) that other
-// transports reuse.
+// Layout (src/server/): server.cpp is this class (checks the options, reads the token, wires the
+// store, engine, transport and DICOM node together, starts and stops them); transport.cpp is the
+// HTTP transport and the only file that sees cpp-httplib (sockets, threads, framing, body limit,
+// origin, token, request log); routes*.cpp are the handlers, plain functions from a request value
+// to a response value; queue.h is the admission queue (network slots), engine.h the model and its
+// slots, service.h the measure-and-store work without HTTP that the DICOM node (dicom_node.h)
+// reuses.
 // Security: when a token file is given (required when the host is not a loopback address) every
 // route but /, /static/*, /health and /openapi.json needs "Authorization: Bearer <first line of the
 // token file>" (GETs may carry it as the cookie fetalhc_token instead). Before routing and before

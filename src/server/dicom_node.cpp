@@ -1,5 +1,7 @@
 #include "dicom_node.h"
 
+#include "service.h"
+
 #include "fetalhc/dicom.h"
 
 #include <dcmtk/config/osconfig.h>

@@ -2,11 +2,12 @@
 // HTTP server. Every object received is kept in the store by content hash (put_image) and listed
 // "pending" (Store::add_dicom_instance, GET /v1/dicom/instances) before the C-STORE response is
 // sent; worker threads then measure it through the same service as HTTP (measure_dicom,
-// service.h, on the engine's network slots), record the figures or the error, keep the SR, and
-// send the SR on by C-STORE when a forward target is set. A file that cannot be measured stays
-// stored and listed with its error. The queue is the store itself: only the rows are held in
-// memory, and at start every instance still pending (acknowledged before a stop or a crash) is
-// measured. With max_pending instances waiting, a C-STORE is refused with A700 (out of resources).
+// service.h, on the engine's network slots: the queue of queue.h, waited for without a limit),
+// record the figures or the error, keep the SR, and send the SR on by C-STORE when a forward
+// target is set. A file that cannot be measured stays stored and listed with its error. The queue
+// is the store itself: only the rows are held in memory, and at start every instance still pending
+// (acknowledged before a stop or a crash) is measured. With max_pending instances waiting, a
+// C-STORE is refused with A700 (out of resources).
 //
 //   DicomNodeOptions o; o.port = 11112; o.forward = "PACS@127.0.0.1:11113";
 //   auto node = DicomNode::create(o, engine, store);  // checks the options, binds the port
@@ -25,7 +26,7 @@
 // Thread safety: create/start/stop from one thread; the node runs its own threads.
 #pragma once
 
-#include "service.h"
+#include "engine.h"
 
 #include "fetalhc/expected.h"
 #include "fetalhc/store.h"

@@ -1,6 +1,6 @@
 #include "http_metrics.h"
 
-#include "service.h"
+#include "queue.h"
 
 #include <sstream>
 

@@ -10,7 +10,7 @@
 
 namespace fetalhc::server {
 
-struct SlotsSnapshot;  // service.h
+struct SlotsSnapshot;  // queue.h
 
 class HttpMetrics {
 public:

@@ -1,7 +1,7 @@
-// The work behind the transports, without HTTP: the network (loaded once, shared, run by a
-// bounded number of requests at once) and "measure an image and keep it". The HTTP routes call
-// these; a DICOM C-STORE node calls the same with the bytes and pixel spacing of a received
-// object, and maps the ApiError codes (errors.h) to its own statuses.
+// The measure-and-store services (the work behind the transports, without HTTP): "measure an
+// image and keep it" and its DICOM counterpart, on the Engine's network slots (engine.h,
+// queue.h). The HTTP routes call these; the DICOM C-STORE node calls the same with the bytes and
+// pixel spacing of a received object, and maps the ApiError codes (errors.h) to its own statuses.
 //
 //   Engine engine(/*slots=*/2);
 //   std::thread([&] { engine.load("models/fetalhc_unet.pt", /*torch_threads=*/1); }).detach();
@@ -12,17 +12,18 @@
 //
 // Errors (ApiError codes): invalid_pixel_size, invalid_ga, image_unreadable, model_loading,
 // model_unavailable, no_head_found, storage_failed, store_full, overloaded.
-// Thread safety: every Engine member and measure_and_store may be called from many threads at
-// once; at most `slots` of them run the network at the same time, the others wait their turn
-// (first come, first served). Overload: measure_and_store waits for a network slot at most
-// `max_queue_ms`; a request whose estimated wait (estimated_wait_ms: the queue ahead of it and a
-// running average of the time a request holds a slot, with its spread) is longer is refused at
-// once (overloaded, 503 with Retry-After), and one admitted that still waits past the limit is
-// refused then, never served late. DICOM uploads and POST /v1/segment are admitted the same way
-// (their slot taken before the decode); the DICOM node's workers take a slot from the same queue
-// without a limit (the node bounds its own backlog: DicomNodeOptions::max_pending).
+// Thread safety: every function here may be called from many threads at once; at most `slots` of
+// them run the network at the same time, the others wait their turn (first come, first served).
+// Overload: measure_and_store waits for a network slot at most `max_queue_ms`; a request whose
+// estimated wait (estimated_wait_ms: the queue ahead of it and a running average of the time a
+// request holds a slot, with its spread) is longer is refused at once (overloaded, 503 with
+// Retry-After), and one admitted that still waits past the limit is refused then, never served
+// late. DICOM uploads and POST /v1/segment are admitted the same way (their slot taken before the
+// decode); the DICOM node's workers take a slot from the same queue without a limit (the node
+// bounds its own backlog: DicomNodeOptions::max_pending).
 #pragma once
 
+#include "engine.h"
 #include "errors.h"
 
 #include "fetalhc/dicom.h"
@@ -30,146 +31,11 @@
 #include "fetalhc/store.h"
 #include "fetalhc/video.h"
 
-#include <chrono>
-#include <condition_variable>
-#include <deque>
-#include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace fetalhc::server {
-
-// The wait a request arriving now should not exceed for a slot, in ms: 0 when one of the `slots`
-// slots is free; else the request is served at the k-th release (k = waiting + 1), and with every
-// slot busy k releases take about k service times over `slots` slots. Service times vary (the
-// machine is shared): k of them sum to k * service_ms with a spread growing like sqrt(k), so the
-// estimate adds two spreads, 2 * sqrt(k) * deviation_ms (deviation_ms: the mean absolute deviation
-// of the service time; as TCP bounds a round trip by its mean plus deviations). Erring long sheds a
-// little earlier; erring short admits requests that are then shed after waiting the whole limit.
-double estimated_wait_ms(int in_use, int waiting, int slots, double service_ms, double deviation_ms = 0);
-
-// What Slots::acquire_within decided for one request.
-struct Admission {
-    bool admitted = false;          // a slot is held (release it)
-    double waited_ms = 0;           // time spent in the queue
-    double estimated_wait_ms = 0;   // the estimate at arrival
-    int retry_after_s = 0;          // refused: seconds until the queue ahead should have drained (>= 1)
-};
-
-// The slots' state for /metrics.
-struct SlotsSnapshot {
-    int total = 0, in_use = 0, waiting = 0;
-    unsigned long long shed = 0;   // requests refused (at once or after waiting max_wait_ms)
-    double service_ms = 0;         // running estimate of the time a request holds a slot (0: none yet)
-    double deviation_ms = 0;       // running mean absolute deviation of that time
-    double max_wait_ms = 0;        // 0 = no limit
-};
-
-// How many requests may run the network at once. Waiting requests are served first come, first
-// served (a FIFO queue; a released slot is handed to the oldest waiter), so that under load no
-// request waits much longer than the others. acquire() waits as long as it takes; acquire_within()
-// waits at most max_wait_ms (see the file comment) and feeds the service-time estimate through
-// release(held_ms).
-class Slots {
-public:
-    // max_wait_ms: the bound of acquire_within; 0 = none (it waits as long as it takes).
-    explicit Slots(int n, double max_wait_ms = 0);
-    void acquire();
-    // Refused at once when no slot is free and estimated_wait_ms(...) > max_wait_ms, or after
-    // waiting max_wait_ms without getting a slot; both count as shed.
-    Admission acquire_within();
-    void release();
-    // Also records `held_ms` in the service-time estimate (exponentially weighted moving averages of
-    // the time and of its absolute deviation).
-    void release(double held_ms);
-    void record_service_ms(double held_ms);
-    int in_use() const;
-    int waiting() const;
-    int total() const { return total_; }
-    double service_ms() const;
-    double deviation_ms() const;
-    unsigned long long shed() const;
-    void set_max_wait_ms(double ms);
-    SlotsSnapshot snapshot() const;
-
-private:
-    struct Waiter;
-    int retry_after_locked() const;
-    void hand_over_locked();
-    void record_locked(double held_ms);
-    mutable std::mutex mu_;
-    std::deque<Waiter*> queue_;   // waiting requests, oldest first (they live on their own stacks)
-    int in_use_ = 0;              // invariant: queue_ is empty unless in_use_ == total_
-    const int total_;
-    double max_wait_ms_;
-    double service_ms_ = 0, deviation_ms_ = 0;
-    bool have_estimate_ = false;
-    unsigned long long shed_ = 0;
-};
-
-// Holds a slot for its lifetime. SlotGuard(s) waits as long as it takes; SlotGuard(s, admission)
-// waits through acquire_within and holds a slot only when admission.admitted (then its held time
-// feeds the service-time estimate).
-class SlotGuard {
-public:
-    explicit SlotGuard(Slots& s) : slots_(s), held_(true) { slots_.acquire(); }
-    SlotGuard(Slots& s, Admission& admission);
-    ~SlotGuard();
-    SlotGuard(const SlotGuard&) = delete;
-    SlotGuard& operator=(const SlotGuard&) = delete;
-
-private:
-    Slots& slots_;
-    bool held_ = false, timed_ = false;
-    std::chrono::steady_clock::time_point since_;
-};
-
-// The overloaded error (503 with Retry-After: admission.retry_after_s) of a refused admission.
-ApiError overloaded_error(const Admission& a, const Slots& slots);
-
-// The model and its loading state (Loading until load() ends, then Ready or Failed), and the
-// slots that bound how many callers run the network at once.
-class Engine {
-public:
-    enum class State { Loading, Ready, Failed };
-
-    // max_queue_ms: how long measure_and_store may wait for a network slot (0 = as long as it takes).
-    explicit Engine(int slots, double max_queue_ms = kDefaultMaxQueueMs);
-    static constexpr double kDefaultMaxQueueMs = 5000;
-    // Loads the model (blocking: call it on a background thread). torch_threads: LibTorch threads
-    // per request; 0 = cores / slots (at least 1). mirror_average: SegmenterOptions::mirror_average.
-    void load(const std::string& model_path, int torch_threads, bool mirror_average = false);
-
-    State state() const;
-    std::string load_error() const;     // why loading failed ("" otherwise)
-    bool ready() const { return state() == State::Ready; }
-    // Blocks until loading ends (or the timeout passes); true when ready.
-    bool wait_ready(double timeout_s) const;
-    // The loaded model, or model_loading / model_unavailable.
-    Result<std::shared_ptr<const Measurer>> measurer() const;
-    Slots& slots() { return slots_; }
-    // Decode slots: every decode of request bytes (image, mask, DICOM) runs holding one, so at most
-    // this many decodes (each capped at kMaxImagePixels from the header) allocate at once. Same count
-    // as the network slots.
-    Slots& decode_slots() { return decode_slots_; }
-
-private:
-    mutable std::mutex mu_;
-    mutable std::condition_variable cv_;
-    State state_ = State::Loading;
-    std::string error_;
-    std::shared_ptr<const Measurer> measurer_;
-    Slots slots_;
-    Slots decode_slots_;
-};
-
-// Decodes image bytes (PNG, JPEG, BMP, TIFF; any depth) to 8-bit gray; image_unreadable on failure.
-// `name` is used in the message.
-// Runs on one of `decode_slots` (Engine::decode_slots()); the pixel budget (kMaxImagePixels) is
-// checked from the header by the library before any pixel is allocated.
-Result<cv::Mat> decode_image(Slots& decode_slots, const std::string& bytes, const std::string& name);
 
 struct StoredMeasurement {
     Measurement measurement;   // timings include the decode; the queue wait is apart

@@ -1,18 +1,12 @@
-// The HTTP transport: the only file that sees cpp-httplib. It owns the listening socket, the
-// connection threads, the body size limit, the bearer token, the request log and the request
-// metrics; it turns each httplib request into an HttpRequest, lets routes::handle answer it, and
-// writes the HttpResponse back.
-#include "fetalhc/server.h"
+// The HTTP transport (transport.h): the only file that sees cpp-httplib. It owns the listening
+// socket, the connection threads, the slow-client limits, the body framing and size limit, the
+// origin policy, the bearer token, the request log and the request metrics; it turns each httplib
+// request into an HttpRequest, lets routes::handle answer it, and writes the HttpResponse back.
+#include "transport.h"
 
 #include "errors.h"
 #include "http_metrics.h"
-#include "openapi.h"
 #include "routes.h"
-#include "service.h"
-#include "dicom_node.h"
-
-#include "fetalhc/image_io.h"
-#include "fetalhc/store.h"
 
 #include <httplib.h>
 #include <spdlog/spdlog.h>
@@ -21,8 +15,6 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <list>
 #include <map>
 #include <mutex>
@@ -38,8 +30,6 @@
 #include <cerrno>
 #include <cstring>
 #include <thread>
-
-namespace fs = std::filesystem;
 
 namespace fetalhc {
 namespace {
@@ -117,48 +107,6 @@ std::string route_label(const std::string& method, const std::string& path) {
     std::string label = m->route->pattern;
     label.erase(std::remove(label.begin(), label.end(), '*'), label.end());
     return label;
-}
-
-Expected<std::string> read_token(const std::string& token_file) {
-    // A FIFO or a device would block or never end: a token file is a regular file.
-    if (auto p = regular_file_problem(token_file, "a token file (--token-file)", false); !p.empty()) return make_error(p);
-    std::ifstream in(token_file);
-    if (!in) return make_error("cannot read --token-file '" + token_file + "'; check the path and its permissions");
-    std::string line;
-    std::getline(in, line);
-    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
-    size_t i = 0;
-    while (i < line.size() && std::isspace(static_cast<unsigned char>(line[i]))) ++i;
-    std::string token = line.substr(i);
-    if (token.size() < 16)
-        return make_error("the first line of --token-file '" + token_file +
-                          "' must hold a token of at least 16 characters (e.g. from `openssl rand -hex 32`)");
-    return token;
-}
-
-Expected<bool> check_options(const ServerOptions& o) {
-    if (o.port < 0 || o.port > 65535) return make_error("--port must be 0..65535 (0 picks a free port), got " + std::to_string(o.port));
-    if (o.threads < 0) return make_error("--threads must be >= 0 (0 = one per CPU core)");
-    if (!(o.max_queue_ms >= 0 && o.max_queue_ms <= 3600e3))
-        return make_error("--max-queue-ms must be in 0..3600000 ms (0 = requests wait for a network slot as long as it takes)");
-    if (o.max_upload_bytes == 0) return make_error("--max-upload-mb must be positive");
-    if (o.retain_image_days < 0 || o.retain_image_days > 36500)
-        return make_error("--retain-images must be 0 (keep images forever) or a number of days up to 36500");
-    if (!(o.header_timeout_s > 0 && o.header_timeout_s <= 3600))
-        return make_error("--header-timeout must be in (0, 3600] seconds: the time a request's line and headers may take to arrive");
-    if (!(o.request_timeout_s > 0 && o.request_timeout_s <= 86400))
-        return make_error("--request-timeout must be in (0, 86400] seconds: the time a request may take to arrive whole");
-    if (o.max_connections_per_client < 0)
-        return make_error("--max-connections-per-client must be >= 0 (0 = no cap; behind a reverse proxy every client "
-                          "has the proxy's address)");
-    std::error_code ec;
-    // Any file but a folder: a named pipe is fine too (read when the model loads).
-    if (o.model_path.empty() || !fs::exists(o.model_path, ec) || fs::is_directory(o.model_path, ec))
-        return make_error("model file '" + o.model_path + "' not found; pass --model PATH (e.g. models/fetalhc_unet.pt)");
-    if (o.token_file.empty() && !is_loopback_host(o.host))
-        return make_error("refusing to listen on '" + o.host + "' without --token-file: off the loopback interface every POST "
-                          "must carry a bearer token (or use --host 127.0.0.1)");
-    return true;
 }
 
 // Slow clients (issue 16 row 6). httplib times out each read on its own, so a client sending a
@@ -451,26 +399,24 @@ bool is_loopback_host(const std::string& host) {
     return all_loopback;
 }
 
+}  // namespace fetalhc
+
+namespace fetalhc::server {
+
+namespace {
 constexpr int kListenBacklog = 512;  // pending connections the kernel keeps before accept()
 constexpr size_t kTrimAfterBytes = 1u << 20;  // requests larger than this return freed memory to the system
-// malloc arenas: glibc's default (8 per core) lets each connection thread keep its own, and the
-// freed memory of one arena serves no other; a few are enough for the slots that decode.
-constexpr int kMallocArenas = 4;
+}  // namespace
 
-struct Server::Impl {
+struct HttpTransport::Impl {
+    Impl(const ServerOptions& o, const std::string& t, Services& s) : opt(o), token(t), services(s) {}
+
     ServerOptions opt;
     std::string token;  // empty: no token required
-    std::unique_ptr<Store> store;
-    std::unique_ptr<server::Engine> engine;
-    server::HttpMetrics metrics;
-    std::unique_ptr<server::Services> services;
-    std::unique_ptr<server::DicomNode> dicom;  // the C-STORE node, when dicom_port is set
+    Services& services;
     GuardedServer http;  // httplib's server with the slow-client limits
     int port = 0;
     int listen_fd = -1;  // httplib's listening socket (set by the socket-options hook)
-    std::thread loader, listener;
-    std::mutex stop_mu;  // start/run/stop
-    bool started = false;
     std::atomic<bool> listen_returned{false};
     server::OriginPolicy origin;
 
@@ -572,7 +518,7 @@ struct Server::Impl {
                                res);
                 return;
             }
-        write_response(server::handle(to_request(req), *services), res);
+        write_response(server::handle(to_request(req), services), res);
         // A large upload's decoded pixels were freed: give the pages back (RSS otherwise ratchets
         // up to the largest concurrent peak and stays there).
         if (std::max(req.body.size(), req.content_length_) > kTrimAfterBytes) malloc_trim(0);
@@ -612,7 +558,7 @@ struct Server::Impl {
         const std::string label = route_label(req.method, req.path);
         // Route pattern only: the path may hold a pregnancy id or an image hash.
         if (opt.log_requests) spdlog::info("{} {} {} {:.1f} ms", req.method, label, res.status, seconds < 0 ? 0.0 : seconds * 1000);
-        metrics.observe(req.method, label, res.status, seconds);
+        services.metrics.observe(req.method, label, res.status, seconds);
     }
 
     void install() {
@@ -648,33 +594,13 @@ struct Server::Impl {
     }
 };
 
-Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HttpTransport::HttpTransport(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Server::~Server() { stop(); }
+HttpTransport::~HttpTransport() = default;
 
-Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
-    if (auto ok = check_options(o); !ok) return make_error(ok.error());
-    mallopt(M_ARENA_MAX, kMallocArenas);
-    auto impl = std::make_unique<Impl>();
-    impl->opt = o;
-    if (!o.token_file.empty()) {
-        auto token = read_token(o.token_file);
-        if (!token) return make_error(token.error());
-        impl->token = *token;
-    }
-    const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
-    impl->engine = std::make_unique<server::Engine>(o.threads > 0 ? o.threads : cores, o.max_queue_ms);
-    auto store = Store::open(o.db_path);
-    if (!store) return make_error(store.error());
-    (*store)->set_quota_bytes(o.max_store_bytes);
-    (*store)->set_image_retention(o.retain_image_days);
-    impl->store = std::move(*store);
-    impl->services = std::make_unique<server::Services>(
-        server::Services{*impl->store, *impl->engine, impl->metrics, server::openapi_json(FETALHC_VERSION, o.max_upload_bytes)});
+Expected<std::unique_ptr<HttpTransport>> HttpTransport::bind(const ServerOptions& o, const std::string& token, Services& services) {
+    auto impl = std::make_unique<Impl>(o, token, services);
     impl->install();
-    for (const auto& origin : o.allow_origins)
-        if (origin.rfind("http://", 0) != 0 && origin.rfind("https://", 0) != 0)
-            return make_error("--allow-origin '" + origin + "' must be an origin such as https://host or http://host:port");
     if (o.port == 0) impl->port = impl->http.bind_to_any_port(o.host);
     else impl->port = impl->http.bind_to_port(o.host, o.port) ? o.port : -1;
     if (impl->port <= 0)
@@ -684,69 +610,21 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     // then sees refused SYNs and 1 s retransmits. Listening again on the bound socket raises it.
     if (impl->listen_fd >= 0) ::listen(impl->listen_fd, kListenBacklog);
     impl->origin = server::origin_policy(o.host, impl->port, o.allow_origins, is_loopback_host(o.host));
-    if (o.dicom_port != 0) {
-        server::DicomNodeOptions d;
-        d.port = o.dicom_port;
-        d.host = o.host;
-        d.aet = o.dicom_aet;
-        d.forward = o.dicom_forward;
-        d.allow = o.dicom_allow;
-        d.max_object_bytes = o.max_upload_bytes;
-        d.max_pending = o.dicom_max_pending;
-        d.max_associations = o.dicom_max_associations;
-        d.idle_timeout_s = o.dicom_idle_timeout_s;
-        d.association_timeout_s = o.dicom_association_timeout_s;
-        auto node = server::DicomNode::create(d, *impl->engine, *impl->store);
-        if (!node) return make_error(node.error());
-        impl->dicom = std::move(*node);
-    }
-    return std::unique_ptr<Server>(new Server(std::move(impl)));
+    return std::unique_ptr<HttpTransport>(new HttpTransport(std::move(impl)));
 }
 
-int Server::port() const { return impl_->port; }
+int HttpTransport::port() const { return impl_->port; }
 
-std::string Server::url() const {
-    const std::string& h = impl_->opt.host;
-    return "http://" + (h.find(':') != std::string::npos ? "[" + h + "]" : h) + ":" + std::to_string(impl_->port) + "/";
-}
-
-void Server::start() {
-    std::lock_guard<std::mutex> lock(impl_->stop_mu);
-    if (impl_->started) return;
-    impl_->started = true;
-    impl_->listener = std::thread([this] {
-        impl_->http.listen_after_bind();
-        impl_->listen_returned = true;
-    });
-    impl_->loader = std::thread([this] { impl_->engine->load(impl_->opt.model_path, impl_->opt.torch_threads, impl_->opt.mirror_average); });
-    if (impl_->dicom) impl_->dicom->start();
-}
-
-void Server::run() {
-    {
-        std::lock_guard<std::mutex> lock(impl_->stop_mu);
-        if (impl_->started) return;
-        impl_->started = true;
-        impl_->loader = std::thread([this] { impl_->engine->load(impl_->opt.model_path, impl_->opt.torch_threads, impl_->opt.mirror_average); });
-        if (impl_->dicom) impl_->dicom->start();
-    }
+void HttpTransport::listen() {
     impl_->http.listen_after_bind();
     impl_->listen_returned = true;
 }
 
-void Server::stop() {
-    std::lock_guard<std::mutex> lock(impl_->stop_mu);
+void HttpTransport::stop(bool listen_begun) {
     // httplib's stop() only acts once the accept loop runs: wait for it (or for its end).
-    if (impl_->started)
+    if (listen_begun)
         while (!impl_->http.is_running() && !impl_->listen_returned) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     impl_->http.stop();
-    if (impl_->dicom) impl_->dicom->stop();
-    if (impl_->listener.joinable()) impl_->listener.join();
-    if (impl_->loader.joinable()) impl_->loader.join();
 }
 
-bool Server::ready() const { return impl_->engine->ready(); }
-
-bool Server::wait_ready(double timeout_s) const { return impl_->engine->wait_ready(timeout_s); }
-
-}  // namespace fetalhc
+}  // namespace fetalhc::server
