@@ -4,6 +4,7 @@
 #include "fetalhc/measure.h"
 #include "fetalhc/segmenter.h"
 #include "fetalhc/trainer.h"
+#include "net_frame.h"   // internal (src/): the map in the network frame
 #include "train/data.h"  // internal (src/): the images the training loop draws from
 
 #include <gtest/gtest.h>
@@ -144,7 +145,7 @@ TEST_F(TrainerSmoke, TrainsTwoStepsSavesReloadsAndInfers) {
     Segmentation s = seg->segment(img);
     ASSERT_EQ(s.probability_full().size(), img.size());
     double lo, hi;
-    cv::minMaxLoc(s.net_probability, &lo, &hi);
+    cv::minMaxLoc(net_frame(s).probability, &lo, &hi);
     EXPECT_GE(lo, 0.0);
     EXPECT_LE(hi, 1.0);
     EXPECT_GE(s.presence, 0.0f);
@@ -202,7 +203,7 @@ TEST_F(TrainerSmoke, RefineStageWritesATwoPassModel) {
     // Tracking from a known ellipse always runs the second pass, in the crop frame.
     Segmentation t = seg->segment_near(img, Ellipse{100, 75, 50, 40, 0.3});
     EXPECT_TRUE(t.refined);
-    EXPECT_EQ(t.net_probability.size(), cv::Size(48, 32));
+    EXPECT_EQ(net_frame(t).probability.size(), cv::Size(48, 32));
     EXPECT_EQ(t.probability_full().size(), img.size());
 
     // Another first pass can be swapped in under the same second pass.
@@ -407,6 +408,64 @@ TEST_F(TrainerSmoke, TheLoopDrawsOnlyFromTheTrainingSplit) {
     for (size_t i = 0; i < 3; ++i) EXPECT_EQ(limited->train[i].filename, data->train[i].filename);
 }
 
+namespace {
+
+// Each fold's stages record the fold and hold out exactly the images kfold_assignment gives it; each
+// fold model records its fold, its coarse model and keep_last.
+void expect_folds_recorded(const fs::path& kfold_dir, const std::vector<std::string>& models,
+                           const std::vector<Hc18Record>& recs, const std::vector<int>& assignment) {
+    for (int i = 0; i < int(models.size()); ++i) {
+        const fs::path fold = kfold_dir / ("fold" + std::to_string(i));
+        for (const char* stage : {"coarse", "refine"}) {
+            std::ifstream sf(fold / stage / "split.json");
+            auto sj = nlohmann::json::parse(sf);
+            EXPECT_EQ(sj["folds"], 2);
+            EXPECT_EQ(sj["fold"], i);
+            std::set<std::string> val;
+            for (const auto& v : sj["validation"]) val.insert(v.get<std::string>());
+            for (size_t r = 0; r < recs.size(); ++r)
+                EXPECT_EQ(val.count(recs[r].filename) == 1, assignment[r] == i) << recs[r].filename;
+        }
+        auto seg = Segmenter::load(models[i], {1});
+        ASSERT_TRUE(seg) << seg.error();
+        EXPECT_GT(seg->info().refine_config.input_width, 0);
+        auto meta = nlohmann::json::parse(seg->info().metadata);
+        EXPECT_EQ(meta["folds"], 2);
+        EXPECT_EQ(meta["fold"], i);
+        EXPECT_EQ(meta["coarse_model"], (fold / "coarse" / "model.pt").string());
+        EXPECT_EQ(meta["config"]["keep_last"], true) << "a fold's held-out images must not choose its epoch";
+    }
+}
+
+// Out of fold: every image scored once, by the model of its own fold; the per-image CSV ends with
+// the fold column; the per-fold figures cover every image.
+void expect_out_of_fold_scores(const fs::path& kfold_dir, const std::vector<Hc18Record>& recs,
+                               const std::vector<int>& assignment) {
+    auto oof = evaluate_out_of_fold(recs, kfold_dir.string(), {1});
+    ASSERT_TRUE(oof) << oof.error();
+    ASSERT_EQ(oof->scores.size(), recs.size());
+    EXPECT_EQ(oof->fold, assignment);
+    for (size_t r = 0; r < recs.size(); ++r) EXPECT_EQ(oof->scores[r].file, recs[r].filename);
+    const EvaluationReport er = evaluate(oof->scores);
+    std::ostringstream csv;
+    write_per_image_csv(er, csv, oof->fold);
+    std::istringstream lines(csv.str());
+    std::string line;
+    std::getline(lines, line);
+    EXPECT_EQ(line.substr(line.rfind(',') + 1), "fold");
+    for (size_t r = 0; std::getline(lines, line); ++r) {
+        ASSERT_LT(r, recs.size());
+        EXPECT_EQ(line.substr(0, line.find(',')), recs[r].filename);
+        EXPECT_EQ(line.substr(line.rfind(',') + 1), std::to_string(assignment[r])) << line;
+    }
+    const FoldFigures ff = fold_figures(oof->scores, oof->fold, 2);
+    ASSERT_EQ(ff.folds.size(), 2u);
+    EXPECT_EQ(ff.folds[0].images + ff.folds[1].images, int(recs.size()));
+    EXPECT_EQ(ff.hc_mad_mm.n, 2);
+}
+
+}  // namespace
+
 // K-fold: a 2-fold run trains both folds (coarse, refine, calibration), a second call skips them,
 // the out-of-fold evaluation measures each image with the model that held it out, and fold models
 // are not mixed.
@@ -421,27 +480,7 @@ TEST_F(TrainerSmoke, KFoldTrainsEachFoldResumesAndEvaluatesOutOfFold) {
     auto recs = read_hc18_training(o.data_dir);
     ASSERT_TRUE(recs) << recs.error();
     const auto assignment = kfold_assignment(*recs, 2, coarse.split_salt);
-    for (int i = 0; i < 2; ++i) {
-        const fs::path fold = dir_ / "kfold" / ("fold" + std::to_string(i));
-        for (const char* stage : {"coarse", "refine"}) {
-            std::ifstream sf(fold / stage / "split.json");
-            auto sj = nlohmann::json::parse(sf);
-            EXPECT_EQ(sj["folds"], 2);
-            EXPECT_EQ(sj["fold"], i);
-            std::set<std::string> val;
-            for (const auto& v : sj["validation"]) val.insert(v.get<std::string>());
-            for (size_t r = 0; r < recs->size(); ++r)
-                EXPECT_EQ(val.count((*recs)[r].filename) == 1, assignment[r] == i) << (*recs)[r].filename;
-        }
-        auto seg = Segmenter::load(rep->models[i], {1});
-        ASSERT_TRUE(seg) << seg.error();
-        EXPECT_GT(seg->info().refine_config.input_width, 0);
-        auto meta = nlohmann::json::parse(seg->info().metadata);
-        EXPECT_EQ(meta["folds"], 2);
-        EXPECT_EQ(meta["fold"], i);
-        EXPECT_EQ(meta["coarse_model"], (fold / "coarse" / "model.pt").string());
-        EXPECT_EQ(meta["config"]["keep_last"], true) << "a fold's held-out images must not choose its epoch";
-    }
+    expect_folds_recorded(dir_ / "kfold", rep->models, *recs, assignment);
     const auto stamp = fs::last_write_time(rep->models[0]);
 
     // A second call finds both folds finished and trains nothing.
@@ -459,28 +498,7 @@ TEST_F(TrainerSmoke, KFoldTrainsEachFoldResumesAndEvaluatesOutOfFold) {
     EXPECT_EQ(again->stages_skipped, 3);
     EXPECT_TRUE(fs::exists(rep->models[1]));
 
-    // Out of fold: every image scored once, by the model of its own fold.
-    auto oof = evaluate_out_of_fold(*recs, (dir_ / "kfold").string(), {1});
-    ASSERT_TRUE(oof) << oof.error();
-    ASSERT_EQ(oof->scores.size(), recs->size());
-    EXPECT_EQ(oof->fold, assignment);
-    for (size_t r = 0; r < recs->size(); ++r) EXPECT_EQ(oof->scores[r].file, (*recs)[r].filename);
-    const EvaluationReport er = evaluate(oof->scores);
-    std::ostringstream csv;
-    write_per_image_csv(er, csv, oof->fold);
-    std::istringstream lines(csv.str());
-    std::string line;
-    std::getline(lines, line);
-    EXPECT_EQ(line.substr(line.rfind(',') + 1), "fold");
-    for (size_t r = 0; std::getline(lines, line); ++r) {
-        ASSERT_LT(r, recs->size());
-        EXPECT_EQ(line.substr(0, line.find(',')), (*recs)[r].filename);
-        EXPECT_EQ(line.substr(line.rfind(',') + 1), std::to_string(assignment[r])) << line;
-    }
-    const FoldFigures ff = fold_figures(oof->scores, oof->fold, 2);
-    ASSERT_EQ(ff.folds.size(), 2u);
-    EXPECT_EQ(ff.folds[0].images + ff.folds[1].images, int(recs->size()));
-    EXPECT_EQ(ff.hc_mad_mm.n, 2);
+    expect_out_of_fold_scores(dir_ / "kfold", *recs, assignment);
 
     // Mixing fold models is refused: averaging or combining two folds, refining one fold over the
     // other's coarse model, and an OOF folder whose fold 1 is another fold's model.
