@@ -2,6 +2,7 @@
 #include "fetalhc/segmentation.h"
 
 #include "geometry.h"
+#include "net_frame.h"
 
 #include <opencv2/imgproc.hpp>
 
@@ -47,17 +48,18 @@ struct FrameArea {
 };
 
 FrameArea frame_area(const Segmentation& seg, const cv::Mat& gray8, const cv::Matx23d& A) {
-    const cv::Mat& P = seg.net_probability;
+    const NetFrame& net = net_frame(seg);
+    const cv::Mat& P = net.probability;
     const Letterbox& lb = seg.letterbox;
     FrameArea f;
     f.valid = cv::Mat::zeros(P.size(), CV_8U);
     if (!seg.refined) {
         f.valid(cv::Rect(lb.offset_x, lb.offset_y, lb.resized.width, lb.resized.height)).setTo(255);
-        if (!gray8.empty()) f.gray_net = seg.net_input.empty() ? lb.apply(gray8, cv::INTER_AREA) : seg.net_input;
+        if (!gray8.empty()) f.gray_net = net.input.empty() ? lb.apply(gray8, cv::INTER_AREA) : net.input;
     } else {
         const cv::Mat ones(lb.image_size, CV_8U, cv::Scalar(255));
         cv::warpAffine(ones, f.valid, A, P.size(), cv::INTER_NEAREST, cv::BORDER_CONSTANT, 0);
-        if (!gray8.empty()) f.gray_net = seg.net_input.empty() ? warp_to_frame(gray8, A, P.size()) : seg.net_input;
+        if (!gray8.empty()) f.gray_net = net.input.empty() ? warp_to_frame(gray8, A, P.size()) : net.input;
     }
     cv::Mat padded;
     cv::copyMakeBorder(f.valid, padded, 1, 1, 1, 1, cv::BORDER_CONSTANT, 0);
@@ -158,9 +160,9 @@ void trace_crossings(const cv::Mat& P, const FrameArea& area, const HeadComponen
 
 Boundary extract_boundary(const Segmentation& seg, const cv::Mat& gray8) {
     Boundary out;
-    const cv::Mat& P = seg.net_probability;
+    const cv::Mat& P = net_frame(seg).probability;
     if (P.empty()) return out;
-    const cv::Matx23d A = seg.to_net();
+    const cv::Matx23d A = to_net(seg);
     cv::Matx23d Ai;
     cv::invertAffineTransform(A, Ai);
     const double det = std::abs(A(0, 0) * A(1, 1) - A(0, 1) * A(1, 0));  // net pixels per image pixel
@@ -182,11 +184,10 @@ Boundary extract_boundary(const Segmentation& seg, const cv::Mat& gray8) {
 
 Boundary mask_boundary(const cv::Mat& mask8) {
     if (mask8.empty()) return {};
-    Segmentation s;
     const cv::Mat head = mask8 >= 128;
-    head.convertTo(s.net_probability, CV_32F, 1.0 / 255);
-    s.letterbox = Letterbox::fit(mask8.size(), mask8.size());  // the identity frame
-    return extract_boundary(s, cv::Mat());
+    cv::Mat probability;
+    head.convertTo(probability, CV_32F, 1.0 / 255);
+    return extract_boundary(segmentation_at_image(probability), cv::Mat());
 }
 
 std::vector<cv::Point> mask_outline(const cv::Mat& mask) {

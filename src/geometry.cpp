@@ -1,6 +1,7 @@
 // Image geometry of the network passes (see geometry.h): the letterbox, the head-centred crop and
 // the pixel-area reduction they share. No LibTorch here.
 #include "geometry.h"
+#include "net_frame.h"
 
 #include "fetalhc/ellipse.h"
 
@@ -47,16 +48,35 @@ cv::Matx23d Letterbox::affine() const {
     return {scale_x, 0, 0.5 * scale_x - 0.5 + offset_x, 0, scale_y, 0.5 * scale_y - 0.5 + offset_y};
 }
 
+const NetFrame& net_frame(const Segmentation& s) {
+    static const NetFrame none;
+    return s.net ? *s.net : none;
+}
+
+void set_net_frame(Segmentation& s, cv::Mat probability, const cv::Matx23d& crop_to_net, cv::Mat input) {
+    s.net = std::make_shared<const NetFrame>(NetFrame{std::move(probability), crop_to_net, std::move(input)});
+}
+
+cv::Matx23d to_net(const Segmentation& s) { return s.refined ? net_frame(s).crop_to_net : s.letterbox.affine(); }
+
+Segmentation segmentation_at_image(cv::Mat probability) {
+    Segmentation s;
+    s.letterbox = Letterbox::fit(probability.size(), probability.size());  // the identity frame
+    set_net_frame(s, std::move(probability));
+    return s;
+}
+
 cv::Mat Segmentation::probability_full() const {
-    if (net_probability.empty()) return {};
+    const NetFrame& f = net_frame(*this);
+    if (f.probability.empty()) return {};
     if (refined) {
         cv::Mat full;
-        cv::warpAffine(net_probability, full, crop_to_net, letterbox.image_size, cv::INTER_LINEAR | cv::WARP_INVERSE_MAP,
+        cv::warpAffine(f.probability, full, f.crop_to_net, letterbox.image_size, cv::INTER_LINEAR | cv::WARP_INVERSE_MAP,
                        cv::BORDER_CONSTANT, 0);
         return full;
     }
     const Letterbox& lb = letterbox;
-    cv::Mat roi = net_probability(cv::Rect(lb.offset_x, lb.offset_y, lb.resized.width, lb.resized.height));
+    cv::Mat roi = f.probability(cv::Rect(lb.offset_x, lb.offset_y, lb.resized.width, lb.resized.height));
     cv::Mat full;
     cv::resize(roi, full, lb.image_size, 0, 0, cv::INTER_LINEAR);
     return full;

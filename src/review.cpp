@@ -3,6 +3,8 @@
 // live in measure.cpp.
 #include "review.h"
 
+#include "net_frame.h"
+
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
@@ -69,10 +71,11 @@ void skull_signals(const cv::Mat& gray8, const EllipseFrame& f, ReviewSignals& s
 // Segmentation agreement: the probability map (in its own frame) just inside (0.9 of the radii)
 // and just outside (1.1) each ellipse point.
 void segmentation_signal(const Segmentation& seg, const EllipseFrame& f, ReviewSignals& s) {
-    if (seg.net_probability.empty()) return;
-    const cv::Matx23d A = seg.to_net();
+    const cv::Mat& P = net_frame(seg).probability;
+    if (P.empty()) return;
+    const cv::Matx23d A = to_net(seg);
     auto prob = [&](cv::Point2d p) {
-        return sample(seg.net_probability, A(0, 0) * p.x + A(0, 1) * p.y + A(0, 2), A(1, 0) * p.x + A(1, 1) * p.y + A(1, 2));
+        return sample(P, A(0, 0) * p.x + A(0, 1) * p.y + A(0, 2), A(1, 0) * p.x + A(1, 1) * p.y + A(1, 2));
     };
     int seen = 0, agree = 0;
     for (int k = 0; k < kSamples; ++k) {

@@ -1,6 +1,6 @@
 // Internal: the review signals of a measurement (ReviewSignals in fetalhc/measure.h), pure OpenCV.
 //
-//   double r = fetalhc::rival_share(seg.net_probability);            // first pass, by area
+//   double r = fetalhc::rival_share(probability);                  // first pass, by area
 //   fetalhc::ReviewSignals s = fetalhc::review_signals(seg, gray8, m.ellipse_px);
 //
 // Pixel conventions as in ellipse.h. Thread safety: pure functions.

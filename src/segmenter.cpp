@@ -5,6 +5,7 @@
 
 #include "geometry.h"
 #include "model_file.h"
+#include "net_frame.h"
 #include "network.h"
 #include "review.h"
 
@@ -108,10 +109,10 @@ Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray
     const auto& cfg = r.net->cfg;
     const cv::Size ns(cfg.input_width, cfg.input_height);
     auto segment_crop = [&](Segmentation& seg, const Ellipse& around) {
-        seg.crop_to_net = crop_frame(around, ns, r.margin);
-        seg.net_input = warp_to_frame(gray8, seg.crop_to_net, ns);
-        auto f = forward_members(nets, seg.net_input, mirror_average);
-        seg.net_probability = f.probability;
+        const cv::Matx23d A = crop_frame(around, ns, r.margin);
+        cv::Mat input = warp_to_frame(gray8, A, ns);
+        auto f = forward_members(nets, input, mirror_average);
+        set_net_frame(seg, f.probability, A, input);
         seg.refine_presence = f.presence;
         seg.member_disagreement = f.disagreement;
     };
@@ -132,11 +133,12 @@ Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray
 }
 
 bool needs_second_look(const Segmentation& refined, const Ellipse& crop_ellipse) {
-    const double s = frame_zoom(refined.crop_to_net);
+    const NetFrame& net = net_frame(refined);
+    const double s = frame_zoom(net.crop_to_net);
     const double expected = CV_PI * (s * crop_ellipse.a) * (s * crop_ellipse.b);
-    const cv::Moments m = cv::moments(refined.net_probability > 0.5f, true);
+    const cv::Moments m = cv::moments(net.probability > 0.5f, true);
     if (m.m00 < 16 || expected <= 0) return false;  // nothing found: the caller's checks handle it
-    const cv::Size ns = refined.net_probability.size();
+    const cv::Size ns = net.probability.size();
     const double dx = m.m10 / m.m00 - (ns.width - 1) / 2.0, dy = m.m01 / m.m00 - (ns.height - 1) / 2.0;
     return m.m00 < kSecondLookAreaShare * expected ||
            std::hypot(dx, dy) > kSecondLookShift * s * crop_ellipse.a;
@@ -261,12 +263,11 @@ Segmentation Segmenter::segment(const cv::Mat& gray8) const {
     auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode guard;
     auto first = detail::forward_members(impl_->nets, input);
-    out.net_probability = first.probability;
+    set_net_frame(out, first.probability, cv::Matx23d::eye(), input);
     out.presence = first.presence;
     out.member_disagreement = first.disagreement;
-    out.net_input = input;
     out.axis_scale = impl_->info.axis_scale;
-    out.rival_share = rival_share(out.net_probability);
+    out.rival_share = rival_share(first.probability);
     if (!impl_->refiners.empty()) out = detail::refine_segmentation(out, gray8, impl_->refiners, impl_->mirror_average);
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
@@ -282,19 +283,18 @@ Segmentation Segmenter::segment_near(const cv::Mat& gray8, const Ellipse& prior)
     out.letterbox = Letterbox::fit(gray8.size(), {cfg.input_width, cfg.input_height});
     out.axis_scale = impl_->info.axis_scale;
     out.refined = true;
-    out.crop_to_net = crop_frame(prior, ns, impl_->refiners.front().margin);
+    const cv::Matx23d crop_to_net = crop_frame(prior, ns, impl_->refiners.front().margin);
     auto t0 = std::chrono::steady_clock::now();
     c10::InferenceMode guard;
-    cv::Mat input = warp_to_frame(gray8, out.crop_to_net, ns);
+    cv::Mat input = warp_to_frame(gray8, crop_to_net, ns);
     // The second network's own score: is the crop still centred on a head?
     std::vector<detail::UNet> nets;
     for (const auto& r : impl_->refiners) nets.push_back(r.net);
     auto f = detail::forward_members(nets, input, impl_->mirror_average);
-    out.net_probability = f.probability;
+    set_net_frame(out, f.probability, crop_to_net, input);
     out.presence = f.presence;
     out.member_disagreement = f.disagreement;
     out.refine_presence = out.presence;
-    out.net_input = input;
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
 }

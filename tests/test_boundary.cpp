@@ -1,6 +1,7 @@
 // Boundary extraction from a probability map: synthetic maps whose 0.5 iso-contour is a known ellipse.
 #include "fetalhc/ellipse.h"
 #include "fetalhc/segmenter.h"
+#include "net_frame.h"  // internal (src/): the map in the network frame
 
 #include <gtest/gtest.h>
 #include <opencv2/imgproc.hpp>
@@ -17,7 +18,7 @@ namespace {
 Segmentation synthetic(const Ellipse& e, cv::Size image, cv::Size net, double width_px = 3.0) {
     Segmentation s;
     s.letterbox = Letterbox::fit(image, net);
-    s.net_probability = cv::Mat::zeros(net, CV_32F);
+    cv::Mat prob = cv::Mat::zeros(net, CV_32F);
     const auto& lb = s.letterbox;
     for (int y = lb.offset_y; y < lb.offset_y + lb.resized.height; ++y)
         for (int x = lb.offset_x; x < lb.offset_x + lb.resized.width; ++x) {
@@ -26,8 +27,9 @@ Segmentation synthetic(const Ellipse& e, cv::Size image, cv::Size net, double wi
             const double u = c * (p.x - e.cx) + sn * (p.y - e.cy), v = -sn * (p.x - e.cx) + c * (p.y - e.cy);
             const bool outside = (u / e.a) * (u / e.a) + (v / e.b) * (v / e.b) > 1;
             const double d = distance_to_ellipse(e, p) * (outside ? 1 : -1);
-            s.net_probability.at<float>(y, x) = float(1 / (1 + std::exp(d / width_px)));
+            prob.at<float>(y, x) = float(1 / (1 + std::exp(d / width_px)));
         }
+    set_net_frame(s, prob);
     s.presence = 0.99f;
     return s;
 }
@@ -98,14 +100,16 @@ TEST(ExtractBoundary, PointsOnTheSectorEdgeAreMarkedCut) {
 TEST(ExtractBoundary, EmptyMapFindsNoHead) {
     Segmentation s;
     s.letterbox = Letterbox::fit({800, 540}, {288, 192});
-    s.net_probability = cv::Mat::zeros(192, 288, CV_32F);
+    set_net_frame(s, cv::Mat::zeros(192, 288, CV_32F));
     EXPECT_FALSE(extract_boundary(s, cv::Mat()).found);
 }
 
 TEST(ExtractBoundary, LargestComponentWins) {
     const Ellipse truth{400, 270, 150, 120, 1.0};
     Segmentation s = synthetic(truth, {800, 540}, {288, 192});
-    cv::circle(s.net_probability, {30, 30}, 5, cv::Scalar(1.0), cv::FILLED);  // a small blob elsewhere
+    cv::Mat prob = net_frame(s).probability.clone();
+    cv::circle(prob, {30, 30}, 5, cv::Scalar(1.0), cv::FILLED);  // a small blob elsewhere
+    set_net_frame(s, prob);
     Boundary b = extract_boundary(s, cv::Mat());
     ASSERT_TRUE(b.found);
     for (const auto& p : b.points) EXPECT_GT(p.x, 200.0);

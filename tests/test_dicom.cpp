@@ -7,6 +7,7 @@
 #include "fetalhc/measure.h"
 
 #include "dicom_wrap.h"
+#include "net_frame.h"  // internal (src/): a segmentation of a mask
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcpxitem.h>
@@ -488,9 +489,9 @@ TEST(DicomAnisotropic, HcIsThePhysicalEllipses) {
             const double u = dx * c + dy * s, v = -dx * s + dy * c;
             if (u * u / (phys.a * phys.a) + v * v / (phys.b * phys.b) <= 1) mask.at<uchar>(y, x) = 255;
         }
-    Segmentation seg;
-    mask.convertTo(seg.net_probability, CV_32F, 1.0 / 255);
-    seg.letterbox = Letterbox::fit(mask.size(), mask.size());
+    cv::Mat prob;
+    mask.convertTo(prob, CV_32F, 1.0 / 255);
+    Segmentation seg = segmentation_at_image(prob);
     seg.presence = 0.98f;
     MeasureOptions o;
     o.pixel_size_mm = sx;

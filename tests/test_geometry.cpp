@@ -7,6 +7,7 @@
 //     pixel whose exact value ends in .5 may round the other way: at most 1 grey level, on at
 //     most 1% of the pixels.
 #include "geometry.h"
+#include "net_frame.h"
 
 #include "fetalhc/ellipse.h"
 #include "fetalhc/segmenter.h"
@@ -165,14 +166,14 @@ TEST(GeometrySegmentation, ProbabilityFullIsInTheInputFrame) {
     mask.convertTo(maskf, CV_32F, 1.0 / 255);
     Segmentation s;
     s.letterbox = Letterbox::fit(image, {128, 96});
-    s.net_probability = s.letterbox.apply(maskf, cv::INTER_LINEAR);
+    set_net_frame(s, s.letterbox.apply(maskf, cv::INTER_LINEAR));
     const cv::Mat full = s.probability_full();
     ASSERT_EQ(full.size(), image);
     EXPECT_GT(full.at<float>(140, 210), 0.9f);
     EXPECT_LT(full.at<float>(10, 10), 0.1f);
     s.refined = true;
-    s.crop_to_net = crop_frame(head, {128, 96}, 1.3);
-    s.net_probability = warp_to_frame(maskf, s.crop_to_net, {128, 96});
+    const cv::Matx23d crop_to_net = crop_frame(head, {128, 96}, 1.3);
+    set_net_frame(s, warp_to_frame(maskf, crop_to_net, {128, 96}), crop_to_net);
     const cv::Mat from_crop = s.probability_full();
     ASSERT_EQ(from_crop.size(), image);
     EXPECT_GT(from_crop.at<float>(140, 210), 0.9f);

@@ -4,6 +4,7 @@
 #include "fetalhc/ellipse.h"
 #include "fetalhc/measure.h"
 #include "fetalhc/segmenter.h"
+#include "net_frame.h"  // internal (src/): a segmentation of a mask
 
 #include <gtest/gtest.h>
 #include <opencv2/imgproc.hpp>
@@ -21,9 +22,9 @@ const Ellipse kHead{200, 150, 120, 95, 0.3};  // cephalic index 79
 
 // The mask as the probability map, in an identity letterbox, as the HTTP stages build it.
 Segmentation from_mask(const cv::Mat& mask8, float presence = 0.98f) {
-    Segmentation s;
-    mask8.convertTo(s.net_probability, CV_32F, 1.0 / 255);
-    s.letterbox = Letterbox::fit(mask8.size(), mask8.size());
+    cv::Mat prob;
+    mask8.convertTo(prob, CV_32F, 1.0 / 255);
+    Segmentation s = segmentation_at_image(prob);
     s.presence = presence;
     return s;
 }

@@ -2,6 +2,7 @@
 // convolution) must give what the training form gives in eval mode; the second pass's decision to
 // crop again.
 #include "geometry.h"
+#include "net_frame.h"
 #include "network.h"
 
 #include "fetalhc/ellipse.h"
@@ -121,8 +122,8 @@ TEST(SecondLook, OnlyForASmallOrOffCentreHead) {
     const Ellipse crop_ellipse{400, 270, 150, 110, 0.3};
     fetalhc::Segmentation seg;
     seg.refined = true;
-    seg.crop_to_net = fetalhc::crop_frame(crop_ellipse, ns, 1.2);
-    const double s = fetalhc::frame_zoom(seg.crop_to_net);
+    const cv::Matx23d crop_to_net = fetalhc::crop_frame(crop_ellipse, ns, 1.2);
+    const double s = fetalhc::frame_zoom(crop_to_net);
     const double cx = (ns.width - 1) / 2.0, cy = (ns.height - 1) / 2.0;
     auto head_at = [&](double dx, double scale) {  // the crop's ellipse in net pixels, moved and scaled
         Ellipse e{cx + dx, cy, s * crop_ellipse.a * scale, s * crop_ellipse.b * scale, 0};
@@ -131,15 +132,15 @@ TEST(SecondLook, OnlyForASmallOrOffCentreHead) {
         return m;
     };
     using fetalhc::detail::needs_second_look;
-    seg.net_probability = head_at(0, 1.0);
+    fetalhc::set_net_frame(seg, head_at(0, 1.0), crop_to_net);
     EXPECT_FALSE(needs_second_look(seg, crop_ellipse)) << "the head fills the crop's ellipse";
-    seg.net_probability = head_at(0, 0.85);  // 72% of the area
+    fetalhc::set_net_frame(seg, head_at(0, 0.85), crop_to_net);  // 72% of the area
     EXPECT_FALSE(needs_second_look(seg, crop_ellipse));
-    seg.net_probability = head_at(0, 0.6);  // 36% of the area
+    fetalhc::set_net_frame(seg, head_at(0, 0.6), crop_to_net);  // 36% of the area
     EXPECT_TRUE(needs_second_look(seg, crop_ellipse)) << "the head is much smaller than the crop's ellipse";
-    seg.net_probability = head_at(0.3 * s * crop_ellipse.a, 1.0);
+    fetalhc::set_net_frame(seg, head_at(0.3 * s * crop_ellipse.a, 1.0), crop_to_net);
     EXPECT_TRUE(needs_second_look(seg, crop_ellipse)) << "the head is off the crop's centre";
-    seg.net_probability = cv::Mat::zeros(ns, CV_32F);
+    fetalhc::set_net_frame(seg, cv::Mat::zeros(ns, CV_32F), crop_to_net);
     EXPECT_FALSE(needs_second_look(seg, crop_ellipse)) << "nothing found is left to the caller's checks";
 }
 
@@ -199,7 +200,7 @@ TEST(Ensemble, TwoCopiesOfOneModelSegmentAsTheModel) {
     ASSERT_TRUE(one && two) << (one ? two.error() : one.error());
     const cv::Mat img = head_scan();
     const fetalhc::Segmentation s1 = one->segment(img), s2 = two->segment(img);
-    EXPECT_LT(cv::norm(s1.net_probability, s2.net_probability, cv::NORM_INF), 1e-6);
+    EXPECT_LT(cv::norm(fetalhc::net_frame(s1).probability, fetalhc::net_frame(s2).probability, cv::NORM_INF), 1e-6);
     EXPECT_NEAR(s2.presence, s1.presence, 1e-6);
     EXPECT_EQ(s2.member_disagreement, 0.0);
     EXPECT_NEAR(two->info().axis_scale, 0.98, 1e-12);  // the members' mean

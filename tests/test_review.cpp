@@ -1,5 +1,6 @@
 // Review signals (src/review.cpp) on synthetic images whose answer is known by construction: a
 // bright skull ring drawn with cv::ellipse, a probability map that is the filled head.
+#include "net_frame.h"
 #include "review.h"
 
 #include "fetalhc/measure.h"
@@ -30,12 +31,10 @@ cv::Mat scan(double arc_from = 0, double arc_to = 360) {
 
 // A segmentation whose probability map is the filled ellipse `e` in image pixels (frame = image).
 Segmentation filled(const Ellipse& e) {
-    Segmentation s;
-    cv::Mat mask(kImage, CV_8U, cv::Scalar(0));
+    cv::Mat mask(kImage, CV_8U, cv::Scalar(0)), prob;
     cv::ellipse(mask, rect(e), cv::Scalar(255), cv::FILLED);
-    mask.convertTo(s.net_probability, CV_32F, 1.0 / 255);
-    s.letterbox = Letterbox::fit(kImage, kImage);
-    return s;
+    mask.convertTo(prob, CV_32F, 1.0 / 255);
+    return segmentation_at_image(prob);
 }
 
 }  // namespace

@@ -13,14 +13,14 @@
 
 #include <opencv2/core.hpp>
 
+#include <memory>
 #include <vector>
 
 namespace fetalhc {
 
 // Where an image sits inside the network input, per axis: net = scale * (img + 0.5) - 0.5 + offset
 // (the half-pixel terms make pixel centres line up as cv::resize does). The two scales differ only
-// by the rounding of the resized size. Part of a Segmentation (the whole-image pass's frame); build
-// one with fit() to wrap a probability map of your own (e.g. a mask) for extract_boundary.
+// by the rounding of the resized size. Part of a Segmentation (the whole-image pass's frame).
 struct Letterbox {
     double scale_x = 1, scale_y = 1;
     int offset_x = 0, offset_y = 0;
@@ -36,29 +36,27 @@ struct Letterbox {
     cv::Matx23d affine() const;  // the same mapping as a 2x3 affine (image -> net)
 };
 
+// The probability map in the frame of the network that made it, that frame and the network's
+// input: internal (src/net_frame.h), read through probability_full() and extract_boundary.
+struct NetFrame;
+
 struct Segmentation {
-    cv::Mat net_probability;  // CV_32F at the network input size, head probability in [0,1]
     float presence = 0;       // probability that a head is in view (the detection head)
     double axis_scale = 1;    // the model's mask-to-reference factor (ModelInfo::axis_scale)
     Letterbox letterbox;      // the whole-image pass (its image_size is the input image's)
-    // Set when net_probability comes from the refinement pass on a head-centred crop: the
-    // image -> crop affine (crop = A * (x, y, 1); the ellipse's major axis along +x). Otherwise the
-    // frame is the letterbox.
+    // Set when the map comes from the refinement pass on a head-centred crop (the ellipse's major
+    // axis along +x); otherwise its frame is the letterbox.
     bool refined = false;
-    cv::Matx23d crop_to_net = cv::Matx23d::eye();
     double network_ms = 0;    // forward pass time (both passes)
     // What the passes saw besides the head they chose (review signals, see ReviewSignals in measure.h).
     float refine_presence = -1;  // the second network's own presence score on its final crop; -1: no second pass
     double rival_share = 0;      // first pass: area of its second-largest head region / the largest (0: one region)
     bool second_look = false;    // the second pass cropped again around the head it found
     double member_disagreement = 0;  // ensemble: 1 - mean IoU of members' masks with the mean's (last pass); 0 for one model
-    // The 8-bit image the last network saw (net_probability's frame), kept so later stages need
-    // not resample the input again. Empty when the segmentation was built by hand.
-    cv::Mat net_input;
+    // The map in the last network's frame (shared, never changed once made); null before a pass.
+    std::shared_ptr<const NetFrame> net;
 
-    cv::Matx23d to_net() const { return refined ? crop_to_net : letterbox.affine(); }
-
-    // Probability map resized back to the input image (bilinear), CV_32F.
+    // Probability map resized back to the input image (bilinear), CV_32F; empty before a pass.
     cv::Mat probability_full() const;
 };
 

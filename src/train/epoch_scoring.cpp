@@ -3,6 +3,7 @@
 
 #include "geometry.h"
 #include "loss.h"
+#include "net_frame.h"
 
 #include "fetalhc/measure.h"
 
@@ -77,11 +78,12 @@ void score_coarse_batch(detail::UNet& net, const std::vector<Sample>& val, size_
     for (size_t k = 0; k < b.images.size(); ++k) {
         Segmentation seg;
         seg.letterbox = b.frames[k];
-        seg.net_probability = cv::Mat(ns, CV_32F);
-        std::memcpy(seg.net_probability.data, prob[long(k)].data_ptr<float>(), sizeof(float) * ns.area());
+        cv::Mat p(ns, CV_32F);
+        std::memcpy(p.data, prob[long(k)].data_ptr<float>(), sizeof(float) * ns.area());
+        set_net_frame(seg, p);
         seg.presence = pp[long(k)].item<float>();
         seg.axis_scale = axis_scale;
-        t.dice += dice_at_half(seg.net_probability, b.masks[k]);
+        t.dice += dice_at_half(p, b.masks[k]);
         t.add_hc(score_hc_error(seg, val[i0 + k]));
     }
 }
@@ -132,9 +134,10 @@ EvalResult validate_refine(detail::UNet& net, const std::vector<Sample>& val, co
         seg.axis_scale = axis_scale;
         if (seg.refined) {
             cv::Mat m;
-            warp_to_frame(s.full_mask, seg.crop_to_net, ns).convertTo(m, CV_32F, 1.0 / 255);
-            t.loss += crop_loss(seg.net_probability, m, cfg);
-            t.dice += dice_at_half(seg.net_probability, m);
+            const NetFrame& crop = net_frame(seg);
+            warp_to_frame(s.full_mask, crop.crop_to_net, ns).convertTo(m, CV_32F, 1.0 / 255);
+            t.loss += crop_loss(crop.probability, m, cfg);
+            t.dice += dice_at_half(crop.probability, m);
             ++crops;
         }
         t.add_hc(score_hc_error(seg, s));
@@ -154,7 +157,9 @@ std::vector<Segmentation> first_pass_segmentations(detail::UNet& coarse, const s
     for (const auto& s : images) {
         Segmentation seg;
         seg.letterbox = Letterbox::fit(s.full.size(), cs);
-        std::tie(seg.net_probability, seg.presence) = detail::forward_one(coarse, seg.letterbox.apply(s.full, cv::INTER_AREA));
+        auto [probability, presence] = detail::forward_one(coarse, seg.letterbox.apply(s.full, cv::INTER_AREA));
+        set_net_frame(seg, probability);
+        seg.presence = presence;
         out.push_back(seg);
     }
     return out;
