@@ -225,6 +225,10 @@ Split kfold_split(const std::vector<Hc18Record>& records, int folds, int fold, c
     return s;
 }
 
+namespace {
+
+// Sub-pixel boundary of a binary mask: the midpoints of the edges between inside (nonzero) and
+// outside pixels, in pixel coordinates.
 std::vector<cv::Point2d> mask_edge_points(const cv::Mat& mask) {
     std::vector<cv::Point2d> pts;
     for (int y = 0; y < mask.rows; ++y) {
@@ -237,6 +241,8 @@ std::vector<cv::Point2d> mask_edge_points(const cv::Mat& mask) {
     }
     return pts;
 }
+
+}  // namespace
 
 double mask_to_reference_scale(const std::vector<Hc18Record>& records) {
     double sum = 0;

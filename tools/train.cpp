@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include "fetalhc/fetalhc.h"
+#include "fetalhc/trainer.h"
 
 #include <cmath>
 #include <cstdio>

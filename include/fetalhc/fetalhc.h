@@ -1,4 +1,5 @@
-// fetalhc/fetalhc.h - the whole public API in one include.
+// fetalhc/fetalhc.h - the public measurement API in one include. The trainer (fetalhc/trainer.h),
+// the HTTP server (fetalhc/server.h) and the store (fetalhc/store.h) have their own headers.
 #pragma once
 
 #include "fetalhc/csv.h"
@@ -15,6 +16,5 @@
 #include "fetalhc/report.h"
 #include "fetalhc/segmentation.h"
 #include "fetalhc/segmenter.h"
-#include "fetalhc/trainer.h"
 #include "fetalhc/uncertainty.h"
 #include "fetalhc/video.h"

@@ -114,10 +114,6 @@ double mask_to_reference_scale(const std::vector<Hc18Record>& records);
 double measured_to_reference_scale(const std::vector<Hc18Record>& records,
                                    const std::function<std::optional<double>(const Hc18Record&)>& measured_hc);
 
-// Sub-pixel boundary of a binary mask: the midpoints of the edges between inside (nonzero) and
-// outside pixels, in pixel coordinates.
-std::vector<cv::Point2d> mask_edge_points(const cv::Mat& mask);
-
 // COCO instance-segmentation export of the labelled images: one category "fetal_head", one
 // annotation per image with the mask's outer polygon, area, bbox [x, y, w, h] and iscrowd 0.
 Expected<std::string> coco_annotations_json(const std::vector<Hc18Record>& records);
