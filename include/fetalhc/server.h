@@ -30,8 +30,9 @@
 // (no cross-site "simple" writes), chunked bodies get 411 and a Content-Length over the limit 413. Logs name the method, the
 // route pattern, the status and the time; never a pregnancy id, a hash or image bytes.
 // Concurrency: HTTP connections are served by a thread pool; at most `threads` requests run the
-// network at once (the others wait for a slot, measure requests at most max_queue_ms). The model
-// is loaded once and shared read-only.
+// network at once (the others wait for a slot in one first-come-first-served queue: POST
+// /v1/measure and /v1/segment at most max_queue_ms, the DICOM node's instances as long as it
+// takes). The model is loaded once and shared read-only.
 #pragma once
 
 #include "fetalhc/expected.h"
@@ -64,9 +65,10 @@ struct ServerOptions {
     // A request's line and headers must arrive within this; its body then at 64 KB/s at least (the
     // whole request never past request_timeout_s).
     double header_timeout_s = 10;
-    // Overload: a measure request that would wait longer than this for a network slot (estimated
-    // from the queue ahead of it and a running average of the time a request holds a slot), or
-    // that does, gets 503 `overloaded` with Retry-After at once instead. 0 = wait as long as it takes.
+    // Overload: a POST /v1/measure or /v1/segment request (a DICOM upload too) that would wait
+    // longer than this for a network slot (estimated from the queue ahead of it and a running
+    // average of the time a request holds a slot), or that does, gets 503 `overloaded` with
+    // Retry-After at once instead. 0 = wait as long as it takes.
     double max_queue_ms = 5000;
     std::string token_file;                // first line is the bearer token
     size_t max_upload_bytes = 20u << 20;   // larger request bodies get 413
