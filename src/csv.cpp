@@ -79,7 +79,7 @@ Expected<std::vector<std::string>> parse_csv_record(std::string_view line) {
         if (i < line.size() && line[i] == '"') {
             ++i;
             while (true) {
-                if (i >= line.size()) return make_error("unterminated quoted cell");
+                if (i >= line.size()) return make_error(ErrorKind::InvalidArgument, "unterminated quoted cell");
                 if (line[i] == '"') {
                     if (i + 1 < line.size() && line[i + 1] == '"') {
                         cell += '"';
@@ -91,7 +91,7 @@ Expected<std::vector<std::string>> parse_csv_record(std::string_view line) {
                 }
                 cell += line[i++];
             }
-            if (i < line.size() && line[i] != ',') return make_error("text after a closing quote");
+            if (i < line.size() && line[i] != ',') return make_error(ErrorKind::InvalidArgument, "text after a closing quote");
         } else {
             while (i < line.size() && line[i] != ',') cell += line[i++];
         }

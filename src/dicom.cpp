@@ -4,8 +4,9 @@
 #include "fetalhc/dicom.h"
 
 #include "dicom_detail.h"
+#include "dicom_walk.h"
 
-#include "fetalhc/hc18.h"
+#include "fetalhc/measure.h"
 
 #include <dcmtk/config/osconfig.h>  // must come first among the DCMTK headers
 #include <dcmtk/dcmdata/dccodec.h>
@@ -260,24 +261,6 @@ std::string walk_error(const std::string& name, const std::string& problem) {
     return "DICOM '" + name + "' is truncated or damaged: an element is longer than the file (" + problem + ")";
 }
 
-// The walk over a file's bytes, mapped read-only (nothing is copied; pixel data is skipped by its
-// length, so only the pages holding element headers are read).
-std::string walk_file(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return "";  // DCMTK's own read reports it
-    struct stat st{};
-    std::string problem;
-    if (::fstat(fd, &st) == 0 && st.st_size > 0) {
-        void* m = ::mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m != MAP_FAILED) {
-            problem = overlong_value(static_cast<const unsigned char*>(m), size_t(st.st_size));
-            ::munmap(m, size_t(st.st_size));
-        }
-    }
-    ::close(fd);
-    return problem;
-}
-
 Expected<DicomHeader> load_file(DcmFileFormat& ff, const std::string& path, bool header_only) {
     init_dcmtk();
     std::error_code ec;
@@ -290,195 +273,6 @@ Expected<DicomHeader> load_file(DcmFileFormat& ff, const std::string& path, bool
                                       ERM_fileOnly);
     if (c.bad()) return make_error("cannot read DICOM '" + path + "': " + c.text() + " (truncated or damaged file?)");
     return header_from(ff, path);
-}
-
-// Reading from memory, DCMTK allocates every value at the length its header declares before it
-// reads the value (a 4 KB upload whose element says 2.6 GB allocates 2.6 GB). This walks the
-// elements first, without allocating, and returns the first declared length that runs past the end
-// of the bytes (as "tag: N bytes declared, M left"), or "" when every length fits. Sequences and
-// items are entered (their contents are elements), fragments of encapsulated pixel data skipped.
-// DCMTK reads nested sequences by recursion, and some thousands of levels overflow the stack (a
-// 553 KB file of 6000 nested empty sequences crashed the process), so the walk also keeps the
-// stack of open sequences and items and refuses more than kDicomMaxNesting nested sequences.
-// A deflated data set (PS3.5 A.5) is inflated first, at most kMaxInflatedBytes, and its elements
-// walked the same way.
-constexpr size_t kMaxInflatedBytes = size_t(256) << 20;
-
-// Raw DEFLATE (RFC 1951, no zlib header: PS3.5 A.5) of p[0..n), inflated into at most `cap` bytes.
-// Returns "" and the bytes, or why not (damaged stream, larger than the cap).
-std::string inflate_raw(const unsigned char* p, size_t n, size_t cap, std::vector<unsigned char>& out) {
-    z_stream z{};
-    if (inflateInit2(&z, -MAX_WBITS) != Z_OK) return "cannot start inflating";
-    z.next_in = const_cast<unsigned char*>(p);
-    z.avail_in = uInt(std::min<size_t>(n, UINT32_MAX));
-    std::string why;
-    unsigned char chunk[1 << 16];
-    for (;;) {
-        z.next_out = chunk;
-        z.avail_out = sizeof chunk;
-        const int r = inflate(&z, Z_NO_FLUSH);
-        const size_t got = sizeof chunk - z.avail_out;
-        if (out.size() + got > cap) {
-            why = "the deflated data set inflates past " + std::to_string(cap >> 20) + " MB";
-            break;
-        }
-        out.insert(out.end(), chunk, chunk + got);
-        if (r == Z_STREAM_END) break;
-        if (r != Z_OK) {
-            why = "the deflated data set is damaged (" + std::string(z.msg ? z.msg : "inflate error") + ")";
-            break;
-        }
-        if (got == 0 && z.avail_in == 0) {
-            why = "the deflated data set ends early";
-            break;
-        }
-    }
-    inflateEnd(&z);
-    return why;
-}
-
-// The file with its deflated data set inflated and its transfer syntax rewritten in place (same
-// value length, padded with NULs) to explicit VR little endian, the encoding inside the stream.
-std::string walk_inflated(const unsigned char* b, size_t n, size_t data_start, size_t xfer_pos, size_t xfer_len) {
-    static const char kExplicitLittle[] = "1.2.840.10008.1.2.1";
-    const size_t k = sizeof kExplicitLittle - 1;
-    if (xfer_len < k) return "transfer syntax value too short";
-    std::vector<unsigned char> plain(b, b + data_start);
-    std::memcpy(plain.data() + xfer_pos, kExplicitLittle, k);
-    std::memset(plain.data() + xfer_pos + k, 0, xfer_len - k);
-    if (auto why = inflate_raw(b + data_start, n - data_start, kMaxInflatedBytes, plain); !why.empty()) return why;
-    return overlong_value(plain.data(), plain.size());
-}
-
-std::string overlong_value(const unsigned char* p, size_t n) {
-    bool big = false, explicit_vr = true, in_meta = true, in_fragments = false;
-    const auto u16 = [&](size_t i) { return big ? unsigned(p[i]) << 8 | p[i + 1] : unsigned(p[i + 1]) << 8 | p[i]; };
-    const auto u32 = [&](size_t i) {
-        return big ? uint32_t(p[i]) << 24 | uint32_t(p[i + 1]) << 16 | uint32_t(p[i + 2]) << 8 | p[i + 3]
-                   : uint32_t(p[i + 3]) << 24 | uint32_t(p[i + 2]) << 16 | uint32_t(p[i + 1]) << 8 | p[i];
-    };
-    const auto vr_is = [&](size_t i, const char* v) { return p[i] == v[0] && p[i + 1] == v[1]; };
-    std::string xfer;
-    size_t xfer_pos = 0, xfer_len = 0;  // where the transfer syntax value lies (a deflated file is rewritten there)
-    // The open sequences and items: where each ends (kOpenEnded: at its delimiter) and whether it
-    // is a sequence (an element of undefined length other than pixel data counts as one: DCMTK
-    // reads such an element of unknown VR as a sequence).
-    constexpr size_t kOpenEnded = SIZE_MAX;
-    struct Open {
-        size_t end;
-        bool sequence;
-    };
-    std::vector<Open> open;
-    int sequences = 0;
-    const auto enter = [&](size_t end, bool seq) {
-        open.push_back({end, seq});
-        sequences += seq;
-    };
-    const auto leave = [&] {
-        sequences -= open.back().sequence;
-        open.pop_back();
-    };
-    // The meta header is read as DCMTK reads it: in the encoding it guesses from the first element
-    // (explicit VR when the two bytes after the tag are capital letters, big endian when the group
-    // reads 0x0002 so), and, after a leading group length (0002,0000), for as many bytes as that
-    // says whatever the tags inside; without one, while the tags are of group 0002.
-    if (n < 140) return "";
-    big = p[132] == 0x00 && p[133] == 0x02;
-    explicit_vr = std::isupper(p[136]) && std::isupper(p[137]);
-    size_t meta_end = 0;
-    if (n >= 144 && u16(132) == 0x0002 && u16(134) == 0x0000 && (explicit_vr ? vr_is(136, "UL") && u16(138) == 4 : u32(136) == 4))
-        meta_end = 144 + size_t(u32(140));
-    for (size_t pos = 132; pos + 8 <= n;) {
-        unsigned group = u16(pos);
-        if (in_meta && (meta_end ? pos >= meta_end : group != 0x0002)) {
-            // The data set starts: its encoding is the meta header's transfer syntax (DICOM PS3.5 A).
-            in_meta = false;
-            big = false, explicit_vr = true;
-            while (!xfer.empty() && (xfer.back() == '\0' || xfer.back() == ' ')) xfer.pop_back();
-            if (xfer == "1.2.840.10008.1.2.1.99") return walk_inflated(p, n, pos, xfer_pos, xfer_len);  // lengths are inside the stream
-            if (xfer == "1.2.840.10008.1.2") explicit_vr = false;
-            else if (xfer == "1.2.840.10008.1.2.2") big = true;
-            else if (xfer.empty()) explicit_vr = std::isupper(p[pos + 4]) && std::isupper(p[pos + 5]);  // as DCMTK guesses
-            group = u16(pos);
-        }
-        while (!open.empty() && open.back().end != kOpenEnded && pos >= open.back().end) leave();
-        const unsigned element = u16(pos + 2);
-        const auto tag = [&] {
-            char t[16];
-            std::snprintf(t, sizeof t, "(%04X,%04X)", group, element);
-            return std::string(t);
-        };
-        uint32_t len = 0;
-        size_t header = 8;
-        bool sequence = false;
-        if (group == 0xFFFE) {  // item and delimiters: no VR in any encoding
-            len = u32(pos + 4);
-        } else if (explicit_vr) {
-            // The VRs with a 2-byte length (PS3.5 7.1.2); every other one, a VR DCMTK does not know
-            // included, has 2 reserved bytes and a 4-byte length, as DCMTK reads it.
-            static const char* const kShort[] = {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO",
-                                                 "LT", "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"};
-            bool short_form = false;
-            for (const char* v : kShort) short_form = short_form || vr_is(pos + 4, v);
-            if (!short_form) {
-                if (pos + 12 > n) break;
-                len = u32(pos + 8), header = 12;
-            } else {
-                len = u16(pos + 6);
-            }
-            sequence = vr_is(pos + 4, "SQ");
-        } else {
-            len = u32(pos + 4);
-            sequence = DcmTag(Uint16(group), Uint16(element)).getEVR() == EVR_SQ;
-        }
-        pos += header;
-        if (group == 0xFFFE && element != 0xE000 && element != 0xE00D && element != 0xE0DD) {
-            // Not an item or a delimiter: DCMTK reads it as an element with a value of that length.
-            if (len != 0xFFFFFFFF && len > n - pos)
-                return tag() + ": " + std::to_string(len) + " bytes declared, " + std::to_string(n - pos) + " left";
-            if (len != 0xFFFFFFFF) pos += len;
-            continue;
-        }
-        if (group == 0xFFFE) {
-            if (element != 0xE000) {  // a delimiter closes the innermost open-ended sequence or item
-                if (element == 0xE0DD && in_fragments) in_fragments = false;
-                else if (!open.empty() && open.back().end == kOpenEnded) leave();
-                continue;
-            }
-            if (len == 0xFFFFFFFF) {
-                if (!in_fragments) enter(kOpenEnded, false);
-                continue;
-            }
-            if (len > n - pos)
-                return "item " + tag() + ": " + std::to_string(len) + " bytes declared, " + std::to_string(n - pos) + " left";
-            if (in_fragments) pos += len;  // a fragment of compressed pixel data; an item of a sequence is entered
-            else enter(pos + len, false);
-            continue;
-        }
-        const auto too_deep = [&] {
-            return tag() + ": sequences nested more than " + std::to_string(kDicomMaxNesting) + " levels deep";
-        };
-        if (len == 0xFFFFFFFF) {  // a sequence, or encapsulated pixel data, ended by a delimiter
-            if (group == 0x7FE0 && element == 0x0010 && !sequence) {
-                in_fragments = true;
-                continue;
-            }
-            enter(kOpenEnded, true);
-            if (sequences > kDicomMaxNesting) return too_deep();
-            continue;
-        }
-        if (len > n - pos) return tag() + ": " + std::to_string(len) + " bytes declared, " + std::to_string(n - pos) + " left";
-        if (sequence) {
-            enter(pos + len, true);
-            if (sequences > kDicomMaxNesting) return too_deep();
-        }
-        if (in_meta && group == 0x0002 && element == 0x0010) {
-            xfer.assign(reinterpret_cast<const char*>(p + pos), len);
-            xfer_pos = pos, xfer_len = len;
-        }
-        if (!sequence) pos += len;
-    }
-    return "";
 }
 
 // Bytes in an anonymous memory file (memfd), open while the object lives. DCMTK reads them as a
@@ -689,7 +483,8 @@ Expected<DicomCalibration> region_calibration(const DicomHeader& h, const Ultras
     c.mm_per_px_x = r.delta_x * 10;
     c.mm_per_px_y = r.delta_y * 10;
     for (double mm : {c.mm_per_px_x, c.mm_per_px_y})
-        if (auto e = check_pixel_size(mm, what + " (PhysicalDeltaX/Y x 10)"); !e.empty()) return make_error(e + kOverride);
+        if (auto e = check_pixel_size(mm, what + " (PhysicalDeltaX/Y x 10)"); !e.empty())
+            return calibration_error(e + kOverride);
     // Real files overhang by a pixel (the Philips box ends at column 800 of 800); a box further out
     // belongs to another pixel grid (a re-scaled image whose calibration was not updated).
     const int tol_x = std::max(2, h.columns / 100), tol_y = std::max(2, h.rows / 100);
@@ -720,7 +515,8 @@ Expected<DicomCalibration> spacing_calibration(const DicomHeader& h) {
         c.mm_per_px_x = (*sp)[1];  // (row spacing, column spacing): x steps along a row = column spacing
         c.mm_per_px_y = (*sp)[0];
         for (double mm : {c.mm_per_px_x, c.mm_per_px_y})
-            if (auto e = check_pixel_size(mm, what + " (" + name + ")"); !e.empty()) return make_error(e + kOverride);
+            if (auto e = check_pixel_size(mm, what + " (" + name + ")"); !e.empty())
+            return calibration_error(e + kOverride);
         c.source = name;
         c.box = cv::Rect(0, 0, h.columns, h.rows);
         return c;

@@ -3,9 +3,14 @@
 #include "fetalhc/dicom.h"
 
 #include "dicom_detail.h"
-#include "fetalhc/metrics.h"
+#include "video_detail.h"
+
+#include "fetalhc/measure.h"
+
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 namespace fetalhc {
@@ -80,54 +85,158 @@ Expected<DicomMeasurement> measure_dicom_frame(const Measurer& measurer, const D
     return out;
 }
 
-Expected<VideoSummary> measure_dicom_cine(const Measurer& measurer, const DicomHeader& h, const DicomCalibration& c,
-                                          const std::string& label, const FrameSource& next, const VideoOptions& opt,
-                                          const std::function<void(const VideoFrame&)>& on_frame) {
-    const bool check_region = c.source != "--pixel-size";
-    const FrameSource masked = [&](cv::Mat& frame, double& time_s) {
-        if (!next(frame, time_s)) return false;
-        if (!c.keep.empty()) frame = mask_outside(frame, c.keep);
+std::vector<int> frames_to_measure(int frames, int max_frames) {
+    std::vector<int> pick;
+    if (max_frames <= 0 || frames <= max_frames) {
+        for (int k = 0; k < frames; ++k) pick.push_back(k);
+        return pick;
+    }
+    for (int k = 0; k < max_frames; ++k)
+        pick.push_back(max_frames == 1 ? 0 : int(std::lround(double(k) * (frames - 1) / (max_frames - 1))));
+    return pick;
+}
+
+namespace {
+
+// `e` with `kind` when the stage below gave it none (Internal): the stage tells what failed.
+Error with_kind(Error e, ErrorKind kind) {
+    if (e.kind == ErrorKind::Internal) e.kind = kind;
+    return e;
+}
+
+// The file's own calibration cannot be used and none was given: said before any frame is decoded
+// (the ambiguous dual-view case is left to measure_dicom_frame, which picks the region by the head).
+std::optional<Error> calibration_problem(const DicomHeader& h) {
+    int tissue = 0;
+    for (const auto& r : h.regions) tissue += r.is_tissue_2d_cm() ? 1 : 0;
+    if (tissue > 1) return std::nullopt;
+    std::vector<std::string> notes;
+    auto c = calibration_for_frames(h, std::nullopt, notes);
+    if (c) return std::nullopt;
+    Error e = with_kind(c.error_value(), ErrorKind::InvalidCalibration);
+    if (e.field.empty()) e.field = "pixel_size";
+    return e;
+}
+
+// Unless the calibration was given, a frame whose head reaches out of its region (chosen by the
+// head's centre) becomes that frame's error, as for one frame (measure_dicom_frame).
+void check_frame_region(const DicomHeader& h, const DicomCalibration& c, VideoFrame& f) {
+    if (!f.result || c.given) return;
+    auto cal = choose_calibration(h, cv::Point2d(f.result->ellipse_px.cx, f.result->ellipse_px.cy));
+    std::string e = cal ? head_outside(*cal, f.result->ellipse_px, f.result->source) : cal.error();
+    if (!e.empty()) f.result = make_error(ErrorKind::InvalidCalibration, e, "pixel_size");
+}
+
+// A multi-frame file through the video path (detail::measure_checked_frames): one calibration for
+// every frame (calibration_for_frames), each frame decoded when the measurement asks for it (one
+// decoded frame held at a time), masked to the region and checked by check_frame_region.
+Expected<DicomResult> measure_cine(const Measurer& measurer, DicomFrameReader& reader, const DicomRequest& req,
+                                   DicomResult out, const DicomEvents& events) {
+    const DicomHeader& h = out.header;
+    auto note = [&](std::string n) {
+        if (events.on_note) events.on_note(n);
+        out.notes.push_back(std::move(n));
+    };
+    const std::vector<int> pick = frames_to_measure(h.frames, req.max_frames);
+    if (int(pick.size()) < h.frames)
+        note("the cine has " + std::to_string(h.frames) + " frames; " + std::to_string(pick.size()) +
+             " evenly spaced frames were measured (at most " + std::to_string(req.max_frames) + " frames of a file are measured here)");
+    std::vector<std::string> cal_notes;
+    auto cal = calibration_for_frames(h, req.pixel_size_mm, cal_notes);
+    for (auto& n : cal_notes) note(std::move(n));
+    if (!cal) {
+        Error e = with_kind(cal.error_value(), ErrorKind::InvalidCalibration);
+        e.message += "; a multi-frame file needs one calibration for every frame";
+        if (e.field.empty()) e.field = "pixel_size";
+        return e;
+    }
+    out.calibration = *cal;
+    VideoOptions vo;
+    vo.measure = req.measure;
+    apply_calibration(vo.measure, *cal);
+    vo.workers = req.workers;
+    vo.redetect_every = req.redetect_every;
+    size_t k = 0;
+    std::optional<Error> decode_error;
+    const FrameSource next = [&](SourceFrame& f) {
+        if (k >= pick.size() || decode_error) return false;
+        auto img = reader.frame(pick[k]);
+        if (!img) {
+            decode_error = with_kind(img.error_value(), ErrorKind::ImageUnreadable);
+            return false;
+        }
+        f.image = cal->keep.empty() ? std::move(*img) : mask_outside(*img, cal->keep);
+        f.number = pick[k];
+        f.time_s = h.frame_time_ms / 1000 * double(pick[k]);
+        ++k;
         return true;
     };
-    std::vector<Measurement> ok;
-    std::vector<int> ok_index;
-    int refused = 0;
-    auto s = measure_frames(measurer, label, masked, opt, [&](const VideoFrame& f) {
-        VideoFrame out = f;
-        if (out.result && check_region) {
-            // The same rule as for one frame: the head's region (by its centre) must hold all of it.
-            auto cal = choose_calibration(h, cv::Point2d(out.result->ellipse_px.cx, out.result->ellipse_px.cy));
-            std::string e = cal ? head_outside(*cal, out.result->ellipse_px, out.result->source) : cal.error();
-            if (!e.empty()) {
-                out.result = make_error(e);
-                ++refused;
-            }
-        }
-        if (out.result && out.result->quality == "ok") ok.push_back(*out.result), ok_index.push_back(out.index);
-        if (on_frame) on_frame(out);
-    });
-    if (!s || refused == 0) return s;
-    // Frames refused above were in the summary measure_frames made: make it again without them
-    // (the median over the ok frames, as video.h says).
-    s->measured -= refused;
-    s->ok = int(ok.size());
-    s->has_estimate = !ok.empty();
-    s->hc_median_mm = s->bpd_median_mm = s->ofd_median_mm = s->hc_iqr_mm = 0;
-    s->estimate = Measurement{};
-    s->estimate_frame = -1;
-    if (ok.empty()) return s;
-    std::vector<double> hc, bpd, ofd;
-    for (const auto& m : ok) hc.push_back(m.hc_mm), bpd.push_back(m.bpd_mm), ofd.push_back(m.ofd_mm);
-    s->hc_median_mm = quantile(hc, 0.5);
-    s->bpd_median_mm = quantile(bpd, 0.5);
-    s->ofd_median_mm = quantile(ofd, 0.5);
-    s->hc_iqr_mm = quantile(hc, 0.75) - quantile(hc, 0.25);
-    size_t best = 0;
-    for (size_t k = 1; k < ok.size(); ++k)
-        if (std::abs(ok[k].hc_mm - s->hc_median_mm) < std::abs(ok[best].hc_mm - s->hc_median_mm)) best = k;
-    s->estimate = ok[best];
-    s->estimate_frame = ok_index[best];
-    return s;
+    auto s = detail::measure_checked_frames(
+        measurer, h.path, next, vo, [&](VideoFrame& f) { check_frame_region(h, *cal, f); },
+        [&](const VideoFrame& f) {
+            out.frames.push_back(f);
+            if (events.on_frame) events.on_frame(f);
+        });
+    if (decode_error) return *decode_error;
+    if (!s) return s.error_value();
+    out.measurement = s->estimate;
+    out.summary = std::move(*s);
+    return out;
+}
+
+}  // namespace
+
+Expected<DicomResult> measure_dicom(const Measurer& measurer, DicomFrameReader& reader, const DicomRequest& req,
+                                    const DicomEvents& events) {
+    DicomResult out;
+    out.header = reader.header();
+    const DicomHeader& h = out.header;
+    if (req.pixel_size_mm)
+        if (auto e = check_pixel_size(*req.pixel_size_mm, "'" + h.path + "'"); !e.empty())
+            return make_error(ErrorKind::InvalidArgument, e, "pixel_size");
+    if (!req.pixel_size_mm)
+        if (auto e = calibration_problem(h)) return *e;
+    if (h.frames > 1) return measure_cine(measurer, reader, req, std::move(out), events);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto frame = reader.frame(0);
+    if (!frame) return with_kind(frame.error_value(), ErrorKind::ImageUnreadable);
+    const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    DicomMeasureOptions o;
+    o.measure = req.measure;
+    o.pixel_size_mm = req.pixel_size_mm;
+    auto m = measure_dicom_frame(measurer, h, *frame, o, h.path);
+    if (!m) return with_kind(m.error_value(), ErrorKind::NoHeadFound);
+    for (const auto& n : m->notes)
+        if (events.on_note) events.on_note(n);
+    out.measurement = std::move(m->m);
+    out.measurement.timings.decode_ms = decode_ms;
+    out.measurement.timings.total_ms += decode_ms;
+    out.calibration = std::move(m->calibration);
+    out.notes = std::move(m->notes);
+    out.image = std::move(*frame);
+    return out;
+}
+
+nlohmann::json to_json(const DicomCalibration& c, const std::string& given_source) {
+    nlohmann::json j{{"source", c.given ? given_source : c.source}, {"mm_per_px_x", c.mm_per_px_x}, {"mm_per_px_y", c.mm_per_px_y}};
+    if (c.region) j["region"] = *c.region;
+    return j;
+}
+
+nlohmann::json to_json(const DicomResult& r, const std::string& given_source) {
+    nlohmann::json j = to_json(r.measurement);
+    j["calibration"] = to_json(r.calibration, given_source);
+    j["warnings"] = r.notes;
+    j["dicom"] = {{"sop_instance_uid", r.header.sop_instance_uid}, {"sop_class_uid", r.header.sop_class_uid},
+                  {"study_instance_uid", r.header.study_instance_uid}, {"transfer_syntax", r.header.transfer_syntax_name},
+                  {"frames", r.header.frames}};
+    if (r.summary) {
+        nlohmann::json frames = nlohmann::json::array();
+        for (const VideoFrame& f : r.frames) frames.push_back(to_json(f));
+        j["frames"] = std::move(frames);
+        j["summary"] = to_json(*r.summary);
+    }
+    return j;
 }
 
 }  // namespace fetalhc

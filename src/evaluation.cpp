@@ -293,11 +293,12 @@ FoldFigures fold_figures(const std::vector<ImageScore>& scores, const std::vecto
 
 Expected<Split> model_split(const std::vector<Hc18Record>& records, const std::string& metadata) {
     const auto spec = recorded_split(metadata);
-    if (!spec) return make_error("the model records no training split (metadata keys split_salt, validation_fraction)");
+    if (!spec)
+        return make_error(ErrorKind::ModelUnavailable, "the model records no training split (metadata keys split_salt, validation_fraction)");
     if (spec->folds > 0) {
         if (spec->folds < 2 || spec->fold < 0 || spec->fold >= spec->folds)
-            return make_error("the model records an invalid k-fold split (fold " + std::to_string(spec->fold) + " of " +
-                              std::to_string(spec->folds) + ")");
+            return make_error(ErrorKind::ModelUnavailable, "the model records an invalid k-fold split (fold " +
+                                                               std::to_string(spec->fold) + " of " + std::to_string(spec->folds) + ")");
         return kfold_split(records, spec->folds, spec->fold, spec->salt);
     }
     return grouped_split(records, spec->validation_fraction, spec->salt);
@@ -309,35 +310,36 @@ Expected<OutOfFold> evaluate_out_of_fold(const std::vector<Hc18Record>& records,
     auto path = [&](int i) { return (fs::path(run_dir) / ("fold" + std::to_string(i)) / "model.pt").string(); };
     auto load = [&](int i) -> Expected<Segmenter> {
         if (!fs::is_regular_file(path(i)))
-            return make_error("fold " + std::to_string(i) + " model '" + path(i) + "' is missing");
+            return make_error(ErrorKind::NotFound, "fold " + std::to_string(i) + " model '" + path(i) + "' is missing");
         return Segmenter::load(path(i), model_options);
     };
     auto first = load(0);
-    if (!first) return make_error(first.error());
+    if (!first) return first.error_value();
     const auto spec = recorded_split(first->info().metadata);
     if (!spec || spec->folds < 2)
-        return make_error("'" + path(0) + "' is not a k-fold model (its metadata records no folds/fold)");
+        return make_error(ErrorKind::ModelUnavailable, "'" + path(0) + "' is not a k-fold model (its metadata records no folds/fold)");
     OutOfFold out;
     out.fold = kfold_assignment(records, spec->folds, spec->salt);
     out.scores.resize(records.size());
     for (int i = 0; i < spec->folds; ++i) {
         auto seg = i == 0 ? std::move(first) : load(i);
-        if (!seg) return make_error(seg.error());
+        if (!seg) return seg.error_value();
         const auto s = recorded_split(seg->info().metadata);
         if (!s || s->folds != spec->folds || s->fold != i || s->salt != spec->salt)
-            return make_error("'" + path(i) + "' does not record fold " + std::to_string(i) + " of the " +
-                              std::to_string(spec->folds) + "-fold split (split_salt \"" + spec->salt + "\") that '" +
-                              path(0) + "' records; fold models of different runs or splits cannot be mixed");
+            return make_error(ErrorKind::ModelUnavailable,
+                              "'" + path(i) + "' does not record fold " + std::to_string(i) + " of the " +
+                                  std::to_string(spec->folds) + "-fold split (split_salt \"" + spec->salt + "\") that '" +
+                                  path(0) + "' records; fold models of different runs or splits cannot be mixed");
         out.models.push_back(path(i));
         auto split = model_split(records, seg->info().metadata);
-        if (!split) return make_error("'" + path(i) + "': " + split.error());
+        if (!split) return split.error_value().prefixed("'" + path(i) + "': ");
         Measurer measurer(*seg);
         auto sc = score_records(split->validation, measure_with(measurer, opt.measure), opt);
         size_t j = 0;
         for (size_t r = 0; r < records.size(); ++r) {
             if (out.fold[r] != i) continue;
             if (j >= sc.size() || sc[j].file != records[r].filename)
-                return make_error("'" + path(i) + "': its held-out images differ from the fold assignment");
+                return make_error(ErrorKind::ModelUnavailable, "'" + path(i) + "': its held-out images differ from the fold assignment");
             out.scores[r] = std::move(sc[j++]);
         }
     }
@@ -349,7 +351,8 @@ Expected<Calibration> calibrate_axis_scale(const Split& split, double stored_axi
     Calibration c;
     c.training_images = int(split.train.size());
     c.masks_factor = mask_to_reference_scale(split.train);
-    if (!std::isfinite(c.masks_factor)) return make_error("no training masks found (the *_Mask.png files of the training split)");
+    if (!std::isfinite(c.masks_factor))
+        return make_error(ErrorKind::NotFound, "no training masks found (the *_Mask.png files of the training split)");
     ScoreOptions so = opt;
     so.shape_metrics = false;
     const auto scores = score_records(split.train, measure, so);
@@ -362,7 +365,7 @@ Expected<Calibration> calibrate_axis_scale(const Split& split, double stored_axi
         ++c.measured_images;
         return s.hc_mm * c.masks_factor / stored_axis_scale;
     });
-    if (!std::isfinite(c.measured_factor)) return make_error("the model measured none of the training images");
+    if (!std::isfinite(c.measured_factor)) return make_error(ErrorKind::NoHeadFound, "the model measured none of the training images");
     c.axis_scale = c.masks_factor * c.measured_factor;
     return c;
 }

@@ -2,6 +2,7 @@
 
 #include "fetalhc/csv.h"
 #include "fetalhc/image_io.h"
+#include "fetalhc/measure.h"
 #include "fetalhc/metrics.h"
 
 #include <nlohmann/json.hpp>
@@ -47,13 +48,6 @@ bool parse_double(const std::string& s, double& v) {
     return end == s.c_str() + s.size();
 }
 
-// A number as a person writes it: 0.13, 2, 1e-320 (std::to_string gives 0.000000 for the last).
-std::string number_text(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", v);
-    return buf;
-}
-
 // At most kMaxQuotedCsvBytes of `s` for an error message, cut at a UTF-8 character boundary with
 // "..." when longer; control bytes (a binary file's line) are shown as '?'.
 std::string excerpt(const std::string& s) {
@@ -88,22 +82,9 @@ std::optional<SplitSpec> recorded_split(const std::string& metadata_json) {
     return spec;
 }
 
-std::string check_pixel_size(double mm, const std::string& what) {
-    const std::string unit = "; give it in mm per pixel, e.g. 0.13";
-    if (!std::isfinite(mm)) return "pixel size for " + what + " is not a number" + unit;
-    if (mm <= 0) return "pixel size for " + what + " must be positive (got " + number_text(mm) + ")" + unit;
-    if (mm < kMinPixelSizeMm)
-        return "pixel size for " + what + " is " + number_text(mm) + " mm, under the " + number_text(kMinPixelSizeMm) +
-               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not metres or a lost exponent)";
-    if (mm > kMaxPixelSizeMm)
-        return "pixel size for " + what + " is " + number_text(mm) + " mm, over the " + number_text(kMaxPixelSizeMm) +
-               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not pixels per mm or cm)";
-    return "";
-}
-
 Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_path) {
     auto bytes = read_file_limited(csv_path, kMaxPixelSizeCsvBytes, "a pixel-size CSV");
-    if (!bytes) return make_error("pixel-size CSV: " + bytes.error());
+    if (!bytes) return make_error(ErrorKind::InvalidArgument, "pixel-size CSV: " + bytes.error(), "pixel_sizes");
     std::istringstream in(std::string(bytes->begin(), bytes->end()));
     bytes->clear();
     std::map<std::string, double> out;
@@ -119,14 +100,21 @@ Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_
         double v = 0;
         if (cells.size() < 2 || !parse_double(cells[1], v) || !std::isfinite(v)) {
             if (lineno == 1) continue;  // header
-            return make_error(at() + "expected `filename,pixel size(mm)` with a finite number, got '" + excerpt(line) + "'");
+            return make_error(ErrorKind::InvalidArgument,
+                              at() + "expected `filename,pixel size(mm)` with a finite number, got '" + excerpt(line) + "'",
+                              "pixel_sizes");
         }
-        if (auto e = check_pixel_size(v, "'" + excerpt(cells[0]) + "'"); !e.empty()) return make_error(at() + e);
+        if (auto e = check_pixel_size(v, "'" + excerpt(cells[0]) + "'"); !e.empty())
+            return make_error(ErrorKind::InvalidArgument, at() + e, "pixel_sizes");
         if (auto it = out.find(cells[0]); it != out.end() && it->second != v)
-            return make_error(at() + "'" + excerpt(cells[0]) + "' is listed twice with different sizes; keep one row per file");
+            return make_error(ErrorKind::InvalidArgument,
+                              at() + "'" + excerpt(cells[0]) + "' is listed twice with different sizes; keep one row per file",
+                              "pixel_sizes");
         out[cells[0]] = v;
     }
-    if (out.empty()) return make_error("pixel-size CSV '" + csv_path + "' has no rows of `filename,pixel size(mm)`");
+    if (out.empty())
+        return make_error(ErrorKind::InvalidArgument, "pixel-size CSV '" + csv_path + "' has no rows of `filename,pixel size(mm)`",
+                          "pixel_sizes");
     return out;
 }
 

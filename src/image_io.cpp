@@ -26,13 +26,15 @@ bool has_image_extension(const std::string& path) {
 }
 
 Expected<cv::Mat> to_gray8(const cv::Mat& img, const std::string& name) {
-    if (img.empty()) return make_error("'" + name + "' decoded to an empty image");
+    if (img.empty()) return make_error(ErrorKind::ImageUnreadable, "'" + name + "' decoded to an empty image");
     cv::Mat g;
     switch (img.channels()) {
         case 1: g = img; break;
         case 3: cv::cvtColor(img, g, cv::COLOR_BGR2GRAY); break;
         case 4: cv::cvtColor(img, g, cv::COLOR_BGRA2GRAY); break;
-        default: return make_error("'" + name + "' has " + std::to_string(img.channels()) + " channels; use a grayscale or colour image");
+        default:
+            return make_error(ErrorKind::ImageUnreadable, "'" + name + "' has " + std::to_string(img.channels()) +
+                                                              " channels; use a grayscale or colour image");
     }
     if (g.depth() != CV_8U) {
         double lo, hi;
@@ -42,7 +44,7 @@ Expected<cv::Mat> to_gray8(const cv::Mat& img, const std::string& name) {
         g = f;
     }
     if (g.cols < kMinImageSide || g.rows < kMinImageSide)
-        return make_error("'" + name + "' is only " + std::to_string(g.cols) + "x" + std::to_string(g.rows) +
+        return make_error(ErrorKind::ImageUnreadable, "'" + name + "' is only " + std::to_string(g.cols) + "x" + std::to_string(g.rows) +
                           " pixels; a head measurement needs at least " + std::to_string(kMinImageSide) + "x" +
                           std::to_string(kMinImageSide) + " (use the original, full-size image)");
     return g.isContinuous() ? g : g.clone();
@@ -110,7 +112,7 @@ void limit_opencv_decoders() {
 }  // namespace
 
 Expected<cv::Mat> decode_grayscale(const std::vector<unsigned char>& bytes, const std::string& name) {
-    if (bytes.empty()) return make_error("'" + name + "' is empty (0 bytes); pass an ultrasound image file");
+    if (bytes.empty()) return make_error(ErrorKind::ImageUnreadable, "'" + name + "' is empty (0 bytes); pass an ultrasound image file");
     // A PNG's size is in its first chunk (IHDR, bytes 16..23): checked before either PNG decoder
     // allocates anything.
     if (detail::is_png(bytes.data(), bytes.size()) && bytes.size() >= 24) {
@@ -119,23 +121,24 @@ Expected<cv::Mat> decode_grayscale(const std::vector<unsigned char>& bytes, cons
         };
         const long long w = be32(16), h = be32(20);
         // Each side first: two 32-bit sides multiply past the range of long long.
-        if (w > kMaxImagePixels || h > kMaxImagePixels || w * h > kMaxImagePixels) return make_error(too_large(name, w, h));
+        if (w > kMaxImagePixels || h > kMaxImagePixels || w * h > kMaxImagePixels)
+            return make_error(ErrorKind::ImageUnreadable, too_large(name, w, h));
     }
     limit_opencv_decoders();
     cv::Mat img = detail::decode_png_gray8(bytes.data(), bytes.size());  // the common case, ~2x faster
     if (!img.empty()) return to_gray8(img, name);
     if (detail::is_png(bytes.data(), bytes.size())) {
         auto png = detail::decode_png(bytes.data(), bytes.size(), name);  // libpng kept off stderr
-        if (!png) return make_error(png.error());
+        if (!png) return png.error_value();
         return to_gray8(*png, name);
     }
     try {
         img = cv::imdecode(bytes, cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR);
     } catch (const cv::Exception& e) {
-        return make_error("'" + name + "' could not be decoded (" + e.err + "); it may be corrupt or truncated");
+        return make_error(ErrorKind::ImageUnreadable, "'" + name + "' could not be decoded (" + e.err + "); it may be corrupt or truncated");
     }
     if (img.empty())
-        return make_error("'" + name + "' is not a readable image (PNG, JPEG, BMP or TIFF), or it is corrupt or truncated");
+        return make_error(ErrorKind::ImageUnreadable, "'" + name + "' is not a readable image (PNG, JPEG, BMP or TIFF), or it is corrupt or truncated");
     return to_gray8(img, name);
 }
 
@@ -155,19 +158,19 @@ std::string regular_file_problem(const std::string& path, const std::string& wha
 }
 
 Expected<std::vector<unsigned char>> read_file_limited(const std::string& path, size_t max_bytes, const std::string& what) {
-    if (auto p = regular_file_problem(path, what); !p.empty()) return make_error(p);
+    if (auto p = regular_file_problem(path, what); !p.empty()) return make_error(ErrorKind::Io, p);
     // O_NONBLOCK: should a FIFO take the file's place after the check, open() returns at once.
     const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) return make_error(unreachable(path, errno, what));
+    if (fd < 0) return make_error(ErrorKind::Io, unreachable(path, errno, what));
     struct Closer {
         int fd;
         ~Closer() { ::close(fd); }
     } closer{fd};
     struct stat st{};
-    if (::fstat(fd, &st) != 0) return make_error(unreachable(path, errno, what));
-    if (!S_ISREG(st.st_mode)) return make_error(not_regular(path, st.st_mode, what));
+    if (::fstat(fd, &st) != 0) return make_error(ErrorKind::Io, unreachable(path, errno, what));
+    if (!S_ISREG(st.st_mode)) return make_error(ErrorKind::Io, not_regular(path, st.st_mode, what));
     const auto over = [&](const std::string& size) {
-        return make_error("'" + path + "' is " + size + ", over the " + size_text(max_bytes) + " fetalhc reads as " + what +
+        return make_error(ErrorKind::Io, "'" + path + "' is " + size + ", over the " + size_text(max_bytes) + " fetalhc reads as " + what +
                           "; check that this is the file you meant");
     };
     if (st.st_size < 0 || size_t(st.st_size) > max_bytes) return over(std::to_string(st.st_size) + " bytes");
@@ -180,7 +183,7 @@ Expected<std::vector<unsigned char>> read_file_limited(const std::string& path, 
         }
         const ssize_t n = ::read(fd, bytes.data() + got, bytes.size() - got);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return make_error("cannot read '" + path + "' to its end: " + std::strerror(errno));
+        if (n < 0) return make_error(ErrorKind::Io, "cannot read '" + path + "' to its end: " + std::strerror(errno));
         if (n == 0) break;
         got += size_t(n);
     }
@@ -190,7 +193,7 @@ Expected<std::vector<unsigned char>> read_file_limited(const std::string& path, 
 
 Expected<cv::Mat> load_grayscale(const std::string& path) {
     auto bytes = read_file_limited(path, kMaxImageFileBytes, "an image");
-    if (!bytes) return make_error(bytes.error());
+    if (!bytes) return make_error(ErrorKind::ImageUnreadable, bytes.error());  // the image given cannot be read
     return decode_grayscale(*bytes, path);
 }
 

@@ -1,6 +1,5 @@
 #include "fetalhc/measure.h"
 
-#include "fetalhc/hc18.h"
 #include "fetalhc/image_io.h"
 
 #include "review.h"
@@ -10,6 +9,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 
 namespace fetalhc {
@@ -24,6 +24,13 @@ std::string fmt(double v, int digits = 1) {
     s.precision(digits);
     s << v;
     return s.str();
+}
+
+// A number as a person writes it: 0.13, 2, 1e-320 (std::to_string gives 0.000000 for the last).
+std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
 }
 
 // The numbers of an ellipse, without reasons or quality.
@@ -74,6 +81,19 @@ void decide_quality(Measurement& m) { m.quality = m.reasons.empty() ? "ok" : "re
 
 }  // namespace
 
+std::string check_pixel_size(double mm, const std::string& what) {
+    const std::string unit = "; give it in mm per pixel, e.g. 0.13";
+    if (!std::isfinite(mm)) return "pixel size for " + what + " is not a number" + unit;
+    if (mm <= 0) return "pixel size for " + what + " must be positive (got " + number_text(mm) + ")" + unit;
+    if (mm < kMinPixelSizeMm)
+        return "pixel size for " + what + " is " + number_text(mm) + " mm, under the " + number_text(kMinPixelSizeMm) +
+               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not metres or a lost exponent)";
+    if (mm > kMaxPixelSizeMm)
+        return "pixel size for " + what + " is " + number_text(mm) + " mm, over the " + number_text(kMaxPixelSizeMm) +
+               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not pixels per mm or cm)";
+    return "";
+}
+
 Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm, std::optional<double> ga_weeks) {
     Measurement m = numbers_from_ellipse(px, pixel_size_mm, ga_weeks);
     const MeasureOptions defaults;  // the thresholds of `fetalhc measure`
@@ -85,9 +105,11 @@ Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm, st
 
 Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const cv::Mat& gray8,
                                                 const MeasureOptions& opt, const std::string& source) {
-    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty()) return make_error(e);
+    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty())
+        return make_error(ErrorKind::InvalidArgument, e, "pixel_size");
     if (opt.pixel_size_y_mm)
-        if (auto e = check_pixel_size(*opt.pixel_size_y_mm, "'" + source + "' (y)"); !e.empty()) return make_error(e);
+        if (auto e = check_pixel_size(*opt.pixel_size_y_mm, "'" + source + "' (y)"); !e.empty())
+            return make_error(ErrorKind::InvalidArgument, e, "pixel_size");
     auto t0 = Clock::now();
     Boundary bnd = extract_boundary(seg, gray8);
     const double post_ms = ms_since(t0);
@@ -171,7 +193,8 @@ namespace {
 template <class SegmentFn>
 Expected<Measurement> segment_and_measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source,
                                           SegmentFn segment) {
-    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty()) return make_error(e);
+    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + source + "'"); !e.empty())
+        return make_error(ErrorKind::InvalidArgument, e, "pixel_size");
     try {
         auto t0 = Clock::now();
         Segmentation seg = segment();
@@ -218,11 +241,17 @@ Expected<Measurement> Measurer::measure_near(const cv::Mat& gray8, const Measure
                          interval_);
 }
 
+std::optional<HcInterval> Measurer::interval_for(double hc_mm, bool review) const {
+    if (!interval_) return std::nullopt;
+    return hc_interval(*interval_, hc_mm, review);
+}
+
 Expected<Measurement> Measurer::measure_file(const std::string& path, const MeasureOptions& opt) const {
-    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + path + "'"); !e.empty()) return make_error(e);
+    if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + path + "'"); !e.empty())
+        return make_error(ErrorKind::InvalidArgument, e, "pixel_size");
     auto t0 = Clock::now();
     auto img = load_grayscale(path);
-    if (!img) return make_error(img.error());
+    if (!img) return img.error_value();
     const double decode_ms = ms_since(t0);
     auto r = measure(*img, opt, path);
     if (r) {

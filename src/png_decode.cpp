@@ -105,13 +105,14 @@ size_t png_idat_bytes(const unsigned char* data, size_t size) {
 
 Expected<cv::Mat> decode_png(const unsigned char* data, size_t size, const std::string& name) {
     if (const std::string e = overrunning_chunk(data, size); !e.empty())
-        return make_error("'" + name + "' is a damaged PNG (" + e + "); export the image again or use the original file");
+        return make_error(ErrorKind::ImageUnreadable,
+                          "'" + name + "' is a damaged PNG (" + e + "); export the image again or use the original file");
     Reader r{data, size, 0, {0}};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &r, on_error, on_warning);
     png_infop info = png ? png_create_info_struct(png) : nullptr;
     if (!info) {
         png_destroy_read_struct(&png, nullptr, nullptr);
-        return make_error("'" + name + "': out of memory while opening the PNG");
+        return make_error(ErrorKind::ImageUnreadable, "'" + name + "': out of memory while opening the PNG");
     }
     png_set_read_fn(png, &r, on_read);
     Layout lay;
@@ -133,8 +134,8 @@ Expected<cv::Mat> decode_png(const unsigned char* data, size_t size, const std::
     }
     png_destroy_read_struct(&png, &info, nullptr);
     if (!ok)
-        return make_error("'" + name + "' is a damaged PNG (" + r.message +
-                          "); export the image again or use the original file");
+        return make_error(ErrorKind::ImageUnreadable, "'" + name + "' is a damaged PNG (" + r.message +
+                                                          "); export the image again or use the original file");
     return img;
 }
 

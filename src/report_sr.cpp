@@ -215,16 +215,20 @@ void add_biometry(DSRDocumentTree& t, Steps& ok, const Measurement& m, const Dic
 
 Expected<DcmFileFormat*> build(DcmFileFormat& file, const Measurement& m, const DicomHeader* src, const SrOptions& opt) {
     if (!(m.hc_mm > 0) || !(m.bpd_mm > 0) || !(m.ofd_mm > 0) || !std::isfinite(m.hc_mm))
-        return make_error("cannot write an SR for '" + m.source + "': the measurement has no HC/BPD/OFD");
+        return make_error(ErrorKind::InvalidArgument, "cannot write an SR for '" + m.source + "': the measurement has no HC/BPD/OFD",
+                          "measurement");
     if (src && (!valid_dicom_uid(src->sop_class_uid) || !valid_dicom_uid(src->sop_instance_uid)))
-        return make_error("cannot write an SR for '" + m.source + "': the source DICOM has no valid SOP Class/Instance UID "
+        return make_error(ErrorKind::InvalidArgument,
+                          "cannot write an SR for '" + m.source + "': the source DICOM has no valid SOP Class/Instance UID "
                           "(an SR must reference its image by UID)");
     if (src && ((!src->study_instance_uid.empty() && !valid_dicom_uid(src->study_instance_uid)) ||
                 (!src->series_instance_uid.empty() && !valid_dicom_uid(src->series_instance_uid))))
-        return make_error("cannot write an SR for '" + m.source + "': the source's Study or Series Instance UID is not a DICOM "
+        return make_error(ErrorKind::InvalidArgument,
+                          "cannot write an SR for '" + m.source + "': the source's Study or Series Instance UID is not a DICOM "
                           "UID (digits in dot-separated components, at most 64 characters)");
     if (opt.referenced_frame && *opt.referenced_frame < 1)
-        return make_error("SR referenced frame numbers start at 1 (got " + std::to_string(*opt.referenced_frame) + ")");
+        return make_error(ErrorKind::InvalidArgument,
+                          "SR referenced frame numbers start at 1 (got " + std::to_string(*opt.referenced_frame) + ")", "referenced_frame");
 
     Steps ok;
     DSRDocument doc(DSRTypes::DT_ComprehensiveSR);
@@ -250,9 +254,9 @@ Expected<DcmFileFormat*> build(DcmFileFormat& file, const Measurement& m, const 
         t.goUp();
     }
     add_biometry(t, ok, m, src, opt);
-    if (!ok.failed.empty()) return make_error("cannot build the SR for '" + m.source + "': " + ok.failed);
+    if (!ok.failed.empty()) return make_error(ErrorKind::Internal, "cannot build the SR for '" + m.source + "': " + ok.failed);
     if (!ok(doc.write(*file.getDataset()), "write the dataset"))
-        return make_error("cannot build the SR for '" + m.source + "': " + ok.failed);
+        return make_error(ErrorKind::Internal, "cannot build the SR for '" + m.source + "': " + ok.failed);
     return &file;
 }
 
@@ -262,7 +266,7 @@ Expected<std::vector<unsigned char>> write_biometry_sr(const Measurement& m, con
                                                        const SrOptions& opt) {
     DcmFileFormat file;
     auto built = build(file, m, source, opt);
-    if (!built) return make_error(built.error());
+    if (!built) return built.error_value();
     const E_TransferSyntax xfer = EXS_LittleEndianExplicit;
     std::vector<unsigned char> bytes;
     unsigned char chunk[1 << 16];
@@ -277,19 +281,19 @@ Expected<std::vector<unsigned char>> write_biometry_sr(const Measurement& m, con
         if (n > 0) bytes.insert(bytes.end(), static_cast<unsigned char*>(data), static_cast<unsigned char*>(data) + n);
     }
     file.transferEnd();
-    if (st.bad()) return make_error("cannot encode the SR for '" + m.source + "': " + st.text());
+    if (st.bad()) return make_error(ErrorKind::Internal, "cannot encode the SR for '" + m.source + "': " + st.text());
     return bytes;
 }
 
 Expected<std::string> write_biometry_sr_file(const Measurement& m, const DicomHeader* source, const std::string& path,
                                              const SrOptions& opt) {
     auto bytes = write_biometry_sr(m, source, opt);
-    if (!bytes) return make_error(bytes.error());
+    if (!bytes) return bytes.error_value();
     std::ofstream f(path, std::ios::binary);
-    if (!f) return make_error("cannot write '" + path + "': check that the folder exists and is writable");
+    if (!f) return make_error(ErrorKind::Io, "cannot write '" + path + "': check that the folder exists and is writable");
     f.write(reinterpret_cast<const char*>(bytes->data()), static_cast<std::streamsize>(bytes->size()));
     f.close();
-    if (!f) return make_error("cannot write '" + path + "': disk full or not writable");
+    if (!f) return make_error(ErrorKind::Io, "cannot write '" + path + "': disk full or not writable");
     return path;
 }
 

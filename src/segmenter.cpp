@@ -165,7 +165,7 @@ Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOpti
     std::error_code ec;
     if (auto damage = std::filesystem::is_regular_file(path, ec) ? detail::check_model_archive(path) : std::string();
         !damage.empty())
-        return make_error("cannot load model '" + path + "': " + damage +
+        return make_error(ErrorKind::ModelUnavailable, "cannot load model '" + path + "': " + damage +
                           "; the file is damaged: copy it again (the shipped model is models/fetalhc_unet.pt)");
     try {
         detail::set_threads(opt.threads);
@@ -191,17 +191,17 @@ Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOpti
     } catch (const std::exception& e) {
         std::string what = e.what();
         if (auto nl = what.find('\n'); nl != std::string::npos) what.resize(nl);
-        return make_error("cannot load model '" + path + "': " + what +
+        return make_error(ErrorKind::ModelUnavailable, "cannot load model '" + path + "': " + what +
                           " (pass a model written by `fetalhc train`, e.g. models/fetalhc_unet.pt)");
     }
 }
 
 Expected<Segmenter> Segmenter::load_ensemble(const std::vector<std::string>& paths, const SegmenterOptions& opt) {
-    if (paths.empty()) return make_error("an ensemble needs at least one model file");
+    if (paths.empty()) return make_error(ErrorKind::InvalidArgument, "an ensemble needs at least one model file");
     std::vector<Segmenter> members;
     for (const auto& p : paths) {
         auto m = load(p, opt);
-        if (!m) return make_error(m.error());
+        if (!m) return m.error_value();
         members.push_back(*m);
     }
     const ModelInfo& first = members.front().info();
@@ -214,7 +214,7 @@ Expected<Segmenter> Segmenter::load_ensemble(const std::vector<std::string>& pat
         if (detail::network_config_json(mi.config) != detail::network_config_json(first.config) ||
             detail::network_config_json(mi.refine_config) != detail::network_config_json(first.refine_config) ||
             mi.refine_margin != first.refine_margin)
-            return make_error("ensemble: '" + paths[i] + "' has other network settings than '" + paths[0] +
+            return make_error(ErrorKind::ModelUnavailable, "ensemble: '" + paths[i] + "' has other network settings than '" + paths[0] +
                               "'; members must come from one recipe (e.g. the folds of one `fetalhc train --kfold` run)");
         if (i > 0) {
             impl->nets.push_back(m.nets.front());
@@ -236,7 +236,9 @@ Expected<Segmenter> Segmenter::load_ensemble(const std::vector<std::string>& pat
 Expected<std::vector<std::string>> ensemble_model_files(const std::string& dir) {
     namespace fs = std::filesystem;
     std::error_code ec;
-    if (!fs::is_directory(dir, ec)) return make_error("ensemble folder '" + dir + "' is not a folder; name a `fetalhc train --kfold` run folder");
+    if (!fs::is_directory(dir, ec))
+        return make_error(ErrorKind::NotFound, "ensemble folder '" + dir + "' is not a folder; name a `fetalhc train --kfold` run folder",
+                          "ensemble");
     std::vector<std::string> folds, files;
     for (const auto& e : fs::directory_iterator(dir, ec)) {
         const auto name = e.path().filename().string();
@@ -248,7 +250,7 @@ Expected<std::vector<std::string>> ensemble_model_files(const std::string& dir) 
     auto& out = folds.empty() ? files : folds;
     std::sort(out.begin(), out.end());
     if (out.size() < 2)
-        return make_error("ensemble folder '" + dir + "' holds " + std::to_string(out.size()) +
+        return make_error(ErrorKind::ModelUnavailable, "ensemble folder '" + dir + "' holds " + std::to_string(out.size()) +
                           " model(s); expected fold<i>/model.pt of a finished k-fold run or at least two .pt files");
     return out;
 }
@@ -309,7 +311,7 @@ Expected<std::string> Segmenter::rewrite_metadata(const std::string& in, const s
         detail::save_model(lm.net, out, meta.dump(), &lm.refine);
         return meta.dump(2);
     } catch (const std::exception& e) {
-        return make_error("cannot rewrite model '" + in + "' to '" + out + "': " + e.what());
+        return make_error(ErrorKind::Io, "cannot rewrite model '" + in + "' to '" + out + "': " + e.what());
     }
 }
 
@@ -318,24 +320,27 @@ Expected<std::string> Segmenter::combine_models(const std::string& coarse, const
     try {
         auto c = detail::load_model(coarse);
         auto t = detail::load_model(two_pass);
-        if (c.refine.net) return make_error("model combine: '" + coarse + "' already has a second pass; name a one-pass model");
-        if (!t.refine.net) return make_error("model combine: '" + two_pass + "' has no second pass to take");
+        if (c.refine.net)
+            return make_error(ErrorKind::ModelUnavailable, "model combine: '" + coarse + "' already has a second pass; name a one-pass model");
+        if (!t.refine.net) return make_error(ErrorKind::ModelUnavailable, "model combine: '" + two_pass + "' has no second pass to take");
         if (auto e = detail::split_mismatch("'" + coarse + "'", c.metadata, "'" + two_pass + "'", t.metadata); !e.empty())
-            return make_error("model combine: " + e);
+            return make_error(ErrorKind::ModelUnavailable, "model combine: " + e);
         auto meta = metadata_object(t.metadata);
         meta["coarse_model"] = coarse;
         detail::save_model(c.net, out, meta.dump(), &t.refine);
         return meta.dump(2);
     } catch (const std::exception& e) {
-        return make_error(std::string("model combine: ") + e.what());
+        return make_error(ErrorKind::Io, std::string("model combine: ") + e.what());
     }
 }
 
 Expected<std::string> Segmenter::average_models(const std::vector<std::string>& in, const std::string& out) {
-    if (in.empty()) return make_error("model average: name at least one input model");
+    if (in.empty()) return make_error(ErrorKind::InvalidArgument, "model average: name at least one input model");
     try {
         auto first = detail::load_model(in[0]);
-        if (first.refine.net) return make_error("model average: '" + in[0] + "' is a two-pass model; average single-pass checkpoints");
+        if (first.refine.net)
+            return make_error(ErrorKind::ModelUnavailable,
+                              "model average: '" + in[0] + "' is a two-pass model; average single-pass checkpoints");
         const std::string cfg = detail::network_config_json(first.cfg);
         auto acc_params = first.net->named_parameters();
         auto acc_buffers = first.net->named_buffers();
@@ -348,10 +353,10 @@ Expected<std::string> Segmenter::average_models(const std::vector<std::string>& 
             c10::IValue cfg_v, meta_v;
             if (ar.try_read("fetalhc_network_config", cfg_v) && cfg_v.isString() &&
                 detail::network_config_json(detail::network_config_from_json(cfg_v.toStringRef())) != cfg)
-                return make_error("model average: '" + in[i] + "' has a different network config from '" + in[0] + "'");
+                return make_error(ErrorKind::ModelUnavailable, "model average: '" + in[i] + "' has a different network config from '" + in[0] + "'");
             const std::string meta_i = ar.try_read("fetalhc_metadata", meta_v) && meta_v.isString() ? meta_v.toStringRef() : "";
             if (auto e = detail::split_mismatch("'" + in[0] + "'", first.metadata, "'" + in[i] + "'", meta_i); !e.empty())
-                return make_error("model average: " + e);
+                return make_error(ErrorKind::ModelUnavailable, "model average: " + e);
             detail::LoadedModel m;
             m.net = detail::UNet(first.cfg);
             m.net->load(ar);
@@ -368,7 +373,7 @@ Expected<std::string> Segmenter::average_models(const std::vector<std::string>& 
         detail::save_model(first.net, out, meta.dump());
         return meta.dump(2);
     } catch (const std::exception& e) {
-        return make_error(std::string("model average: ") + e.what());
+        return make_error(ErrorKind::Io, std::string("model average: ") + e.what());
     }
 }
 

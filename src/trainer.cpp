@@ -249,7 +249,7 @@ Expected<EpochStats> run_epoch(Run& r, int epoch) {
         const double lr = training::lr_at(cfg, r.state.step, r.total_steps);
         const double lv = train_step(r, imgs, masks, pres, lr);
         if (!std::isfinite(lv))
-            return make_error("training diverged (loss is " + std::to_string(lv) + ") at step " + std::to_string(r.state.step) +
+            return make_error(ErrorKind::Internal, "training diverged (loss is " + std::to_string(lv) + ") at step " + std::to_string(r.state.step) +
                               "; lower learning_rate in the config");
         st.loss_sum += lv;
         ++st.steps;
@@ -362,7 +362,8 @@ TrainReport finish(Run& r) {
 
 Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
     try {
-        if (auto e = training::validate_config(cfg); !e.empty()) return make_error("training config: " + e);
+        if (auto e = training::validate_config(cfg); !e.empty())
+            return make_error(ErrorKind::InvalidArgument, "training config: " + e, "config");
         detail::set_threads(cfg.threads);
         // OpenCV's own worker threads would fight LibTorch's OpenMP threads for the same cores;
         // augmentation is cheap, so it runs on the calling thread.
@@ -370,17 +371,17 @@ Expected<TrainReport> train(const TrainConfig& cfg, const TrainOptions& opt) {
         torch::manual_seed(cfg.seed);
         cv::setRNGSeed(int(cfg.seed));
         Run r(cfg, opt);
-        if (auto e = prepare(r); !e.empty()) return make_error(e);
+        if (auto e = prepare(r); !e.empty()) return make_error(ErrorKind::Io, e);
         for (int epoch = r.state.epochs_done; epoch < cfg.epochs; ++epoch) {
             auto st = run_epoch(r, epoch);
-            if (!st) return make_error(st.error());
+            if (!st) return st.error_value();
             if (st->steps == 0) break;
             end_epoch(r, epoch, *st);
             if (st->stop) break;
         }
         return finish(r);
     } catch (const std::exception& e) {
-        return make_error(std::string("training failed: ") + e.what());
+        return make_error(ErrorKind::Internal, std::string("training failed: ") + e.what());
     }
 }
 
@@ -405,7 +406,7 @@ std::string check_stage_folder(const fs::path& dir, const TrainConfig& cfg) {
         sj.value("fold", 0) != cfg.fold)
         return "'" + dir.string() + "' holds a run of another split (split.json: " + sj.value("salt", std::string()) +
                ", fold " + std::to_string(sj.value("fold", 0)) + " of " + std::to_string(sj.value("folds", 0)) +
-               "); use another --out or remove that folder";
+               "); use another output folder or remove that one";
     return "";
 }
 
@@ -423,7 +424,7 @@ std::string run_label(const TrainConfig& cfg) {
 }
 
 Expected<bool> run_stage(const TrainConfig& cfg, const fs::path& dir, const KFoldOptions& opt, const char* name) {
-    if (auto e = check_stage_folder(dir, cfg); !e.empty()) return make_error(e);
+    if (auto e = check_stage_folder(dir, cfg); !e.empty()) return make_error(ErrorKind::InvalidArgument, e, "out");
     const std::string label = run_label(cfg);
     if (stage_finished(dir, cfg, opt.max_steps)) {
         std::fprintf(stderr, "fetalhc train: %s, %s stage finished (%s), skipped\n", label.c_str(), name, dir.string().c_str());
@@ -439,7 +440,7 @@ Expected<bool> run_stage(const TrainConfig& cfg, const fs::path& dir, const KFol
     std::fprintf(stderr, "fetalhc train: %s, %s stage%s -> %s\n", label.c_str(), name, o.resume ? " (resumed)" : "",
                  dir.string().c_str());
     auto r = train(cfg, o);
-    if (!r) return make_error(label + ", " + name + " stage: " + r.error());
+    if (!r) return r.error_value().prefixed(label + ", " + name + " stage: ");
     return true;
 }
 
@@ -505,8 +506,9 @@ std::string check_stage_configs(const TrainConfig& coarse_cfg, const TrainConfig
 }  // namespace
 
 Expected<KFoldReport> train_kfold(const TrainConfig& coarse_cfg, const TrainConfig& refine_cfg, const KFoldOptions& opt) {
-    if (opt.folds < 2 || opt.folds > 20) return make_error("--kfold must be in [2, 20] (e.g. 5)");
-    if (auto e = check_stage_configs(coarse_cfg, refine_cfg); !e.empty()) return make_error(e);
+    if (opt.folds < 2 || opt.folds > 20)
+        return make_error(ErrorKind::InvalidArgument, "the fold count must be in [2, 20] (e.g. 5)", "folds");
+    if (auto e = check_stage_configs(coarse_cfg, refine_cfg); !e.empty()) return make_error(ErrorKind::InvalidArgument, e, "config");
     KFoldReport rep;
     try {
         for (int i = 0; i < opt.folds; ++i) {
@@ -516,16 +518,16 @@ Expected<KFoldReport> train_kfold(const TrainConfig& coarse_cfg, const TrainConf
             c.folds = r.folds = opt.folds;
             c.fold = r.fold = i;
             c.keep_last = r.keep_last = true;  // the held-out fold must not choose the epoch
-            if (auto e = train_two_stages(c, r, dir, opt, rep); !e.empty()) return make_error(e);
+            if (auto e = train_two_stages(c, r, dir, opt, rep); !e.empty()) return make_error(ErrorKind::Internal, e);
         }
     } catch (const std::exception& e) {
-        return make_error(std::string("k-fold training failed: ") + e.what());
+        return make_error(ErrorKind::Internal, std::string("k-fold training failed: ") + e.what());
     }
     return rep;
 }
 
 Expected<KFoldReport> train_all_images(const TrainConfig& coarse_cfg, const TrainConfig& refine_cfg, const KFoldOptions& opt) {
-    if (auto e = check_stage_configs(coarse_cfg, refine_cfg); !e.empty()) return make_error(e);
+    if (auto e = check_stage_configs(coarse_cfg, refine_cfg); !e.empty()) return make_error(ErrorKind::InvalidArgument, e, "config");
     KFoldReport rep;
     const fs::path dir(opt.out_dir);
     rep.models.push_back((dir / "model.pt").string());
@@ -534,9 +536,9 @@ Expected<KFoldReport> train_all_images(const TrainConfig& coarse_cfg, const Trai
     c.validation_fraction = r.validation_fraction = 0;  // every labelled image trains
     c.keep_last = r.keep_last = true;                   // no validation to choose the epoch
     try {
-        if (auto e = train_two_stages(c, r, dir, opt, rep); !e.empty()) return make_error(e);
+        if (auto e = train_two_stages(c, r, dir, opt, rep); !e.empty()) return make_error(ErrorKind::Internal, e);
     } catch (const std::exception& e) {
-        return make_error(std::string("training on all images failed: ") + e.what());
+        return make_error(ErrorKind::Internal, std::string("training on all images failed: ") + e.what());
     }
     return rep;
 }

@@ -34,8 +34,8 @@ double width(const std::pair<double, double>& p) { return p.second - p.first; }
 
 Expected<HcIntervalModel> calibrate_hc_interval(const std::vector<IntervalSample>& samples, double coverage,
                                                 const std::vector<double>& edges_mm, const std::string& source) {
-    if (!(coverage > 0.5 && coverage < 1)) return make_error("interval coverage must be in (0.5, 1)");
-    if (!std::is_sorted(edges_mm.begin(), edges_mm.end())) return make_error("interval bin edges must be ascending");
+    if (!(coverage > 0.5 && coverage < 1)) return make_error(ErrorKind::InvalidArgument, "interval coverage must be in (0.5, 1)", "coverage");
+    if (!std::is_sorted(edges_mm.begin(), edges_mm.end())) return make_error(ErrorKind::InvalidArgument, "interval bin edges must be ascending", "edges");
     const size_t bins = edges_mm.size() + 1;
     std::vector<std::vector<double>> ok(bins), review(bins);
     std::vector<double> all_ok, all_review;
@@ -53,8 +53,10 @@ Expected<HcIntervalModel> calibrate_hc_interval(const std::vector<IntervalSample
         widen = std::max(1.0, width(conformal_pair(all_review, coverage)) / std::max(1e-9, width(conformal_pair(all_ok, coverage))));
     for (size_t b = 0; b < bins; ++b) {
         if (ok[b].size() < size_t(kMinOkPerBin))
-            return make_error("interval calibration: bin " + std::to_string(b) + " has " + std::to_string(ok[b].size()) +
-                              " ok measurements; at least " + std::to_string(kMinOkPerBin) + " are needed (use fewer bins)");
+            return make_error(ErrorKind::InvalidArgument,
+                              "interval calibration: bin " + std::to_string(b) + " has " + std::to_string(ok[b].size()) +
+                                  " ok measurements; at least " + std::to_string(kMinOkPerBin) + " are needed (use fewer bins)",
+                              "edges");
         const auto p = conformal_pair(ok[b], coverage);
         m.lo_rel.push_back(p.first), m.hi_rel.push_back(p.second), m.n_ok.push_back(int(ok[b].size()));
         std::pair<double, double> q;
@@ -85,23 +87,25 @@ HcInterval hc_interval(const HcIntervalModel& model, double hc_mm, bool review) 
 
 Expected<std::vector<IntervalSample>> read_interval_samples(std::istream& in, const std::string& name) {
     std::string line;
-    if (!std::getline(in, line)) return make_error("'" + name + "' is empty; expected the per-image CSV of `fetalhc evaluate --per-image`");
+    if (!std::getline(in, line))
+        return make_error(ErrorKind::InvalidArgument, "'" + name + "' is empty; expected the per-image CSV of `fetalhc evaluate --per-image`");
     auto header = parse_csv_record(line);
-    if (!header) return make_error("'" + name + "' line 1: " + header.error());
+    if (!header) return header.error_value().prefixed("'" + name + "' line 1: ");
     auto column = [&](const std::string& c) {
         auto it = std::find(header->begin(), header->end(), c);
         return it == header->end() ? -1 : int(it - header->begin());
     };
     const int ref = column("ref_hc_mm"), hc = column("hc_mm"), quality = column("quality"), fold = column("fold");
     if (ref < 0 || hc < 0 || quality < 0)
-        return make_error("'" + name + "' lacks a ref_hc_mm, hc_mm or quality column; expected the per-image CSV of `fetalhc evaluate --per-image`");
+        return make_error(ErrorKind::InvalidArgument, "'" + name + "' lacks a ref_hc_mm, hc_mm or quality column; expected the per-image CSV of `fetalhc evaluate --per-image`");
     std::vector<IntervalSample> out;
     for (int row = 2; std::getline(in, line); ++row) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
         if (line.empty()) continue;
         auto cells = parse_csv_record(line);
-        if (!cells) return make_error("'" + name + "' line " + std::to_string(row) + ": " + cells.error());
-        if (int(cells->size()) <= std::max({ref, hc, quality})) return make_error("'" + name + "' line " + std::to_string(row) + " has too few cells");
+        if (!cells) return cells.error_value().prefixed("'" + name + "' line " + std::to_string(row) + ": ");
+        if (int(cells->size()) <= std::max({ref, hc, quality}))
+            return make_error(ErrorKind::InvalidArgument, "'" + name + "' line " + std::to_string(row) + " has too few cells");
         if ((*cells)[size_t(hc)].empty()) continue;  // a failed image
         try {
             IntervalSample s;
@@ -112,7 +116,7 @@ Expected<std::vector<IntervalSample>> read_interval_samples(std::istream& in, co
                 s.fold = std::stoi((*cells)[size_t(fold)]);
             out.push_back(s);
         } catch (const std::exception&) {
-            return make_error("'" + name + "' line " + std::to_string(row) + ": ref_hc_mm, hc_mm (and fold, when present) must be numbers");
+            return make_error(ErrorKind::InvalidArgument, "'" + name + "' line " + std::to_string(row) + ": ref_hc_mm, hc_mm (and fold, when present) must be numbers");
         }
     }
     return out;
@@ -152,15 +156,15 @@ Expected<HcIntervalModel> interval_model_from_json(const nlohmann::json& j) {
         const size_t bins = m.edges_mm.size() + 1;
         if (m.lo_rel.size() != bins || m.hi_rel.size() != bins || m.review_lo_rel.size() != bins ||
             m.review_hi_rel.size() != bins)
-            return make_error("hc_interval: every per-bin list needs " + std::to_string(bins) + " values");
+            return make_error(ErrorKind::ModelUnavailable, "hc_interval: every per-bin list needs " + std::to_string(bins) + " values");
         for (size_t b = 0; b < bins; ++b)
             if (!(m.lo_rel[b] <= m.hi_rel[b] && m.review_lo_rel[b] <= m.review_hi_rel[b] && m.lo_rel[b] > -1 &&
                   m.review_lo_rel[b] > -1 && std::isfinite(m.hi_rel[b]) && std::isfinite(m.review_hi_rel[b])))
-                return make_error("hc_interval: bin " + std::to_string(b) + " has an empty or impossible interval");
-        if (!(m.coverage > 0.5 && m.coverage < 1)) return make_error("hc_interval: coverage must be in (0.5, 1)");
+                return make_error(ErrorKind::ModelUnavailable, "hc_interval: bin " + std::to_string(b) + " has an empty or impossible interval");
+        if (!(m.coverage > 0.5 && m.coverage < 1)) return make_error(ErrorKind::ModelUnavailable, "hc_interval: coverage must be in (0.5, 1)");
         return m;
     } catch (const std::exception& e) {
-        return make_error(std::string("hc_interval: ") + e.what());
+        return make_error(ErrorKind::ModelUnavailable, std::string("hc_interval: ") + e.what());
     }
 }
 

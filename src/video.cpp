@@ -1,16 +1,21 @@
 // HC over video frames: decode, measure (tracking between whole-image passes), summarise.
 #include "fetalhc/video.h"
 
-#include "fetalhc/hc18.h"
+#include "video_detail.h"
+
+#include "fetalhc/growth.h"
 #include "fetalhc/image_io.h"
+#include "fetalhc/measure.h"
 #include "fetalhc/metrics.h"
 
+#include <nlohmann/json.hpp>
 #include <opencv2/videoio.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <filesystem>
 #include <future>
@@ -209,9 +214,13 @@ void summarise_good_frames(const std::vector<Measurement>& ok, const std::vector
 
 }  // namespace
 
-Expected<VideoSummary> measure_frames(const Measurer& measurer, const std::string& label, const FrameSource& next,
-                                      const VideoOptions& opt, const std::function<void(const VideoFrame&)>& on_frame) {
-    if (auto e = check_pixel_size(opt.measure.pixel_size_mm, "'" + label + "'"); !e.empty()) return make_error(e);
+namespace detail {
+
+Expected<VideoSummary> measure_checked_frames(const Measurer& measurer, const std::string& label, const FrameSource& next,
+                                              const VideoOptions& opt, const FrameCheck& check,
+                                              const std::function<void(const VideoFrame&)>& on_frame) {
+    if (auto e = check_pixel_size(opt.measure.pixel_size_mm, "'" + label + "'"); !e.empty())
+        return make_error(ErrorKind::InvalidArgument, e, "pixel_size");
     const auto t0 = std::chrono::steady_clock::now();
     const int workers = opt.workers > 0 ? opt.workers : int(std::max(1u, std::thread::hardware_concurrency()));
     VideoSummary s;
@@ -226,20 +235,28 @@ Expected<VideoSummary> measure_frames(const Measurer& measurer, const std::strin
     return s;
 }
 
+}  // namespace detail
+
+Expected<VideoSummary> measure_frames(const Measurer& measurer, const std::string& label, const FrameSource& next,
+                                      const VideoOptions& opt, const std::function<void(const VideoFrame&)>& on_frame) {
+    return detail::measure_checked_frames(measurer, label, next, opt, {}, on_frame);
+}
+
 Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string& path, const VideoOptions& opt,
                                      const std::function<void(const VideoFrame&)>& on_frame) {
-    if (auto e = check_pixel_size(opt.measure.pixel_size_mm, "'" + path + "'"); !e.empty()) return make_error(e);
+    if (auto e = check_pixel_size(opt.measure.pixel_size_mm, "'" + path + "'"); !e.empty())
+        return make_error(ErrorKind::InvalidArgument, e, "pixel_size");
     // Before OpenCV opens it: a named pipe would block the open, a device would be read forever.
-    if (auto e = regular_file_problem(path, "a video file"); !e.empty()) return make_error(e);
+    if (auto e = regular_file_problem(path, "a video file"); !e.empty()) return make_error(ErrorKind::ImageUnreadable, e);
     const auto t0 = std::chrono::steady_clock::now();
     cv::VideoCapture cap;
-    if (auto e = open_capture(path, cap); !e.empty()) return make_error(e);
+    if (auto e = open_capture(path, cap); !e.empty()) return make_error(ErrorKind::ImageUnreadable, e);
     const double fps = cap.get(cv::CAP_PROP_FPS);
     int i = 0;
-    const FrameSource next = [&](cv::Mat& frame, double& time_s) {
-        if (!read_frame(cap, frame)) return false;
+    const FrameSource next = [&](SourceFrame& frame) {
+        if (!read_frame(cap, frame.image)) return false;
         const double pos_ms = cap.get(cv::CAP_PROP_POS_MSEC);
-        time_s = pos_ms > 0 ? pos_ms / 1000 : fps > 0 ? i / fps : 0;
+        frame.time_s = pos_ms > 0 ? pos_ms / 1000 : fps > 0 ? i / fps : 0;
         ++i;
         return true;
     };

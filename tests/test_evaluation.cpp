@@ -45,7 +45,7 @@ Measurement measured(double hc_mm, const std::string& quality = "ok") {
 TEST(Evaluation, FailureCountsAsTheWholeReferenceHc) {
     std::vector<ImageScore> s;
     s.push_back(score_hc("a.png", 100, 0.1, measured(102)));
-    s.push_back(score_hc("b.png", 150, 0.1, make_error("no fetal head found")));
+    s.push_back(score_hc("b.png", 150, 0.1, make_error(ErrorKind::NoHeadFound, "no fetal head found")));
     const ScoreSummary sum = summarize(s);
     EXPECT_EQ(sum.images, 2);
     EXPECT_EQ(sum.failed, 1);

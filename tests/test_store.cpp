@@ -227,7 +227,7 @@ TEST_P(StoreEngines, AnExamNeedsItsImageStored) {
     auto s = open();
     auto saved = s->add_exam(sample_exam("P1", std::string(64, 'a')));
     ASSERT_FALSE(saved);
-    EXPECT_EQ(saved.error().rfind(kUnknownImageError, 0), 0u) << saved.error();
+    EXPECT_EQ(saved.error_kind(), ErrorKind::UnknownImage) << saved.error();
     EXPECT_FALSE(s->history("P1")->found);  // nothing saved, not even the pregnancy
     auto bad = s->add_exam(sample_exam("a/b", *s->put_image("x")));
     ASSERT_FALSE(bad);
@@ -280,7 +280,7 @@ TEST_P(StoreEngines, DicomInstancesAreAddedUpdatedAndListedNewestFirst) {
 }
 
 // The quota: the oldest images nothing references go first; when every image is referenced, the
-// error starts with kStoreFullError and nothing is removed.
+// error is ErrorKind::StoreFull and nothing is removed.
 TEST_P(StoreEngines, QuotaRemovesTheOldestUnreferencedImagesThenRefuses) {
     FakeClock clock;
     constexpr long long kHours2 = 7200;  // apart by more than the quota's grace period (1 h)
@@ -318,7 +318,7 @@ TEST_P(StoreEngines, QuotaRemovesTheOldestUnreferencedImagesThenRefuses) {
     ASSERT_TRUE(s->add_dicom_instance(d));
     auto full = s->put_image(blob(n, 5));
     ASSERT_FALSE(full);
-    EXPECT_EQ(full.error().rfind(kStoreFullError, 0), 0u) << full.error();
+    EXPECT_EQ(full.error_kind(), ErrorKind::StoreFull) << full.error();
     EXPECT_NE(full.error().find("--max-store-mb"), std::string::npos) << full.error();
     auto huge = s->put_image(blob(4 * n, 6));
     ASSERT_FALSE(huge);
@@ -417,7 +417,8 @@ TEST_P(StoreEngines, IdempotencyKeySavesOnceAndRefusesAnotherExam) {
     other.ellipse_px.a += 1e-9;  // any field differs: another exam
     auto conflict = s->add_exam(other, "key-0001");
     ASSERT_FALSE(conflict);
-    EXPECT_EQ(conflict.error().rfind(kIdempotencyConflictError, 0), 0u) << conflict.error();
+    EXPECT_EQ(conflict.error_kind(), ErrorKind::Conflict) << conflict.error();
+    EXPECT_NE(conflict.error().find("key-0001"), std::string::npos) << conflict.error();
     auto bad = s->add_exam(e, std::string(129, 'k'));
     ASSERT_FALSE(bad);
     EXPECT_NE(bad.error().find("idempotency key"), std::string::npos) << bad.error();

@@ -97,7 +97,7 @@ fetalhc::Expected<VideoTiming> time_video(const fetalhc::Measurer& measurer, con
                                           const fetalhc::MeasureOptions& opt, const BenchArgs& a, const fs::path& dir) {
     const fs::path avi = dir / "cine.avi";
     cv::VideoWriter w(avi.string(), cv::VideoWriter::fourcc('M', 'J', 'P', 'G'), 25, frame0.size(), false);
-    if (!w.isOpened()) return fetalhc::make_error("cannot write the cine loop '" + avi.string() + "'");
+    if (!w.isOpened()) return fetalhc::make_error(fetalhc::ErrorKind::Io, "cannot write the cine loop '" + avi.string() + "'");
     for (int f = 0; f < a.video_frames; ++f) {
         const double dx = 6.0 * std::sin(f * 0.2), dy = 4.0 * std::cos(f * 0.15);
         cv::Mat shifted;
@@ -110,7 +110,7 @@ fetalhc::Expected<VideoTiming> time_video(const fetalhc::Measurer& measurer, con
     vo.measure = opt;
     vo.workers = a.workers;
     auto s = fetalhc::measure_video(measurer, avi.string(), vo);
-    if (!s) return fetalhc::make_error(s.error());
+    if (!s) return s.error_value();
     return VideoTiming{s->frames_per_second, s->ok};
 }
 
@@ -185,7 +185,7 @@ int run_bench(BenchArgs a) {
         if (!cv::imwrite(image, frame0)) return error("cannot write '" + image + "'"), kExitSomeFailed;
     } else {
         auto img = fetalhc::load_grayscale(image);
-        if (!img) return error(img.error()), kExitUsage;
+        if (!img) return error(cli_message(img.error_value())), kExitUsage;  // the image to bench is an option
         frame0 = *img;
     }
     const StageTimes times = time_whole_path(measurer, image, opt, a.runs);
@@ -196,7 +196,7 @@ int run_bench(BenchArgs a) {
     VideoTiming video;
     if (a.video_frames > 0) {
         auto v = time_video(measurer, frame0, opt, a, tmp.path);
-        if (!v) return error(v.error()), kExitSomeFailed;
+        if (!v) return fail(v.error_value());
         video = *v;
     }
     if (a.json) {

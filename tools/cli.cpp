@@ -52,6 +52,11 @@ void note(const std::string& msg) {
     std::fprintf(stderr, "note: %s\n", msg.c_str());
 }
 
+int fail(const fetalhc::Error& e) {
+    error(cli_message(e));
+    return exit_code(e.kind);
+}
+
 std::string default_model() {
     if (const char* env = std::getenv("FETALHC_MODEL")) return env;
     return shipped_model();
@@ -136,15 +141,15 @@ std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const
     if (ensemble_dir.empty()) {
         if (!check_model_file(model)) return std::nullopt;
         auto seg = fetalhc::Segmenter::load(model, options);
-        if (!seg) return error(seg.error()), std::nullopt;
+        if (!seg) return error(cli_message(seg.error_value())), std::nullopt;
         return *seg;
     }
     auto files = fetalhc::ensemble_model_files(ensemble_dir);
-    if (!files) return error(files.error()), std::nullopt;
+    if (!files) return error(cli_message(files.error_value())), std::nullopt;
     for (const auto& f : *files)
         if (auto problem = model_file_problem(f); !problem.empty()) return error("ensemble member: " + problem), std::nullopt;
     auto seg = fetalhc::Segmenter::load_ensemble(*files, options);
-    if (!seg) return error(seg.error()), std::nullopt;
+    if (!seg) return error(cli_message(seg.error_value())), std::nullopt;
     return *seg;
 }
 

@@ -4,9 +4,12 @@
 //
 // Error policy (one place): results go to stdout, "error: ..." and "note: ..." lines to stderr,
 // exit 0 when everything worked, 1 when some inputs failed, 2 on a usage error (including a model
-// file that cannot be read). A batch goes on past a bad input.
+// file that cannot be read). A batch goes on past a bad input. A library error is printed with
+// cli_message (its message, then the option of its field: "(--pixel-size MM)"), and a command that
+// stops on one exits with exit_code(kind): the two tables are in cli_errors.cpp.
 #pragma once
 
+#include "fetalhc/expected.h"
 #include "fetalhc/segmenter.h"
 
 #include <CLI/CLI.hpp>
@@ -24,6 +27,20 @@ constexpr int kExitOk = 0, kExitSomeFailed = 1, kExitUsage = 2;
 // "error: MSG" / "note: MSG" on stderr (a progress line showing there is cleared first).
 void error(const std::string& msg);
 void note(const std::string& msg);
+
+// The exit code of a command that stops on a library error of this kind: kExitUsage when the
+// command line must change (a bad option value, a model that cannot be used, a named file or
+// folder that is not there), else kExitSomeFailed. A batch's failed input is kExitSomeFailed
+// whatever its kind.
+int exit_code(fetalhc::ErrorKind kind);
+// The option a library error's field stands for ("pixel_size" -> "--pixel-size MM"), or "" when
+// the CLI has none.
+std::string option_for_field(const std::string& field);
+// The error's message, with the option of its field when there is one: "...; give a pixel size
+// (--pixel-size MM)".
+std::string cli_message(const fetalhc::Error& e);
+// Prints "error: " + cli_message(e) and returns exit_code(e.kind).
+int fail(const fetalhc::Error& e);
 
 // $FETALHC_MODEL when set, else the shipped model (an absolute path into the source tree).
 std::string default_model();

@@ -11,9 +11,9 @@ namespace {
 
 int run_coco(const std::string& data, const std::string& out) {
     auto recs = fetalhc::read_hc18_training(data);
-    if (!recs) return error(recs.error()), kExitUsage;
+    if (!recs) return fail(recs.error_value());
     auto j = fetalhc::coco_annotations_json(*recs);
-    if (!j) return error(j.error()), kExitSomeFailed;
+    if (!j) return fail(j.error_value());
     std::ofstream o(out);
     if (!(o << *j)) return error("cannot write '" + out + "'"), kExitSomeFailed;
     std::fprintf(stderr, "wrote %zu images to %s\n", recs->size(), out.c_str());

@@ -94,9 +94,9 @@ int run_dicom_info(const DicomInfoArgs& a) {
     for (const auto& p : a.paths) {
         // Checked before DCMTK opens it: a named pipe would block the open.
         const std::string problem = fetalhc::regular_file_problem(p, "a DICOM file");
-        auto h = problem.empty() ? fetalhc::read_dicom_header(p) : fetalhc::Expected<fetalhc::DicomHeader>(fetalhc::make_error(problem));
+        auto h = problem.empty() ? fetalhc::read_dicom_header(p) : fetalhc::Expected<fetalhc::DicomHeader>(fetalhc::make_error(fetalhc::ErrorKind::ImageUnreadable, problem));
         if (!h) {
-            error(h.error());
+            error(cli_message(h.error_value()));
             ++failed;
             if (a.json) all.push_back({{"file", p}, {"error", h.error()}});
             continue;

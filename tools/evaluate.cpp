@@ -34,9 +34,10 @@ fetalhc::Expected<std::vector<fetalhc::Hc18Record>> chosen_records(const EvalArg
                                                                    const std::vector<fetalhc::Hc18Record>& all,
                                                                    const fetalhc::Expected<fetalhc::Split>& s) {
     if (a.split == "all") return all;
-    if (!s) return fetalhc::make_error("model '" + a.model + "': " + s.error() + "; use --split all");
+    if (!s) return fetalhc::make_error(s.error_kind(), "model '" + a.model + "': " + s.error() + "; use --split all");
     if (a.split == "validation" && trained_on_every_image(s))
         return fetalhc::make_error(
+            fetalhc::ErrorKind::InvalidArgument,
             "model '" + a.model + "' was trained on every labelled image (validation_fraction 0): no image is held out "
             "from it, so it has no validation figure. The recipe's figure is the out-of-fold one of its k-fold run "
             "(models/MODEL_CARD.md; `fetalhc evaluate --data " + a.data + " --oof RUN`); --split train or all measure "
@@ -118,14 +119,14 @@ int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& r
 // chooses the images, shows progress and prints.
 int run_evaluate(const EvalArgs& a) {
     auto recs = fetalhc::read_hc18_training(a.data);
-    if (!recs) return error(recs.error()), kExitUsage;
+    if (!recs) return fail(recs.error_value());
     if (!a.oof.empty()) return run_out_of_fold(a, *recs);
     if (!check_model_file(a.model)) return kExitUsage;
     auto seg = fetalhc::Segmenter::load(a.model, {a.threads, a.mirror});
-    if (!seg) return error(seg.error()), kExitUsage;
+    if (!seg) return fail(seg.error_value());
     const auto split = fetalhc::model_split(*recs, seg->info().metadata);
     auto chosen = chosen_records(a, *recs, split);
-    if (!chosen) return error(chosen.error()), kExitUsage;
+    if (!chosen) return fail(chosen.error_value());
     fetalhc::Measurer measurer(*seg);
     Progress progress(int(chosen->size()), !a.quiet);
     fetalhc::ScoreOptions so;

@@ -21,21 +21,21 @@ namespace {
 int run_calibrate(const std::string& data, const std::string& in, const std::string& out) {
     if (!check_model_file(in)) return kExitUsage;
     auto seg = fetalhc::Segmenter::load(in, {});
-    if (!seg) return error(seg.error()), kExitUsage;
+    if (!seg) return fail(seg.error_value());
     auto recs = fetalhc::read_hc18_training(data);
-    if (!recs) return error(recs.error()), kExitUsage;
+    if (!recs) return fail(recs.error_value());
     auto split = fetalhc::model_split(*recs, seg->info().metadata);
-    if (!split) return error("model '" + in + "': " + split.error()), kExitUsage;
+    if (!split) return fail(split.error_value().prefixed("model '" + in + "': "));
     fetalhc::Measurer measurer(*seg);
     auto c = fetalhc::calibrate_axis_scale(*split, seg->info().axis_scale, fetalhc::measure_with(measurer));
-    if (!c) return error("model '" + in + "' on '" + data + "': " + c.error()), kExitSomeFailed;
+    if (!c) return fail(c.error_value().prefixed("model '" + in + "' on '" + data + "': "));
     auto r = fetalhc::Segmenter::rewrite_metadata(in, out,
                                                   json{{"axis_scale", c->axis_scale},
                                                        {"axis_scale_masks", c->masks_factor},
                                                        {"axis_scale_measured", c->measured_factor},
                                                        {"axis_scale_images", c->measured_images}}
                                                       .dump());
-    if (!r) return error(r.error()), kExitSomeFailed;
+    if (!r) return fail(r.error_value());
     std::fprintf(stderr, "axis scale %.5f = %.5f (masks -> reference ellipses, %d training images) x %.5f (this model's HC -> reference HC, median of %d); wrote %s\n",
                  c->axis_scale, c->masks_factor, c->training_images, c->measured_factor, c->measured_images, out.c_str());
     return kExitOk;
@@ -55,7 +55,7 @@ bool check_input_models(const std::vector<std::string>& paths) {
 int run_average(const std::vector<std::string>& in, const std::string& out) {
     if (!check_input_models(in)) return kExitUsage;
     auto r = fetalhc::Segmenter::average_models(in, out);
-    if (!r) return error(r.error()), kExitSomeFailed;
+    if (!r) return fail(r.error_value());
     std::fprintf(stderr, "averaged %zu models into %s\n", in.size(), out.c_str());
     return kExitOk;
 }
@@ -63,7 +63,7 @@ int run_average(const std::vector<std::string>& in, const std::string& out) {
 int run_combine(const std::string& coarse, const std::string& two_pass, const std::string& out) {
     if (!check_input_models({coarse, two_pass})) return kExitUsage;
     auto r = fetalhc::Segmenter::combine_models(coarse, two_pass, out);
-    if (!r) return error(r.error()), kExitSomeFailed;
+    if (!r) return fail(r.error_value());
     std::fprintf(stderr, "wrote %s\n", out.c_str());
     return kExitOk;
 }
@@ -80,7 +80,7 @@ int check_held_out_folds(const std::vector<fetalhc::IntervalSample>& samples, co
     }
     if (held.empty()) return error("no rows of the folds given to --check-folds"), kExitUsage;
     auto m = fetalhc::calibrate_hc_interval(fit, coverage, edges, "check");
-    if (!m) return error("calibrating without the checked folds: " + m.error()), kExitSomeFailed;
+    if (!m) return fail(m.error_value().prefixed("calibrating without the checked folds: "));
     const auto c = fetalhc::interval_coverage(*m, held);
     std::string names;
     for (int f : folds) names += (names.empty() ? "" : ",") + std::to_string(f);
@@ -97,14 +97,14 @@ int run_interval(const std::string& in, const std::string& per_image, double cov
     std::ifstream f(per_image);
     if (!f) return error("cannot read '" + per_image + "'; pass the CSV of `fetalhc evaluate --oof DIR --per-image FILE`"), kExitUsage;
     auto samples = fetalhc::read_interval_samples(f, per_image);
-    if (!samples) return error(samples.error()), kExitUsage;
+    if (!samples) return fail(samples.error_value());
     if (!check_folds.empty())
         if (int rc = check_held_out_folds(*samples, check_folds, coverage, edges); rc != kExitOk) return rc;
     auto m = fetalhc::calibrate_hc_interval(*samples, coverage, edges,
                                             "conformal on " + std::to_string(samples->size()) + " held-out measurements of " + per_image);
-    if (!m) return error(m.error()), kExitSomeFailed;
+    if (!m) return fail(m.error_value());
     auto r = fetalhc::Segmenter::rewrite_metadata(in, out, json{{"hc_interval", fetalhc::to_json(*m)}}.dump());
-    if (!r) return error(r.error()), kExitSomeFailed;
+    if (!r) return fail(r.error_value());
     for (size_t b = 0; b < m->lo_rel.size(); ++b)
         std::fprintf(stderr, "bin %zu: ok %+.2f%% .. %+.2f%% (n %d), review %+.2f%% .. %+.2f%% (n %d)\n", b, 100 * m->lo_rel[b],
                      100 * m->hi_rel[b], m->n_ok[b], 100 * m->review_lo_rel[b], 100 * m->review_hi_rel[b], m->n_review[b]);

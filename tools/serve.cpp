@@ -84,8 +84,8 @@ int run_serve(ServeArgs a) {
     keep_request_buffers();
     auto server = fetalhc::Server::create(a.server);
     if (!server) {
-        error(server.error());
-        return kExitUsage;
+        error(cli_message(server.error_value()));
+        return kExitUsage;  // the server's options (a store, a port, a model) cannot be used
     }
     fetalhc::Server* s = server->get();
     std::thread([s, stop_signals] {

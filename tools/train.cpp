@@ -22,9 +22,9 @@ struct TrainArgs {
 // --all-images: the same recipe on every labelled image (fetalhc::train_all_images).
 int run_recipe(const TrainArgs& a) {
     auto coarse = fetalhc::load_train_config(a.config.empty() ? "configs/default.json" : a.config);
-    if (!coarse) return error(coarse.error()), kExitUsage;
+    if (!coarse) return fail(coarse.error_value());
     auto refine = fetalhc::load_train_config(a.refine_config);
-    if (!refine) return error(refine.error()), kExitUsage;
+    if (!refine) return fail(refine.error_value());
     fetalhc::KFoldOptions o;
     o.data_dir = a.data;
     o.out_dir = a.out;
@@ -33,13 +33,13 @@ int run_recipe(const TrainArgs& a) {
     o.limit = a.limit;
     if (a.all_images) {
         auto r = fetalhc::train_all_images(*coarse, *refine, o);
-        if (!r) return error(r.error()), kExitSomeFailed;
+        if (!r) return fail(r.error_value());
         std::fprintf(stderr, "model trained on every labelled image: %s (no validation figure: the k-fold run's out-of-fold "
                              "figure is the recipe's, `fetalhc evaluate --oof`)\n", r->models[0].c_str());
         return kExitOk;
     }
     auto r = fetalhc::train_kfold(*coarse, *refine, o);
-    if (!r) return error(r.error()), kExitSomeFailed;
+    if (!r) return fail(r.error_value());
     std::fprintf(stderr, "k-fold models (%d stages trained, %d skipped as finished):\n", r->stages_trained, r->stages_skipped);
     for (const auto& m : r->models) std::fprintf(stderr, "  %s\n", m.c_str());
     std::fprintf(stderr, "out-of-fold figures: fetalhc evaluate --data %s --oof %s\n", a.data.c_str(), a.out.c_str());
@@ -56,7 +56,7 @@ int run_train(const TrainArgs& a) {
     }
     if (a.config.empty()) return error("--config is required (e.g. configs/default.json), or give --kfold K"), kExitUsage;
     auto cfg = fetalhc::load_train_config(a.config);
-    if (!cfg) return error(cfg.error()), kExitUsage;
+    if (!cfg) return fail(cfg.error_value());
     fetalhc::TrainOptions o;
     o.data_dir = a.data;
     o.out_dir = a.out;
@@ -64,7 +64,7 @@ int run_train(const TrainArgs& a) {
     o.max_steps = a.max_steps;
     o.limit = a.limit;
     auto r = fetalhc::train(*cfg, o);
-    if (!r) return error(r.error()), kExitSomeFailed;
+    if (!r) return fail(r.error_value());
     if (std::isnan(r->best_hc_mad_mm))
         std::fprintf(stderr, "model: %s (no validation images, last epoch kept; %d epochs, %.0f s)\n", r->model_path.c_str(),
                      r->epochs_done, r->wall_seconds);

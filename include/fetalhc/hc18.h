@@ -75,12 +75,6 @@ struct SplitSpec {
 };
 std::optional<SplitSpec> recorded_split(const std::string& metadata_json);
 
-// The plausible pixel sizes of an ultrasound image, mm per pixel: [kMinPixelSizeMm, kMaxPixelSizeMm].
-// HC18 spans 0.052..0.331; below 0.01 a 400 mm head would be 40,000 pixels across (a unit mistake,
-// metres or an exponent), above 2 a 100 mm head is 50 pixels (pixels per mm given for mm per pixel).
-constexpr double kMinPixelSizeMm = 0.01;
-constexpr double kMaxPixelSizeMm = 2.0;
-
 // The largest pixel-size CSV read, bytes. The HC18 test set's is 10 KB (335 rows); 8 MiB holds over
 // 200,000 rows. A larger file is refused before it is read (a device such as /dev/zero, a named pipe
 // or any other non-regular file is refused before it is opened).
@@ -90,13 +84,9 @@ constexpr size_t kMaxQuotedCsvBytes = 100;
 
 // Reads a pixel-size CSV (`filename,pixel size(mm)[,...]`, header optional). Keys are file names.
 // Refused, naming the file and the line: a file that is not a regular file or is over
-// kMaxPixelSizeCsvBytes, a row without a number, a size check_pixel_size refuses, one file listed
+// kMaxPixelSizeCsvBytes, a row without a number, a size check_pixel_size (measure.h) refuses, one file listed
 // twice with different sizes, a file without rows. Errors quote at most kMaxQuotedCsvBytes of a line.
 Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_path);
-
-// Checks a pixel size (mm per pixel) against [kMinPixelSizeMm, kMaxPixelSizeMm]; returns an error
-// message naming `what`, or "" when valid. The one check every pixel size given goes through.
-std::string check_pixel_size(double mm, const std::string& what);
 
 // How the official reference relates to the filled masks: the mean over `records` of
 // official HC / HC of the ellipse fitted to the mask's boundary (the edges between inside and

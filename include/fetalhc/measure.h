@@ -28,8 +28,18 @@
 
 namespace fetalhc {
 
+// The plausible pixel sizes of an ultrasound image, mm per pixel: [kMinPixelSizeMm, kMaxPixelSizeMm].
+// HC18 spans 0.052..0.331; below 0.01 a 400 mm head would be 40,000 pixels across (a unit mistake,
+// metres or an exponent), above 2 a 100 mm head is 50 pixels (pixels per mm given for mm per pixel).
+constexpr double kMinPixelSizeMm = 0.01;
+constexpr double kMaxPixelSizeMm = 2.0;
+
+// Checks a pixel size (mm per pixel) against [kMinPixelSizeMm, kMaxPixelSizeMm]; returns an error
+// message naming `what`, or "" when valid. The one check every pixel size given goes through.
+std::string check_pixel_size(double mm, const std::string& what);
+
 struct MeasureOptions {
-    double pixel_size_mm = 0;            // mm per pixel, isotropic; required (0 < s <= 2)
+    double pixel_size_mm = 0;            // mm per pixel, isotropic; required (check_pixel_size)
     // Rows' spacing (mm per pixel along y) when it differs from pixel_size_mm (then the x spacing):
     // anisotropic pixels (DICOM). The ellipse is then fitted on the boundary points in physical
     // space and HC, BPD, OFD and ellipse_mm come from that fit; ellipse_px stays the fit in pixels.

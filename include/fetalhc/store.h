@@ -118,7 +118,8 @@ public:
     // time is refreshed (a re-upload counts as new for the quota and retention). A PNG or JPEG is
     // stored up to its end (IEND / EOI): bytes after it are dropped and not hashed. With a quota
     // set, the oldest images no exam or DICOM instance references are removed first to make room;
-    // when that is not enough the error starts with kStoreFullError.
+    // when that is not enough the error is ErrorKind::StoreFull. Database or folder failures are
+    // ErrorKind::StorageFailed (as for every member).
     Expected<std::string> put_image(const std::string& bytes);
     // Whether an image is stored (false for anything that is not 64 lower-case hex digits).
     Expected<bool> has_image(const std::string& sha256) const;
@@ -139,12 +140,13 @@ public:
     void set_clock(std::function<Clock::time_point()> now);
 
     // Saves an exam, creating its pregnancy when new; returns it with id and created_at set. The
-    // exam's image must be stored (else the error starts with kUnknownImageError).
+    // exam's image must be stored (else ErrorKind::UnknownImage); an invalid pregnancy id is
+    // ErrorKind::InvalidArgument (field "pregnancy_id").
     Expected<Exam> add_exam(const Exam& exam);
     // The same, idempotent: the first call with a key saves the exam; a later call with the same
     // key and the same exam (every field but id and created_at) returns the saved one with
-    // replayed set, and saves nothing; the same key with another exam is refused with an error
-    // starting with kIdempotencyConflictError. An empty key is a plain add_exam. Keys are kept in
+    // replayed set, and saves nothing; the same key with another exam is refused with
+    // ErrorKind::Conflict (field "idempotency_key"). An empty key is a plain add_exam. Keys are kept in
     // the store (they hold across restarts and replicas); see valid_idempotency_key.
     Expected<ExamWrite> add_exam(const Exam& exam, const std::string& idempotency_key);
     Expected<History> history(const std::string& pregnancy_id) const;
@@ -165,9 +167,9 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
+// TEMPORARY (issue 23, removed once src/server/service.cpp maps ErrorKind): the start of a
+// StoreFull message.
 inline constexpr const char* kStoreFullError = "the image store is full";
-inline constexpr const char* kUnknownImageError = "the exam's image is not stored";
-inline constexpr const char* kIdempotencyConflictError = "this Idempotency-Key was already used for a different exam";
 
 // Length of the image at the start of `bytes`: a PNG up to its IEND chunk, a JPEG up to its EOI
 // marker; bytes.size() for other data or when no end is found.

@@ -36,8 +36,8 @@ const std::vector<ErrorInfo>& error_catalog() {
         {E::ImageNotFound, "image_not_found", 404, "no stored image has this SHA-256"},
         {E::LengthRequired, "length_required", 411, "a request body was sent without Content-Length (chunked uploads are refused)"},
         {E::PayloadTooLarge, "payload_too_large", 413, "the request body is larger than the server's upload limit"},
-        {E::NoHeadFound, "no_head_found", 422, "no fetal head was found in the image, or none that an ellipse fits"},
-        {E::NoEllipseFit, "no_ellipse_fit", 422, "no ellipse fits the points or the mask sent"},
+        {E::NoHeadFound, "no_head_found", 422, "no fetal head was found in the image"},
+        {E::NoEllipseFit, "no_ellipse_fit", 422, "no ellipse fits the head found, or the points or the mask sent"},
         {E::InvalidCalibration, "invalid_calibration", 422,
          "the DICOM file carries no usable calibration (no region in cm, a region box outside the image, absurd deltas) "
          "and no pixel_size_mm was sent"},
@@ -63,6 +63,43 @@ const ErrorInfo& error_info(ErrorCode code) {
     const size_t i = size_t(code);
     if (i >= all.size() || all[i].code != code) throw std::logic_error("error_catalog is out of step with ErrorCode");
     return all[i];
+}
+
+ErrorCode error_code_for(ErrorKind kind) {
+    using K = ErrorKind;
+    using E = ErrorCode;
+    switch (kind) {
+        case K::Internal: return E::Internal;
+        case K::InvalidArgument: return E::InvalidField;
+        case K::ImageUnreadable: return E::ImageUnreadable;
+        case K::InvalidCalibration: return E::InvalidCalibration;
+        case K::NoHeadFound: return E::NoHeadFound;
+        case K::NoEllipseFit: return E::NoEllipseFit;
+        case K::EmptyMask: return E::EmptyMask;
+        case K::MaskTooComplex: return E::MaskTooComplex;
+        case K::ModelUnavailable: return E::ModelUnavailable;
+        case K::NotFound: return E::NotFound;
+        case K::UnknownImage: return E::UnknownImage;
+        case K::Conflict: return E::IdempotencyKeyReused;
+        case K::StoreFull: return E::StoreFull;
+        case K::StorageFailed: return E::StorageFailed;
+        case K::Io: return E::Internal;  // a file of the server's own
+    }
+    return E::Internal;
+}
+
+std::string http_field_name(const std::string& field) {
+    // Only the fields a library message asks the client to give; the store's messages name their
+    // own (the image, the Idempotency-Key).
+    static const std::pair<const char*, const char*> kNames[] = {{"pixel_size", "pixel_size_mm"}, {"ga_weeks", "ga_weeks"}};
+    for (const auto& [f, name] : kNames)
+        if (field == f) return name;
+    return "";
+}
+
+ApiError api_error(const Error& e) {
+    const std::string name = http_field_name(e.field);
+    return ApiError{error_code_for(e.kind), name.empty() ? e.message : e.message + " (" + name + ")"};
 }
 
 nlohmann::json error_body(const ApiError& e) {

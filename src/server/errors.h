@@ -8,10 +8,22 @@
 // people (what was wrong and what to do; its wording may change). The catalog below is the one
 // place a code, its status and its meaning are written down; transports that are not HTTP (the
 // DICOM node) map the same codes to their own statuses.
-// Thread safety: plain values and a constant table.
+//
+// A library failure (fetalhc::Error) becomes an ApiError through api_error: its kind picks the
+// code in one table (error_code_for; never the message's words), and the field it concerns is
+// named as HTTP clients send it ("pixel_size" -> pixel_size_mm).
+//
+// One style per layer:
+//   - routes (routes*.cpp) and the request-field helpers (request_fields.h) THROW ApiError (fail,
+//     value_or_throw); routes::handle is the one place that catches it and answers with it;
+//   - services (service.h) and the library RETURN their failures (Result<T>, Expected<T>) and
+//     never throw them; a route turns a service's Result into a throw with value_or_throw.
+// Thread safety: plain values and constant tables.
 #pragma once
 
 #include "http_types.h"
+
+#include "fetalhc/expected.h"
 
 #include <string>
 #include <utility>
@@ -73,13 +85,22 @@ struct ApiError {
     int retry_after_s = 0;  // > 0: sent as the Retry-After header (seconds); overloaded always has one
 };
 
+// The code of a library error of this kind (the one table from ErrorKind to ErrorCode).
+ErrorCode error_code_for(ErrorKind kind);
+// The name HTTP clients give a library field a message asks for ("pixel_size" -> "pixel_size_mm"),
+// or "" when none is added.
+std::string http_field_name(const std::string& field);
+// A library error as the service's error: error_code_for(kind), and the message followed by the
+// HTTP name of its field when it has one ("...; give a pixel size (pixel_size_mm)").
+ApiError api_error(const Error& e);
+
 // {"error": {"code": ..., "message": ...}}
 nlohmann::json error_body(const ApiError& e);
 // The error as a response with the code's HTTP status.
 HttpResponse error_response(const ApiError& e);
 
-// A value or an ApiError (the services' result type; Expected<T> of the library carries only a
-// message, the transports need the code).
+// A value or an ApiError (the services' result type: the library's Expected<T> carries an
+// ErrorKind, the transports need the service's code; api_error converts).
 template <class T>
 class Result {
 public:

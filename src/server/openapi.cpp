@@ -282,8 +282,8 @@ json measure_path() {
             {"responses", overload_header(responses_with({{"200", ok}},
                                          {E::BadRequest, E::MissingField, E::InvalidField, E::InvalidPixelSize, E::InvalidGa,
                                           E::InvalidPregnancyId, E::InvalidDate, E::ImageUnreadable, E::Unauthorized,
-                                          E::PayloadTooLarge, E::NoHeadFound, E::InvalidCalibration, E::StorageFailed,
-                                          E::StoreFull, E::ModelLoading, E::ModelUnavailable, E::Overloaded}))}};
+                                          E::PayloadTooLarge, E::NoHeadFound, E::NoEllipseFit, E::InvalidCalibration,
+                                          E::StorageFailed, E::StoreFull, E::ModelLoading, E::ModelUnavailable, E::Overloaded}))}};
 }
 
 json dicom_instances_path() {

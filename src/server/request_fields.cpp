@@ -1,6 +1,6 @@
 #include "request_fields.h"
 
-#include "fetalhc/hc18.h"
+#include "fetalhc/measure.h"
 
 #include <algorithm>
 #include <cctype>

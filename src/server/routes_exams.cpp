@@ -45,7 +45,7 @@ json exam_json(const Exam& e) {
 // when it cannot be read.
 std::string stored_image(Services& s, const std::string& sha, ErrorCode missing, const std::string& message) {
     auto bytes = s.store.read_image(sha);
-    if (!bytes) fail(ErrorCode::StorageFailed, bytes.error());
+    if (!bytes) throw api_error(bytes.error_value());
     if (!*bytes) fail(missing, message);
     return std::move(**bytes);
 }
@@ -166,14 +166,7 @@ HttpResponse add_exam(const HttpRequest& req, Services& s) {
         if (std::find(ex.reasons.begin(), ex.reasons.end(), r) == ex.reasons.end()) ex.reasons.push_back(r);
     ex.accepted = true;
     auto saved = s.store.add_exam(ex, key);
-    if (!saved) {
-        if (saved.error().rfind(kIdempotencyConflictError, 0) == 0)
-            fail(ErrorCode::IdempotencyKeyReused, "the Idempotency-Key '" + key + "' was already used for a different exam; send "
-                                                  "a new key for a new exam (a retry must repeat the first request's body)");
-        if (saved.error().rfind(kUnknownImageError, 0) == 0)
-            fail(ErrorCode::UnknownImage, "'image_sha256' names no stored image; upload the image with POST /v1/measure first");
-        fail(ErrorCode::StorageFailed, saved.error());
-    }
+    if (!saved) throw api_error(saved.error_value());  // idempotency_key_reused, unknown_image, storage_failed
     HttpResponse r = json_response(201, exam_json(saved->exam));
     if (saved->replayed) r.headers.emplace_back("Idempotent-Replayed", "true");
     return r;
@@ -210,13 +203,13 @@ HttpResponse image_preview(const HttpRequest& req, Services& s) {
         {
             SlotGuard slot(s.engine.decode_slots());
             auto reader = DicomFrameReader::open(raw, "the stored image");
-            if (!reader) decoded = ApiError{ErrorCode::ImageUnreadable, reader.error()};
+            if (!reader) decoded = api_error(reader.error_value());
             else if (frame >= (*reader)->header().frames)
                 decoded = ApiError{ErrorCode::InvalidField, "'frame' " + std::to_string(frame) +
                                                                 " is past the last frame of the stored image (it has " +
                                                                 std::to_string((*reader)->header().frames) + ")"};
             else if (auto f = (*reader)->frame(frame)) decoded = std::move(*f);
-            else decoded = ApiError{ErrorCode::ImageUnreadable, f.error()};
+            else decoded = api_error(f.error_value());
         }
         if (!decoded) fail(decoded.error().code, decoded.error().message);
         gray = *decoded;
@@ -238,7 +231,7 @@ History pregnancy_history(const HttpRequest& req, Services& s) {
     const std::string& id = req.path_params.at("id");
     check_pregnancy_id(id, "pregnancy id");
     auto h = s.store.history(id);
-    if (!h) fail(ErrorCode::StorageFailed, h.error());
+    if (!h) throw api_error(h.error_value());
     if (!h->found) fail(ErrorCode::PregnancyNotFound, "no pregnancy with this id; exams are saved with POST /v1/exams");
     return std::move(*h);
 }

@@ -137,10 +137,10 @@ public:
             return f(*conn);
         } catch (const pqxx::broken_connection& e) {
             conn.reset();
-            return make_error(what + ": lost the connection to PostgreSQL at '" + shown + "' (" + trim(e.what()) +
-                              "); check that the server is up (the next request reconnects)");
+            return storage_failed(what + ": lost the connection to PostgreSQL at '" + shown + "' (" + trim(e.what()) +
+                                  "); check that the server is up (the next request reconnects)");
         } catch (const std::exception& e) {
-            return make_error(what + " in PostgreSQL at '" + shown + "': " + trim(e.what()));
+            return storage_failed(what + " in PostgreSQL at '" + shown + "': " + trim(e.what()));
         }
     }
 
@@ -162,14 +162,14 @@ public:
             pqxx::work w(c);
             w.exec_params("SELECT pg_advisory_xact_lock($1)", kMigrationLock);
             const long long current = schema_version_of(w);
-            if (current > kSchemaVersion) return make_error(newer_schema_message("the PostgreSQL database '" + shown + "'", int(current)));
+            if (current > kSchemaVersion) return storage_failed(newer_schema_message("the PostgreSQL database '" + shown + "'", int(current)));
             if (current == 0) {
                 const auto tables = w.exec("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()");
                 const long long n = tables[0][0].as<long long>();
                 if (n > 0)
-                    return make_error("the PostgreSQL database '" + shown + "' holds " + std::to_string(n) +
-                                      " tables but no fetalhc schema_version; it was left untouched: pass --db with an empty "
-                                      "database (createdb) or a fetalhc one");
+                    return storage_failed("the PostgreSQL database '" + shown + "' holds " + std::to_string(n) +
+                                          " tables but no fetalhc schema_version; it was left untouched: pass --db with an empty "
+                                          "database (createdb) or a fetalhc one");
                 w.exec("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL, "
                        "description TEXT NOT NULL)");
             }
@@ -214,10 +214,10 @@ public:
         w.exec_params("SELECT pg_advisory_xact_lock($1)", kImageLock);
         const unsigned long long stored = total_bytes(w);
         if (stored + incoming <= quota) return true;
-        if (incoming > quota) return make_error(store_full_message(true));
+        if (incoming > quota) return store_full_error(true);
         auto candidates = unreferenced(w, std::nullopt);
         const auto n = images_to_free(candidates, stored, incoming, quota, now - kQuotaGraceSeconds);
-        if (!n) return make_error(store_full_message(false));
+        if (!n) return store_full_error(false);
         candidates.resize(*n);
         remove(w, candidates);
         return true;
@@ -285,7 +285,7 @@ public:
         const auto r = w.exec_params("SELECT id, idempotency_fingerprint FROM exams WHERE idempotency_key = $1", key);
         if (r.empty()) return std::nullopt;
         if (r[0][1].c_str() != fingerprint)
-            return Expected<ExamWrite>(make_error(std::string(kIdempotencyConflictError) + "; send a new key for a new exam"));
+            return Expected<ExamWrite>(idempotency_conflict(key));
         return Expected<ExamWrite>(ExamWrite{exam_by_id(w, r[0][0].as<long long>()), true});
     }
 
@@ -297,7 +297,7 @@ public:
             if (!key.empty())
                 if (auto earlier = by_key(w, key, fingerprint)) return std::move(*earlier);
             if (w.exec_params("SELECT 1 FROM images WHERE sha256 = $1", in.image_sha256).empty())
-                return make_error(std::string(kUnknownImageError) + " (" + in.image_sha256 + "); upload it first");
+                return unknown_image(in.image_sha256);
             w.exec_params("INSERT INTO pregnancies(id, created_at) VALUES($1, $2) ON CONFLICT (id) DO NOTHING", in.pregnancy_id, now);
             const auto r = w.exec_params(std::string("INSERT INTO exams(") + kExamInsertColumns + ") VALUES(" +
                                              placeholders('$', 1, kExamInsertCount) +
@@ -305,7 +305,7 @@ public:
                                          pqxx::prepare::make_dynamic_params(params_of(exam_values(in, key, fingerprint, now))));
             if (r.empty()) {  // another writer saved this key meanwhile (we waited for its commit)
                 auto earlier = by_key(w, key, fingerprint);
-                if (!earlier) return make_error("the exam of this idempotency key vanished; retry");
+                if (!earlier) return storage_failed("the exam of this idempotency key vanished; retry");
                 return std::move(*earlier);
             }
             ExamWrite out{exam_by_id(w, r[0][0].as<long long>()), false};
@@ -377,11 +377,11 @@ Expected<std::unique_ptr<Store::Impl>> open_postgresql_store(const std::string& 
     try {
         impl->conn = std::make_unique<pqxx::connection>(uri);
     } catch (const std::exception& e) {
-        return make_error("cannot connect to PostgreSQL at '" + impl->shown + "': " + PgStore::trim(e.what()) +
-                          "; check the --db URI (postgresql://user@host:port/dbname), that the server runs and that the "
-                          "database exists");
+        return storage_failed("cannot connect to PostgreSQL at '" + impl->shown + "': " + PgStore::trim(e.what()) +
+                              "; check the --db URI (postgresql://user@host:port/dbname), that the server runs and that the "
+                              "database exists");
     }
-    if (auto ok = impl->migrate(); !ok) return make_error(ok.error());
+    if (auto ok = impl->migrate(); !ok) return ok.error_value();
     return std::unique_ptr<Store::Impl>(std::move(impl));
 }
 

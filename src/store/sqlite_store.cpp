@@ -183,7 +183,7 @@ Expected<bool> check_existing_database(const std::string& path) {
     sqlite3* db = nullptr;
     if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
         sqlite3_close(db);
-        return make_error("cannot open the database '" + path + "'; check --db");
+        return storage_failed("cannot open the database '" + path + "'; check --db");
     }
     std::string problem;
     {
@@ -203,12 +203,12 @@ Expected<bool> check_existing_database(const std::string& path) {
                           "pass --db with a new file name or a fetalhc database";
             else if (version > kSchemaVersion) {
                 sqlite3_close(db);
-                return make_error(newer_schema_message("the database '" + path + "'", int(version)));
+                return storage_failed(newer_schema_message("the database '" + path + "'", int(version)));
             }
         }
     }
     sqlite3_close(db);
-    if (!problem.empty()) return make_error(problem);
+    if (!problem.empty()) return storage_failed(problem);
     return true;
 }
 
@@ -244,10 +244,10 @@ public:
 
     // Applies the migrations this database lacks, in one transaction; refuses a newer schema.
     Expected<bool> migrate() {
-        if (!exec("BEGIN IMMEDIATE")) return make_error(error("cannot start the schema transaction"));
+        if (!exec("BEGIN IMMEDIATE")) return storage_failed(error("cannot start the schema transaction"));
         auto fail = [&](const std::string& message) {
             exec("ROLLBACK");
-            return make_error(message);
+            return storage_failed(message);
         };
         if (!exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL, "
                   "description TEXT NOT NULL)"))
@@ -275,7 +275,7 @@ public:
             std::lock_guard<std::mutex> lock(mu);
             Stmt s(db, "SELECT image_sha256 FROM exams UNION SELECT image_sha256 FROM dicom_instances "
                        "UNION SELECT sr_sha256 FROM dicom_instances");
-            if (!s.ok()) return make_error(error("cannot list the referenced images"));
+            if (!s.ok()) return storage_failed(error("cannot list the referenced images"));
             while (s.step() == SQLITE_ROW) referenced.insert(s.text(0));
         }
         std::vector<ImageEntry> out;
@@ -306,14 +306,14 @@ public:
 
     Expected<bool> make_room(unsigned long long incoming, unsigned long long quota, long long now) {
         if (!quota || stored + incoming <= quota) return true;
-        if (incoming > quota) return make_error(store_full_message(true));
+        if (incoming > quota) return store_full_error(true);
         auto candidates = unreferenced_images();
-        if (!candidates) return make_error(candidates.error());
+        if (!candidates) return candidates.error_value();
         const auto n = images_to_free(*candidates, stored, incoming, quota, now - kQuotaGraceSeconds);
-        if (!n) return make_error(store_full_message(false));
+        if (!n) return store_full_error(false);
         candidates->resize(*n);
         remove_files(*candidates);
-        if (stored + incoming > quota) return make_error(store_full_message(false));
+        if (stored + incoming > quota) return store_full_error(false);
         return true;
     }
 
@@ -333,14 +333,14 @@ public:
             std::ofstream out(tmp, std::ios::binary);
             if (!out.write(bytes.data(), std::streamsize(bytes.size())) || !out.flush()) {
                 fs::remove(tmp, ec);
-                return make_error("cannot write the image to '" + images + "'; check free disk space and permissions");
+                return storage_failed("cannot write the image to '" + images + "'; check free disk space and permissions");
             }
         }
         set_file_mtime(tmp, now);
         fs::rename(tmp, dest, ec);
         if (ec) {
             fs::remove(tmp, ec);
-            return make_error("cannot store the image in '" + images + "': " + ec.message());
+            return storage_failed("cannot store the image in '" + images + "': " + ec.message());
         }
         stored += bytes.size();
         return true;
@@ -358,7 +358,7 @@ public:
         std::ifstream in(p, std::ios::binary);
         std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         if (!in.good() && !in.eof())
-            return make_error("cannot read the stored image " + sha + " in '" + images + "'; check the image folder");
+            return storage_failed("cannot read the stored image " + sha + " in '" + images + "'; check the image folder");
         return std::optional<std::string>(std::move(bytes));
     }
 
@@ -370,7 +370,7 @@ public:
     Expected<ImageSweep> remove_unreferenced_images(long long stored_before) override {
         std::lock_guard<std::mutex> images_lock(images_mu);
         auto candidates = unreferenced_images();
-        if (!candidates) return make_error(candidates.error());
+        if (!candidates) return candidates.error_value();
         std::vector<ImageEntry> old;
         for (const auto& c : *candidates)
             if (c.stored_at < stored_before) old.push_back(c);
@@ -389,9 +389,9 @@ public:
 
     Expected<Exam> read_exam_by_id(long long id) {
         Stmt q(db, std::string("SELECT ") + kExamColumns + " FROM exams WHERE id = ?1");
-        if (!q.ok()) return make_error(error("cannot read the saved exam"));
+        if (!q.ok()) return storage_failed(error("cannot read the saved exam"));
         q.bind(1, Value(id));
-        if (q.step() != SQLITE_ROW) return make_error(error("cannot read the saved exam"));
+        if (q.step() != SQLITE_ROW) return storage_failed(error("cannot read the saved exam"));
         return read_exam(q);
     }
 
@@ -401,21 +401,21 @@ public:
         std::lock_guard<std::mutex> images_lock(images_mu);
         std::error_code ec;
         if (!fs::is_regular_file(image_file(in.image_sha256), ec))
-            return make_error(std::string(kUnknownImageError) + " (" + in.image_sha256 + "); upload it first");
+            return unknown_image(in.image_sha256);
         std::lock_guard<std::mutex> lock(mu);
-        if (!exec("BEGIN IMMEDIATE")) return make_error(error("cannot start a transaction"));
+        if (!exec("BEGIN IMMEDIATE")) return storage_failed(error("cannot start a transaction"));
         auto fail = [&](const std::string& message) {
             exec("ROLLBACK");
-            return make_error(message);
+            return storage_failed(message);
         };
         if (!key.empty()) {
             const auto [id, fp] = exam_by_key(key);
             if (id < 0) return fail(error("cannot look up the idempotency key"));
             if (id > 0) {
                 exec("ROLLBACK");
-                if (fp != fingerprint) return make_error(std::string(kIdempotencyConflictError) + "; send a new key for a new exam");
+                if (fp != fingerprint) return idempotency_conflict(key);
                 auto e = read_exam_by_id(id);
-                if (!e) return make_error(e.error());
+                if (!e) return e.error_value();
                 return ExamWrite{std::move(*e), true};
             }
         }
@@ -431,7 +431,7 @@ public:
         const long long id = sqlite3_last_insert_rowid(db);
         if (!exec("COMMIT")) return fail(error("cannot commit the exam"));
         auto e = read_exam_by_id(id);
-        if (!e) return make_error(e.error());
+        if (!e) return e.error_value();
         return ExamWrite{std::move(*e), false};
     }
 
@@ -439,16 +439,16 @@ public:
         std::lock_guard<std::mutex> lock(mu);
         History h;
         Stmt p(db, "SELECT 1 FROM pregnancies WHERE id = ?1");
-        if (!p.ok()) return make_error(error("cannot look up the pregnancy"));
+        if (!p.ok()) return storage_failed(error("cannot look up the pregnancy"));
         p.bind(1, pregnancy_id);
         h.found = p.step() == SQLITE_ROW;
         if (!h.found) return h;
         Stmt s(db, std::string("SELECT ") + kExamColumns + " FROM exams WHERE pregnancy_id = ?1 ORDER BY exam_date, id");
-        if (!s.ok()) return make_error(error("cannot read the exams"));
+        if (!s.ok()) return storage_failed(error("cannot read the exams"));
         s.bind(1, pregnancy_id);
         int rc;
         while ((rc = s.step()) == SQLITE_ROW) h.exams.push_back(read_exam(s));
-        if (rc != SQLITE_DONE) return make_error(error("cannot read the exams"));
+        if (rc != SQLITE_DONE) return storage_failed(error("cannot read the exams"));
         return h;
     }
 
@@ -456,23 +456,23 @@ public:
         std::lock_guard<std::mutex> lock(mu);
         Stmt s(db, std::string("INSERT INTO dicom_instances (") + kDicomInsertColumns + ") VALUES (" +
                        placeholders('?', 1, kDicomInsertCount) + ")");
-        if (!s.ok()) return make_error(error("cannot record the DICOM instance"));
+        if (!s.ok()) return storage_failed(error("cannot record the DICOM instance"));
         s.bind_all(dicom_values(in, now));
-        if (s.step() != SQLITE_DONE) return make_error(error("cannot record the DICOM instance"));
+        if (s.step() != SQLITE_DONE) return storage_failed(error("cannot record the DICOM instance"));
         Stmt q(db, std::string("SELECT ") + kDicomColumns + " FROM dicom_instances WHERE id = ?1");
-        if (!q.ok()) return make_error(error("cannot read back the DICOM instance"));
+        if (!q.ok()) return storage_failed(error("cannot read back the DICOM instance"));
         q.bind(1, Value(static_cast<long long>(sqlite3_last_insert_rowid(db))));
-        if (q.step() != SQLITE_ROW) return make_error(error("cannot read back the DICOM instance"));
+        if (q.step() != SQLITE_ROW) return storage_failed(error("cannot read back the DICOM instance"));
         return read_dicom_instance(q);
     }
 
     Expected<bool> update_dicom_instance(const DicomInstance& d) override {
         std::lock_guard<std::mutex> lock(mu);
         Stmt s(db, "UPDATE dicom_instances SET " + dicom_update_set('?') + " WHERE id = ?14");
-        if (!s.ok()) return make_error(error("cannot update the DICOM instance"));
+        if (!s.ok()) return storage_failed(error("cannot update the DICOM instance"));
         s.bind_all(dicom_result_values(d));
         s.bind(kDicomResultCount + 1, Value(d.id));
-        if (s.step() != SQLITE_DONE) return make_error(error("cannot update the DICOM instance"));
+        if (s.step() != SQLITE_DONE) return storage_failed(error("cannot update the DICOM instance"));
         return sqlite3_changes(db) > 0;
     }
 
@@ -480,12 +480,12 @@ public:
         std::lock_guard<std::mutex> lock(mu);
         Stmt s(db, std::string("SELECT ") + kDicomColumns + " FROM dicom_instances " +
                        (pending_only ? "WHERE status = 'pending' ORDER BY id ASC" : "ORDER BY id DESC") + " LIMIT ?1");
-        if (!s.ok()) return make_error(error("cannot read the DICOM instances"));
+        if (!s.ok()) return storage_failed(error("cannot read the DICOM instances"));
         s.bind(1, Value(static_cast<long long>(limit)));
         std::vector<DicomInstance> out;
         int rc;
         while ((rc = s.step()) == SQLITE_ROW) out.push_back(read_dicom_instance(s));
-        if (rc != SQLITE_DONE) return make_error(error("cannot read the DICOM instances"));
+        if (rc != SQLITE_DONE) return storage_failed(error("cannot read the DICOM instances"));
         return out;
     }
 };
@@ -498,45 +498,45 @@ Expected<bool> prepare_folders(const std::string& db_path, const std::string& im
     if (!parent.empty()) fs::create_directories(parent, ec);
     fs::create_directories(images, ec);
     if (!fs::is_directory(images))
-        return make_error("cannot create the image folder '" + images + "'" + (ec ? ": " + ec.message() : std::string()) +
-                          "; check that the folder of --db is writable");
-    if (const int err = folder_write_error(images)) return make_error(unwritable("the image folder '" + images + "'", err));
+        return storage_failed("cannot create the image folder '" + images + "'" + (ec ? ": " + ec.message() : std::string()) +
+                              "; check that the folder of --db is writable");
+    if (const int err = folder_write_error(images)) return storage_failed(unwritable("the image folder '" + images + "'", err));
     if (const int err = folder_write_error(parent.empty() ? fs::path(".") : parent))
-        return make_error(unwritable("the folder of the database '" + db_path + "' (SQLite writes its journal files there)", err));
+        return storage_failed(unwritable("the folder of the database '" + db_path + "' (SQLite writes its journal files there)", err));
     return true;
 }
 
 }  // namespace
 
 Expected<std::unique_ptr<Store::Impl>> open_sqlite_store(const std::string& db_path) {
-    if (db_path.empty()) return make_error("the database path is empty; pass --db PATH (e.g. fetalhc.db) or a postgresql:// URI");
+    if (db_path.empty()) return storage_failed("the database path is empty; pass --db PATH (e.g. fetalhc.db) or a postgresql:// URI");
     auto impl = std::make_unique<SqliteStore>();
     impl->path = db_path;
     impl->images = db_path + ".images";
     std::error_code ec;
     // An existing file must be fetalhc's before anything is written (no table, no WAL switch, no folder).
-    if (fs::is_directory(db_path, ec)) return make_error("--db '" + db_path + "' is a folder; pass a database file");
+    if (fs::is_directory(db_path, ec)) return storage_failed("--db '" + db_path + "' is a folder; pass a database file");
     // A device, a named pipe, a symlink loop or an unreadable file is named as what it is.
-    if (auto p = regular_file_problem(db_path, "a database file", /*missing_ok=*/true); !p.empty()) return make_error(p);
+    if (auto p = regular_file_problem(db_path, "a database file", /*missing_ok=*/true); !p.empty()) return storage_failed(p);
     if (fs::exists(db_path, ec)) {
         if (fs::file_size(db_path, ec) > 0) {
             auto ours = check_existing_database(db_path);
-            if (!ours) return make_error(ours.error());
+            if (!ours) return ours.error_value();
         }
     }
-    if (auto ok = prepare_folders(db_path, impl->images); !ok) return make_error(ok.error());
+    if (auto ok = prepare_folders(db_path, impl->images); !ok) return ok.error_value();
     if (sqlite3_open_v2(db_path.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) !=
         SQLITE_OK)
-        return make_error(impl->error("cannot open the database") + "; check --db");
+        return storage_failed(impl->error("cannot open the database") + "; check --db");
     if (sqlite3_db_readonly(impl->db, "main") == 1)
-        return make_error(on_read_only_fs(db_path)
-                              ? unwritable("the database '" + db_path + "'", EROFS)
-                              : "the database '" + db_path + "' is read-only; fix its permissions (or run as its owner)");
+        return storage_failed(on_read_only_fs(db_path)
+                                  ? unwritable("the database '" + db_path + "'", EROFS)
+                                  : "the database '" + db_path + "' is read-only; fix its permissions (or run as its owner)");
     sqlite3_busy_timeout(impl->db, 5000);
     // WAL keeps readers and the writer apart; NORMAL sync is durable across application crashes.
     if (!impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"))
-        return make_error(impl->error("cannot set up the database") + "; is it a fetalhc database?");
-    if (auto migrated = impl->migrate(); !migrated) return make_error(migrated.error());
+        return storage_failed(impl->error("cannot set up the database") + "; is it a fetalhc database?");
+    if (auto migrated = impl->migrate(); !migrated) return migrated.error_value();
     for (fs::directory_iterator it(impl->images, ec), end; !ec && it != end; it.increment(ec)) {
         std::error_code e2;
         if (it->is_regular_file(e2)) impl->stored += it->file_size(e2);

@@ -116,10 +116,22 @@ std::optional<size_t> images_to_free(const std::vector<ImageEntry>& oldest_first
     return n;
 }
 
-std::string store_full_message(bool alone_too_large) {
-    return std::string(kStoreFullError) + (alone_too_large ? ": the image alone is larger than the store quota"
-                                                           : ": every stored image is referenced by an exam or was measured within "
-                                                             "the last hour (kept for its Accept); raise --max-store-mb");
+Error store_full_error(bool alone_too_large) {
+    const std::string why = alone_too_large ? "the image alone is larger than the store quota"
+                                            : "every stored image is referenced by an exam or was measured within the last "
+                                              "hour (kept for its Accept); raise --max-store-mb";
+    return make_error(ErrorKind::StoreFull, "the image store is full: " + why);
+}
+
+Error unknown_image(const std::string& sha256) {
+    return make_error(ErrorKind::UnknownImage, "the exam's image is not stored (" + sha256 + "); upload it first", "image_sha256");
+}
+
+Error idempotency_conflict(const std::string& key) {
+    return make_error(ErrorKind::Conflict,
+                      "the Idempotency-Key '" + key + "' was already used for a different exam; send a new key for a new exam "
+                      "(a retry must repeat the first request's body)",
+                      "idempotency_key");
 }
 
 std::string newer_schema_message(const std::string& where, int version) {
@@ -157,7 +169,7 @@ Store::~Store() {
 
 Expected<std::unique_ptr<Store>> Store::open(const std::string& target) {
     auto impl = is_postgresql_target(target) ? open_postgresql_store(target) : open_sqlite_store(target);
-    if (!impl) return make_error(impl.error());
+    if (!impl) return impl.error_value();
     return std::unique_ptr<Store>(new Store(std::move(*impl)));
 }
 
@@ -180,7 +192,7 @@ Expected<std::string> Store::put_image(const std::string& all_bytes) {
     const std::string bytes = all_bytes.substr(0, image_data_end(all_bytes));
     const std::string sha = sha256_hex(bytes);
     auto ok = impl_->put_image(sha, bytes, impl_->quota_bytes.load(), unix_seconds(now_of(*impl_)));
-    if (!ok) return make_error(ok.error());
+    if (!ok) return ok.error_value();
     return sha;
 }
 
@@ -230,14 +242,16 @@ void Store::set_image_retention(int days, std::chrono::seconds every) {
 
 Expected<Exam> Store::add_exam(const Exam& exam) {
     auto w = add_exam(exam, "");
-    if (!w) return make_error(w.error());
+    if (!w) return w.error_value();
     return std::move(w->exam);
 }
 
 Expected<ExamWrite> Store::add_exam(const Exam& exam, const std::string& key) {
-    if (!valid_pregnancy_id(exam.pregnancy_id)) return make_error("invalid pregnancy id '" + exam.pregnancy_id + "'");
+    if (!valid_pregnancy_id(exam.pregnancy_id))
+        return make_error(ErrorKind::InvalidArgument, "invalid pregnancy id '" + exam.pregnancy_id + "'", "pregnancy_id");
     if (!key.empty() && !valid_idempotency_key(key))
-        return make_error("invalid idempotency key: it must be 1 to 128 printable ASCII characters");
+        return make_error(ErrorKind::InvalidArgument, "invalid idempotency key: it must be 1 to 128 printable ASCII characters",
+                          "idempotency_key");
     return impl_->add_exam(exam, key, key.empty() ? std::string() : exam_fingerprint(exam), utc_text(now_of(*impl_)));
 }
 

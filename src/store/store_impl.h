@@ -128,7 +128,15 @@ std::optional<size_t> images_to_free(const std::vector<ImageEntry>& oldest_first
                                      unsigned long long incoming, unsigned long long quota, long long protect_from);
 // Images stored (measured) this recently are not removed to make room (issue 22 row 12).
 constexpr long long kQuotaGraceSeconds = 3600;
-std::string store_full_message(bool alone_too_large);
+// The put_image refusal at the quota (ErrorKind::StoreFull): the image alone is larger than the
+// quota, or not enough can be removed.
+Error store_full_error(bool alone_too_large);
+// The add_exam refusal of a key already used for another exam (ErrorKind::Conflict).
+Error idempotency_conflict(const std::string& key);
+// The add_exam refusal of an exam whose image is not stored (ErrorKind::UnknownImage).
+Error unknown_image(const std::string& sha256);
+// The database or the image folder failed (ErrorKind::StorageFailed).
+inline Error storage_failed(std::string message) { return make_error(ErrorKind::StorageFailed, std::move(message)); }
 
 // Seconds since the epoch, and the same time as YYYY-MM-DDTHH:MM:SSZ.
 long long unix_seconds(Store::Clock::time_point t);

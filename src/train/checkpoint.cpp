@@ -33,10 +33,13 @@ void save_weights(const fs::path& p, torch::nn::Module& m, const std::string& sp
 
 Expected<RunState> read_checkpoint(const fs::path& out, RunWeights& w) {
     if (!fs::exists(out / kState))
-        return make_error("--resume: no checkpoint in '" + out.string() + "' (checkpoint.json missing); start without --resume");
+        return make_error(ErrorKind::NotFound,
+                          "cannot resume: no checkpoint in '" + out.string() + "' (checkpoint.json missing); start afresh", "resume");
     if (w.ema && !fs::exists(out / kEma))
-        return make_error("--resume: '" + out.string() +
-                          "' has no checkpoint_ema.pt (the run was started without ema_decay); resume with the same config");
+        return make_error(ErrorKind::InvalidArgument,
+                          "cannot resume: '" + out.string() +
+                              "' has no checkpoint_ema.pt (the run was started without ema_decay); resume with the same config",
+                          "config");
     std::ifstream in(out / kState);
     const nlohmann::json st = nlohmann::json::parse(in);
     RunState s;

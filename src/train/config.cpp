@@ -117,13 +117,13 @@ std::string validate_config(const TrainConfig& c) {
 
 Expected<TrainConfig> load_train_config(const std::string& path) {
     std::ifstream in(path);
-    if (!in) return make_error("cannot open training config '" + path + "'; see configs/default.json");
+    if (!in) return make_error(ErrorKind::NotFound, "cannot open training config '" + path + "'; see configs/default.json", "config");
     TrainConfig c;
     try {
         const nlohmann::json j = nlohmann::json::parse(in);
-        if (auto e = training::config_from_json(j, c); !e.empty()) return make_error("training config '" + path + "': " + e);
+        if (auto e = training::config_from_json(j, c); !e.empty()) return make_error(ErrorKind::InvalidArgument, "training config '" + path + "': " + e, "config");
     } catch (const std::exception& e) {
-        return make_error("training config '" + path + "' is not valid JSON: " + e.what());
+        return make_error(ErrorKind::InvalidArgument, "training config '" + path + "' is not valid JSON: " + e.what(), "config");
     }
     return c;
 }

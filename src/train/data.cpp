@@ -17,11 +17,11 @@ namespace fetalhc::training {
 
 Expected<Sample> load_sample(const Hc18Record& r, cv::Size net, bool keep_full, bool refine) {
     auto img = load_grayscale(r.image_path);
-    if (!img) return make_error(img.error());
-    if (r.mask_path.empty()) return make_error("no mask for '" + r.image_path + "' (expected " + r.filename + " _Mask.png beside it)");
+    if (!img) return img.error_value();
+    if (r.mask_path.empty()) return make_error(ErrorKind::NotFound, "no mask for '" + r.image_path + "' (expected " + r.filename + " _Mask.png beside it)", "data");
     cv::Mat mask = cv::imread(r.mask_path, cv::IMREAD_GRAYSCALE);
     if (mask.empty() || mask.size() != img->size())
-        return make_error("mask '" + r.mask_path + "' is unreadable or not the size of its image");
+        return make_error(ErrorKind::ImageUnreadable, "mask '" + r.mask_path + "' is unreadable or not the size of its image");
     Sample s;
     s.filename = r.filename;
     s.pixel_size_mm = r.pixel_size_mm;
@@ -36,8 +36,8 @@ Expected<Sample> load_sample(const Hc18Record& r, cv::Size net, bool keep_full, 
     if (keep_full || refine) s.full = *img;
     if (refine) {
         if (!r.has_ellipse)
-            return make_error("the refine stage needs reference ellipses: '" + r.filename +
-                              "' has none (training_set_ellipses.csv missing?)");
+            return make_error(ErrorKind::InvalidArgument, "the refine stage needs reference ellipses: '" + r.filename +
+                                                          "' has none (training_set_ellipses.csv missing?)", "data");
         s.full_mask = mask;
         s.ref = r.ellipse_px;
     }
@@ -51,7 +51,7 @@ Expected<std::vector<Sample>> load_samples(const std::vector<Hc18Record>& recs, 
     out.reserve(recs.size());
     for (const auto& r : recs) {
         auto s = load_sample(r, net, keep_full, refine);
-        if (!s) return make_error(s.error());
+        if (!s) return s.error_value();
         out.push_back(std::move(*s));
     }
     return out;
@@ -61,7 +61,7 @@ Expected<std::vector<Sample>> load_samples(const std::vector<Hc18Record>& recs, 
 
 Expected<Split> training_split(const TrainConfig& cfg, const TrainOptions& opt) {
     auto recs = read_hc18_training(opt.data_dir);
-    if (!recs) return make_error(recs.error());
+    if (!recs) return recs.error_value();
     Split split = cfg.folds > 0 ? kfold_split(*recs, cfg.folds, cfg.fold, cfg.split_salt)
                                 : grouped_split(*recs, cfg.validation_fraction, cfg.split_salt);
     if (opt.limit > 0) {
@@ -69,15 +69,15 @@ Expected<Split> training_split(const TrainConfig& cfg, const TrainOptions& opt) 
         if (int(split.validation.size()) > opt.limit) split.validation.resize(opt.limit);
     }
     if (split.train.empty() || (split.validation.empty() && !trains_on_every_image(cfg)))
-        return make_error("the grouped split of '" + opt.data_dir + "' left an empty side (" +
-                          std::to_string(split.train.size()) + " train, " + std::to_string(split.validation.size()) +
-                          " validation); add examinations or change " + (cfg.folds > 0 ? "folds" : "validation_fraction"));
+        return make_error(ErrorKind::InvalidArgument, "the grouped split of '" + opt.data_dir + "' left an empty side (" +
+                                                      std::to_string(split.train.size()) + " train, " + std::to_string(split.validation.size()) +
+                                                      " validation); add examinations or change " + (cfg.folds > 0 ? "folds" : "validation_fraction"), "config");
     return split;
 }
 
 Expected<TrainingData> load_training_data(const TrainConfig& cfg, const TrainOptions& opt) {
     auto split = training_split(cfg, opt);
-    if (!split) return make_error(split.error());
+    if (!split) return split.error_value();
     TrainingData d;
     d.split = std::move(*split);
     // The masks' boundary lies slightly outside the reference ellipses; the factor that maps one
@@ -90,9 +90,9 @@ Expected<TrainingData> load_training_data(const TrainConfig& cfg, const TrainOpt
     const cv::Size ns(cfg.network.input_width, cfg.network.input_height);
     const bool refine = cfg.stage == "refine";
     auto train = load_samples(d.split.train, ns, false, refine);
-    if (!train) return make_error(train.error());
+    if (!train) return train.error_value();
     auto validation = load_samples(d.split.validation, ns, true, refine);
-    if (!validation) return make_error(validation.error());
+    if (!validation) return validation.error_value();
     d.train = std::move(*train);
     d.validation = std::move(*validation);
     return d;
