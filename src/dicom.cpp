@@ -22,8 +22,6 @@
 
 #include <opencv2/imgproc.hpp>
 
-#include <zlib.h>
-
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -43,6 +41,13 @@ namespace fs = std::filesystem;
 
 namespace fetalhc {
 namespace {
+
+// The file cannot be read as an image (ErrorKind::ImageUnreadable).
+Error unreadable(std::string message) { return make_error(ErrorKind::ImageUnreadable, std::move(message)); }
+// The file's calibration cannot be used: a pixel size given by the caller would do.
+Error calibration_error(std::string message) {
+    return make_error(ErrorKind::InvalidCalibration, std::move(message), "pixel_size");
+}
 
 // Registers DCMTK's decoders once per process (they stay registered until exit) and keeps DCMTK's
 // own log off stderr: our errors say what went wrong.
@@ -206,7 +211,7 @@ Expected<DicomHeader> header_fields(DcmFileFormat& ff, const std::string& name) 
     h.bits_stored = get_u16(ds, DCM_BitsStored, h.bits_allocated);
     Sint32 frames = 1;
     if (ds->tagExistsWithValue(DCM_NumberOfFrames) && ds->findAndGetSint32(DCM_NumberOfFrames, frames).bad())
-        return make_error("DICOM '" + name + "' has an unreadable NumberOfFrames (0028,0008)");
+        return unreadable("DICOM '" + name + "' has an unreadable NumberOfFrames (0028,0008)");
     h.frames = frames;
     h.regions = read_regions(ds);
     h.pixel_spacing_mm = get_spacing(ds, DCM_PixelSpacing);
@@ -227,32 +232,30 @@ Expected<DicomHeader> checked_budget(DicomHeader h) {
     const std::string what = "DICOM '" + name + "'";
     if (!h.has_pixel_data) return h;  // a header without an image is still a header (info shows it)
     if (h.rows <= 0 || h.columns <= 0)
-        return make_error(what + " has pixel data but no image size (Rows/Columns missing or 0)");
+        return unreadable(what + " has pixel data but no image size (Rows/Columns missing or 0)");
     if (h.frames < 1 || h.frames > kDicomMaxFrames)
-        return make_error(what + " says it has " + std::to_string(h.frames) + " frames; fetalhc reads 1 to " +
+        return unreadable(what + " says it has " + std::to_string(h.frames) + " frames; fetalhc reads 1 to " +
                           std::to_string(kDicomMaxFrames));
     const long long px = 1LL * h.rows * h.columns;
     if (px > kDicomMaxFramePixels)
-        return make_error(what + " says its frames are " + std::to_string(h.columns) + " x " + std::to_string(h.rows) +
+        return unreadable(what + " says its frames are " + std::to_string(h.columns) + " x " + std::to_string(h.rows) +
                           " pixels, over the " + std::to_string(kDicomMaxFramePixels / 1'000'000) +
                           " megapixels fetalhc reads; the header is probably wrong");
     if (px * h.frames > kDicomMaxTotalPixels)
-        return make_error(what + " holds " + std::to_string(px * h.frames) + " pixels in all, over the limit of " +
+        return unreadable(what + " holds " + std::to_string(px * h.frames) + " pixels in all, over the limit of " +
                           std::to_string(kDicomMaxTotalPixels) + "; split the cine into shorter files");
     return h;
 }
 
 // Header fields and the checks made before any pixel is allocated.
 Expected<DicomHeader> header_from(DcmFileFormat& ff, const std::string& name) {
-    if (auto e = check_header_lengths(ff.getDataset(), name); !e.empty()) return make_error(e);
+    if (auto e = check_header_lengths(ff.getDataset(), name); !e.empty()) return unreadable(e);
     auto h = header_fields(ff, name);
     if (!h) return h;
     return checked_budget(std::move(*h));
 }
 
 bool has_dicm_magic(const unsigned char* p, size_t n) { return n >= 132 && std::memcmp(p + 128, "DICM", 4) == 0; }
-
-std::string overlong_value(const unsigned char* p, size_t n);
 
 // The message for a problem the walk found in `name`.
 std::string walk_error(const std::string& name, const std::string& problem) {
@@ -264,14 +267,14 @@ std::string walk_error(const std::string& name, const std::string& problem) {
 Expected<DicomHeader> load_file(DcmFileFormat& ff, const std::string& path, bool header_only) {
     init_dcmtk();
     std::error_code ec;
-    if (!fs::is_regular_file(path, ec)) return make_error("DICOM '" + path + "' does not exist or is not a file; check the path");
+    if (!fs::is_regular_file(path, ec)) return unreadable("DICOM '" + path + "' does not exist or is not a file; check the path");
     if (!is_dicom_file(path))
-        return make_error("'" + path + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
-    if (auto e = walk_file(path); !e.empty()) return make_error(walk_error(path, e));
+        return unreadable("'" + path + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
+    if (auto e = detail::dicom_walk_file_problem(path); !e.empty()) return unreadable(walk_error(path, e));
     // A read limit keeps large values (the pixel data) on disk until they are needed.
     const OFCondition c = ff.loadFile(path.c_str(), EXS_Unknown, EGL_noChange, header_only ? 4096 : DCM_MaxReadLength,
                                       ERM_fileOnly);
-    if (c.bad()) return make_error("cannot read DICOM '" + path + "': " + c.text() + " (truncated or damaged file?)");
+    if (c.bad()) return unreadable("cannot read DICOM '" + path + "': " + c.text() + " (truncated or damaged file?)");
     return header_from(ff, path);
 }
 
@@ -303,11 +306,11 @@ private:
 Expected<DicomHeader> load_bytes(DcmFileFormat& ff, const MemoryFile& file, const unsigned char* data, size_t size,
                                  const std::string& name) {
     init_dcmtk();
-    if (!has_dicm_magic(data, size)) return make_error("'" + name + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
-    if (auto e = overlong_value(data, size); !e.empty()) return make_error(walk_error(name, e));
-    if (!file.ok()) return make_error("cannot read DICOM '" + name + "': no memory file for it (" + std::strerror(errno) + ")");
+    if (!has_dicm_magic(data, size)) return unreadable("'" + name + "' is not a DICOM Part 10 file (no \"DICM\" at byte 128)");
+    if (auto e = detail::dicom_walk_problem(data, size); !e.empty()) return unreadable(walk_error(name, e));
+    if (!file.ok()) return unreadable("cannot read DICOM '" + name + "': no memory file for it (" + std::strerror(errno) + ")");
     const OFCondition c = ff.loadFile(file.path().c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
-    if (c.bad()) return make_error("cannot read DICOM '" + name + "': " + c.text() + " (truncated or damaged file?)");
+    if (c.bad()) return unreadable("cannot read DICOM '" + name + "': " + c.text() + " (truncated or damaged file?)");
     return header_from(ff, name);
 }
 
@@ -334,7 +337,7 @@ Expected<cv::Mat> frame_gray8(DicomImage& img, int f, const DicomHeader& h, int 
         // data is then scaled by the frame's own maximum, as 16-bit PNGs are (image_io.h).
         const int bits = h.bits_stored > 8 ? 16 : 8;
         const void* data = img.getOutputData(bits, unsigned(f), 0);
-        if (!data) return make_error(label + " cannot be rendered: " + DicomImage::getString(img.getStatus()));
+        if (!data) return unreadable(label + " cannot be rendered: " + DicomImage::getString(img.getStatus()));
         cv::Mat m(ht, w, bits == 16 ? CV_16UC1 : CV_8UC1, const_cast<void*>(data));
         if (bits == 8) return m.clone();
         double mx = 0;
@@ -344,7 +347,7 @@ Expected<cv::Mat> frame_gray8(DicomImage& img, int f, const DicomHeader& h, int 
         return out;
     }
     const void* data = img.getOutputData(8, unsigned(f), 0);  // interleaved RGB
-    if (!data) return make_error(label + " cannot be rendered: " + DicomImage::getString(img.getStatus()));
+    if (!data) return unreadable(label + " cannot be rendered: " + DicomImage::getString(img.getStatus()));
     cv::Mat rgb(ht, w, CV_8UC3, const_cast<void*>(data)), gray;
     cv::cvtColor(rgb, gray, cv::COLOR_RGB2GRAY);
     return gray;
@@ -406,31 +409,31 @@ std::string check_fragments(DcmDataset* ds, const DicomHeader& h) {
 Expected<std::vector<cv::Mat>> decode_loaded(DcmFileFormat& ff, const DicomHeader& h, int first = 0, int count = -1,
                                              bool checked = false) {
     const std::string what = "DICOM '" + h.path + "'";
-    if (!h.has_pixel_data) return make_error(what + " has no pixel data (7FE0,0010): it is not an image");
+    if (!h.has_pixel_data) return unreadable(what + " has no pixel data (7FE0,0010): it is not an image");
     if (!h.can_decode)
-        return make_error(what + " uses the transfer syntax " + h.transfer_syntax_name + " (" + h.transfer_syntax_uid +
+        return unreadable(what + " uses the transfer syntax " + h.transfer_syntax_name + " (" + h.transfer_syntax_uid +
                           "), which this build of DCMTK cannot decode; export it uncompressed, RLE or JPEG");
     DcmDataset* ds = ff.getDataset();
     const DcmXfer xfer(ds->getOriginalXfer());
     if (!checked)
         if (auto e = xfer.isNotEncapsulated() ? check_native_length(ds, h) : check_fragments(ds, h); !e.empty())
-            return make_error(e);
+            return unreadable(e);
     if (first < 0 || first >= h.frames)
-        return make_error(what + " has " + std::to_string(h.frames) + " frame" + (h.frames == 1 ? "" : "s") + "; frame " +
-                          std::to_string(first) + " is past the last (frames count from 0)");
+        return make_error(ErrorKind::InvalidArgument, what + " has " + std::to_string(h.frames) + " frame" + (h.frames == 1 ? "" : "s") + "; frame " +
+                                                      std::to_string(first) + " is past the last (frames count from 0)", "frame");
     const int end = count < 0 ? h.frames : std::min(h.frames, first + count);
     std::vector<cv::Mat> frames;
     frames.reserve(size_t(end - first));
     for (int f = first; f < end; ++f) {
         DicomImage img(&ff, ds->getOriginalXfer(), CIF_UsePartialAccessToPixelData, static_cast<unsigned long>(f), 1UL);
         if (img.getStatus() != EIS_Normal || img.getFrameCount() < 1)
-            return make_error("cannot decode " + what + (h.frames > 1 ? " frame " + std::to_string(f) : std::string()) + " (" +
+            return unreadable("cannot decode " + what + (h.frames > 1 ? " frame " + std::to_string(f) : std::string()) + " (" +
                               h.photometric_interpretation + ", " + h.transfer_syntax_name + "): " +
                               (img.getStatus() != EIS_Normal ? DicomImage::getString(img.getStatus())
                                                              : "no frame decoded; NumberOfFrames is wrong") +
                               " (truncated or damaged file?)");
         auto m = frame_gray8(img, 0, h, f);
-        if (!m) return make_error(m.error());
+        if (!m) return m.error_value();
         frames.push_back(std::move(*m));
     }
     return frames;
@@ -441,10 +444,10 @@ Expected<std::vector<cv::Mat>> decode_with(Load load) {
     try {
         DcmFileFormat ff;
         auto h = load(ff);
-        if (!h) return make_error(h.error());
+        if (!h) return h.error_value();
         return decode_loaded(ff, *h);
     } catch (const std::exception& e) {
-        return make_error(std::string("decoding DICOM failed: ") + e.what());
+        return unreadable(std::string("decoding DICOM failed: ") + e.what());
     }
 }
 
@@ -471,14 +474,14 @@ const char* unit_name(int u) {
 
 bool is_2d_tissue(const UltrasoundRegion& r) { return r.spatial_format == 1 && r.data_type == 1; }
 
-const std::string kOverride = "; give --pixel-size MM to measure anyway";
+const std::string kOverride = "; give a pixel size to measure anyway";
 
 // The calibration of one 2D tissue region, or why it cannot be used.
 Expected<DicomCalibration> region_calibration(const DicomHeader& h, const UltrasoundRegion& r) {
     const std::string what = "DICOM '" + h.path + "' ultrasound region " + std::to_string(r.index);
     if (r.units_x != 3 || r.units_y != 3)
-        return make_error(what + " is in " + unit_name(r.units_x) + " x " + unit_name(r.units_y) +
-                          ", not cm: no length calibration" + kOverride);
+        return calibration_error(what + " is in " + unit_name(r.units_x) + " x " + unit_name(r.units_y) +
+                                 ", not cm: no length calibration" + kOverride);
     DicomCalibration c;
     c.mm_per_px_x = r.delta_x * 10;
     c.mm_per_px_y = r.delta_y * 10;
@@ -490,11 +493,11 @@ Expected<DicomCalibration> region_calibration(const DicomHeader& h, const Ultras
     const int tol_x = std::max(2, h.columns / 100), tol_y = std::max(2, h.rows / 100);
     if (r.box.width <= 1 || r.box.height <= 1 || r.box.x < 0 || r.box.y < 0 || r.box.x + r.box.width > h.columns + tol_x ||
         r.box.y + r.box.height > h.rows + tol_y)
-        return make_error(what + " box (" + std::to_string(r.box.x) + "," + std::to_string(r.box.y) + ")-(" +
-                          std::to_string(r.box.x + r.box.width - 1) + "," + std::to_string(r.box.y + r.box.height - 1) +
-                          ") lies outside the " + std::to_string(h.columns) + " x " + std::to_string(h.rows) +
-                          " image: the pixels were re-scaled after the calibration was written, so it does not hold" +
-                          kOverride);
+        return calibration_error(what + " box (" + std::to_string(r.box.x) + "," + std::to_string(r.box.y) + ")-(" +
+                                 std::to_string(r.box.x + r.box.width - 1) + "," + std::to_string(r.box.y + r.box.height - 1) +
+                                 ") lies outside the " + std::to_string(h.columns) + " x " + std::to_string(h.rows) +
+                                 " image: the pixels were re-scaled after the calibration was written, so it does not hold" +
+                                 kOverride);
     c.source = "ultrasound region " + std::to_string(r.index);
     c.region = r.index;
     c.box = r.box;
@@ -521,8 +524,8 @@ Expected<DicomCalibration> spacing_calibration(const DicomHeader& h) {
         c.box = cv::Rect(0, 0, h.columns, h.rows);
         return c;
     }
-    return make_error(what + " carries no calibration (no 2D tissue ultrasound region in cm, no PixelSpacing or "
-                      "ImagerPixelSpacing): its mm per pixel is unknown; give --pixel-size MM");
+    return calibration_error(what + " carries no calibration (no 2D tissue ultrasound region in cm, no PixelSpacing or "
+                             "ImagerPixelSpacing): its mm per pixel is unknown; give a pixel size");
 }
 
 std::string box_text(const cv::Rect& b) {
@@ -568,7 +571,7 @@ Expected<DicomHeader> read_dicom_header(const std::string& path) {
         DcmFileFormat ff;
         return load_file(ff, path, true);
     } catch (const std::exception& e) {
-        return make_error("reading DICOM '" + path + "' failed: " + e.what());
+        return unreadable("reading DICOM '" + path + "' failed: " + e.what());
     }
 }
 
@@ -578,7 +581,7 @@ Expected<DicomHeader> read_dicom_header(const std::vector<unsigned char>& bytes,
         DcmFileFormat ff;
         return load_bytes(ff, file, bytes.data(), bytes.size(), name);
     } catch (const std::exception& e) {
-        return make_error("reading DICOM '" + name + "' failed: " + e.what());
+        return unreadable("reading DICOM '" + name + "' failed: " + e.what());
     }
 }
 
@@ -593,7 +596,7 @@ Expected<std::vector<cv::Mat>> decode_dicom_frames(const std::vector<unsigned ch
 
 Expected<cv::Mat> decode_dicom_frame(const std::vector<unsigned char>& bytes, const std::string& name, int frame) {
     auto reader = DicomFrameReader::open(bytes, name);
-    if (!reader) return make_error(reader.error());
+    if (!reader) return reader.error_value();
     return (*reader)->frame(frame);
 }
 
@@ -618,11 +621,11 @@ Expected<std::unique_ptr<DicomFrameReader>> DicomFrameReader::open(const unsigne
     try {
         auto impl = std::make_unique<Impl>(data, size);
         auto h = load_bytes(impl->ff, impl->file, data, size, name);
-        if (!h) return make_error(h.error());
+        if (!h) return h.error_value();
         impl->header = std::move(*h);
         return std::unique_ptr<DicomFrameReader>(new DicomFrameReader(std::move(impl)));
     } catch (const std::exception& e) {
-        return make_error(std::string("reading DICOM failed: ") + e.what());
+        return unreadable(std::string("reading DICOM failed: ") + e.what());
     }
 }
 
@@ -631,11 +634,11 @@ const DicomHeader& DicomFrameReader::header() const { return impl_->header; }
 Expected<cv::Mat> DicomFrameReader::frame(int index) {
     try {
         auto f = decode_loaded(impl_->ff, impl_->header, index, 1, impl_->checked);
-        if (!f) return make_error(f.error());
+        if (!f) return f.error_value();
         impl_->checked = true;
         return std::move(f->front());
     } catch (const std::exception& e) {
-        return make_error(std::string("decoding DICOM failed: ") + e.what());
+        return unreadable(std::string("decoding DICOM failed: ") + e.what());
     }
 }
 
@@ -657,9 +660,9 @@ Expected<DicomCalibration> choose_calibration(const DicomHeader& h, std::optiona
                 head_centre_px->y <= b.y + b.height - 0.5)
                 return region_calibration(h, *r);
         }
-        return make_error("the head found in DICOM '" + h.path + "' (centre " + fmt(head_centre_px->x, 1) + ", " +
-                          fmt(head_centre_px->y, 1) + " px) lies in none of its " + std::to_string(tissue.size()) +
-                          " tissue regions; give --pixel-size MM to measure anyway");
+        return calibration_error("the head found in DICOM '" + h.path + "' (centre " + fmt(head_centre_px->x, 1) + ", " +
+                                 fmt(head_centre_px->y, 1) + " px) lies in none of its " + std::to_string(tissue.size()) +
+                                 " tissue regions; give a pixel size to measure anyway");
     }
     // Before the head is known: one answer only when every region agrees.
     std::vector<DicomCalibration> cals;
@@ -671,8 +674,8 @@ Expected<DicomCalibration> choose_calibration(const DicomHeader& h, std::optiona
     DicomCalibration all = cals[0];
     for (size_t i = 1; i < cals.size(); ++i) {
         if (!same_calibration(cals[0], cals[i]))
-            return make_error("DICOM '" + h.path + "' has " + std::to_string(cals.size()) +
-                              " tissue regions with different calibrations (dual view): the head's position decides");
+            return calibration_error("DICOM '" + h.path + "' has " + std::to_string(cals.size()) +
+                                     " tissue regions with different calibrations (dual view): the head's position decides");
         all.keep.push_back(cals[i].keep[0]);
     }
     all.source = "ultrasound regions (all " + std::to_string(cals.size()) + " agree)";
@@ -703,9 +706,9 @@ namespace {
 std::optional<std::string> disagreement_note(const DicomHeader& h, double given, const DicomCalibration& c) {
     const double worst = std::max(std::abs(c.mm_per_px_x - given) / given, std::abs(c.mm_per_px_y - given) / given);
     if (worst <= 0.01) return std::nullopt;
-    return "'" + h.path + "': --pixel-size " + fmt(given, 5) + " mm differs by " + fmt(100 * worst, 1) +
+    return "'" + h.path + "': the pixel size given, " + fmt(given, 5) + " mm, differs by " + fmt(100 * worst, 1) +
            "% from the file's calibration (" + c.source + ": " + fmt(c.mm_per_px_x, 5) + " x " + fmt(c.mm_per_px_y, 5) +
-           " mm/px); using --pixel-size";
+           " mm/px); using the pixel size given";
 }
 
 }  // namespace
@@ -716,7 +719,8 @@ Expected<DicomCalibration> calibration_for_frames(const DicomHeader& h, std::opt
     if (!override_mm) return file;
     DicomCalibration c;
     c.mm_per_px_x = c.mm_per_px_y = *override_mm;
-    c.source = "--pixel-size";
+    c.source = kGivenPixelSizeSource;
+    c.given = true;
     c.box = cv::Rect(0, 0, h.columns, h.rows);
     if (file) {
         c.keep = file->keep;
