@@ -33,7 +33,7 @@ std::string head_outside(const DicomCalibration& cal, const Ellipse& e, const st
     if (over <= 1.0) return "";
     return "the head in '" + source + "' reaches " + detail::dicom_fmt(over, 1) + " px outside " + cal.source + " " +
            detail::dicom_box_text(cal.box) +
-           ", where its calibration does not hold; use a frame with the whole head inside the region, or give --pixel-size MM";
+           ", where its calibration does not hold; use a frame with the whole head inside the region, or give a pixel size";
 }
 
 void apply_calibration(MeasureOptions& o, const DicomCalibration& c) {
@@ -58,28 +58,29 @@ Expected<DicomMeasurement> measure_dicom_frame(const Measurer& measurer, const D
         std::vector<const UltrasoundRegion*> tissue;
         for (const auto& r : h.regions)
             if (detail::dicom_is_2d_tissue(r)) tissue.push_back(&r);
-        if (tissue.size() < 2) return make_error(pre.error());
+        if (tissue.size() < 2) return pre.error_value();
         auto first = detail::dicom_region_calibration(h, *tissue[0]);
         for (const auto* r : tissue) keep.push_back(r->box & cv::Rect(0, 0, h.columns, h.rows));
         if (first) apply_calibration(mo, *first);
         else mo.pixel_size_mm = 1, mo.pixel_size_y_mm.reset();  // provisional: only the pixels matter here
     }
     auto r = measurer.measure(mask_outside(gray8, keep), mo, source);
-    if (!r) return make_error(r.error());
+    if (!r) return r.error_value();
     if (opt.pixel_size_mm) {
         out.calibration = *pre;
         out.m = *r;
         return out;
     }
     auto cal = choose_calibration(h, cv::Point2d(r->ellipse_px.cx, r->ellipse_px.cy));
-    if (!cal) return make_error(cal.error());
+    if (!cal) return cal.error_value();
     if (!pre) {
         // Dual view: measure again with only the head's region and its calibration.
         apply_calibration(mo, *cal);
         r = measurer.measure(mask_outside(gray8, cal->keep), mo, source);
-        if (!r) return make_error(r.error());
+        if (!r) return r.error_value();
     }
-    if (auto e = head_outside(*cal, r->ellipse_px, source); !e.empty()) return make_error(e);
+    if (auto e = head_outside(*cal, r->ellipse_px, source); !e.empty())
+        return make_error(ErrorKind::InvalidCalibration, e, "pixel_size");
     out.calibration = *cal;
     out.m = *r;
     return out;

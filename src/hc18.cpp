@@ -95,7 +95,8 @@ Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_
         ++lineno;
         auto cells = split_csv_line(line);
         if (cells.empty() && !parse_csv_record(line))
-            return make_error(at() + "a quoted cell is not closed; quote as \"a,b.png\" and double inner quotes");
+            return make_error(ErrorKind::InvalidArgument, at() + "a quoted cell is not closed; quote as \"a,b.png\" and double inner quotes",
+                              "pixel_sizes");
         if (cells.empty() || cells[0].empty()) continue;
         double v = 0;
         if (cells.size() < 2 || !parse_double(cells[1], v) || !std::isfinite(v)) {
@@ -130,10 +131,11 @@ Expected<std::vector<Hc18Record>> read_hc18_training(const std::string& data_dir
     const fs::path hc_csv = dir / "training_set_pixel_size_and_HC.csv";
     const fs::path img_dir = dir / "training_set";
     if (!fs::is_directory(img_dir))
-        return make_error("'" + data_dir + "' is not an HC18-layout folder: '" + img_dir.string() +
-                          "' is missing (expected training_set/ and training_set_pixel_size_and_HC.csv)");
+        return make_error(ErrorKind::NotFound, "'" + data_dir + "' is not an HC18-layout folder: '" + img_dir.string() +
+                                                   "' is missing (expected training_set/ and training_set_pixel_size_and_HC.csv)",
+                          "data");
     std::ifstream in(hc_csv);
-    if (!in) return make_error("cannot open '" + hc_csv.string() + "': the HC18 reference CSV is required");
+    if (!in) return make_error(ErrorKind::NotFound, "cannot open '" + hc_csv.string() + "': the HC18 reference CSV is required", "data");
     std::vector<Hc18Record> recs;
     std::map<std::string, size_t> index;
     std::string line;
@@ -145,7 +147,8 @@ Expected<std::vector<Hc18Record>> read_hc18_training(const std::string& data_dir
         Hc18Record r;
         if (!parse_double(c[1], r.pixel_size_mm) || !parse_double(c[2], r.hc_mm)) {
             if (lineno == 1) continue;
-            return make_error("'" + hc_csv.string() + "' line " + std::to_string(lineno) + " is not `filename,pixel size,HC`");
+            return make_error(ErrorKind::InvalidArgument,
+                              "'" + hc_csv.string() + "' line " + std::to_string(lineno) + " is not `filename,pixel size,HC`", "data");
         }
         r.filename = c[0];
         r.image_path = (img_dir / r.filename).string();
@@ -172,7 +175,7 @@ Expected<std::vector<Hc18Record>> read_hc18_training(const std::string& data_dir
             r.has_ellipse = true;
         }
     }
-    if (recs.empty()) return make_error("no labelled images found under '" + img_dir.string() + "'");
+    if (recs.empty()) return make_error(ErrorKind::NotFound, "no labelled images found under '" + img_dir.string() + "'", "data");
     return recs;
 }
 
@@ -260,9 +263,10 @@ Expected<std::string> coco_annotations_json(const std::vector<Hc18Record>& recor
     int id = 0;
     for (const auto& r : records) {
         ++id;
-        if (r.mask_path.empty()) return make_error("no mask for '" + r.filename + "': COCO export needs *_Mask.png files");
+        if (r.mask_path.empty())
+            return make_error(ErrorKind::NotFound, "no mask for '" + r.filename + "': COCO export needs *_Mask.png files", "data");
         cv::Mat mask = cv::imread(r.mask_path, cv::IMREAD_GRAYSCALE);
-        if (mask.empty()) return make_error("cannot read mask '" + r.mask_path + "'");
+        if (mask.empty()) return make_error(ErrorKind::Io, "cannot read mask '" + r.mask_path + "'");
         images.push_back({{"id", id}, {"file_name", r.filename}, {"width", mask.cols}, {"height", mask.rows},
                           {"pixel_size_mm", r.pixel_size_mm}, {"hc_mm", r.hc_mm}});
         std::vector<std::vector<cv::Point>> contours;

@@ -114,13 +114,15 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     Boundary bnd = extract_boundary(seg, gray8);
     const double post_ms = ms_since(t0);
     if (!bnd.found)
-        return make_error("no fetal head found in '" + source + "' (detection score " + fmt(seg.presence, 2) +
-                          "); check that the image is a head in the standard HC plane");
+        return make_error(ErrorKind::NoHeadFound, "no fetal head found in '" + source + "' (detection score " +
+                                                      fixed_text(seg.presence, 2) +
+                                                      "); check that the image is a head in the standard HC plane");
     auto t1 = Clock::now();
     EllipseFit fit = fit_ellipse(bnd.points, opt.fit);
     if (!fit.ok)
-        return make_error("cannot fit an ellipse to the head in '" + source + "': " + fit.message +
-                          (bnd.cut_points.size() > bnd.points.size() ? " (most of the head is outside the image)" : ""));
+        return make_error(ErrorKind::NoEllipseFit,
+                          "cannot fit an ellipse to the head in '" + source + "': " + fit.message +
+                              (bnd.cut_points.size() > bnd.points.size() ? " (most of the head is outside the image)" : ""));
 
     Ellipse e = fit.ellipse;
     e.a *= seg.axis_scale;
@@ -132,7 +134,9 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
         // Physical space in units of the x spacing (the fit's thresholds stay about a pixel): an
         // ellipse in mm is not the pixel ellipse scaled, so it is fitted again there.
         auto phys = physical_fit(bnd.points, opt);
-        if (!phys.ok) return make_error("cannot fit an ellipse to the head in '" + source + "' in physical space: " + phys.message);
+        if (!phys.ok)
+            return make_error(ErrorKind::NoEllipseFit,
+                              "cannot fit an ellipse to the head in '" + source + "' in physical space: " + phys.message);
         fit.rms_px = phys.rms_px, fit.inliers = phys.inliers, fit.points = phys.points;
         Ellipse ep = phys.ellipse;
         ep.a *= seg.axis_scale;
@@ -202,7 +206,7 @@ Expected<Measurement> segment_and_measure(const cv::Mat& gray8, const MeasureOpt
         if (r) r->timings.total_ms = ms_since(t0);
         return r;
     } catch (const std::exception& e) {
-        return make_error("measuring '" + source + "' failed: " + e.what());
+        return make_error(ErrorKind::Internal, "measuring '" + source + "' failed: " + e.what());
     }
 }
 

@@ -49,7 +49,7 @@ void measure_frame(const Measurer& measurer, const MeasureOptions& mo, const std
     auto gray = to_gray8(job.frame, label);
     job.frame.release();
     if (!gray) {
-        job.f.result = make_error(gray.error());
+        job.f.result = gray.error_value();
         return;
     }
     job.f.tracked = job.track;

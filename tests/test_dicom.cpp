@@ -207,7 +207,9 @@ TEST(DicomSamples, JpegYbrCineDecodesAndRefusesItsStaleCalibration) {
     auto c = choose_calibration(*h, std::nullopt);
     ASSERT_FALSE(c);
     EXPECT_TRUE(contains(c.error(), "outside")) << c.error();
-    EXPECT_TRUE(contains(c.error(), "--pixel-size")) << c.error();
+    EXPECT_EQ(c.error_kind(), ErrorKind::InvalidCalibration);
+    EXPECT_EQ(c.error_value().field, "pixel_size");  // the front ends name it: --pixel-size, pixel_size_mm
+    EXPECT_FALSE(contains(c.error(), "--")) << c.error();
 }
 
 TEST(DicomSamples, UncalibratedRgbDecodesAndIsRefusedWithoutPixelSize) {

@@ -688,8 +688,8 @@ TEST_F(RouteApi, StoreQuotaRemovesOldUnreferencedImagesThenRefusesWith507) {
     }
     auto full = api.store->put_image(imgs[1]);
     ASSERT_FALSE(full);
-    EXPECT_EQ(full.error().rfind(kStoreFullError, 0), 0u) << full.error();
-    const HttpResponse r = error_response(ApiError{ErrorCode::StoreFull, full.error()});
+    EXPECT_EQ(full.error_kind(), ErrorKind::StoreFull) << full.error();
+    const HttpResponse r = error_response(api_error(full.error_value()));
     expect_error(r, 507, "store_full", "--max-store-mb");
     EXPECT_TRUE(*api.store->has_image(shas[0]));
 }
@@ -1114,7 +1114,8 @@ TEST_F(RouteModel, MeasureDicomUsesTheFileCalibration) {
     EXPECT_EQ(oj["calibration"]["source"], "pixel_size_mm");
     EXPECT_EQ(oj["pixel_size_mm"], 0.16);
     ASSERT_EQ(oj["warnings"].size(), 1u) << oj.dump();
-    EXPECT_NE(oj["warnings"][0].get<std::string>().find("pixel_size_mm"), std::string::npos) << oj["warnings"];
+    EXPECT_NE(oj["warnings"][0].get<std::string>().find("the pixel size given"), std::string::npos) << oj["warnings"];
+    EXPECT_EQ(oj["warnings"][0].get<std::string>().find("--"), std::string::npos) << oj["warnings"];
     EXPECT_NEAR(oj["hc_mm"].get<double>(), j["hc_mm"].get<double>() * 0.16 / kPixelMm, 1e-6);
 }
 

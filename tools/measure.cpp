@@ -174,7 +174,7 @@ private:
         if (!sr_dir_.empty()) {
             const std::string file = (fs::path(sr_dir_) / fetalhc::sr_file_name(m.source)).string();
             if (auto w = fetalhc::write_biometry_sr_file(m, source_, file, sr); !w) {
-                error(w.error());
+                error(cli_message(w.error_value()));
                 record_failed_ = true;
             }
         }
@@ -298,10 +298,7 @@ int check_measure_args(MeasureArgs& a, const std::vector<fetalhc::InputItem>& it
     }
     if (!a.pixel_sizes_csv.empty()) {
         auto s = fetalhc::read_pixel_sizes(a.pixel_sizes_csv);
-        if (!s) {
-            error(s.error());
-            return kExitUsage;
-        }
+        if (!s) return fail(s.error_value());  // a usage error (InvalidArgument)
         sizes = *s;
     }
     if (!a.overlay_dir.empty()) {
@@ -334,7 +331,7 @@ bool measure_frames_of(const std::string& path, const MeasureArgs& a, double pix
     vo.workers = a.workers;
     auto s = run(vo, [&](const fetalhc::VideoFrame& f) { out.frame(path, f); });
     if (!s) {
-        error(s.error());
+        error(cli_message(s.error_value()));
         out.video_failed(path, s.error());
         return false;
     }
@@ -427,21 +424,21 @@ bool measure_one_dicom(const fetalhc::Measurer& measurer, const std::string& pat
 bool measure_one_image(const fetalhc::Measurer& measurer, const fetalhc::InputItem& item, const MeasureArgs& a,
                        const std::map<std::string, double>& sizes, Output& out) {
     const std::string name = fs::path(item.path).filename().string();
-    fetalhc::Expected<fetalhc::Measurement> r = fetalhc::make_error(item.error);
+    fetalhc::Expected<fetalhc::Measurement> r = fetalhc::make_error(fetalhc::ErrorKind::ImageUnreadable, item.error);
     cv::Mat gray;
     if (item.error.empty()) {
         fetalhc::MeasureOptions o;
         o.pixel_size_mm = pixel_size_for(name, a, sizes);
         if (!std::isnan(a.ga_weeks)) o.ga_weeks = a.ga_weeks;
         if (!std::isfinite(o.pixel_size_mm) && !sizes.empty()) {
-            r = fetalhc::make_error("'" + name + "' has no row in '" + a.pixel_sizes_csv + "'; add `" + name +
+            r = fetalhc::make_error(fetalhc::ErrorKind::InvalidArgument, "'" + name + "' has no row in '" + a.pixel_sizes_csv + "'; add `" + name +
                                     ",<mm per pixel>` or use --pixel-size");
         } else {
             const auto t0 = std::chrono::steady_clock::now();
             auto img = fetalhc::load_grayscale(item.path);
             const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
             if (!img) {
-                r = fetalhc::make_error(img.error());
+                r = img.error_value();
             } else {
                 gray = *img;
                 r = measurer.measure(gray, o, item.path);
@@ -452,7 +449,7 @@ bool measure_one_image(const fetalhc::Measurer& measurer, const fetalhc::InputIt
             }
         }
     }
-    if (!r) error(r.error());
+    if (!r) error(cli_message(r.error_value()));
     if (r && !a.overlay_dir.empty()) {
         const fs::path overlay = fs::path(a.overlay_dir) / (fs::path(item.path).stem().string() + "_overlay.png");
         if (!cv::imwrite(overlay.string(), fetalhc::draw_overlay(gray, *r)))

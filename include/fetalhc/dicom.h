@@ -11,7 +11,8 @@
 // (RegionLocationMinX0 .. MaxX1), origin at the top-left pixel, x right, y down (the project's
 // convention). Without any region, PixelSpacing (0028,0030) or ImagerPixelSpacing (0018,1164)
 // (row spacing \ column spacing, mm) is used. Anything else is refused with an error that says what
-// is wrong and what to do (`--pixel-size` overrides).
+// is wrong and what to do (ErrorKind::InvalidCalibration, field "pixel_size": a pixel size given
+// by the caller overrides).
 // Frames: decode_dicom_frames decodes whole files; the limits below are checked from the header
 // first, so a lying header (60000 x 60000, a frame count the pixel data does not hold) is an error.
 // Thread safety: pure functions; DCMTK's decoders are registered once, thread-safely.
@@ -112,9 +113,15 @@ private:
 };
 
 // The calibration measure uses for an image.
+// DicomCalibration::source of a pixel size given by the caller (calibration_for_frames).
+inline constexpr const char* kGivenPixelSizeSource = "pixel size given";
+
 struct DicomCalibration {
     double mm_per_px_x = 0, mm_per_px_y = 0;
-    std::string source;                 // "ultrasound region 0", "PixelSpacing", "ImagerPixelSpacing"
+    std::string source;                 // "ultrasound region 0", "PixelSpacing", "ImagerPixelSpacing",
+                                        // kGivenPixelSizeSource (the caller's pixel size)
+    bool given = false;                 // the caller's pixel size, not the file's (front ends name it:
+                                        // the CLI "--pixel-size", HTTP "pixel_size_mm")
     std::optional<int> region;          // index of the region used
     cv::Rect box;                       // the pixels that belong to it (the whole image without a region)
     std::vector<cv::Rect> keep;         // pixels measured (the rest is set to 0); empty: the whole image
@@ -135,8 +142,8 @@ cv::Mat mask_outside(const cv::Mat& gray8, const std::vector<cv::Rect>& keep);
 // Measuring one DICOM frame: the calibration from the file (or `pixel_size_mm` when given), only
 // the tissue region's pixels segmented, the region chosen by the head's centre when there are
 // several, and an error when the fitted ellipse leaves the region by more than a pixel (its
-// calibration does not hold outside). `notes` gets the messages for a user (a --pixel-size that
-// disagrees with the file by more than 1%).
+// calibration does not hold outside). `notes` gets the messages for a user (a pixel size given
+// that disagrees with the file by more than 1%).
 struct DicomMeasureOptions {
     MeasureOptions measure;              // pixel_size_mm / pixel_size_y_mm are set here
     std::optional<double> pixel_size_mm; // the user's override (--pixel-size)

@@ -167,10 +167,6 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-// TEMPORARY (issue 23, removed once src/server/service.cpp maps ErrorKind): the start of a
-// StoreFull message.
-inline constexpr const char* kStoreFullError = "the image store is full";
-
 // Length of the image at the start of `bytes`: a PNG up to its IEND chunk, a JPEG up to its EOI
 // marker; bytes.size() for other data or when no end is found.
 size_t image_data_end(const std::string& bytes);

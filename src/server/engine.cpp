@@ -82,7 +82,7 @@ Result<std::shared_ptr<const Measurer>> Engine::measurer() const {
 Result<cv::Mat> decode_image(Slots& decode_slots, const std::string& bytes, const std::string& name) {
     SlotGuard slot(decode_slots);
     auto img = decode_grayscale(std::vector<unsigned char>(bytes.begin(), bytes.end()), name);
-    if (!img) return ApiError{ErrorCode::ImageUnreadable, img.error()};
+    if (!img) return api_error(img.error_value());
     return *img;
 }
 

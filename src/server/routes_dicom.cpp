@@ -42,7 +42,7 @@ HttpResponse list_instances(const HttpRequest& req, Services& s) {
         limit = int(*n);
     }
     auto rows = s.store.dicom_instances(limit);
-    if (!rows) fail(ErrorCode::StorageFailed, rows.error());
+    if (!rows) throw api_error(rows.error_value());
     json list = json::array();
     for (const DicomInstance& d : *rows) list.push_back(instance_json(d));
     return json_response(200, {{"instances", list}});

@@ -199,20 +199,15 @@ HttpResponse image_preview(const HttpRequest& req, Services& s) {
     const std::vector<unsigned char> raw(bytes.begin(), bytes.end());
     if (is_dicom(raw)) {
         // Only the frame asked for is decoded (issue 22 row 6: frame 1999 cost 2000 decodes).
-        Result<cv::Mat> decoded = ApiError{ErrorCode::Internal, ""};
-        {
-            SlotGuard slot(s.engine.decode_slots());
-            auto reader = DicomFrameReader::open(raw, "the stored image");
-            if (!reader) decoded = api_error(reader.error_value());
-            else if (frame >= (*reader)->header().frames)
-                decoded = ApiError{ErrorCode::InvalidField, "'frame' " + std::to_string(frame) +
-                                                                " is past the last frame of the stored image (it has " +
-                                                                std::to_string((*reader)->header().frames) + ")"};
-            else if (auto f = (*reader)->frame(frame)) decoded = std::move(*f);
-            else decoded = api_error(f.error_value());
-        }
-        if (!decoded) fail(decoded.error().code, decoded.error().message);
-        gray = *decoded;
+        SlotGuard slot(s.engine.decode_slots());
+        auto reader = DicomFrameReader::open(raw, "the stored image");
+        if (!reader) throw api_error(reader.error_value());
+        if (frame >= (*reader)->header().frames)
+            fail(ErrorCode::InvalidField, "'frame' " + std::to_string(frame) + " is past the last frame of the stored image (it has " +
+                                              std::to_string((*reader)->header().frames) + ")");
+        auto f = (*reader)->frame(frame);
+        if (!f) throw api_error(f.error_value());
+        gray = std::move(*f);
     } else {
         if (frame != 0) fail(ErrorCode::InvalidField, "'frame' is only for multi-frame DICOM images; this image has one frame");
         gray = decode_image(s.engine.decode_slots(), bytes, "the stored image").value_or_throw();

@@ -123,7 +123,7 @@ HttpResponse measure(const HttpRequest& req, Services& s) {
     const StoredMeasurement& m = r.value_or_throw();
     if (format == "sr") {
         auto sr = write_biometry_sr(m.measurement, nullptr);
-        if (!sr) fail(ErrorCode::Internal, sr.error());
+        if (!sr) throw api_error(sr.error_value());
         return sr_response(*sr);
     }
     if (format == "fhir") return json_response(200, fhir_bundle({{m.measurement, std::nullopt}}));

@@ -19,21 +19,13 @@ double ms_since(Clock::time_point t) { return std::chrono::duration<double, std:
 
 // ---- measure and store ------------------------------------------------------------------------
 
-namespace {
-// A put_image failure: the quota (507 store_full, message shown) or a storage failure (500).
-ApiError store_error(const std::string& message) {
-    if (message.rfind(kStoreFullError, 0) == 0) return ApiError{ErrorCode::StoreFull, message};
-    return ApiError{ErrorCode::StorageFailed, message};
-}
-}  // namespace
-
 Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const std::string& image_bytes,
                                             const std::string& name, const MeasureOptions& options) {
     if (auto p = pixel_size_problem(options.pixel_size_mm, "pixel_size_mm")) return *p;
     if (options.ga_weeks)
         if (auto p = ga_problem(*options.ga_weeks, "ga_weeks")) return *p;
     StoredMeasurement out;
-    Expected<Measurement> m = make_error("");
+    Expected<Measurement> m = make_error(ErrorKind::Internal, "not measured");
     double decode_ms = 0;
     {
         // The slot first: a request refused for overload costs no decode, and the decode runs on
@@ -50,12 +42,12 @@ Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const 
         if (!model) return model.error();
         m = (*model)->measure(*gray, options, name);
     }
-    if (!m) return ApiError{ErrorCode::NoHeadFound, m.error()};
+    if (!m) return api_error(m.error_value());  // no_head_found, no_ellipse_fit, ...
     out.measurement = std::move(*m);
     out.measurement.timings.decode_ms = decode_ms;
     out.measurement.timings.total_ms += decode_ms;
     auto sha = store.put_image(image_bytes);
-    if (!sha) return store_error(sha.error());
+    if (!sha) return api_error(sha.error_value());  // store_full (507) or storage_failed (500)
     out.image_sha256 = *sha;
     return out;
 }
@@ -230,7 +222,7 @@ Result<StoredDicomMeasurement> measure_dicom_and_store(Engine& engine, Store& st
     auto r = measure_dicom(engine, bytes, name, request);
     if (!r) return r.error();
     auto sha = store.put_image(bytes);
-    if (!sha) return store_error(sha.error());
+    if (!sha) return api_error(sha.error_value());
     return StoredDicomMeasurement{std::move(*r), *sha};
 }
 
@@ -238,7 +230,7 @@ Result<std::vector<unsigned char>> dicom_result_sr(const DicomMeasured& r) {
     SrOptions o;
     if (r.summary) o.include_outline = false;
     auto sr = write_biometry_sr(r.measurement, &r.header, o);
-    if (!sr) return ApiError{ErrorCode::Internal, sr.error()};
+    if (!sr) return api_error(sr.error_value());
     return *sr;
 }
 
