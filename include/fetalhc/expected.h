@@ -118,7 +118,9 @@ private:
 inline Error make_error(ErrorKind kind, std::string message, std::string field = {}) {
     return Error{kind, std::move(message), std::move(field)};
 }
-// An internal failure (ErrorKind::Internal): for failures no caller can act on.
+// An error of kind Internal. Library code states the kind (the overload above); this form is left
+// to the server's start-up checks (src/server/server.cpp, dicom_node.cpp, transport.cpp), whose
+// errors `fetalhc serve` reports as usage errors whatever their kind.
 inline Error make_error(std::string message) { return Error{ErrorKind::Internal, std::move(message), {}}; }
 
 }  // namespace fetalhc

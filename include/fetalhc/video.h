@@ -39,7 +39,7 @@ struct VideoFrame {
     int index = 0;            // 0-based frame number
     double time_s = 0;        // position in the video (s), from the container or index / fps
     bool tracked = false;     // measured with the tracking pass only
-    Expected<Measurement> result = make_error("not measured");
+    Expected<Measurement> result = make_error(ErrorKind::Internal, "not measured");
 };
 
 struct VideoSummary {
