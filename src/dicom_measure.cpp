@@ -1,5 +1,6 @@
-// Measuring DICOM frames (dicom.h): one frame inside its calibrated region, and a cine through the
-// video path. Kept apart from dicom.cpp because it needs the Measurer (LibTorch).
+// Measuring DICOM files (dicom.h): one frame inside its calibrated region, a cine through the video
+// path, and a whole file with its own calibration (measure_dicom). Kept apart from dicom.cpp
+// because it needs the Measurer (LibTorch).
 #include "fetalhc/dicom.h"
 
 #include "dicom_detail.h"
@@ -105,20 +106,6 @@ Error with_kind(Error e, ErrorKind kind) {
     return e;
 }
 
-// The file's own calibration cannot be used and none was given: said before any frame is decoded
-// (the ambiguous dual-view case is left to measure_dicom_frame, which picks the region by the head).
-std::optional<Error> calibration_problem(const DicomHeader& h) {
-    int tissue = 0;
-    for (const auto& r : h.regions) tissue += r.is_tissue_2d_cm() ? 1 : 0;
-    if (tissue > 1) return std::nullopt;
-    std::vector<std::string> notes;
-    auto c = calibration_for_frames(h, std::nullopt, notes);
-    if (c) return std::nullopt;
-    Error e = with_kind(c.error_value(), ErrorKind::InvalidCalibration);
-    if (e.field.empty()) e.field = "pixel_size";
-    return e;
-}
-
 // Unless the calibration was given, a frame whose head reaches out of its region (chosen by the
 // head's centre) becomes that frame's error, as for one frame (measure_dicom_frame).
 void check_frame_region(const DicomHeader& h, const DicomCalibration& c, VideoFrame& f) {
@@ -132,48 +119,38 @@ void check_frame_region(const DicomHeader& h, const DicomCalibration& c, VideoFr
 // every frame (calibration_for_frames), each frame decoded when the measurement asks for it (one
 // decoded frame held at a time), masked to the region and checked by check_frame_region.
 Expected<DicomResult> measure_cine(const Measurer& measurer, DicomFrameReader& reader, const DicomRequest& req,
-                                   DicomResult out, const DicomEvents& events) {
+                                   DicomResult out, const DicomCalibration& c, cv::Mat first, const DicomEvents& events) {
     const DicomHeader& h = out.header;
-    auto note = [&](std::string n) {
-        if (events.on_note) events.on_note(n);
-        out.notes.push_back(std::move(n));
-    };
     const std::vector<int> pick = frames_to_measure(h.frames, req.max_frames);
-    if (int(pick.size()) < h.frames)
-        note("the cine has " + std::to_string(h.frames) + " frames; " + std::to_string(pick.size()) +
-             " evenly spaced frames were measured (at most " + std::to_string(req.max_frames) + " frames of a file are measured here)");
-    std::vector<std::string> cal_notes;
-    auto cal = calibration_for_frames(h, req.pixel_size_mm, cal_notes);
-    for (auto& n : cal_notes) note(std::move(n));
-    if (!cal) {
-        Error e = with_kind(cal.error_value(), ErrorKind::InvalidCalibration);
-        e.message += "; a multi-frame file needs one calibration for every frame";
-        if (e.field.empty()) e.field = "pixel_size";
-        return e;
+    if (int(pick.size()) < h.frames) {
+        out.notes.push_back("the cine has " + std::to_string(h.frames) + " frames; " + std::to_string(pick.size()) +
+                            " evenly spaced frames were measured (at most " + std::to_string(req.max_frames) +
+                            " frames of a file are measured here)");
+        if (events.on_note) events.on_note(out.notes.back());
     }
-    out.calibration = *cal;
+    out.calibration = c;
     VideoOptions vo;
     vo.measure = req.measure;
-    apply_calibration(vo.measure, *cal);
+    apply_calibration(vo.measure, c);
     vo.workers = req.workers;
     vo.redetect_every = req.redetect_every;
     size_t k = 0;
     std::optional<Error> decode_error;
     const FrameSource next = [&](SourceFrame& f) {
         if (k >= pick.size() || decode_error) return false;
-        auto img = reader.frame(pick[k]);
+        auto img = k == 0 ? Expected<cv::Mat>(std::move(first)) : reader.frame(pick[k]);  // pick[0] is frame 0
         if (!img) {
             decode_error = with_kind(img.error_value(), ErrorKind::ImageUnreadable);
             return false;
         }
-        f.image = cal->keep.empty() ? std::move(*img) : mask_outside(*img, cal->keep);
+        f.image = c.keep.empty() ? std::move(*img) : mask_outside(*img, c.keep);
         f.number = pick[k];
         f.time_s = h.frame_time_ms / 1000 * double(pick[k]);
         ++k;
         return true;
     };
     auto s = detail::measure_checked_frames(
-        measurer, h.path, next, vo, [&](VideoFrame& f) { check_frame_region(h, *cal, f); },
+        measurer, h.path, next, vo, [&](VideoFrame& f) { check_frame_region(h, c, f); },
         [&](const VideoFrame& f) {
             out.frames.push_back(f);
             if (events.on_frame) events.on_frame(f);
@@ -187,6 +164,19 @@ Expected<DicomResult> measure_cine(const Measurer& measurer, DicomFrameReader& r
 
 }  // namespace
 
+std::optional<Error> dicom_calibration_problem(const DicomHeader& h, std::optional<double> pixel_size_mm) {
+    std::vector<std::string> notes;
+    auto c = calibration_for_frames(h, pixel_size_mm, notes);
+    if (c) return std::nullopt;
+    int tissue = 0;
+    for (const auto& r : h.regions) tissue += r.is_tissue_2d_cm() ? 1 : 0;
+    if (h.frames == 1 && tissue > 1) return std::nullopt;  // a dual view: measure_dicom_frame picks the region by the head
+    Error e = with_kind(c.error_value(), ErrorKind::InvalidCalibration);
+    if (h.frames > 1) e.message += "; a multi-frame file needs one calibration for every frame";
+    if (e.field.empty()) e.field = "pixel_size";
+    return e;
+}
+
 Expected<DicomResult> measure_dicom(const Measurer& measurer, DicomFrameReader& reader, const DicomRequest& req,
                                     const DicomEvents& events) {
     DicomResult out;
@@ -195,25 +185,27 @@ Expected<DicomResult> measure_dicom(const Measurer& measurer, DicomFrameReader& 
     if (req.pixel_size_mm)
         if (auto e = check_pixel_size(*req.pixel_size_mm, "'" + h.path + "'"); !e.empty())
             return make_error(ErrorKind::InvalidArgument, e, "pixel_size");
-    if (!req.pixel_size_mm)
-        if (auto e = calibration_problem(h)) return *e;
-    if (h.frames > 1) return measure_cine(measurer, reader, req, std::move(out), events);
+    // Told first, whether or not the measurement succeeds: a given pixel size that disagrees.
+    auto cal = calibration_for_frames(h, req.pixel_size_mm, out.notes);
+    for (const auto& n : out.notes)
+        if (events.on_note) events.on_note(n);
+    // Frame 0 before the calibration: a file that cannot be decoded says so (naming its transfer
+    // syntax) whatever its calibration; a cine measures this frame as its first.
     const auto t0 = std::chrono::steady_clock::now();
     auto frame = reader.frame(0);
     if (!frame) return with_kind(frame.error_value(), ErrorKind::ImageUnreadable);
     const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (auto e = dicom_calibration_problem(h, req.pixel_size_mm)) return *e;
+    if (h.frames > 1) return measure_cine(measurer, reader, req, std::move(out), *cal, std::move(*frame), events);
     DicomMeasureOptions o;
     o.measure = req.measure;
     o.pixel_size_mm = req.pixel_size_mm;
-    auto m = measure_dicom_frame(measurer, h, *frame, o, h.path);
+    auto m = measure_dicom_frame(measurer, h, *frame, o, h.path);  // its notes are those told above
     if (!m) return with_kind(m.error_value(), ErrorKind::NoHeadFound);
-    for (const auto& n : m->notes)
-        if (events.on_note) events.on_note(n);
     out.measurement = std::move(m->m);
     out.measurement.timings.decode_ms = decode_ms;
     out.measurement.timings.total_ms += decode_ms;
     out.calibration = std::move(m->calibration);
-    out.notes = std::move(m->notes);
     out.image = std::move(*frame);
     return out;
 }

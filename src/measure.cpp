@@ -250,6 +250,11 @@ std::optional<HcInterval> Measurer::interval_for(double hc_mm, bool review) cons
     return hc_interval(*interval_, hc_mm, review);
 }
 
+std::optional<HcInterval> Measurer::interval_for(double hc_mm, bool review) const {
+    if (!interval_) return std::nullopt;
+    return hc_interval(*interval_, hc_mm, review);
+}
+
 Expected<Measurement> Measurer::measure_file(const std::string& path, const MeasureOptions& opt) const {
     if (auto e = check_pixel_size(opt.pixel_size_mm, "'" + path + "'"); !e.empty())
         return make_error(ErrorKind::InvalidArgument, e, "pixel_size");

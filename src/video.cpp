@@ -40,6 +40,7 @@ namespace {
 struct FrameJob {
     VideoFrame f;
     cv::Mat frame;
+    int position = 0;  // 0-based position in the sequence (f.index may be the source's own number)
     bool track = false;
     Ellipse prior;
 };
@@ -128,88 +129,148 @@ bool read_frame(cv::VideoCapture& cap, cv::Mat& frame) {
     return got && !frame.empty();
 }
 
-// The frames handed out and not yet collected, in frame order, and the tracking state they feed:
-// the last frame's ellipse, whether it can be tracked from, and the good measurements so far.
-struct FrameTracker {
+// Which frames are key frames (whole-image pass) and which are tracked, decided from the frame's
+// position and its key frame's result only, so that the plan is the same for any worker count: a
+// frame within `redetect_every` frames of the last key frame is tracked from that key frame's
+// ellipse when it was judged ok; any other frame is a key frame.
+class KeyFramePlan {
+public:
+    explicit KeyFramePlan(int redetect_every) : every_(std::max(1, redetect_every)) {}
+
+    // Decides for `job` (waiting for its key frame's result when it may be tracked).
+    void plan(FrameJob& job) {
+        job.track = false;
+        if (!key_ || job.position - key_->position >= every_) return;
+        if (key_done_.valid()) key_done_.wait();
+        const auto& r = key_->f.result;
+        if (r && r->quality == "ok") {
+            job.track = true;
+            job.prior = r->ellipse_px;
+        }
+    }
+    // `job` was handed out; `done` is ready once it is measured.
+    void handed_out(const std::shared_ptr<FrameJob>& job, const std::shared_future<void>& done) {
+        if (job->track) return;
+        key_ = job;
+        key_done_ = done;
+    }
+
+private:
+    int every_;
+    std::shared_ptr<FrameJob> key_;  // the last key frame handed out
+    std::shared_future<void> key_done_;
+};
+
+// The frames handed out and not yet collected, in frame order, and what the summary needs of the
+// collected ones: the counters and the ok measurements.
+struct FrameCollector {
     VideoSummary& s;
+    const detail::FrameCheck& check;
     const std::function<void(const VideoFrame&)>& on_frame;
     std::vector<Measurement> ok;
     std::vector<int> ok_index;
-    Ellipse prior;
-    bool have_prior = false;
-    int since_detect = 0;  // frames handed out since the last whole-image pass
-    std::deque<std::pair<std::shared_ptr<FrameJob>, std::future<void>>> in_flight;
+    std::deque<std::pair<std::shared_ptr<FrameJob>, std::shared_future<void>>> in_flight;
 
-    FrameTracker(VideoSummary& summary, const std::function<void(const VideoFrame&)>& callback)
-        : s(summary), on_frame(callback) {}
-
-    // Decides whether the job tracks from the last ellipse or runs the whole-image pass.
-    void plan(FrameJob& job, int redetect_every) {
-        job.track = have_prior && since_detect < redetect_every;
-        job.prior = prior;
-        since_detect = job.track ? since_detect + 1 : 1;
-    }
-
-    // Takes the oldest frame in flight (frame order), waits for it and updates the tracking state.
+    // Takes the oldest frame in flight (frame order), waits for it, checks and counts it.
     void collect() {
         auto [job, done] = std::move(in_flight.front());
         in_flight.pop_front();
         if (done.valid()) done.get();
-        VideoFrame& f = job->f;
-        if (job->track && !f.tracked) since_detect = std::min(since_detect, 1 + int(in_flight.size()));
+        VideoFrame f = job->f;  // a copy: the check must not change what the plan reads
+        if (check) check(f);
         ++s.frames;
         if (f.result) {
             ++s.measured;
-            have_prior = f.result->quality == "ok";
-            prior = f.result->ellipse_px;
             if (f.result->quality == "ok") ok.push_back(*f.result), ok_index.push_back(f.index);
-        } else {
-            have_prior = false;
         }
         if (on_frame) on_frame(f);
     }
 };
 
 // Takes up to opt.max_frames frames from `next` and measures them on `workers` threads (inline
-// when 1), collecting every frame into the tracker in frame order.
+// when 1), collecting every frame in frame order.
 void run_frames(const Measurer& measurer, const std::string& path, const VideoOptions& opt, const FrameSource& next,
-                int workers, FrameTracker& tracker) {
+                int workers, FrameCollector& collector) {
     std::optional<WorkerPool> pool;
     if (workers > 1) pool.emplace(workers);
+    KeyFramePlan plan(opt.redetect_every);
     for (int i = 0; opt.max_frames <= 0 || i < opt.max_frames; ++i) {
         auto job = std::make_shared<FrameJob>();
-        double time_s = 0;
-        if (!next(job->frame, time_s)) break;
-        while (int(tracker.in_flight.size()) >= workers) tracker.collect();
-        job->f.index = i;
-        job->f.time_s = time_s;
-        tracker.plan(*job, opt.redetect_every);
+        SourceFrame in;
+        in.number = i;
+        if (!next(in)) break;
+        while (int(collector.in_flight.size()) >= workers) collector.collect();
+        job->frame = std::move(in.image);
+        job->f.index = in.number;
+        job->f.time_s = in.time_s;
+        job->position = i;
+        plan.plan(*job);
+        std::shared_future<void> done;
         if (pool) {
-            tracker.in_flight.emplace_back(
-                job, pool->submit([&measurer, &opt, &path, job] { measure_frame(measurer, opt.measure, path, *job); }));
+            done = pool->submit([&measurer, &opt, &path, job] { measure_frame(measurer, opt.measure, path, *job); }).share();
         } else {
             measure_frame(measurer, opt.measure, path, *job);
-            tracker.in_flight.emplace_back(job, std::future<void>());
         }
+        plan.handed_out(job, done);
+        collector.in_flight.emplace_back(job, done);
     }
-    while (!tracker.in_flight.empty()) tracker.collect();
+    while (!collector.in_flight.empty()) collector.collect();
 }
 
-// The video's estimate from its good frames: median HC, BPD and OFD, the HC IQR, and the frame
-// whose HC is closest to the median.
-void summarise_good_frames(const std::vector<Measurement>& ok, const std::vector<int>& ok_index, VideoSummary& s) {
+// The summary's reasons for review, in plain words (none: ok).
+std::vector<std::string> summary_reasons(const VideoSummary& s, double median_hc, const VideoOptions& opt) {
+    std::vector<std::string> reasons;
+    const int needed = std::min(std::max(1, opt.min_ok_frames), s.frames);
+    if (s.ok < needed)
+        reasons.push_back("only " + std::to_string(s.ok) + " of " + std::to_string(s.frames) +
+                          " frames judged ok: too few for a reliable median; check the frames");
+    if (median_hc > 0 && s.hc_iqr_mm > opt.max_hc_iqr_share * median_hc) {
+        char text[200];
+        std::snprintf(text, sizeof text,
+                      "the ok frames disagree: their HC spreads over %.1f mm (interquartile range), %.1f%% of the median "
+                      "%.1f mm (limit %.0f%%); check that the frames show the same head in the same plane",
+                      s.hc_iqr_mm, 100 * s.hc_iqr_mm / median_hc, median_hc, 100 * opt.max_hc_iqr_share);
+        reasons.push_back(text);
+    }
+    return reasons;
+}
+
+// The video's estimate from its ok frames (VideoSummary::estimate): the medians, the figures that
+// follow from the median HC, the ellipse of the ok frame closest to it, the quality of the whole.
+void summarise_ok_frames(const Measurer& measurer, const std::vector<Measurement>& ok, const std::vector<int>& ok_index,
+                         const VideoOptions& opt, VideoSummary& s) {
+    s.estimate = Measurement{};
+    s.estimate.source = s.source + "#summary";
+    s.estimate.quality = "review";
+    if (ok.empty()) {
+        s.estimate.reasons = {"no frame judged ok (" + std::to_string(s.measured) + " of " + std::to_string(s.frames) +
+                              " frames measured): no estimate; check the frames"};
+        return;
+    }
     std::vector<double> hc, bpd, ofd;
     for (const auto& m : ok) hc.push_back(m.hc_mm), bpd.push_back(m.bpd_mm), ofd.push_back(m.ofd_mm);
+    const double median_hc = quantile(hc, 0.5);
     s.has_estimate = true;
-    s.hc_median_mm = quantile(hc, 0.5);
-    s.bpd_median_mm = quantile(bpd, 0.5);
-    s.ofd_median_mm = quantile(ofd, 0.5);
     s.hc_iqr_mm = quantile(hc, 0.75) - quantile(hc, 0.25);
     size_t best = 0;
     for (size_t k = 1; k < ok.size(); ++k)
-        if (std::abs(ok[k].hc_mm - s.hc_median_mm) < std::abs(ok[best].hc_mm - s.hc_median_mm)) best = k;
-    s.estimate = ok[best];
+        if (std::abs(ok[k].hc_mm - median_hc) < std::abs(ok[best].hc_mm - median_hc)) best = k;
     s.estimate_frame = ok_index[best];
+    Measurement& m = s.estimate;
+    m = ok[best];
+    m.source = s.source + "#summary";
+    m.hc_mm = median_hc;
+    m.bpd_mm = quantile(bpd, 0.5);
+    m.ofd_mm = quantile(ofd, 0.5);
+    m.cephalic_index = m.ofd_mm > 0 ? 100 * m.bpd_mm / m.ofd_mm : 0;
+    m.ga_hadlock = hadlock_ga(m.hc_mm);
+    m.ga_intergrowth = intergrowth_ga(m.hc_mm);
+    m.ga_weeks_given = opt.measure.ga_weeks;
+    m.centile.reset();
+    if (m.ga_weeks_given) m.centile = intergrowth_hc_centile(m.hc_mm, *m.ga_weeks_given);
+    m.reasons = summary_reasons(s, median_hc, opt);
+    m.quality = m.reasons.empty() ? "ok" : "review";
+    m.interval = measurer.interval_for(m.hc_mm, m.quality != "ok");
 }
 
 }  // namespace
@@ -225,13 +286,14 @@ Expected<VideoSummary> measure_checked_frames(const Measurer& measurer, const st
     const int workers = opt.workers > 0 ? opt.workers : int(std::max(1u, std::thread::hardware_concurrency()));
     VideoSummary s;
     s.source = label;
-    FrameTracker tracker(s, on_frame);
-    run_frames(measurer, label, opt, next, workers, tracker);
-    if (s.frames == 0) return make_error("video '" + label + "' has no readable frames; check that the file is complete");
-    s.ok = int(tracker.ok.size());
+    FrameCollector collector{s, check, on_frame, {}, {}, {}};
+    run_frames(measurer, label, opt, next, workers, collector);
+    if (s.frames == 0)
+        return make_error(ErrorKind::ImageUnreadable, "video '" + label + "' has no readable frames; check that the file is complete");
+    s.ok = int(collector.ok.size());
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     s.frames_per_second = s.seconds > 0 ? s.frames / s.seconds : 0;
-    if (!tracker.ok.empty()) summarise_good_frames(tracker.ok, tracker.ok_index, s);
+    summarise_ok_frames(measurer, collector.ok, collector.ok_index, opt, s);
     return s;
 }
 
@@ -266,6 +328,23 @@ Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string
         s->frames_per_second = s->seconds > 0 ? s->frames / s->seconds : 0;
     }
     return s;
+}
+
+nlohmann::json to_json(const VideoFrame& f) {
+    nlohmann::json j = f.result ? to_json(*f.result) : nlohmann::json{{"error", f.result.error()}};
+    j["frame"] = f.index;
+    j["time_s"] = f.time_s;
+    j["tracked"] = f.tracked;
+    return j;
+}
+
+nlohmann::json to_json(const VideoSummary& s) {
+    nlohmann::json j{{"frames", s.frames},   {"measured", s.measured}, {"ok_frames", s.ok},
+                     {"has_estimate", s.has_estimate}, {"seconds", s.seconds}, {"frames_per_second", s.frames_per_second}};
+    if (s.has_estimate)
+        j.update({{"hc_median_mm", s.estimate.hc_mm}, {"bpd_median_mm", s.estimate.bpd_mm}, {"ofd_median_mm", s.estimate.ofd_mm},
+                  {"hc_iqr_mm", s.hc_iqr_mm}, {"estimate_frame", s.estimate_frame}, {"estimate", to_json(s.estimate)}});
+    return j;
 }
 
 }  // namespace fetalhc

@@ -388,6 +388,35 @@ dicom_checks() {
     run measure --quiet --model "$MODEL" --pixel-size 0.5 --format json "$d/examples_ybr_color.dcm"
     expect "measure ybr cine with --pixel-size: per-frame results and summary" 0 --out '"frames"' --out '"summary"'
     check "measure ybr cine --format json: valid JSON" "not valid JSON" valid_json "$T/out"
+    if ((HAVE_PYTHON)); then
+        # The summary is one measurement of the median HC: its GA is Hadlock 1984 of that HC (not of the frame
+        # whose ellipse it shows), and the entry's own figures are the summary's (as HTTP gives them).
+        check "measure ybr cine --format json: summary GA is Hadlock of the median HC" "GA or HC of the summary differ" \
+            python3 -c '
+import json, sys
+e = json.load(open(sys.argv[1]))[0]
+s = e["summary"]; m = s["estimate"]; hc = s["hc_median_mm"]
+ok = m["hc_mm"] == hc and e["hc_mm"] == hc and m["source"].endswith("#summary")
+if 68 <= hc <= 360:
+    c = hc / 10
+    ok = ok and m["ga_hadlock"]["in_range"] and abs(m["ga_hadlock"]["weeks"] - (8.96 + 0.540 * c + 0.0003 * c ** 3)) < 1e-9
+else:
+    ok = ok and not m["ga_hadlock"]["in_range"]
+sys.exit(0 if ok else 1)' "$T/out"
+    fi
+    run measure --quiet --model "$MODEL" --pixel-size 0.5 --format csv "$d/examples_ybr_color.dcm"
+    if ((HAVE_PYTHON)); then
+        check "measure ybr cine --format csv: the summary row's GA is Hadlock of its HC" "the #summary row's GA differs" \
+            python3 -c '
+import csv, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["file"].endswith("#summary")]
+hc = float(rows[0]["hc_mm"]); c = hc / 10; ga = rows[0]["ga_hadlock_weeks"]
+if 68.01 <= hc <= 359.99:  # HC and GA printed to 2 decimals: 0.006 weeks covers both roundings
+    ok = ga != "" and abs(float(ga) - (8.96 + 0.540 * c + 0.0003 * c ** 3)) < 0.006
+else:
+    ok = ga == ""
+sys.exit(0 if len(rows) == 1 and ok else 1)' "$T/out"
+    fi
     run measure --quiet --model "$MODEL" "$d/OBXXXX1A.dcm"
     expect "measure OBXXXX1A: no head, a clear error, exit 1" 1 --err "no fetal head found in '$d/OBXXXX1A.dcm'"
     run measure --quiet --model "$MODEL" --pixel-size 0.3 "$d/OBXXXX1A.dcm"

@@ -14,14 +14,17 @@
 #include <dcmtk/dcmdata/dctk.h>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <zlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 
 namespace fs = std::filesystem;
@@ -958,18 +961,35 @@ TEST(DicomMeasure, JpegBaselineWrappedScanGivesThePngHcWithin2Percent) {
     }
 }
 
+// The shipped model and HC18's 010_HC, for the multi-frame tests (skipped without them).
+class DicomCine : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (!have_model_and_data()) GTEST_SKIP() << "needs the model and HC18 in '" << kHc18 << "'";
+        auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
+        ASSERT_TRUE(seg) << seg.error();
+        measurer_.emplace(*seg);
+        auto img = load_grayscale(kHc18 + "/training_set/010_HC.png");
+        ASSERT_TRUE(img) << img.error();
+        img_ = *img;
+    }
+    // The file's bytes, as a front end reads them for DicomFrameReader.
+    static std::vector<unsigned char> bytes_of(const std::string& path) {
+        std::ifstream in(path, std::ios::binary);
+        return std::vector<unsigned char>((std::istreambuf_iterator<char>(in)), {});
+    }
+    std::optional<Measurer> measurer_;
+    cv::Mat img_;
+};
+
 // Multi-frame: every frame's head must lie in the calibration region, as for one frame. Frame 0
 // holds the scan inside the region (the left half of a canvas twice as wide); frame 1 holds the
 // same scan moved right by half its width, so the region's edge cuts through the head. Frame 1
 // is that frame's error, not a number measured on half a head with a calibration that does not
 // hold beyond the region, and the summary comes from frame 0 alone.
-TEST(DicomMeasure, MultiFrameHeadLeavingItsRegionIsThatFramesError) {
-    if (!have_model_and_data()) GTEST_SKIP() << "needs the model and HC18 in '" << kHc18 << "'";
-    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
-    ASSERT_TRUE(seg);
-    const Measurer measurer(*seg);
-    auto img = load_grayscale(kHc18 + "/training_set/010_HC.png");
-    ASSERT_TRUE(img);
+TEST_F(DicomCine, MultiFrameHeadLeavingItsRegionIsThatFramesError) {
+    const Measurer& measurer = *measurer_;
+    const cv::Mat* img = &img_;
     const double px = 0.1;
     cv::Mat inside = cv::Mat::zeros(img->rows, img->cols * 2, CV_8UC1), across = inside.clone();
     img->copyTo(inside(cv::Rect(0, 0, img->cols, img->rows)));
@@ -978,47 +998,126 @@ TEST(DicomMeasure, MultiFrameHeadLeavingItsRegionIsThatFramesError) {
     s.frames = {inside, across, inside};
     s.regions = {{{0, 0, img->cols, img->rows}, px / 10, px / 10}};
     const std::string p = write_dicom(s, "multi_region.dcm");
-    auto h = read_dicom_header(p);
-    ASSERT_TRUE(h) << h.error();
-    std::vector<std::string> notes;
-    auto cal = calibration_for_frames(*h, std::nullopt, notes);
-    ASSERT_TRUE(cal) << cal.error();
-    auto frames = frames_of(p);
-    ASSERT_EQ(frames.size(), 3u);
-    VideoOptions vo;
-    vo.measure.pixel_size_mm = cal->mm_per_px_x;
-    vo.workers = 1;
-    auto run = [&](const DicomCalibration& c, std::vector<VideoFrame>& seen) {
-        size_t k = 0;
-        const FrameSource next = [&](cv::Mat& f, double& t) {
-            if (k >= frames.size()) return false;
-            f = frames[k], t = double(k++);
-            return true;
-        };
-        return measure_dicom_cine(measurer, *h, c, p, next, vo, [&](const VideoFrame& f) { seen.push_back(f); });
+    const std::vector<unsigned char> bytes = bytes_of(p);
+    auto run = [&](std::optional<double> given, std::vector<VideoFrame>& seen) -> Expected<DicomResult> {
+        auto reader = DicomFrameReader::open(bytes, p);
+        if (!reader) return reader.error_value();
+        DicomRequest request;
+        request.pixel_size_mm = given;
+        DicomEvents events;
+        events.on_frame = [&](const VideoFrame& f) { seen.push_back(f); };
+        return measure_dicom(measurer, **reader, request, events);
     };
     std::vector<VideoFrame> seen;
-    auto sum = run(*cal, seen);
-    ASSERT_TRUE(sum) << sum.error();
+    auto r = run(std::nullopt, seen);
+    ASSERT_TRUE(r) << r.error();
+    ASSERT_TRUE(r->summary);
+    const VideoSummary& sum = *r->summary;
     ASSERT_EQ(seen.size(), 3u);
+    ASSERT_EQ(r->frames.size(), 3u);
     ASSERT_TRUE(seen[0].result) << seen[0].result.error();
     ASSERT_FALSE(seen[1].result) << "frame 1 measured " << seen[1].result->hc_mm << " mm (" << seen[1].result->quality << ")";
+    EXPECT_FALSE(r->frames[1].result);
+    EXPECT_EQ(seen[1].result.error_kind(), ErrorKind::InvalidCalibration);
     EXPECT_TRUE(contains(seen[1].result.error(), "outside ultrasound region 0")) << seen[1].result.error();
     EXPECT_TRUE(contains(seen[1].result.error(), p + "#1")) << seen[1].result.error();
     ASSERT_TRUE(seen[2].result);
-    EXPECT_EQ(sum->frames, 3);
-    EXPECT_EQ(sum->measured, 2);
-    EXPECT_NE(sum->estimate_frame, 1);
+    EXPECT_EQ(sum.frames, 3);
+    EXPECT_EQ(sum.measured, 2);
+    EXPECT_NE(sum.estimate_frame, 1);
     if (seen[0].result->quality == "ok") {
-        ASSERT_TRUE(sum->has_estimate);
-        EXPECT_NEAR(sum->hc_median_mm, seen[0].result->hc_mm, 0.02 * seen[0].result->hc_mm);
+        ASSERT_TRUE(sum.has_estimate);
+        EXPECT_NEAR(sum.estimate.hc_mm, seen[0].result->hc_mm, 0.02 * seen[0].result->hc_mm);
+        EXPECT_EQ(r->measurement.hc_mm, sum.estimate.hc_mm);
     }
-    // With --pixel-size the user takes the calibration on: no region check (as for one frame).
-    DicomCalibration given = *cal;
-    given.source = "--pixel-size";
+    // With a pixel size given the user takes the calibration on: no region check (as for one frame).
     std::vector<VideoFrame> seen_given;
-    ASSERT_TRUE(run(given, seen_given));
+    auto g = run(px, seen_given);
+    ASSERT_TRUE(g) << g.error();
     ASSERT_EQ(seen_given.size(), 3u);
+    EXPECT_TRUE(g->calibration.given);
+}
+
+// A cine over the frame limit is measured on that many frames, evenly spaced from the first to
+// the last, named by their number in the file (issue 22 row 5).
+TEST(DicomMeasure, FramesToMeasureAreEvenlySpacedFromFirstToLast) {
+    const std::vector<int> all = frames_to_measure(10, 400);
+    ASSERT_EQ(all.size(), 10u);
+    EXPECT_EQ(all.back(), 9);
+    const std::vector<int> pick = frames_to_measure(2000, 400);
+    ASSERT_EQ(pick.size(), 400u);
+    EXPECT_EQ(pick.front(), 0);
+    EXPECT_EQ(pick.back(), 1999);
+    for (size_t k = 1; k < pick.size(); ++k) {
+        EXPECT_GT(pick[k], pick[k - 1]);
+        EXPECT_LE(pick[k] - pick[k - 1], 6);
+    }
+    EXPECT_EQ(frames_to_measure(5, 0).size(), 5u);
+    EXPECT_EQ(frames_to_measure(5, 1), std::vector<int>{0});
+}
+
+// A 5-frame cine of one real scan (a few pixels of motion), thinned to 3 frames: frames 0, 2, 4
+// measured and numbered so, a note says so, and the summary is one complete measurement whose GA
+// and interval are those of its (median) HC, not of the frame whose ellipse it shows.
+TEST_F(DicomCine, SummaryIsOneMeasurementOfTheMedianHc) {
+    const Measurer& measurer = *measurer_;
+    const cv::Mat* img = &img_;
+    const double px = 0.12;
+    Synthetic s;
+    for (int i = 0; i < 5; ++i) {
+        cv::Mat f;
+        cv::warpAffine(*img, f, cv::Matx23d(1, 0, 2.0 * i - 4, 0, 1, 1.5 * (i % 3)), img->size());
+        s.frames.push_back(f);
+    }
+    s.regions = {{{0, 0, img->cols, img->rows}, px / 10, px / 10}};
+    const std::string p = write_dicom(s, "cine5.dcm");
+    auto reader = DicomFrameReader::open(bytes_of(p), p);
+    ASSERT_TRUE(reader) << reader.error();
+    DicomRequest request;
+    request.max_frames = 3;
+    request.measure.ga_weeks = 20.0;
+    auto r = measure_dicom(measurer, **reader, request);
+    ASSERT_TRUE(r) << r.error();
+    ASSERT_EQ(r->frames.size(), 3u);
+    EXPECT_EQ(r->frames[0].index, 0);
+    EXPECT_EQ(r->frames[1].index, 2);
+    EXPECT_EQ(r->frames[2].index, 4);
+    ASSERT_TRUE(r->frames[1].result) << r->frames[1].result.error();
+    EXPECT_EQ(r->frames[1].result->source, p + "#2");
+    ASSERT_FALSE(r->notes.empty());
+    EXPECT_TRUE(contains(r->notes.back(), "3 evenly spaced frames were measured")) << r->notes.back();
+    ASSERT_TRUE(r->summary);
+    const VideoSummary& sum = *r->summary;
+    ASSERT_TRUE(sum.has_estimate) << sum.estimate.reasons.front();
+    EXPECT_TRUE(sum.estimate_frame == 0 || sum.estimate_frame == 2 || sum.estimate_frame == 4) << sum.estimate_frame;
+    const Measurement& m = r->measurement;
+    EXPECT_EQ(m.source, p + "#summary");
+    std::vector<double> hc;
+    for (const auto& f : r->frames)
+        if (f.result && f.result->quality == "ok") hc.push_back(f.result->hc_mm);
+    ASSERT_EQ(int(hc.size()), sum.ok);
+    std::sort(hc.begin(), hc.end());
+    EXPECT_DOUBLE_EQ(m.hc_mm, hc.size() % 2 ? hc[hc.size() / 2] : (hc[hc.size() / 2 - 1] + hc[hc.size() / 2]) / 2);
+    const GaEstimate ga = hadlock_ga(m.hc_mm);
+    EXPECT_EQ(m.ga_hadlock.in_range, ga.in_range);
+    EXPECT_DOUBLE_EQ(m.ga_hadlock.weeks, ga.weeks);
+    EXPECT_DOUBLE_EQ(m.ga_intergrowth.weeks, intergrowth_ga(m.hc_mm).weeks);
+    ASSERT_TRUE(m.centile);
+    EXPECT_DOUBLE_EQ(m.centile->z, intergrowth_hc_centile(m.hc_mm, 20.0).z);
+    EXPECT_EQ(m.interval.has_value(), measurer.interval_for(m.hc_mm, m.quality != "ok").has_value());
+    if (m.interval) {
+        EXPECT_DOUBLE_EQ(m.interval->low_mm, measurer.interval_for(m.hc_mm, m.quality != "ok")->low_mm);
+        EXPECT_LT(m.interval->low_mm, m.hc_mm);
+        EXPECT_GT(m.interval->high_mm, m.hc_mm);
+    }
+    // Frames of one plane that agree: an ok summary (all three ok, spread well under 5%).
+    if (sum.ok == 3) EXPECT_EQ(m.quality, "ok") << (m.reasons.empty() ? "" : m.reasons.front());
+    const nlohmann::json j = to_json(*r, "pixel_size_mm");
+    EXPECT_DOUBLE_EQ(j["hc_mm"].get<double>(), j["summary"]["hc_median_mm"].get<double>());
+    EXPECT_DOUBLE_EQ(j["summary"]["estimate"]["ga_hadlock"]["weeks"].get<double>(), ga.weeks);
+    EXPECT_EQ(j["frames"].size(), 3u);
+    EXPECT_EQ(j["frames"][1]["frame"], 2);
+    EXPECT_EQ(j["calibration"]["source"], "ultrasound region 0");
 }
 
 // Found by fuzz/fuzz_dicom (issue 16): DCMTK reads the meta header for as many bytes as its group

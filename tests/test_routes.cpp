@@ -13,6 +13,7 @@
 #include "fetalhc/dicom.h"
 #include "fetalhc/ellipse.h"
 #include "fetalhc/growth.h"
+#include "fetalhc/dicom_store.h"
 #include "fetalhc/store.h"
 
 #include <gtest/gtest.h>
@@ -1140,22 +1141,8 @@ TEST_F(RouteModel, MeasureDicomReturnsTheSrOrTheFhirBundle) {
 }
 
 // Issue 22 row 5: a cine over the server's frame limit is measured on that many frames, evenly
-// spaced from the first to the last, named by their number in the file, and a warning says so.
-TEST(CineLimit, FramesToMeasureAreEvenlySpacedFromFirstToLast) {
-    const std::vector<int> all = frames_to_measure(10, kServerMaxCineFrames);
-    ASSERT_EQ(all.size(), 10u);
-    EXPECT_EQ(all.back(), 9);
-    const std::vector<int> pick = frames_to_measure(2000, 400);
-    ASSERT_EQ(pick.size(), 400u);
-    EXPECT_EQ(pick.front(), 0);
-    EXPECT_EQ(pick.back(), 1999);
-    for (size_t k = 1; k < pick.size(); ++k) {
-        EXPECT_GT(pick[k], pick[k - 1]);
-        EXPECT_LE(pick[k] - pick[k - 1], 6);
-    }
-    EXPECT_EQ(frames_to_measure(5, 0).size(), 5u);
-}
-
+// spaced from the first to the last (fetalhc::frames_to_measure, tested in test_dicom), named by
+// their number in the file, and a warning says so.
 TEST_F(RouteModel, CineOverTheFrameLimitIsMeasuredOnEvenlySpacedFrames) {
     DicomMeasureRequest request;
     request.max_frames = 3;
@@ -1168,8 +1155,8 @@ TEST_F(RouteModel, CineOverTheFrameLimitIsMeasuredOnEvenlySpacedFrames) {
     ASSERT_TRUE(r->summary);
     EXPECT_TRUE(r->summary->estimate_frame == 0 || r->summary->estimate_frame == 2 || r->summary->estimate_frame == 4)
         << r->summary->estimate_frame;
-    ASSERT_FALSE(r->warnings.empty());
-    EXPECT_NE(r->warnings.back().find("3 evenly spaced frames were measured"), std::string::npos) << r->warnings.back();
+    ASSERT_FALSE(r->notes.empty());
+    EXPECT_NE(r->notes.back().find("3 evenly spaced frames were measured"), std::string::npos) << r->notes.back();
 }
 
 // Issue 22 row 5: a 6300 x 6300 line-pattern mask gave 19 M boundary points (34 s, 4.1 GB). A mask
@@ -1202,6 +1189,43 @@ TEST_F(RouteModel, MeasureMultiFrameDicomGivesFramesAndSummary) {
     HttpRequest preview = get(url.substr(0, url.find('?')));
     if (shown > 0) preview.query["frame"] = std::to_string(shown);
     EXPECT_EQ((*api_)(preview).status, 200);
+}
+
+// One result per file whatever the transport and the worker count (issue 23): 214_HC wrapped as
+// a 4-frame cine gives the same frames and the same summary through POST /v1/measure (one frame at
+// a time on one network slot) as through fetalhc::measure_dicom with the CLI's workers (one per
+// core, here 1 and 3), and the summary's GA is Hadlock of its median HC.
+TEST_F(RouteModel, MultiFrameDicomGivesTheCliSummary) {
+    const fs::path png = fs::path(FETALHC_DATA_DIR) / "test_set" / "214_HC.png";
+    if (!fs::exists(png)) GTEST_SKIP() << "HC18 not found at " << FETALHC_DATA_DIR;
+    const std::string dcm = wrap_in_dicom(read_bytes(png), 0.133007356995, 4);  // its test_set_pixel_size.csv row
+    const HttpResponse r = (*api_)(post_form("/v1/measure", dicom_form(dcm)));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const json http = body_json(r);
+    ASSERT_EQ(http["frames"].size(), 4u);
+    const json& hs = http["summary"];
+    EXPECT_DOUBLE_EQ(hs["estimate"]["ga_hadlock"]["weeks"].get<double>(), hadlock_ga(hs["hc_median_mm"].get<double>()).weeks);
+    EXPECT_EQ(http["hc_mm"], hs["hc_median_mm"]);
+    const auto measurer = api_->engine.measurer();
+    ASSERT_TRUE(measurer);
+    for (int workers : {1, 3}) {
+        auto reader = DicomFrameReader::open(reinterpret_cast<const unsigned char*>(dcm.data()), dcm.size(), "scan.dcm");
+        ASSERT_TRUE(reader) << reader.error();
+        DicomRequest request;
+        request.workers = workers;
+        auto cli = fetalhc::measure_dicom(**measurer, **reader, request);
+        ASSERT_TRUE(cli) << cli.error();
+        const json j = to_json(*cli, "--pixel-size");
+        for (size_t k = 0; k < 4; ++k) {
+            EXPECT_EQ(j["frames"][k]["hc_mm"], http["frames"][k]["hc_mm"]) << workers << " workers, frame " << k;
+            EXPECT_EQ(j["frames"][k]["tracked"], http["frames"][k]["tracked"]) << workers << " workers, frame " << k;
+        }
+        for (const char* key : {"hc_median_mm", "bpd_median_mm", "ofd_median_mm", "hc_iqr_mm", "estimate_frame", "ok_frames"})
+            EXPECT_EQ(j["summary"][key], hs[key]) << workers << " workers: " << key;
+        for (const char* key : {"hc_mm", "ga_hadlock", "ga_intergrowth", "quality", "reasons", "ellipse_px"})
+            EXPECT_EQ(j["summary"]["estimate"][key], hs["estimate"][key]) << workers << " workers: " << key;
+        EXPECT_EQ(j.value("hc_low_mm", -1.0), http.value("hc_low_mm", -1.0)) << workers << " workers";
+    }
 }
 
 // A real file without a head: 422 with a message, and nothing is kept.

@@ -29,6 +29,10 @@ namespace fetalhc_cli {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// DICOM files are read whole before decoding (frames are then decoded one at a time).
+constexpr size_t kMaxDicomFileBytes = size_t(4) << 30;
+// A pixel size given, as the calibration's source in JSON: the option that gave it.
+const std::string kGivenSource = "--pixel-size";
 
 struct MeasureArgs {
     std::vector<std::string> paths;
@@ -139,11 +143,7 @@ public:
         if (format_ == "fhir") return;  // the summary is the result of a multi-frame input
         const std::string label = path + "#" + std::to_string(f.index);
         if (format_ == "json") {
-            json j = f.result ? fetalhc::to_json(*f.result) : json{{"error", f.result.error()}};
-            j["frame"] = f.index;
-            j["time_s"] = f.time_s;
-            j["tracked"] = f.tracked;
-            frames_.push_back(j);
+            frames_.push_back(fetalhc::to_json(f));
         } else if (format_ == "csv") {
             if (f.result) csv_measurement(label, *f.result);
             else csv_error(label, f.result.error());
@@ -156,12 +156,17 @@ public:
         flush();
     }
 
+    // A video that failed: its JSON entry is the error (none when `message` is empty), its frames are dropped.
     void video_failed(const std::string& path, const std::string& message) {
-        if (format_ == "json") all_.push_back({{"source", path}, {"error", message}});
+        if (format_ == "json" && !message.empty()) all_.push_back({{"source", path}, {"error", message}});
         frames_ = json::array();
     }
 
     void video_summary(const std::string& path, const fetalhc::VideoSummary& s);
+    void summary(const std::string& path, const fetalhc::VideoSummary& s);
+    // A multi-frame DICOM file, its frames already given to frame(): the summary, and in JSON the
+    // file's entry as HTTP gives it (fetalhc::to_json of the result, frames included).
+    void dicom_cine(const std::string& path, const fetalhc::DicomResult& r);
 
     void end() const {
         if (format_ == "json") std::printf("%s\n", all_.dump(2).c_str());
@@ -215,51 +220,53 @@ private:
     json frames_ = json::array();  // JSON frames of the video being measured
 };
 
-void Output::video_summary(const std::string& path, const fetalhc::VideoSummary& s) {
+// The summary in the chosen format (JSON: with the frames given to frame(), for videos); the
+// summary's Measurement goes to the SR and FHIR records.
+void Output::summary(const std::string& path, const fetalhc::VideoSummary& s) {
     if (s.has_estimate) {
-        fetalhc::Measurement m = s.estimate;
-        m.hc_mm = s.hc_median_mm;
-        m.bpd_mm = s.bpd_median_mm;
-        m.ofd_mm = s.ofd_median_mm;
-        m.ga_hadlock = fetalhc::hadlock_ga(m.hc_mm);
-        m.source = path + "#summary";
         fetalhc::SrOptions sr;
         sr.include_outline = false;  // medians: no single frame's outline shows them
-        record(m, sr);
+        record(s.estimate, sr);
     }
-    if (format_ == "json") {
-        json summary{{"frames", s.frames}, {"measured", s.measured}, {"ok_frames", s.ok}, {"seconds", s.seconds},
-                     {"frames_per_second", s.frames_per_second}, {"has_estimate", s.has_estimate}};
-        if (s.has_estimate)
-            summary.update({{"hc_median_mm", s.hc_median_mm}, {"bpd_median_mm", s.bpd_median_mm},
-                            {"ofd_median_mm", s.ofd_median_mm}, {"hc_iqr_mm", s.hc_iqr_mm},
-                            {"estimate_frame", s.estimate_frame}, {"estimate", fetalhc::to_json(s.estimate)}});
-        all_.push_back({{"source", path}, {"frames", frames_}, {"summary", summary}});
-        frames_ = json::array();
-    } else if (format_ == "csv") {
+    if (format_ == "csv") {
         const std::string label = path + "#summary";
         if (s.has_estimate) {
             fetalhc::Measurement m = s.estimate;
-            m.hc_mm = s.hc_median_mm;
-            m.bpd_mm = s.bpd_median_mm;
-            m.ofd_mm = s.ofd_median_mm;
-            m.reasons = {"median of " + std::to_string(s.ok) + " ok frames of " + std::to_string(s.frames) +
-                         "; ellipse of frame " + std::to_string(s.estimate_frame)};
+            m.reasons.push_back("median of " + std::to_string(s.ok) + " ok frames of " + std::to_string(s.frames) +
+                                "; ellipse of frame " + std::to_string(s.estimate_frame));
             csv_measurement(label, m);
         } else {
             csv_.text(label).empty(15).text("review").empty().text("no frame judged ok");
             csv_.end_row();
         }
     } else if (format_ == "text") {
+        const fetalhc::Measurement& m = s.estimate;
         std::printf("%s: %d frames, %d measured, %d ok, %.1f frames/s\n", path.c_str(), s.frames, s.measured, s.ok,
                     s.frames_per_second);
-        if (s.has_estimate)
+        if (s.has_estimate) {
             std::printf("  summary over ok frames: HC %.1f mm (median; IQR %.1f mm)  BPD %.1f mm  OFD %.1f mm  (closest frame %d)\n",
-                        s.hc_median_mm, s.hc_iqr_mm, s.bpd_median_mm, s.ofd_median_mm, s.estimate_frame);
-        else
+                        m.hc_mm, s.hc_iqr_mm, m.bpd_mm, m.ofd_mm, s.estimate_frame);
+            if (m.ga_hadlock.in_range)
+                std::printf("  GA Hadlock %s (%.1f weeks) from the median HC\n", fetalhc::format_weeks(m.ga_hadlock.weeks).c_str(),
+                            m.ga_hadlock.weeks);
+            std::printf("  quality %s%s%s\n", m.quality.c_str(), m.reasons.empty() ? "" : ": ", join(m.reasons, "; ").c_str());
+        } else {
             std::printf("  no frame judged ok: no summary estimate; review the video\n");
+        }
     }
     flush();
+}
+
+void Output::video_summary(const std::string& path, const fetalhc::VideoSummary& s) {
+    summary(path, s);
+    if (format_ == "json") all_.push_back({{"source", path}, {"frames", frames_}, {"summary", fetalhc::to_json(s)}});
+    frames_ = json::array();
+}
+
+void Output::dicom_cine(const std::string& path, const fetalhc::DicomResult& r) {
+    summary(path, *r.summary);
+    if (format_ == "json") all_.push_back(fetalhc::to_json(r, kGivenSource));
+    frames_ = json::array();
 }
 
 // Pixel sizes come from --pixel-size or the --pixel-sizes table; NaN when the table has no row.
@@ -312,24 +319,20 @@ int check_measure_args(MeasureArgs& a, const std::vector<fetalhc::InputItem>& it
     return kExitOk;
 }
 
-using FrameCallback = std::function<void(const fetalhc::VideoFrame&)>;
-using RunFrames = std::function<fetalhc::Expected<fetalhc::VideoSummary>(const fetalhc::VideoOptions&, const FrameCallback&)>;
-
-// Frames of a video or a multi-frame DICOM: per-frame results as they come, then the summary.
-// `pixel_size_y` is set for anisotropic DICOM pixels. Returns false when it failed.
-bool measure_frames_of(const std::string& path, const MeasureArgs& a, double pixel_size, std::optional<double> pixel_size_y,
-                       const RunFrames& run, Output& out) {
+// A video: per-frame results as they come, then the summary. Returns false when it failed or no
+// frame was judged ok.
+bool measure_one_video(const fetalhc::Measurer& measurer, const std::string& path, const MeasureArgs& a,
+                       const std::map<std::string, double>& sizes, Output& out) {
     if (a.format == "hc18") {
         error("'" + path + "': --format hc18 takes still images only; use --format csv or json for videos");
         return false;
     }
     fetalhc::VideoOptions vo;
-    vo.measure.pixel_size_mm = pixel_size;
-    vo.measure.pixel_size_y_mm = pixel_size_y;
+    vo.measure.pixel_size_mm = pixel_size_for(fs::path(path).filename().string(), a, sizes);
     if (!std::isnan(a.ga_weeks)) vo.measure.ga_weeks = a.ga_weeks;
     vo.redetect_every = a.redetect_every;
     vo.workers = a.workers;
-    auto s = run(vo, [&](const fetalhc::VideoFrame& f) { out.frame(path, f); });
+    auto s = fetalhc::measure_video(measurer, path, vo, [&](const fetalhc::VideoFrame& f) { out.frame(path, f); });
     if (!s) {
         error(cli_message(s.error_value()));
         out.video_failed(path, s.error());
@@ -340,83 +343,55 @@ bool measure_frames_of(const std::string& path, const MeasureArgs& a, double pix
     return s->has_estimate;
 }
 
-bool measure_one_video(const fetalhc::Measurer& measurer, const std::string& path, const MeasureArgs& a,
-                       const std::map<std::string, double>& sizes, Output& out) {
-    const double pixel_size = pixel_size_for(fs::path(path).filename().string(), a, sizes);
-    return measure_frames_of(path, a, pixel_size, std::nullopt, [&](const fetalhc::VideoOptions& vo, const FrameCallback& cb) {
-        return fetalhc::measure_video(measurer, path, vo, cb);
-    }, out);
-}
-
-json calibration_json(const fetalhc::DicomCalibration& c) {
-    json j{{"source", c.source}, {"mm_per_px_x", c.mm_per_px_x}, {"mm_per_px_y", c.mm_per_px_y}};
-    if (c.region) j["region"] = *c.region;
-    return {{"calibration", j}};
-}
-
-// A multi-frame DICOM file: every frame masked to the tissue region and measured as a video; a
-// frame whose head leaves its region is that frame's error (measure_dicom_cine).
-bool measure_dicom_frames(const fetalhc::Measurer& measurer, const std::string& path, const fetalhc::DicomHeader& h,
-                          const std::vector<cv::Mat>& frames, const fetalhc::DicomCalibration& c, const MeasureArgs& a,
-                          Output& out) {
-    std::optional<double> y;
-    if (c.anisotropic()) y = c.mm_per_px_y;
-    return measure_frames_of(path, a, c.mm_per_px_x, y, [&](const fetalhc::VideoOptions& vo, const FrameCallback& cb) {
-        size_t k = 0;
-        const fetalhc::FrameSource next = [&](cv::Mat& frame, double& time_s) {
-            if (k >= frames.size()) return false;
-            frame = frames[k];
-            time_s = h.frame_time_ms * double(k) / 1000;
-            ++k;
-            return true;
-        };
-        return fetalhc::measure_dicom_cine(measurer, h, c, path, next, vo, cb);
-    }, out);
-}
-
-// A DICOM file: calibrated from the file (or the pixel size given, with a note when they
-// disagree), one frame as an image, several as a video. Returns false when it failed.
+// A DICOM file through fetalhc::measure_dicom: calibrated from the file (or the pixel size given,
+// with a note when they disagree), one frame as an image, several as a video whose frames come as
+// they are measured. Returns false when it failed (or no frame of a cine was judged ok).
 bool measure_one_dicom(const fetalhc::Measurer& measurer, const std::string& path, const MeasureArgs& a,
                        const std::map<std::string, double>& sizes, Output& out) {
-    auto fail = [&](const std::string& message) {
-        error(message);
-        out.image(path, fetalhc::make_error(message));
+    auto fail = [&](fetalhc::Error e) {
+        e.message = cli_message(e);
+        error(e.message);
+        out.video_failed(path, "");  // frames of a cine measured before the failure are dropped
+        out.image(path, std::move(e));
         return false;
     };
     const double size = pixel_size_for(fs::path(path).filename().string(), a, sizes);
-    std::optional<double> given;
-    if (std::isfinite(size)) given = size;
-    auto h = fetalhc::read_dicom_header(path);
-    if (!h) return fail(h.error());
-    out.set_source(&*h);
+    auto bytes = fetalhc::read_file_limited(path, kMaxDicomFileBytes, "a DICOM file");
+    if (!bytes) return fail(bytes.error_value());
+    auto reader = fetalhc::DicomFrameReader::open(*bytes, path);
+    *bytes = {};  // the reader keeps its own copy
+    if (!reader) return fail(reader.error_value());
+    const fetalhc::DicomHeader& h = (*reader)->header();
+    if (h.frames > 1 && a.format == "hc18") {
+        error("'" + path + "': --format hc18 takes still images only; use --format csv or json for videos");
+        return false;
+    }
+    out.set_source(&h);
     struct ClearSource {
         Output& o;
         ~ClearSource() { o.set_source(nullptr); }
     } clear_source{out};
-    std::vector<std::string> notes;  // a --pixel-size that disagrees with the file, told once
-    auto cal = fetalhc::calibration_for_frames(*h, given, notes);
-    for (const auto& n : notes) note(n);
-    const auto t0 = std::chrono::steady_clock::now();
-    auto frames = fetalhc::decode_dicom_frames(path);
-    const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (!frames) return fail(frames.error());
-    if (frames->size() > 1) {
-        if (!cal) return fail(cal.error() + "; a multi-frame file needs one calibration for every frame");
-        return measure_dicom_frames(measurer, path, *h, *frames, *cal, a, out);
+    fetalhc::DicomRequest request;
+    if (!std::isnan(a.ga_weeks)) request.measure.ga_weeks = a.ga_weeks;
+    if (std::isfinite(size)) request.pixel_size_mm = size;
+    request.workers = a.workers;
+    request.redetect_every = a.redetect_every;
+    fetalhc::DicomEvents events;
+    events.on_note = [](const std::string& n) { note(n); };
+    events.on_frame = [&](const fetalhc::VideoFrame& f) { out.frame(path, f); };
+    auto r = fetalhc::measure_dicom(measurer, **reader, request, events);
+    if (!r) return fail(r.error_value());
+    if (r->summary) {
+        out.dicom_cine(path, *r);
+        if (!r->summary->has_estimate) error("'" + path + "': no frame gave an ok measurement");
+        return r->summary->has_estimate;
     }
-    fetalhc::DicomMeasureOptions o;
-    if (!std::isnan(a.ga_weeks)) o.measure.ga_weeks = a.ga_weeks;
-    o.pixel_size_mm = given;
-    auto r = fetalhc::measure_dicom_frame(measurer, *h, frames->front(), o, path);
-    if (!r) return fail(r.error());
-    r->m.timings.decode_ms = decode_ms;
-    r->m.timings.total_ms += decode_ms;
     if (!a.overlay_dir.empty()) {
         const fs::path overlay = fs::path(a.overlay_dir) / (fs::path(path).stem().string() + "_overlay.png");
-        if (!cv::imwrite(overlay.string(), fetalhc::draw_overlay(frames->front(), r->m)))
+        if (!cv::imwrite(overlay.string(), fetalhc::draw_overlay(r->image, r->measurement)))
             error("cannot write overlay '" + overlay.string() + "'");
     }
-    out.image(path, r->m, calibration_json(r->calibration));
+    out.image(path, r->measurement, fetalhc::to_json(*r, kGivenSource));
     return true;
 }
 

@@ -146,11 +146,11 @@ cv::Mat mask_outside(const cv::Mat& gray8, const std::vector<cv::Rect>& keep);
 // that disagrees with the file by more than 1%).
 struct DicomMeasureOptions {
     MeasureOptions measure;              // pixel_size_mm / pixel_size_y_mm are set here
-    std::optional<double> pixel_size_mm; // the user's override (--pixel-size)
+    std::optional<double> pixel_size_mm; // the user's override of the file's calibration
 };
 struct DicomMeasurement {
     Measurement m;
-    DicomCalibration calibration;        // what was used (source "--pixel-size" for an override)
+    DicomCalibration calibration;        // what was used (`given` for an override)
     std::vector<std::string> notes;
 };
 Expected<DicomMeasurement> measure_dicom_frame(const Measurer& measurer, const DicomHeader& h, const cv::Mat& gray8,
@@ -161,14 +161,61 @@ Expected<DicomMeasurement> measure_dicom_frame(const Measurer& measurer, const D
 Expected<DicomCalibration> calibration_for_frames(const DicomHeader& h, std::optional<double> override_mm,
                                                   std::vector<std::string>& notes);
 
-// A multi-frame file through the video path (measure_frames): each frame from `next` masked to
-// `c.keep` and measured with the pixel size in `opt.measure` (set from `c`). Unless `c` is an
-// override (source "--pixel-size"), every frame's head must lie in its region as for one frame
-// (measure_dicom_frame): a frame whose head reaches more than a pixel outside becomes that frame's
-// error, is passed so to `on_frame`, and is left out of the summary (ok, medians, estimate).
-Expected<VideoSummary> measure_dicom_cine(const Measurer& measurer, const DicomHeader& h, const DicomCalibration& c,
-                                          const std::string& label, const FrameSource& next, const VideoOptions& opt,
-                                          const std::function<void(const VideoFrame&)>& on_frame = {});
+// Measuring a whole DICOM file with its own calibration, for every front end (CLI, HTTP, the DICOM
+// node). One frame as an image (measure_dicom_frame). Several frames through the video path
+// (video.h), with one calibration for every frame (calibration_for_frames): every frame masked to
+// the region, and, unless the pixel size was given, a frame whose head reaches more than a pixel
+// out of its region is that frame's error (left out of the summary). A cine of more than
+// `max_frames` frames is measured on that many, evenly spaced from the first to the last
+// (frames_to_measure), with a note. Frames are decoded one at a time as they are measured. The
+// result is the same for any `workers` (video.h).
+// Errors: InvalidArgument (pixel size given out of range), InvalidCalibration (no usable
+// calibration and none given, or the one head leaves its region), ImageUnreadable (a frame cannot
+// be decoded), NoHeadFound (and the measurer's other errors) for a single frame. A multi-frame
+// file whose frames were all measured without an ok one is no error: summary->has_estimate is
+// false and the summary's estimate says why.
+struct DicomRequest {
+    MeasureOptions measure;              // GA and quality thresholds; the pixel size is set from the calibration
+    std::optional<double> pixel_size_mm; // overrides the file's calibration (a note when they differ by over 1%)
+    int max_frames = 0;                  // a cine's frames measured at most (0: all)
+    int workers = 1;                     // a cine's frames measured at once (VideoOptions::workers)
+    int redetect_every = 10;             // VideoOptions::redetect_every
+};
+struct DicomResult {
+    DicomHeader header;
+    DicomCalibration calibration;        // what was used (`given` for the pixel size given)
+    std::vector<std::string> notes;      // for the user: a given pixel size that disagrees, frames thinned
+    Measurement measurement;             // the image's; a multi-frame file's summary (summary->estimate)
+    std::optional<VideoSummary> summary; // multi-frame files only (frame numbers are the file's)
+    std::vector<VideoFrame> frames;      // multi-frame files only, in frame order
+    cv::Mat image;                       // single-frame files: the frame measured (8-bit gray), e.g. for an overlay
+};
+// What measure_dicom tells while it works (either may be empty).
+struct DicomEvents {
+    std::function<void(const std::string& note)> on_note;  // each note once known (also in DicomResult::notes)
+    std::function<void(const VideoFrame& f)> on_frame;      // each frame of a cine, in frame order
+};
+Expected<DicomResult> measure_dicom(const Measurer& measurer, DicomFrameReader& reader, const DicomRequest& request,
+                                    const DicomEvents& events = {});
+
+// Why the file cannot be measured with its own calibration (or the pixel size given) before any
+// frame is measured: no usable calibration and none given (InvalidCalibration, field
+// "pixel_size"); a single frame with several tissue regions is left to measure_dicom_frame, which
+// picks the region by the head. measure_dicom checks it too; a server asks it before it needs the
+// model. nullopt when the file can be measured.
+std::optional<Error> dicom_calibration_problem(const DicomHeader& h, std::optional<double> pixel_size_mm);
+
+// The frames of a cine that are measured: every one, or `max_frames` evenly spaced from the first
+// to the last when it has more (0: no limit).
+std::vector<int> frames_to_measure(int frames, int max_frames);
+
+// JSON of a calibration: "source" (`given_source` for a pixel size given: each front end names
+// its own, "--pixel-size" or "pixel_size_mm"), "mm_per_px_x", "mm_per_px_y", "region" (when one).
+// Of a result: to_json(measurement) with "calibration", "warnings" (the notes), "dicom" (SOP
+// instance, SOP class and study UIDs, transfer syntax, frames) and, for a multi-frame file,
+// "frames" (to_json of each) and "summary" (video.h).
+nlohmann::json to_json(const DicomCalibration& c, const std::string& given_source);
+nlohmann::json to_json(const DicomResult& r, const std::string& given_source);
 
 // expand_inputs (image_io.h) that also takes DICOM: inside folders, files named *.dcm and files
 // without an extension whose content is DICOM.

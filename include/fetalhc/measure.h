@@ -127,6 +127,9 @@ public:
                                        const std::string& source = "image") const;
     // Reads the file too (decode time is reported in timings).
     Expected<Measurement> measure_file(const std::string& path, const MeasureOptions& opt) const;
+    // The model's 90% interval (uncertainty.h) around an HC measured otherwise (e.g. a video's
+    // median HC) of the given quality; nullopt when the model file carries no interval.
+    std::optional<HcInterval> interval_for(double hc_mm, bool review) const;
     const Segmenter& segmenter() const { return seg_; }
 
 private:

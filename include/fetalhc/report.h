@@ -83,7 +83,8 @@ struct SrOptions {
 };
 
 // The SR as a DICOM Part 10 file in memory (Explicit VR Little Endian). Errors: a measurement
-// without numbers, or DCMTK refusing the document (the message says which step).
+// without numbers, or DCMTK refusing the document (the message says which step). A multi-frame
+// summary is written from VideoSummary::estimate as it is: its GA is already the median HC's.
 Expected<std::vector<unsigned char>> write_biometry_sr(const Measurement& m, const DicomHeader* source,
                                                        const SrOptions& opt = {});
 // Same, written to `path` (the folder must exist); returns the path.

@@ -569,7 +569,7 @@ void DicomNode::Impl::process(DicomInstance& row, std::optional<Clock::time_poin
             row.calibration_source = r->calibration.source;
             row.quality = m.quality;
             row.reasons = m.reasons;
-            for (const auto& w : r->warnings) row.reasons.push_back(w);
+            for (const auto& w : r->notes) row.reasons.push_back(w);
             auto sr = dicom_result_sr(*r);
             if (!sr) {
                 row.error = "the SR could not be written: " + sr.error().message;

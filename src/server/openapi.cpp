@@ -174,8 +174,13 @@ void measurement_schemas(json& s) {
                                                   {"frames", {{"type", "array"}, {"items", {{"type", "object"}}},
                                                               {"description", "multi-frame DICOM: one measurement (or error) per frame"}}},
                                                   {"summary", {{"type", "object"},
-                                                               {"description", "multi-frame DICOM: medians over the ok frames, "
-                                                                               "estimate_frame (the frame of ellipse_px)"}}},
+                                                               {"description", "multi-frame DICOM: frames, measured, ok_frames, has_estimate, "
+                                                                               "seconds, frames_per_second, the medians over the "
+                                                                               "ok frames (hc/bpd/ofd_median_mm, hc_iqr_mm), "
+                                                                               "estimate_frame (the frame of ellipse_px) and "
+                                                                               "estimate: the summary as one measurement (GA, "
+                                                                               "centile, interval and quality of the median HC), "
+                                                                               "whose figures the response's top level carries"}}},
                                                   {"pregnancy_id", str()},
                                                   {"exam_date", date()}})}}};
     s["Calibration"] = object({{"source", {{"type", "string"},

@@ -51,19 +51,6 @@ HttpResponse sr_response(const std::vector<unsigned char>& sr) {
     return r;
 }
 
-json calibration_json(const DicomCalibration& c) {
-    json j{{"source", c.source}, {"mm_per_px_x", c.mm_per_px_x}, {"mm_per_px_y", c.mm_per_px_y}};
-    if (c.region) j["region"] = *c.region;
-    return j;
-}
-
-json summary_json(const VideoSummary& v) {
-    return {{"frames", v.frames},         {"measured", v.measured},       {"ok_frames", v.ok},
-            {"hc_median_mm", v.hc_median_mm}, {"bpd_median_mm", v.bpd_median_mm}, {"ofd_median_mm", v.ofd_median_mm},
-            {"hc_iqr_mm", v.hc_iqr_mm},   {"estimate_frame", v.estimate_frame}, {"estimate", to_json(v.estimate)},
-            {"seconds", v.seconds}};
-}
-
 // A DICOM upload: calibrated from the file unless pixel_size_mm is sent.
 HttpResponse measure_dicom_route(const HttpRequest& req, Services& s, const UploadedFile& up, const std::string& format) {
     DicomMeasureRequest o;
@@ -77,7 +64,8 @@ HttpResponse measure_dicom_route(const HttpRequest& req, Services& s, const Uplo
     const DicomMeasured& r = stored.result;
     if (format == "sr") return sr_response(dicom_result_sr(r).value_or_throw());
     if (format == "fhir") return json_response(200, fhir_bundle({{r.measurement, r.header}}));
-    json j = to_json(r.measurement);
+    // The library's JSON of the result (the CLI's --format json entry too), and the server's own keys.
+    json j = to_json(static_cast<const DicomResult&>(r), kGivenPixelSizeField);
     j["timings_ms"]["queue"] = r.queue_ms;
     j["image_sha256"] = stored.image_sha256;
     j["image_url"] = "/v1/images/" + stored.image_sha256;
@@ -87,23 +75,6 @@ HttpResponse measure_dicom_route(const HttpRequest& req, Services& s, const Uplo
     j["preview_url"] = "/v1/images/" + stored.image_sha256 + "/preview.png" +
                        (preview_frame > 0 ? "?frame=" + std::to_string(preview_frame) : std::string());
     j["preview_frame"] = preview_frame;
-    j["calibration"] = calibration_json(r.calibration);
-    j["warnings"] = r.warnings;
-    j["dicom"] = {{"sop_instance_uid", r.header.sop_instance_uid}, {"sop_class_uid", r.header.sop_class_uid},
-                  {"study_instance_uid", r.header.study_instance_uid}, {"transfer_syntax", r.header.transfer_syntax_name},
-                  {"frames", r.header.frames}};
-    if (r.summary) {
-        json frames = json::array();
-        for (const VideoFrame& f : r.frames) {
-            json fj = f.result ? to_json(*f.result) : json{{"error", f.result.error()}};
-            fj["frame"] = f.index;
-            fj["time_s"] = f.time_s;
-            fj["tracked"] = f.tracked;
-            frames.push_back(fj);
-        }
-        j["frames"] = frames;
-        j["summary"] = summary_json(*r.summary);
-    }
     if (pid) j["pregnancy_id"] = *pid;
     if (date) j["exam_date"] = *date;
     return json_response(200, j);
@@ -212,7 +183,7 @@ HttpResponse perimeter(const HttpRequest& req, Services&) {
     const Ellipse e = json_ellipse(body, "ellipse_px");
     const double px = json_number(body, "pixel_size_mm", ErrorCode::InvalidPixelSize);
     check_pixel_size_value(px, "pixel_size_mm");
-    const json all = to_json(ellipse_numbers(e, px, json_ga(body)));
+    const json all = to_json(measurement_from_ellipse(e, px, json_ga(body)));
     json out;
     for (const char* k : {"pixel_size_mm", "hc_mm", "bpd_mm", "ofd_mm", "cephalic_index", "ellipse_px", "ellipse_mm", "ga_hadlock",
                           "ga_intergrowth", "ga_weeks_given", "centile", "quality", "reasons"})

@@ -52,17 +52,17 @@ Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const 
                                             const std::string& name, const MeasureOptions& options);
 
 // ---- DICOM --------------------------------------------------------------------------------------
-// Measuring a DICOM object (Part 10 bytes) with the calibration it carries, as the CLI does:
-// one frame as an image (measure_dicom_frame: tissue region masked, region chosen by the head),
-// several frames through the video path (measure_frames, every frame masked to the region of
-// calibration_for_frames) with per-frame results and the median summary. A pixel size given
-// overrides the file's calibration; when they disagree by more than 1% a warning says so.
-// Errors: invalid_pixel_size, invalid_ga, image_unreadable (not DICOM, truncated, a transfer
-// syntax DCMTK cannot decode: the message names it), invalid_calibration (no usable calibration and
-// none given), model_loading, model_unavailable, no_head_found (or, for a multi-frame file, no
-// frame measured at all).
-// (Written here on top of the public dicom.h / video.h API; a library home, e.g. measure.h, would
-// let the CLI share it.)
+// Measuring a DICOM object (Part 10 bytes) with the calibration it carries: a network slot is
+// taken (HTTP uploads within --max-queue-ms, else overloaded and nothing decoded; the DICOM node's
+// queued jobs wait for one), the file is opened on a decode slot, then the library's measure_dicom
+// (dicom.h), the function the CLI calls too, measures it on that network slot: one frame as an
+// image, a cine frame by frame (one worker: one slot per request) with per-frame results and the
+// summary, the same figures as the CLI's. A pixel size given overrides the file's calibration;
+// when they disagree by more than 1% a warning says so.
+// Errors: invalid_pixel_size, invalid_ga, overloaded, model_loading, model_unavailable,
+// image_unreadable (not DICOM, truncated, a transfer syntax DCMTK cannot decode: the message names
+// it), the library's (api_error: invalid_calibration when there is no usable calibration and none
+// was given, no_head_found, ...), and no_head_found for a multi-frame file without an ok frame.
 struct DicomMeasureRequest {
     std::optional<double> pixel_size_mm;   // override of the file's calibration
     std::optional<double> ga_weeks;
@@ -71,23 +71,19 @@ struct DicomMeasureRequest {
     // jobs leave it false and wait for a slot.
     bool shed_when_busy = false;
     // Frames of a cine measured at most (0: all): more are thinned to this many, evenly spaced from
-    // the first to the last, and a warning says so. The server sets kServerMaxCineFrames.
+    // the first to the last (fetalhc::frames_to_measure), and a warning says so. The server sets
+    // kServerMaxCineFrames.
     int max_frames = 0;
 };
 // The cine frames the server (HTTP and the DICOM node) measures per file: a 2000-frame cine took
 // 33 s of a network slot; 400 frames take about a fifth of that.
 constexpr int kServerMaxCineFrames = 400;
-// The frames of a cine that are measured: every one, or `max_frames` evenly spaced from the first
-// to the last when it has more (0: no limit).
-std::vector<int> frames_to_measure(int frames, int max_frames);
+// How HTTP names a pixel size given (the calibration's source in JSON: to_json(result, ...)).
+inline constexpr const char* kGivenPixelSizeField = "pixel_size_mm";
 
-struct DicomMeasured {
-    DicomHeader header;
-    DicomCalibration calibration;          // what was used; source "pixel_size_mm" for an override
-    std::vector<std::string> warnings;     // e.g. the given pixel size disagreeing with the file
-    Measurement measurement;               // the image's, or the summary's estimate (multi-frame)
-    std::optional<VideoSummary> summary;   // multi-frame files only
-    std::vector<VideoFrame> frames;        // multi-frame files only, in frame order
+// The library's result (header, calibration, notes for the user, the measurement or a cine's
+// summary, its frames) and the time spent waiting for a network slot.
+struct DicomMeasured : DicomResult {
     double queue_ms = 0;
 };
 
