@@ -2,7 +2,6 @@
 
 #include "fetalhc/csv.h"
 #include "fetalhc/image_io.h"
-#include "fetalhc/measure.h"
 #include "fetalhc/metrics.h"
 
 #include <nlohmann/json.hpp>

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
@@ -109,7 +111,27 @@ void limit_opencv_decoders() {
     (void)set;
 }
 
+// A number as a person writes it: 0.13, 2, 1e-320 (std::to_string gives 0.000000 for the last).
+std::string number_text(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
 }  // namespace
+
+std::string check_pixel_size(double mm, const std::string& what) {
+    const std::string unit = "; give it in mm per pixel, e.g. 0.13";
+    if (!std::isfinite(mm)) return "pixel size for " + what + " is not a number" + unit;
+    if (mm <= 0) return "pixel size for " + what + " must be positive (got " + number_text(mm) + ")" + unit;
+    if (mm < kMinPixelSizeMm)
+        return "pixel size for " + what + " is " + number_text(mm) + " mm, under the " + number_text(kMinPixelSizeMm) +
+               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not metres or a lost exponent)";
+    if (mm > kMaxPixelSizeMm)
+        return "pixel size for " + what + " is " + number_text(mm) + " mm, over the " + number_text(kMaxPixelSizeMm) +
+               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not pixels per mm or cm)";
+    return "";
+}
 
 Expected<cv::Mat> decode_grayscale(const std::vector<unsigned char>& bytes, const std::string& name) {
     if (bytes.empty()) return make_error(ErrorKind::ImageUnreadable, "'" + name + "' is empty (0 bytes); pass an ultrasound image file");

@@ -9,29 +9,12 @@
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
-#include <sstream>
 
 namespace fetalhc {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
-
-std::string fmt(double v, int digits = 1) {
-    std::ostringstream s;
-    s.setf(std::ios::fixed);
-    s.precision(digits);
-    s << v;
-    return s.str();
-}
-
-// A number as a person writes it: 0.13, 2, 1e-320 (std::to_string gives 0.000000 for the last).
-std::string number_text(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", v);
-    return buf;
-}
 
 // The numbers of an ellipse, without reasons or quality.
 Measurement numbers_from_ellipse(const Ellipse& px, double pixel_size_mm, std::optional<double> ga_weeks) {
@@ -64,42 +47,11 @@ EllipseFit physical_fit(const std::vector<cv::Point2d>& points, const MeasureOpt
     return fit_ellipse(phys, o.fit);
 }
 
-// Review reasons that depend on the numbers alone.
-void add_hc_reason(Measurement& m) {
-    if (m.hc_mm < 40 || m.hc_mm > 400) m.reasons.push_back("HC " + fmt(m.hc_mm) + " mm is outside the plausible 40..400 mm");
-}
-
-void add_cephalic_index_reason(Measurement& m, double min_ci, double max_ci) {
-    if (m.cephalic_index < min_ci || m.cephalic_index > max_ci)
-        m.reasons.push_back("cephalic index " + fmt(m.cephalic_index) + " outside " + fmt(min_ci, 0) + ".." + fmt(max_ci, 0) +
-                            ": an unusual head shape, or not the head; check the plane and the ellipse");
-}
-
-// The one owner of the quality flag, called once every reason has been added: any reason means
-// "review", none means "ok".
-void decide_quality(Measurement& m) { m.quality = m.reasons.empty() ? "ok" : "review"; }
-
 }  // namespace
-
-std::string check_pixel_size(double mm, const std::string& what) {
-    const std::string unit = "; give it in mm per pixel, e.g. 0.13";
-    if (!std::isfinite(mm)) return "pixel size for " + what + " is not a number" + unit;
-    if (mm <= 0) return "pixel size for " + what + " must be positive (got " + number_text(mm) + ")" + unit;
-    if (mm < kMinPixelSizeMm)
-        return "pixel size for " + what + " is " + number_text(mm) + " mm, under the " + number_text(kMinPixelSizeMm) +
-               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not metres or a lost exponent)";
-    if (mm > kMaxPixelSizeMm)
-        return "pixel size for " + what + " is " + number_text(mm) + " mm, over the " + number_text(kMaxPixelSizeMm) +
-               " mm/pixel plausible for ultrasound; check the unit (mm per pixel, not pixels per mm or cm)";
-    return "";
-}
 
 Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm, std::optional<double> ga_weeks) {
     Measurement m = numbers_from_ellipse(px, pixel_size_mm, ga_weeks);
-    const MeasureOptions defaults;  // the thresholds of `fetalhc measure`
-    add_hc_reason(m);
-    add_cephalic_index_reason(m, defaults.min_cephalic_index, defaults.max_cephalic_index);
-    decide_quality(m);
+    review_ellipse(m, MeasureOptions{});  // the thresholds of `fetalhc measure`
     return m;
 }
 
@@ -146,7 +98,6 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
         m.pixel_size_y_mm = opt.pixel_size_y_mm;
     }
     const double fit_ms = ms_since(t1);
-    add_hc_reason(m);
     m.source = source;
     m.image_size = gray8.size();
     m.presence = seg.presence;
@@ -160,33 +111,7 @@ Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const c
     m.timings.postprocess_ms = post_ms;
     m.timings.fit_ms = fit_ms;
 
-    if (seg.presence < opt.min_presence)
-        m.reasons.push_back("low detection confidence (" + fmt(seg.presence, 2) +
-                            "): the image may not show a head in the HC plane");
-    if (bnd.mean_confidence < opt.min_certainty)
-        m.reasons.push_back("uncertain segmentation (certainty " + fmt(bnd.mean_confidence, 2) +
-                            "): check the ellipse against the skull");
-    if (fit.rms_px > opt.max_fit_rms_px)
-        m.reasons.push_back("poor ellipse fit (RMS " + fmt(fit.rms_px, 2) +
-                            " px): the outline found is not a clean ellipse; check it");
-    const double inlier_share = double(fit.inliers) / std::max(1, fit.points);
-    if (inlier_share < 0.8)
-        m.reasons.push_back("boundary is not elliptical (" + fmt(100 * (1 - inlier_share), 0) +
-                            "% of points rejected): the head may be taken with the fluid or a structure beside it");
-    const double cut_share = double(bnd.cut_points.size()) / std::max<size_t>(1, bnd.cut_points.size() + bnd.points.size());
-    if (cut_share > opt.max_cut_fraction)
-        m.reasons.push_back("head cut by the image border or sector edge (" + fmt(100 * cut_share, 0) +
-                            "% of the boundary): the hidden part of the ellipse is a guess");
-    if (m.signals.skull_evidence >= 0) {
-        // The length of the outline with no skull under it: a large head whose far side fades out
-        // (or lies in a shadow) is where the ellipse edge is placed by guess (models/MODEL_CARD.md).
-        const double unseen_mm = m.hc_mm * (1 - m.signals.skull_evidence);
-        if (unseen_mm > opt.max_unseen_outline_mm)
-            m.reasons.push_back("skull not seen under " + fmt(unseen_mm, 0) + " mm of the " + fmt(m.hc_mm, 0) +
-                                " mm outline: check the ellipse where the skull is faint or in shadow");
-    }
-    add_cephalic_index_reason(m, opt.min_cephalic_index, opt.max_cephalic_index);
-    decide_quality(m);
+    review_measurement(m, opt);
     return m;
 }
 
@@ -216,8 +141,6 @@ Expected<Measurement> with_interval(Expected<Measurement> r, const std::optional
     return r;
 }
 
-}  // namespace
-
 // MeasureOptions::second_opinion: the head measured again on the mirrored image, its second pass
 // cropped around the mirror of the first result (a different crop of the same head).
 void add_second_opinion(Measurement& m, const cv::Mat& gray8, const MeasureOptions& opt, const Segmenter& seg) {
@@ -233,6 +156,8 @@ void add_second_opinion(Measurement& m, const cv::Mat& gray8, const MeasureOptio
     m.signals.second_opinion_rel = again && m.hc_mm > 0 ? (again->hc_mm - m.hc_mm) / m.hc_mm : 1.0;
 }
 
+}  // namespace
+
 Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source) const {
     auto r = segment_and_measure(gray8, opt, source, [&] { return seg_.segment(gray8); });
     if (r && opt.second_opinion) add_second_opinion(*r, gray8, opt, seg_);
@@ -243,11 +168,6 @@ Expected<Measurement> Measurer::measure_near(const cv::Mat& gray8, const Measure
                                              const std::string& source) const {
     return with_interval(segment_and_measure(gray8, opt, source, [&] { return seg_.segment_near(gray8, prior); }),
                          interval_);
-}
-
-std::optional<HcInterval> Measurer::interval_for(double hc_mm, bool review) const {
-    if (!interval_) return std::nullopt;
-    return hc_interval(*interval_, hc_mm, review);
 }
 
 std::optional<HcInterval> Measurer::interval_for(double hc_mm, bool review) const {

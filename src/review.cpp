@@ -1,6 +1,6 @@
-// Review signals: what the passes saw besides the chosen head, and how much of the fitted ellipse
-// has skull and segmentation evidence under it. The thresholds that turn them into review reasons
-// live in measure.cpp.
+// The review of a measurement: its signals (what the passes saw besides the chosen head, and how
+// much of the fitted ellipse has skull and segmentation evidence under it), the rules that turn
+// them and the fit into reasons, and the quality flag that follows from the reasons.
 #include "review.h"
 
 #include "net_frame.h"
@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 #include <vector>
 
 namespace fetalhc {
@@ -101,6 +102,81 @@ double rival_share(const cv::Mat& probability) {
         else if (area > second) second = area;
     }
     return first > 0 ? double(second) / first : 0.0;
+}
+
+std::string fixed_text(double v, int digits) {
+    std::ostringstream s;
+    s.setf(std::ios::fixed);
+    s.precision(digits);
+    s << v;
+    return s.str();
+}
+
+namespace {
+
+// The rules on the numbers alone (a measurement or an ellipse given by hand).
+void add_hc_reason(Measurement& m) {
+    if (m.hc_mm < 40 || m.hc_mm > 400)
+        m.reasons.push_back("HC " + fixed_text(m.hc_mm) + " mm is outside the plausible 40..400 mm");
+}
+
+void add_cephalic_index_reason(Measurement& m, double min_ci, double max_ci) {
+    if (m.cephalic_index < min_ci || m.cephalic_index > max_ci)
+        m.reasons.push_back("cephalic index " + fixed_text(m.cephalic_index) + " outside " + fixed_text(min_ci, 0) + ".." +
+                            fixed_text(max_ci, 0) + ": an unusual head shape, or not the head; check the plane and the ellipse");
+}
+
+// The rules on how the head was found and fitted: detection score, certainty, fit RMS, inlier
+// share, cut share and the outline with no skull under it.
+void add_image_reasons(Measurement& m, const MeasureOptions& opt) {
+    if (m.presence < opt.min_presence)
+        m.reasons.push_back("low detection confidence (" + fixed_text(m.presence, 2) +
+                            "): the image may not show a head in the HC plane");
+    if (m.certainty < opt.min_certainty)
+        m.reasons.push_back("uncertain segmentation (certainty " + fixed_text(m.certainty, 2) +
+                            "): check the ellipse against the skull");
+    if (m.fit_rms_px > opt.max_fit_rms_px)
+        m.reasons.push_back("poor ellipse fit (RMS " + fixed_text(m.fit_rms_px, 2) +
+                            " px): the outline found is not a clean ellipse; check it");
+    const double inlier_share = double(m.inliers) / std::max(1, m.boundary_points);
+    if (inlier_share < 0.8)
+        m.reasons.push_back("boundary is not elliptical (" + fixed_text(100 * (1 - inlier_share), 0) +
+                            "% of points rejected): the head may be taken with the fluid or a structure beside it");
+    const double cut_share = double(m.cut_points) / std::max(1, m.cut_points + m.boundary_points);
+    if (cut_share > opt.max_cut_fraction)
+        m.reasons.push_back("head cut by the image border or sector edge (" + fixed_text(100 * cut_share, 0) +
+                            "% of the boundary): the hidden part of the ellipse is a guess");
+    if (m.signals.skull_evidence >= 0) {
+        // The length of the outline with no skull under it: a large head whose far side fades out
+        // (or lies in a shadow) is where the ellipse edge is placed by guess (models/MODEL_CARD.md).
+        const double unseen_mm = m.hc_mm * (1 - m.signals.skull_evidence);
+        if (unseen_mm > opt.max_unseen_outline_mm)
+            m.reasons.push_back("skull not seen under " + fixed_text(unseen_mm, 0) + " mm of the " + fixed_text(m.hc_mm, 0) +
+                                " mm outline: check the ellipse where the skull is faint or in shadow");
+    }
+}
+
+}  // namespace
+
+void decide_quality(Measurement& m) { m.quality = m.reasons.empty() ? "ok" : "review"; }
+
+void review_measurement(Measurement& m, const MeasureOptions& opt) {
+    add_hc_reason(m);
+    add_image_reasons(m, opt);
+    add_cephalic_index_reason(m, opt.min_cephalic_index, opt.max_cephalic_index);
+    decide_quality(m);
+}
+
+void review_ellipse(Measurement& m, const MeasureOptions& opt) {
+    add_hc_reason(m);
+    add_cephalic_index_reason(m, opt.min_cephalic_index, opt.max_cephalic_index);
+    decide_quality(m);
+}
+
+void keep_earlier_review(Measurement& m, bool flagged, const std::vector<std::string>& reasons) {
+    if (flagged) m.quality = "review";
+    for (const std::string& r : reasons)
+        if (std::find(m.reasons.begin(), m.reasons.end(), r) == m.reasons.end()) m.reasons.push_back(r);
 }
 
 ReviewSignals review_signals(const Segmentation& seg, const cv::Mat& gray8, const Ellipse& ellipse_px) {

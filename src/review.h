@@ -1,7 +1,10 @@
-// Internal: the review signals of a measurement (ReviewSignals in fetalhc/measure.h), pure OpenCV.
+// Internal: the review of a measurement, pure OpenCV. The one owner of every review reason and of
+// the quality flag: the signals (ReviewSignals in fetalhc/measure.h), the rules that turn them and
+// the fit into reasons (thresholds in MeasureOptions), and "review" exactly when a reason is given.
 //
 //   double r = fetalhc::rival_share(probability);                  // first pass, by area
-//   fetalhc::ReviewSignals s = fetalhc::review_signals(seg, gray8, m.ellipse_px);
+//   m.signals = fetalhc::review_signals(seg, gray8, m.ellipse_px);
+//   fetalhc::review_measurement(m, opt);                           // m.reasons, m.quality
 //
 // Pixel conventions as in ellipse.h. Thread safety: pure functions.
 #pragma once
@@ -9,6 +12,8 @@
 #include "fetalhc/measure.h"
 
 #include <opencv2/core.hpp>
+
+#include <string>
 
 namespace fetalhc {
 
@@ -19,5 +24,23 @@ double rival_share(const cv::Mat& probability);
 // Everything in ReviewSignals, from the segmentation (its pass signals and its probability map),
 // the input image and the fitted ellipse in input pixels.
 ReviewSignals review_signals(const Segmentation& seg, const cv::Mat& gray8, const Ellipse& ellipse_px);
+
+// The reasons of a measurement of an image, added to m.reasons in this order: HC outside 40..400 mm,
+// detection score under opt.min_presence, certainty under opt.min_certainty, fit RMS over
+// opt.max_fit_rms_px, under 80% of the boundary points kept by the fit, a cut share over
+// opt.max_cut_fraction, over opt.max_unseen_outline_mm of the outline with no skull under it, a
+// cephalic index outside opt.min/max_cephalic_index. Then decide_quality. Reads the numbers, the
+// fit's counts and m.signals, so set those first.
+void review_measurement(Measurement& m, const MeasureOptions& opt);
+
+// The reasons of an ellipse without an image (given by hand): HC and cephalic index only, then
+// decide_quality.
+void review_ellipse(Measurement& m, const MeasureOptions& opt);
+
+// The quality flag from the reasons: "review" when there is one, else "ok".
+void decide_quality(Measurement& m);
+
+// `v` with `digits` decimals (fixed notation), as the reasons write their numbers.
+std::string fixed_text(double v, int digits = 1);
 
 }  // namespace fetalhc

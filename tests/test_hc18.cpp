@@ -9,7 +9,7 @@
 //     is a fair coin per examination: the standard deviation is ~1.1 %, so this is > 4 sigma).
 #include "child_process.h"
 #include "fetalhc/hc18.h"
-#include "fetalhc/measure.h"  // check_pixel_size, which the pixel-size CSV applies
+#include "fetalhc/image_io.h"  // check_pixel_size, which the pixel-size CSV applies
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

@@ -96,3 +96,46 @@ TEST(RivalShare, SecondRegionOverFirstByArea) {
     EXPECT_DOUBLE_EQ(rival_share(p), 20.0 / 400);
     EXPECT_DOUBLE_EQ(rival_share(cv::Mat(10, 10, CV_32F, cv::Scalar(0))), 0.0);
 }
+
+// The review rules (review_measurement) read the measurement alone: each threshold of
+// MeasureOptions, crossed on its own, gives its reason, in the documented order.
+TEST(ReviewRules, ReasonsComeFromTheMeasurementInTheirOrder) {
+    Measurement m = measurement_from_ellipse(kHead, 0.3, std::nullopt);  // HC 179 mm, cephalic index 73
+    m.presence = 0.9f;
+    m.certainty = 0.9;
+    m.fit_rms_px = 1;
+    m.boundary_points = 100, m.inliers = 95, m.cut_points = 0;
+    m.reasons.clear();
+    review_measurement(m, MeasureOptions{});
+    EXPECT_TRUE(m.reasons.empty()) << m.reasons.front();
+    EXPECT_EQ(m.quality, "ok");
+    m.reasons.clear();
+    m.presence = 0.2f;      // detection
+    m.inliers = 50;         // half the points rejected
+    m.cut_points = 50;      // a third of the boundary cut
+    review_measurement(m, MeasureOptions{});
+    ASSERT_EQ(m.reasons.size(), 3u);
+    EXPECT_EQ(m.reasons[0].rfind("low detection confidence (0.20)", 0), 0u) << m.reasons[0];
+    EXPECT_EQ(m.reasons[1].rfind("boundary is not elliptical (50%", 0), 0u) << m.reasons[1];
+    EXPECT_EQ(m.reasons[2].rfind("head cut by the image border or sector edge (33%", 0), 0u) << m.reasons[2];
+    EXPECT_EQ(m.quality, "review");
+}
+
+// A review decided earlier (a client's, when it saves an exam) is kept: its flag and its reasons,
+// each reason once; an earlier "ok" leaves the measurement's own quality.
+TEST(ReviewRules, EarlierReviewIsKept) {
+    Measurement ok = measurement_from_ellipse(kHead, 0.3, std::nullopt);
+    ASSERT_EQ(ok.quality, "ok");
+    Measurement m = ok;
+    keep_earlier_review(m, false, {});
+    EXPECT_EQ(m.quality, "ok");
+    keep_earlier_review(m, true, {"low detection confidence", "low detection confidence"});
+    EXPECT_EQ(m.quality, "review");
+    EXPECT_EQ(m.reasons, std::vector<std::string>{"low detection confidence"});
+    Measurement tiny = measurement_from_ellipse({50, 50, 10, 8, 0}, 0.3, std::nullopt);  // HC under 40 mm
+    ASSERT_EQ(tiny.quality, "review");
+    keep_earlier_review(tiny, false, {"checked by hand"});
+    EXPECT_EQ(tiny.quality, "review") << "an earlier ok never overrides the numbers";
+    ASSERT_EQ(tiny.reasons.size(), 2u);
+    EXPECT_EQ(tiny.reasons[1], "checked by hand");
+}

@@ -84,7 +84,7 @@ constexpr size_t kMaxQuotedCsvBytes = 100;
 
 // Reads a pixel-size CSV (`filename,pixel size(mm)[,...]`, header optional). Keys are file names.
 // Refused, naming the file and the line: a file that is not a regular file or is over
-// kMaxPixelSizeCsvBytes, a row without a number, a size check_pixel_size (measure.h) refuses, one file listed
+// kMaxPixelSizeCsvBytes, a row without a number, a size check_pixel_size (image_io.h) refuses, one file listed
 // twice with different sizes, a file without rows. Errors quote at most kMaxQuotedCsvBytes of a line.
 Expected<std::map<std::string, double>> read_pixel_sizes(const std::string& csv_path);
 

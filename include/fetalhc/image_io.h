@@ -8,6 +8,8 @@
 // Input files are checked before they are opened: only regular files (symlinks followed) are read,
 // so a named pipe never blocks and a device such as /dev/zero is named as one, and at most a
 // budget of bytes is read (kMaxImageFileBytes for an image).
+// The plausible pixel size of an image (check_pixel_size) is here too: every reader of an image or
+// its pixel size (measure, the pixel-size CSV, DICOM calibration) checks it the same way.
 // Thread safety: pure functions.
 #pragma once
 
@@ -29,6 +31,16 @@ constexpr long long kMaxImagePixels = 40'000'000;
 // The largest image file read, bytes: an uncompressed 16-bit RGBA TIFF of kMaxImagePixels is 320 MB
 // and an ultrasound frame a few MB at most; a larger file is refused before it is read.
 constexpr size_t kMaxImageFileBytes = size_t(512) << 20;
+
+// The plausible pixel sizes of an ultrasound image, mm per pixel: [kMinPixelSizeMm, kMaxPixelSizeMm].
+// HC18 spans 0.052..0.331; below 0.01 a 400 mm head would be 40,000 pixels across (a unit mistake,
+// metres or an exponent), above 2 a 100 mm head is 50 pixels (pixels per mm given for mm per pixel).
+constexpr double kMinPixelSizeMm = 0.01;
+constexpr double kMaxPixelSizeMm = 2.0;
+
+// Checks a pixel size (mm per pixel) against [kMinPixelSizeMm, kMaxPixelSizeMm]; returns an error
+// message naming `what`, or "" when valid. The one check every pixel size given goes through.
+std::string check_pixel_size(double mm, const std::string& what);
 
 // Why `path` cannot be read as `what` (a noun such as "an image" or "a pixel-size CSV"), or "" when
 // it can: after following symbolic links it must be a regular file. Nothing is opened, so a named

@@ -16,6 +16,7 @@
 #include "fetalhc/ellipse.h"
 #include "fetalhc/expected.h"
 #include "fetalhc/growth.h"
+#include "fetalhc/image_io.h"
 #include "fetalhc/segmenter.h"
 #include "fetalhc/uncertainty.h"
 
@@ -28,18 +29,8 @@
 
 namespace fetalhc {
 
-// The plausible pixel sizes of an ultrasound image, mm per pixel: [kMinPixelSizeMm, kMaxPixelSizeMm].
-// HC18 spans 0.052..0.331; below 0.01 a 400 mm head would be 40,000 pixels across (a unit mistake,
-// metres or an exponent), above 2 a 100 mm head is 50 pixels (pixels per mm given for mm per pixel).
-constexpr double kMinPixelSizeMm = 0.01;
-constexpr double kMaxPixelSizeMm = 2.0;
-
-// Checks a pixel size (mm per pixel) against [kMinPixelSizeMm, kMaxPixelSizeMm]; returns an error
-// message naming `what`, or "" when valid. The one check every pixel size given goes through.
-std::string check_pixel_size(double mm, const std::string& what);
-
 struct MeasureOptions {
-    double pixel_size_mm = 0;            // mm per pixel, isotropic; required (check_pixel_size)
+    double pixel_size_mm = 0;            // mm per pixel, isotropic; required (check_pixel_size, image_io.h)
     // Rows' spacing (mm per pixel along y) when it differs from pixel_size_mm (then the x spacing):
     // anisotropic pixels (DICOM). The ellipse is then fitted on the boundary points in physical
     // space and HC, BPD, OFD and ellipse_mm come from that fit; ellipse_px stays the fit in pixels.
@@ -110,9 +101,15 @@ struct Measurement {
 Expected<Measurement> measure_from_segmentation(const Segmentation& seg, const cv::Mat& gray8,
                                                 const MeasureOptions& opt, const std::string& source);
 
-// Numbers and quality checks from an ellipse alone (pixel size in mm/px).
+// Numbers and quality checks from an ellipse alone (pixel size in mm/px): the reasons on HC and the
+// cephalic index, with the default thresholds.
 Measurement measurement_from_ellipse(const Ellipse& px, double pixel_size_mm,
                                      std::optional<double> ga_weeks);
+
+// Keeps a review decided earlier for the same head (e.g. the image checks of POST /v1/measure when a
+// client saves the ellipse as an exam): quality becomes "review" when `flagged`, and `reasons` not
+// already in m.reasons are added after them. The quality stays "review" once decided so.
+void keep_earlier_review(Measurement& m, bool flagged, const std::vector<std::string>& reasons);
 
 class Measurer {
 public:

@@ -1,6 +1,6 @@
 #include "request_fields.h"
 
-#include "fetalhc/measure.h"
+#include "fetalhc/image_io.h"
 
 #include <algorithm>
 #include <cctype>

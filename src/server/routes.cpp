@@ -178,8 +178,4 @@ nlohmann::json ellipse_json(const Ellipse& e) {
     return {{"center_x", e.cx}, {"center_y", e.cy}, {"semi_axis_a", e.a}, {"semi_axis_b", e.b}, {"angle_rad", e.angle}};
 }
 
-Measurement ellipse_numbers(const Ellipse& e, double pixel_size_mm, std::optional<double> ga_weeks) {
-    return measurement_from_ellipse(e, pixel_size_mm, ga_weeks);  // decides the quality too
-}
-
 }  // namespace fetalhc::server

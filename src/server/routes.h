@@ -83,7 +83,5 @@ std::vector<Route> exam_routes();     // routes_exams.cpp: exams, pregnancies, i
 std::vector<Route> dicom_routes();    // routes_dicom.cpp: what the DICOM node received
 
 nlohmann::json ellipse_json(const Ellipse& e);
-// The numbers of an ellipse (no image): measurement_from_ellipse with quality set from its reasons.
-Measurement ellipse_numbers(const Ellipse& e, double pixel_size_mm, std::optional<double> ga_weeks);
 
 }  // namespace fetalhc::server

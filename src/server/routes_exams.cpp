@@ -135,7 +135,7 @@ HttpResponse add_exam(const HttpRequest& req, Services& s) {
     const std::string key = idempotency_key(req);
     ExamInput in = parse_exam_input(parse_json_body(req));
     Exam& ex = in.exam;
-    check_exam_plausible(ex, ellipse_numbers(ex.ellipse_px, ex.pixel_size_mm, ex.ga_weeks_given));
+    check_exam_plausible(ex, measurement_from_ellipse(ex.ellipse_px, ex.pixel_size_mm, ex.ga_weeks_given));
     const std::string stored = stored_image(s, ex.image_sha256, ErrorCode::UnknownImage,
                                             "'image_sha256' names no stored image; upload the image with POST /v1/measure first");
     // A DICOM image names itself: its SOP Instance UID is kept with the exam (taken from the file
@@ -151,7 +151,7 @@ HttpResponse add_exam(const HttpRequest& req, Services& s) {
             ex.sop_instance_uid = h->sop_instance_uid;
         }
     }
-    const Measurement m = ellipse_numbers(ex.ellipse_px, ex.pixel_size_mm, ex.ga_weeks_given);
+    Measurement m = measurement_from_ellipse(ex.ellipse_px, ex.pixel_size_mm, ex.ga_weeks_given);
     ex.hc_mm = m.hc_mm;
     ex.bpd_mm = m.bpd_mm;
     ex.ofd_mm = m.ofd_mm;
@@ -160,10 +160,9 @@ HttpResponse add_exam(const HttpRequest& req, Services& s) {
     if (m.centile && m.centile->in_range) ex.centile = m.centile->centile;
     // The quality is recomputed from the ellipse; a client's "review" (e.g. from the image checks
     // of /v1/measure) and its reasons are kept, a client's "ok" never overrides the numbers.
-    ex.quality = (m.quality == "review" || in.quality.value_or("ok") == "review") ? "review" : "ok";
+    keep_earlier_review(m, in.quality.value_or("ok") == "review", in.reasons.value_or(std::vector<std::string>{}));
+    ex.quality = m.quality;
     ex.reasons = m.reasons;
-    for (const std::string& r : in.reasons.value_or(std::vector<std::string>{}))
-        if (std::find(ex.reasons.begin(), ex.reasons.end(), r) == ex.reasons.end()) ex.reasons.push_back(r);
     ex.accepted = true;
     auto saved = s.store.add_exam(ex, key);
     if (!saved) throw api_error(saved.error_value());  // idempotency_key_reused, unknown_image, storage_failed
