@@ -6,6 +6,7 @@
 #include "child_process.h"
 #include "pg_cluster.h"
 
+#include "fetalhc/dicom_store.h"
 #include "fetalhc/store.h"
 
 #include <gtest/gtest.h>

@@ -1,4 +1,5 @@
 // fetalhc/store.h - pregnancies, exams, DICOM bookkeeping and uploaded images, in SQLite or PostgreSQL.
+// The DICOM bookkeeping's record, DicomInstance, is in fetalhc/dicom_store.h.
 //
 //   auto store = fetalhc::Store::open("fetalhc.db");           // SQLite; images go to fetalhc.db.images/
 //   auto pg = fetalhc::Store::open("postgresql://fetalhc@db.example.org/fetalhc");  // PostgreSQL; images in the database
@@ -39,6 +40,10 @@
 
 namespace fetalhc {
 
+// The DICOM node's record of a received object (fetalhc/dicom_store.h): the store keeps it (the
+// *_dicom_instance members below) but only the node and its routes need its fields.
+struct DicomInstance;
+
 struct Exam {
     long long id = 0;                    // set by add_exam
     std::string pregnancy_id;
@@ -63,26 +68,6 @@ struct Exam {
 struct ExamWrite {
     Exam exam;
     bool replayed = false;
-};
-
-// One object received by the DICOM node (`serve --dicom-port`): what came in and what became of it.
-// The object itself is kept like any uploaded image (put_image, by content hash).
-struct DicomInstance {
-    long long id = 0;                    // set by add_dicom_instance
-    std::string sop_instance_uid, sop_class_uid;
-    std::string calling_aet;             // the sender's AE title
-    std::string received_at;             // UTC, YYYY-MM-DDTHH:MM:SSZ; set by add_dicom_instance
-    std::string image_sha256;            // the received file (Part 10), kept by put_image
-    std::string status = "pending";      // "pending" (not measured yet), "measured", "failed"
-    // Figures (mm) of the measurement, or of the summary of a multi-frame file (medians).
-    std::optional<double> hc_mm, bpd_mm, ofd_mm, ga_hadlock_weeks, pixel_size_mm;
-    std::string calibration_source;      // e.g. "ultrasound region 0"
-    std::string quality;                 // "ok" or "review" (empty when not measured)
-    std::vector<std::string> reasons;
-    int frames = 0;                      // frames in the file (0 before decoding)
-    std::string error;                   // why it could not be measured ("" when measured)
-    std::string forward_status;          // "" (no forwarding), "sent", or "failed: why"
-    std::string sr_sha256;               // the SR written for it, kept by put_image ("" without one)
 };
 
 struct History {

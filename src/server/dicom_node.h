@@ -29,6 +29,7 @@
 #include "engine.h"
 
 #include "fetalhc/expected.h"
+#include "fetalhc/dicom_store.h"
 #include "fetalhc/store.h"
 
 #include <cstddef>

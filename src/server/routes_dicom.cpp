@@ -2,6 +2,8 @@
 #include "routes.h"
 #include "request_fields.h"
 
+#include "fetalhc/dicom_store.h"
+
 namespace fetalhc::server {
 namespace {
 

@@ -2,6 +2,7 @@
 // lists, rows as plain values, the quota arithmetic) and their two entry points. Not installed.
 #pragma once
 
+#include "fetalhc/dicom_store.h"
 #include "fetalhc/store.h"
 
 #include <atomic>
