@@ -1,6 +1,8 @@
-// The shipped model (models/fetalhc_unet.pt) against the figures of models/MODEL_CARD.md on
-// ../shared/hc18. Skips (with a message) when the data
-// or the model is absent.
+// The shipped model (models/fetalhc_unet.pt) on ../shared/hc18: it is the file its card describes
+// (trained on every labelled image, with the card's fit on those images and a calibrated HC
+// interval), and its optional passes behave as documented. Not an accuracy figure: the recipe's
+// out-of-fold figure needs the fold models, which are not shipped. Skips (with a message) when the
+// data or the model is absent.
 #include "fetalhc/evaluation.h"
 #include "fetalhc/hc18.h"
 #include "fetalhc/image_io.h"
@@ -39,7 +41,7 @@ double model_card_mad(const std::string& key) {
 // remeasure. Checked here: the file records that it saw every labelled image, and on them (its
 // training images, so a fit and not an accuracy figure) it measures what the card says, so the
 // committed file is the documented one.
-TEST(ShippedModel, TrainedOnEveryImageAndMatchesModelCard) {
+TEST(ShippedModel, TrainedOnEveryImageAndFitsThemAsItsCardStates) {
     const std::string data = FETALHC_DATA_DIR, model = FETALHC_DEFAULT_MODEL;
     if (!fs::exists(fs::path(data) / "training_set")) GTEST_SKIP() << "HC18 data not found at " << data << "; accuracy not checked";
     if (!fs::exists(model)) GTEST_SKIP() << "model " << model << " not found";
