@@ -160,6 +160,28 @@ void add_image_reasons(Measurement& m, const MeasureOptions& opt) {
 
 void decide_quality(Measurement& m) { m.quality = m.reasons.empty() ? "ok" : "review"; }
 
+void review_summary(Measurement& m, const VideoSummary& s, const VideoOptions& opt) {
+    m.reasons.clear();
+    if (s.ok == 0) {
+        m.reasons.push_back("no frame judged ok (" + std::to_string(s.measured) + " of " + std::to_string(s.frames) +
+                            " frames measured): no estimate; check the frames");
+        decide_quality(m);
+        return;
+    }
+    const int needed = std::min(std::max(1, opt.min_ok_frames), s.frames);
+    if (s.ok < needed)
+        m.reasons.push_back("only " + std::to_string(s.ok) + " of " + std::to_string(s.frames) +
+                            " frames judged ok: too few for a reliable median; check the frames");
+    const double median_hc = m.hc_mm;
+    if (median_hc > 0 && s.hc_iqr_mm > opt.max_hc_iqr_share * median_hc)
+        m.reasons.push_back("the ok frames disagree: their HC spreads over " + fixed_text(s.hc_iqr_mm) +
+                            " mm (interquartile range), " + fixed_text(100 * s.hc_iqr_mm / median_hc) +
+                            "% of the median " + fixed_text(median_hc) + " mm (limit " +
+                            fixed_text(100 * opt.max_hc_iqr_share, 0) +
+                            "%); check that the frames show the same head in the same plane");
+    decide_quality(m);
+}
+
 void review_measurement(Measurement& m, const MeasureOptions& opt) {
     add_hc_reason(m);
     add_image_reasons(m, opt);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "fetalhc/measure.h"
+#include "fetalhc/video.h"
 
 #include <opencv2/core.hpp>
 
@@ -36,6 +37,12 @@ void review_measurement(Measurement& m, const MeasureOptions& opt);
 // The reasons of an ellipse without an image (given by hand): HC and cephalic index only, then
 // decide_quality.
 void review_ellipse(Measurement& m, const MeasureOptions& opt);
+
+// The reasons of a video's or cine's summary `m` (VideoSummary::estimate, m.hc_mm the median HC of
+// s's ok frames): no frame judged ok; fewer ok frames than opt.min_ok_frames (or than the frames
+// read, when fewer); ok frames whose HC interquartile range is over opt.max_hc_iqr_share of the
+// median. Then decide_quality.
+void review_summary(Measurement& m, const VideoSummary& s, const VideoOptions& opt);
 
 // The quality flag from the reasons: "review" when there is one, else "ok".
 void decide_quality(Measurement& m);

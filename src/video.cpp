@@ -1,6 +1,7 @@
 // HC over video frames: decode, measure (tracking between whole-image passes), summarise.
 #include "fetalhc/video.h"
 
+#include "review.h"
 #include "video_detail.h"
 
 #include "fetalhc/growth.h"
@@ -15,7 +16,6 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <cstdio>
 #include <deque>
 #include <filesystem>
 #include <future>
@@ -217,34 +217,14 @@ void run_frames(const Measurer& measurer, const std::string& path, const VideoOp
     while (!collector.in_flight.empty()) collector.collect();
 }
 
-// The summary's reasons for review, in plain words (none: ok).
-std::vector<std::string> summary_reasons(const VideoSummary& s, double median_hc, const VideoOptions& opt) {
-    std::vector<std::string> reasons;
-    const int needed = std::min(std::max(1, opt.min_ok_frames), s.frames);
-    if (s.ok < needed)
-        reasons.push_back("only " + std::to_string(s.ok) + " of " + std::to_string(s.frames) +
-                          " frames judged ok: too few for a reliable median; check the frames");
-    if (median_hc > 0 && s.hc_iqr_mm > opt.max_hc_iqr_share * median_hc) {
-        char text[200];
-        std::snprintf(text, sizeof text,
-                      "the ok frames disagree: their HC spreads over %.1f mm (interquartile range), %.1f%% of the median "
-                      "%.1f mm (limit %.0f%%); check that the frames show the same head in the same plane",
-                      s.hc_iqr_mm, 100 * s.hc_iqr_mm / median_hc, median_hc, 100 * opt.max_hc_iqr_share);
-        reasons.push_back(text);
-    }
-    return reasons;
-}
-
 // The video's estimate from its ok frames (VideoSummary::estimate): the medians, the figures that
 // follow from the median HC, the ellipse of the ok frame closest to it, the quality of the whole.
 void summarise_ok_frames(const Measurer& measurer, const std::vector<Measurement>& ok, const std::vector<int>& ok_index,
                          const VideoOptions& opt, VideoSummary& s) {
     s.estimate = Measurement{};
     s.estimate.source = s.source + "#summary";
-    s.estimate.quality = "review";
     if (ok.empty()) {
-        s.estimate.reasons = {"no frame judged ok (" + std::to_string(s.measured) + " of " + std::to_string(s.frames) +
-                              " frames measured): no estimate; check the frames"};
+        review_summary(s.estimate, s, opt);
         return;
     }
     std::vector<double> hc, bpd, ofd;
@@ -268,8 +248,7 @@ void summarise_ok_frames(const Measurer& measurer, const std::vector<Measurement
     m.ga_weeks_given = opt.measure.ga_weeks;
     m.centile.reset();
     if (m.ga_weeks_given) m.centile = intergrowth_hc_centile(m.hc_mm, *m.ga_weeks_given);
-    m.reasons = summary_reasons(s, median_hc, opt);
-    m.quality = m.reasons.empty() ? "ok" : "review";
+    review_summary(m, s, opt);
     m.interval = measurer.interval_for(m.hc_mm, m.quality != "ok");
 }
 
