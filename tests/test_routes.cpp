@@ -691,7 +691,7 @@ TEST_F(RouteApi, StoreQuotaRemovesOldUnreferencedImagesThenRefusesWith507) {
     ASSERT_FALSE(full);
     EXPECT_EQ(full.error_kind(), ErrorKind::StoreFull) << full.error();
     const HttpResponse r = error_response(api_error(full.error_value()));
-    expect_error(r, 507, "store_full", "--max-store-mb");
+    expect_error(r, 507, "store_full", "raise the store's quota");
     EXPECT_TRUE(*api.store->has_image(shas[0]));
 }
 

@@ -33,7 +33,7 @@ std::string option_for_field(const std::string& field) {
         {"pixel_size", "--pixel-size MM"}, {"pixel_sizes", "--pixel-sizes"}, {"ga_weeks", "--ga-weeks"},
         {"data", "--data"},                {"config", "--config"},           {"out", "--out"},
         {"folds", "--kfold"},              {"resume", "--resume"},           {"ensemble", "--ensemble"},
-        {"coverage", "--coverage"},        {"edges", "--edges"},             {"db", "--db"},
+        {"coverage", "--coverage"},        {"edges", "--edges"},             {"db", "--db"}, {"max_store_mb", "--max-store-mb"},
     };
     for (const auto& [f, option] : kOptions)
         if (field == f) return option;

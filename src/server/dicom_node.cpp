@@ -639,11 +639,11 @@ Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o
     auto impl = std::make_unique<Impl>(engine, store);
     impl->opt = o;
     auto spool = make_spool_folder();
-    if (!spool) return make_error(spool.error());
+    if (!spool) return spool.error_value();
     impl->spool = *spool;
     if (!o.forward.empty()) {
         auto t = parse_forward_target(o.forward);
-        if (!t) return make_error(t.error());
+        if (!t) return t.error_value();
         impl->forward = *t;
     }
     // DCMTK logs through oflog; keep its chatter (every association) to warnings and above.
@@ -670,7 +670,7 @@ Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o
     if (OFCondition c = ASC_initializeNetwork(NET_ACCEPTOR, o.port, 30, &impl->net); c.bad())
         return make_error("cannot listen for DICOM on port " + std::to_string(o.port) + ": " + c.text() +
                           "; choose another --dicom-port (ports below 1024 need privileges)");
-    if (auto ok = impl->listen_on_host(); !ok) return make_error(ok.error());
+    if (auto ok = impl->listen_on_host(); !ok) return ok.error_value();
     impl->layer = std::make_unique<DeadlineLayer>(*impl);
     if (OFCondition c = ASC_setTransportLayer(impl->net, impl->layer.get(), 0); c.bad())
         return make_error(std::string("cannot set up the DICOM node's connections: ") + c.text());

@@ -80,7 +80,7 @@ Expected<bool> check_options(const ServerOptions& o) {
 
 Expected<std::unique_ptr<Store>> open_store(const ServerOptions& o) {
     auto store = Store::open(o.db_path);
-    if (!store) return make_error(store.error());
+    if (!store) return store.error_value();
     (*store)->set_quota_bytes(o.max_store_bytes);
     (*store)->set_image_retention(o.retain_image_days);
     return std::move(*store);
@@ -134,29 +134,29 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Server::~Server() { stop(); }
 
 Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
-    if (auto ok = check_options(o); !ok) return make_error(ok.error());
+    if (auto ok = check_options(o); !ok) return ok.error_value();
     mallopt(M_ARENA_MAX, kMallocArenas);
     auto impl = std::make_unique<Impl>();
     impl->opt = o;
     std::string token;
     if (!o.token_file.empty()) {
         auto t = read_token(o.token_file);
-        if (!t) return make_error(t.error());
+        if (!t) return t.error_value();
         token = *t;
     }
     const int cores = int(std::max(1u, std::thread::hardware_concurrency()));
     impl->engine = std::make_unique<server::Engine>(o.threads > 0 ? o.threads : cores, o.max_queue_ms);
     auto store = open_store(o);
-    if (!store) return make_error(store.error());
+    if (!store) return store.error_value();
     impl->store = std::move(*store);
     impl->services = std::make_unique<server::Services>(
         server::Services{*impl->store, *impl->engine, impl->metrics, server::openapi_json(FETALHC_VERSION, o.max_upload_bytes)});
     auto http = server::HttpTransport::bind(o, token, *impl->services);
-    if (!http) return make_error(http.error());
+    if (!http) return http.error_value();
     impl->http = std::move(*http);
     if (o.dicom_port != 0) {
         auto node = server::DicomNode::create(dicom_node_options(o), *impl->engine, *impl->store);
-        if (!node) return make_error(node.error());
+        if (!node) return node.error_value();
         impl->dicom = std::move(*node);
     }
     return std::unique_ptr<Server>(new Server(std::move(impl)));

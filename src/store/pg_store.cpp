@@ -162,13 +162,13 @@ public:
             pqxx::work w(c);
             w.exec_params("SELECT pg_advisory_xact_lock($1)", kMigrationLock);
             const long long current = schema_version_of(w);
-            if (current > kSchemaVersion) return storage_failed(newer_schema_message("the PostgreSQL database '" + shown + "'", int(current)));
+            if (current > kSchemaVersion) return db_problem(newer_schema_message("the PostgreSQL database '" + shown + "'", int(current)));
             if (current == 0) {
                 const auto tables = w.exec("SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()");
                 const long long n = tables[0][0].as<long long>();
                 if (n > 0)
-                    return storage_failed("the PostgreSQL database '" + shown + "' holds " + std::to_string(n) +
-                                          " tables but no fetalhc schema_version; it was left untouched: pass --db with an empty "
+                    return db_problem("the PostgreSQL database '" + shown + "' holds " + std::to_string(n) +
+                                          " tables but no fetalhc schema_version; it was left untouched: give an empty "
                                           "database (createdb) or a fetalhc one");
                 w.exec("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL, "
                        "description TEXT NOT NULL)");
@@ -377,8 +377,8 @@ Expected<std::unique_ptr<Store::Impl>> open_postgresql_store(const std::string& 
     try {
         impl->conn = std::make_unique<pqxx::connection>(uri);
     } catch (const std::exception& e) {
-        return storage_failed("cannot connect to PostgreSQL at '" + impl->shown + "': " + PgStore::trim(e.what()) +
-                              "; check the --db URI (postgresql://user@host:port/dbname), that the server runs and that the "
+        return db_problem("cannot connect to PostgreSQL at '" + impl->shown + "': " + PgStore::trim(e.what()) +
+                              "; check the database URI (postgresql://user@host:port/dbname), that the server runs and that the "
                               "database exists");
     }
     if (auto ok = impl->migrate(); !ok) return ok.error_value();

@@ -147,7 +147,7 @@ bool on_read_only_fs(const fs::path& p) {
 // Why `what` (e.g. "the image folder 'x'") cannot be written, from the errno of the failed write.
 std::string unwritable(const std::string& what, int err) {
     if (err == EROFS)
-        return what + " is on a read-only file system (EROFS); remount it read-write, or pass --db with a path on a "
+        return what + " is on a read-only file system (EROFS); remount it read-write, or give a database path on a "
                       "writable disk";
     if (err == EACCES || err == EPERM)
         return what + " is not writable: permission denied (" + (err == EACCES ? "EACCES" : "EPERM") +
@@ -162,7 +162,7 @@ std::string unreadable_database(sqlite3* db, const std::string& path) {
     const int code = sqlite3_errcode(db), sys = sqlite3_system_errno(db);
     const std::string said = sqlite3_errmsg(db);
     if (code == SQLITE_NOTADB)
-        return "'" + path + "' is not an SQLite database (" + said + "); pass --db with a new file name or a fetalhc database";
+        return "'" + path + "' is not an SQLite database (" + said + "); give a new file name or a fetalhc database as the database path";
     if (sys == EROFS || on_read_only_fs(path)) return unwritable("the database '" + path + "'", EROFS);
     if (sys == EACCES || sys == EPERM) return unwritable("the database '" + path + "' (or its -wal/-shm files)", sys);
     return "cannot read the database '" + path + "' (" + said + (sys ? std::string(": ") + std::strerror(sys) : "") + ")";
@@ -183,7 +183,7 @@ Expected<bool> check_existing_database(const std::string& path) {
     sqlite3* db = nullptr;
     if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
         sqlite3_close(db);
-        return storage_failed("cannot open the database '" + path + "'; check --db");
+        return db_problem("cannot open the database '" + path + "'; check the database path");
     }
     std::string problem;
     {
@@ -200,7 +200,7 @@ Expected<bool> check_existing_database(const std::string& path) {
             if (id != kApplicationId && !(id == 0 && (tables.empty() || (has("pregnancies") && has("exams")))))
                 problem = "'" + path + "' is another program's SQLite database (application_id " + std::to_string(id) + ", " +
                           std::to_string(tables.size()) + " tables, no fetalhc exams table); it was left untouched; "
-                          "pass --db with a new file name or a fetalhc database";
+                          "give a new file name or a fetalhc database as the database path";
             else if (version > kSchemaVersion) {
                 sqlite3_close(db);
                 return storage_failed(newer_schema_message("the database '" + path + "'", int(version)));
@@ -499,7 +499,7 @@ Expected<bool> prepare_folders(const std::string& db_path, const std::string& im
     fs::create_directories(images, ec);
     if (!fs::is_directory(images))
         return storage_failed("cannot create the image folder '" + images + "'" + (ec ? ": " + ec.message() : std::string()) +
-                              "; check that the folder of --db is writable");
+                              "; check that the database's folder is writable");
     if (const int err = folder_write_error(images)) return storage_failed(unwritable("the image folder '" + images + "'", err));
     if (const int err = folder_write_error(parent.empty() ? fs::path(".") : parent))
         return storage_failed(unwritable("the folder of the database '" + db_path + "' (SQLite writes its journal files there)", err));
@@ -509,13 +509,13 @@ Expected<bool> prepare_folders(const std::string& db_path, const std::string& im
 }  // namespace
 
 Expected<std::unique_ptr<Store::Impl>> open_sqlite_store(const std::string& db_path) {
-    if (db_path.empty()) return storage_failed("the database path is empty; pass --db PATH (e.g. fetalhc.db) or a postgresql:// URI");
+    if (db_path.empty()) return db_problem("the database path is empty; give a file (e.g. fetalhc.db) or a postgresql:// URI");
     auto impl = std::make_unique<SqliteStore>();
     impl->path = db_path;
     impl->images = db_path + ".images";
     std::error_code ec;
     // An existing file must be fetalhc's before anything is written (no table, no WAL switch, no folder).
-    if (fs::is_directory(db_path, ec)) return storage_failed("--db '" + db_path + "' is a folder; pass a database file");
+    if (fs::is_directory(db_path, ec)) return db_problem("the database path '" + db_path + "' is a folder; give a database file");
     // A device, a named pipe, a symlink loop or an unreadable file is named as what it is.
     if (auto p = regular_file_problem(db_path, "a database file", /*missing_ok=*/true); !p.empty()) return storage_failed(p);
     if (fs::exists(db_path, ec)) {
@@ -527,7 +527,7 @@ Expected<std::unique_ptr<Store::Impl>> open_sqlite_store(const std::string& db_p
     if (auto ok = prepare_folders(db_path, impl->images); !ok) return ok.error_value();
     if (sqlite3_open_v2(db_path.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr) !=
         SQLITE_OK)
-        return storage_failed(impl->error("cannot open the database") + "; check --db");
+        return db_problem(impl->error("cannot open the database") + "; check the database path");
     if (sqlite3_db_readonly(impl->db, "main") == 1)
         return storage_failed(on_read_only_fs(db_path)
                                   ? unwritable("the database '" + db_path + "'", EROFS)

@@ -119,8 +119,8 @@ std::optional<size_t> images_to_free(const std::vector<ImageEntry>& oldest_first
 Error store_full_error(bool alone_too_large) {
     const std::string why = alone_too_large ? "the image alone is larger than the store quota"
                                             : "every stored image is referenced by an exam or was measured within the last "
-                                              "hour (kept for its Accept); raise --max-store-mb";
-    return make_error(ErrorKind::StoreFull, "the image store is full: " + why);
+                                              "hour (kept for its Accept); raise the store's quota";
+    return make_error(ErrorKind::StoreFull, "the image store is full: " + why, "max_store_mb");
 }
 
 Error unknown_image(const std::string& sha256) {
@@ -136,7 +136,7 @@ Error idempotency_conflict(const std::string& key) {
 
 std::string newer_schema_message(const std::string& where, int version) {
     return where + " has schema version " + std::to_string(version) + ", newer than this fetalhc knows (" +
-           std::to_string(kSchemaVersion) + "); it was left untouched: run a newer fetalhc, or pass --db with another database";
+           std::to_string(kSchemaVersion) + "); it was left untouched: run a newer fetalhc, or give another database";
 }
 
 long long unix_seconds(Store::Clock::time_point t) {

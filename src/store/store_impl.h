@@ -138,6 +138,8 @@ Error idempotency_conflict(const std::string& key);
 Error unknown_image(const std::string& sha256);
 // The database or the image folder failed (ErrorKind::StorageFailed).
 inline Error storage_failed(std::string message) { return make_error(ErrorKind::StorageFailed, std::move(message)); }
+// The store cannot be opened at the database path it was given (field "db": each front end names its option).
+inline Error db_problem(std::string message) { return make_error(ErrorKind::StorageFailed, std::move(message), "db"); }
 
 // Seconds since the epoch, and the same time as YYYY-MM-DDTHH:MM:SSZ.
 long long unix_seconds(Store::Clock::time_point t);
