@@ -215,7 +215,7 @@ Expected<Segmenter> Segmenter::load_ensemble(const std::vector<std::string>& pat
             detail::network_config_json(mi.refine_config) != detail::network_config_json(first.refine_config) ||
             mi.refine_margin != first.refine_margin)
             return make_error(ErrorKind::ModelUnavailable, "ensemble: '" + paths[i] + "' has other network settings than '" + paths[0] +
-                              "'; members must come from one recipe (e.g. the folds of one `fetalhc train --kfold` run)");
+                              "'; members must come from one recipe (e.g. the folds of one k-fold training run)");
         if (i > 0) {
             impl->nets.push_back(m.nets.front());
             if (!m.refiners.empty()) impl->refiners.push_back(m.refiners.front());
@@ -237,7 +237,7 @@ Expected<std::vector<std::string>> ensemble_model_files(const std::string& dir) 
     namespace fs = std::filesystem;
     std::error_code ec;
     if (!fs::is_directory(dir, ec))
-        return make_error(ErrorKind::NotFound, "ensemble folder '" + dir + "' is not a folder; name a `fetalhc train --kfold` run folder",
+        return make_error(ErrorKind::NotFound, "ensemble folder '" + dir + "' is not a folder; name the folder of a k-fold training run",
                           "ensemble");
     std::vector<std::string> folds, files;
     for (const auto& e : fs::directory_iterator(dir, ec)) {

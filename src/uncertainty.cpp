@@ -88,7 +88,7 @@ HcInterval hc_interval(const HcIntervalModel& model, double hc_mm, bool review) 
 Expected<std::vector<IntervalSample>> read_interval_samples(std::istream& in, const std::string& name) {
     std::string line;
     if (!std::getline(in, line))
-        return make_error(ErrorKind::InvalidArgument, "'" + name + "' is empty; expected the per-image CSV of `fetalhc evaluate --per-image`");
+        return make_error(ErrorKind::InvalidArgument, "'" + name + "' is empty; expected the per-image CSV an evaluation writes (write_per_image_csv, the CLI's evaluate)");
     auto header = parse_csv_record(line);
     if (!header) return header.error_value().prefixed("'" + name + "' line 1: ");
     auto column = [&](const std::string& c) {
@@ -97,7 +97,7 @@ Expected<std::vector<IntervalSample>> read_interval_samples(std::istream& in, co
     };
     const int ref = column("ref_hc_mm"), hc = column("hc_mm"), quality = column("quality"), fold = column("fold");
     if (ref < 0 || hc < 0 || quality < 0)
-        return make_error(ErrorKind::InvalidArgument, "'" + name + "' lacks a ref_hc_mm, hc_mm or quality column; expected the per-image CSV of `fetalhc evaluate --per-image`");
+        return make_error(ErrorKind::InvalidArgument, "'" + name + "' lacks a ref_hc_mm, hc_mm or quality column; expected the per-image CSV an evaluation writes (write_per_image_csv, the CLI's evaluate)");
     std::vector<IntervalSample> out;
     for (int row = 2; std::getline(in, line); ++row) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
