@@ -5,6 +5,7 @@
 
 #include "dicom_detail.h"
 #include "dicom_walk.h"
+#include "fixed_text.h"
 
 #include "fetalhc/measure.h"
 
@@ -59,14 +60,6 @@ void init_dcmtk() {
         DJLSDecoderRegistration::registerCodecs();
         DcmRLEDecoderRegistration::registerCodecs();
     });
-}
-
-std::string fmt(double v, int digits) {
-    std::ostringstream s;
-    s.setf(std::ios::fixed);
-    s.precision(digits);
-    s << v;
-    return s.str();
 }
 
 std::string get_string(DcmItem* d, const DcmTagKey& key) {
@@ -536,7 +529,7 @@ std::string box_text(const cv::Rect& b) {
 }  // namespace
 
 namespace detail {
-std::string dicom_fmt(double v, int digits) { return fmt(v, digits); }
+std::string dicom_fmt(double v, int digits) { return detail::fixed_text(v, digits); }
 std::string dicom_box_text(const cv::Rect& b) { return box_text(b); }
 bool dicom_is_2d_tissue(const UltrasoundRegion& r) { return is_2d_tissue(r); }
 Expected<DicomCalibration> dicom_region_calibration(const DicomHeader& h, const UltrasoundRegion& r) {
@@ -660,8 +653,8 @@ Expected<DicomCalibration> choose_calibration(const DicomHeader& h, std::optiona
                 head_centre_px->y <= b.y + b.height - 0.5)
                 return region_calibration(h, *r);
         }
-        return calibration_error("the head found in DICOM '" + h.path + "' (centre " + fmt(head_centre_px->x, 1) + ", " +
-                                 fmt(head_centre_px->y, 1) + " px) lies in none of its " + std::to_string(tissue.size()) +
+        return calibration_error("the head found in DICOM '" + h.path + "' (centre " + detail::fixed_text(head_centre_px->x, 1) + ", " +
+                                 detail::fixed_text(head_centre_px->y, 1) + " px) lies in none of its " + std::to_string(tissue.size()) +
                                  " tissue regions; give a pixel size to measure anyway");
     }
     // Before the head is known: one answer only when every region agrees.
@@ -685,7 +678,7 @@ Expected<DicomCalibration> choose_calibration(const DicomHeader& h, std::optiona
 std::string describe_calibration(const DicomHeader& h) {
     auto c = choose_calibration(h, std::nullopt);
     if (!c) return "none: " + c.error();
-    return c->source + ": " + fmt(c->mm_per_px_x, 5) + " x " + fmt(c->mm_per_px_y, 5) + " mm/px" +
+    return c->source + ": " + detail::fixed_text(c->mm_per_px_x, 5) + " x " + detail::fixed_text(c->mm_per_px_y, 5) + " mm/px" +
            (c->anisotropic() ? " (anisotropic: measured in physical space)" : "") +
            (c->region ? ", box " + box_text(c->box) : "");
 }
@@ -706,8 +699,8 @@ namespace {
 std::optional<std::string> disagreement_note(const DicomHeader& h, double given, const DicomCalibration& c) {
     const double worst = std::max(std::abs(c.mm_per_px_x - given) / given, std::abs(c.mm_per_px_y - given) / given);
     if (worst <= 0.01) return std::nullopt;
-    return "'" + h.path + "': the pixel size given, " + fmt(given, 5) + " mm, differs by " + fmt(100 * worst, 1) +
-           "% from the file's calibration (" + c.source + ": " + fmt(c.mm_per_px_x, 5) + " x " + fmt(c.mm_per_px_y, 5) +
+    return "'" + h.path + "': the pixel size given, " + detail::fixed_text(given, 5) + " mm, differs by " + detail::fixed_text(100 * worst, 1) +
+           "% from the file's calibration (" + c.source + ": " + detail::fixed_text(c.mm_per_px_x, 5) + " x " + detail::fixed_text(c.mm_per_px_y, 5) +
            " mm/px); using the pixel size given";
 }
 

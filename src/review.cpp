@@ -104,13 +104,6 @@ double rival_share(const cv::Mat& probability) {
     return first > 0 ? double(second) / first : 0.0;
 }
 
-std::string fixed_text(double v, int digits) {
-    std::ostringstream s;
-    s.setf(std::ios::fixed);
-    s.precision(digits);
-    s << v;
-    return s.str();
-}
 
 namespace {
 

@@ -12,6 +12,8 @@
 #include "fetalhc/measure.h"
 #include "fetalhc/video.h"
 
+#include "fixed_text.h"
+
 #include <opencv2/core.hpp>
 
 #include <string>
@@ -48,6 +50,6 @@ void review_summary(Measurement& m, const VideoSummary& s, const VideoOptions& o
 void decide_quality(Measurement& m);
 
 // `v` with `digits` decimals (fixed notation), as the reasons write their numbers.
-std::string fixed_text(double v, int digits = 1);
+using detail::fixed_text;
 
 }  // namespace fetalhc
