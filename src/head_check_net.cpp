@@ -1,5 +1,6 @@
 // The head-check network, its model file and HeadCheck (fetalhc/head_check.h).
 #include "head_check_net.h"
+#include "model_file.h"
 
 #include <nlohmann/json.hpp>
 
@@ -75,6 +76,10 @@ Expected<HeadCheck> HeadCheck::load(const std::string& path) {
     if (!std::filesystem::exists(path))
         return make_error(ErrorKind::ModelUnavailable, "head-check model '" + path + "' does not exist; train one with "
                                                        "the head-check trainer or give the right path");
+    // LibTorch's reader does not check the archive's CRCs: the segmenter's check runs first.
+    if (auto damage = detail::check_model_archive(path); !damage.empty())
+        return make_error(ErrorKind::ModelUnavailable,
+                          "cannot read head-check model '" + path + "': " + damage + "; give a file written by the head-check trainer");
     auto impl = std::make_shared<Impl>();
     try {
         auto [net, meta] = detail::load_head_check(path);
