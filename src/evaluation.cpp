@@ -3,6 +3,7 @@
 #include "fetalhc/csv.h"
 #include "fetalhc/ellipse.h"
 #include "fetalhc/growth.h"
+#include "fetalhc/head_check.h"
 #include "fetalhc/metrics.h"
 
 #include <nlohmann/json.hpp>
@@ -234,7 +235,7 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
     for (const char* h : {"filename", "ref_hc_mm", "hc_mm", "diff_mm", "dice", "hausdorff_mm", "trimester", "quality",
                           "detection_score", "certainty", "fit_rms_px", "inlier_share", "cut_share", "refine_presence",
                           "rival_share", "second_look", "skull_evidence", "ring_contrast", "seg_agreement", "head_fraction",
-                          "member_disagreement", "second_opinion_rel", "reasons_or_error"})
+                          "member_disagreement", "second_opinion_rel", "head_check", "reasons_or_error"})
         w.raw(h);
     if (fold) w.raw("fold");
     w.end_row();
@@ -242,7 +243,7 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
         const ImageScore& r = rep.images[i];
         w.text(r.file).number(r.ref_hc_mm, 2);
         if (!r.measured()) {
-            w.empty(4).integer(r.trimester).empty(15).text(r.error);
+            w.empty(4).integer(r.trimester).empty(16).text(r.error);
             if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
             w.end_row();
             continue;
@@ -259,7 +260,7 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
         const ReviewSignals& g = m.signals;
         w.number(g.refine_presence, 3).number(g.rival_share, 3).integer(g.second_look ? 1 : 0).number(g.skull_evidence, 3);
         w.number(g.ring_contrast, 3).number(g.seg_agreement, 3).number(g.head_fraction, 3).number(g.member_disagreement, 4);
-        w.number(g.second_opinion_rel, 5);
+        w.number(g.second_opinion_rel, 5).number(g.head_check < 0 ? NAN : g.head_check, 4);
         w.text(reasons);
         if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
         w.end_row();
@@ -304,6 +305,26 @@ Expected<Split> model_split(const std::vector<Hc18Record>& records, const std::s
     return grouped_split(records, spec->validation_fraction, spec->salt);
 }
 
+namespace {
+
+// Fold i's head check of a head-check run folder, checked to hold out the same examinations.
+Expected<std::optional<HeadCheck>> out_of_fold_check(const std::string& run, int i, const SplitSpec& spec) {
+    if (run.empty()) return std::optional<HeadCheck>();
+    const std::string path = (std::filesystem::path(run) / ("fold" + std::to_string(i)) / "model.pt").string();
+    auto c = HeadCheck::load(path);
+    if (!c) return c.error_value();
+    const auto meta = nlohmann::json::parse(c->metadata(), nullptr, false);
+    const bool same = meta.is_object() && meta.value("fold", -1) == i && meta.contains("recipe") &&
+                      meta["recipe"].value("folds", 0) == spec.folds && meta["recipe"].value("hc18_split_salt", "") == spec.salt;
+    if (!same)
+        return make_error(ErrorKind::ModelUnavailable, "head check '" + path + "' does not record fold " + std::to_string(i) +
+                                                           " of the " + std::to_string(spec.folds) + "-fold split (split_salt \"" +
+                                                           spec.salt + "\") of the segmentation models");
+    return std::optional<HeadCheck>(std::move(*c));
+}
+
+}  // namespace
+
 Expected<OutOfFold> evaluate_out_of_fold(const std::vector<Hc18Record>& records, const std::string& run_dir,
                                          const SegmenterOptions& model_options, const ScoreOptions& opt) {
     namespace fs = std::filesystem;
@@ -333,7 +354,9 @@ Expected<OutOfFold> evaluate_out_of_fold(const std::vector<Hc18Record>& records,
         out.models.push_back(path(i));
         auto split = model_split(records, seg->info().metadata);
         if (!split) return split.error_value().prefixed("'" + path(i) + "': ");
-        Measurer measurer(*seg);
+        auto check = out_of_fold_check(opt.head_check_run, i, *spec);
+        if (!check) return check.error_value();
+        Measurer measurer(*seg, std::move(*check));
         auto sc = score_records(split->validation, measure_with(measurer, opt.measure), opt);
         size_t j = 0;
         for (size_t r = 0; r < records.size(); ++r) {

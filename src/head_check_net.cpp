@@ -4,11 +4,21 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
+#include <optional>
 
 namespace fetalhc {
 namespace detail {
 namespace {
+
+// The crop standardised: zero mean, unit spread (the machine's gain and offset do not count).
+torch::Tensor standardised(torch::Tensor x) {
+    x = x.to(torch::kFloat32);
+    const auto mean = x.mean({1, 2, 3}, true);
+    const auto sd = x.std({1, 2, 3}, false, true);
+    return (x - mean) / (sd + 4.0);  // +4 grey levels: a flat crop stays flat instead of amplifying noise
+}
 
 // conv3x3 (no bias) + batch norm + ReLU appended to f.
 void add_conv_bn_relu(torch::nn::Sequential& f, int in, int out, int stride) {
@@ -34,11 +44,7 @@ HeadCheckNetImpl::HeadCheckNetImpl() {
 }
 
 std::pair<torch::Tensor, torch::Tensor> HeadCheckNetImpl::forward(torch::Tensor x) {
-    x = x.to(torch::kFloat32);
-    const auto mean = x.mean({1, 2, 3}, true);
-    const auto sd = x.std({1, 2, 3}, false, true);
-    x = (x - mean) / (sd + 4.0);  // +4 grey levels: a flat crop stays flat instead of amplifying noise
-    auto h = features->forward(x).mean({2, 3});
+    auto h = features->forward(standardised(x)).mean({2, 3});
     return {head->forward(h).squeeze(1), plane->forward(h)};
 }
 
@@ -63,11 +69,39 @@ std::pair<HeadCheckNet, std::string> load_head_check(const std::string& path) {
     return {net, meta.toStringRef()};
 }
 
+HeadCheckInference::HeadCheckInference(HeadCheckNet& net) {
+    torch::NoGradGuard no_grad;
+    const auto& mods = net->features->modules(false);
+    for (size_t i = 0; i + 1 < mods.size(); ++i) {
+        auto conv = mods[i]->as<torch::nn::Conv2d>();
+        auto bn = mods[i + 1]->as<torch::nn::BatchNorm2d>();
+        if (!conv || !bn) continue;
+        const auto scale = bn->weight / torch::sqrt(bn->running_var + bn->options.eps());
+        convs_.push_back({(conv->weight * scale.view({-1, 1, 1, 1})).contiguous(),
+                          (bn->bias - bn->running_mean * scale).contiguous(), conv->options.stride()->at(0)});
+    }
+    head_w_ = net->head->weight.clone();
+    head_b_ = net->head->bias.clone();
+    plane_w_ = net->plane->weight.clone();
+    plane_b_ = net->plane->bias.clone();
+}
+
+std::pair<torch::Tensor, torch::Tensor> HeadCheckInference::forward(torch::Tensor x) const {
+    x = standardised(x).contiguous();
+    const bool onednn = at::hasMKLDNN();
+    for (const Conv& c : convs_) {
+        x = onednn ? at::mkldnn_convolution(x, c.weight, c.bias, {1, 1}, {c.stride, c.stride}, {1, 1}, 1)
+                   : torch::conv2d(x, c.weight, c.bias, c.stride, 1);
+        x = torch::relu_(x);
+    }
+    const auto h = x.mean({2, 3});
+    return {torch::linear(h, head_w_, head_b_).squeeze(1), torch::linear(h, plane_w_, plane_b_)};
+}
+
 }  // namespace detail
 
 struct HeadCheck::Impl {
-    // forward() in eval mode changes nothing; the holder is not const-callable, hence mutable.
-    mutable detail::HeadCheckNet net{nullptr};
+    std::optional<detail::HeadCheckInference> net;  // the trained network in its inference form
     std::string metadata;
     double refuse_below = 0, review_below = 0;
 };
@@ -83,11 +117,20 @@ Expected<HeadCheck> HeadCheck::load(const std::string& path) {
     auto impl = std::make_shared<Impl>();
     try {
         auto [net, meta] = detail::load_head_check(path);
-        impl->net = net;
+        impl->net.emplace(net);
         impl->metadata = meta;
         const auto j = nlohmann::json::parse(meta);
         impl->refuse_below = j.at("thresholds").at("refuse_below").get<double>();
         impl->review_below = j.at("thresholds").at("review_below").get<double>();
+        // The crop it was trained on must be the crop this build cuts.
+        const auto& crop = j.at("recipe").at("crop");
+        const int size = crop.at("size").get<int>();
+        const double span = crop.at("span_of_major_axis").get<double>();
+        if (size != kHeadCheckCropSize || std::abs(span - kHeadCheckCropSpan) > 1e-9)
+            return make_error(ErrorKind::ModelUnavailable,
+                              "head-check model '" + path + "' was trained on " + std::to_string(size) + " px crops spanning " +
+                                  std::to_string(span) + " x the major axis; this build cuts " + std::to_string(kHeadCheckCropSize) +
+                                  " px crops spanning " + std::to_string(kHeadCheckCropSpan) + ": give a model trained by this build");
     } catch (const std::exception& e) {
         return make_error(ErrorKind::ModelUnavailable,
                           "cannot read head-check model '" + path + "': " + e.what() + "; give a file written by the head-check trainer");
@@ -126,5 +169,24 @@ HeadCheckResult HeadCheck::score(const cv::Mat& gray8, const Ellipse& e_px) cons
 double HeadCheck::refuse_below() const { return impl_->refuse_below; }
 double HeadCheck::review_below() const { return impl_->review_below; }
 const std::string& HeadCheck::metadata() const { return impl_->metadata; }
+
+Expected<std::optional<HeadCheck>> head_check_for_model(const std::string& choice, const std::string& model_path,
+                                                        std::string* missing) {
+    if (choice == "none") return std::optional<HeadCheck>();
+    if (!choice.empty()) {
+        auto c = HeadCheck::load(choice);
+        if (!c) return c.error_value();
+        return std::optional<HeadCheck>(std::move(*c));
+    }
+    const std::string beside = (std::filesystem::path(model_path).parent_path() / kHeadCheckFileName).string();
+    std::error_code ec;
+    if (!std::filesystem::exists(beside, ec)) {
+        if (missing) *missing = beside;
+        return std::optional<HeadCheck>();
+    }
+    auto c = HeadCheck::load(beside);
+    if (!c) return c.error_value();
+    return std::optional<HeadCheck>(std::move(*c));
+}
 
 }  // namespace fetalhc

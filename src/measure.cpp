@@ -141,6 +141,22 @@ Expected<Measurement> with_interval(Expected<Measurement> r, const std::optional
     return r;
 }
 
+// MeasureOptions::head_check: the check's score of the measured outline and its verdict (a refusal
+// or a review reason, review.cpp), timed with the post-processing.
+Expected<Measurement> with_head_check(Expected<Measurement> r, const cv::Mat& gray8, const MeasureOptions& opt,
+                                      const HeadCheck* check) {
+    if (!r || !check || !opt.head_check) return r;
+    const auto t0 = Clock::now();
+    const HeadCheckResult c = check->score(gray8, r->ellipse_px);
+    r->signals.head_check = c.score;
+    r->signals.head_check_other = kHeadCheckPlanes[size_t(c.likely_other)];
+    if (auto refused = review_head_check(*r, check->refuse_below(), check->review_below())) return *refused;
+    const double ms = ms_since(t0);
+    r->timings.postprocess_ms += ms;
+    r->timings.total_ms += ms;
+    return r;
+}
+
 // MeasureOptions::second_opinion: the head measured again on the mirrored image, its second pass
 // cropped around the mirror of the first result (a different crop of the same head).
 void add_second_opinion(Measurement& m, const cv::Mat& gray8, const MeasureOptions& opt, const Segmenter& seg) {
@@ -159,15 +175,16 @@ void add_second_opinion(Measurement& m, const cv::Mat& gray8, const MeasureOptio
 }  // namespace
 
 Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source) const {
-    auto r = segment_and_measure(gray8, opt, source, [&] { return seg_.segment(gray8); });
+    auto r = with_head_check(segment_and_measure(gray8, opt, source, [&] { return seg_.segment(gray8); }), gray8, opt,
+                             head_check());
     if (r && opt.second_opinion) add_second_opinion(*r, gray8, opt, seg_);
     return with_interval(std::move(r), interval_);
 }
 
 Expected<Measurement> Measurer::measure_near(const cv::Mat& gray8, const MeasureOptions& opt, const Ellipse& prior,
                                              const std::string& source) const {
-    return with_interval(segment_and_measure(gray8, opt, source, [&] { return seg_.segment_near(gray8, prior); }),
-                         interval_);
+    auto r = segment_and_measure(gray8, opt, source, [&] { return seg_.segment_near(gray8, prior); });
+    return with_interval(with_head_check(std::move(r), gray8, opt, head_check()), interval_);
 }
 
 std::optional<HcInterval> Measurer::interval_for(double hc_mm, bool review) const {
@@ -211,7 +228,9 @@ nlohmann::json signals_json(const ReviewSignals& s) {
             {"skull_evidence", share(s.skull_evidence)}, {"ring_contrast", share(s.ring_contrast)},
             {"seg_agreement", share(s.seg_agreement)}, {"head_fraction", s.head_fraction},
             {"member_disagreement", s.member_disagreement},
-            {"second_opinion_rel", std::isfinite(s.second_opinion_rel) ? nlohmann::json(s.second_opinion_rel) : nlohmann::json(nullptr)}};
+            {"second_opinion_rel", std::isfinite(s.second_opinion_rel) ? nlohmann::json(s.second_opinion_rel) : nlohmann::json(nullptr)},
+            {"head_check", share(s.head_check)},
+            {"head_check_other", s.head_check_other.empty() ? nlohmann::json(nullptr) : nlohmann::json(s.head_check_other)}};
 }
 
 }  // namespace

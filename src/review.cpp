@@ -151,6 +151,37 @@ void add_image_reasons(Measurement& m, const MeasureOptions& opt) {
 
 }  // namespace
 
+namespace {
+
+// How a refusal names the check's most likely class other than a head (kHeadCheckPlanes).
+std::string plane_words(const std::string& plane) {
+    static const std::pair<const char*, const char*> kWords[] = {
+        {"abdomen", "an abdomen"},         {"femur", "a femur"},
+        {"thorax", "a thorax or heart view"}, {"cervix", "the cervix"},
+        {"other", "another plane"},        {"off_target", "a structure other than the head"}};
+    for (const auto& [name, words] : kWords)
+        if (plane == name) return words;
+    return "another plane";
+}
+
+}  // namespace
+
+std::optional<Error> review_head_check(Measurement& m, double refuse_below, double review_below) {
+    const double s = m.signals.head_check;
+    if (s < 0) return std::nullopt;
+    if (s < refuse_below)
+        return make_error(ErrorKind::NotAHeadPlane,
+                          "'" + m.source + "' is not a fetal head in the HC plane: the outline found looks most like " +
+                              plane_words(m.signals.head_check_other) + " (head check " + fixed_text(s, 3) + ", refused below " +
+                              fixed_text(refuse_below, 3) + "); measure an image of the head in the trans-thalamic plane");
+    if (s < review_below) {
+        m.reasons.push_back("the outline may be the trunk or another structure, not the head (head check " + fixed_text(s, 2) +
+                            "): check that the ellipse lies on the skull");
+        decide_quality(m);
+    }
+    return std::nullopt;
+}
+
 void decide_quality(Measurement& m) { m.quality = m.reasons.empty() ? "ok" : "review"; }
 
 void review_summary(Measurement& m, const VideoSummary& s, const VideoOptions& opt) {

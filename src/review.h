@@ -16,6 +16,7 @@
 
 #include <opencv2/core.hpp>
 
+#include <optional>
 #include <string>
 
 namespace fetalhc {
@@ -45,6 +46,13 @@ void review_ellipse(Measurement& m, const MeasureOptions& opt);
 // read, when fewer); ok frames whose HC interquartile range is over opt.max_hc_iqr_share of the
 // median. Then decide_quality.
 void review_summary(Measurement& m, const VideoSummary& s, const VideoOptions& opt);
+
+// The head check's verdict (fetalhc/head_check.h) on a measured outline, from m.signals.head_check
+// and head_check_other (set them first): below refuse_below an error (ErrorKind::NotAHeadPlane)
+// naming m.source and the most likely other plane; below review_below the reason "the outline may
+// be the trunk or another structure, not the head" is added, then decide_quality. Nothing without
+// a score (head_check < 0).
+std::optional<Error> review_head_check(Measurement& m, double refuse_below, double review_below);
 
 // The quality flag from the reasons: "review" when there is one, else "ok".
 void decide_quality(Measurement& m);

@@ -385,7 +385,15 @@ dicom_checks() {
     expect "measure uncalibrated DICOM: exit 1, asks for --pixel-size" 1 --err "US1_UNCR.dcm" --err "--pixel-size"
     run measure --quiet --model "$MODEL" "$d/examples_ybr_color.dcm"
     expect "measure ybr cine: stale calibration refused" 1 --err "outside the 320 x 240 image"
-    run measure --quiet --model "$MODEL" --pixel-size 0.5 --format json "$d/examples_ybr_color.dcm"
+    # A cardiac cine: with the head check (the default, when it is beside the model) most frames are
+    # refused as another plane and the file has no estimate. The summary's arithmetic is checked
+    # below without the check (--head-check none), which measures every frame as a head.
+    if [[ -f $(dirname "$MODEL")/fetalhc_head_check.pt ]]; then
+        run measure --quiet --model "$MODEL" --pixel-size 0.5 --format json "$d/examples_ybr_color.dcm"
+        expect "measure ybr cine: a cardiac cine is refused frame by frame as not a head in the HC plane" 1 \
+            --err "frames are not a fetal head in the HC plane"
+    fi
+    run measure --quiet --model "$MODEL" --head-check none --pixel-size 0.5 --format json "$d/examples_ybr_color.dcm"
     expect "measure ybr cine with --pixel-size: per-frame results and summary" 0 --out '"frames"' --out '"summary"'
     check "measure ybr cine --format json: valid JSON" "not valid JSON" valid_json "$T/out"
     if ((HAVE_PYTHON)); then
@@ -404,7 +412,7 @@ else:
     ok = ok and not m["ga_hadlock"]["in_range"]
 sys.exit(0 if ok else 1)' "$T/out"
     fi
-    run measure --quiet --model "$MODEL" --pixel-size 0.5 --format csv "$d/examples_ybr_color.dcm"
+    run measure --quiet --model "$MODEL" --head-check none --pixel-size 0.5 --format csv "$d/examples_ybr_color.dcm"
     if ((HAVE_PYTHON)); then
         check "measure ybr cine --format csv: the summary row's GA is Hadlock of its HC" "the #summary row's GA differs" \
             python3 -c '
@@ -932,6 +940,33 @@ sys.exit(not (b["type"]=="collection" and len(obs)==3 and hc["code"]=="mm" and "
     expect "--sr-dir: a missing folder is a usage error" 2 --err "no_such_folder"
 }
 
+# Issue 24: a plane that is not a head (a held-back femur of ../shared/planes, beside the HC18 folder)
+# is refused with a clear error and exit 1; --head-check none measures it as before; a head passes
+# with its score in the JSON; a missing --head-check file is a usage error.
+head_check_outputs() {
+    local planes other
+    planes=$(dirname "$DATA")/planes
+    other=$planes/images/Patient01682_Plane5_2_of_2.png
+    if [[ ! -f $other ]]; then
+        skip "head check on another plane (../shared/planes absent at '$planes')"
+        return
+    fi
+    if [[ ! -f $(dirname "$MODEL")/fetalhc_head_check.pt ]]; then
+        skip "head check on another plane (no fetalhc_head_check.pt beside '$MODEL')"
+        return
+    fi
+    run measure --quiet --model "$MODEL" --pixel-size 0.2 "$other"
+    expect "head check: another plane is refused, exit 1" 1 --err "is not a fetal head in the HC plane" --no-out HC
+    run measure --quiet --model "$MODEL" --pixel-size 0.2 --head-check none "$other"
+    expect "head check: --head-check none measures it as a head" 0 --out HC
+    run measure --quiet --model "$MODEL" --pixel-size 0.13 --format json "$T/in/010_HC.png"
+    expect "head check: a head passes" 0
+    check "head check: its score is in the JSON signals" "$(head -c 300 "$T/out")" \
+        python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))[0]["signals"]["head_check"]; sys.exit(not (0 <= s <= 1))' "$T/out"
+    run measure --quiet --model "$MODEL" --pixel-size 0.13 --head-check "$T/no_such_check.pt" "$T/in/010_HC.png"
+    expect "head check: a missing --head-check file is a usage error naming it" 2 --err "no_such_check.pt"
+}
+
 hc18_section() {
     if ((!HAVE_DATA)); then
         HC18_SKIPPED=1
@@ -943,6 +978,7 @@ hc18_section() {
         batch_checks 1
         measure_real_images
         report_outputs
+        head_check_outputs
     else
         skip "measuring real images: batch, formats, --pixel-sizes, folders, --overlay, --ga-weeks (model '$MODEL' absent)"
     fi

@@ -81,6 +81,29 @@ TEST(HeadCheckNet, OutputShapes) {
     EXPECT_EQ(planes.sizes(), (std::vector<int64_t>{3, kHeadCheckPlaneCount}));
 }
 
+// The inference form (batch norms folded into the convs, oneDNN called directly) answers what the
+// trained network answers in eval mode, to float rounding; batch-norm statistics made non-trivial
+// by a few training-mode forwards and random affine parameters.
+TEST(HeadCheckNet, InferenceFormMatchesTheTrainedNetwork) {
+    torch::manual_seed(3);
+    fetalhc::detail::HeadCheckNet net;
+    {
+        torch::NoGradGuard no_grad;
+        for (auto& p : net->named_parameters())
+            if (p.key().find("features") != std::string::npos && p.value().dim() == 1) p.value().uniform_(0.5, 1.5);
+    }
+    net->train();
+    for (int i = 0; i < 3; ++i) net->forward(torch::randint(0, 255, {8, 1, kHeadCheckCropSize, kHeadCheckCropSize}).to(torch::kUInt8));
+    net->eval();
+    const fetalhc::detail::HeadCheckInference fast(net);
+    const auto x = torch::randint(0, 255, {2, 1, kHeadCheckCropSize, kHeadCheckCropSize}).to(torch::kUInt8);
+    torch::NoGradGuard no_grad;
+    auto [h0, p0] = net->forward(x);
+    auto [h1, p1] = fast.forward(x);
+    EXPECT_LT((h0 - h1).abs().max().item<double>(), 1e-3 * (1 + h0.abs().max().item<double>()));
+    EXPECT_LT((p0 - p1).abs().max().item<double>(), 1e-3 * (1 + p0.abs().max().item<double>()));
+}
+
 TEST(HeadCheckLoad, MissingFileSaysSo) {
     auto r = HeadCheck::load("/nonexistent/fetalhc_head_check.pt");
     ASSERT_FALSE(r);

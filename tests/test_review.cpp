@@ -139,3 +139,34 @@ TEST(ReviewRules, EarlierReviewIsKept) {
     ASSERT_EQ(tiny.reasons.size(), 2u);
     EXPECT_EQ(tiny.reasons[1], "checked by hand");
 }
+
+// The head check's verdict (issue 24): refused below the first threshold (naming the image and
+// what it looks like), a review reason below the second, nothing above or without a score.
+TEST(ReviewRules, HeadCheckRefusesFlagsOrPasses) {
+    Measurement m;
+    m.source = "femur.png";
+    m.quality = "ok";
+    m.signals.head_check = 0.01;
+    m.signals.head_check_other = "femur";
+    auto refused = review_head_check(m, 0.02, 0.3);
+    ASSERT_TRUE(refused);
+    EXPECT_EQ(refused->kind, ErrorKind::NotAHeadPlane);
+    EXPECT_NE(refused->message.find("'femur.png' is not a fetal head in the HC plane"), std::string::npos) << refused->message;
+    EXPECT_NE(refused->message.find("a femur"), std::string::npos) << refused->message;
+    EXPECT_TRUE(m.reasons.empty());
+
+    m.signals.head_check = 0.1;
+    EXPECT_FALSE(review_head_check(m, 0.02, 0.3));
+    ASSERT_EQ(m.reasons.size(), 1u);
+    EXPECT_EQ(m.reasons[0].rfind("the outline may be the trunk or another structure, not the head", 0), 0u) << m.reasons[0];
+    EXPECT_EQ(m.quality, "review");
+
+    for (double s : {0.3, 0.95, -1.0}) {
+        Measurement p;
+        p.quality = "ok";
+        p.signals.head_check = s;
+        EXPECT_FALSE(review_head_check(p, 0.02, 0.3)) << s;
+        EXPECT_TRUE(p.reasons.empty()) << s;
+        EXPECT_EQ(p.quality, "ok") << s;
+    }
+}

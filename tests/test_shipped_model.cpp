@@ -3,12 +3,14 @@
 // interval), and its optional passes behave as documented. Not an accuracy figure: the recipe's
 // out-of-fold figure needs the fold models, which are not shipped. Skips (with a message) when the
 // data or the model is absent.
+#include "fetalhc/csv.h"
 #include "fetalhc/evaluation.h"
 #include "fetalhc/hc18.h"
 #include "fetalhc/image_io.h"
 #include "fetalhc/measure.h"
 #include "fetalhc/uncertainty.h"
 #include "net_frame.h"  // internal (src/): the map in the network frame
+#include "train/head_check_data.h"  // internal (src/): the planes split
 
 #include <gtest/gtest.h>
 
@@ -116,4 +118,77 @@ TEST(ShippedModel, MirrorAverageIsOptInAndChangesTheSecondPass) {
     ASSERT_TRUE(m_on && m_off);
     EXPECT_NE(m_on->hc_mm, m_off->hc_mm);
     EXPECT_LT(std::abs(m_on->hc_mm / m_off->hc_mm - 1), 0.02);
+}
+
+namespace {
+
+// "<key>: N of M" on a line of its own in docs/head_check.md.
+std::pair<int, int> head_check_doc_count(const std::string& key) {
+    std::ifstream in(FETALHC_HEAD_CHECK_DOC);
+    std::string line;
+    const std::regex re("^" + key + R"(:\s*([0-9]+) of ([0-9]+))");
+    std::smatch m;
+    while (std::getline(in, line))
+        if (std::regex_search(line, m, re)) return {std::stoi(m[1]), std::stoi(m[2])};
+    return {-1, -1};
+}
+
+}  // namespace
+
+// The shipped head check (models/fetalhc_head_check.pt) through the Measurer, on the rows of
+// ../shared/planes it never trained on (held back by patient, planes_patient_held_back): the
+// non-head planes refused and the trans-thalamic heads measured are the counts its document states
+// (within one image: oneDNN kernels may differ in the last bits between CPUs), and an HC18 head
+// passes with its score recorded.
+TEST(ShippedHeadCheck, HeldBackPlanesAsItsDocumentStates) {
+    const fs::path planes = FETALHC_PLANES_DIR, check_file = fs::path(FETALHC_DEFAULT_MODEL).parent_path() / kHeadCheckFileName;
+    if (!fs::exists(planes / "labels.csv")) GTEST_SKIP() << "planes folder not found at " << planes;
+    if (!fs::exists(check_file)) GTEST_SKIP() << "head check not found at " << check_file;
+    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL, {0});
+    ASSERT_TRUE(seg) << seg.error();
+    auto check = HeadCheck::load(check_file.string());
+    ASSERT_TRUE(check) << check.error();
+    const Measurer m(*seg, *check);
+    MeasureOptions o;
+    o.pixel_size_mm = 0.15;
+
+    auto head = m.measure_file((fs::path(FETALHC_DATA_DIR) / "training_set" / "010_HC.png").string(), o);
+    if (fs::exists(fs::path(FETALHC_DATA_DIR) / "training_set")) {
+        ASSERT_TRUE(head) << head.error();
+        EXPECT_GE(head->signals.head_check, check->review_below());
+    }
+
+    std::ifstream in(planes / "labels.csv");
+    std::string line;
+    std::getline(in, line);
+    int others = 0, others_refused = 0, others_ok = 0, tt = 0, tt_measured = 0;
+    while (std::getline(in, line)) {
+        auto cells = parse_csv_record(line);
+        ASSERT_TRUE(cells && cells->size() >= 4) << line;
+        const std::string file = (*cells)[0], plane = (*cells)[1], patient = (*cells)[3];
+        if (!detail::planes_patient_held_back(patient) || plane == "brain_tc") continue;
+        auto r = m.measure_file((planes / "images" / file).string(), o);
+        if (plane == "brain_tt") {
+            ++tt;
+            tt_measured += bool(r);
+        } else {
+            ++others;
+            others_refused += !r;
+            others_ok += r && r->quality == "ok";
+        }
+    }
+    std::printf("held back: %d of %d non-head planes refused (%d ok), %d of %d brain_tt measured\n", others_refused, others,
+                others_ok, tt_measured, tt);
+    const auto [doc_refused, doc_others] = head_check_doc_count("heldback_nonhead_refused");
+    const auto [doc_ok, doc_others2] = head_check_doc_count("heldback_nonhead_ok");
+    const auto [doc_tt, doc_tt_n] = head_check_doc_count("heldback_brain_tt_measured");
+    ASSERT_GE(doc_refused, 0) << "docs/head_check.md lacks a 'heldback_nonhead_refused: N of M' line";
+    ASSERT_GE(doc_ok, 0) << "docs/head_check.md lacks a 'heldback_nonhead_ok: N of M' line";
+    ASSERT_GE(doc_tt, 0) << "docs/head_check.md lacks a 'heldback_brain_tt_measured: N of M' line";
+    EXPECT_EQ(others, doc_others);
+    EXPECT_EQ(others, doc_others2);
+    EXPECT_EQ(tt, doc_tt_n);
+    EXPECT_NEAR(others_refused, doc_refused, 1);
+    EXPECT_NEAR(others_ok, doc_ok, 1);
+    EXPECT_NEAR(tt_measured, doc_tt, 1);
 }

@@ -31,6 +31,7 @@ struct BenchArgs {
     double pixel_size = 0.15;   // mm per pixel (only scales the numbers, not the work)
     int threads = 2;
     bool mirror = false;        // --mirror: time the second pass with its mirrored copy
+    std::string head_check;     // --head-check: "" (beside the model), "none" or a file
     int runs = 30;              // timed end-to-end runs (after the warm-up runs)
     int video_frames = 60;      // frames of the synthetic cine loop (0 = skip the video part)
     int workers = 0;            // video: frames measured at once (0 = one per core)
@@ -172,7 +173,9 @@ int run_bench(BenchArgs a) {
     if (!bound_thread_count(a.threads, "--threads") || !bound_thread_count(a.workers, "--workers")) return kExitUsage;
     auto seg = load_segmenter(a.model, a.ensemble, {a.threads, a.mirror});
     if (!seg) return kExitUsage;
-    const fetalhc::Measurer measurer(*seg);
+    std::optional<fetalhc::HeadCheck> check;
+    if (!load_head_check(a.head_check, a.model, check)) return kExitUsage;
+    const fetalhc::Measurer measurer(*seg, std::move(check));
     fetalhc::MeasureOptions opt;
     opt.pixel_size_mm = a.pixel_size;
 
@@ -216,6 +219,7 @@ void add_bench_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
         ->capture_default_str();
     add_mirror_flag(cmd, a->mirror);
+    add_head_check_option(cmd, a->head_check);
     cmd->add_option("--runs", a->runs, "timed end-to-end runs, after 3 warm-up runs")->capture_default_str();
     cmd->add_option("--video-frames", a->video_frames, "frames of the synthetic cine loop (0 = skip)")->capture_default_str();
     cmd->add_option("--workers", a->workers, "video: frames measured at once (0 = one per core; at most the core count)")

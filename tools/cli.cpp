@@ -130,6 +130,23 @@ CLI::Option* add_ensemble_option(CLI::App* cmd, std::string& dir) {
                            "measure with the fold models of a k-fold run (DIR/fold<i>/model.pt) averaged, instead of --model");
 }
 
+CLI::Option* add_head_check_option(CLI::App* cmd, std::string& choice) {
+    return cmd->add_option("--head-check", choice,
+                           "head-check model: refuses outlines that are not a fetal head in the HC plane (not_a_head_plane) "
+                           "and flags doubtful ones; 'none' to measure every image as a head (default: " +
+                               std::string(fetalhc::kHeadCheckFileName) + " beside --model)");
+}
+
+bool load_head_check(const std::string& choice, const std::string& model, std::optional<fetalhc::HeadCheck>& out) {
+    std::string missing;
+    auto c = fetalhc::head_check_for_model(choice, model, &missing);
+    if (!c) return error(cli_message(c.error_value()) + " (--head-check; 'none' measures without it)"), false;
+    if (!missing.empty())
+        note("no head check at '" + missing + "': every outline is measured as a head (--head-check PATH to give one)");
+    out = std::move(*c);
+    return true;
+}
+
 CLI::Option* add_mirror_flag(CLI::App* cmd, bool& mirror) {
     return cmd->add_flag("--mirror", mirror,
                          "second pass: also segment each crop mirrored left-right and average the two (about a third "

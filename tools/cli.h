@@ -10,6 +10,7 @@
 #pragma once
 
 #include "fetalhc/expected.h"
+#include "fetalhc/head_check.h"
 #include "fetalhc/segmenter.h"
 
 #include <CLI/CLI.hpp>
@@ -77,6 +78,13 @@ CLI::Option* add_ensemble_option(CLI::App* cmd, std::string& dir);
 // Prints the error (naming the file or folder) and returns nullopt when it cannot be loaded.
 std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const std::string& ensemble_dir,
                                                  const fetalhc::SegmenterOptions& options);
+// --head-check PATH|none: the head check scoring every measured outline (fetalhc/head_check.h);
+// default "": fetalhc_head_check.pt beside --model.
+CLI::Option* add_head_check_option(CLI::App* cmd, std::string& choice);
+// The head check chosen with --head-check for the model file `model` (head_check_for_model).
+// Prints the error and returns false when a check asked for cannot be loaded; prints a note when
+// the default one is absent (every outline is then measured as a head).
+bool load_head_check(const std::string& choice, const std::string& model, std::optional<fetalhc::HeadCheck>& out);
 // --mirror: the second pass averages each crop with its mirror image (SegmenterOptions::mirror_average).
 CLI::Option* add_mirror_flag(CLI::App* cmd, bool& mirror);
 

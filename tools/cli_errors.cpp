@@ -16,6 +16,7 @@ int exit_code(fetalhc::ErrorKind kind) {
         case K::ImageUnreadable:
         case K::InvalidCalibration:
         case K::NoHeadFound:
+        case K::NotAHeadPlane:
         case K::NoEllipseFit:
         case K::EmptyMask:
         case K::MaskTooComplex:
@@ -34,6 +35,7 @@ std::string option_for_field(const std::string& field) {
         {"data", "--data"},                {"config", "--config"},           {"out", "--out"},
         {"folds", "--kfold"},              {"resume", "--resume"},           {"ensemble", "--ensemble"},
         {"coverage", "--coverage"},        {"edges", "--edges"},             {"db", "--db"}, {"max_store_mb", "--max-store-mb"},
+        {"head_check", "--head-check"},
     };
     for (const auto& [f, option] : kOptions)
         if (field == f) return option;

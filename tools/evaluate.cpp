@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 using nlohmann::json;
@@ -22,6 +23,7 @@ struct EvalArgs {
     int worst = 10, threads = 0;
     std::string per_image_csv;
     std::string oof;  // k-fold run folder: out-of-fold evaluation
+    std::string head_check;  // --head-check: "" (beside the model), "none", a file, or with --oof a head-check run folder
 };
 
 // True when the model's recorded split holds every labelled image for training (fetalhc train --all-images).
@@ -81,6 +83,15 @@ int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& r
     fetalhc::ScoreOptions so;
     so.progress = [&](size_t, size_t) { progress.step(); };
     so.measure.second_opinion = a.second_opinion;
+    // Out of fold, a check trained on every image would have seen the images it scores: only a
+    // head-check run folder (its fold models) is used, and none by default.
+    if (!a.head_check.empty() && a.head_check != "none") {
+        if (!std::filesystem::is_directory(a.head_check))
+            return error("with --oof, --head-check names a head-check run folder (fetalhc train-head-check --out DIR), whose "
+                         "fold models hold out the same examinations as the segmentation folds; '" + a.head_check +
+                         "' is not a folder"), kExitUsage;
+        so.head_check_run = a.head_check;
+    }
     auto oof = fetalhc::evaluate_out_of_fold(recs, a.oof, {a.threads, a.mirror}, so);
     if (!oof) return error(oof.error() + " (k-fold run folder '" + a.oof + "'; `fetalhc train --data " + a.data +
                            " --kfold K --out " + a.oof + "` finishes or resumes it)"), kExitUsage;
@@ -95,6 +106,7 @@ int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& r
     out["oof"] = a.oof;
     out["split"] = "out-of-fold";
     out["mirror_average"] = a.mirror;
+    out["head_check"] = so.head_check_run.empty() ? json(nullptr) : json(so.head_check_run);
     out["folds"] = json::array();
     for (const auto& f : ff.folds) out["folds"].push_back(fetalhc::to_json(f));
     out["fold_hc_mad_mm"] = {{"mean", ff.hc_mad_mm.mean}, {"sd", ff.hc_mad_mm.sd}, {"n", ff.hc_mad_mm.n}};
@@ -127,7 +139,9 @@ int run_evaluate(const EvalArgs& a) {
     const auto split = fetalhc::model_split(*recs, seg->info().metadata);
     auto chosen = chosen_records(a, *recs, split);
     if (!chosen) return fail(chosen.error_value());
-    fetalhc::Measurer measurer(*seg);
+    std::optional<fetalhc::HeadCheck> check;
+    if (!load_head_check(a.head_check, a.model, check)) return kExitUsage;
+    fetalhc::Measurer measurer(*seg, std::move(check));
     Progress progress(int(chosen->size()), !a.quiet);
     fetalhc::ScoreOptions so;
     so.progress = [&](size_t, size_t) { progress.step(); };
@@ -173,6 +187,10 @@ void add_evaluate_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--worst", a->worst, "how many worst cases to list")->capture_default_str();
     cmd->add_option("--threads", a->threads, "CPU threads (0 = all cores; at most the core count)")->capture_default_str();
     add_model_option(cmd, a->model);
+    add_head_check_option(cmd, a->head_check)
+        ->description("head-check model (default: " + std::string(fetalhc::kHeadCheckFileName) +
+                      " beside --model; 'none': without); with --oof a head-check run folder (train-head-check --out), "
+                      "whose fold i scores fold i's images, and none by default");
     add_quiet_flag(cmd, a->quiet);
     add_mirror_flag(cmd, a->mirror);
     cmd->add_flag("--second-opinion", a->second_opinion,

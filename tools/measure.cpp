@@ -42,6 +42,7 @@ struct MeasureArgs {
     double ga_weeks = kNaN;
     int threads = 0;
     bool mirror = false;
+    std::string head_check;  // --head-check: "" (beside the model), "none" or a file
     int redetect_every = 10;
     int workers = 0;
     bool quiet = false;
@@ -383,7 +384,8 @@ bool measure_one_dicom(const fetalhc::Measurer& measurer, const std::string& pat
     if (!r) return fail(r.error_value());
     if (r->summary) {
         out.dicom_cine(path, *r);
-        if (!r->summary->has_estimate) error("'" + path + "': no frame gave an ok measurement");
+        // Mostly another plane (e.g. a cardiac cine): said so; otherwise no frame was judged ok.
+        if (auto none = fetalhc::cine_without_estimate(*r, path)) error(none->message);
         return r->summary->has_estimate;
     }
     if (!a.overlay_dir.empty()) {
@@ -464,7 +466,12 @@ int run_measure(MeasureArgs a) {
     if (const int rc = check_measure_args(a, items, sizes); rc != kExitOk) return rc;
     auto seg = load_segmenter(a.model, a.ensemble, {a.threads, a.mirror});
     if (!seg) return kExitUsage;
-    const fetalhc::Measurer measurer(*seg);
+    // An HC18 submission is a set of heads by construction, and each row needs an ellipse: the
+    // check refuses nothing there unless asked for by name.
+    if (a.format == "hc18" && a.head_check.empty()) a.head_check = "none";
+    std::optional<fetalhc::HeadCheck> check;
+    if (!load_head_check(a.head_check, a.model, check)) return kExitUsage;
+    const fetalhc::Measurer measurer(*seg, std::move(check));
     Output out(a.format, a.sr_dir);
     out.begin();
     Progress progress(int(items.size()), !a.quiet);
@@ -510,6 +517,7 @@ void add_measure_command(CLI::App& app, Commands& commands) {
         ->capture_default_str();
     add_ensemble_option(cmd, a->ensemble)->excludes(add_model_option(cmd, a->model));
     add_mirror_flag(cmd, a->mirror);
+    add_head_check_option(cmd, a->head_check);
     cmd->add_option("--redetect-every", a->redetect_every,
                     "videos: whole-image pass at least every N frames, tracking between (1 = every frame)")
         ->check(CLI::Range(1, 100000))

@@ -54,6 +54,12 @@ int run_serve(ServeArgs a) {
     }
     if (!bound_thread_count(a.server.threads, "--threads")) return kExitUsage;
     if (!check_model_file(a.server.model_path)) return kExitUsage;
+    // A check asked for by name must load before the server says it started (the default one
+    // beside the model is optional: the engine warns when it is absent).
+    if (const std::string& c = a.server.head_check; !c.empty() && c != "none") {
+        std::optional<fetalhc::HeadCheck> check;
+        if (!load_head_check(c, a.server.model_path, check)) return kExitUsage;
+    }
     a.server.max_upload_bytes = size_t(a.max_upload_mb * (1 << 20));
     if (!(a.server.max_queue_ms >= 0 && a.server.max_queue_ms <= 3600e3)) {
         error("--max-queue-ms must be in 0..3600000 (0 = no limit)");
@@ -116,6 +122,7 @@ void add_serve_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--threads", so.threads, "requests running the network at once (0 = CPU cores; at most the core count)")
         ->capture_default_str();
     add_mirror_flag(cmd, so.mirror_average);
+    add_head_check_option(cmd, so.head_check);
     cmd->add_option("--token-file", so.token_file, "file whose first line is the bearer token (required off loopback)");
     cmd->add_option("--allow-origin", a->allow_origin,
                     "web origins (comma-separated, e.g. https://viewer.example.org) whose pages may call this API; "

@@ -23,7 +23,9 @@ struct DicomInstance {
     std::string calling_aet;             // the sender's AE title
     std::string received_at;             // UTC, YYYY-MM-DDTHH:MM:SSZ; set by add_dicom_instance
     std::string image_sha256;            // the received file (Part 10), kept by put_image
-    std::string status = "pending";      // "pending" (not measured yet), "measured", "failed"
+    // "pending" (not measured yet), "measured", "not_measured" (read, but refused as not a fetal
+    // head in the HC plane: `error` says so and what it looks like; no SR), "failed"
+    std::string status = "pending";
     // Figures (mm) of the measurement, or of the summary of a multi-frame file (medians).
     std::optional<double> hc_mm, bpd_mm, ofd_mm, ga_hadlock_weeks, pixel_size_mm;
     std::string calibration_source;      // e.g. "ultrasound region 0"

@@ -79,6 +79,9 @@ struct ScoreOptions {
     bool shape_metrics = true;  // read masks and compute Dice / IoU / Hausdorff
     std::function<void(size_t done, size_t total)> progress;  // called after each image
     MeasureOptions measure;     // evaluate_out_of_fold: options of each measurement (its pixel size is the image's)
+    // evaluate_out_of_fold: a head-check run folder (fetalhc/head_check_train.h) whose fold models
+    // (<dir>/fold<i>/model.pt) record the same split: fold i's check joins fold i's model. "": none.
+    std::string head_check_run;
 };
 // Measures every record in order with `measure` and scores it.
 std::vector<ImageScore> score_records(const std::vector<Hc18Record>& records, const MeasureRecordFn& measure,

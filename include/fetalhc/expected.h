@@ -31,6 +31,8 @@ enum class ErrorKind {
     InvalidCalibration,  // the file's own calibration is missing, implausible, ambiguous or does not hold where
                          // the head is: give a pixel size (field "pixel_size")
     NoHeadFound,         // the image was read but no fetal head was found in it: give a head in the HC plane
+    NotAHeadPlane,       // an outline was found but the head check says it is not a fetal head in the HC plane
+                         // (another plane: abdomen, femur, ...; fetalhc/head_check.h): give a head in the HC plane
     NoEllipseFit,        // a head, mask or points were found but no ellipse fits them
     EmptyMask,           // a mask has no white (head) region to fit
     MaskTooComplex,      // a mask has more boundary than one head's outline could
@@ -45,10 +47,10 @@ enum class ErrorKind {
 
 // Every kind, in the order of the enum (for tables that must cover them all).
 inline constexpr ErrorKind kErrorKinds[] = {
-    ErrorKind::Internal,         ErrorKind::InvalidArgument, ErrorKind::ImageUnreadable,  ErrorKind::InvalidCalibration,
-    ErrorKind::NoHeadFound,      ErrorKind::NoEllipseFit,    ErrorKind::EmptyMask,        ErrorKind::MaskTooComplex,
-    ErrorKind::ModelUnavailable, ErrorKind::NotFound,        ErrorKind::UnknownImage,     ErrorKind::Conflict,
-    ErrorKind::StoreFull,        ErrorKind::StorageFailed,   ErrorKind::Io,
+    ErrorKind::Internal,       ErrorKind::InvalidArgument,  ErrorKind::ImageUnreadable, ErrorKind::InvalidCalibration,
+    ErrorKind::NoHeadFound,    ErrorKind::NotAHeadPlane,    ErrorKind::NoEllipseFit,    ErrorKind::EmptyMask,
+    ErrorKind::MaskTooComplex, ErrorKind::ModelUnavailable, ErrorKind::NotFound,        ErrorKind::UnknownImage,
+    ErrorKind::Conflict,       ErrorKind::StoreFull,        ErrorKind::StorageFailed,   ErrorKind::Io,
 };
 inline constexpr int kErrorKindCount = int(sizeof(kErrorKinds) / sizeof(kErrorKinds[0]));
 static_assert(int(ErrorKind::Io) + 1 == kErrorKindCount, "kErrorKinds must list every ErrorKind");
@@ -61,6 +63,7 @@ inline const char* error_kind_name(ErrorKind kind) {
         case ErrorKind::ImageUnreadable: return "ImageUnreadable";
         case ErrorKind::InvalidCalibration: return "InvalidCalibration";
         case ErrorKind::NoHeadFound: return "NoHeadFound";
+        case ErrorKind::NotAHeadPlane: return "NotAHeadPlane";
         case ErrorKind::NoEllipseFit: return "NoEllipseFit";
         case ErrorKind::EmptyMask: return "EmptyMask";
         case ErrorKind::MaskTooComplex: return "MaskTooComplex";

@@ -24,13 +24,14 @@
 
 #include <array>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace fetalhc {
 
 // Side of the crop the check sees (pixels) and the crop's side as a multiple of the major axis 2a.
 inline constexpr int kHeadCheckCropSize = 64;
-inline constexpr double kHeadCheckCropSpan = 1.5;
+inline constexpr double kHeadCheckCropSpan = 2.0;
 
 // The classes of the auxiliary output: a head in the HC plane (HC18 heads and the planes folder's
 // brain rows), the planes folder's non-head planes, and "off_target": an outline in a head image
@@ -73,5 +74,15 @@ public:
 private:
     std::shared_ptr<const Impl> impl_;
 };
+
+// The shipped check's file name; it lies beside the segmenter model (models/).
+inline constexpr const char* kHeadCheckFileName = "fetalhc_head_check.pt";
+
+// The head check to use with the segmenter model at model_path, as a shell's option gives it:
+// "none": no check; "": kHeadCheckFileName in model_path's folder when that file exists, no check
+// otherwise (then *missing, when given, is set to the path looked at, for a warning); anything
+// else: that file, and its load error when it cannot be loaded.
+Expected<std::optional<HeadCheck>> head_check_for_model(const std::string& choice, const std::string& model_path,
+                                                        std::string* missing = nullptr);
 
 }  // namespace fetalhc

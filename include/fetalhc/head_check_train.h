@@ -14,11 +14,14 @@
 // the head) or much too small or too large around the head. The measured planes ellipses are
 // cached in OUT/planes_ellipses.csv.
 // Split. Planes rows by patient: a fixed hash of the patient id sends ~40% of the patients to the
-// held-back side, never trained on. HC18 by examination in `folds` folds (kfold_assignment, salt
-// "fetalhc-head-check-v1"): one model per fold gives every HC18 image an out-of-fold score, and a
-// last model (OUT/all) trains on every HC18 image; every model trains on the planes training rows.
+// held-back side, never trained on. HC18 by examination in `folds` folds (kfold_assignment with
+// the segmenter's k-fold salt, so that OUT/fold<i> never saw the images `fetalhc train --kfold`'s
+// fold i holds out): one model per fold gives every HC18 image an out-of-fold score, and a last
+// model (OUT/all) trains on every HC18 image; every model trains on the planes training rows.
 // Thresholds (refuse below, review below) are chosen on the training rows only: the HC18
-// out-of-fold head scores. OUT/report.json holds the figures; OUT/model.pt is the final model.
+// out-of-fold head scores. OUT/report.json holds the figures; OUT/model.pt is the final model;
+// the fold models (OUT/fold<i>/model.pt) carry the same thresholds, for out-of-fold evaluation
+// (`fetalhc evaluate --oof KFOLD_RUN --head-check OUT`).
 // Resume: each model checkpoints after every epoch (OUT/<stage>/checkpoint.pt); finished stages
 // (OUT/<stage>/model.pt) are skipped.
 // Thread safety: one training per output folder.
@@ -34,6 +37,9 @@ struct HeadCheckTrainOptions {
     std::string hc18_dir, planes_dir, seg_model, out_dir;
     bool resume = false;  // go on from OUT's checkpoints (without it, OUT must hold no run)
     int folds = 5;        // 0: no out-of-fold models (the final model only; no HC18 figure)
+    // HC18 fold split: the segmenter's k-fold split (TrainConfig::split_salt of configs/), so
+    // that check fold i and segmenter fold i hold out the same examinations.
+    std::string hc18_split_salt = "fetalhc-split-v1";
     int epochs = 14;
     int batch = 32;
     int threads = 2;      // torch::set_num_threads

@@ -16,6 +16,7 @@
 #include "fetalhc/ellipse.h"
 #include "fetalhc/expected.h"
 #include "fetalhc/growth.h"
+#include "fetalhc/head_check.h"
 #include "fetalhc/image_io.h"
 #include "fetalhc/segmenter.h"
 #include "fetalhc/uncertainty.h"
@@ -41,6 +42,10 @@ struct MeasureOptions {
     // (second pass only), and record the relative HC difference (ReviewSignals::second_opinion_rel).
     // About 40% more time per image; off by default.
     bool second_opinion = false;
+    // Apply the Measurer's head check (fetalhc/head_check.h), when it has one: an outline scored
+    // below its refusal threshold is refused (ErrorKind::NotAHeadPlane), one below its review
+    // threshold gets a review reason. Off only to compare with and without it.
+    bool head_check = true;
     // Quality thresholds.
     double min_presence = 0.5;           // detection score below this -> review
     double min_certainty = 0.6;          // mean |2p-1| inside the head below this -> review
@@ -70,6 +75,11 @@ struct ReviewSignals {
     // MeasureOptions::second_opinion: (HC measured on the mirrored image - HC) / HC; NaN when not
     // asked for, 1 when the second look found no head.
     double second_opinion_rel = std::numeric_limits<double>::quiet_NaN();
+    // The head check's score of the measured outline ([0, 1], 1: a fetal head in the HC plane;
+    // HeadCheckResult::score) and its most likely class other than a head (kHeadCheckPlanes);
+    // -1 and "" when no check ran.
+    double head_check = -1;
+    std::string head_check_other;
 };
 
 struct Measurement {
@@ -113,9 +123,10 @@ void keep_earlier_review(Measurement& m, bool flagged, const std::vector<std::st
 
 class Measurer {
 public:
-    // Reads the model's calibrated HC interval (metadata "hc_interval"), when it has one.
-    explicit Measurer(Segmenter seg)
-        : seg_(std::move(seg)), interval_(interval_model_from_metadata(seg_.info().metadata)) {}
+    // Reads the model's calibrated HC interval (metadata "hc_interval"), when it has one. With a
+    // head check, every measured outline is scored by it (MeasureOptions::head_check).
+    explicit Measurer(Segmenter seg, std::optional<HeadCheck> check = std::nullopt)
+        : seg_(std::move(seg)), check_(std::move(check)), interval_(interval_model_from_metadata(seg_.info().metadata)) {}
     Expected<Measurement> measure(const cv::Mat& gray8, const MeasureOptions& opt,
                                   const std::string& source = "image") const;
     // Same, tracking a head found on a previous frame (see Segmenter::segment_near): `prior` is
@@ -128,9 +139,11 @@ public:
     // median HC) of the given quality; nullopt when the model file carries no interval.
     std::optional<HcInterval> interval_for(double hc_mm, bool review) const;
     const Segmenter& segmenter() const { return seg_; }
+    const HeadCheck* head_check() const { return check_ ? &*check_ : nullptr; }
 
 private:
     Segmenter seg_;
+    std::optional<HeadCheck> check_;
     std::optional<HcIntervalModel> interval_;
 };
 

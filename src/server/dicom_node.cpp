@@ -553,8 +553,10 @@ void DicomNode::Impl::process(DicomInstance& row, std::optional<Clock::time_poin
         request.max_frames = kServerMaxCineFrames;
         auto r = measure_dicom(engine, bytes, name, request);
         if (!r) {
-            row.status = "failed";
-            row.error = r.error().message;
+            // An image of another plane (a study holds every plane): listed, not an error of the node.
+            const bool other_plane = r.error().code == ErrorCode::NotAHeadPlane;
+            row.status = other_plane ? "not_measured" : "failed";
+            row.error = other_plane ? "not a fetal head in the HC plane: " + r.error().message : r.error().message;
             // Its frame count, when its header can be read.
             if (auto h = read_dicom_header(std::vector<unsigned char>(bytes.begin(), bytes.end()), name)) row.frames = h->frames;
         } else {

@@ -20,14 +20,18 @@ double ms_since(Clock::time_point t) { return std::chrono::duration<double, std:
 
 Engine::Engine(int slots, double max_queue_ms) : slots_(slots, max_queue_ms), decode_slots_(slots) {}
 
-void Engine::load(const std::string& model_path, int torch_threads, bool mirror_average) {
+void Engine::load(const std::string& model_path, int torch_threads, bool mirror_average, const std::string& head_check) {
     const auto t0 = Clock::now();
     const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
     const int threads = torch_threads > 0 ? torch_threads : std::max(1, hw / slots_.total());
     auto seg = Segmenter::load(model_path, {threads, mirror_average});
+    std::string missing;
+    auto check = seg ? head_check_for_model(head_check, model_path, &missing) : std::optional<HeadCheck>();
+    if (seg && !check) seg = check.error_value();
     std::shared_ptr<const Measurer> measurer;
     if (seg) {
-        measurer = std::make_shared<const Measurer>(*seg);
+        if (!missing.empty()) spdlog::warn("no head check at '{}': every outline is measured as a head (--head-check)", missing);
+        measurer = std::make_shared<const Measurer>(*seg, std::move(*check));
         // One measurement of a synthetic scan before saying ready: the first inference sets up the
         // kernels (seconds on a cold machine), and a replica that says ready must not spend its
         // first requests' queue time on that (they would be shed).

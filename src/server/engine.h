@@ -32,7 +32,9 @@ public:
     static constexpr double kDefaultMaxQueueMs = 5000;
     // Loads the model (blocking: call it on a background thread). torch_threads: LibTorch threads
     // per request; 0 = cores / slots (at least 1). mirror_average: SegmenterOptions::mirror_average.
-    void load(const std::string& model_path, int torch_threads, bool mirror_average = false);
+    // head_check: as ServerOptions::head_check; a check that cannot be loaded fails the load.
+    void load(const std::string& model_path, int torch_threads, bool mirror_average = false,
+              const std::string& head_check = "");
 
     State state() const;
     std::string load_error() const;     // why loading failed ("" otherwise)

@@ -37,6 +37,9 @@ const std::vector<ErrorInfo>& error_catalog() {
         {E::LengthRequired, "length_required", 411, "a request body was sent without Content-Length (chunked uploads are refused)"},
         {E::PayloadTooLarge, "payload_too_large", 413, "the request body is larger than the server's upload limit"},
         {E::NoHeadFound, "no_head_found", 422, "no fetal head was found in the image"},
+        {E::NotAHeadPlane, "not_a_head_plane", 422,
+         "the outline found is not a fetal head in the HC plane (the head check judged it another plane: abdomen, femur, "
+         "thorax, cervix or another structure; the message names the most likely): send a head in the trans-thalamic plane"},
         {E::NoEllipseFit, "no_ellipse_fit", 422, "no ellipse fits the head found, or the points or the mask sent"},
         {E::InvalidCalibration, "invalid_calibration", 422,
          "the DICOM file carries no usable calibration (no region in cm, a region box outside the image, absurd deltas) "
@@ -74,6 +77,7 @@ ErrorCode error_code_for(ErrorKind kind) {
         case K::ImageUnreadable: return E::ImageUnreadable;
         case K::InvalidCalibration: return E::InvalidCalibration;
         case K::NoHeadFound: return E::NoHeadFound;
+        case K::NotAHeadPlane: return E::NotAHeadPlane;
         case K::NoEllipseFit: return E::NoEllipseFit;
         case K::EmptyMask: return E::EmptyMask;
         case K::MaskTooComplex: return E::MaskTooComplex;

@@ -53,6 +53,7 @@ enum class ErrorCode {
     LengthRequired,      // 411
     PayloadTooLarge,     // 413
     NoHeadFound,         // 422
+    NotAHeadPlane,       // 422
     NoEllipseFit,        // 422
     InvalidCalibration,  // 422
     EmptyMask,           // 422

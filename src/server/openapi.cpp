@@ -287,7 +287,7 @@ json measure_path() {
             {"responses", overload_header(responses_with({{"200", ok}},
                                          {E::BadRequest, E::MissingField, E::InvalidField, E::InvalidPixelSize, E::InvalidGa,
                                           E::InvalidPregnancyId, E::InvalidDate, E::ImageUnreadable, E::Unauthorized,
-                                          E::PayloadTooLarge, E::NoHeadFound, E::NoEllipseFit, E::InvalidCalibration,
+                                          E::PayloadTooLarge, E::NoHeadFound, E::NotAHeadPlane, E::NoEllipseFit, E::InvalidCalibration,
                                           E::StorageFailed, E::StoreFull, E::ModelLoading, E::ModelUnavailable, E::Overloaded}))}};
 }
 
@@ -297,7 +297,10 @@ json dicom_instances_path() {
                                   {"sop_class_uid", str()},
                                   {"calling_aet", str()},
                                   {"received_at", {{"type", "string"}, {"format", "date-time"}}},
-                                  {"status", {{"type", "string"}, {"enum", {"pending", "measured", "failed"}}}},
+                                  {"status", {{"type", "string"},
+                                              {"enum", {"pending", "measured", "not_measured", "failed"}},
+                                              {"description", "not_measured: the image is not a fetal head in the HC plane "
+                                                              "(error says what it looks like); no SR is written for it"}}},
                                   {"image_sha256", str()},
                                   {"image_url", str()},
                                   {"sr_url", {{"type", "string"}, {"description", "the SR written for it, when measured"}}},

@@ -123,7 +123,7 @@ struct Server::Impl {
         if (started) return false;
         started = true;
         if (background) listener = std::thread([this] { http->listen(); });
-        loader = std::thread([this] { engine->load(opt.model_path, opt.torch_threads, opt.mirror_average); });
+        loader = std::thread([this] { engine->load(opt.model_path, opt.torch_threads, opt.mirror_average, opt.head_check); });
         if (dicom) dicom->start();
         return true;
     }

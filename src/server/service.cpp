@@ -104,8 +104,7 @@ Result<DicomMeasured> measure_dicom(Engine& engine, const std::string& bytes, co
     auto r = fetalhc::measure_dicom(**model, **reader, library_request);
     slot.reset();
     if (!r) return api_error(r.error_value());
-    if (r->summary && !r->summary->has_estimate)
-        return ApiError{ErrorCode::NoHeadFound, "'" + name + "': " + r->summary->estimate.reasons.front()};
+    if (auto none = cine_without_estimate(*r, name)) return api_error(*none);
     static_cast<DicomResult&>(out) = std::move(*r);
     return out;
 }

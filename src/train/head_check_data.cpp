@@ -79,11 +79,12 @@ int planes_class(const std::string& plane) {
     return -1;
 }
 
-Expected<std::vector<CheckImage>> load_hc18_check_images(const std::string& dir, int folds, int limit) {
+Expected<std::vector<CheckImage>> load_hc18_check_images(const std::string& dir, int folds, const std::string& salt,
+                                                         int limit) {
     auto recs = read_hc18_training(dir);
     if (!recs) return recs.error_value();
     if (limit > 0 && int(recs->size()) > limit) recs->resize(size_t(limit));
-    const std::vector<int> fold = folds >= 2 ? kfold_assignment(*recs, folds, "fetalhc-head-check-v1")
+    const std::vector<int> fold = folds >= 2 ? kfold_assignment(*recs, folds, salt)
                                              : std::vector<int>(recs->size(), -1);
     std::vector<CheckImage> out;
     for (size_t i = 0; i < recs->size(); ++i) {

@@ -27,8 +27,9 @@ struct CheckImage {
     std::string pipeline;   // planes: "ok", "review", or "refused" (the measurement's outcome)
 };
 
-// HC18 training images with reference ellipses; fold from kfold_assignment (folds >= 2) or -1.
-Expected<std::vector<CheckImage>> load_hc18_check_images(const std::string& dir, int folds, int limit);
+// HC18 training images with reference ellipses; fold from kfold_assignment(folds, salt) (folds >= 2) or -1.
+Expected<std::vector<CheckImage>> load_hc18_check_images(const std::string& dir, int folds, const std::string& salt,
+                                                         int limit);
 
 // The planes folder's rows (labels.csv), each measured with the segmentation model (cached in
 // cache_csv: written on the first run, read on later ones).

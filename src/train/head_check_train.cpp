@@ -29,7 +29,9 @@ using detail::HeadCheckNet;
 using Clock = std::chrono::steady_clock;
 
 constexpr double kLearningRate = 2e-3;
-constexpr int kPlanesRepeats = 4;  // each planes training row appears this often per epoch (they are few)
+// At most this share of the HC18 out-of-fold heads is refused (the bound for heads).
+constexpr double kMaxHeadsRefused = 0.005;
+constexpr int kPlanesRepeats = 8;  // each planes training row appears this often per epoch (they are few)
 
 torch::Tensor crops_tensor(const std::vector<cv::Mat>& crops) {
     const int n = kHeadCheckCropSize;
@@ -150,6 +152,15 @@ double quantile(std::vector<double> v, double q) {
     return v[size_t(std::floor(q * double(v.size() - 1)))];
 }
 
+// Between the k-th and (k+1)-th lowest score, k = floor(share x n): refuses k of the n heads.
+double refusal_threshold(std::vector<double> v, double share) {
+    std::sort(v.begin(), v.end());
+    const size_t k = size_t(std::floor(share * double(v.size())));
+    if (k == 0) return v.empty() ? NAN : v[0] / 2;
+    if (k >= v.size()) return v.back();
+    return (v[k - 1] + v[k]) / 2;
+}
+
 double share_below(const std::vector<double>& v, double t) {
     if (v.empty()) return NAN;
     return double(std::count_if(v.begin(), v.end(), [t](double x) { return x < t; })) / double(v.size());
@@ -228,7 +239,7 @@ Expected<HeadCheckTrainReport> train_head_check(const HeadCheckTrainOptions& o) 
         return make_error(ErrorKind::InvalidArgument, "'" + o.out_dir + "' already holds a run: resume it or give a new folder", "resume");
     fs::create_directories(out);
     torch::set_num_threads(std::max(1, o.threads));
-    auto hc = detail::load_hc18_check_images(o.hc18_dir, o.folds, o.limit);
+    auto hc = detail::load_hc18_check_images(o.hc18_dir, o.folds, o.hc18_split_salt, o.limit);
     if (!hc) return hc.error_value();
     auto pl = detail::load_planes_check_images(o.planes_dir, o.seg_model, (out / "planes_ellipses.csv").string(), o.limit, o.threads);
     if (!pl) return pl.error_value();
@@ -239,6 +250,8 @@ Expected<HeadCheckTrainReport> train_head_check(const HeadCheckTrainOptions& o) 
 
     // Out-of-fold scores on HC18: the image's own (jittered) reference outline and one off-target outline.
     std::vector<double> oof_head, oof_off;
+    std::ofstream oof_csv(out / "hc18_oof_scores.csv");
+    oof_csv << "filename,fold,head_score,off_target_score\n";
     for (int f = 0; f < (o.folds >= 2 ? o.folds : 0); ++f) {
         HeadCheckNet net = train_stage(im, f, out / ("fold" + std::to_string(f)), o);
         std::vector<CheckSample> own, off;
@@ -248,13 +261,16 @@ Expected<HeadCheckTrainReport> train_head_check(const HeadCheckTrainOptions& o) 
                 own.push_back(a);
                 off.push_back(b);
             }
-        for (double s : score_samples(net, im, own)) oof_head.push_back(s);
-        for (double s : score_samples(net, im, off)) oof_off.push_back(s);
+        const auto head_scores = score_samples(net, im, own), off_scores = score_samples(net, im, off);
+        for (size_t k = 0; k < own.size(); ++k)
+            oof_csv << im[size_t(own[k].image)].name << "," << f << "," << head_scores[k] << "," << off_scores[k] << "\n";
+        oof_head.insert(oof_head.end(), head_scores.begin(), head_scores.end());
+        oof_off.insert(oof_off.end(), off_scores.begin(), off_scores.end());
     }
     HeadCheckNet net = train_stage(im, -1, out / "all", o);
 
     // Thresholds from the training rows only: the HC18 out-of-fold head scores.
-    const double t1 = oof_head.empty() ? 0.2 : std::clamp(quantile(oof_head, 0.003), 0.02, 0.5);
+    const double t1 = oof_head.empty() ? 0.2 : std::clamp(refusal_threshold(oof_head, kMaxHeadsRefused), 0.02, 0.5);
     const double t2 = oof_head.empty() ? 0.5 : std::clamp(quantile(oof_head, 0.02), t1, 0.8);
 
     std::vector<CheckSample> planes_own;
@@ -267,11 +283,17 @@ Expected<HeadCheckTrainReport> train_head_check(const HeadCheckTrainOptions& o) 
     std::vector<double> score(im.size(), 0.0);
     const auto ps = score_samples(net, im, planes_own);
     for (size_t k = 0; k < ps.size(); ++k) score[planes_index[k]] = ps[k];
+    std::ofstream planes_csv(out / "planes_scores.csv");
+    planes_csv << "filename,plane,machine,patient,held_back,measurement,head_score\n";
+    for (size_t i = n_hc; i < im.size(); ++i)
+        planes_csv << im[i].name << "," << im[i].plane << "," << im[i].machine << "," << im[i].patient << ","
+                   << (im[i].held_back ? 1 : 0) << "," << im[i].pipeline << "," << (im[i].has_outline ? score[i] : NAN) << "\n";
 
     nlohmann::json rep;
     rep["thresholds"] = {{"refuse_below", t1}, {"review_below", t2},
-                         {"rule", "refuse_below = 0.3% quantile, review_below = 2% quantile of the HC18 out-of-fold head "
-                                  "scores (clamped to [0.02, 0.5] and [refuse_below, 0.8])"}};
+                         {"rule", "refuse_below: between the k-th and (k+1)-th lowest HC18 out-of-fold head score, k = "
+                                  "floor(0.005 n) (at most 0.5% of the heads refused); review_below: their 2% quantile "
+                                  "(clamped to [0.02, 0.5] and [refuse_below, 0.8])"}};
     rep["hc18_oof"] = {{"heads", oof_head.size()},
                        {"heads_below_refuse", share_below(oof_head, t1)},
                        {"heads_below_review", share_below(oof_head, t2)},
@@ -288,13 +310,21 @@ Expected<HeadCheckTrainReport> train_head_check(const HeadCheckTrainOptions& o) 
     rep["recipe"] = {{"crop", {{"size", kHeadCheckCropSize}, {"span_of_major_axis", kHeadCheckCropSpan}}},
                      {"epochs", o.epochs}, {"batch", o.batch}, {"folds", o.folds}, {"seed", o.seed},
                      {"planes_repeats_per_epoch", kPlanesRepeats}, {"learning_rate", kLearningRate},
-                     {"hc18_split_salt", "fetalhc-head-check-v1"},
+                     {"hc18_split_salt", o.hc18_split_salt},
                      {"planes_split", "FNV-1a of 'fetalhc-head-check-v1/'+patient, held back when %100 < 40"},
                      {"limit", o.limit}, {"max_steps", o.max_steps}};
     const fs::path model = out / "model.pt";
     nlohmann::json meta = {{"kind", "fetalhc_head_check"}, {"thresholds", rep["thresholds"]}, {"recipe", rep["recipe"]},
                            {"hc18_oof", rep["hc18_oof"]}};
     detail::save_head_check(net, model.string(), meta.dump());
+    // The fold models with the same thresholds, loadable by HeadCheck::load for out-of-fold use.
+    for (int f = 0; f < (o.folds >= 2 ? o.folds : 0); ++f) {
+        const fs::path dir = out / ("fold" + std::to_string(f));
+        HeadCheckNet fold_net = detail::load_head_check((dir / "model.pt").string()).first;
+        nlohmann::json fm = meta;
+        fm["fold"] = f;
+        detail::save_head_check(fold_net, (dir / "model.pt").string(), fm.dump());
+    }
     std::ofstream(out / "report.json") << rep.dump(2) << "\n";
     std::printf("%s\n", rep.dump(2).c_str());
     HeadCheckTrainReport r;

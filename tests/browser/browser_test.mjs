@@ -33,6 +33,7 @@ function parseArgs(argv) {
   const opts = {
     binary: 'build/fetalhc', model: '', data: '', image: '', pixelSize: null, gaWeeks: 21,
     artifacts: 'build/artifacts', chromium: '', chromedriver: '', keep: false, serverUrl: '', dicomWrap: '',
+    otherPlane: '',
   };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -53,6 +54,7 @@ function parseArgs(argv) {
       case '--keep-temp': opts.keep = true; break;
       case '--server-url': opts.serverUrl = value().replace(/\/+$/, ''); break;
       case '--dicom-wrap': opts.dicomWrap = value(); break;
+      case '--other-plane': opts.otherPlane = value(); break;
       case '-h': case '--help': usage(); break;
       default: usage(`unknown argument ${arg}`);
     }
@@ -583,6 +585,28 @@ async function runDicom(opts, ctx, { pregnancyId, pngHc }) {
   check(csv.split('\n')[0].endsWith(',sop_instance_uid') && csv.includes(uid), `the CSV export lacks the UID: ${csv.slice(0, 400)}`);
 }
 
+// Issue 24: an image of another plane (a femur of ../shared/planes) is refused by the head check;
+// the page says so as a warning naming the plane problem, and draws no ellipse.
+async function runOtherPlane(opts, { base, wd }) {
+  await wd.navigate(base + '/');
+  await waitFor('the page script to start (body[data-ready])',
+    async () => (await wd.attr('body', 'data-ready')) === '1', 15000);
+  await wd.type('#file', path.resolve(opts.otherPlane), false);
+  await wd.exec('document.getElementById("pixel-size").value = "";');
+  await wd.type('#pixel-size', '0.2');
+  await wd.click('#measure');
+  let shown = null;
+  await waitFor('the page to say the image is not a head in the HC plane', async () => {
+    shown = await pageMessage(wd);
+    return shown && /not a fetal head in the HC plane/.test(shown.text);
+  }, 60000, 200);
+  console.log(`another plane: [${shown.kind}] ${shown.text}`);
+  check(shown.kind.includes('message-warning') && /^Not measured/.test(shown.text),
+    `the refusal should be a warning starting "Not measured", got ${JSON.stringify(shown)}`);
+  check((await wd.attr('#canvas', 'data-drawn')) !== '1', 'an ellipse was drawn on an image refused as another plane');
+  await shot(wd, opts, 'other_plane');
+}
+
 function shot(wd, opts, name) {
   return wd.screenshot(path.join(opts.artifacts, `browser_${name}.png`));
 }
@@ -675,8 +699,12 @@ async function main() {
       const env = { ...process.env };
       delete env.FETALHC_MODEL;
       const model = modelWithTestInterval(tmp, opts.binary, opts.model);
+      // The model is a copy in the temporary folder: the head check beside the original is named.
+      const check = path.join(path.dirname(opts.model), 'fetalhc_head_check.pt');
+      const checkArgs = fs.existsSync(check) ? ['--head-check', check] : [];
+      if (!checkArgs.length) opts.otherPlane = '';
       server = startProcess('fetalhc serve', path.resolve(opts.binary),
-        ['serve', '--port', String(port), '--db', path.join(tmp, 't.db'), '--model', model], { env });
+        ['serve', '--port', String(port), '--db', path.join(tmp, 't.db'), '--model', model, ...checkArgs], { env });
     }
     await waitFor(`${base}/health to answer 200`, async () => {
       if (server && server.exitCode !== null) throw new TestFailure(`fetalhc serve exited with code ${server.exitCode}`);
@@ -696,6 +724,8 @@ async function main() {
 
     await runCrossOrigin(opts, { base, wd, imagePath, pixelSize });
     await run(opts, { base, pixelSize, gaWeeks: opts.gaWeeks, imagePath, truthHc: row ? row.hc : null, wd, tmp });
+    if (opts.otherPlane && fs.existsSync(opts.otherPlane)) await runOtherPlane(opts, { base, wd });
+    else console.log(`SKIP the other-plane step: no image at '${opts.otherPlane}' or no head check beside the model`);
   } catch (err) {
     failed = err;
   }

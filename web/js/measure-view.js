@@ -226,7 +226,14 @@ async function submitMeasure(ev) {
     }
     showMeasurement(m);
   } catch (err) {
-    if (seq === state.measureSeq) showMessage('Measurement failed: ' + err.message);
+    if (seq !== state.measureSeq) return;
+    // Another plane of the study (abdomen, femur, ...): refused by the head check, not a failure.
+    if (err.code === 'not_a_head_plane') {
+      showMessage('Not measured: this image is not a fetal head in the HC plane. ' + err.message +
+        ' Choose an image of the head in the trans-thalamic plane.', 'warning');
+    } else {
+      showMessage('Measurement failed: ' + err.message);
+    }
   } finally {
     setMeasuring(false);
   }
