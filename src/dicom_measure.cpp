@@ -211,20 +211,13 @@ Expected<DicomResult> measure_dicom(const Measurer& measurer, DicomFrameReader& 
 }
 
 std::optional<Error> cine_without_estimate(const DicomResult& r, const std::string& name) {
-    if (!r.summary || r.summary->has_estimate) return std::nullopt;
-    int other_plane = 0;
+    if (!r.summary) return std::nullopt;
+    int not_a_head = 0;
     const Error* first = nullptr;
     for (const VideoFrame& f : r.frames)
-        if (!f.result && f.result.error_value().kind == ErrorKind::NotAHeadPlane) {
-            ++other_plane;
-            if (!first) first = &f.result.error_value();
-        }
-    if (first && 2 * other_plane > int(r.frames.size()))
-        return make_error(ErrorKind::NotAHeadPlane, "'" + name + "': " + std::to_string(other_plane) + " of " +
-                                                        std::to_string(r.frames.size()) + " frames are not a fetal head in the HC plane; " +
-                                                        first->message);
-    const auto& reasons = r.summary->estimate.reasons;
-    return make_error(ErrorKind::NoHeadFound, "'" + name + "': " + (reasons.empty() ? std::string("no frame judged ok") : reasons.front()));
+        if (!f.result && f.result.error_value().kind == ErrorKind::NotAHeadPlane && ++not_a_head == 1)
+            first = &f.result.error_value();
+    return summary_without_estimate(*r.summary, not_a_head, first, name);
 }
 
 nlohmann::json to_json(const DicomCalibration& c, const std::string& given_source) {

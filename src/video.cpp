@@ -317,6 +317,17 @@ nlohmann::json to_json(const VideoFrame& f) {
     return j;
 }
 
+std::optional<Error> summary_without_estimate(const VideoSummary& s, int not_a_head, const Error* first_not_a_head,
+                                              const std::string& name) {
+    if (s.has_estimate) return std::nullopt;
+    if (first_not_a_head && 2 * not_a_head > s.frames)
+        return make_error(ErrorKind::NotAHeadPlane, "'" + name + "': " + std::to_string(not_a_head) + " of " +
+                                                        std::to_string(s.frames) +
+                                                        " frames are not a fetal head in the HC plane; " + first_not_a_head->message);
+    const auto& reasons = s.estimate.reasons;
+    return make_error(ErrorKind::NoHeadFound, "'" + name + "': " + (reasons.empty() ? std::string("no frame judged ok") : reasons.front()));
+}
+
 nlohmann::json to_json(const VideoSummary& s) {
     nlohmann::json j{{"frames", s.frames},   {"measured", s.measured}, {"ok_frames", s.ok},
                      {"has_estimate", s.has_estimate}, {"seconds", s.seconds}, {"frames_per_second", s.frames_per_second}};

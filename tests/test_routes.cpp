@@ -1031,6 +1031,33 @@ TEST_F(RouteModel, BlankScanHasNoHead) {
     expect_error((*api_)(post_form("/v1/segment", {{"image", blank_scan(), "b.png"}})), 422, "no_head_found", "b.png");
 }
 
+// Issue 24: a plane that is not a head (a held-back femur of ../shared/planes) is refused by
+// /v1/measure with 422 not_a_head_plane; /v1/head-check scores an outline alone, with the
+// thresholds and the verdict they give; a head passes both.
+TEST_F(RouteModel, AnotherPlaneIsRefusedAndTheHeadCheckStageAnswers) {
+    const json m = body_json((*api_)(post_form("/v1/measure", measure_form(scan_))));
+    ASSERT_TRUE(m.contains("signals")) << m.dump();
+    const double score = m["signals"]["head_check"].get<double>();
+    EXPECT_GE(score, 0.0);
+    const HttpResponse c = (*api_)(post_form("/v1/head-check", {{"image", scan_, "scan.png"}, {"ellipse_px", m["ellipse_px"].dump(), ""}}));
+    ASSERT_EQ(c.status, 200) << c.body;
+    const json cj = body_json(c);
+    EXPECT_NEAR(cj["head_check"].get<double>(), score, 1e-6) << "the stage scores what /v1/measure scored";
+    EXPECT_LT(cj["refuse_below"].get<double>(), cj["review_below"].get<double>());
+    EXPECT_NE(cj["verdict"], "not_a_head_plane") << "a measured scan cannot have been refused";
+    EXPECT_EQ(cj["plane_probabilities"].size(), size_t(kHeadCheckPlaneCount));
+    expect_error((*api_)(post_form("/v1/head-check", {{"image", scan_, "scan.png"}})), 400, "missing_field", "ellipse_px");
+    expect_error((*api_)(post_form("/v1/head-check", {{"image", scan_, "scan.png"}, {"ellipse_px", "{not json", ""}})), 400,
+                 "invalid_ellipse");
+
+    const fs::path femur = fs::path(FETALHC_PLANES_DIR) / "images" / "Patient01682_Plane5_2_of_2.png";
+    if (!fs::exists(femur)) GTEST_SKIP() << "planes image not found at " << femur << "; the refusal is not checked";
+    std::ifstream in(femur, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    expect_error((*api_)(post_form("/v1/measure", measure_form(bytes, "0.2"))), 422, "not_a_head_plane",
+                 "is not a fetal head in the HC plane");
+}
+
 TEST_F(RouteModel, SegmentReturnsAMaskOrAContour) {
     const HttpResponse r = (*api_)(post_form("/v1/segment", {{"image", scan_, "scan.png"}}));
     ASSERT_EQ(r.status, 200) << r.body;

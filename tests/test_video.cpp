@@ -323,3 +323,22 @@ TEST_F(VideoRealScan, SummaryOfFramesThatDisagreeIsMarkedReview) {
     EXPECT_EQ(one->estimate.quality, "review");
     EXPECT_NE(one->estimate.reasons.front().find("only 1 of 3 frames judged ok"), std::string::npos) << one->estimate.reasons.front();
 }
+
+// A video without an ok frame says why: another plane when most frames were refused as such (a
+// cardiac cine sent to the node), else no head.
+TEST(VideoSummaryReason, MostlyAnotherPlaneOrNoHead) {
+    VideoSummary s;
+    s.frames = 3;
+    s.estimate.reasons = {"no frame judged ok (0 of 3 frames measured): no estimate; check the frames"};
+    const Error femur = make_error(ErrorKind::NotAHeadPlane, "'v#0' is not a fetal head in the HC plane: a femur");
+    auto e = summary_without_estimate(s, 2, &femur, "v.mp4");
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->kind, ErrorKind::NotAHeadPlane);
+    EXPECT_NE(e->message.find("2 of 3 frames are not a fetal head in the HC plane"), std::string::npos) << e->message;
+    e = summary_without_estimate(s, 1, &femur, "v.mp4");
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->kind, ErrorKind::NoHeadFound);
+    EXPECT_NE(e->message.find("no frame judged ok"), std::string::npos) << e->message;
+    s.has_estimate = true;
+    EXPECT_FALSE(summary_without_estimate(s, 3, &femur, "v.mp4"));
+}

@@ -198,10 +198,8 @@ struct DicomEvents {
 Expected<DicomResult> measure_dicom(const Measurer& measurer, DicomFrameReader& reader, const DicomRequest& request,
                                     const DicomEvents& events = {});
 
-// A multi-frame result without an estimate (no frame judged ok) as an error naming `name`:
-// NotAHeadPlane when most of its frames were refused as not a fetal head in the HC plane (the
-// first such frame's message), else NoHeadFound with the summary's reason. nullopt when the result
-// has an estimate or is a single frame.
+// A multi-frame result without an estimate as an error naming `name` (summary_without_estimate,
+// video.h). nullopt when the result has an estimate or is a single frame.
 std::optional<Error> cine_without_estimate(const DicomResult& r, const std::string& name);
 
 // Why the file cannot be measured with its own calibration (or the pixel size given) before any

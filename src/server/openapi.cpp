@@ -363,6 +363,24 @@ json fit_path() {
                                           E::PayloadTooLarge, E::NoEllipseFit, E::EmptyMask, E::MaskTooComplex})}};
 }
 
+json head_check_path() {
+    const json checked = object({{"head_check", num("0..1: 1 = a fetal head in the HC plane")},
+                                 {"head_check_other", {{"type", "string"}, {"description", "the most likely class other than a head"}}},
+                                 {"plane_probabilities", {{"type", "object"}, {"additionalProperties", num("0..1")}}},
+                                 {"refuse_below", num("/v1/measure refuses below this (not_a_head_plane)")},
+                                 {"review_below", num("/v1/measure flags below this")},
+                                 {"verdict", {{"type", "string"}, {"enum", {"head", "review", "not_a_head_plane"}}}}});
+    return {{"summary", "The head check alone: is the outline ellipse_px (form field, JSON Ellipse in pixels) on the image a "
+                        "fetal head in the HC plane? Score, thresholds and verdict (e.g. for an ellipse corrected by hand)"},
+            {"security", kSecured},
+            {"requestBody", image_form({{"ellipse_px", {{"type", "string"}, {"description", "JSON Ellipse (px)"}}}},
+                                       {"image", "ellipse_px"})},
+            {"responses", overload_header(responses_with({{"200", json_response("the check's answer", checked)}},
+                                                         {E::BadRequest, E::MissingField, E::InvalidEllipse, E::ImageUnreadable,
+                                                          E::Unauthorized, E::PayloadTooLarge, E::ModelLoading,
+                                                          E::ModelUnavailable, E::Overloaded}))}};
+}
+
 json perimeter_path() {
     json body = object({{"ellipse_px", ref("Ellipse")}, {"pixel_size_mm", num("mm per pixel")}, {"ga_weeks", num("known GA")}});
     body["required"] = {"ellipse_px", "pixel_size_mm"};
@@ -434,6 +452,7 @@ std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
     paths["/v1/segment"]["post"] = segment_path();
     paths["/v1/fit-ellipse"]["post"] = fit_path();
     paths["/v1/perimeter"]["post"] = perimeter_path();
+    paths["/v1/head-check"]["post"] = head_check_path();
     history_paths(paths);
     paths["/v1/dicom/instances"]["get"] = dicom_instances_path();
     const std::string description =

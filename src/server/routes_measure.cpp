@@ -178,6 +178,39 @@ HttpResponse fit_ellipse_route(const HttpRequest& req, Services& s) {
                                {"points", f.points}});
 }
 
+// The head check alone (a stage of /v1/measure): the score of an outline on an image, e.g. an
+// ellipse corrected by hand, with the thresholds and the verdict they give.
+HttpResponse head_check_route(const HttpRequest& req, Services& s) {
+    const UploadedFile& up = require_upload(req, "image");
+    const std::optional<std::string> text = form_text(req, "ellipse_px");
+    if (!text) fail(ErrorCode::MissingField, "the form field 'ellipse_px' (a JSON object: center_x, center_y, semi_axis_a, "
+                                             "semi_axis_b, angle_rad, in pixels) is required");
+    const json body = {{"ellipse_px", json::parse(*text, nullptr, false)}};
+    const Ellipse e = json_ellipse(body, "ellipse_px");
+    HeadCheckResult r;
+    double refuse = 0, review = 0;
+    {
+        Admission admission;
+        SlotGuard slot(s.engine.slots(), admission);
+        if (!admission.admitted) throw overloaded_error(admission, s.engine.slots());
+        const cv::Mat gray = decode_image(s.engine.decode_slots(), up.bytes, upload_name(up)).value_or_throw();
+        const auto model = s.engine.measurer().value_or_throw();
+        const HeadCheck* check = model->head_check();
+        if (!check)
+            fail(ErrorCode::ModelUnavailable, "this server measures without a head check (serve --head-check none, or no " +
+                                                  std::string(kHeadCheckFileName) + " beside the model)");
+        r = check->score(gray, e);
+        refuse = check->refuse_below();
+        review = check->review_below();
+    }
+    json planes = json::object();
+    for (int i = 0; i < kHeadCheckPlaneCount; ++i) planes[kHeadCheckPlanes[size_t(i)]] = r.plane_probability[size_t(i)];
+    const char* verdict = r.score < refuse ? "not_a_head_plane" : r.score < review ? "review" : "head";
+    return json_response(200, {{"head_check", r.score}, {"head_check_other", kHeadCheckPlanes[size_t(r.likely_other)]},
+                               {"plane_probabilities", planes}, {"refuse_below", refuse}, {"review_below", review},
+                               {"verdict", verdict}});
+}
+
 HttpResponse perimeter(const HttpRequest& req, Services&) {
     const json body = parse_json_body(req);
     const Ellipse e = json_ellipse(body, "ellipse_px");
@@ -197,7 +230,8 @@ std::vector<Route> measure_routes() {
     return {{"POST", "/v1/measure", measure},
             {"POST", "/v1/segment", segment},
             {"POST", "/v1/fit-ellipse", fit_ellipse_route},
-            {"POST", "/v1/perimeter", perimeter}};
+            {"POST", "/v1/perimeter", perimeter},
+            {"POST", "/v1/head-check", head_check_route}};
 }
 
 }  // namespace fetalhc::server
