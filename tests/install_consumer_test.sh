@@ -8,7 +8,7 @@ build=$1 src=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
-for f in bin/fetalhc include/fetalhc/measure.h share/fetalhc/models/fetalhc_unet.pt lib/cmake/fetalhc/fetalhcConfig.cmake; do
+for f in bin/fetalhc include/fetalhc/measure.h share/fetalhc/models/fetalhc_unet.pt share/fetalhc/models/fetalhc_head_check.pt lib/cmake/fetalhc/fetalhcConfig.cmake; do
   [ -e "$tmp/prefix/$f" ] || { echo "FAIL: $f not installed"; exit 1; }
 done
 cmake -S "$src/examples/consumer" -B "$tmp/consumer" -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_BUILD_TYPE=Release >/dev/null
