@@ -183,8 +183,9 @@ Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptio
 
 Expected<Measurement> Measurer::measure_near(const cv::Mat& gray8, const MeasureOptions& opt, const Ellipse& prior,
                                              const std::string& source) const {
-    auto r = segment_and_measure(gray8, opt, source, [&] { return seg_.segment_near(gray8, prior); });
-    return with_interval(with_head_check(std::move(r), gray8, opt, head_check()), interval_);
+    // No head check here: tracking follows a head found (and checked) on a key frame.
+    return with_interval(segment_and_measure(gray8, opt, source, [&] { return seg_.segment_near(gray8, prior); }),
+                         interval_);
 }
 
 std::optional<HcInterval> Measurer::interval_for(double hc_mm, bool review) const {

@@ -130,7 +130,8 @@ public:
     Expected<Measurement> measure(const cv::Mat& gray8, const MeasureOptions& opt,
                                   const std::string& source = "image") const;
     // Same, tracking a head found on a previous frame (see Segmenter::segment_near): `prior` is
-    // that frame's ellipse_px, in input pixels.
+    // that frame's ellipse_px, in input pixels. The head check does not run here (it ran on the
+    // frame that found the head): signals.head_check stays -1.
     Expected<Measurement> measure_near(const cv::Mat& gray8, const MeasureOptions& opt, const Ellipse& prior,
                                        const std::string& source = "image") const;
     // Reads the file too (decode time is reported in timings).
