@@ -228,10 +228,54 @@ std::pair<CheckSample, CheckSample> scoring_samples(const std::vector<CheckImage
     return {own, detail::off_target_sample(im, i, rng)};
 }
 
+// Trains the fold models and scores HC18 out of fold: each image's own (jittered) reference outline
+// into `head`, one off-target outline into `off`; both also into OUT/hc18_oof_scores.csv.
+void train_folds_and_score(const std::vector<CheckImage>& im, size_t n_hc, const fs::path& out, const HeadCheckTrainOptions& o,
+                           std::vector<double>& head, std::vector<double>& off) {
+    std::ofstream csv(out / "hc18_oof_scores.csv");
+    csv << "filename,fold,head_score,off_target_score\n";
+    for (int f = 0; f < (o.folds >= 2 ? o.folds : 0); ++f) {
+        HeadCheckNet net = train_stage(im, f, out / ("fold" + std::to_string(f)), o);
+        std::vector<CheckSample> own, other;
+        for (int i = 0; i < int(n_hc); ++i)
+            if (im[size_t(i)].fold == f) {
+                auto [a, b] = scoring_samples(im, i);
+                own.push_back(a);
+                other.push_back(b);
+            }
+        const auto head_scores = score_samples(net, im, own), off_scores = score_samples(net, im, other);
+        for (size_t k = 0; k < own.size(); ++k)
+            csv << im[size_t(own[k].image)].name << "," << f << "," << head_scores[k] << "," << off_scores[k] << "\n";
+        head.insert(head.end(), head_scores.begin(), head_scores.end());
+        off.insert(off.end(), off_scores.begin(), off_scores.end());
+    }
+}
+
+// Every planes row's score by the final model, with its labels and side of the split (NaN: no outline).
+void write_planes_scores(const fs::path& file, const std::vector<CheckImage>& im, size_t first_planes_row,
+                         const std::vector<double>& score) {
+    std::ofstream csv(file);
+    csv << "filename,plane,machine,patient,held_back,measurement,head_score\n";
+    for (size_t i = first_planes_row; i < im.size(); ++i)
+        csv << im[i].name << "," << im[i].plane << "," << im[i].machine << "," << im[i].patient << "," << (im[i].held_back ? 1 : 0)
+            << "," << im[i].pipeline << "," << (im[i].has_outline ? score[i] : NAN) << "\n";
+}
+
+// The fold models rewritten with the final model's metadata (thresholds, recipe) and their fold,
+// so that HeadCheck::load reads them for out-of-fold use.
+void add_metadata_to_fold_models(const fs::path& out, int folds, const nlohmann::json& meta) {
+    for (int f = 0; f < folds; ++f) {
+        const fs::path dir = out / ("fold" + std::to_string(f));
+        HeadCheckNet fold_net = detail::load_head_check((dir / "model.pt").string()).first;
+        nlohmann::json fm = meta;
+        fm["fold"] = f;
+        detail::save_head_check(fold_net, (dir / "model.pt").string(), fm.dump());
+    }
+}
+
 }  // namespace
 
 // Loads the data, trains the stages, scores, chooses thresholds, writes model and report.
-// Long by nature: a sequence of named steps, each a few lines.
 Expected<HeadCheckTrainReport> train_head_check(const HeadCheckTrainOptions& o) {
     const auto t0 = Clock::now();
     const fs::path out(o.out_dir);
@@ -248,25 +292,8 @@ Expected<HeadCheckTrainReport> train_head_check(const HeadCheckTrainOptions& o) 
     for (auto& r : *pl) im.push_back(std::move(r));
     std::fprintf(stderr, "head check: %zu HC18 images, %zu planes rows\n", n_hc, im.size() - n_hc);
 
-    // Out-of-fold scores on HC18: the image's own (jittered) reference outline and one off-target outline.
     std::vector<double> oof_head, oof_off;
-    std::ofstream oof_csv(out / "hc18_oof_scores.csv");
-    oof_csv << "filename,fold,head_score,off_target_score\n";
-    for (int f = 0; f < (o.folds >= 2 ? o.folds : 0); ++f) {
-        HeadCheckNet net = train_stage(im, f, out / ("fold" + std::to_string(f)), o);
-        std::vector<CheckSample> own, off;
-        for (int i = 0; i < int(n_hc); ++i)
-            if (im[size_t(i)].fold == f) {
-                auto [a, b] = scoring_samples(im, i);
-                own.push_back(a);
-                off.push_back(b);
-            }
-        const auto head_scores = score_samples(net, im, own), off_scores = score_samples(net, im, off);
-        for (size_t k = 0; k < own.size(); ++k)
-            oof_csv << im[size_t(own[k].image)].name << "," << f << "," << head_scores[k] << "," << off_scores[k] << "\n";
-        oof_head.insert(oof_head.end(), head_scores.begin(), head_scores.end());
-        oof_off.insert(oof_off.end(), off_scores.begin(), off_scores.end());
-    }
+    train_folds_and_score(im, n_hc, out, o, oof_head, oof_off);
     HeadCheckNet net = train_stage(im, -1, out / "all", o);
 
     // Thresholds from the training rows only: the HC18 out-of-fold head scores.
@@ -283,11 +310,7 @@ Expected<HeadCheckTrainReport> train_head_check(const HeadCheckTrainOptions& o) 
     std::vector<double> score(im.size(), 0.0);
     const auto ps = score_samples(net, im, planes_own);
     for (size_t k = 0; k < ps.size(); ++k) score[planes_index[k]] = ps[k];
-    std::ofstream planes_csv(out / "planes_scores.csv");
-    planes_csv << "filename,plane,machine,patient,held_back,measurement,head_score\n";
-    for (size_t i = n_hc; i < im.size(); ++i)
-        planes_csv << im[i].name << "," << im[i].plane << "," << im[i].machine << "," << im[i].patient << ","
-                   << (im[i].held_back ? 1 : 0) << "," << im[i].pipeline << "," << (im[i].has_outline ? score[i] : NAN) << "\n";
+    write_planes_scores(out / "planes_scores.csv", im, n_hc, score);
 
     nlohmann::json rep;
     rep["thresholds"] = {{"refuse_below", t1}, {"review_below", t2},
@@ -317,14 +340,7 @@ Expected<HeadCheckTrainReport> train_head_check(const HeadCheckTrainOptions& o) 
     nlohmann::json meta = {{"kind", "fetalhc_head_check"}, {"thresholds", rep["thresholds"]}, {"recipe", rep["recipe"]},
                            {"hc18_oof", rep["hc18_oof"]}};
     detail::save_head_check(net, model.string(), meta.dump());
-    // The fold models with the same thresholds, loadable by HeadCheck::load for out-of-fold use.
-    for (int f = 0; f < (o.folds >= 2 ? o.folds : 0); ++f) {
-        const fs::path dir = out / ("fold" + std::to_string(f));
-        HeadCheckNet fold_net = detail::load_head_check((dir / "model.pt").string()).first;
-        nlohmann::json fm = meta;
-        fm["fold"] = f;
-        detail::save_head_check(fold_net, (dir / "model.pt").string(), fm.dump());
-    }
+    add_metadata_to_fold_models(out, o.folds >= 2 ? o.folds : 0, meta);
     std::ofstream(out / "report.json") << rep.dump(2) << "\n";
     std::printf("%s\n", rep.dump(2).c_str());
     HeadCheckTrainReport r;
