@@ -979,6 +979,11 @@ TEST_F(RouteModel, HealthIsReadyAndNamesTheModel) {
     EXPECT_EQ(j["status"], "ready");
     EXPECT_EQ(j["model"], fs::path(kModel).filename().string());
     EXPECT_EQ(j["inference_slots"], 2);
+    // The head check beside the model is loaded by default, and /health says so with its thresholds.
+    if (fs::exists(fs::path(kModel).parent_path() / kHeadCheckFileName)) {
+        ASSERT_TRUE(j["head_check"].is_object()) << j.dump();
+        EXPECT_LT(j["head_check"]["refuse_below"].get<double>(), j["head_check"]["review_below"].get<double>());
+    }
 }
 
 TEST_F(RouteModel, MeasureReturnsTheNumbersAndStoresTheImage) {

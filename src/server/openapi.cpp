@@ -245,7 +245,8 @@ const json kSecured = json::array({{{"bearerAuth", json::array()}}});
 void site_paths(json& paths) {
     json health_responses{{"200", json_response("ready", {{"type", "object"}})},
                           {"503", json_response("not ready; code model_loading or model_unavailable", ref("HealthNotReady"))}};
-    paths["/health"]["get"] = {{"summary", "Readiness: 200 once the model is loaded, 503 while loading or after a load failure"},
+    paths["/health"]["get"] = {{"summary", "Readiness: 200 once the model is loaded (with head_check: its thresholds, or null when "
+                                           "the server runs without one), 503 while loading or after a load failure"},
                                {"responses", health_responses}};
     paths["/metrics"]["get"] = {{"summary", "Prometheus metrics: requests by route and status, latency histogram, errors"},
                                 {"security", kSecured},

@@ -48,11 +48,17 @@ HttpResponse openapi(const HttpRequest&, Services& s) {
 HttpResponse health(const HttpRequest&, Services& s) {
     switch (s.engine.state()) {
         case Engine::State::Ready: {
-            const ModelInfo& info = (*s.engine.measurer())->segmenter().info();
+            const auto measurer = *s.engine.measurer();
+            const ModelInfo& info = measurer->segmenter().info();
+            // Whether images of other planes are refused (the head check, --head-check), and where.
+            const HeadCheck* check = measurer->head_check();
+            const json head_check = check ? json{{"refuse_below", check->refuse_below()}, {"review_below", check->review_below()}}
+                                          : json(nullptr);
             return json_response(200, {{"status", "ready"},
                                        {"model", std::filesystem::path(info.path).filename().string()},
                                        {"parameters", info.parameters},
-                                       {"inference_slots", s.engine.slots().total()}});
+                                       {"inference_slots", s.engine.slots().total()},
+                                       {"head_check", head_check}});
         }
         case Engine::State::Loading: {
             json j = error_body({ErrorCode::ModelLoading, "the model is still loading"});
