@@ -16,11 +16,14 @@ cv::Mat head_check_crop(const cv::Mat& gray8, const Ellipse& e_px) {
     const double k = 2 * kHeadCheckCropSpan * e.a / n;  // image pixels per crop pixel
     // Only the part of the image under the crop is used: the square around the centre that holds
     // the turned crop (half-diagonal), clipped to the image.
+    // Clipped in doubles before any conversion to int: an ellipse given by a client (POST
+    // /v1/head-check) may be far outside the image or larger than any int.
     const double reach = k * n * 0.5 * std::sqrt(2.0) + 2;
-    const cv::Rect roi = cv::Rect(int(std::floor(e.cx - reach)), int(std::floor(e.cy - reach)), int(2 * reach) + 2,
-                                  int(2 * reach) + 2) &
-                         cv::Rect(0, 0, gray8.cols, gray8.rows);
-    if (roi.empty()) return out;
+    const double left = std::floor(e.cx - reach), top = std::floor(e.cy - reach), side = std::floor(2 * reach) + 2;
+    const double x0 = std::max(0.0, left), y0 = std::max(0.0, top);
+    const double x1 = std::min(double(gray8.cols), left + side), y1 = std::min(double(gray8.rows), top + side);
+    if (!(x1 > x0 && y1 > y0)) return out;
+    const cv::Rect roi(int(x0), int(y0), int(x1 - x0), int(y1 - y0));
     cv::Mat src = gray8(roi);
     // Reduce by pixel area when the crop is coarser than the image, so that the warp below samples
     // at about one source pixel per crop pixel. f: source pixels per reduced pixel (per axis).

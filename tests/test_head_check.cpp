@@ -72,6 +72,21 @@ TEST(HeadCheckCrop, OutsideTheImageIsBlackAndInvalidEllipseGivesBlack) {
     EXPECT_EQ(cv::countNonZero(head_check_crop(img, Ellipse{50, 50, 0, 0, 0})), 0);
 }
 
+// Ellipses a client may send (POST /v1/head-check): far outside the image or larger than any int.
+// The crop stays 64x64 (black where there is no image) instead of converting them to int.
+TEST(HeadCheckCrop, HostileEllipsesGiveACropNotACrash) {
+    const cv::Mat img(400, 500, CV_8U, cv::Scalar(200));
+    for (const Ellipse& e : {Ellipse{1e12, -1e12, 50, 40, 0}, Ellipse{-3e9, 200, 60, 45, 1.0}}) {
+        const cv::Mat c = head_check_crop(img, e);
+        ASSERT_EQ(c.size(), cv::Size(kHeadCheckCropSize, kHeadCheckCropSize));
+        EXPECT_EQ(cv::countNonZero(c), 0) << e.cx << " " << e.cy;
+    }
+    for (const Ellipse& e : {Ellipse{250, 200, 1e15, 1e14, 0.3}, Ellipse{250, 200, 1e300, 1e299, 0}}) {
+        const cv::Mat c = head_check_crop(img, e);
+        ASSERT_EQ(c.size(), cv::Size(kHeadCheckCropSize, kHeadCheckCropSize));
+    }
+}
+
 TEST(HeadCheckNet, OutputShapes) {
     fetalhc::detail::HeadCheckNet net;
     net->eval();

@@ -1054,6 +1054,12 @@ TEST_F(RouteModel, AnotherPlaneIsRefusedAndTheHeadCheckStageAnswers) {
     expect_error((*api_)(post_form("/v1/head-check", {{"image", scan_, "scan.png"}})), 400, "missing_field", "ellipse_px");
     expect_error((*api_)(post_form("/v1/head-check", {{"image", scan_, "scan.png"}, {"ellipse_px", "{not json", ""}})), 400,
                  "invalid_ellipse");
+    // An outline far larger than the image, or far outside it: scored, not a crash.
+    for (const char* hostile : {R"({"center_x": 1e12, "center_y": -1e12, "semi_axis_a": 50, "semi_axis_b": 40, "angle_rad": 0})",
+                                R"({"center_x": 100, "center_y": 100, "semi_axis_a": 1e300, "semi_axis_b": 1e299, "angle_rad": 0})"}) {
+        const HttpResponse h = (*api_)(post_form("/v1/head-check", {{"image", scan_, "scan.png"}, {"ellipse_px", hostile, ""}}));
+        EXPECT_EQ(h.status, 200) << hostile << ": " << h.body;
+    }
 
     const fs::path femur = fs::path(FETALHC_PLANES_DIR) / "images" / "Patient01682_Plane5_2_of_2.png";
     if (!fs::exists(femur)) GTEST_SKIP() << "planes image not found at " << femur << "; the refusal is not checked";
