@@ -3,6 +3,7 @@
 #include "fetalhc/csv.h"
 #include "fetalhc/image_io.h"
 #include "fetalhc/metrics.h"
+#include "fnv1a.h"
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -59,12 +60,7 @@ std::string excerpt(const std::string& s) {
     return n < s.size() ? out + "..." : out;
 }
 
-// FNV-1a, 64 bit: a stable hash (std::hash may differ between standard libraries).
-uint64_t fnv1a(const std::string& s) {
-    uint64_t h = 1469598103934665603ull;
-    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-    return h;
-}
+using detail::fnv1a;
 
 }  // namespace
 

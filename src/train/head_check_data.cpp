@@ -1,6 +1,8 @@
 // The head-check trainer's data: images, outlines, the planes split, crop augmentation.
 #include "train/head_check_data.h"
 
+#include "fnv1a.h"
+
 #include "fetalhc/csv.h"
 #include "fetalhc/hc18.h"
 #include "fetalhc/head_check.h"
@@ -67,9 +69,7 @@ std::map<std::string, std::vector<std::string>> read_cache(const std::string& pa
 }  // namespace
 
 bool planes_patient_held_back(const std::string& patient) {
-    unsigned long long h = 1469598103934665603ULL;
-    for (unsigned char c : "fetalhc-head-check-v1/" + patient) h = (h ^ c) * 1099511628211ULL;
-    return h % 100 < 40;
+    return fnv1a("fetalhc-head-check-v1/" + patient) % 100 < 40;
 }
 
 int planes_class(const std::string& plane) {

@@ -3,6 +3,7 @@
 #include "fetalhc/head_check_train.h"
 
 #include "fetalhc/head_check.h"
+#include "fetalhc/metrics.h"
 #include "head_check_net.h"
 #include "train/head_check_data.h"
 
@@ -144,12 +145,6 @@ std::vector<double> score_samples(HeadCheckNet& net, const std::vector<CheckImag
         for (long k = 0; k < p.size(0); ++k) out.push_back(p[k].item<double>());
     }
     return out;
-}
-
-double quantile(std::vector<double> v, double q) {
-    if (v.empty()) return NAN;
-    std::sort(v.begin(), v.end());
-    return v[size_t(std::floor(q * double(v.size() - 1)))];
 }
 
 // Between the k-th and (k+1)-th lowest score, k = floor(share x n): refuses k of the n heads.
