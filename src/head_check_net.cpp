@@ -173,18 +173,16 @@ const std::string& HeadCheck::metadata() const { return impl_->metadata; }
 Expected<std::optional<HeadCheck>> head_check_for_model(const std::string& choice, const std::string& model_path,
                                                         std::string* missing) {
     if (choice == "none") return std::optional<HeadCheck>();
-    if (!choice.empty()) {
-        auto c = HeadCheck::load(choice);
-        if (!c) return c.error_value();
-        return std::optional<HeadCheck>(std::move(*c));
+    std::string path = choice;
+    if (path.empty()) {  // the default: beside the model, optional
+        path = (std::filesystem::path(model_path).parent_path() / kHeadCheckFileName).string();
+        std::error_code ec;
+        if (!std::filesystem::exists(path, ec)) {
+            if (missing) *missing = path;
+            return std::optional<HeadCheck>();
+        }
     }
-    const std::string beside = (std::filesystem::path(model_path).parent_path() / kHeadCheckFileName).string();
-    std::error_code ec;
-    if (!std::filesystem::exists(beside, ec)) {
-        if (missing) *missing = beside;
-        return std::optional<HeadCheck>();
-    }
-    auto c = HeadCheck::load(beside);
+    auto c = HeadCheck::load(path);
     if (!c) return c.error_value();
     return std::optional<HeadCheck>(std::move(*c));
 }
