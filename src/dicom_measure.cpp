@@ -212,12 +212,9 @@ Expected<DicomResult> measure_dicom(const Measurer& measurer, DicomFrameReader& 
 
 std::optional<Error> cine_without_estimate(const DicomResult& r, const std::string& name) {
     if (!r.summary) return std::nullopt;
-    int not_a_head = 0;
-    const Error* first = nullptr;
-    for (const VideoFrame& f : r.frames)
-        if (!f.result && f.result.error_value().kind == ErrorKind::NotAHeadPlane && ++not_a_head == 1)
-            first = &f.result.error_value();
-    return summary_without_estimate(*r.summary, not_a_head, first, name);
+    NotAHeadFrames refused;
+    for (const VideoFrame& f : r.frames) refused.add(f);
+    return summary_without_estimate(*r.summary, refused, name);
 }
 
 nlohmann::json to_json(const DicomCalibration& c, const std::string& given_source) {

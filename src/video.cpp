@@ -317,13 +317,17 @@ nlohmann::json to_json(const VideoFrame& f) {
     return j;
 }
 
-std::optional<Error> summary_without_estimate(const VideoSummary& s, int not_a_head, const Error* first_not_a_head,
-                                              const std::string& name) {
+void NotAHeadFrames::add(const VideoFrame& f) {
+    if (f.result || f.result.error_value().kind != ErrorKind::NotAHeadPlane) return;
+    if (++count == 1) first = f.result.error_value();
+}
+
+std::optional<Error> summary_without_estimate(const VideoSummary& s, const NotAHeadFrames& refused, const std::string& name) {
     if (s.has_estimate) return std::nullopt;
-    if (first_not_a_head && 2 * not_a_head > s.frames)
-        return make_error(ErrorKind::NotAHeadPlane, "'" + name + "': " + std::to_string(not_a_head) + " of " +
+    if (refused.first && 2 * refused.count > s.frames)
+        return make_error(ErrorKind::NotAHeadPlane, "'" + name + "': " + std::to_string(refused.count) + " of " +
                                                         std::to_string(s.frames) +
-                                                        " frames are not a fetal head in the HC plane; " + first_not_a_head->message);
+                                                        " frames are not a fetal head in the HC plane; " + refused.first->message);
     const auto& reasons = s.estimate.reasons;
     return make_error(ErrorKind::NoHeadFound, "'" + name + "': " + (reasons.empty() ? std::string("no frame judged ok") : reasons.front()));
 }

@@ -333,12 +333,10 @@ bool measure_one_video(const fetalhc::Measurer& measurer, const std::string& pat
     if (!std::isnan(a.ga_weeks)) vo.measure.ga_weeks = a.ga_weeks;
     vo.redetect_every = a.redetect_every;
     vo.workers = a.workers;
-    int not_a_head = 0;  // frames refused as another plane, for the reason when no frame is ok
-    std::optional<fetalhc::Error> first_not_a_head;
+    fetalhc::NotAHeadFrames refused;  // for the reason when no frame is ok
     auto s = fetalhc::measure_video(measurer, path, vo, [&](const fetalhc::VideoFrame& f) {
         out.frame(path, f);
-        if (!f.result && f.result.error_value().kind == fetalhc::ErrorKind::NotAHeadPlane && ++not_a_head == 1)
-            first_not_a_head = f.result.error_value();
+        refused.add(f);
     });
     if (!s) {
         error(cli_message(s.error_value()));
@@ -346,8 +344,7 @@ bool measure_one_video(const fetalhc::Measurer& measurer, const std::string& pat
         return false;
     }
     out.video_summary(path, *s);
-    if (auto none = fetalhc::summary_without_estimate(*s, not_a_head, first_not_a_head ? &*first_not_a_head : nullptr, path))
-        error(none->message);
+    if (auto none = fetalhc::summary_without_estimate(*s, refused, path)) error(none->message);
     return s->has_estimate;
 }
 

@@ -87,12 +87,18 @@ Expected<VideoSummary> measure_frames(const Measurer& measurer, const std::strin
 Expected<VideoSummary> measure_video(const Measurer& measurer, const std::string& path, const VideoOptions& opt,
                                      const std::function<void(const VideoFrame&)>& on_frame = {});
 
+// The frames refused as not a fetal head in the HC plane (ErrorKind::NotAHeadPlane), counted as
+// they come: their number and the first one's error.
+struct NotAHeadFrames {
+    int count = 0;
+    std::optional<Error> first;
+    void add(const VideoFrame& f);
+};
 // Why a video or cine gives no estimate (no frame judged ok), as an error naming `name`:
-// NotAHeadPlane when more than half of its s.frames frames were refused as not a fetal head in the
-// HC plane (`not_a_head` of them, the first one's error `first_not_a_head`; e.g. a cardiac cine),
-// else NoHeadFound with the summary's reason. nullopt when the summary has an estimate.
-std::optional<Error> summary_without_estimate(const VideoSummary& s, int not_a_head, const Error* first_not_a_head,
-                                              const std::string& name);
+// NotAHeadPlane when more than half of its s.frames frames were refused as another plane (e.g. a
+// cardiac cine; the first one's message), else NoHeadFound with the summary's reason. nullopt when
+// the summary has an estimate.
+std::optional<Error> summary_without_estimate(const VideoSummary& s, const NotAHeadFrames& refused, const std::string& name);
 
 // JSON of a frame: to_json of its measurement (or {"error": message}) with "frame", "time_s" and
 // "tracked"; of a summary: "frames", "measured", "ok_frames", "has_estimate", "seconds",
