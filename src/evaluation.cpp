@@ -235,7 +235,8 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
     for (const char* h : {"filename", "ref_hc_mm", "hc_mm", "diff_mm", "dice", "hausdorff_mm", "trimester", "quality",
                           "detection_score", "certainty", "fit_rms_px", "inlier_share", "cut_share", "refine_presence",
                           "rival_share", "second_look", "skull_evidence", "ring_contrast", "seg_agreement", "head_fraction",
-                          "member_disagreement", "second_opinion_rel", "head_check", "reasons_or_error"})
+                          "member_disagreement", "second_opinion_rel", "head_check", "extra_passes", "rival_head_check", "chose_rival",
+                          "reasons_or_error"})
         w.raw(h);
     if (fold) w.raw("fold");
     w.end_row();
@@ -243,7 +244,7 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
         const ImageScore& r = rep.images[i];
         w.text(r.file).number(r.ref_hc_mm, 2);
         if (!r.measured()) {
-            w.empty(4).integer(r.trimester).empty(16).text(r.error);
+            w.empty(4).integer(r.trimester).empty(19).text(r.error);
             if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
             w.end_row();
             continue;
@@ -261,6 +262,7 @@ void write_per_image_rows(const EvaluationReport& rep, std::ostream& out, const 
         w.number(g.refine_presence, 3).number(g.rival_share, 3).integer(g.second_look ? 1 : 0).number(g.skull_evidence, 3);
         w.number(g.ring_contrast, 3).number(g.seg_agreement, 3).number(g.head_fraction, 3).number(g.member_disagreement, 4);
         w.number(g.second_opinion_rel, 5).number(g.head_check < 0 ? NAN : g.head_check, 4);
+        w.integer(g.extra_passes).number(g.rival_head_check < 0 ? NAN : g.rival_head_check, 4).integer(g.chose_rival ? 1 : 0);
         w.text(reasons);
         if (fold) w.integer(i < fold->size() ? (*fold)[i] : -1);
         w.end_row();

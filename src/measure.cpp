@@ -141,19 +141,24 @@ Expected<Measurement> with_interval(Expected<Measurement> r, const std::optional
     return r;
 }
 
-// MeasureOptions::head_check: the check's score of the measured outline and its verdict (a refusal
-// or a review reason, review.cpp), timed with the post-processing.
+// The head check's score of a measured outline in its signals, timed with the post-processing.
+void score_outline(Measurement& m, const cv::Mat& gray8, const HeadCheck& check) {
+    const auto t0 = Clock::now();
+    const HeadCheckResult c = check.score(gray8, m.ellipse_px);
+    m.signals.head_check = c.score;
+    m.signals.head_check_other = kHeadCheckPlanes[size_t(c.likely_other)];
+    const double ms = ms_since(t0);
+    m.timings.postprocess_ms += ms;
+    m.timings.total_ms += ms;
+}
+
+// MeasureOptions::head_check: the check's score of the measured outline (unless the targeted
+// second opinion scored it already) and its verdict (a refusal or a review reason, review.cpp).
 Expected<Measurement> with_head_check(Expected<Measurement> r, const cv::Mat& gray8, const MeasureOptions& opt,
                                       const HeadCheck* check) {
     if (!r || !check || !opt.head_check) return r;
-    const auto t0 = Clock::now();
-    const HeadCheckResult c = check->score(gray8, r->ellipse_px);
-    r->signals.head_check = c.score;
-    r->signals.head_check_other = kHeadCheckPlanes[size_t(c.likely_other)];
+    if (r->signals.head_check < 0) score_outline(*r, gray8, *check);
     if (auto refused = review_head_check(*r, check->refuse_below(), check->review_below())) return *refused;
-    const double ms = ms_since(t0);
-    r->timings.postprocess_ms += ms;
-    r->timings.total_ms += ms;
     return r;
 }
 
@@ -172,11 +177,96 @@ void add_second_opinion(Measurement& m, const cv::Mat& gray8, const MeasureOptio
     m.signals.second_opinion_rel = again && m.hc_mm > 0 ? (again->hc_mm - m.hc_mm) / m.hc_mm : 1.0;
 }
 
+// MeasureOptions::targeted_second_opinion (see there), between the measurement of the first look
+// `r` (from `seg`) and the head check's verdict. Returns the measurement to keep, scored; its
+// timings are the first look's plus the time spent here (the new forwards as network time, the rest
+// as post-processing).
+Expected<Measurement> targeted_second_opinion(Expected<Measurement> r, Segmentation seg, const cv::Mat& gray8,
+                                              const MeasureOptions& opt, const std::string& source,
+                                              const Segmenter& segmenter, const HeadCheck& check) {
+    const auto t0 = Clock::now();
+    const Timings first_look = r ? r->timings : Timings{};
+    const double first_rival_share = seg.rival_share;
+    double network_ms = 0;
+    int passes = 0;
+    auto score = [&](Measurement& m) { m.signals.head_check = -1; score_outline(m, gray8, check); };
+    if (r) score(*r);
+    // Other head-like regions of the first pass: each measured on its own crop and scored.
+    double best_rival = -1;
+    std::string chosen_over;
+    for (const Ellipse& rival : seg.rivals) {
+        Segmentation rs = segmenter.segment_near(gray8, rival);
+        ++passes, network_ms += rs.network_ms;
+        auto rr = measure_from_segmentation(rs, gray8, opt, source);
+        if (!rr) continue;
+        score(*rr);
+        best_rival = std::max(best_rival, rr->signals.head_check);
+        const double current = r ? r->signals.head_check : -1;
+        if (rr->signals.head_check >= current + opt.rival_score_margin) {
+            chosen_over = r ? "other outline, " + fixed_text(r->hc_mm, 0) + " mm, scored " + fixed_text(current, 2)
+                            : "other outline gave no ellipse";
+            rr->presence = std::max(rr->presence, seg.presence);  // the whole image's detection, not only the crop's
+            r = std::move(rr);
+            seg = std::move(rs);
+        }
+    }
+    // A small head, a doubtful score or a changed choice: the crop again, mirrored, the two maps averaged.
+    if (r && (r->hc_mm < opt.second_look_below_hc_mm || r->signals.head_check < opt.second_look_below_score ||
+              !chosen_over.empty())) {
+        const Segmentation ms = segmenter.mirror_look(seg);
+        if (ms.mirror_averaged && !seg.mirror_averaged) {
+            ++passes, network_ms += ms.network_ms - seg.network_ms;
+            if (auto mr = measure_from_segmentation(ms, gray8, opt, source)) {
+                // The check's crop is cut around the outline: scored again only when the outline moved,
+                // and the lower of the two scores kept (a second look never talks the check round:
+                // an outline that moves between the looks is itself a doubt).
+                const Ellipse &e0 = r->ellipse_px, &e1 = mr->ellipse_px;
+                const bool moved = std::hypot(e1.cx - e0.cx, e1.cy - e0.cy) >= 1 || std::abs(e1.a - e0.a) >= 0.01 * e0.a ||
+                                   std::abs(e1.b - e0.b) >= 0.01 * e0.b ||
+                                   std::abs(std::remainder(e1.angle - e0.angle, CV_PI)) >= 0.02;
+                if (moved) score(*mr);
+                if (!moved || r->signals.head_check < mr->signals.head_check) {
+                    mr->signals.head_check = r->signals.head_check;
+                    mr->signals.head_check_other = r->signals.head_check_other;
+                }
+                mr->presence = r->presence;
+                r = std::move(mr);
+            }
+        }
+    }
+    if (!r) return r;
+    const double spent_ms = ms_since(t0);
+    r->timings = first_look;
+    r->timings.network_ms += network_ms;
+    r->timings.postprocess_ms += spent_ms - network_ms;
+    r->timings.total_ms += spent_ms;
+    r->signals.extra_passes = passes;
+    r->signals.rival_share = first_rival_share;  // the whole image's first pass, whichever crop was kept
+    r->signals.rival_head_check = best_rival;
+    r->signals.chose_rival = !chosen_over.empty();
+    if (r->signals.chose_rival) {
+        r->reasons.push_back("two head-like structures in view: measured the one that looks more like a head (head check " +
+                             fixed_text(r->signals.head_check, 2) + "; the " + chosen_over +
+                             "): check that the ellipse lies on the skull");
+        decide_quality(*r);
+    }
+    return r;
+}
+
 }  // namespace
 
 Expected<Measurement> Measurer::measure(const cv::Mat& gray8, const MeasureOptions& opt, const std::string& source) const {
-    auto r = with_head_check(segment_and_measure(gray8, opt, source, [&] { return seg_.segment(gray8); }), gray8, opt,
-                             head_check());
+    Segmentation first;
+    auto r = segment_and_measure(gray8, opt, source, [&] { return first = seg_.segment(gray8); });
+    const bool targeted = head_check() && opt.head_check && opt.targeted_second_opinion;
+    if (targeted && (r || r.error_kind() != ErrorKind::InvalidArgument)) {
+        try {
+            r = targeted_second_opinion(std::move(r), std::move(first), gray8, opt, source, seg_, *head_check());
+        } catch (const std::exception& e) {
+            return make_error(ErrorKind::Internal, "measuring '" + source + "' (second look) failed: " + e.what());
+        }
+    }
+    r = with_head_check(std::move(r), gray8, opt, head_check());
     if (r && opt.second_opinion) add_second_opinion(*r, gray8, opt, seg_);
     return with_interval(std::move(r), interval_);
 }
@@ -231,7 +321,8 @@ nlohmann::json signals_json(const ReviewSignals& s) {
             {"member_disagreement", s.member_disagreement},
             {"second_opinion_rel", std::isfinite(s.second_opinion_rel) ? nlohmann::json(s.second_opinion_rel) : nlohmann::json(nullptr)},
             {"head_check", share(s.head_check)},
-            {"head_check_other", s.head_check_other.empty() ? nlohmann::json(nullptr) : nlohmann::json(s.head_check_other)}};
+            {"head_check_other", s.head_check_other.empty() ? nlohmann::json(nullptr) : nlohmann::json(s.head_check_other)},
+            {"extra_passes", s.extra_passes}, {"rival_head_check", share(s.rival_head_check)}, {"chose_rival", s.chose_rival}};
 }
 
 }  // namespace

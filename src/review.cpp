@@ -104,6 +104,33 @@ double rival_share(const cv::Mat& probability) {
     return first > 0 ? double(second) / first : 0.0;
 }
 
+std::vector<Ellipse> rival_ellipses(const cv::Mat& probability, const Letterbox& lb) {
+    std::vector<Ellipse> out;
+    if (probability.empty()) return out;
+    cv::Mat labels, stats, centroids;
+    const int n = cv::connectedComponentsWithStats(probability > 0.5f, labels, stats, centroids, 8, CV_32S);
+    std::vector<std::pair<int, int>> by_area;  // (area, label)
+    for (int i = 1; i < n; ++i) by_area.emplace_back(stats.at<int>(i, cv::CC_STAT_AREA), i);
+    std::sort(by_area.rbegin(), by_area.rend());
+    for (size_t k = 1; k < by_area.size() && int(out.size()) < kMaxRivals; ++k) {
+        const auto [area, label] = by_area[k];
+        if (area < 16 || area < kRivalMinShare * by_area[0].first) break;
+        const cv::Rect box(stats.at<int>(label, cv::CC_STAT_LEFT), stats.at<int>(label, cv::CC_STAT_TOP),
+                           stats.at<int>(label, cv::CC_STAT_WIDTH), stats.at<int>(label, cv::CC_STAT_HEIGHT));
+        const cv::Moments mo = cv::moments(labels(box) == label, true);
+        if (mo.m00 <= 0) continue;
+        // Covariance in the network frame, then in input pixels (each axis divided by its scale).
+        const double sx = lb.scale_x, sy = lb.scale_y;
+        const double cxx = mo.mu20 / mo.m00 / (sx * sx), cyy = mo.mu02 / mo.m00 / (sy * sy),
+                     cxy = mo.mu11 / mo.m00 / (sx * sy);
+        const double mid = 0.5 * (cxx + cyy), half = std::sqrt(0.25 * (cxx - cyy) * (cxx - cyy) + cxy * cxy);
+        const cv::Point2d c = lb.to_image({box.x + mo.m10 / mo.m00, box.y + mo.m01 / mo.m00});
+        Ellipse e{c.x, c.y, 2 * std::sqrt(mid + half), 2 * std::sqrt(std::max(mid - half, 0.0)),
+                  0.5 * std::atan2(2 * cxy, cxx - cyy)};
+        if (e.normalized().valid()) out.push_back(e.normalized());
+    }
+    return out;
+}
 
 namespace {
 

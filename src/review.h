@@ -18,12 +18,19 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace fetalhc {
 
 // Area of the second-largest 8-connected region of p > 0.5 over the largest's (0 when there is at
 // most one region). CV_32F probability map.
 double rival_share(const cv::Mat& probability);
+
+// The regions of p > 0.5 other than the largest (8-connected, each at least kRivalMinShare of the
+// largest's area and 16 pixels; largest first, at most kMaxRivals), as the ellipses with their
+// second moments (a filled ellipse's: semi-axis = 2 sqrt(eigenvalue)), mapped from the network's
+// letterbox frame to input pixels. Segmentation::rivals.
+std::vector<Ellipse> rival_ellipses(const cv::Mat& probability, const Letterbox& letterbox);
 
 // Everything in ReviewSignals, from the segmentation (its pass signals and its probability map),
 // the input image and the fitted ellipse in input pixels.

@@ -115,6 +115,8 @@ Segmentation refine_segmentation(const Segmentation& coarse, const cv::Mat& gray
         set_net_frame(seg, f.probability, A, input);
         seg.refine_presence = f.presence;
         seg.member_disagreement = f.disagreement;
+        seg.crop_ellipse = around;
+        seg.mirror_averaged = mirror_average;
     };
     const auto first = rough_ellipse(coarse);
     if (!first) return coarse;
@@ -270,6 +272,7 @@ Segmentation Segmenter::segment(const cv::Mat& gray8) const {
     out.member_disagreement = first.disagreement;
     out.axis_scale = impl_->info.axis_scale;
     out.rival_share = rival_share(first.probability);
+    out.rivals = rival_ellipses(first.probability, out.letterbox);
     if (!impl_->refiners.empty()) out = detail::refine_segmentation(out, gray8, impl_->refiners, impl_->mirror_average);
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
@@ -297,10 +300,31 @@ Segmentation Segmenter::segment_near(const cv::Mat& gray8, const Ellipse& prior)
     out.presence = f.presence;
     out.member_disagreement = f.disagreement;
     out.refine_presence = out.presence;
+    out.crop_ellipse = prior;
+    out.mirror_averaged = impl_->mirror_average;
     out.network_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     return out;
 }
 
+Segmentation Segmenter::mirror_look(const Segmentation& s) const {
+    const NetFrame& frame = net_frame(s);
+    if (impl_->refiners.empty() || !s.refined || s.mirror_averaged || frame.input.empty()) return s;
+    auto t0 = std::chrono::steady_clock::now();
+    c10::InferenceMode guard;
+    std::vector<detail::UNet> nets;
+    for (const auto& r : impl_->refiners) nets.push_back(r.net);
+    cv::Mat mirrored, back;
+    cv::flip(frame.input, mirrored, 1);
+    auto m = detail::forward_members(nets, mirrored);
+    cv::flip(m.probability, back, 1);
+    Segmentation out = s;
+    set_net_frame(out, 0.5f * (frame.probability + back), frame.crop_to_net, frame.input);
+    out.mirror_averaged = true;
+    out.refine_presence = 0.5f * (s.refine_presence + m.presence);
+    out.member_disagreement = 0.5 * (s.member_disagreement + m.disagreement);
+    out.network_ms = s.network_ms + std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return out;
+}
 
 Expected<std::string> Segmenter::rewrite_metadata(const std::string& in, const std::string& out,
                                                   const std::string& json_patch) {

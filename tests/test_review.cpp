@@ -97,6 +97,34 @@ TEST(RivalShare, SecondRegionOverFirstByArea) {
     EXPECT_DOUBLE_EQ(rival_share(cv::Mat(10, 10, CV_32F, cv::Scalar(0))), 0.0);
 }
 
+// The other regions of the first pass come back as their moment ellipses in input pixels: a filled
+// ellipse drawn in a letterbox frame at half scale (offset 0, 10) is found where it lies in the image.
+TEST(RivalEllipses, OtherRegionsAsTheirMomentEllipsesInInputPixels) {
+    const Letterbox lb = Letterbox::fit({400, 200}, {200, 120});  // scale 0.5, 10 rows of padding above
+    ASSERT_DOUBLE_EQ(lb.scale_x, 0.5);
+    ASSERT_EQ(lb.offset_y, 10);
+    cv::Mat p(120, 200, CV_32F, cv::Scalar(0));
+    // Largest: a disc; rival: an ellipse of semi-axes 20 x 8 net px turned by 30 degrees about (140, 60).
+    cv::ellipse(p, cv::Point(50, 60), cv::Size(30, 30), 0, 0, 360, cv::Scalar(0.9), cv::FILLED);
+    cv::ellipse(p, cv::Point(140, 60), cv::Size(20, 8), 30, 0, 360, cv::Scalar(0.8), cv::FILLED);
+    cv::ellipse(p, cv::Point(190, 110), cv::Size(2, 2), 0, 0, 360, cv::Scalar(0.8), cv::FILLED);  // under 16 px: not kept
+    const auto rivals = rival_ellipses(p, lb);
+    ASSERT_EQ(rivals.size(), 1u);
+    const Ellipse& e = rivals[0];
+    const cv::Point2d c = lb.to_image({140, 60});
+    EXPECT_NEAR(e.cx, c.x, 0.5);
+    EXPECT_NEAR(e.cy, c.y, 0.5);
+    EXPECT_NEAR(e.a, 40, 2.0);  // net px / scale
+    EXPECT_NEAR(e.b, 16, 2.0);
+    EXPECT_NEAR(e.angle, 30 * CV_PI / 180, 0.05);
+    EXPECT_TRUE(rival_ellipses(cv::Mat(10, 10, CV_32F, cv::Scalar(0)), lb).empty());
+    // A region under kRivalMinShare of the largest's area is not a rival.
+    cv::Mat q(120, 200, CV_32F, cv::Scalar(0));
+    cv::ellipse(q, cv::Point(50, 60), cv::Size(40, 40), 0, 0, 360, cv::Scalar(0.9), cv::FILLED);  // ~5000 px
+    cv::ellipse(q, cv::Point(150, 60), cv::Size(6, 6), 0, 0, 360, cv::Scalar(0.9), cv::FILLED);    // ~110 px, 2%
+    EXPECT_TRUE(rival_ellipses(q, lb).empty());
+}
+
 // The review rules (review_measurement) read the measurement alone: each threshold of
 // MeasureOptions, crossed on its own, gives its reason, in the documented order.
 TEST(ReviewRules, ReasonsComeFromTheMeasurementInTheirOrder) {

@@ -120,6 +120,107 @@ TEST(ShippedModel, MirrorAverageIsOptInAndChangesTheSecondPass) {
     EXPECT_LT(std::abs(m_on->hc_mm / m_off->hc_mm - 1), 0.02);
 }
 
+// Segmenter::mirror_look is the mirror-averaged second pass of `--mirror` on the same crop, at the
+// cost of the mirrored forward alone: the same map as a segmenter loaded with mirror_average (when
+// neither cropped a second time), and nothing more on a map that is averaged already.
+TEST(ShippedModel, MirrorLookIsTheMirrorAveragedSecondPass) {
+    const fs::path img_path = fs::path(FETALHC_DATA_DIR) / "training_set" / "011_HC.png";
+    if (!fs::exists(img_path)) GTEST_SKIP() << "HC18 scan not found at " << img_path;
+    auto off = Segmenter::load(FETALHC_DEFAULT_MODEL, {1});
+    auto on = Segmenter::load(FETALHC_DEFAULT_MODEL, {1, true});
+    ASSERT_TRUE(on && off);
+    auto img = load_grayscale(img_path.string());
+    ASSERT_TRUE(img) << img.error();
+    const Segmentation once = off->segment(*img), averaged = on->segment(*img);
+    ASSERT_TRUE(once.refined && !once.second_look && !averaged.second_look) << "011_HC is cropped once";
+    EXPECT_FALSE(once.mirror_averaged);
+    EXPECT_TRUE(averaged.mirror_averaged);
+    const Segmentation look = off->mirror_look(once);
+    EXPECT_TRUE(look.mirror_averaged);
+    EXPECT_LT(cv::norm(net_frame(look).probability, net_frame(averaged).probability, cv::NORM_INF), 1e-5);
+    EXPECT_GT(cv::norm(net_frame(look).probability, net_frame(once).probability, cv::NORM_INF), 1e-3);
+    EXPECT_NEAR(look.refine_presence, averaged.refine_presence, 1e-5);
+    EXPECT_EQ(look.presence, once.presence);
+    EXPECT_EQ(on->mirror_look(averaged).net, averaged.net) << "an averaged map is not averaged again";
+    const Segmentation by_hand = segmentation_at_image(cv::Mat(64, 64, CV_32F, cv::Scalar(0.2f)));
+    EXPECT_EQ(off->mirror_look(by_hand).net, by_hand.net) << "no crop, no second look";
+}
+
+// MeasureOptions::targeted_second_opinion spends the mirrored pass only where a cheap signal says
+// so: one scan given two pixel sizes is a large head (no extra pass: the single look's measurement
+// exactly) and a small one (one extra pass: the HC of `--mirror` on that image).
+TEST(ShippedModel, TargetedSecondOpinionOnlyWhereItsSignalsSaySo) {
+    const fs::path img_path = fs::path(FETALHC_DATA_DIR) / "training_set" / "011_HC.png";
+    const fs::path check_file = fs::path(FETALHC_DEFAULT_MODEL).parent_path() / kHeadCheckFileName;
+    if (!fs::exists(img_path)) GTEST_SKIP() << "HC18 scan not found at " << img_path;
+    auto off = Segmenter::load(FETALHC_DEFAULT_MODEL, {1});
+    auto on = Segmenter::load(FETALHC_DEFAULT_MODEL, {1, true});
+    auto check = HeadCheck::load(check_file.string());
+    ASSERT_TRUE(off && on && check);
+    const Measurer targeted(*off, *check), mirrored(*on, *check);
+    ASSERT_TRUE(MeasureOptions{}.targeted_second_opinion) << "on by default";
+    MeasureOptions single;
+    single.targeted_second_opinion = false;
+    MeasureOptions o;
+    int large = 0, small = 0;
+    for (double px : {0.3, 0.05}) {
+        o.pixel_size_mm = single.pixel_size_mm = px;
+        auto t = targeted.measure_file(img_path.string(), o), s = targeted.measure_file(img_path.string(), single);
+        ASSERT_TRUE(t && s) << (t ? s.error() : t.error());
+        EXPECT_EQ(s->signals.extra_passes, 0);
+        EXPECT_FALSE(t->signals.chose_rival);
+        if (s->hc_mm >= o.second_look_below_hc_mm) {
+            ++large;
+            ASSERT_GE(s->signals.head_check, o.second_look_below_score) << "a clear head: nothing to look at again";
+            EXPECT_EQ(t->signals.extra_passes, 0);
+            EXPECT_EQ(t->hc_mm, s->hc_mm);
+            EXPECT_EQ(t->reasons, s->reasons);
+        } else {
+            ++small;
+            EXPECT_EQ(t->signals.extra_passes, 1);
+            auto m = mirrored.measure_file(img_path.string(), single);
+            ASSERT_TRUE(m) << m.error();
+            EXPECT_NEAR(t->hc_mm, m->hc_mm, 1e-9 * m->hc_mm);
+            EXPECT_NE(t->hc_mm, s->hc_mm);
+            EXPECT_LE(t->signals.head_check, s->signals.head_check) << "the lower of the two looks' scores";
+        }
+        EXPECT_GT(t->timings.total_ms, 0);
+    }
+    EXPECT_EQ(large, 1);
+    EXPECT_EQ(small, 1);
+}
+
+// Which structure is the head, on a real scan: on 028_HC (first trimester, reference 70.0 mm) the
+// shipped model's first pass outlines another structure (76 mm, head check 0.00) and finds the head
+// as a second region. The single look refuses the scan as not a head; the targeted second opinion
+// measures both, keeps the head and flags the choice.
+TEST(ShippedModel, TheHeadCheckPicksTheHeadAmongTheFirstPassRegions) {
+    const fs::path img_path = fs::path(FETALHC_DATA_DIR) / "training_set" / "028_HC.png";
+    const fs::path check_file = fs::path(FETALHC_DEFAULT_MODEL).parent_path() / kHeadCheckFileName;
+    if (!fs::exists(img_path)) GTEST_SKIP() << "HC18 scan not found at " << img_path;
+    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL, {1});
+    auto check = HeadCheck::load(check_file.string());
+    ASSERT_TRUE(seg && check);
+    const Measurer m(*seg, *check);
+    MeasureOptions o;
+    o.pixel_size_mm = 0.0942857141765;  // training_set_pixel_size_and_HC.csv
+    MeasureOptions single = o;
+    single.targeted_second_opinion = false;
+    auto s = m.measure_file(img_path.string(), single);
+    ASSERT_FALSE(s) << "the single look measures " << s->hc_mm << " mm";
+    EXPECT_EQ(s.error_kind(), ErrorKind::NotAHeadPlane);
+    auto t = m.measure_file(img_path.string(), o);
+    ASSERT_TRUE(t) << t.error();
+    EXPECT_TRUE(t->signals.chose_rival);
+    EXPECT_GE(t->signals.extra_passes, 1);
+    EXPECT_GT(t->signals.rival_share, 0.05);
+    EXPECT_GE(t->signals.head_check, check->review_below());
+    EXPECT_NEAR(t->hc_mm, 70.0, 0.03 * 70.0);
+    EXPECT_EQ(t->quality, "review");
+    ASSERT_FALSE(t->reasons.empty());
+    EXPECT_NE(t->reasons.back().find("two head-like structures"), std::string::npos) << t->reasons.back();
+}
+
 namespace {
 
 // "<key>: N of M" on a line of its own in docs/head_check.md.

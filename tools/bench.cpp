@@ -28,9 +28,10 @@ struct BenchArgs {
     std::string image;          // PNG/JPEG on disk; empty = a synthetic 800x540 scan (fixed seed)
     std::string model;
     std::string ensemble;       // k-fold run folder: time the ensemble instead of --model
-    double pixel_size = 0.15;   // mm per pixel (only scales the numbers, not the work)
+    double pixel_size = 0.15;   // mm per pixel (scales the numbers; an HC under 100 mm also gets the second look)
     int threads = 2;
     bool mirror = false;        // --mirror: time the second pass with its mirrored copy
+    bool single_look = false;   // --single-look: no targeted second opinion
     std::string head_check;     // --head-check: "" (beside the model), "none" or a file
     int runs = 30;              // timed end-to-end runs (after the warm-up runs)
     int video_frames = 60;      // frames of the synthetic cine loop (0 = skip the video part)
@@ -178,6 +179,7 @@ int run_bench(BenchArgs a) {
     const fetalhc::Measurer measurer(*seg, std::move(check));
     fetalhc::MeasureOptions opt;
     opt.pixel_size_mm = a.pixel_size;
+    opt.targeted_second_opinion = !a.single_look;
 
     TempDir tmp;
     std::string image = a.image;
@@ -219,6 +221,7 @@ void add_bench_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
         ->capture_default_str();
     add_mirror_flag(cmd, a->mirror);
+    add_single_look_flag(cmd, a->single_look);
     add_head_check_option(cmd, a->head_check);
     cmd->add_option("--runs", a->runs, "timed end-to-end runs, after 3 warm-up runs")->capture_default_str();
     cmd->add_option("--video-frames", a->video_frames, "frames of the synthetic cine loop (0 = skip)")->capture_default_str();

@@ -153,6 +153,12 @@ CLI::Option* add_mirror_flag(CLI::App* cmd, bool& mirror) {
                          "more time per image; out-of-fold HC error 1.89 instead of 1.93 mm)");
 }
 
+CLI::Option* add_single_look_flag(CLI::App* cmd, bool& single_look) {
+    return cmd->add_flag("--single-look", single_look,
+                         "no targeted second opinion: one path for every image (by default, with a head check, a small "
+                         "head, a doubtful score or a second head-like region gets extra passes)");
+}
+
 std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const std::string& ensemble_dir,
                                                  const fetalhc::SegmenterOptions& options) {
     if (ensemble_dir.empty()) {

@@ -19,7 +19,7 @@ namespace {
 
 struct EvalArgs {
     std::string data, model = default_model(), split = "validation";
-    bool json_out = false, quiet = false, second_opinion = false, mirror = false;
+    bool json_out = false, quiet = false, second_opinion = false, mirror = false, single_look = false;
     int worst = 10, threads = 0;
     std::string per_image_csv;
     std::string oof;  // k-fold run folder: out-of-fold evaluation
@@ -83,6 +83,7 @@ int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& r
     fetalhc::ScoreOptions so;
     so.progress = [&](size_t, size_t) { progress.step(); };
     so.measure.second_opinion = a.second_opinion;
+    so.measure.targeted_second_opinion = !a.single_look;
     // Out of fold, a check trained on every image would have seen the images it scores: only a
     // head-check run folder (its fold models) is used, and none by default.
     if (!a.head_check.empty() && a.head_check != "none") {
@@ -147,6 +148,7 @@ int run_evaluate(const EvalArgs& a) {
     so.progress = [&](size_t, size_t) { progress.step(); };
     fetalhc::MeasureOptions base;
     base.second_opinion = a.second_opinion;
+    base.targeted_second_opinion = !a.single_look;
     const fetalhc::EvaluationReport rep =
         fetalhc::evaluate(fetalhc::score_records(*chosen, fetalhc::measure_with(measurer, base), so));
     progress.finish();
@@ -193,6 +195,7 @@ void add_evaluate_command(CLI::App& app, Commands& commands) {
                       "whose fold i scores fold i's images, and none by default");
     add_quiet_flag(cmd, a->quiet);
     add_mirror_flag(cmd, a->mirror);
+    add_single_look_flag(cmd, a->single_look);
     cmd->add_flag("--second-opinion", a->second_opinion,
                   "also measure each image mirrored (its second pass on another crop) and record the relative HC difference");
     commands.push_back({cmd, [a] {

@@ -41,7 +41,7 @@ struct MeasureArgs {
     std::string pixel_sizes_csv, format = "text", overlay_dir, model, sr_dir, ensemble;
     double ga_weeks = kNaN;
     int threads = 0;
-    bool mirror = false;
+    bool mirror = false, single_look = false;
     std::string head_check;  // --head-check: "" (beside the model), "none" or a file
     int redetect_every = 10;
     int workers = 0;
@@ -410,6 +410,7 @@ bool measure_one_image(const fetalhc::Measurer& measurer, const fetalhc::InputIt
     if (item.error.empty()) {
         fetalhc::MeasureOptions o;
         o.pixel_size_mm = pixel_size_for(name, a, sizes);
+        o.targeted_second_opinion = !a.single_look;
         if (!std::isnan(a.ga_weeks)) o.ga_weeks = a.ga_weeks;
         if (!std::isfinite(o.pixel_size_mm) && !sizes.empty()) {
             r = fetalhc::make_error(fetalhc::ErrorKind::InvalidArgument, "'" + name + "' has no row in '" + a.pixel_sizes_csv + "'; add `" + name +
@@ -521,6 +522,7 @@ void add_measure_command(CLI::App& app, Commands& commands) {
         ->capture_default_str();
     add_ensemble_option(cmd, a->ensemble)->excludes(add_model_option(cmd, a->model));
     add_mirror_flag(cmd, a->mirror);
+    add_single_look_flag(cmd, a->single_look);
     add_head_check_option(cmd, a->head_check);
     cmd->add_option("--redetect-every", a->redetect_every,
                     "videos: whole-image pass at least every N frames, tracking between (1 = every frame)")

@@ -46,6 +46,18 @@ struct MeasureOptions {
     // below its refusal threshold is refused (ErrorKind::NotAHeadPlane), one below its review
     // threshold gets a review reason. Off only to compare with and without it.
     bool head_check = true;
+    // The targeted second opinion (with a head check only): extra network passes spent where cheap
+    // signals say so, not on every image. When the first pass found other head-like regions
+    // (Segmentation::rivals), each is measured too and the outline the head check scores clearly
+    // higher is kept (flagged). When the head is small (HC under second_look_below_hc_mm) or the
+    // check's score under second_look_below_score, the crop is segmented again mirrored and the
+    // two maps averaged (Segmenter::mirror_look), and that measurement is kept. Off: one path for
+    // every image (the measurement of `--head-check none` apart from the check itself).
+    bool targeted_second_opinion = true;
+    double second_look_below_hc_mm = 100;
+    double second_look_below_score = 0.95;
+    // A rival replaces the measured outline when its head-check score is higher by this much.
+    double rival_score_margin = 0.2;
     // Quality thresholds.
     double min_presence = 0.5;           // detection score below this -> review
     double min_certainty = 0.6;          // mean |2p-1| inside the head below this -> review
@@ -80,6 +92,12 @@ struct ReviewSignals {
     // -1 and "" when no check ran.
     double head_check = -1;
     std::string head_check_other;
+    // MeasureOptions::targeted_second_opinion: the extra network passes it spent on this image (0:
+    // none), the best head-check score among the first pass's other regions (-1: none measured) and
+    // whether one of them replaced the outline first measured.
+    int extra_passes = 0;
+    double rival_head_check = -1;
+    bool chose_rival = false;
 };
 
 struct Measurement {

@@ -11,6 +11,8 @@
 // Thread safety: plain values and pure functions.
 #pragma once
 
+#include "fetalhc/ellipse.h"
+
 #include <opencv2/core.hpp>
 
 #include <memory>
@@ -40,6 +42,9 @@ struct Letterbox {
 // input: internal (src/net_frame.h), read through probability_full() and extract_boundary.
 struct NetFrame;
 
+inline constexpr double kRivalMinShare = 0.05;  // Segmentation::rivals: smallest region kept, by area
+inline constexpr int kMaxRivals = 2;
+
 struct Segmentation {
     float presence = 0;       // probability that a head is in view (the detection head)
     double axis_scale = 1;    // the model's mask-to-reference factor (ModelInfo::axis_scale)
@@ -53,6 +58,13 @@ struct Segmentation {
     double rival_share = 0;      // first pass: area of its second-largest head region / the largest (0: one region)
     bool second_look = false;    // the second pass cropped again around the head it found
     double member_disagreement = 0;  // ensemble: 1 - mean IoU of members' masks with the mean's (last pass); 0 for one model
+    // The first pass's other head-like regions (each at least kRivalMinShare of the largest's area;
+    // largest first, at most kMaxRivals) as the ellipses of their second moments, in input pixels:
+    // where else the head may be (Measurer's targeted second opinion, measure.h).
+    std::vector<Ellipse> rivals;
+    // The ellipse (input pixels) the last second-pass crop was centred on; all 0 without one.
+    Ellipse crop_ellipse;
+    bool mirror_averaged = false;  // the last map is the mean of its crop's and the mirrored crop's
     // The map in the last network's frame (shared, never changed once made); null before a pass.
     std::shared_ptr<const NetFrame> net;
 

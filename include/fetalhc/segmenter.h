@@ -76,6 +76,11 @@ public:
     // around `prior` (an ellipse found on a previous frame, input pixels). Without a second
     // network it is the same as segment(gray8).
     Segmentation segment_near(const cv::Mat& gray8, const Ellipse& prior) const;
+    // The last second-pass crop of `s` (a result of segment or segment_near) segmented again
+    // mirrored left-right and averaged with its map, as SegmenterOptions::mirror_average does: one
+    // more forward of the second network (refine_presence and member_disagreement averaged too;
+    // presence stays s's). `s` itself when it has no crop or is already averaged.
+    Segmentation mirror_look(const Segmentation& s) const;
     const ModelInfo& info() const;
 
     // Writes a copy of the model file at `in` to `out` with metadata keys replaced or added
