@@ -18,29 +18,15 @@
 set -u
 BIN=$1 WRAP=$2 MODEL=$3 HC18=$4 DICOMS=$5 PLANES=${6:-}
 
+. "$(dirname "$0")/integration_lib.sh"  # check, free_ports, json, need_tools, need_data
 skip() { echo "SKIP dicom_node: $*"; exit 77; }
-for tool in storescu storescp dsrdump curl python3; do
-  command -v "$tool" >/dev/null || skip "$tool not found (apt-get install dcmtk curl python3)"
-done
-[ -f "$MODEL" ] || skip "model $MODEL not found"
-[ -f "$HC18/training_set_pixel_size_and_HC.csv" ] || skip "HC18 data not found in $HC18"
-[ -f "$DICOMS/OBXXXX1A.dcm" ] || skip "sample DICOM files not found in $DICOMS"
+need_tools storescu storescp dsrdump curl python3
+need_data "$MODEL" "$HC18" "$DICOMS"
 
 T=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$T"; }
 trap cleanup EXIT
-failures=0
-check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi; }
-# free_ports N: N distinct loopback ports nothing listens on (the sockets are held together while
-# the kernel picks them, so two calls' worth can never name the same port twice).
-free_ports() {
-  python3 -c 'import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
-}
-json() { python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"; }
 
 # An HC18 scan with a head, wrapped with its known pixel size as the region calibration.
 scan=010_HC.png
@@ -98,7 +84,10 @@ check "four instances listed and processed" '[ $listed_rc -eq 0 ] && [ "$(echo "
 head_row() { echo "$list" | json "[i for i in d['instances'] if i['id'] == 1][0]$1"; }
 check "the head was measured, ok, from the region calibration" \
   '[ "$(head_row "[\"status\"]")" = measured ] && [ "$(head_row "[\"quality\"]")" = ok ] && [ "$(head_row "[\"calibration_source\"]")" = "ultrasound region 0" ]'
-check "its SR was forwarded" '[ "$(head_row "[\"forward_status\"]")" = sent ]'
+# The SR is sent by the node's forwarder after the row is stored: wait for its status.
+forward_status() { curl -sf "$URL/v1/dicom/instances" | json "[i for i in d['instances'] if i['id'] == $1][0]['forward_status']"; }
+for _ in $(seq 1 100); do [ "$(forward_status 1)" = forwarded ] && break; sleep 0.1; done
+check "its SR was forwarded" '[ "$(forward_status 1)" = forwarded ]'
 check "no head: listed with its error" \
   'echo "$list" | json "[i for i in d[\"instances\"] if i[\"id\"] == 2][0][\"error\"]" | grep -q "no fetal head"'
 check "no calibration: listed with its error" \

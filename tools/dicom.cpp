@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include "fetalhc/dicom.h"
+#include "fetalhc/server.h"
 
 #include <nlohmann/json.hpp>
 
@@ -108,6 +109,19 @@ int run_dicom_info(const DicomInfoArgs& a) {
     return failed ? kExitSomeFailed : kExitOk;
 }
 
+struct DicomEchoArgs {
+    std::string target, aet = "FETALHC";
+    double timeout_s = 10;
+};
+
+// `fetalhc dicom echo AET@HOST:PORT`: is the PACS (or modality) there and does it accept us?
+int run_dicom_echo(const DicomEchoArgs& a) {
+    auto ms = fetalhc::dicom_echo(a.target, a.aet, a.timeout_s);
+    if (!ms) return error(cli_message(ms.error_value())), exit_code(ms.error_kind());
+    std::printf("C-ECHO %s: ok in %.0f ms\n", a.target.c_str(), *ms);
+    return kExitOk;
+}
+
 }  // namespace
 
 void add_dicom_command(CLI::App& app, Commands& commands) {
@@ -119,6 +133,14 @@ void add_dicom_command(CLI::App& app, Commands& commands) {
     info->add_option("files", a->paths, "DICOM files")->required();
     info->add_flag("--json", a->json, "JSON array on stdout");
     commands.push_back({info, [a] { return run_dicom_info(*a); }});
+    auto e = std::make_shared<DicomEchoArgs>();
+    auto* echo = dicom->add_subcommand("echo", "C-ECHO a PACS or modality (as `serve --dicom-forward` will reach it); exit 0 when it answers");
+    echo->add_option("target", e->target, "AET@HOST:PORT, e.g. PACS@10.0.0.5:104")->required();
+    echo->add_option("--aet", e->aet, "our AE title (as serve --dicom-aet)")->capture_default_str();
+    echo->add_option("--timeout", e->timeout_s, "seconds to wait for the connection and each answer")
+        ->check(CLI::Range(1.0, 120.0))
+        ->capture_default_str();
+    commands.push_back({echo, [e] { return run_dicom_echo(*e); }});
 }
 
 }  // namespace fetalhc_cli

@@ -158,6 +158,10 @@ void add_serve_command(CLI::App& app, Commands& commands) {
         ->capture_default_str();
     cmd->add_option("--dicom-aet", so.dicom_aet, "the node's AE title")->capture_default_str();
     cmd->add_option("--dicom-forward", so.dicom_forward, "send each result's DICOM SR by C-STORE to AET@HOST:PORT (a PACS)");
+    cmd->add_option("--dicom-forward-attempts", so.dicom_forward_attempts,
+                    "tries per SR before it is listed failed (waits 1, 2, 4 .. 60 s between tries)")
+        ->check(CLI::Range(1, 100))
+        ->capture_default_str();
     cmd->add_option("--dicom-allow", a->dicom_allow,
                     "calling AE titles accepted, comma-separated (any host); default: any AE title from loopback peers only");
     cmd->add_option("--dicom-max-pending", so.dicom_max_pending,

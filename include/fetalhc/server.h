@@ -88,6 +88,7 @@ struct ServerOptions {
     int dicom_port = 0;
     std::string dicom_aet = "FETALHC";     // our AE title
     std::string dicom_forward;             // "AET@HOST:PORT": each SR is sent there; empty = kept only
+    int dicom_forward_attempts = 8;        // tries per SR before it is listed "failed" (waits 1, 2, 4 .. 60 s between)
     std::vector<std::string> dicom_allow;  // calling AE titles accepted; empty = any, loopback peers only
     int dicom_max_pending = 64;            // instances waiting to be measured; more are refused with A700
     int dicom_max_associations = 4;        // associations served at once
@@ -101,6 +102,11 @@ struct ServerOptions {
 // Whether `host` (a name or an address) resolves to loopback addresses only (127.0.0.0/8, ::1);
 // a name that does not resolve is not loopback.
 bool is_loopback_host(const std::string& host);
+
+// C-ECHO (DICOM verification) to `target`, "AET@HOST:PORT" as --dicom-forward takes it, calling
+// as `our_aet`: the round trip in ms, or an error saying what failed (the target's form, the
+// connection, the association or the answer). Tests a PACS or modality link before serving.
+Expected<double> dicom_echo(const std::string& target, const std::string& our_aet = "FETALHC", double timeout_s = 10);
 
 class Server {
 public:

@@ -3,6 +3,7 @@
 #include "service.h"
 
 #include "fetalhc/dicom.h"
+#include "fetalhc/server.h"
 
 #include <dcmtk/config/osconfig.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
@@ -26,7 +27,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -270,6 +273,9 @@ Expected<ForwardTarget> parse_forward_target(const std::string& s) {
 
 // ---- the SCP ------------------------------------------------------------------------------------
 
+// A row's forward_status from its measurement until the forwarder's first try.
+const std::string kForwardQueued = "pending: not sent yet";
+
 struct DicomNode::Impl {
     DicomNodeOptions opt;
     std::optional<ForwardTarget> forward;
@@ -288,6 +294,16 @@ struct DicomNode::Impl {
         std::optional<Clock::time_point> received;  // unknown for rows resumed at start
     };
     std::deque<Queued> queue;  // pending rows, oldest first (their objects are in the store)
+    // SRs to forward (--dicom-forward), each with its tries so far and when to try next; one thread
+    // sends them, so a PACS that is down delays no measurement.
+    struct Forwarding {
+        DicomInstance row;
+        int attempts = 0;
+        Clock::time_point due;
+    };
+    std::vector<Forwarding> forwards;
+    std::condition_variable forward_cv;
+    std::thread forwarder;
     int busy = 0;                     // rows being measured
     bool started = false;
     fs::path spool;  // received objects land here before they are stored (the store may keep no files)
@@ -305,6 +321,9 @@ struct DicomNode::Impl {
     void work();
     void process(DicomInstance& row, std::optional<Clock::time_point> received);
     std::string send_sr(const std::vector<unsigned char>& sr);
+    void queue_forward(const DicomInstance& row, int attempts, double wait_s = 0);
+    void forward_loop();
+    void forward_once(Forwarding& f);
 };
 
 namespace {
@@ -577,16 +596,73 @@ void DicomNode::Impl::process(DicomInstance& row, std::optional<Clock::time_poin
                 row.error = "the SR could not be written: " + sr.error().message;
             } else if (auto sha = store.put_image(std::string(sr->begin(), sr->end()))) {
                 row.sr_sha256 = *sha;
-                if (forward) row.forward_status = send_sr(*sr);
+                if (forward) row.forward_status = kForwardQueued;
             } else {
                 row.error = "the SR could not be kept: " + sha.error();
             }
         }
     }
     if (auto u = store.update_dicom_instance(row); !u) spdlog::error("dicom: cannot record the result: {}", u.error());
+    if (row.forward_status == kForwardQueued) queue_forward(row, 0);
     const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     spdlog::info("dicom: instance {} {} {:.0f} ms after it was {}{}", row.id, row.status, ms, received ? "received" : "resumed",
                  row.forward_status.empty() ? "" : " (forward: " + row.forward_status + ")");
+}
+
+void DicomNode::Impl::queue_forward(const DicomInstance& row, int attempts, double wait_s) {
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        forwards.push_back({row, attempts, Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(wait_s))});
+    }
+    forward_cv.notify_all();
+}
+
+void DicomNode::Impl::forward_loop() {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!stopping) {
+        if (forwards.empty()) {
+            forward_cv.wait(lock);
+            continue;
+        }
+        auto next = std::min_element(forwards.begin(), forwards.end(), [](auto& a, auto& b) { return a.due < b.due; });
+        if (next->due > Clock::now()) {
+            forward_cv.wait_until(lock, next->due);
+            continue;
+        }
+        Forwarding f = std::move(*next);
+        forwards.erase(next);
+        lock.unlock();
+        forward_once(f);
+        lock.lock();
+    }
+}
+
+void DicomNode::Impl::forward_once(Forwarding& f) {
+    DicomInstance& row = f.row;
+    auto sr = store.read_image(row.sr_sha256);
+    std::string result;
+    bool retry = true;
+    if (!sr || !*sr) {
+        result = "failed: the SR is no longer in the store" + (sr ? std::string() : " (" + sr.error() + ")");
+        retry = false;
+    } else {
+        result = send_sr(std::vector<unsigned char>((*sr)->begin(), (*sr)->end()));
+    }
+    ++f.attempts;
+    const int of = std::max(1, opt.forward_attempts);
+    if (result == "sent") {
+        row.forward_status = "forwarded";
+    } else if (retry && f.attempts < of) {
+        const double wait_s = std::min(kForwardMaxWaitS, std::ldexp(1.0, f.attempts - 1));
+        const std::string why = result.rfind("failed: ", 0) == 0 ? result.substr(8) : result;
+        row.forward_status = "pending: try " + std::to_string(f.attempts) + " of " + std::to_string(of) + " failed (" + why +
+                             "); next in " + std::to_string(int(wait_s)) + " s";
+        queue_forward(row, f.attempts, wait_s);
+    } else {
+        row.forward_status = result + (retry ? " (after " + std::to_string(f.attempts) + " tries)" : "");
+    }
+    if (auto u = store.update_dicom_instance(row); !u) spdlog::error("dicom: cannot record the forward of instance {}: {}", row.id, u.error());
+    spdlog::info("dicom: instance {} SR forward: {}", row.id, row.forward_status);
 }
 
 std::string DicomNode::Impl::send_sr(const std::vector<unsigned char>& sr) {
@@ -625,6 +701,48 @@ std::string DicomNode::Impl::send_sr(const std::vector<unsigned char>& sr) {
     if (scu.isConnected()) scu.releaseAssociation();
     return result;
 }
+
+}  // namespace fetalhc::server
+
+namespace fetalhc {
+
+Expected<double> dicom_echo(const std::string& target, const std::string& our_aet, double timeout_s) {
+    auto t = server::parse_forward_target(target);
+    if (!t) {
+        std::string why = t.error();  // written for --dicom-forward
+        if (why.rfind("--dicom-forward ", 0) == 0) why = "C-ECHO target " + why.substr(16);
+        return make_error(ErrorKind::InvalidArgument, why);
+    }
+    if (!server::valid_ae_title(our_aet))
+        return make_error(ErrorKind::InvalidArgument, "'" + our_aet + "' is not an AE title (1 to 16 printable characters, no '\\')", "aet");
+    OFLog::configure(OFLogger::WARN_LOG_LEVEL);  // DCMTK's own chatter: our errors say what failed
+    const auto t0 = std::chrono::steady_clock::now();
+    DcmSCU scu;
+    scu.setAETitle(our_aet.c_str());
+    scu.setPeerHostName(t->host.c_str());
+    scu.setPeerPort(Uint16(t->port));
+    scu.setPeerAETitle(t->aet.c_str());
+    const int to = std::max(1, int(std::ceil(timeout_s)));
+    scu.setACSETimeout(Uint32(to));
+    scu.setConnectionTimeout(Sint32(to));
+    scu.setDIMSEBlockingMode(DIMSE_NONBLOCKING);
+    scu.setDIMSETimeout(Uint32(to));
+    OFList<OFString> ts;
+    ts.push_back(UID_LittleEndianImplicitTransferSyntax);
+    scu.addPresentationContext(UID_VerificationSOPClass, ts);
+    OFCondition c;
+    if ((c = scu.initNetwork()).bad() || (c = scu.negotiateAssociation()).bad())
+        return make_error(ErrorKind::Io, "C-ECHO to " + target + ": cannot open an association: " + c.text() +
+                                             " (is the peer up, and does it accept the AE title " + our_aet + "?)");
+    c = scu.sendECHORequest(0);
+    if (scu.isConnected()) scu.releaseAssociation();
+    if (c.bad()) return make_error(ErrorKind::Io, "C-ECHO to " + target + " failed: " + c.text());
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace fetalhc
+
+namespace fetalhc::server {
 
 // ---- DicomNode ----------------------------------------------------------------------------------
 
@@ -692,6 +810,18 @@ void DicomNode::start() {
         for (auto& row : *pending) impl_->queue.push_back({std::move(row), std::nullopt});
         spdlog::info("dicom: resuming {} instance(s) received before the last stop and not measured yet", pending->size());
     }
+    // SRs not yet forwarded at the last stop: sent again (their rows say "pending: ...").
+    if (impl_->forward) {
+        if (auto rows = impl_->store.dicom_instances(1'000'000); !rows) {
+            spdlog::error("dicom: cannot read the SRs left to forward: {}", rows.error());
+        } else {
+            int n = 0;
+            for (const auto& row : *rows)
+                if (row.forward_status.rfind("pending", 0) == 0 && !row.sr_sha256.empty()) impl_->queue_forward(row, 0), ++n;
+            if (n) spdlog::info("dicom: forwarding {} SR(s) left unsent at the last stop", n);
+        }
+        impl_->forwarder = std::thread([this] { impl_->forward_loop(); });
+    }
     for (int i = 0; i < impl_->opt.workers; ++i) impl_->workers.emplace_back([this] { impl_->work(); });
     if (impl_->net)
         for (int i = 0; i < impl_->opt.max_associations; ++i) impl_->receivers.emplace_back([this] { impl_->receive_loop(); });
@@ -704,6 +834,8 @@ void DicomNode::stop() {
         if (t.joinable()) t.join();
     for (auto& t : impl_->workers)
         if (t.joinable()) t.join();
+    impl_->forward_cv.notify_all();
+    if (impl_->forwarder.joinable()) impl_->forwarder.join();  // unsent SRs stay "pending", sent after the next start
     impl_->idle_cv.notify_all();
 }
 

@@ -44,6 +44,10 @@ struct DicomNodeOptions {
     std::string host = "127.0.0.1";       // the address to listen on (as serve --host)
     std::string aet = "FETALHC";          // our AE title (1..16 characters, no backslash)
     std::string forward;                  // "AET@HOST:PORT" to send each SR to; empty: keep it only
+    // Tries per SR: a failed send is retried after 1 s, then 2, 4, ... (at most kForwardMaxWaitS) while
+    // the row is listed "pending: ..."; then "failed: ...". Sent: "forwarded". Rows still pending at a
+    // stop are sent again after the next start (at least once: a PACS may get an SR twice).
+    int forward_attempts = 8;
     std::vector<std::string> allow;       // calling AE titles accepted; empty: any, loopback peers only
     size_t max_object_bytes = 20u << 20;  // larger objects abort the association
     int max_associations = 4;             // associations served at once (more wait in the backlog)
@@ -53,6 +57,8 @@ struct DicomNodeOptions {
     double idle_timeout_s = 20;           // a peer must send 1 KiB (or get an answer) this often
     bool listen = true;                   // false: no network at all, objects come through receive() (fuzzing)
 };
+
+inline constexpr double kForwardMaxWaitS = 60;
 
 struct ForwardTarget {
     std::string aet, host;

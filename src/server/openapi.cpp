@@ -316,7 +316,7 @@ json dicom_instances_path() {
                                   {"reasons", array_of(str())},
                                   {"error", {{"type", "string"}, {"nullable", true}}},
                                   {"forward_status", {{"type", "string"}, {"nullable", true},
-                                                      {"description", "sent, or failed: why (with --dicom-forward)"}}}});
+                                                      {"description", "with --dicom-forward: forwarded; pending: why the last try failed and when the next is; or failed: why (after the last try)"}}}});
     const json limit = {{"name", "limit"}, {"in", "query"}, {"required", false},
                         {"schema", {{"type", "integer"}, {"minimum", 1}, {"maximum", 1000}, {"default", 100}}}};
     return {{"summary", "What the DICOM node (serve --dicom-port) received, newest first, with its figures or its error"},

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# fetalhc's DICOM node against a real PACS: Debian's Orthanc, started here with a throw-away
+# configuration on loopback ports (no systemd), fetalhc registered in it as a modality. Checked
+# through Orthanc's REST API (and fetalhc's own list):
+#   1. C-ECHO both ways (Orthanc -> fetalhc by REST, fetalhc -> Orthanc by `fetalhc dicom echo`);
+#   2. an HC18 scan wrapped into DICOM (dicom_wrap, in a temporary folder: never committed) is
+#      uploaded to Orthanc and sent to fetalhc (/modalities/fetalhc/store); fetalhc's SR comes back
+#      into the scan's study in Orthanc, its HC equal to `fetalhc measure`'s on the same file (the
+#      SR's 0.1 mm); the round trip (C-STORE in -> SR in Orthanc) is timed, median of 20;
+#   3. a multi-frame cine gives one SR (its summary); a file with no head gives none, and fetalhc
+#      lists it with its reason;
+#   4. Orthanc stopped while fetalhc forwards: the row says "pending: ..." and the SR arrives once
+#      Orthanc is back ("forwarded").
+# Usage: orthanc_test.sh FETALHC DICOM_WRAP MODEL HC18_DIR DICOM_DIR. Exit 77: skipped.
+set -u
+BIN=$1 WRAP=$2 MODEL=$3 HC18=$4 DICOMS=$5
+
+. "$(dirname "$0")/integration_lib.sh"  # check, free_ports, json, need_tools, need_data
+skip() { echo "SKIP orthanc: $*"; exit 77; }
+ORTHANC=$(command -v Orthanc || true)
+[ -n "$ORTHANC" ] || skip "Orthanc not found (apt-get install orthanc; scripts/setup.sh installs it)"
+need_tools storescu dsrdump curl python3
+need_data "$MODEL" "$HC18" "$DICOMS"
+
+T=$(mktemp -d)
+PIDS=()
+ORTHANC_PID=
+cleanup() {
+  [ -n "$ORTHANC_PID" ] && kill "$ORTHANC_PID" 2>/dev/null && wait "$ORTHANC_PID" 2>/dev/null
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  rm -rf "$T"
+}
+trap cleanup EXIT
+read -r HTTP DPORT OHTTP ODICOM < <(free_ports 4)
+URL=http://127.0.0.1:$HTTP
+O=http://127.0.0.1:$OHTTP
+
+# Orthanc's configuration: loopback only, no authentication (nothing else can reach it), fetalhc as
+# a modality. Plugins are left out: this test needs none.
+cat >"$T/orthanc.json" <<EOF
+{
+  "Name": "fetalhc-orthanc-test",
+  "StorageDirectory": "$T/orthanc-db",
+  "IndexDirectory": "$T/orthanc-db",
+  "HttpPort": $OHTTP,
+  "DicomPort": $ODICOM,
+  "DicomAet": "ORTHANC",
+  "RemoteAccessAllowed": false,
+  "AuthenticationEnabled": false,
+  "DicomAlwaysAllowEcho": true,
+  "DicomAlwaysAllowStore": true,
+  "DicomCheckCalledAet": false,
+  "DicomModalities": { "fetalhc": ["FETALHC", "127.0.0.1", $DPORT] },
+  "Plugins": []
+}
+EOF
+start_orthanc() {
+  "$ORTHANC" "$T/orthanc.json" >>"$T/orthanc.log" 2>&1 &
+  ORTHANC_PID=$!
+  for _ in $(seq 1 150); do curl -sf "$O/system" >/dev/null && return 0; sleep 0.2; done
+  echo "FAIL Orthanc did not start"; echo "--- orthanc.log"; tail -20 "$T/orthanc.log"; exit 1
+}
+stop_orthanc() {
+  kill "$ORTHANC_PID" 2>/dev/null
+  for _ in $(seq 1 100); do kill -0 "$ORTHANC_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$ORTHANC_PID" 2>/dev/null
+  wait "$ORTHANC_PID" 2>/dev/null
+  ORTHANC_PID=
+}
+start_orthanc
+echo "ok   Orthanc $(curl -s "$O/system" | json 'd["Version"]') up"
+
+"$BIN" serve --model "$MODEL" --port "$HTTP" --db "$T/db/f.db" --dicom-port "$DPORT" --dicom-aet FETALHC \
+  --dicom-forward "ORTHANC@127.0.0.1:$ODICOM" >"$T/serve.log" 2>&1 &
+SERVE_PID=$!
+PIDS+=("$SERVE_PID")
+for _ in $(seq 1 300); do
+  curl -sf "$URL/health" >/dev/null && break
+  kill -0 "$SERVE_PID" 2>/dev/null || break
+  sleep 0.2
+done
+curl -sf "$URL/health" >/dev/null || { echo "FAIL fetalhc ready"; echo "--- serve.log"; cat "$T/serve.log"; exit 1; }
+echo "ok   fetalhc ready"
+
+# 1. C-ECHO both ways.
+check "Orthanc C-ECHOes fetalhc" '[ "$(curl -s -o /dev/null -w "%{http_code}" -X POST "$O/modalities/fetalhc/echo" -d "{}")" = 200 ]'
+check "fetalhc C-ECHOes Orthanc (fetalhc dicom echo)" '"$BIN" dicom echo "ORTHANC@127.0.0.1:$ODICOM" >"$T/echo.log" 2>&1'
+
+# Files: an HC18 head wrapped with its pixel size, the same as a 4-frame cine, a real file with no head.
+scan=010_HC.png
+px=$(grep "^$scan," "$HC18/training_set_pixel_size_and_HC.csv" | cut -d, -f2)
+"$WRAP" "$HC18/training_set/$scan" "$px" "$T/head.dcm" || { echo "FAIL cannot wrap $scan"; exit 1; }
+"$WRAP" "$HC18/training_set/$scan" "$px" "$T/cine.dcm" "" 4 || { echo "FAIL cannot wrap the cine"; exit 1; }
+
+upload() { curl -sf -X POST "$O/instances" --data-binary @"$1" | json 'd["ID"]'; }
+study_of() { curl -sf "$O/instances/$1/study" | json 'd["ID"]'; }
+# The SR instances (Orthanc ids) of a study, one per line.
+srs_in() {
+  curl -sf "$O/studies/$1/series?expand" |
+    json "'\n'.join(i for s in d if s['MainDicomTags'].get('Modality') == 'SR' for i in s['Instances'])"
+}
+count_srs() { srs_in "$1" | grep -c . ; }
+# Waits until the study $1 holds more than $2 SRs (at most $3 s); true when it does.
+wait_srs() {
+  local n
+  for _ in $(seq 1 $(($3 * 20))); do
+    n=$(count_srs "$1")
+    [ "$n" -gt "$2" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+send_to_fetalhc() { curl -sf -X POST "$O/modalities/fetalhc/store" -d "\"$1\"" >/dev/null; }
+
+# 2. The round trip through Orthanc.
+head_id=$(upload "$T/head.dcm")
+head_study=$(study_of "$head_id")
+send_to_fetalhc "$head_id"
+wait_srs "$head_study" 0 60
+check "the SR comes back into the scan's study in Orthanc" '[ "$(count_srs "$head_study")" -ge 1 ]'
+sr_id=$(srs_in "$head_study" | head -1)
+curl -sf "$O/instances/$sr_id/file" -o "$T/sr.dcm"
+sr_hc=$(dsrdump "$T/sr.dcm" 2>/dev/null | grep -m1 '"Head Circumference")=' | sed 's/.*Circumference")="\([0-9.]*\)".*/\1/')
+cli_hc=$("$BIN" measure --model "$MODEL" --format json "$T/head.dcm" 2>/dev/null | json 'd[0]["hc_mm"]')
+echo "HC: SR in Orthanc ${sr_hc:-none} mm, CLI $cli_hc mm"
+check "the SR's HC equals the CLI's (0.1 mm resolution of the SR)" \
+  'python3 -c "import sys; sys.exit(0 if abs(float(\"${sr_hc:-nan}\") - float(\"$cli_hc\")) <= 0.051 else 1)"'
+check "the SR keeps the patient and the study" \
+  '[ "$(curl -sf "$O/instances/$sr_id/tags?simplify" | json "d[\"PatientID\"] + \"|\" + d[\"StudyInstanceUID\"]")" = "$(curl -sf "$O/instances/$head_id/tags?simplify" | json "d[\"PatientID\"] + \"|\" + d[\"StudyInstanceUID\"]")" ]'
+
+# The round trip, 20 times: Orthanc's C-STORE to fetalhc -> fetalhc's SR stored in Orthanc.
+times=()
+for k in $(seq 1 20); do
+  before=$(count_srs "$head_study")
+  t0=$(date +%s.%N)
+  send_to_fetalhc "$head_id"
+  wait_srs "$head_study" "$before" 30 || { echo "FAIL round trip $k: no SR within 30 s"; failures=$((failures + 1)); break; }
+  t1=$(date +%s.%N)
+  times+=("$(python3 -c "print(round(($t1 - $t0) * 1000))")")
+done
+echo "round trip C-STORE in -> SR in Orthanc (ms): ${times[*]}"
+[ "${#times[@]}" -gt 0 ] && echo "round trip median: $(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}') ms over ${#times[@]}"
+
+# 3. A cine (one SR, its summary) and a file with no head (no SR, listed with its reason).
+cine_id=$(upload "$T/cine.dcm")
+cine_study=$(study_of "$cine_id")
+send_to_fetalhc "$cine_id"
+wait_srs "$cine_study" 0 60
+check "a 4-frame cine: one SR in its study" '[ "$(count_srs "$cine_study")" = 1 ]'
+nohead_id=$(upload "$DICOMS/OBXXXX1A.dcm")
+nohead_study=$(study_of "$nohead_id")
+send_to_fetalhc "$nohead_id"
+nohead_uid=$(curl -sf "$O/instances/$nohead_id/tags?simplify" | json 'd["SOPInstanceUID"]')
+listed_error() { curl -sf "$URL/v1/dicom/instances" | json "next((i.get('error') or '') for i in d['instances'] if i['sop_instance_uid'] == '$nohead_uid' and i['status'] != 'pending')" 2>/dev/null; }
+for _ in $(seq 1 200); do [ -n "$(listed_error)" ] && break; sleep 0.05; done
+check "no head: fetalhc lists it with its reason" 'listed_error | grep -q "no fetal head"'
+sleep 1  # an SR sent for it would be in Orthanc by now
+check "no head: no SR in its study" '[ "$(count_srs "$nohead_study")" = 0 ]'
+
+# 4. Orthanc down while fetalhc forwards: pending, then forwarded once Orthanc is back.
+stop_orthanc
+storescu -aec FETALHC 127.0.0.1 "$DPORT" "$T/head.dcm" >"$T/storescu.log" 2>&1
+check "with Orthanc down, fetalhc still takes the scan" '[ $? -eq 0 ]'
+last_status() { curl -sf "$URL/v1/dicom/instances" | json "d['instances'][0]['forward_status'] or ''"; }
+for _ in $(seq 1 100); do last_status | grep -q "^pending: try" && break; sleep 0.1; done
+echo "while Orthanc is down: $(last_status)"
+check "the row says the forward is pending, and why" 'last_status | grep -q "^pending: try .* failed (.*); next in"'
+start_orthanc
+for _ in $(seq 1 300); do [ "$(last_status)" = forwarded ] && break; sleep 0.1; done
+check "the SR is forwarded once Orthanc is back" '[ "$(last_status)" = forwarded ]'
+check "and Orthanc holds it in the scan's study" 'wait_srs "$head_study" 21 10'
+
+grep -q "forward" "$T/serve.log" && grep "SR forward" "$T/serve.log" | tail -3
+if [ "$failures" -gt 0 ]; then
+  echo "--- serve.log (last lines)"; tail -20 "$T/serve.log"
+  echo "--- orthanc.log (last lines)"; tail -20 "$T/orthanc.log"
+  echo "$failures check(s) failed"; exit 1
+fi
+echo "all Orthanc checks passed"
