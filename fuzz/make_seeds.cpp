@@ -1,8 +1,10 @@
-// Writes the fuzz targets' seed corpora into OUT/{png_gray,decode_image,pixel_sizes,dicom,routes}: small
-// synthetic files made here (no HC18 image or copy of one). Usage: fuzz_make_seeds OUT
+// Writes the fuzz targets' seed corpora into OUT/{png_gray,decode_image,pixel_sizes,dicom,routes,dicom_node,j2k}:
+// small synthetic files made here (no HC18 image or copy of one). Usage: fuzz_make_seeds OUT
 #include <dcmtk/config/osconfig.h>  // must come first among the DCMTK headers
+#include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dctk.h>
 #include "../tests/dicom_wrap.h"  // nested_sequences_dicom
+#include "../tests/j2k_encode.h"  // encode_j2k
 #include <libdeflate.h>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -207,6 +209,24 @@ void save(DcmFileFormat& ff, const fs::path& p, E_TransferSyntax xfer = EXS_Litt
     if (c.bad()) std::fprintf(stderr, "fuzz_make_seeds: %s: %s\n", p.c_str(), c.text());
 }
 
+// A JPEG 2000 DICOM file of `fragments` (after an empty offset table), 8-bit MONOCHROME2.
+void j2k_dicom_seed(const fs::path& p, int rows, int cols, const std::vector<Bytes>& fragments) {
+    DcmFileFormat ff;
+    DcmDataset* ds = base_dataset(ff, rows, cols, 2, 1, 8, "MONOCHROME2");
+    add_region(ds, 0, 0, cols - 1, rows - 1, 0.012);
+    auto* seq = new DcmPixelSequence(DCM_PixelSequenceTag);
+    seq->insert(new DcmPixelItem(DCM_PixelItemTag));
+    for (const auto& f : fragments) {
+        auto* item = new DcmPixelItem(DCM_PixelItemTag);
+        item->putUint8Array(f.data(), Uint32(f.size()));
+        seq->insert(item);
+    }
+    auto* px = new DcmPixelData(DCM_PixelData);
+    px->putOriginalRepresentation(EXS_JPEG2000LosslessOnly, nullptr, seq);
+    ds->insert(px, true);
+    save(ff, p, EXS_JPEG2000LosslessOnly);
+}
+
 void dicom_seeds(const fs::path& dir) {
     {
         DcmFileFormat ff;
@@ -248,6 +268,48 @@ void dicom_seeds(const fs::path& dir) {
     // Nested sequences (issue 22 row 1): within the budget, and past it.
     write(dir / "nested_64.dcm", nested_sequences_dicom(64));
     write(dir / "nested_200.dcm", nested_sequences_dicom(200));
+    // JPEG 2000: two frames, one fragment each, and the same frames in three fragments (the first
+    // frame split: its start is found by its SOC marker).
+    const cv::Mat a = pattern(40, 36), b = 255 - a;
+    const Bytes ca = j2k_test::encode_j2k(a), cb = j2k_test::encode_j2k(b);
+    const long half = long(ca.size() / 2 & ~size_t(1));
+    j2k_dicom_seed(dir / "j2k_2frames.dcm", 36, 40, {ca, cb});
+    j2k_dicom_seed(dir / "j2k_2frames_split.dcm", 36, 40,
+                   {Bytes(ca.begin(), ca.begin() + half), Bytes(ca.begin() + half, ca.end()), cb});
+}
+
+// Frame seeds for fuzz_j2k: the first byte picks the header (fuzz_j2k.cpp: its low bits index
+// MONOCHROME2, MONOCHROME1, RGB, YBR_RCT, YBR_ICT, YBR_FULL; its top bit 12 bits stored), the rest
+// is a 64 x 64 frame.
+void j2k_seeds(const fs::path& dir) {
+    const auto seed = [&](const std::string& name, uint8_t pick, const Bytes& frame) {
+        Bytes b{pick};
+        b.insert(b.end(), frame.begin(), frame.end());
+        write(dir / name, b);
+    };
+    const cv::Mat gray = pattern(64, 64), rgb = pattern(64, 64, CV_8UC3);
+    cv::Mat gray12;
+    gray.convertTo(gray12, CV_16U, 16);
+    j2k_test::EncodeOptions o;
+    seed("mono2.j2k", 0, j2k_test::encode_j2k(gray, o));
+    seed("mono1.j2k", 1, j2k_test::encode_j2k(gray, o));
+    seed("rgb_rct.j2k", 3, j2k_test::encode_j2k(rgb, o));
+    o.mct = false;
+    seed("ybr_full.j2k", 5, j2k_test::encode_j2k(rgb, o));
+    seed("rgb_plain.j2k", 2, j2k_test::encode_j2k(rgb, o));
+    o = {};
+    o.precision = 12;
+    seed("mono2_12bit.j2k", 0x80, j2k_test::encode_j2k(gray12, o));
+    o = {};
+    o.reversible = false;
+    seed("rgb_ict_lossy.j2k", 4, j2k_test::encode_j2k(rgb, o));
+    seed("mono2_lossy.j2k", 0, j2k_test::encode_j2k(gray, o));
+    o = {};
+    o.tile = 32;
+    seed("mono2_tiled.j2k", 0, j2k_test::encode_j2k(gray, o));
+    o = {};
+    o.jp2 = true;
+    seed("mono2.jp2", 0, j2k_test::encode_j2k(gray, o));
 }
 
 // C-STOREs for fuzz_dicom_node: "SOP_INSTANCE_UID\0SOP_CLASS_UID\0CALLING_AET\0" then the data set.
@@ -306,14 +368,16 @@ int main(int argc, char** argv) {
         return 2;
     }
     const fs::path out = argv[1];
-    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes", "dicom_node"}) fs::create_directories(out / d);
+    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes", "dicom_node", "j2k"})
+        fs::create_directories(out / d);
     png_seeds(out / "png_gray");
     image_seeds(out / "decode_image");
     csv_seeds(out / "pixel_sizes");
     dicom_seeds(out / "dicom");
     dicom_node_seeds(out / "dicom", out / "dicom_node");
     route_seeds(out / "routes");
-    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes", "dicom_node"}) {
+    j2k_seeds(out / "j2k");
+    for (const char* d : {"png_gray", "decode_image", "pixel_sizes", "dicom", "routes", "dicom_node", "j2k"}) {
         size_t n = 0;
         for ([[maybe_unused]] const auto& e : fs::directory_iterator(out / d)) ++n;
         std::printf("%s: %zu seeds\n", d, n);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (preset `fuzz`: clang, ASan + UBSan; needs Debian's clang and
 # libfuzzer-14-dev), writes their seed corpora and runs one target, or all of them briefly.
-# Usage: scripts/fuzz.sh TARGET SECONDS   TARGET: png_gray | decode_image | pixel_sizes | dicom | routes | dicom_node
+# Usage: scripts/fuzz.sh TARGET SECONDS   TARGET: png_gray | decode_image | pixel_sizes | dicom | j2k | routes | dicom_node
 #        scripts/fuzz.sh all SECONDS      every target for SECONDS each, through `ctest --preset fuzz` (CI)
 # New inputs are kept in build-fuzz/fuzz/corpus/TARGET; a finding is saved in
 # build-fuzz/fuzz/corpus/artifacts/TARGET and replays with: build-fuzz/fuzz/fuzz_TARGET FILE
@@ -16,8 +16,8 @@ if [ "$target" = all ]; then
   exec ctest --preset fuzz
 fi
 case "$target" in
-  png_gray | decode_image | pixel_sizes | dicom | routes | dicom_node) ;;
-  *) echo "fuzz.sh: unknown target '$target' (png_gray, decode_image, pixel_sizes, dicom, routes, dicom_node or all)" >&2; exit 2 ;;
+  png_gray | decode_image | pixel_sizes | dicom | j2k | routes | dicom_node) ;;
+  *) echo "fuzz.sh: unknown target '$target' (png_gray, decode_image, pixel_sizes, dicom, j2k, routes, dicom_node or all)" >&2; exit 2 ;;
 esac
 cmake --preset fuzz >/dev/null
 cmake --build build-fuzz -j "$(nproc)" --target "fuzz_$target" fuzz_make_seeds

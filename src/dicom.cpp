@@ -1,9 +1,11 @@
-// DICOM input with DCMTK: the header (no pixels), the frames (DicomImage) and the calibration from
-// the Sequence of Ultrasound Regions. Measuring a frame inside its calibrated region (the part that
-// needs the network) is in dicom_measure.cpp, so that this file builds without LibTorch (fuzz/).
+// DICOM input with DCMTK: the header (no pixels), the frames (DicomImage; JPEG 2000 frames through
+// OpenJPEG, dicom_j2k.h) and the calibration from the Sequence of Ultrasound Regions. Measuring a
+// frame inside its calibrated region (the part that needs the network) is in dicom_measure.cpp, so
+// that this file builds without LibTorch (fuzz/).
 #include "fetalhc/dicom.h"
 
 #include "dicom_detail.h"
+#include "dicom_j2k.h"
 #include "dicom_walk.h"
 #include "fixed_text.h"
 
@@ -11,6 +13,7 @@
 
 #include <dcmtk/config/osconfig.h>  // must come first among the DCMTK headers
 #include <dcmtk/dcmdata/dccodec.h>
+#include <dcmtk/dcmdata/dcfcache.h>
 #include <dcmtk/dcmdata/dcistrmb.h>
 #include <dcmtk/dcmdata/dcpxitem.h>
 #include <dcmtk/dcmdata/dcrledrg.h>
@@ -168,6 +171,20 @@ std::string check_header_lengths(DcmDataset* ds, const std::string& name) {
     return "";
 }
 
+// JPEG 2000 (lossless only, or lossy allowed): decoded with OpenJPEG (dicom_j2k.h), since
+// Debian's DCMTK has no JPEG 2000 decoder.
+bool is_j2k(E_TransferSyntax x) { return x == EXS_JPEG2000LosslessOnly || x == EXS_JPEG2000; }
+
+// Transfer syntaxes newer than this DCMTK, whose files it refuses to read ("meta information header
+// missing"): named from the meta header so that the refusal says what the file is. HTJ2K is not
+// decoded (OpenJPEG's HTJ2K decoding is not wired in or tested here).
+std::string newer_syntax_name(const std::string& uid) {
+    if (uid == "1.2.840.10008.1.2.4.201") return "High-Throughput JPEG 2000 Image Compression (Lossless Only)";
+    if (uid == "1.2.840.10008.1.2.4.202") return "High-Throughput JPEG 2000 with RPCL Options Image Compression (Lossless Only)";
+    if (uid == "1.2.840.10008.1.2.4.203") return "High-Throughput JPEG 2000 Image Compression";
+    return "";
+}
+
 // The header's identity, image and calibration fields; frames read as NumberOfFrames (1 when absent).
 Expected<DicomHeader> header_fields(DcmFileFormat& ff, const std::string& name) {
     DcmDataset* ds = ff.getDataset();
@@ -214,7 +231,7 @@ Expected<DicomHeader> header_fields(DcmFileFormat& ff, const std::string& name) 
     if (ds->findAndGetFloat64(DCM_FrameTime, t).good() && t > 0) h.frame_time_ms = t;
     else if (ds->findAndGetSint32(DCM_CineRate, rate).good() && rate > 0) h.frame_time_ms = 1000.0 / rate;
     h.has_pixel_data = ds->tagExists(DCM_PixelData);
-    h.can_decode = xfer.isNotEncapsulated() ||
+    h.can_decode = xfer.isNotEncapsulated() || is_j2k(xfer.getXfer()) ||
                    DcmCodecList::canChangeCoding(ds->getOriginalXfer(), EXS_LittleEndianExplicit);
     return h;
 }
@@ -250,6 +267,18 @@ Expected<DicomHeader> header_from(DcmFileFormat& ff, const std::string& name) {
 
 bool has_dicm_magic(const unsigned char* p, size_t n) { return n >= 132 && std::memcmp(p + 128, "DICM", 4) == 0; }
 
+// Why DCMTK could not read `name`: a transfer syntax it does not know (HTJ2K) is named from the meta
+// header it did read, else DCMTK's reason.
+std::string load_error(DcmFileFormat& ff, const std::string& name, const OFCondition& c) {
+    const std::string uid = get_string(ff.getMetaInfo(), DCM_TransferSyntaxUID);
+    if (!uid.empty() && DcmXfer(uid.c_str()).getXfer() == EXS_Unknown) {
+        const std::string known = newer_syntax_name(uid);
+        return "DICOM '" + name + "' uses " + (known.empty() ? "a transfer syntax unknown to DCMTK" : "the transfer syntax " + known) +
+               " (" + uid + "), which fetalhc cannot read; export it uncompressed, RLE, JPEG or JPEG 2000";
+    }
+    return "cannot read DICOM '" + name + "': " + c.text() + " (truncated or damaged file?)";
+}
+
 // The message for a problem the walk found in `name`.
 std::string walk_error(const std::string& name, const std::string& problem) {
     if (problem.find("nested more than") != std::string::npos)
@@ -267,7 +296,7 @@ Expected<DicomHeader> load_file(DcmFileFormat& ff, const std::string& path, bool
     // A read limit keeps large values (the pixel data) on disk until they are needed.
     const OFCondition c = ff.loadFile(path.c_str(), EXS_Unknown, EGL_noChange, header_only ? 4096 : DCM_MaxReadLength,
                                       ERM_fileOnly);
-    if (c.bad()) return unreadable("cannot read DICOM '" + path + "': " + c.text() + " (truncated or damaged file?)");
+    if (c.bad()) return unreadable(load_error(ff, path, c));
     return header_from(ff, path);
 }
 
@@ -303,7 +332,7 @@ Expected<DicomHeader> load_bytes(DcmFileFormat& ff, const MemoryFile& file, cons
     if (auto e = detail::dicom_walk_problem(data, size); !e.empty()) return unreadable(walk_error(name, e));
     if (!file.ok()) return unreadable("cannot read DICOM '" + name + "': no memory file for it (" + std::strerror(errno) + ")");
     const OFCondition c = ff.loadFile(file.path().c_str(), EXS_Unknown, EGL_noChange, 4096, ERM_fileOnly);
-    if (c.bad()) return unreadable("cannot read DICOM '" + name + "': " + c.text() + " (truncated or damaged file?)");
+    if (c.bad()) return unreadable(load_error(ff, name, c));
     return header_from(ff, name);
 }
 
@@ -378,13 +407,19 @@ std::string check_rle_headers(DcmPixelSequence* seq, const DicomHeader& h) {
     return "";
 }
 
-std::string check_fragments(DcmDataset* ds, const DicomHeader& h) {
+// The items of encapsulated pixel data (item 0: the Basic Offset Table); null when it is not.
+DcmPixelSequence* pixel_sequence(DcmDataset* ds) {
     DcmElement* el = nullptr;
-    if (ds->findAndGetElement(DCM_PixelData, el).bad() || !el) return "";
+    if (ds->findAndGetElement(DCM_PixelData, el).bad() || !el) return nullptr;
     auto* px = dynamic_cast<DcmPixelData*>(el);
     DcmPixelSequence* seq = nullptr;
-    if (!px || px->getEncapsulatedRepresentation(ds->getOriginalXfer(), nullptr, seq).bad() || !seq)
-        return "";
+    if (!px || px->getEncapsulatedRepresentation(ds->getOriginalXfer(), nullptr, seq).bad()) return nullptr;
+    return seq;
+}
+
+std::string check_fragments(DcmDataset* ds, const DicomHeader& h) {
+    DcmPixelSequence* seq = pixel_sequence(ds);
+    if (!seq) return "";
     const long long fragments = std::max(0LL, static_cast<long long>(seq->card()) - 1);
     if (fragments < h.frames)
         return "DICOM '" + h.path + "' says it has " + std::to_string(h.frames) + " frames but its pixel data holds " +
@@ -392,6 +427,142 @@ std::string check_fragments(DcmDataset* ds, const DicomHeader& h) {
                "; the file is truncated or its NumberOfFrames is wrong";
     if (ds->getOriginalXfer() == EXS_RLELossless) return check_rle_headers(seq, h);
     return "";
+}
+
+// ---- JPEG 2000: each frame's codestream gathered from the fragments, decoded by OpenJPEG ------------
+
+// The fragments after the offset table, read a part at a time without DCMTK keeping their values
+// (as its partial access does), so that a cine holds one frame's codestream at a time.
+class Fragments {
+public:
+    explicit Fragments(DcmPixelSequence* seq) : seq_(seq) {
+        for (unsigned long i = 1; i < seq->card(); ++i) lengths_.push_back(item(i) ? item(i)->getLength() : 0);
+    }
+    unsigned long count() const { return static_cast<unsigned long>(lengths_.size()); }
+    Uint32 length(unsigned long i) const { return lengths_[i]; }
+    // `n` bytes of fragment `i` (item 0 when `i` is -1: the offset table) from byte `offset`.
+    bool read(long i, Uint32 offset, Uint32 n, unsigned char* to) {
+        DcmPixelItem* it = item(static_cast<unsigned long>(i + 1));
+        return n == 0 || (it && it->getPartialValue(to, offset, n, &cache_).good());
+    }
+
+private:
+    DcmPixelItem* item(unsigned long i) const {
+        DcmPixelItem* it = nullptr;
+        return seq_->getItem(it, i).good() ? it : nullptr;
+    }
+    DcmPixelSequence* seq_;
+    std::vector<Uint32> lengths_;
+    DcmFileCache cache_;  // keeps the file open between the reads
+};
+
+// Fragments [begin, end) of one frame.
+struct FragmentRange {
+    unsigned long begin = 0, end = 0;
+};
+
+// Frames from their first fragments (`starts`, ascending, one per frame): each runs to the next.
+std::vector<FragmentRange> ranges_from_starts(const std::vector<unsigned long>& starts, unsigned long fragments) {
+    std::vector<FragmentRange> out;
+    for (size_t f = 0; f < starts.size(); ++f) out.push_back({starts[f], f + 1 < starts.size() ? starts[f + 1] : fragments});
+    return out;
+}
+
+// The frames' first fragments from the Basic Offset Table (PS3.5 A.4: each frame's offset from the
+// first fragment's item tag; every item has an 8-byte header). Empty when the table is absent or
+// does not point at fragment starts, one per frame, in order.
+std::vector<unsigned long> starts_from_offset_table(DcmPixelSequence* seq, Fragments& fr, int frames) {
+    DcmPixelItem* table = nullptr;
+    if (seq->getItem(table, 0).bad() || !table || table->getLength() != 4ULL * Uint32(frames)) return {};
+    std::vector<unsigned char> b(table->getLength());
+    if (!fr.read(-1, 0, Uint32(b.size()), b.data())) return {};
+    std::vector<unsigned long long> at(fr.count());  // where each fragment's item tag starts
+    for (unsigned long i = 1; i < fr.count(); ++i) at[i] = at[i - 1] + 8 + fr.length(i - 1);
+    std::vector<unsigned long> starts;
+    for (int f = 0; f < frames; ++f) {
+        const size_t k = size_t(f) * 4;
+        const unsigned long long off = b[k] | b[k + 1] << 8 | b[k + 2] << 16 | static_cast<unsigned long long>(b[k + 3]) << 24;
+        const auto hit = std::lower_bound(at.begin(), at.end(), off);
+        if (hit == at.end() || *hit != off) return {};
+        const auto i = static_cast<unsigned long>(hit - at.begin());
+        if ((f == 0 && i != 0) || (f > 0 && i <= starts.back())) return {};
+        starts.push_back(i);
+    }
+    return starts;
+}
+
+// The frames' first fragments found by content: the fragments that start a codestream (SOC, SIZ)
+// or a JP2 file. Empty unless there is one per frame, the first fragment among them.
+std::vector<unsigned long> starts_from_markers(Fragments& fr, int frames) {
+    std::vector<unsigned long> starts;
+    for (unsigned long i = 0; i < fr.count(); ++i) {
+        unsigned char head[12] = {};
+        const Uint32 n = std::min<Uint32>(fr.length(i), sizeof head);
+        if (fr.read(long(i), 0, n, head) && detail::starts_j2k_frame(head, n)) starts.push_back(i);
+    }
+    if (starts.size() != size_t(frames) || starts.empty() || starts[0] != 0) return {};
+    return starts;
+}
+
+// Which fragments make each frame: one per frame when the counts agree, all of them for a single
+// frame; otherwise the Basic Offset Table, else the fragments that start a codestream.
+Expected<std::vector<FragmentRange>> j2k_frame_fragments(DcmPixelSequence* seq, Fragments& fr, const DicomHeader& h) {
+    const unsigned long n = fr.count();
+    if (n == static_cast<unsigned long>(h.frames)) {
+        std::vector<unsigned long> each(n);
+        for (unsigned long i = 0; i < n; ++i) each[i] = i;
+        return ranges_from_starts(each, n);
+    }
+    if (h.frames == 1) return std::vector<FragmentRange>{{0, n}};
+    if (auto s = starts_from_offset_table(seq, fr, h.frames); !s.empty()) return ranges_from_starts(s, n);
+    if (auto s = starts_from_markers(fr, h.frames); !s.empty()) return ranges_from_starts(s, n);
+    return unreadable("DICOM '" + h.path + "' holds " + std::to_string(n) + " JPEG 2000 fragments for " +
+                      std::to_string(h.frames) + " frames, and neither its Basic Offset Table nor the fragments that "
+                      "start a codestream tell which fragments make which frame; the file is damaged (export it with "
+                      "one fragment per frame)");
+}
+
+// One frame's codestream: its fragments joined. At most twice the frame's uncompressed size (plus
+// room for the headers): compressed data is smaller, and a lying file must not make a large allocation.
+Expected<std::vector<unsigned char>> frame_codestream(Fragments& fr, FragmentRange r, const DicomHeader& h,
+                                                      const std::string& label) {
+    unsigned long long total = 0;
+    for (unsigned long i = r.begin; i < r.end; ++i) total += fr.length(i);
+    const int sample_bytes = (std::max({8, h.bits_allocated, h.bits_stored}) + 7) / 8;
+    const unsigned long long raw =
+        1ULL * Uint32(h.rows) * Uint32(h.columns) * Uint32(std::max(1, h.samples_per_pixel)) * Uint32(sample_bytes);
+    if (total > 2 * raw + 65536)
+        return unreadable(label + ": its JPEG 2000 codestream is " + std::to_string(total) + " bytes, more than twice the " +
+                          std::to_string(raw) + " bytes of the uncompressed frame; the file is damaged");
+    std::vector<unsigned char> bytes(total);
+    size_t at = 0;
+    for (unsigned long i = r.begin; i < r.end; at += fr.length(i), ++i)
+        if (!fr.read(long(i), 0, fr.length(i), bytes.data() + at))
+            return unreadable(label + ": JPEG 2000 fragment " + std::to_string(i + 1) +
+                              " cannot be read; the file is truncated or damaged");
+    return bytes;
+}
+
+// JPEG 2000 frames `first` .. `end` - 1.
+Expected<std::vector<cv::Mat>> decode_j2k_frames(DcmDataset* ds, const DicomHeader& h, int first, int end) {
+    const std::string what = "DICOM '" + h.path + "'";
+    DcmPixelSequence* seq = pixel_sequence(ds);
+    if (!seq) return unreadable(what + " says it is JPEG 2000 but its pixel data is not encapsulated; the file is damaged");
+    Fragments fr(seq);
+    auto ranges = j2k_frame_fragments(seq, fr, h);
+    if (!ranges) return ranges.error_value();
+    const detail::J2kExpect expect{h.rows, h.columns, h.samples_per_pixel, h.bits_stored, h.photometric_interpretation};
+    std::vector<cv::Mat> frames;
+    frames.reserve(size_t(end - first));
+    for (int f = first; f < end; ++f) {
+        const std::string label = what + (h.frames > 1 ? " frame " + std::to_string(f) : std::string());
+        auto bytes = frame_codestream(fr, (*ranges)[size_t(f)], h, label);
+        if (!bytes) return bytes.error_value();
+        auto m = detail::decode_j2k_frame(bytes->data(), bytes->size(), expect, label);
+        if (!m) return m.error_value();
+        frames.push_back(std::move(*m));
+    }
+    return frames;
 }
 
 // Frame by frame: DCMTK reads (or decompresses) only the frame asked for (partial access), so
@@ -405,7 +576,7 @@ Expected<std::vector<cv::Mat>> decode_loaded(DcmFileFormat& ff, const DicomHeade
     if (!h.has_pixel_data) return unreadable(what + " has no pixel data (7FE0,0010): it is not an image");
     if (!h.can_decode)
         return unreadable(what + " uses the transfer syntax " + h.transfer_syntax_name + " (" + h.transfer_syntax_uid +
-                          "), which this build of DCMTK cannot decode; export it uncompressed, RLE or JPEG");
+                          "), which fetalhc cannot decode; export it uncompressed, RLE, JPEG or JPEG 2000");
     DcmDataset* ds = ff.getDataset();
     const DcmXfer xfer(ds->getOriginalXfer());
     if (!checked)
@@ -415,6 +586,7 @@ Expected<std::vector<cv::Mat>> decode_loaded(DcmFileFormat& ff, const DicomHeade
         return make_error(ErrorKind::InvalidArgument, what + " has " + std::to_string(h.frames) + " frame" + (h.frames == 1 ? "" : "s") + "; frame " +
                                                       std::to_string(first) + " is past the last (frames count from 0)", "frame");
     const int end = count < 0 ? h.frames : std::min(h.frames, first + count);
+    if (is_j2k(xfer.getXfer())) return decode_j2k_frames(ds, h, first, end);
     std::vector<cv::Mat> frames;
     frames.reserve(size_t(end - first));
     for (int f = first; f < end; ++f) {

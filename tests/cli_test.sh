@@ -366,7 +366,9 @@ dicom_checks() {
     run dicom info "$d/US1_UNCR.dcm"
     expect "dicom info US1_UNCR: no calibration" 0 --out "RGB" --out "carries no calibration"
     run dicom info "$d/US1_J2KR.dcm"
-    expect "dicom info J2K works from the header alone" 0 --out "JPEG 2000" --out "NOT DECODABLE"
+    expect "dicom info J2K (decoded through OpenJPEG): no calibration" 0 --out "JPEG 2000" --out "YBR_RCT" \
+        --out "carries no calibration"
+    check "dicom info J2K: decodable" "said NOT DECODABLE" bash -c "! grep -q 'NOT DECODABLE' '$T/out'"
     run dicom info --json "$d/OBXXXX1A.dcm" "$d/US1_J2KR.dcm"
     expect "dicom info --json" 0 --out '"mm_per_px_x"' --out '"calibration_error"' --out '"transfer_syntax"'
     check "dicom info --json: valid JSON" "not valid JSON" valid_json "$T/out"
@@ -380,7 +382,7 @@ dicom_checks() {
         return
     fi
     run measure --quiet --model "$MODEL" "$d/US1_J2KR.dcm"
-    expect "measure J2K: exit 1 naming file and transfer syntax" 1 --err "US1_J2KR.dcm" --err "JPEG 2000"
+    expect "measure J2K: decoded, then like its uncompressed twin, asks for --pixel-size" 1 --err "US1_J2KR.dcm" --err "--pixel-size"
     run measure --quiet --model "$MODEL" "$d/US1_UNCR.dcm"
     expect "measure uncalibrated DICOM: exit 1, asks for --pixel-size" 1 --err "US1_UNCR.dcm" --err "--pixel-size"
     run measure --quiet --model "$MODEL" "$d/examples_ybr_color.dcm"

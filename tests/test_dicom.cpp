@@ -7,6 +7,7 @@
 #include "fetalhc/measure.h"
 
 #include "dicom_wrap.h"
+#include "j2k_encode.h"
 #include "net_frame.h"  // internal (src/): a segmentation of a mask
 
 #include <dcmtk/config/osconfig.h>
@@ -227,16 +228,23 @@ TEST(DicomSamples, UncalibratedRgbDecodesAndIsRefusedWithoutPixelSize) {
     EXPECT_TRUE(contains(c.error(), "no calibration")) << c.error();
 }
 
-TEST(DicomSamples, Jpeg2000HeaderReadsAndDecodingNamesTheTransferSyntax) {
+// The README's row for US1_J2KR (a clear error) predates the OpenJPEG decoder: the JPEG 2000
+// lossless copy (YBR_RCT, which OpenJPEG undoes) now gives exactly the uncompressed file's pixels.
+TEST(DicomSamples, Jpeg2000LosslessGivesTheUncompressedPixels) {
     NEED_SHARED();
     auto h = read_dicom_header(kShared + "/US1_J2KR.dcm");
     ASSERT_TRUE(h) << h.error();
-    EXPECT_FALSE(h->can_decode);
+    EXPECT_TRUE(h->can_decode);
+    EXPECT_EQ(h->transfer_syntax_uid, "1.2.840.10008.1.2.4.90");
     EXPECT_EQ(h->columns, 640);
-    auto f = decode_dicom_frames(kShared + "/US1_J2KR.dcm");
-    ASSERT_FALSE(f);
-    EXPECT_TRUE(contains(f.error(), "JPEG 2000")) << f.error();
-    EXPECT_TRUE(contains(f.error(), "1.2.840.10008.1.2.4.90")) << f.error();
+    auto j2k = decode_dicom_frames(kShared + "/US1_J2KR.dcm");
+    ASSERT_TRUE(j2k) << j2k.error();
+    auto plain = frames_of(kShared + "/US1_UNCR.dcm");
+    ASSERT_EQ(j2k->size(), 1u);
+    ASSERT_EQ(plain.size(), 1u);
+    ASSERT_EQ(j2k->at(0).size(), plain[0].size());
+    ASSERT_EQ(j2k->at(0).type(), CV_8UC1);
+    EXPECT_EQ(cv::norm(j2k->at(0), plain[0], cv::NORM_INF), 0);
 }
 
 TEST(DicomSamples, HeaderFromBytesMatchesHeaderFromFile) {
@@ -887,6 +895,17 @@ TEST(DicomBad, LyingFrameCountInACompressedFileIsAnError) {
 // integers (0.5 each), DCMTK rounds the R, G, B it converts back and clips them to 0..255 (the
 // rounded Cb/Cr can push a saturated colour just outside), and the luminance is rounded again;
 // each step is under one level and they do not all add up to more than 2.
+// A YBR frame converted to gray against the gray of its RGB source: YCbCr rounding leaves at most
+// 2 grey levels and well under one on average.
+void expect_gray_close(const cv::Mat& got, const cv::Mat& expected) {
+    cv::Mat diff;
+    cv::absdiff(got, expected, diff);
+    double mx = 0;
+    cv::minMaxLoc(diff, nullptr, &mx);
+    EXPECT_LE(mx, 2);
+    EXPECT_LT(cv::mean(diff)[0], 0.6);
+}
+
 TEST(DicomDecode, YbrFullBecomesLuminance) {
     cv::Mat rgb(48, 64, CV_8UC3);
     cv::RNG(31).fill(rgb, cv::RNG::UNIFORM, 0, 256);
@@ -908,21 +927,15 @@ TEST(DicomDecode, YbrFullBecomesLuminance) {
     auto h = read_dicom_header(p);
     ASSERT_TRUE(h);
     EXPECT_EQ(h->photometric_interpretation, "YBR_FULL");
-    cv::Mat expected, diff;
+    cv::Mat expected;
     cv::cvtColor(rgb, expected, cv::COLOR_RGB2GRAY);
     cv::Mat got = frames_of(p).at(0);
     ASSERT_EQ(got.size(), expected.size());
-    cv::absdiff(got, expected, diff);
-    double mx = 0;
-    cv::minMaxLoc(diff, nullptr, &mx);
-    EXPECT_LE(mx, 2);
-    EXPECT_LT(cv::mean(diff)[0], 0.6);
+    expect_gray_close(got, expected);
     // Read as if it were RGB (the bug this guards against), the grey values are far off.
     cv::Mat as_rgb;
     cv::cvtColor(ybr, as_rgb, cv::COLOR_RGB2GRAY);
-    cv::absdiff(as_rgb, expected, diff);
-    cv::minMaxLoc(diff, nullptr, &mx);
-    EXPECT_GT(mx, 20);
+    EXPECT_GT(cv::norm(as_rgb, expected, cv::NORM_INF), 20);
 }
 
 // Lossy JPEG baseline (dcmcjpeg +eb, quality 90) around an HC18 scan: within 2% of the PNG's HC
@@ -1378,4 +1391,356 @@ TEST(DicomDecode, OneFrameIsDecodedWithoutTheFramesBeforeIt) {
     auto past = decode_dicom_frame(bytes, "rle_three.dcm", 3);
     ASSERT_FALSE(past);
     EXPECT_TRUE(contains(past.error(), "has 3 frames")) << past.error();
+}
+
+// ---- JPEG 2000 (OpenJPEG): files made here with OpenJPEG's encoder -----------------------------------
+
+namespace {
+
+// A JPEG 2000 DICOM file: `fragments` after the Basic Offset Table (`offset_table`, empty: an empty
+// table item), the image fields as given.
+struct J2kFile {
+    std::vector<std::vector<unsigned char>> fragments;
+    std::vector<Uint32> offset_table;
+    int rows = 0, cols = 0, frames = 1, samples = 1, bits_stored = 8;
+    bool is_signed = false;
+    std::string photometric = "MONOCHROME2";
+    E_TransferSyntax xfer = EXS_JPEG2000LosslessOnly;
+};
+
+std::string write_j2k_dicom(const J2kFile& j, const std::string& name) {
+    DcmFileFormat ff;
+    build_wrapped_dicom(ff, cv::Mat::zeros(j.rows, j.cols, CV_8UC1), 0.1, j.frames);
+    DcmDataset* d = ff.getDataset();
+    d->putAndInsertUint16(DCM_SamplesPerPixel, Uint16(j.samples));
+    d->putAndInsertString(DCM_PhotometricInterpretation, j.photometric.c_str());
+    d->putAndInsertUint16(DCM_BitsAllocated, j.bits_stored > 8 ? 16 : 8);
+    d->putAndInsertUint16(DCM_BitsStored, Uint16(j.bits_stored));
+    d->putAndInsertUint16(DCM_HighBit, Uint16(j.bits_stored - 1));
+    d->putAndInsertUint16(DCM_PixelRepresentation, j.is_signed ? 1 : 0);
+    if (j.samples == 3) d->putAndInsertUint16(DCM_PlanarConfiguration, 0);
+    auto* seq = new DcmPixelSequence(DCM_PixelSequenceTag);
+    auto* table = new DcmPixelItem(DCM_PixelItemTag);
+    if (!j.offset_table.empty())  // little endian, as this machine stores it
+        table->putUint8Array(reinterpret_cast<const Uint8*>(j.offset_table.data()), Uint32(4 * j.offset_table.size()));
+    seq->insert(table);
+    for (const auto& f : j.fragments) {
+        auto* item = new DcmPixelItem(DCM_PixelItemTag);
+        item->putUint8Array(f.data(), Uint32(f.size()));
+        seq->insert(item);
+    }
+    auto* px = new DcmPixelData(DCM_PixelData);
+    px->putOriginalRepresentation(j.xfer, nullptr, seq);
+    d->insert(px, true);
+    const std::string path = (temp_dir() / name).string();
+    const OFCondition c = ff.saveFile(path.c_str(), j.xfer);
+    EXPECT_TRUE(c.good()) << c.text();
+    return path;
+}
+
+// One frame as a lossless JPEG 2000 file.
+J2kFile j2k_file(const cv::Mat& img, const j2k_test::EncodeOptions& o = {}) {
+    J2kFile j;
+    j.fragments = {j2k_test::encode_j2k(img, o)};
+    EXPECT_FALSE(j.fragments[0].empty()) << "OpenJPEG did not encode the test image";
+    j.rows = img.rows, j.cols = img.cols, j.samples = img.channels();
+    return j;
+}
+
+// A head-like test scan: an HC18 scan when the data is there, else a drawn ellipse on a gradient
+// with speckle (each grey level and edge the codec must keep).
+cv::Mat j2k_scan() {
+    if (fs::exists(kHc18 + "/training_set/010_HC.png"))
+        if (auto img = load_grayscale(kHc18 + "/training_set/010_HC.png")) return *img;
+    cv::Mat img(120, 160, CV_8UC1);
+    for (int y = 0; y < img.rows; ++y)
+        for (int x = 0; x < img.cols; ++x) img.at<uchar>(y, x) = uchar((x + 2 * y) % 200);
+    cv::ellipse(img, {80, 60}, {50, 35}, 20, 0, 360, cv::Scalar(250), 3);
+    cv::Mat speckle(img.size(), CV_8UC1);
+    cv::RNG(77).fill(speckle, cv::RNG::UNIFORM, 0, 40);
+    return img + speckle;
+}
+
+std::vector<unsigned char> read_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), {}};
+}
+
+}  // namespace
+
+TEST(DicomJpeg2000, LosslessGrayIsExactFromFileAndFromBytes) {
+    const cv::Mat img = j2k_scan();
+    const std::string p = write_j2k_dicom(j2k_file(img), "j2k_gray.dcm");
+    auto h = read_dicom_header(p);
+    ASSERT_TRUE(h) << h.error();
+    EXPECT_TRUE(h->can_decode);
+    EXPECT_TRUE(contains(h->transfer_syntax_name, "JPEG 2000")) << h->transfer_syntax_name;
+    auto f = frames_of(p);
+    ASSERT_EQ(f.size(), 1u);
+    EXPECT_TRUE(same(f[0], img));
+    auto b = decode_dicom_frames(read_bytes(p), "j2k_upload.dcm");
+    ASSERT_TRUE(b) << b.error();
+    EXPECT_TRUE(same(b->at(0), img));
+}
+
+// A frame in a JP2 file wrapper (some writers keep it): the codestream inside is checked and decoded.
+TEST(DicomJpeg2000, Jp2WrappedFrameIsDecoded) {
+    const cv::Mat img = noise8({40, 30}, 14);
+    j2k_test::EncodeOptions o;
+    o.jp2 = true;
+    J2kFile j = j2k_file(img, o);
+    ASSERT_EQ(j.fragments[0].at(4), 0x6A);  // 'jP  ': the signature box
+    auto f = frames_of(write_j2k_dicom(j, "j2k_jp2.dcm"));
+    ASSERT_EQ(f.size(), 1u);
+    EXPECT_TRUE(same(f[0], img));
+}
+
+TEST(DicomJpeg2000, TwoFramesKeepTheirOrderAndDecodeOneAtATime) {
+    const cv::Mat a = j2k_scan(), b = 255 - a;
+    J2kFile j = j2k_file(a);
+    j.fragments.push_back(j2k_test::encode_j2k(b));
+    j.frames = 2;
+    const std::string p = write_j2k_dicom(j, "j2k_two.dcm");
+    auto f = frames_of(p);
+    ASSERT_EQ(f.size(), 2u);
+    EXPECT_TRUE(same(f[0], a));
+    EXPECT_TRUE(same(f[1], b));
+    auto reader = DicomFrameReader::open(read_bytes(p), "j2k_two.dcm");
+    ASSERT_TRUE(reader) << reader.error();
+    auto second = (*reader)->frame(1);
+    ASSERT_TRUE(second) << second.error();
+    EXPECT_TRUE(same(*second, b));
+    auto first = (*reader)->frame(0);
+    ASSERT_TRUE(first) << first.error();
+    EXPECT_TRUE(same(*first, a));
+}
+
+// Frames split over several fragments: found from the Basic Offset Table, or without one from the
+// fragments that start a codestream; a file where neither tells is refused, not guessed.
+TEST(DicomJpeg2000, FramesOverSeveralFragmentsAreFoundByOffsetTableOrMarkers) {
+    cv::Mat a(48, 64, CV_8UC1), b;
+    cv::RNG(5).fill(a, cv::RNG::UNIFORM, 0, 256);  // noise: the codestreams are long enough to split
+    b = 255 - a;
+    J2kFile j;
+    j.rows = 48, j.cols = 64, j.frames = 2;
+    std::vector<std::vector<unsigned char>> split;
+    for (const cv::Mat& m : {a, b}) {
+        const auto cs = j2k_test::encode_j2k(m);
+        const size_t half = cs.size() / 2 & ~size_t(1);  // fragments of even length, as DICOM stores them
+        split.push_back({cs.begin(), cs.begin() + long(half)});
+        split.push_back({cs.begin() + long(half), cs.end()});
+    }
+    j.fragments = split;
+    auto check = [&](const std::string& name) {
+        auto f = frames_of(write_j2k_dicom(j, name));
+        ASSERT_EQ(f.size(), 2u) << name;
+        EXPECT_TRUE(same(f[0], a)) << name;
+        EXPECT_TRUE(same(f[1], b)) << name;
+    };
+    check("j2k_split_markers.dcm");
+    const Uint32 second = Uint32(8 + split[0].size() + 8 + (split[1].size() + 1) / 2 * 2);
+    j.offset_table = {0, second};
+    check("j2k_split_table.dcm");
+    j.offset_table.clear();
+    j.fragments = {split[0], split[1], std::vector<unsigned char>(200, 0x33)};  // frame 1 starts no codestream
+    auto f = decode_dicom_frames(write_j2k_dicom(j, "j2k_split_unknown.dcm"));
+    ASSERT_FALSE(f);
+    EXPECT_EQ(f.error_kind(), ErrorKind::ImageUnreadable);
+    EXPECT_TRUE(contains(f.error(), "j2k_split_unknown.dcm")) << f.error();
+    EXPECT_TRUE(contains(f.error(), "which fragments make which frame")) << f.error();
+}
+
+// 12 bits stored: scaled by the frame's maximum exactly as the uncompressed path scales it (the
+// same OpenCV conversion), and within one grey level of DCMTK's rendering of the same pixels.
+TEST(DicomJpeg2000, TwelveBitIsScaledByItsMaximumAsUncompressed) {
+    cv::Mat v(60, 80, CV_16UC1);
+    cv::RNG(8).fill(v, cv::RNG::UNIFORM, 0, 4096);
+    j2k_test::EncodeOptions o;
+    o.precision = 12;
+    J2kFile j = j2k_file(v, o);
+    j.bits_stored = 12;
+    auto f = frames_of(write_j2k_dicom(j, "j2k_12bit.dcm"));
+    ASSERT_EQ(f.size(), 1u);
+    double mx = 0;
+    cv::minMaxLoc(v, nullptr, &mx);
+    cv::Mat expected;
+    v.convertTo(expected, CV_8U, 255.0 / mx);
+    EXPECT_TRUE(same(f[0], expected));
+    Synthetic s;
+    s.frames = {v};
+    s.bits_stored = 12;
+    cv::Mat dcmtk = frames_of(write_dicom(s, "j2k_12bit_plain.dcm")).at(0);
+    EXPECT_LE(cv::norm(f[0], dcmtk, cv::NORM_INF), 1);
+}
+
+// Signed samples (PixelRepresentation 1) are offset by half their range, as DCMTK maps them.
+TEST(DicomJpeg2000, SignedTwelveBitIsOffsetIntoUnsigned) {
+    cv::Mat v(40, 50, CV_16SC1);
+    cv::RNG(9).fill(v, cv::RNG::UNIFORM, -2048, 2048);
+    j2k_test::EncodeOptions o;
+    o.precision = 12;
+    J2kFile j = j2k_file(v, o);
+    j.bits_stored = 12;
+    j.is_signed = true;
+    auto f = frames_of(write_j2k_dicom(j, "j2k_signed.dcm"));
+    ASSERT_EQ(f.size(), 1u);
+    cv::Mat u;
+    v.convertTo(u, CV_16U, 1, 2048);
+    double mx = 0;
+    cv::minMaxLoc(u, nullptr, &mx);
+    cv::Mat expected;
+    u.convertTo(expected, CV_8U, 255.0 / mx);
+    EXPECT_TRUE(same(f[0], expected));
+}
+
+// MONOCHROME1 is inverted (higher = brighter), as DicomImage renders it (tests above: within a level).
+TEST(DicomJpeg2000, Monochrome1IsInvertedAsDcmtkRendersIt) {
+    const cv::Mat img = noise8({64, 48}, 12);
+    J2kFile j = j2k_file(img);
+    j.photometric = "MONOCHROME1";
+    auto f = frames_of(write_j2k_dicom(j, "j2k_m1.dcm"));
+    ASSERT_EQ(f.size(), 1u);
+    EXPECT_TRUE(same(f[0], cv::Mat(255 - img)));
+    Synthetic s;
+    s.frames = {img};
+    s.photometric = "MONOCHROME1";
+    EXPECT_LE(cv::norm(f[0], frames_of(write_dicom(s, "j2k_m1_plain.dcm")).at(0), cv::NORM_INF), 1);
+}
+
+// Colour: lossless with the reversible transform (YBR_RCT) gives the luminance of the RGB pixels
+// exactly; the lossy form (YBR_ICT, 1.2.840.10008.1.2.4.91, 10:1) within a few grey levels on average.
+TEST(DicomJpeg2000, ColourBecomesLuminanceLosslessAndLossy) {
+    cv::Mat rgb(96, 128, CV_8UC3);
+    for (int y = 0; y < rgb.rows; ++y)
+        for (int x = 0; x < rgb.cols; ++x) rgb.at<cv::Vec3b>(y, x) = cv::Vec3b(uchar(2 * x), uchar(2 * y), uchar((x + y) % 256));
+    cv::ellipse(rgb, {64, 48}, {40, 28}, 0, 0, 360, cv::Scalar(250, 240, 30), 2);
+    cv::Mat expected;
+    cv::cvtColor(rgb, expected, cv::COLOR_RGB2GRAY);
+    J2kFile lossless = j2k_file(rgb);
+    lossless.photometric = "YBR_RCT";
+    auto f = frames_of(write_j2k_dicom(lossless, "j2k_rct.dcm"));
+    ASSERT_EQ(f.size(), 1u);
+    EXPECT_TRUE(same(f[0], expected));
+    j2k_test::EncodeOptions o;
+    o.reversible = false;
+    J2kFile lossy = j2k_file(rgb, o);
+    lossy.photometric = "YBR_ICT";
+    lossy.xfer = EXS_JPEG2000;
+    f = frames_of(write_j2k_dicom(lossy, "j2k_ict.dcm"));
+    ASSERT_EQ(f.size(), 1u);
+    ASSERT_EQ(f[0].size(), expected.size());
+    cv::Mat d;
+    cv::absdiff(f[0], expected, d);
+    EXPECT_LT(cv::mean(d)[0], 3);
+}
+
+// YBR_FULL without the codestream's transform (the codestream holds Y, Cb, Cr): converted to RGB
+// first, with the uncompressed path's tolerance (YbrFullBecomesLuminance above), and next to DCMTK's
+// rendering of the same samples.
+TEST(DicomJpeg2000, YbrFullBecomesLuminance) {
+    cv::Mat rgb(48, 64, CV_8UC3);
+    cv::RNG(32).fill(rgb, cv::RNG::UNIFORM, 0, 256);
+    cv::Mat ycrcb, ybr(rgb.size(), CV_8UC3);
+    cv::cvtColor(rgb, ycrcb, cv::COLOR_RGB2YCrCb);
+    cv::mixChannels(ycrcb, ybr, std::vector<int>{0, 0, 1, 2, 2, 1});  // OpenCV's Y, Cr, Cb to DICOM's Y, Cb, Cr
+    j2k_test::EncodeOptions o;
+    o.mct = false;
+    J2kFile j = j2k_file(ybr, o);
+    j.photometric = "YBR_FULL";
+    cv::Mat got = frames_of(write_j2k_dicom(j, "j2k_ybr_full.dcm")).at(0), expected;
+    cv::cvtColor(rgb, expected, cv::COLOR_RGB2GRAY);
+    ASSERT_EQ(got.size(), expected.size());
+    expect_gray_close(got, expected);
+    Synthetic s;
+    s.frames = {ybr};
+    s.photometric = "YBR_FULL";
+    EXPECT_LE(cv::norm(got, frames_of(write_dicom(s, "j2k_ybr_full_plain.dcm")).at(0), cv::NORM_INF), 2);
+}
+
+// Hostile codestreams: each is a clean ImageUnreadable error naming the file (from the file and
+// from bytes), never a crash or an allocation the header did not agree with.
+TEST(DicomJpeg2000, HostileCodestreamsAreCleanErrors) {
+    cv::Mat img(48, 64, CV_8UC1);
+    cv::RNG(6).fill(img, cv::RNG::UNIFORM, 0, 256);
+    const std::vector<unsigned char> good = j2k_test::encode_j2k(img);
+    ASSERT_GT(good.size(), 200u);
+    const auto put32 = [](std::vector<unsigned char>& cs, size_t at, uint32_t v) {
+        for (int i = 0; i < 4; ++i) cs[at + size_t(i)] = uchar(v >> (24 - 8 * i));
+    };
+    struct Case { std::string name; J2kFile file; std::string says; };
+    std::vector<Case> cases;
+    {
+        J2kFile j = j2k_file(img);
+        put32(j.fragments[0], 8, 4096), put32(j.fragments[0], 12, 4096);  // Xsiz, Ysiz
+        cases.push_back({"j2k_bad_size.dcm", j, "says 4096 x 4096 pixels but the header says 64 x 48"});
+    }
+    {
+        J2kFile j = j2k_file(img);
+        j.fragments[0].resize(100);
+        cases.push_back({"j2k_truncated.dcm", j, "cannot be decoded"});
+    }
+    {
+        J2kFile j = j2k_file(img);
+        cv::Mat noise(1, 3000, CV_8UC1);
+        cv::RNG(7).fill(noise, cv::RNG::UNIFORM, 0, 256);
+        j.fragments[0].assign(noise.datastart, noise.dataend);
+        cases.push_back({"j2k_garbage.dcm", j, "not a JPEG 2000 codestream"});
+    }
+    {
+        J2kFile j = j2k_file(img);  // a valid SIZ segment (45 bytes with one component), then garbage
+        for (size_t i = 45; i < j.fragments[0].size(); ++i) j.fragments[0][i] = uchar(i * 37 + 11);
+        cases.push_back({"j2k_garbage_body.dcm", j, "cannot be decoded"});
+    }
+    {
+        cv::Mat rgb;
+        cv::cvtColor(img, rgb, cv::COLOR_GRAY2RGB);
+        J2kFile j = j2k_file(rgb);  // three components ...
+        j.samples = 1;              // ... in a MONOCHROME2 file
+        cases.push_back({"j2k_three_for_mono.dcm", j, "has 3 components but the header says 1 sample"});
+    }
+    {
+        J2kFile j = j2k_file(img);
+        put32(j.fragments[0], 24, 1), put32(j.fragments[0], 28, 1);  // XTsiz, YTsiz: 307200 tiles of 1 x 1
+        j.rows = 480, j.cols = 640;
+        put32(j.fragments[0], 8, 640), put32(j.fragments[0], 12, 480);
+        cases.push_back({"j2k_tiny_tiles.dcm", j, "tiles of 1 x 1 pixels"});
+    }
+    for (const auto& c : cases) {
+        const std::string p = write_j2k_dicom(c.file, c.name);
+        for (bool from_bytes : {false, true}) {
+            auto f = from_bytes ? decode_dicom_frames(read_bytes(p), c.name) : decode_dicom_frames(p);
+            ASSERT_FALSE(f) << c.name;
+            EXPECT_EQ(f.error_kind(), ErrorKind::ImageUnreadable) << c.name;
+            EXPECT_TRUE(contains(f.error(), c.name)) << f.error();
+            EXPECT_TRUE(contains(f.error(), c.says)) << c.name << ": " << f.error();
+        }
+    }
+}
+
+// HTJ2K (PS3.5 A.4.11) is newer than this DCMTK, which refuses the file ("meta information header
+// missing"): the refusal names the transfer syntax from the meta header, from a file and from bytes.
+TEST(DicomJpeg2000, HtJ2kIsRefusedByName) {
+    const std::string p = write_j2k_dicom(j2k_file(noise8({32, 24}, 13)), "htj2k.dcm");
+    {
+        DcmFileFormat ff;
+        ASSERT_TRUE(ff.loadFile(p.c_str()).good());
+        DcmMetaInfo* meta = ff.getMetaInfo();
+        Uint32 group = 0;
+        ASSERT_TRUE(meta->findAndGetUint32(DCM_FileMetaInformationGroupLength, group).good());
+        meta->putAndInsertString(DCM_TransferSyntaxUID, "1.2.840.10008.1.2.4.201");
+        meta->putAndInsertUint32(DCM_FileMetaInformationGroupLength, group + 2);  // 24 bytes (padded) for 22
+        ASSERT_TRUE(ff.saveFile(p.c_str(), EXS_JPEG2000LosslessOnly, EET_ExplicitLength, EGL_recalcGL, EPD_noChange, 0, 0,
+                                EWM_dontUpdateMeta).good());
+    }
+    const std::vector<Expected<DicomHeader>> headers = {read_dicom_header(p), read_dicom_header(read_bytes(p), "htj2k.dcm")};
+    for (const auto& h : headers) {
+        ASSERT_FALSE(h);
+        EXPECT_EQ(h.error_kind(), ErrorKind::ImageUnreadable);
+        EXPECT_TRUE(contains(h.error(), "htj2k.dcm")) << h.error();
+        EXPECT_TRUE(contains(h.error(), "High-Throughput JPEG 2000")) << h.error();
+        EXPECT_TRUE(contains(h.error(), "1.2.840.10008.1.2.4.201")) << h.error();
+    }
+    auto f = decode_dicom_frames(p);
+    ASSERT_FALSE(f);
+    EXPECT_TRUE(contains(f.error(), "High-Throughput JPEG 2000")) << f.error();
 }

@@ -1,4 +1,5 @@
-// fetalhc/dicom.h - DICOM ultrasound input: the header, the calibration, the frames (DCMTK inside).
+// fetalhc/dicom.h - DICOM ultrasound input: the header, the calibration, the frames (DCMTK inside,
+// OpenJPEG for JPEG 2000 frames).
 //
 //   auto h = fetalhc::read_dicom_header("scan.dcm");          // header only: works on any file
 //   if (!h) { std::cerr << h.error(); return; }
@@ -57,7 +58,7 @@ struct DicomHeader {
     std::vector<UltrasoundRegion> regions;
     std::optional<cv::Vec2d> pixel_spacing_mm;         // (row spacing, column spacing), (0028,0030)
     std::optional<cv::Vec2d> imager_pixel_spacing_mm;  // (0018,1164)
-    bool can_decode = false;            // DCMTK here has a decoder for the transfer syntax
+    bool can_decode = false;            // this build decodes the transfer syntax (DCMTK, or OpenJPEG for JPEG 2000)
     bool has_pixel_data = false;        // (7FE0,0010) present
     double frame_time_ms = 0;           // (0018,1063) FrameTime, else 1000 / CineRate; 0 when unknown
 };
