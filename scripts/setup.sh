@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(build-essential cmake ninja-build pkg-config libtorch-dev libopencv-dev libcli11-dev
           nlohmann-json3-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev chromium chromium-driver nodejs
           libcpp-httplib-dev libsqlite3-dev libssl-dev zlib1g-dev libdeflate-dev libpng-dev libbrotli-dev libjs-chart.js
-          libdcmtk-dev dcmtk dicom3tools libopenjp2-7-dev libpqxx-dev postgresql orthanc
+          libdcmtk-dev dcmtk dicom3tools libopenjp2-7-dev libpqxx-dev postgresql orthanc orthanc-dicomweb
           clang libfuzzer-14-dev
           nginx curl jq yq openssl systemd)
 missing=()

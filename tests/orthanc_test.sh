@@ -10,7 +10,10 @@
 #   3. a multi-frame cine gives one SR (its summary); a file with no head gives none, and fetalhc
 #      lists it with its reason;
 #   4. Orthanc stopped while fetalhc forwards: the row says "pending: ..." and the SR arrives once
-#      Orthanc is back ("forwarded").
+#      Orthanc is back ("forwarded");
+#   5. DICOMweb STOW-RS into fetalhc: from Orthanc's DICOMweb plugin (/dicom-web/servers/fetalhc/stow,
+#      when orthanc-dicomweb is installed) and from a hand-built multipart/related body (curl), with
+#      PS3.18's answer (ReferencedSOPSequence, FailedSOPSequence with a reason) and the SR back in Orthanc.
 # Usage: orthanc_test.sh FETALHC DICOM_WRAP MODEL HC18_DIR DICOM_DIR. Exit 77: skipped.
 set -u
 BIN=$1 WRAP=$2 MODEL=$3 HC18=$4 DICOMS=$5
@@ -36,7 +39,10 @@ URL=http://127.0.0.1:$HTTP
 O=http://127.0.0.1:$OHTTP
 
 # Orthanc's configuration: loopback only, no authentication (nothing else can reach it), fetalhc as
-# a modality. Plugins are left out: this test needs none.
+# a modality and (with the DICOMweb plugin) as a DICOMweb server.
+DICOMWEB_PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+plugins="[]"
+[ -f "$DICOMWEB_PLUGIN" ] && plugins="[\"$DICOMWEB_PLUGIN\"]"
 cat >"$T/orthanc.json" <<EOF
 {
   "Name": "fetalhc-orthanc-test",
@@ -51,7 +57,8 @@ cat >"$T/orthanc.json" <<EOF
   "DicomAlwaysAllowStore": true,
   "DicomCheckCalledAet": false,
   "DicomModalities": { "fetalhc": ["FETALHC", "127.0.0.1", $DPORT] },
-  "Plugins": []
+  "Plugins": $plugins,
+  "DicomWeb": { "Enable": true, "Root": "/dicom-web/", "Servers": { "fetalhc": { "Url": "http://127.0.0.1:$HTTP/dicomweb/", "ChunkedTransfers": false } } }
 }
 EOF
 start_orthanc() {
@@ -169,6 +176,37 @@ start_orthanc
 for _ in $(seq 1 300); do [ "$(last_status)" = forwarded ] && break; sleep 0.1; done
 check "the SR is forwarded once Orthanc is back" '[ "$(last_status)" = forwarded ]'
 check "and Orthanc holds it in the scan's study" 'wait_srs "$head_study" 21 10'
+
+# 5. STOW-RS into fetalhc. A hand-built multipart/related body, as curl sends it: the head, a file
+# with no head (taken, then listed failed by the measurement), and bytes that are no DICOM (refused
+# in the answer, FailureReason C000 = 49152).
+python3 - "$T/head.dcm" "$DICOMS/OBXXXX1A.dcm" >"$T/stow.body" <<'PY'
+import sys
+b = b"fetalhc-stow-boundary"
+out = b""
+for part in [open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read(), b"not a DICOM file"]:
+    out += b"--" + b + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n"
+sys.stdout.buffer.write(out + b"--" + b + b"--\r\n")
+PY
+before=$(count_srs "$head_study")
+code=$(curl -s -o "$T/stow.json" -w "%{http_code}" -X POST --data-binary @"$T/stow.body" \
+  -H 'Content-Type: multipart/related; type="application/dicom"; boundary=fetalhc-stow-boundary' "$URL/dicomweb/studies")
+echo "STOW-RS by curl: HTTP $code $(cat "$T/stow.json")"
+taken=$(json 'len(d["00081199"]["Value"])' <"$T/stow.json")
+reason=$(json 'd["00081198"]["Value"][0]["00081197"]["Value"][0]' <"$T/stow.json")
+check "STOW-RS by curl: 202, two taken and one refused with C000" '[ "$code" = 202 ] && [ "$taken" = 2 ] && [ "$reason" = 49152 ]'
+check "STOW-RS by curl: the head's SR arrives in Orthanc" 'wait_srs "$head_study" "$before" 30'
+check "STOW-RS into another study's URL: refused (409)" \
+  '[ "$(curl -s -o /dev/null -w "%{http_code}" -X POST --data-binary @"$T/stow.body" -H "Content-Type: multipart/related; type=\"application/dicom\"; boundary=fetalhc-stow-boundary" "$URL/dicomweb/studies/1.2.3.4")" = 409 ]'
+if [ -f "$DICOMWEB_PLUGIN" ]; then
+  before=$(count_srs "$head_study")
+  stow=$(curl -s -w " HTTP %{http_code}" -X POST "$O/dicom-web/servers/fetalhc/stow" -d "{\"Resources\": [\"$head_id\"]}")
+  echo "Orthanc's STOW-RS to fetalhc: $(echo "$stow" | tr -d '\n ')"
+  check "Orthanc's DICOMweb client stores into fetalhc (STOW-RS)" '[[ "$stow" == *"HTTP 200" ]]'
+  check "and fetalhc's SR comes back into the study" 'wait_srs "$head_study" "$before" 30'
+else
+  echo "skip Orthanc's DICOMweb client: $DICOMWEB_PLUGIN not found (apt-get install orthanc-dicomweb)"
+fi
 
 grep -q "forward" "$T/serve.log" && grep "SR forward" "$T/serve.log" | tail -3
 if [ "$failures" -gt 0 ]; then

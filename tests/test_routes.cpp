@@ -2,6 +2,7 @@
 // Every route, its error paths (status, stable code, message), the route table, the error catalog
 // and the OpenAPI document, the measure-and-store service. Only the tests that run the network
 // (RouteModel) need the model file; they skip with a message when it is absent.
+#include "dicom_node.h"
 #include "dicom_wrap.h"
 #include "errors.h"
 #include "http_metrics.h"
@@ -260,6 +261,11 @@ TEST_F(RouteApi, OpenApiDocumentsEveryEndpointAndEveryErrorCode) {
         for (const auto& [method, op] : item.items())
             for (const auto& [status, resp] : op["responses"].items()) {
                 if (status[0] != '4' && status[0] != '5') continue;
+                // STOW-RS's 409 (nothing stored) is PS3.18's DICOM JSON answer, not an error body.
+                if (path.rfind("/dicomweb/", 0) == 0 && status == "409") {
+                    EXPECT_TRUE(resp["content"].contains("application/dicom+json")) << path;
+                    continue;
+                }
                 const std::string schema = resp["content"]["application/json"]["schema"]["$ref"];
                 EXPECT_TRUE(schema == "#/components/schemas/Error" || schema == "#/components/schemas/HealthNotReady")
                     << method << " " << path << " " << status;
@@ -1302,6 +1308,8 @@ TEST(RouteOrigin, ForeignHostOriginAndSimpleWritesAreRefused) {
                                    {"x-fetalhc-request", "1"}})), 0);
     EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"content-type", "multipart/form-data; boundary=x"},
                                    {"authorization", "Bearer x"}})), 0);
+    // DICOMweb STOW-RS: multipart/related needs a preflight, like JSON.
+    EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"content-type", "multipart/related; type=\"application/dicom\"; boundary=x"}})), 0);
     // Origins: the server's own, the allowed list; any other is refused, JSON or not.
     EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"origin", "http://127.0.0.1:8080"}, {"content-type", "application/json"}})), 0);
     EXPECT_EQ(status("POST", hdrs({{"host", "127.0.0.1:8080"}, {"origin", "https://viewer.example.org"}, {"content-type", "application/json"}})), 0);
@@ -1581,4 +1589,103 @@ TEST_F(RouteApi, PathThatIsNotUtf8IsAnsweredAsAJsonError) {
         ASSERT_TRUE(j.is_object() && j.contains("error")) << r.body;
         EXPECT_TRUE(j["error"]["message"].is_string()) << r.body;
     }
+}
+
+// ---- DICOMweb STOW-RS ---------------------------------------------------------------------------
+
+namespace {
+
+std::string related_body(const std::string& boundary, const std::vector<std::pair<std::string, std::string>>& parts) {
+    std::string b;
+    for (const auto& [type, body] : parts) b += "--" + boundary + "\r\nContent-Type: " + type + "\r\n\r\n" + body + "\r\n";
+    return b + "--" + boundary + "--\r\n";
+}
+
+ErrorCode split_error(const std::string& type, const std::string& body, size_t max_parts = 10) {
+    try {
+        split_multipart_related(type, body, max_parts);
+    } catch (const ApiError& e) {
+        return e.code;
+    }
+    return ErrorCode::Internal;  // no error: the caller expects one
+}
+
+}  // namespace
+
+// The parts of a multipart/related body come back with their Content-Type and their bytes (a part
+// may hold CR LF and "--" of its own); a body that breaks the framing is a bad_request.
+TEST(RouteStow, MultipartRelatedIsSplitIntoItsParts) {
+    const std::string one = std::string("DICM\r\n--not-the-boundary\r\n\0\x01", 25), two = "second";
+    const std::string body = related_body("b0und", {{"application/dicom", one}, {"application/dicom; x=1", two}});
+    const auto parts = split_multipart_related("multipart/related; type=\"application/dicom\"; boundary=\"b0und\"", body, 10);
+    ASSERT_EQ(parts.size(), 2u);
+    EXPECT_EQ(parts[0].body, one);
+    EXPECT_EQ(parts[0].content_type, "application/dicom");
+    EXPECT_EQ(parts[1].body, two);
+    EXPECT_EQ(parts[1].content_type, "application/dicom; x=1");
+    EXPECT_EQ(split_multipart_related("multipart/related; boundary=b0und", body, 10).size(), 2u);  // unquoted
+    EXPECT_EQ(split_error("multipart/related; type=application/dicom", body), ErrorCode::BadRequest);  // no boundary
+    EXPECT_EQ(split_error("multipart/related; boundary=other", body), ErrorCode::BadRequest);          // no delimiter
+    EXPECT_EQ(split_error("multipart/related; boundary=b0und", body.substr(0, body.size() - 30)), ErrorCode::BadRequest);
+    EXPECT_EQ(split_error("multipart/related; boundary=b0und", "--b0und\r\nContent-Type: a\r\nno blank line"), ErrorCode::BadRequest);
+    EXPECT_EQ(split_error("multipart/related; boundary=b0und", body, 1), ErrorCode::BadRequest);  // too many parts
+    EXPECT_EQ(split_error("multipart/related; boundary=" + std::string(300, 'x'), body), ErrorCode::BadRequest);
+}
+
+// Without a DICOM node (no --dicom-port, no --dicomweb) STOW-RS is not there, and says how to turn it on.
+TEST_F(RouteApi, StowWithoutADicomNodeSaysHowToTurnItOn) {
+    HttpRequest r;
+    r.method = "POST";
+    r.path = "/dicomweb/studies";
+    r.headers["content-type"] = "multipart/related; type=\"application/dicom\"; boundary=b";
+    r.body = related_body("b", {{"application/dicom", "x"}});
+    expect_error(api(r), 404, "not_found", "--dicomweb");
+}
+
+// STOW-RS stores each DICOM part through the node (listed like a C-STORE) and answers PS3.18's
+// JSON: the taken instances in ReferencedSOPSequence, the others in FailedSOPSequence with their
+// reason; 202 when some failed, 409 when none was taken (e.g. every part of another study than the URL's).
+TEST_F(RouteApi, StowStoresThroughTheNodeAndAnswersWhatWasTaken) {
+    server::DicomNodeOptions o;
+    o.listen = false;
+    auto node = server::DicomNode::create(o, api.engine, *api.store);
+    ASSERT_TRUE(node) << node.error();
+    api.services->dicom = node->get();
+    cv::Mat img(120, 160, CV_8UC1, cv::Scalar(40));
+    cv::ellipse(img, {80, 60}, {50, 35}, 0, 0, 360, cv::Scalar(220), 3);
+    std::vector<unsigned char> png;
+    cv::imencode(".png", img, png);
+    const std::string dicom = wrap_in_dicom(std::string(png.begin(), png.end()), 0.2);
+    auto h = read_dicom_header(std::vector<unsigned char>(dicom.begin(), dicom.end()), "wrapped");
+    ASSERT_TRUE(h) << h.error();
+    HttpRequest r;
+    r.method = "POST";
+    r.path = "/dicomweb/studies";
+    r.headers["content-type"] = "multipart/related; type=\"application/dicom\"; boundary=stow";
+    r.body = related_body("stow", {{"application/dicom", dicom}, {"application/dicom", "not DICOM"}});
+    HttpResponse res = api(r);
+    ASSERT_EQ(res.status, 202) << res.body;
+    EXPECT_EQ(res.content_type, "application/dicom+json");
+    const json j = json::parse(res.body);
+    ASSERT_EQ(j["00081199"]["Value"].size(), 1u) << res.body;
+    EXPECT_EQ(j["00081199"]["Value"][0]["00081155"]["Value"][0], h->sop_instance_uid);
+    EXPECT_EQ(j["00081199"]["Value"][0]["00081150"]["Value"][0], h->sop_class_uid);
+    ASSERT_EQ(j["00081198"]["Value"].size(), 1u);
+    EXPECT_EQ(j["00081198"]["Value"][0]["00081197"]["Value"][0], 0xC000);
+    auto listed = api.store->dicom_instances(10);
+    ASSERT_TRUE(listed);
+    ASSERT_EQ(listed->size(), 1u);
+    EXPECT_EQ((*listed)[0].sop_instance_uid, h->sop_instance_uid);
+    EXPECT_EQ((*listed)[0].calling_aet, "DICOMWEB");
+    // Another study's URL: nothing taken.
+    r.path = "/dicomweb/studies/1.2.3.4";
+    r.path_params.clear();
+    res = api(r);
+    EXPECT_EQ(res.status, 409) << res.body;
+    EXPECT_FALSE(json::parse(res.body).contains("00081199"));
+    // Not multipart/related: a clear 400.
+    r.path = "/dicomweb/studies";
+    r.headers["content-type"] = "application/dicom";
+    expect_error(api(r), 400, "bad_request", "multipart/related");
+    api.services->dicom = nullptr;
 }

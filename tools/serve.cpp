@@ -76,8 +76,12 @@ int run_serve(ServeArgs a) {
     }
     a.server.dicom_allow = split_commas(a.dicom_allow);
     a.server.allow_origins = split_commas(a.allow_origin);
-    if (a.server.dicom_port == 0 && (!a.server.dicom_forward.empty() || !a.server.dicom_allow.empty())) {
-        error("--dicom-forward and --dicom-allow need --dicom-port");
+    if (a.server.dicom_port == 0 && !a.server.dicom_allow.empty()) {
+        error("--dicom-allow needs --dicom-port");
+        return kExitUsage;
+    }
+    if (a.server.dicom_port == 0 && !a.server.dicomweb && !a.server.dicom_forward.empty()) {
+        error("--dicom-forward needs --dicom-port or --dicomweb");
         return kExitUsage;
     }
     // Ctrl-C / SIGTERM are taken by one waiting thread (blocked everywhere else, so the server's
@@ -156,6 +160,9 @@ void add_serve_command(CLI::App& app, Commands& commands) {
                     "also run a DICOM C-STORE node on this port: received ultrasound images are measured and listed "
                     "(GET /v1/dicom/instances); 0 = off")
         ->capture_default_str();
+    cmd->add_flag("--dicomweb", so.dicomweb,
+                  "take DICOMweb STOW-RS uploads (POST /dicomweb/studies) without a DICOM port (with --dicom-port they are "
+                  "taken anyway)");
     cmd->add_option("--dicom-aet", so.dicom_aet, "the node's AE title")->capture_default_str();
     cmd->add_option("--dicom-forward", so.dicom_forward, "send each result's DICOM SR by C-STORE to AET@HOST:PORT (a PACS)");
     cmd->add_option("--dicom-forward-attempts", so.dicom_forward_attempts,

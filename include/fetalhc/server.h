@@ -86,6 +86,9 @@ struct ServerOptions {
     // DICOM node (C-STORE SCP) beside the HTTP server: 0 = off. Received objects larger than
     // max_upload_bytes abort their association.
     int dicom_port = 0;
+    // The DICOMweb receiver (STOW-RS, POST /dicomweb/studies) without a DIMSE port: the node runs
+    // without listening and takes uploads over HTTP only. With dicom_port it is there anyway.
+    bool dicomweb = false;
     std::string dicom_aet = "FETALHC";     // our AE title
     std::string dicom_forward;             // "AET@HOST:PORT": each SR is sent there; empty = kept only
     int dicom_forward_attempts = 8;        // tries per SR before it is listed "failed" (waits 1, 2, 4 .. 60 s between)

@@ -48,9 +48,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr Uint16 kStatusSuccess = 0x0000;
-constexpr Uint16 kStatusOutOfResources = 0xA700;  // PS3.4 C.4.2.3: Refused, out of resources
-constexpr Uint16 kStatusCannotUnderstand = 0xC000;  // PS3.4 C.4.2.3: Error, cannot understand
+constexpr Uint16 kStatusSuccess = kStoreSuccess;
+constexpr Uint16 kStatusOutOfResources = kStoreOutOfResources;  // Refused, out of resources
+constexpr Uint16 kStatusCannotUnderstand = kStoreCannotUnderstand;  // Error, cannot understand
 
 // The storage classes an ultrasound machine sends (and Secondary Capture, which may carry a calibration).
 const char* const kStorageClasses[] = {
@@ -269,6 +269,10 @@ Expected<ForwardTarget> parse_forward_target(const std::string& s) {
     t.port = std::stoi(port);
     if (t.port < 1 || t.port > 65535) return bad("the port must be in 1..65535");
     return t;
+}
+
+bool node_stores_sop_class(const std::string& uid) {
+    return std::any_of(std::begin(kStorageClasses), std::end(kStorageClasses), [&](const char* c) { return uid == c; });
 }
 
 // ---- the SCP ------------------------------------------------------------------------------------

@@ -66,6 +66,10 @@ struct ForwardTarget {
 };
 // "AET@HOST:PORT" (HOST may be [v6]); errors say what is wrong.
 Expected<ForwardTarget> parse_forward_target(const std::string& s);
+// The SOP classes the node stores and measures (ultrasound and secondary capture images).
+bool node_stores_sop_class(const std::string& uid);
+// A C-STORE status the node answers (PS3.4 C.4.2.3).
+inline constexpr unsigned short kStoreSuccess = 0x0000, kStoreOutOfResources = 0xA700, kStoreCannotUnderstand = 0xC000;
 // An AE title as DICOM allows it: 1..16 characters, printable ASCII, no backslash, not all spaces.
 bool valid_ae_title(const std::string& s);
 // True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses.

@@ -292,6 +292,32 @@ json measure_path() {
                                           E::StorageFailed, E::StoreFull, E::ModelLoading, E::ModelUnavailable, E::Overloaded}))}};
 }
 
+// POST /dicomweb/studies[/{study}]: STOW-RS (PS3.18 10.5).
+json stow_path(bool with_study) {
+    json item = {{"type", "object"}, {"description", "DICOM JSON: 00081150 ReferencedSOPClassUID, 00081155 "
+                                                     "ReferencedSOPInstanceUID, 00081197 FailureReason (failed ones only)"}};
+    json answer = {{"type", "object"},
+                   {"description", "DICOM JSON (PS3.18 F.2): 00081199 ReferencedSOPSequence (taken: measured and listed "
+                                   "by GET /v1/dicom/instances), 00081198 FailedSOPSequence with each FailureReason "
+                                   "(A700 out of resources, C000 cannot understand or another study than the URL's, "
+                                   "0122 SOP class not taken)"},
+                   {"properties", {{"00081199", item}, {"00081198", item}}}};
+    json op{{"summary", std::string("DICOMweb STOW-RS: DICOM files (multipart/related; type=\"application/dicom\") into the DICOM "
+                                    "node, measured and listed as C-STOREs are") +
+                            (with_study ? "; every instance must belong to the study in the URL" : "")},
+            {"security", kSecured},
+            {"requestBody",
+             {{"required", true}, {"content", {{"multipart/related", {{"schema", {{"type", "string"}, {"format", "binary"}}}}}}}}},
+            {"responses", responses_with({{"200", {{"description", "every instance taken"}, {"content", {{"application/dicom+json", {{"schema", answer}}}}}}},
+                                          {"202", {{"description", "some taken, some failed"}, {"content", {{"application/dicom+json", {{"schema", answer}}}}}}},
+                                          {"409", {{"description", "none taken"}, {"content", {{"application/dicom+json", {{"schema", answer}}}}}}}},
+                                         {E::BadRequest, E::Unauthorized, E::NotFound, E::PayloadTooLarge})}};
+    if (with_study)
+        op["parameters"] = json::array({{{"name", "study"}, {"in", "path"}, {"required", true}, {"schema", {{"type", "string"}}},
+                                          {"description", "Study Instance UID"}}});
+    return op;
+}
+
 json dicom_instances_path() {
     const json instance = object({{"id", integer()},
                                   {"sop_instance_uid", str()},
@@ -456,6 +482,8 @@ std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
     paths["/v1/head-check"]["post"] = head_check_path();
     history_paths(paths);
     paths["/v1/dicom/instances"]["get"] = dicom_instances_path();
+    paths["/dicomweb/studies"]["post"] = stow_path(false);
+    paths["/dicomweb/studies/{study}"]["post"] = stow_path(true);
     const std::string description =
         "Fetal head circumference from 2D ultrasound: segmentation, ellipse fit, HC/BPD/OFD, GA and centiles, with a "
         "per-pregnancy history. Lengths in mm unless a name ends in _px. Every operation marked with bearerAuth (all but "

@@ -145,10 +145,12 @@ std::optional<HttpResponse> check_request_origin(const std::string& method, cons
     }
     if (method == "POST") {
         const std::string type = lower_copy(header_of(headers, "content-type"));
-        const bool json = type.rfind("application/json", 0) == 0;
+        // JSON and DICOMweb's multipart/related are not types a page may send across sites without
+        // a CORS preflight (which this server does not grant); multipart/form-data is.
+        const bool preflighted = type.rfind("application/json", 0) == 0 || type.rfind("multipart/related", 0) == 0;
         const bool marked = headers.count("x-fetalhc-request") || headers.count("authorization");
-        if (!json && !marked)
-            return refuse("a POST must have Content-Type: application/json, or (multipart) the header 'X-Fetalhc-Request: 1' "
+        if (!preflighted && !marked)
+            return refuse("a POST must have Content-Type: application/json or multipart/related, or (multipart/form-data) the header 'X-Fetalhc-Request: 1' "
                           "or an Authorization header: requests a page on another site could send are refused");
     }
     return std::nullopt;

@@ -27,12 +27,15 @@
 
 namespace fetalhc::server {
 
+class DicomNode;  // dicom_node.h
+
 // What the handlers work with (owned by the server, or by a test).
 struct Services {
     Store& store;
     Engine& engine;
     HttpMetrics& metrics;     // fed by the transport, read by GET /metrics
     std::string openapi;      // the document served at /openapi.json
+    DicomNode* dicom = nullptr;  // the DICOM node (--dicom-port or --dicomweb): STOW-RS stores through it; null: off
 };
 
 using Handler = HttpResponse (*)(const HttpRequest&, Services&);
@@ -62,7 +65,8 @@ bool route_needs_token(const Route& r);
 // - a Host header that names none of `hosts` (when check_host: a loopback server, DNS rebinding);
 // - an Origin header (when present) that is none of `origins`;
 // - a POST a cross-site page could send without a CORS preflight: it needs Content-Type
-//   application/json, or (multipart) an `X-Fetalhc-Request` or `Authorization` header.
+//   application/json or multipart/related (STOW-RS), or (multipart/form-data) an
+//   `X-Fetalhc-Request` or `Authorization` header.
 struct OriginPolicy {
     bool check_host = true;
     std::vector<std::string> hosts;    // lower case, "name" or "name:port" as a Host header carries it
@@ -80,7 +84,17 @@ HttpResponse handle(HttpRequest req, Services& services);
 std::vector<Route> site_routes();     // routes_site.cpp: page, static files, openapi, health, metrics, growth curve
 std::vector<Route> measure_routes();  // routes_measure.cpp: measure and the stages
 std::vector<Route> exam_routes();     // routes_exams.cpp: exams, pregnancies, images
-std::vector<Route> dicom_routes();    // routes_dicom.cpp: what the DICOM node received
+std::vector<Route> dicom_routes();    // routes_dicom.cpp: what the DICOM node received, and STOW-RS into it
+
+// One part of a multipart/related body (DICOMweb STOW-RS): its Content-Type and its bytes.
+struct RelatedPart {
+    std::string content_type;
+    std::string body;
+};
+// The parts of a multipart/related body whose Content-Type header is `content_type` (its boundary
+// parameter, quoted or not); at most `max_parts`. Throws ApiError (bad_request) naming what is
+// wrong: no boundary, a missing delimiter, a part without its blank line, too many parts.
+std::vector<RelatedPart> split_multipart_related(const std::string& content_type, const std::string& body, size_t max_parts);
 
 nlohmann::json ellipse_json(const Ellipse& e);
 

@@ -89,6 +89,7 @@ Expected<std::unique_ptr<Store>> open_store(const ServerOptions& o) {
 server::DicomNodeOptions dicom_node_options(const ServerOptions& o) {
     server::DicomNodeOptions d;
     d.port = o.dicom_port;
+    d.listen = o.dicom_port != 0;  // --dicomweb alone: STOW-RS only
     d.host = o.host;
     d.aet = o.dicom_aet;
     d.forward = o.dicom_forward;
@@ -110,7 +111,7 @@ struct Server::Impl {
     std::unique_ptr<server::Engine> engine;
     server::HttpMetrics metrics;
     std::unique_ptr<server::Services> services;
-    std::unique_ptr<server::DicomNode> dicom;  // the C-STORE node, when dicom_port is set
+    std::unique_ptr<server::DicomNode> dicom;  // the C-STORE node, when dicom_port (or dicomweb) is set
     std::unique_ptr<server::HttpTransport> http;
     std::thread loader, listener;
     std::mutex stop_mu;  // start/run/stop
@@ -155,10 +156,11 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     auto http = server::HttpTransport::bind(o, token, *impl->services);
     if (!http) return http.error_value();
     impl->http = std::move(*http);
-    if (o.dicom_port != 0) {
+    if (o.dicom_port != 0 || o.dicomweb) {
         auto node = server::DicomNode::create(dicom_node_options(o), *impl->engine, *impl->store);
         if (!node) return node.error_value();
         impl->dicom = std::move(*node);
+        impl->services->dicom = impl->dicom.get();
     }
     return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
