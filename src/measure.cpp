@@ -194,7 +194,8 @@ Expected<Measurement> targeted_second_opinion(Expected<Measurement> r, Segmentat
     // Other head-like regions of the first pass: each measured on its own crop and scored.
     double best_rival = -1;
     std::string chosen_over;
-    for (const Ellipse& rival : seg.rivals) {
+    const std::vector<Ellipse> rivals = seg.rivals;  // seg is replaced when a rival is kept
+    for (const Ellipse& rival : rivals) {
         Segmentation rs = segmenter.segment_near(gray8, rival);
         ++passes, network_ms += rs.network_ms;
         auto rr = measure_from_segmentation(rs, gray8, opt, source);
