@@ -1406,11 +1406,12 @@ struct J2kFile {
     bool is_signed = false;
     std::string photometric = "MONOCHROME2";
     E_TransferSyntax xfer = EXS_JPEG2000LosslessOnly;
+    double mm = 0.1;  // the region calibration over the whole image, mm per pixel
 };
 
 std::string write_j2k_dicom(const J2kFile& j, const std::string& name) {
     DcmFileFormat ff;
-    build_wrapped_dicom(ff, cv::Mat::zeros(j.rows, j.cols, CV_8UC1), 0.1, j.frames);
+    build_wrapped_dicom(ff, cv::Mat::zeros(j.rows, j.cols, CV_8UC1), j.mm, j.frames);
     DcmDataset* d = ff.getDataset();
     d->putAndInsertUint16(DCM_SamplesPerPixel, Uint16(j.samples));
     d->putAndInsertString(DCM_PhotometricInterpretation, j.photometric.c_str());
@@ -1719,6 +1720,32 @@ TEST(DicomJpeg2000, HostileCodestreamsAreCleanErrors) {
 
 // HTJ2K (PS3.5 A.4.11) is newer than this DCMTK, which refuses the file ("meta information header
 // missing"): the refusal names the transfer syntax from the meta header, from a file and from bytes.
+// Issue 25: a calibrated HC18 scan re-encoded as lossless JPEG 2000 measures the HC of its
+// uncompressed twin (the same region calibration, the same decoded pixels).
+TEST(DicomJpeg2000, CalibratedScanMeasuresTheHcOfItsUncompressedTwin) {
+    if (!have_model_and_data()) GTEST_SKIP() << "needs the model and HC18 in '" << kHc18 << "'";
+    auto sizes = read_pixel_sizes(kHc18 + "/training_set_pixel_size_and_HC.csv");
+    ASSERT_TRUE(sizes) << sizes.error();
+    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
+    ASSERT_TRUE(seg) << seg.error();
+    const Measurer measurer(*seg);
+    WrappedScan w;
+    wrap_scan(measurer, *sizes, "010_HC.png", "_twin.dcm", w);
+    if (HasFatalFailure()) return;
+    J2kFile j = j2k_file(w.img);
+    j.mm = w.px;
+    const std::string j2k = write_j2k_dicom(j, "010_HC_j2k.dcm");
+    auto hu = read_dicom_header(w.dcm), hj = read_dicom_header(j2k);
+    ASSERT_TRUE(hu && hj);
+    EXPECT_EQ(hj->transfer_syntax_uid, "1.2.840.10008.1.2.4.90");
+    auto u = measure_dicom_frame(measurer, *hu, frames_of(w.dcm).at(0), {}, w.dcm);
+    auto c = measure_dicom_frame(measurer, *hj, frames_of(j2k).at(0), {}, j2k);
+    ASSERT_TRUE(u && c) << (u ? c.error() : u.error());
+    EXPECT_DOUBLE_EQ(c->m.hc_mm, u->m.hc_mm);
+    EXPECT_NEAR(c->m.pixel_size_mm, w.px, 1e-12);
+    EXPECT_NEAR(c->m.hc_mm, w.ref.hc_mm, 0.1);
+}
+
 TEST(DicomJpeg2000, HtJ2kIsRefusedByName) {
     const std::string p = write_j2k_dicom(j2k_file(noise8({32, 24}, 13)), "htj2k.dcm");
     {
