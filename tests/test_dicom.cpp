@@ -537,6 +537,18 @@ struct WrappedScan {
     Measurement ref;
     std::string dcm;
 };
+// The shipped model's Measurer and HC18's pixel sizes, for the tests that wrap HC18 scans (false,
+// with a test failure, when either cannot be read).
+bool load_hc18_measurer(std::map<std::string, double>& sizes, std::optional<Measurer>& measurer) {
+    auto s = read_pixel_sizes(kHc18 + "/training_set_pixel_size_and_HC.csv");
+    if (!s) return ADD_FAILURE() << s.error(), false;
+    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
+    if (!seg) return ADD_FAILURE() << seg.error(), false;
+    sizes = std::move(*s);
+    measurer.emplace(*seg);
+    return true;
+}
+
 void wrap_scan(const Measurer& measurer, const std::map<std::string, double>& sizes, const std::string& name,
                const std::string& suffix, WrappedScan& out) {
     const std::string png = kHc18 + "/training_set/" + name;
@@ -558,11 +570,11 @@ void wrap_scan(const Measurer& measurer, const std::map<std::string, double>& si
 
 TEST(DicomMeasure, WrappedHc18ScansGiveThePngHc) {
     if (!have_model_and_data()) GTEST_SKIP() << "needs the model and HC18 in '" << kHc18 << "'";
-    auto sizes = read_pixel_sizes(kHc18 + "/training_set_pixel_size_and_HC.csv");
-    ASSERT_TRUE(sizes) << sizes.error();
-    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
-    ASSERT_TRUE(seg) << seg.error();
-    const Measurer measurer(*seg);
+    std::map<std::string, double> sizes_map;
+    std::optional<Measurer> loaded;
+    if (!load_hc18_measurer(sizes_map, loaded)) return;
+    const auto* sizes = &sizes_map;
+    const Measurer& measurer = *loaded;
     for (const std::string name : {"010_HC.png", "011_HC.png", "013_HC.png"}) {
         WrappedScan w;
         wrap_scan(measurer, *sizes, name, ".dcm", w);
@@ -1724,13 +1736,11 @@ TEST(DicomJpeg2000, HostileCodestreamsAreCleanErrors) {
 // uncompressed twin (the same region calibration, the same decoded pixels).
 TEST(DicomJpeg2000, CalibratedScanMeasuresTheHcOfItsUncompressedTwin) {
     if (!have_model_and_data()) GTEST_SKIP() << "needs the model and HC18 in '" << kHc18 << "'";
-    auto sizes = read_pixel_sizes(kHc18 + "/training_set_pixel_size_and_HC.csv");
-    ASSERT_TRUE(sizes) << sizes.error();
-    auto seg = Segmenter::load(FETALHC_DEFAULT_MODEL);
-    ASSERT_TRUE(seg) << seg.error();
-    const Measurer measurer(*seg);
+    std::map<std::string, double> sizes;
+    std::optional<Measurer> measurer;
+    if (!load_hc18_measurer(sizes, measurer)) return;
     WrappedScan w;
-    wrap_scan(measurer, *sizes, "010_HC.png", "_twin.dcm", w);
+    wrap_scan(*measurer, sizes, "010_HC.png", "_twin.dcm", w);
     if (HasFatalFailure()) return;
     J2kFile j = j2k_file(w.img);
     j.mm = w.px;
@@ -1738,8 +1748,8 @@ TEST(DicomJpeg2000, CalibratedScanMeasuresTheHcOfItsUncompressedTwin) {
     auto hu = read_dicom_header(w.dcm), hj = read_dicom_header(j2k);
     ASSERT_TRUE(hu && hj);
     EXPECT_EQ(hj->transfer_syntax_uid, "1.2.840.10008.1.2.4.90");
-    auto u = measure_dicom_frame(measurer, *hu, frames_of(w.dcm).at(0), {}, w.dcm);
-    auto c = measure_dicom_frame(measurer, *hj, frames_of(j2k).at(0), {}, j2k);
+    auto u = measure_dicom_frame(*measurer, *hu, frames_of(w.dcm).at(0), {}, w.dcm);
+    auto c = measure_dicom_frame(*measurer, *hj, frames_of(j2k).at(0), {}, j2k);
     ASSERT_TRUE(u && c) << (u ? c.error() : u.error());
     EXPECT_DOUBLE_EQ(c->m.hc_mm, u->m.hc_mm);
     EXPECT_NEAR(c->m.pixel_size_mm, w.px, 1e-12);
