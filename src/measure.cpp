@@ -189,7 +189,7 @@ Expected<Measurement> targeted_second_opinion(Expected<Measurement> r, Segmentat
     const double first_rival_share = seg.rival_share;
     double network_ms = 0;
     int passes = 0;
-    auto score = [&](Measurement& m) { m.signals.head_check = -1; score_outline(m, gray8, check); };
+    auto score = [&](Measurement& m) { score_outline(m, gray8, check); };
     if (r) score(*r);
     // Other head-like regions of the first pass: each measured on its own crop and scored.
     double best_rival = -1;

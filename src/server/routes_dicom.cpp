@@ -60,7 +60,7 @@ HttpResponse list_instances(const HttpRequest& req, Services& s) {
 
 constexpr size_t kMaxStowParts = 1000, kMaxBoundary = 200;
 // FailureReason (0008,1197) values (PS3.18 10.5.3, from PS3.4 C.4.2.3 and Annex GG).
-constexpr unsigned kReasonProcessingFailure = 0x0110, kReasonClassNotSupported = 0x0122;
+constexpr unsigned kReasonClassNotSupported = 0x0122;
 
 std::string lower_ascii(std::string s) {
     for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
@@ -137,7 +137,7 @@ HttpResponse stow(const HttpRequest& req, Services& s) {
         }
         const unsigned short status = s.dicom->receive(p.body, h->sop_instance_uid, h->sop_class_uid, "DICOMWEB");
         if (status == kStoreSuccess) referenced.push_back(sop_item(h->sop_class_uid, h->sop_instance_uid, std::nullopt));
-        else failed.push_back(sop_item(h->sop_class_uid, h->sop_instance_uid, status == kStoreOutOfResources ? status : unsigned(status ? status : kReasonProcessingFailure)));
+        else failed.push_back(sop_item(h->sop_class_uid, h->sop_instance_uid, status));  // the C-STORE status: A700 or C000
     }
     json answer = json::object();
     if (!referenced.empty()) answer["00081199"] = {{"vr", "SQ"}, {"Value", referenced}};
