@@ -1,6 +1,8 @@
 // DICOM Comprehensive SR of a fetal biometry measurement (DCMTK dcmsr). Structure: report.h.
 #include "fetalhc/report.h"
 
+#include "report_common.h"
+
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcostrmb.h>
@@ -32,48 +34,7 @@ const DSRBasicCodedEntry kGestationalAge("18185-9", "LN", "Gestational Age");
 const DSRBasicCodedEntry kHadlockHc("11932-1", "LN", "HC, Hadlock 1984");
 const DSRBasicCodedEntry kUcumDays("d", "UCUM", "days");
 
-std::string fixed(double v, int decimals) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-    return buf;
-}
-
-// A value copied from a received file, made to fit its VR (PS3.5 6.2) so that the SR is valid
-// whatever the sender wrote: at most `max_chars` characters (cut at a UTF-8 character boundary),
-// no control characters and no backslash (these attributes hold one value).
-std::string fit_vr(const std::string& v, size_t max_chars) {
-    std::string out;
-    size_t chars = 0;
-    for (size_t i = 0; i < v.size() && chars < max_chars;) {
-        const unsigned char c = static_cast<unsigned char>(v[i]);
-        const size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
-        if (i + len > v.size()) break;
-        if (!(c < 0x20 || c == 0x7f || c == '\\')) out.append(v, i, len), ++chars;
-        i += len;
-    }
-    while (!out.empty() && out.back() == ' ') out.pop_back();
-    return out;
-}
-
-// A DA (YYYYMMDD), TM (HHMMSS[.F...]) or CS value kept only when it has its VR's form.
-std::string only_if(const std::string& v, bool ok) { return ok ? v : std::string(); }
-bool all_digits(const std::string& v, size_t from, size_t to) {
-    for (size_t i = from; i < to; ++i)
-        if (i >= v.size() || !std::isdigit(static_cast<unsigned char>(v[i]))) return false;
-    return true;
-}
-bool is_da(const std::string& v) { return v.size() == 8 && all_digits(v, 0, 8); }
-bool is_tm(const std::string& v) {
-    if (v.size() < 2 || v.size() > 14 || !all_digits(v, 0, std::min<size_t>(v.size(), 6))) return false;
-    const size_t dot = v.find('.');
-    return dot == std::string::npos ? v.size() <= 6 : (dot == 6 && all_digits(v, 7, v.size()));
-}
-
-bool is_ascii(const std::string& s) {
-    for (unsigned char c : s)
-        if (c >= 0x80) return false;
-    return true;
-}
+using report_detail::fixed_decimals;
 
 // Carries the first DCMTK failure with the step that failed.
 struct Steps {
@@ -90,7 +51,7 @@ void add_num(DSRDocumentTree& t, Steps& ok, bool child, const DSRBasicCodedEntry
     const auto rel = DSRTypes::RT_contains;
     ok(child ? t.addChildContentItem(rel, DSRTypes::VT_Num, concept) : t.addContentItem(rel, DSRTypes::VT_Num, concept),
        "add NUM");
-    DSRNumericMeasurementValue num(fixed(value, decimals).c_str(), unit);
+    DSRNumericMeasurementValue num(fixed_decimals(value, decimals).c_str(), unit);
     ok(num.setFloatingPointRepresentation(value), "NUM floating point value");
     ok(t.getCurrentContentItem().setNumericValue(num), "NUM value");
 }
@@ -136,27 +97,17 @@ void set_identity(DSRDocument& doc, Steps& ok, const DicomHeader* src) {
         doc.createNewStudy();  // also a new series and SOP instance
     }
     if (!src) return;
-    // Copied from the received file, each cut or dropped to fit its VR (PN and LO: 64 characters,
-    // SH: 16, DA/TM/CS by form), so that a sender's oversized or malformed value never makes the
-    // SR invalid.
-    const std::string name = fit_vr(src->patient_name, 64), id = fit_vr(src->patient_id, 64),
-                      physician = fit_vr(src->referring_physician, 64), study_id = fit_vr(src->study_id, 16),
-                      accession = fit_vr(src->accession_number, 16);
-    for (const auto* s : {&name, &id, &physician, &study_id, &accession})
-        if (!is_ascii(*s)) {
-            ok(doc.setSpecificCharacterSetType(DSRTypes::CS_UTF8), "SpecificCharacterSet");
-            break;
-        }
-    const std::string& sex = src->patient_sex;
-    ok(doc.setPatientName(name.c_str(), OFFalse), "PatientName");
-    ok(doc.setPatientID(id.c_str(), OFFalse), "PatientID");
-    ok(doc.setPatientBirthDate(only_if(src->patient_birth_date, is_da(src->patient_birth_date)).c_str(), OFFalse), "PatientBirthDate");
-    ok(doc.setPatientSex(only_if(sex, sex == "M" || sex == "F" || sex == "O").c_str(), OFFalse), "PatientSex");
-    ok(doc.setStudyDate(only_if(src->study_date, is_da(src->study_date)).c_str(), OFFalse), "StudyDate");
-    ok(doc.setStudyTime(only_if(src->study_time, is_tm(src->study_time)).c_str(), OFFalse), "StudyTime");
-    ok(doc.setStudyID(study_id.c_str(), OFFalse), "StudyID");
-    ok(doc.setAccessionNumber(accession.c_str(), OFFalse), "AccessionNumber");
-    ok(doc.setReferringPhysicianName(physician.c_str(), OFFalse), "ReferringPhysicianName");
+    const report_detail::CopiedIdentity c = report_detail::copied_identity(*src);
+    if (c.utf8) ok(doc.setSpecificCharacterSetType(DSRTypes::CS_UTF8), "SpecificCharacterSet");
+    ok(doc.setPatientName(c.patient_name.c_str(), OFFalse), "PatientName");
+    ok(doc.setPatientID(c.patient_id.c_str(), OFFalse), "PatientID");
+    ok(doc.setPatientBirthDate(c.patient_birth_date.c_str(), OFFalse), "PatientBirthDate");
+    ok(doc.setPatientSex(c.patient_sex.c_str(), OFFalse), "PatientSex");
+    ok(doc.setStudyDate(c.study_date.c_str(), OFFalse), "StudyDate");
+    ok(doc.setStudyTime(c.study_time.c_str(), OFFalse), "StudyTime");
+    ok(doc.setStudyID(c.study_id.c_str(), OFFalse), "StudyID");
+    ok(doc.setAccessionNumber(c.accession_number.c_str(), OFFalse), "AccessionNumber");
+    ok(doc.setReferringPhysicianName(c.referring_physician.c_str(), OFFalse), "ReferringPhysicianName");
     if (!src->series_instance_uid.empty())
         ok(doc.getCurrentRequestedProcedureEvidence().addItem(src->study_instance_uid.c_str(),
                                                              src->series_instance_uid.c_str(),
@@ -214,21 +165,7 @@ void add_biometry(DSRDocumentTree& t, Steps& ok, const Measurement& m, const Dic
 }
 
 Expected<DcmFileFormat*> build(DcmFileFormat& file, const Measurement& m, const DicomHeader* src, const SrOptions& opt) {
-    if (!(m.hc_mm > 0) || !(m.bpd_mm > 0) || !(m.ofd_mm > 0) || !std::isfinite(m.hc_mm))
-        return make_error(ErrorKind::InvalidArgument, "cannot write an SR for '" + m.source + "': the measurement has no HC/BPD/OFD",
-                          "measurement");
-    if (src && (!valid_dicom_uid(src->sop_class_uid) || !valid_dicom_uid(src->sop_instance_uid)))
-        return make_error(ErrorKind::InvalidArgument,
-                          "cannot write an SR for '" + m.source + "': the source DICOM has no valid SOP Class/Instance UID "
-                          "(an SR must reference its image by UID)");
-    if (src && ((!src->study_instance_uid.empty() && !valid_dicom_uid(src->study_instance_uid)) ||
-                (!src->series_instance_uid.empty() && !valid_dicom_uid(src->series_instance_uid))))
-        return make_error(ErrorKind::InvalidArgument,
-                          "cannot write an SR for '" + m.source + "': the source's Study or Series Instance UID is not a DICOM "
-                          "UID (digits in dot-separated components, at most 64 characters)");
-    if (opt.referenced_frame && *opt.referenced_frame < 1)
-        return make_error(ErrorKind::InvalidArgument,
-                          "SR referenced frame numbers start at 1 (got " + std::to_string(*opt.referenced_frame) + ")", "referenced_frame");
+    if (auto e = report_detail::derivation_problem(m, src, opt.referenced_frame, "an SR")) return *e;
 
     Steps ok;
     DSRDocument doc(DSRTypes::DT_ComprehensiveSR);
@@ -267,37 +204,19 @@ Expected<std::vector<unsigned char>> write_biometry_sr(const Measurement& m, con
     DcmFileFormat file;
     auto built = build(file, m, source, opt);
     if (!built) return built.error_value();
-    const E_TransferSyntax xfer = EXS_LittleEndianExplicit;
-    std::vector<unsigned char> bytes;
-    unsigned char chunk[1 << 16];
-    DcmOutputBufferStream out(chunk, sizeof chunk);
-    file.transferInit();
-    OFCondition st = EC_StreamNotifyClient;
-    while (st == EC_StreamNotifyClient) {
-        st = file.write(out, xfer, EET_ExplicitLength, nullptr);
-        void* data = nullptr;
-        offile_off_t n = 0;
-        out.flushBuffer(data, n);
-        if (n > 0) bytes.insert(bytes.end(), static_cast<unsigned char*>(data), static_cast<unsigned char*>(data) + n);
-    }
-    file.transferEnd();
-    if (st.bad()) return make_error(ErrorKind::Internal, "cannot encode the SR for '" + m.source + "': " + st.text());
-    return bytes;
+    return report_detail::encode_part10(file, "the SR for '" + m.source + "'");
 }
 
 Expected<std::string> write_biometry_sr_file(const Measurement& m, const DicomHeader* source, const std::string& path,
                                              const SrOptions& opt) {
     auto bytes = write_biometry_sr(m, source, opt);
     if (!bytes) return bytes.error_value();
-    std::ofstream f(path, std::ios::binary);
-    if (!f) return make_error(ErrorKind::Io, "cannot write '" + path + "': check that the folder exists and is writable");
-    f.write(reinterpret_cast<const char*>(bytes->data()), static_cast<std::streamsize>(bytes->size()));
-    f.close();
-    if (!f) return make_error(ErrorKind::Io, "cannot write '" + path + "': disk full or not writable");
-    return path;
+    return report_detail::write_bytes_file(*bytes, path);
 }
 
-std::string sr_file_name(const std::string& source) {
+namespace {
+// An input's name as a file name stem (report.h, sr_file_name).
+std::string derived_stem(const std::string& source) {
     std::string name = source, suffix;
     if (auto hash = name.rfind('#'); hash != std::string::npos) {
         suffix = "_" + name.substr(hash + 1);
@@ -308,8 +227,11 @@ std::string sr_file_name(const std::string& source) {
     name += suffix;
     for (char& c : name)
         if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-')) c = '_';
-    if (name.empty()) name = "measurement";
-    return name + "_sr.dcm";
+    return name.empty() ? "measurement" : name;
 }
+}  // namespace
+
+std::string sr_file_name(const std::string& source) { return derived_stem(source) + "_sr.dcm"; }
+std::string key_image_file_name(const std::string& source) { return derived_stem(source) + "_key.dcm"; }
 
 }  // namespace fetalhc

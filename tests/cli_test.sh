@@ -940,6 +940,26 @@ hc=[o for o in obs if o["code"]["coding"][0]["code"]=="11984-2"][0]["valueQuanti
 sys.exit(not (b["type"]=="collection" and len(obs)==3 and hc["code"]=="mm" and "%.1f" % hc["value"]==sys.argv[2]))' "$T/out" "$hc"
     run measure --model "$MODEL" --pixel-size 0.13 --sr-dir "$T/no_such_folder" "$img"
     expect "--sr-dir: a missing folder is a usage error" 2 --err "no_such_folder"
+    # --key-image-dir: a Secondary Capture of the image with the measurement burned in.
+    local key=$T/key
+    mkdir -p "$key"
+    run measure --model "$MODEL" --pixel-size 0.13 --key-image-dir "$key" "$img"
+    expect "--key-image-dir: measured" 0
+    check "--key-image-dir: one key image named after the image" "no $key/010_HC_key.dcm" test -s "$key/010_HC_key.dcm"
+    if command -v dciodvfy >/dev/null; then
+        check "--key-image-dir: dciodvfy finds no error in the key image" \
+            "errors: $(dciodvfy "$key/010_HC_key.dcm" 2>&1 | grep -i error | head -3)" \
+            bash -c '! dciodvfy "$1" 2>&1 | grep -qi "^error"' _ "$key/010_HC_key.dcm"
+    fi
+    if command -v dcm2json >/dev/null; then
+        check "--key-image-dir: a Secondary Capture, RGB, the scan's size (800 x 540)" "$(dcm2json "$key/010_HC_key.dcm" 2>&1 | head -c 300)" \
+            python3 -c 'import json,sys
+d=json.load(sys.stdin); v=lambda t: d[t]["Value"][0]
+sys.exit(not (v("00080016")=="1.2.840.10008.5.1.4.1.1.7" and v("00280004")=="RGB" and v("00280010")==540 and v("00280011")==800))' \
+            < <(dcm2json "$key/010_HC_key.dcm" 2>/dev/null)
+    fi
+    run measure --model "$MODEL" --pixel-size 0.13 --key-image-dir "$T/no_such_folder" "$img"
+    expect "--key-image-dir: a missing folder is a usage error" 2 --err "no_such_folder"
 }
 
 # Issue 24: a plane that is not a head (a held-back femur of ../shared/planes, beside the HC18 folder)

@@ -98,8 +98,10 @@ check "the received objects are kept by content hash" \
   '[ "$(curl -s -o /dev/null -w "%{http_code}" "$URL$(head_row "[\"image_url\"]")")" = 200 ]'
 
 # The forwarded SR against the CLI on the same file.
-for _ in $(seq 1 100); do ls "$T/pacs" | grep -q . && break; sleep 0.1; done
-sr=$(ls "$T"/pacs/* 2>/dev/null | head -1)
+# storescp names files by kind: SRc.<uid> for the SR, SC.<uid> for the key image.
+for _ in $(seq 1 100); do ls "$T/pacs" | grep -q "^SC\." && break; sleep 0.1; done
+sr=$(ls "$T"/pacs/SRc.* 2>/dev/null | head -1)
+check "its key image (a Secondary Capture) was forwarded with it" '[ "$(ls "$T"/pacs/SC.* 2>/dev/null | wc -l)" = 1 ]'
 sr_hc=$(dsrdump "$sr" 2>/dev/null | grep -m1 '"Head Circumference")=' | sed 's/.*Circumference")="\([0-9.]*\)".*/\1/')
 cli_hc=$("$BIN" measure --model "$MODEL" --format json "$T/head.dcm" 2>/dev/null | json 'd[0]["hc_mm"]')
 node_hc=$(head_row '["hc_mm"]')
@@ -288,9 +290,11 @@ else
   check "mixed study: the $n_heads heads are measured" '[ "$(uids "i[\"status\"] == \"measured\"")" = "$(echo $heads_uids | tr " " "\n" | sort | tr "\n" " " | sed "s/ $//")" ]'
   check "mixed study: the $n_others other planes are listed not_measured, saying why" \
     '[ "$(uids "i[\"status\"] == \"not_measured\" and \"not a fetal head in the HC plane\" in i[\"error\"]")" = "$others_uids" ]'
-  for _ in $(seq 1 100); do [ "$(ls "$T/pacs5" | wc -l)" -ge "$n_heads" ] && break; sleep 0.1; done
+  for _ in $(seq 1 100); do [ "$(ls "$T/pacs5" | grep -c "^SC\.")" -ge "$n_heads" ] && break; sleep 0.1; done
   sleep 1  # an SR forwarded for a non-head would arrive by now
-  check "mixed study: SRs forwarded for the heads only ($(ls "$T/pacs5" | wc -l) received)" '[ "$(ls "$T/pacs5" | wc -l)" = "$n_heads" ]'
+  check "mixed study: SRs forwarded for the heads only ($(ls "$T/pacs5" | grep -c "^SRc\.") received)" '[ "$(ls "$T/pacs5" | grep -c "^SRc\.")" = "$n_heads" ]'
+  check "mixed study: a key image with each ($(ls "$T/pacs5" | grep -c "^SC\.") received), nothing else" \
+    '[ "$(ls "$T/pacs5" | grep -c "^SC\.")" = "$n_heads" ] && [ "$(ls "$T/pacs5" | wc -l)" = $((2 * n_heads)) ]'
   check "mixed study: no SR kept for the others" \
     '[ "$(echo "$list" | json "sum(1 for i in d[\"instances\"] if i[\"status\"] == \"not_measured\" and i.get(\"sr_url\"))")" = 0 ]'
 fi

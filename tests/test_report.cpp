@@ -14,6 +14,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -250,6 +253,113 @@ TEST(SrFileName, KeepsTheStemAndFrameAndReplacesOddCharacters) {
     EXPECT_EQ(fetalhc::sr_file_name("cine.dcm#summary"), "cine_summary_sr.dcm");
     EXPECT_EQ(fetalhc::sr_file_name("dir.d/cine.mp4#12"), "cine_12_sr.dcm");
     EXPECT_EQ(fetalhc::sr_file_name("001_HC.png"), "001_HC_sr.dcm");
+}
+
+// ---- Key image (Secondary Capture) ----
+
+// A 640 x 480 gray ramp under the synthetic measurement's ellipse (centre 400, 270).
+cv::Mat synthetic_image() {
+    cv::Mat img(480, 640, CV_8UC1);
+    for (int y = 0; y < img.rows; ++y)
+        for (int x = 0; x < img.cols; ++x) img.at<unsigned char>(y, x) = static_cast<unsigned char>((x + y) / 5);
+    return img;
+}
+
+TEST_F(SrFile, KeyImageIsADciodvfyCleanSecondaryCaptureInANewSeriesOfTheStudy) {
+    DicomHeader src = synthetic_source();
+    src.sop_class_uid = "1.2.840.10008.5.1.4.1.1.3.1";  // Ultrasound Multi-frame Image Storage
+    src.frames = 10;
+    fetalhc::KeyImageOptions opt;
+    opt.referenced_frame = 3;
+    auto path = fetalhc::write_key_image_file(synthetic_measurement(), synthetic_image(), &src, (dir_ / "k_key.dcm").string(), opt);
+    ASSERT_TRUE(path.has_value()) << path.error();
+    if (have_tool("dciodvfy")) {
+        const std::string out = run("dciodvfy '" + *path + "'");
+        EXPECT_EQ(lines_with(out, "Error"), "") << out;
+        EXPECT_NE(out.find("SC"), std::string::npos) << out;  // dciodvfy recognised the Secondary Capture IOD
+    }
+    DcmFileFormat f;
+    ASSERT_TRUE(f.loadFile(path->c_str()).good());
+    EXPECT_EQ(get(f, DCM_SOPClassUID), UID_SecondaryCaptureImageStorage);
+    EXPECT_EQ(get(f, DCM_StudyInstanceUID), src.study_instance_uid);
+    EXPECT_EQ(get(f, DCM_PatientID), src.patient_id);
+    EXPECT_EQ(get(f, DCM_PatientName), src.patient_name);
+    EXPECT_EQ(get(f, DCM_AccessionNumber), src.accession_number);
+    EXPECT_NE(get(f, DCM_SeriesInstanceUID), src.series_instance_uid);
+    EXPECT_FALSE(get(f, DCM_SeriesInstanceUID).empty());
+    EXPECT_NE(get(f, DCM_SOPInstanceUID), src.sop_instance_uid);
+    EXPECT_EQ(get(f, DCM_BurnedInAnnotation), "YES");
+    EXPECT_EQ(get(f, DCM_PhotometricInterpretation), "RGB");
+    DcmItem* ref = nullptr;
+    ASSERT_TRUE(f.getDataset()->findAndGetSequenceItem(DCM_SourceImageSequence, ref, 0).good());
+    OFString ref_sop, ref_frame;
+    ref->findAndGetOFString(DCM_ReferencedSOPInstanceUID, ref_sop);
+    ref->findAndGetOFString(DCM_ReferencedFrameNumber, ref_frame);
+    EXPECT_EQ(ref_sop.c_str(), src.sop_instance_uid);
+    EXPECT_EQ(ref_frame, "3");
+
+    // The pixels: the source's size, the gray image where nothing is drawn, the ellipse drawn in
+    // colour on its outline (the end of the major axis, centre + a along the angle).
+    Uint16 rows = 0, cols = 0;
+    f.getDataset()->findAndGetUint16(DCM_Rows, rows);
+    f.getDataset()->findAndGetUint16(DCM_Columns, cols);
+    ASSERT_EQ(rows, 480);
+    ASSERT_EQ(cols, 640);
+    const Uint8* px = nullptr;
+    unsigned long n = 0;
+    ASSERT_TRUE(f.getDataset()->findAndGetUint8Array(DCM_PixelData, px, &n).good());
+    ASSERT_EQ(n, 480ul * 640 * 3);
+    auto rgb_at = [&](int x, int y) { return cv::Vec3b(px[(y * 640 + x) * 3], px[(y * 640 + x) * 3 + 1], px[(y * 640 + x) * 3 + 2]); };
+    const cv::Vec3b corner = rgb_at(630, 470);  // far from the ellipse and the text panel
+    EXPECT_EQ(corner[0], corner[1]);
+    EXPECT_EQ(corner[1], corner[2]);
+    EXPECT_EQ(corner[0], (630 + 470) / 5);
+    const fetalhc::Ellipse e = synthetic_measurement().ellipse_px;
+    const int ex = int(std::lround(e.cx + e.a * std::cos(e.angle))), ey = int(std::lround(e.cy + e.a * std::sin(e.angle)));
+    bool coloured = false;
+    for (int dy = -2; dy <= 2; ++dy)
+        for (int dx = -2; dx <= 2; ++dx) {
+            const cv::Vec3b p = rgb_at(std::clamp(ex + dx, 0, 639), std::clamp(ey + dy, 0, 479));
+            coloured = coloured || p[0] != p[1] || p[1] != p[2];
+        }
+    EXPECT_TRUE(coloured) << "no colour on the ellipse at (" << ex << ", " << ey << ")";
+}
+
+TEST_F(SrFile, KeyImageWithoutSourceOpensItsOwnStudyAndIsDciodvfyClean) {
+    auto a = fetalhc::write_key_image(synthetic_measurement(), synthetic_image(), nullptr);
+    auto b = fetalhc::write_key_image(synthetic_measurement(), synthetic_image(), nullptr);
+    ASSERT_TRUE(a.has_value()) << a.error();
+    ASSERT_TRUE(b.has_value()) << b.error();
+    const fs::path pa = dir_ / "a_key.dcm";
+    std::ofstream(pa, std::ios::binary).write(reinterpret_cast<const char*>(a->data()), std::streamsize(a->size()));
+    DcmFileFormat fa;
+    ASSERT_TRUE(fa.loadFile(pa.c_str()).good());
+    EXPECT_FALSE(get(fa, DCM_StudyInstanceUID).empty());
+    EXPECT_EQ(get(fa, DCM_PatientID), "");
+    EXPECT_TRUE(fa.getDataset()->tagExists(DCM_PatientID));
+    EXPECT_FALSE(fa.getDataset()->tagExists(DCM_SourceImageSequence));
+    EXPECT_NE(std::string(a->begin(), a->end()), std::string(b->begin(), b->end()));  // new UIDs each time
+    if (have_tool("dciodvfy")) {
+        const std::string out = run("dciodvfy '" + pa.string() + "'");
+        EXPECT_EQ(lines_with(out, "Error"), "") << out;
+    }
+}
+
+TEST(KeyImage, RefusesWhatItCannotDrawOrReference) {
+    const DicomHeader src = synthetic_source();
+    Measurement empty;
+    empty.source = "nothing.dcm";
+    auto no_numbers = fetalhc::write_key_image(empty, synthetic_image(), &src);
+    ASSERT_FALSE(no_numbers.has_value());
+    EXPECT_NE(no_numbers.error().find("nothing.dcm"), std::string::npos) << no_numbers.error();
+    auto no_image = fetalhc::write_key_image(synthetic_measurement(), cv::Mat(), &src);
+    ASSERT_FALSE(no_image.has_value());
+    EXPECT_NE(no_image.error().find("image"), std::string::npos) << no_image.error();
+    DicomHeader bad = src;
+    bad.sop_instance_uid = "not.a.uid";
+    EXPECT_FALSE(fetalhc::write_key_image(synthetic_measurement(), synthetic_image(), &bad).has_value());
+    EXPECT_EQ(fetalhc::key_image_file_name("scans/a b.dcm"), "a_b_key.dcm");
+    EXPECT_EQ(fetalhc::key_image_file_name("cine.dcm#summary"), "cine_summary_key.dcm");
 }
 
 TEST(Fhir, ObservationsCarryLoincUcumAndTheSourceImage) {

@@ -3,6 +3,7 @@
 // and the OpenAPI document, the measure-and-store service. Only the tests that run the network
 // (RouteModel) need the model file; they skip with a message when it is absent.
 #include "dicom_node.h"
+#include "dicomweb_client.h"
 #include "dicom_wrap.h"
 #include "errors.h"
 #include "http_metrics.h"
@@ -912,6 +913,30 @@ TEST_F(RouteApi, DeeplyNestedDicomIsRefusedAtUploadAndAtPreview) {
     EXPECT_EQ(api(get("/v1/growth-curve")).status, 200);
 }
 
+// --dicomweb-forward's URL: the origin and the DICOMweb root's path apart; what is refused says why.
+TEST(DicomwebForward, ParsesTheRootUrlAndRefusesWhatItCannotReach) {
+    auto t = parse_dicomweb_target("http://10.0.0.5:8042/dicom-web/");
+    ASSERT_TRUE(t) << t.error();
+    EXPECT_EQ(t->origin, "http://10.0.0.5:8042");
+    EXPECT_EQ(t->path, "/dicom-web");
+    t = parse_dicomweb_target("https://[::1]/");
+    ASSERT_TRUE(t) << t.error();
+    EXPECT_EQ(t->origin, "https://[::1]");
+    EXPECT_EQ(t->path, "");
+    for (const char* bad : {"ftp://pacs/dicom-web", "http://", "http://user:pw@pacs/dicom-web", "http://pacs:99999/x",
+                            "http://pacs/dicom-web?x=1", "http://pacs/a b", "pacs:8042"}) {
+        auto r = parse_dicomweb_target(bad);
+        ASSERT_FALSE(r) << bad;
+        EXPECT_NE(r.error().find("--dicomweb-forward"), std::string::npos) << r.error();
+        EXPECT_NE(r.error().find(bad), std::string::npos) << r.error();
+    }
+    // Nothing listens on port 1: a failure that says where it tried, not a crash or a hang.
+    auto closed = parse_dicomweb_target("http://127.0.0.1:1/dicom-web");
+    ASSERT_TRUE(closed);
+    const std::string r = stow_rs(*closed, {"not sent"}, 2);
+    EXPECT_EQ(r.rfind("failed: cannot POST to http://127.0.0.1:1/dicom-web/studies", 0), 0u) << r;
+}
+
 TEST_F(RouteApi, DicomInstancesAreListedNewestFirst) {
     DicomInstance a;
     a.sop_instance_uid = "1.2.3";
@@ -1182,6 +1207,39 @@ TEST_F(RouteModel, MeasureDicomReturnsTheSrOrTheFhirBundle) {
     const HttpResponse png_sr = (*api_)(post_form("/v1/measure", form));
     ASSERT_EQ(png_sr.status, 200) << png_sr.body;
     EXPECT_EQ(png_sr.content_type, "application/dicom");
+}
+
+// format=key-image: a Secondary Capture in the scan's study, the scan's size, for a still DICOM, a
+// cine (the frame its summary's ellipse comes from) and a PNG (a new study).
+TEST_F(RouteModel, MeasureReturnsTheKeyImageInTheScansStudy) {
+    for (int frames : {1, 3}) {
+        SCOPED_TRACE(std::to_string(frames) + " frame(s)");
+        const std::string dcm = wrap_in_dicom(scan_, kPixelMm, frames);
+        const HttpResponse key = (*api_)(post_form("/v1/measure", dicom_form(dcm, {{"format", "key-image", ""}})));
+        ASSERT_EQ(key.status, 200) << key.body;
+        EXPECT_EQ(key.content_type, "application/dicom");
+        auto h = read_dicom_header(std::vector<unsigned char>(key.body.begin(), key.body.end()), "key.dcm");
+        auto src = read_dicom_header(std::vector<unsigned char>(dcm.begin(), dcm.end()), "scan.dcm");
+        ASSERT_TRUE(h) << h.error();
+        ASSERT_TRUE(src) << src.error();
+        EXPECT_EQ(h->sop_class_uid, "1.2.840.10008.5.1.4.1.1.7");
+        EXPECT_EQ(h->study_instance_uid, src->study_instance_uid);
+        EXPECT_NE(h->series_instance_uid, src->series_instance_uid);
+        EXPECT_EQ(h->photometric_interpretation, "RGB");
+        EXPECT_EQ(h->columns, src->columns);
+        EXPECT_EQ(h->rows, src->rows);
+        EXPECT_EQ(h->frames, 1);
+    }
+    auto form = measure_form(scan_);
+    form.push_back({"format", "key-image", ""});
+    const HttpResponse png_key = (*api_)(post_form("/v1/measure", form));
+    ASSERT_EQ(png_key.status, 200) << png_key.body;
+    auto h = read_dicom_header(std::vector<unsigned char>(png_key.body.begin(), png_key.body.end()), "key.dcm");
+    ASSERT_TRUE(h) << h.error();
+    EXPECT_EQ(h->columns, cv::imdecode(std::vector<unsigned char>(scan_.begin(), scan_.end()), cv::IMREAD_GRAYSCALE).cols);
+    EXPECT_FALSE(h->study_instance_uid.empty());
+    form.back() = {"format", "key_image", ""};
+    expect_error((*api_)(post_form("/v1/measure", form)), 400, "invalid_field", "key-image");
 }
 
 // Issue 22 row 5: a cine over the server's frame limit is measured on that many frames, evenly

@@ -260,6 +260,7 @@ TEST_P(StoreEngines, DicomInstancesAreAddedUpdatedAndListedNewestFirst) {
     u.frames = 12;
     u.forward_status = "failed: no route";
     u.sr_sha256 = *s->put_image("sr bytes");
+    u.key_image_sha256 = *s->put_image("key image bytes");
     ASSERT_TRUE(*s->update_dicom_instance(u));
     DicomInstance missing = u;
     missing.id = 9999;
@@ -276,6 +277,7 @@ TEST_P(StoreEngines, DicomInstancesAreAddedUpdatedAndListedNewestFirst) {
     EXPECT_EQ(back.frames, 12);
     EXPECT_EQ(back.forward_status, "failed: no route");
     EXPECT_EQ(back.sr_sha256, u.sr_sha256);
+    EXPECT_EQ(back.key_image_sha256, u.key_image_sha256);
     EXPECT_EQ(back.calling_aet, "US1");
     EXPECT_EQ(s->dicom_instances(1)->size(), 1u);
 }
@@ -358,7 +360,7 @@ TEST_P(StoreEngines, RetentionRemovesOnlyOldUnreferencedImages) {
     FakeClock clock;
     auto s = open();
     s->set_clock(clock.fn());
-    const std::vector<std::string> names{"old-free", "old-exam", "old-dicom", "old-sr", "new-free"};
+    const std::vector<std::string> names{"old-free", "old-exam", "old-dicom", "old-sr", "old-key", "new-free"};
     std::map<std::string, std::string> sha;
     for (const auto& name : names) {
         if (name == "new-free") clock.seconds += 10 * 86400;
@@ -371,6 +373,7 @@ TEST_P(StoreEngines, RetentionRemovesOnlyOldUnreferencedImages) {
     auto added = s->add_dicom_instance(d);
     ASSERT_TRUE(added);
     added->sr_sha256 = sha["old-sr"];
+    added->key_image_sha256 = sha["old-key"];
     ASSERT_TRUE(*s->update_dicom_instance(*added));
     auto swept = s->remove_unreferenced_images(clock.now() - std::chrono::hours(24 * 5));
     ASSERT_TRUE(swept) << swept.error();
@@ -383,6 +386,7 @@ TEST_P(StoreEngines, RetentionRemovesOnlyOldUnreferencedImages) {
     EXPECT_EQ(swept->removed, 1);
     EXPECT_FALSE(*s->has_image(sha["new-free"]));
     EXPECT_TRUE(*s->has_image(sha["old-sr"]));
+    EXPECT_TRUE(*s->has_image(sha["old-key"]));
 }
 
 // set_image_retention sweeps at once on its own thread (then periodically); 0 stops it.
@@ -587,6 +591,7 @@ TEST(SqliteStore, UnversionedDatabaseIsUpgradedKeepingItsRows) {
             EXPECT_FALSE(h->exams[0].sop_instance_uid);
             EXPECT_EQ(**(*s)->read_image(sha256_hex("old image")), "old image");
             EXPECT_EQ((*s)->dicom_instances(10)->size(), v.dicom_table ? 1u : 0u);
+            if (v.dicom_table) EXPECT_EQ((*s)->dicom_instances(10)->front().key_image_sha256, "");  // older rows: none
             if (reopen == 0) {
                 Exam e = sample_exam("P1", sha256_hex("old image"), "2026-02-10");
                 e.sop_instance_uid = "1.2.826.0.1.3680043.8.498.1";
@@ -600,7 +605,7 @@ TEST(SqliteStore, UnversionedDatabaseIsUpgradedKeepingItsRows) {
         sqlite3_stmt* st = nullptr;
         ASSERT_EQ(sqlite3_prepare_v2(h, "SELECT group_concat(version) FROM schema_version", -1, &st, nullptr), SQLITE_OK);
         ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-        EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "1,2");
+        EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "1,2,3");
         sqlite3_finalize(st);
         sqlite3_close(h);
         fs::remove_all(dir);

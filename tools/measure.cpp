@@ -38,7 +38,7 @@ struct MeasureArgs {
     std::vector<std::string> paths;
     bool pixel_size_given = false;
     double pixel_size = kNaN;
-    std::string pixel_sizes_csv, format = "text", overlay_dir, model, sr_dir, ensemble;
+    std::string pixel_sizes_csv, format = "text", overlay_dir, model, sr_dir, key_image_dir, ensemble;
     double ga_weeks = kNaN;
     int threads = 0;
     bool mirror = false, single_look = false;
@@ -100,11 +100,18 @@ void print_text(const fetalhc::Measurement& m) {
 // CSV cells go through fetalhc::CsvWriter, so names and messages are quoted and formula-neutralised.
 class Output {
 public:
-    Output(std::string format, std::string sr_dir) : format_(std::move(format)), sr_dir_(std::move(sr_dir)), csv_(std::cout) {}
+    Output(std::string format, std::string sr_dir, std::string key_image_dir)
+        : format_(std::move(format)), sr_dir_(std::move(sr_dir)), key_image_dir_(std::move(key_image_dir)), csv_(std::cout) {}
 
     // The DICOM header of the input being measured (nullptr for other images): the SR and FHIR
     // output copy its identity and reference it.
     void set_source(const fetalhc::DicomHeader* h) { source_ = h; }
+    // The image the next result was measured on (8-bit gray; nullptr: none), and its 1-based frame
+    // in a multi-frame source: the key image (--key-image-dir) draws on it.
+    void set_image(const cv::Mat* gray, std::optional<int> frame = std::nullopt) {
+        image_ = gray;
+        image_frame_ = frame;
+    }
     bool record_failed() const { return record_failed_; }
 
     void begin() const {
@@ -175,11 +182,24 @@ public:
     }
 
 private:
-    // One result back to the record: an SR file (--sr-dir) and an entry of the FHIR bundle.
+    // One result back to the record: an SR file (--sr-dir), a key image (--key-image-dir) and an
+    // entry of the FHIR bundle.
     void record(const fetalhc::Measurement& m, const fetalhc::SrOptions& sr) {
         if (!sr_dir_.empty()) {
             const std::string file = (fs::path(sr_dir_) / fetalhc::sr_file_name(m.source)).string();
             if (auto w = fetalhc::write_biometry_sr_file(m, source_, file, sr); !w) {
+                error(cli_message(w.error_value()));
+                record_failed_ = true;
+            }
+        }
+        if (!key_image_dir_.empty() && !image_) {
+            note("--key-image-dir: no key image for '" + m.source + "' (a video file's frames are not kept; DICOM cines and "
+                 "still images get one)");
+        } else if (!key_image_dir_.empty()) {
+            const std::string file = (fs::path(key_image_dir_) / fetalhc::key_image_file_name(m.source)).string();
+            fetalhc::KeyImageOptions ko;
+            ko.referenced_frame = image_frame_;
+            if (auto w = fetalhc::write_key_image_file(m, *image_, source_, file, ko); !w) {
                 error(cli_message(w.error_value()));
                 record_failed_ = true;
             }
@@ -212,8 +232,10 @@ private:
         csv_.end_row();
     }
 
-    std::string format_, sr_dir_;
+    std::string format_, sr_dir_, key_image_dir_;
     const fetalhc::DicomHeader* source_ = nullptr;
+    const cv::Mat* image_ = nullptr;
+    std::optional<int> image_frame_;
     std::vector<fetalhc::FhirInput> fhir_;
     bool record_failed_ = false;
     fetalhc::CsvWriter csv_;
@@ -386,7 +408,17 @@ bool measure_one_dicom(const fetalhc::Measurer& measurer, const std::string& pat
     events.on_frame = [&](const fetalhc::VideoFrame& f) { out.frame(path, f); };
     auto r = fetalhc::measure_dicom(measurer, **reader, request, events);
     if (!r) return fail(r.error_value());
+    struct ClearImage {
+        Output& o;
+        ~ClearImage() { o.set_image(nullptr); }
+    } clear_image{out};
+    cv::Mat estimate_frame;  // a cine's key image shows the frame its summary's ellipse comes from
     if (r->summary) {
+        if (!a.key_image_dir.empty() && r->summary->has_estimate && r->summary->estimate_frame >= 0) {
+            auto f = (*reader)->frame(r->summary->estimate_frame);
+            if (f) estimate_frame = std::move(*f), out.set_image(&estimate_frame, r->summary->estimate_frame + 1);
+            else error(cli_message(f.error_value()));
+        }
         out.dicom_cine(path, *r);
         // Mostly another plane (e.g. a cardiac cine): said so; otherwise no frame was judged ok.
         if (auto none = fetalhc::cine_without_estimate(*r, path)) error(none->message);
@@ -397,6 +429,7 @@ bool measure_one_dicom(const fetalhc::Measurer& measurer, const std::string& pat
         if (!cv::imwrite(overlay.string(), fetalhc::draw_overlay(r->image, r->measurement)))
             error("cannot write overlay '" + overlay.string() + "'");
     }
+    out.set_image(&r->image);
     out.image(path, r->measurement, fetalhc::to_json(*r, kGivenSource));
     return true;
 }
@@ -437,7 +470,9 @@ bool measure_one_image(const fetalhc::Measurer& measurer, const fetalhc::InputIt
         if (!cv::imwrite(overlay.string(), fetalhc::draw_overlay(gray, *r)))
             error("cannot write overlay '" + overlay.string() + "'");
     }
+    out.set_image(gray.empty() ? nullptr : &gray);
     out.image(item.path, r);
+    out.set_image(nullptr);
     return bool(r);
 }
 
@@ -477,7 +512,7 @@ int run_measure(MeasureArgs a) {
     std::optional<fetalhc::HeadCheck> check;
     if (!load_head_check(a.head_check, a.model, check)) return kExitUsage;
     const fetalhc::Measurer measurer(*seg, std::move(check));
-    Output out(a.format, a.sr_dir);
+    Output out(a.format, a.sr_dir, a.key_image_dir);
     out.begin();
     Progress progress(int(items.size()), !a.quiet);
     int failed = 0;
@@ -516,6 +551,10 @@ void add_measure_command(CLI::App& app, Commands& commands) {
         ->capture_default_str();
     cmd->add_option("--sr-dir", a->sr_dir,
                     "also write a DICOM Comprehensive SR (<name>_sr.dcm, OB-GYN report TID 5000) per measured input here")
+        ->check(CLI::ExistingDirectory);
+    cmd->add_option("--key-image-dir", a->key_image_dir,
+                    "also write a key image (<name>_key.dcm, a DICOM Secondary Capture with the ellipse and numbers burned in) "
+                    "per measured input here")
         ->check(CLI::ExistingDirectory);
     cmd->add_option("--overlay", a->overlay_dir, "write <image>_overlay.png with the ellipse and numbers into this folder");
     cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")

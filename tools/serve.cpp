@@ -84,6 +84,10 @@ int run_serve(ServeArgs a) {
         error("--dicom-forward needs --dicom-port or --dicomweb");
         return kExitUsage;
     }
+    if (a.server.dicom_port == 0 && !a.server.dicomweb && !a.server.dicomweb_forward.empty()) {
+        error("--dicomweb-forward needs --dicom-port or --dicomweb");
+        return kExitUsage;
+    }
     // Ctrl-C / SIGTERM are taken by one waiting thread (blocked everywhere else, so the server's
     // threads inherit the mask): it stops the server, which finishes the requests in flight.
     sigset_t stop_signals;
@@ -164,7 +168,11 @@ void add_serve_command(CLI::App& app, Commands& commands) {
                   "take DICOMweb STOW-RS uploads (POST /dicomweb/studies) without a DICOM port (with --dicom-port they are "
                   "taken anyway)");
     cmd->add_option("--dicom-aet", so.dicom_aet, "the node's AE title")->capture_default_str();
-    cmd->add_option("--dicom-forward", so.dicom_forward, "send each result's DICOM SR by C-STORE to AET@HOST:PORT (a PACS)");
+    cmd->add_option("--dicom-forward", so.dicom_forward,
+                    "send each result's DICOM SR and key image by C-STORE to AET@HOST:PORT (a PACS)");
+    cmd->add_option("--dicomweb-forward", so.dicomweb_forward,
+                    "or send them by DICOMweb STOW-RS to this DICOMweb root URL (http[s]://HOST[:PORT]/PATH, e.g. Orthanc's "
+                    "http://pacs:8042/dicom-web)");
     cmd->add_option("--dicom-forward-attempts", so.dicom_forward_attempts,
                     "tries per SR before it is listed failed (waits 1, 2, 4 .. 60 s between tries)")
         ->check(CLI::Range(1, 100))

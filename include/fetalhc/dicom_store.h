@@ -35,6 +35,7 @@ struct DicomInstance {
     std::string error;                   // why it could not be measured ("" when measured)
     std::string forward_status;          // "" (no forwarding), "sent", or "failed: why"
     std::string sr_sha256;               // the SR written for it, kept by put_image ("" without one)
+    std::string key_image_sha256;        // its key image (report.h), kept the same way ("" without one)
 };
 
 }  // namespace fetalhc

@@ -1,4 +1,5 @@
-// fetalhc/report.h - results back to the record: DICOM Comprehensive SR (DCMTK dcmsr) and FHIR R4.
+// fetalhc/report.h - results back to the record: DICOM Comprehensive SR (DCMTK dcmsr), a key image
+// (DICOM Secondary Capture) and FHIR R4.
 //
 //   fetalhc::Measurement m = ...;                       // from Measurer, or measurement_from_ellipse
 //   const fetalhc::DicomHeader* src = dicom ? &*header : nullptr;   // nullptr for a PNG input
@@ -94,6 +95,32 @@ Expected<std::string> write_biometry_sr_file(const Measurement& m, const DicomHe
 // `_frame` / `_summary`, and characters other than [A-Za-z0-9._-] as `_`, plus "_sr.dcm"
 // ("scans/a b.dcm" -> "a_b_sr.dcm", "cine.dcm#summary" -> "cine_summary_sr.dcm").
 std::string sr_file_name(const std::string& source);
+
+// Key image: a Secondary Capture (PS3.3 A.8.1, SOP Class 1.2.840.10008.5.1.4.1.1.7) of the measured
+// image with the measurement burned in as draw_overlay (overlay.h) draws it: the ellipse, its axes,
+// HC, the 90% interval, BPD/OFD, GA and the quality with its `review` reasons. 8-bit RGB,
+// uncompressed, the source frame's size; ImageType DERIVED\SECONDARY, BurnedInAnnotation YES,
+// ConversionType WSD, Modality OT, the source image (and frame) in the Source Image Sequence.
+// Identity as for the SR: the source's patient and study attributes copied (the same fitting),
+// a NEW series in the source's study with new SOP Instance and Series UIDs; a new study without a
+// source. Why a Secondary Capture rather than a Presentation State: every viewer and PACS preview
+// shows its pixels (Orthanc's /preview included), where a presentation state's graphics show only
+// in viewers that apply it; the price is a second copy of the pixels (no pixel size: read the
+// numbers from the image or the SR).
+struct KeyImageOptions {
+    std::string series_number = "901";
+    std::string instance_number = "1";
+    std::string series_description = "fetalhc key image";
+    std::optional<int> referenced_frame;   // 1-based frame of a multi-frame source, as for the SR
+};
+// `image`: the measured frame, 8-bit gray (DicomResult::image, or the frame the summary's estimate
+// came from). Errors: a measurement without numbers, no image, the source's UIDs (as for the SR).
+Expected<std::vector<unsigned char>> write_key_image(const Measurement& m, const cv::Mat& image, const DicomHeader* source,
+                                                     const KeyImageOptions& opt = {});
+Expected<std::string> write_key_image_file(const Measurement& m, const cv::Mat& image, const DicomHeader* source,
+                                           const std::string& path, const KeyImageOptions& opt = {});
+// sr_file_name's stem with "_key.dcm" ("scans/a b.dcm" -> "a_b_key.dcm").
+std::string key_image_file_name(const std::string& source);
 
 struct FhirOptions {
     std::string measured_at;               // FHIR dateTime used without a study date; empty: now (UTC)

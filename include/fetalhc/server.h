@@ -90,7 +90,8 @@ struct ServerOptions {
     // without listening and takes uploads over HTTP only. With dicom_port it is there anyway.
     bool dicomweb = false;
     std::string dicom_aet = "FETALHC";     // our AE title
-    std::string dicom_forward;             // "AET@HOST:PORT": each SR is sent there; empty = kept only
+    std::string dicom_forward;             // "AET@HOST:PORT": each SR (and key image) is sent there; empty = kept only
+    std::string dicomweb_forward;          // or a DICOMweb root ("http://host:8042/dicom-web"): STOW-RS there
     int dicom_forward_attempts = 8;        // tries per SR before it is listed "failed" (waits 1, 2, 4 .. 60 s between)
     std::vector<std::string> dicom_allow;  // calling AE titles accepted; empty = any, loopback peers only
     int dicom_max_pending = 64;            // instances waiting to be measured; more are refused with A700

@@ -1,4 +1,5 @@
 #include "dicom_node.h"
+#include "dicomweb_client.h"
 
 #include "service.h"
 
@@ -283,6 +284,8 @@ const std::string kForwardQueued = "pending: not sent yet";
 struct DicomNode::Impl {
     DicomNodeOptions opt;
     std::optional<ForwardTarget> forward;
+    std::optional<DicomwebTarget> dicomweb;
+    bool forwarding() const { return forward || dicomweb; }
     Engine& engine;
     Store& store;
     T_ASC_Network* net = nullptr;
@@ -324,7 +327,8 @@ struct DicomNode::Impl {
     Uint16 accept(std::string bytes, const std::string& sop_instance, const std::string& sop_class, const std::string& aet);
     void work();
     void process(DicomInstance& row, std::optional<Clock::time_point> received);
-    std::string send_sr(const std::vector<unsigned char>& sr);
+    // Sends the objects (the SR, then its key image) in one association: "sent", or "failed: why".
+    std::string send_objects(const std::vector<std::string>& objects);
     void queue_forward(const DicomInstance& row, int attempts, double wait_s = 0);
     void forward_loop();
     void forward_once(Forwarding& f);
@@ -600,9 +604,16 @@ void DicomNode::Impl::process(DicomInstance& row, std::optional<Clock::time_poin
                 row.error = "the SR could not be written: " + sr.error().message;
             } else if (auto sha = store.put_image(std::string(sr->begin(), sr->end()))) {
                 row.sr_sha256 = *sha;
-                if (forward) row.forward_status = kForwardQueued;
+                if (forwarding()) row.forward_status = kForwardQueued;
             } else {
                 row.error = "the SR could not be kept: " + sha.error();
+            }
+            // The key image goes with the SR; without it the SR still goes (the error says why).
+            if (!row.sr_sha256.empty()) {
+                auto key = dicom_result_key_image(engine, *r, bytes, name);
+                if (!key) row.error = "the key image could not be written: " + key.error().message;
+                else if (auto sha = store.put_image(std::string(key->begin(), key->end()))) row.key_image_sha256 = *sha;
+                else row.error = "the key image could not be kept: " + sha.error();
             }
         }
     }
@@ -643,15 +654,20 @@ void DicomNode::Impl::forward_loop() {
 
 void DicomNode::Impl::forward_once(Forwarding& f) {
     DicomInstance& row = f.row;
-    auto sr = store.read_image(row.sr_sha256);
+    std::vector<std::string> objects;
     std::string result;
     bool retry = true;
-    if (!sr || !*sr) {
-        result = "failed: the SR is no longer in the store" + (sr ? std::string() : " (" + sr.error() + ")");
-        retry = false;
-    } else {
-        result = send_sr(std::vector<unsigned char>((*sr)->begin(), (*sr)->end()));
+    for (const auto& [sha, what] : {std::pair{row.sr_sha256, "the SR"}, std::pair{row.key_image_sha256, "the key image"}}) {
+        if (sha.empty() || !result.empty()) continue;  // rows from before key images have none
+        auto obj = store.read_image(sha);
+        if (!obj || !*obj) {
+            result = std::string("failed: ") + what + " is no longer in the store" + (obj ? std::string() : " (" + obj.error() + ")");
+            retry = false;
+        } else {
+            objects.push_back(std::move(**obj));
+        }
     }
+    if (result.empty()) result = dicomweb ? stow_rs(*dicomweb, objects, 30) : send_objects(objects);
     ++f.attempts;
     const int of = std::max(1, opt.forward_attempts);
     if (result == "sent") {
@@ -669,15 +685,19 @@ void DicomNode::Impl::forward_once(Forwarding& f) {
     spdlog::info("dicom: instance {} SR forward: {}", row.id, row.forward_status);
 }
 
-std::string DicomNode::Impl::send_sr(const std::vector<unsigned char>& sr) {
-    DcmInputBufferStream in;
-    in.setBuffer(sr.data(), offile_off_t(sr.size()));
-    in.setEos();
-    DcmFileFormat file;
-    file.transferInit();
-    OFCondition c = file.read(in);
-    file.transferEnd();
-    if (c.bad()) return std::string("failed: cannot read back the SR: ") + c.text();
+std::string DicomNode::Impl::send_objects(const std::vector<std::string>& objects) {
+    std::vector<std::unique_ptr<DcmFileFormat>> files;
+    for (const std::string& bytes : objects) {
+        DcmInputBufferStream in;
+        in.setBuffer(bytes.data(), offile_off_t(bytes.size()));
+        in.setEos();
+        auto file = std::make_unique<DcmFileFormat>();
+        file->transferInit();
+        const OFCondition c = file->read(in);
+        file->transferEnd();
+        if (c.bad()) return std::string("failed: cannot read back a kept object: ") + c.text();
+        files.push_back(std::move(file));
+    }
     DcmSCU scu;
     scu.setAETitle(opt.aet.c_str());
     scu.setPeerHostName(forward->host.c_str());
@@ -690,18 +710,24 @@ std::string DicomNode::Impl::send_sr(const std::vector<unsigned char>& sr) {
     OFList<OFString> ts;
     ts.push_back(UID_LittleEndianExplicitTransferSyntax);
     ts.push_back(UID_LittleEndianImplicitTransferSyntax);
-    scu.addPresentationContext(UID_ComprehensiveSRStorage, ts);
+    for (const char* sop : {UID_ComprehensiveSRStorage, UID_SecondaryCaptureImageStorage}) scu.addPresentationContext(sop, ts);
     const std::string to = forward->aet + "@" + forward->host + ":" + std::to_string(forward->port);
+    OFCondition c;
     if ((c = scu.initNetwork()).bad() || (c = scu.negotiateAssociation()).bad())
         return "failed: cannot open an association with " + to + ": " + c.text();
-    const T_ASC_PresentationContextID pres = scu.findPresentationContextID(UID_ComprehensiveSRStorage, "");
-    std::string result;
-    Uint16 status = 0;
-    if (pres == 0) result = "failed: " + to + " does not accept Comprehensive SR Storage";
-    else if ((c = scu.sendSTORERequest(pres, OFFilename(), file.getDataset(), status)).bad())
-        result = "failed: C-STORE to " + to + ": " + c.text();
-    else if (status != kStatusSuccess) result = "failed: " + to + " answered status " + std::to_string(status);
-    else result = "sent";
+    std::string result = "sent";
+    for (auto& file : files) {
+        OFString sop;
+        file->getDataset()->findAndGetOFString(DCM_SOPClassUID, sop);
+        const char* name = sop == UID_ComprehensiveSRStorage ? "the SR" : "the key image";
+        const T_ASC_PresentationContextID pres = scu.findPresentationContextID(sop.c_str(), "");
+        Uint16 status = 0;
+        if (pres == 0) result = "failed: " + to + " does not accept " + std::string(dcmFindNameOfUID(sop.c_str(), "this SOP class"));
+        else if ((c = scu.sendSTORERequest(pres, OFFilename(), file->getDataset(), status)).bad())
+            result = "failed: C-STORE of " + std::string(name) + " to " + to + ": " + c.text();
+        else if (status != kStatusSuccess) result = "failed: " + to + " answered status " + std::to_string(status) + " to " + name;
+        if (result != "sent") break;
+    }
     if (scu.isConnected()) scu.releaseAssociation();
     return result;
 }
@@ -765,10 +791,17 @@ Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o
     auto spool = make_spool_folder();
     if (!spool) return spool.error_value();
     impl->spool = *spool;
+    if (!o.forward.empty() && !o.dicomweb_forward.empty())
+        return make_error("give --dicom-forward (C-STORE) or --dicomweb-forward (STOW-RS), not both");
     if (!o.forward.empty()) {
         auto t = parse_forward_target(o.forward);
         if (!t) return t.error_value();
         impl->forward = *t;
+    }
+    if (!o.dicomweb_forward.empty()) {
+        auto t = parse_dicomweb_target(o.dicomweb_forward);
+        if (!t) return t.error_value();
+        impl->dicomweb = *t;
     }
     // DCMTK logs through oflog; keep its chatter (every association) to warnings and above.
     OFLog::configure(OFLogger::WARN_LOG_LEVEL);
@@ -815,7 +848,7 @@ void DicomNode::start() {
         spdlog::info("dicom: resuming {} instance(s) received before the last stop and not measured yet", pending->size());
     }
     // SRs not yet forwarded at the last stop: sent again (their rows say "pending: ...").
-    if (impl_->forward) {
+    if (impl_->forwarding()) {
         if (auto rows = impl_->store.dicom_instances(1'000'000); !rows) {
             spdlog::error("dicom: cannot read the SRs left to forward: {}", rows.error());
         } else {

@@ -43,7 +43,8 @@ struct DicomNodeOptions {
     int port = 0;                         // TCP port (1..65535)
     std::string host = "127.0.0.1";       // the address to listen on (as serve --host)
     std::string aet = "FETALHC";          // our AE title (1..16 characters, no backslash)
-    std::string forward;                  // "AET@HOST:PORT" to send each SR to; empty: keep it only
+    std::string forward;                  // "AET@HOST:PORT" to send each SR (and key image) to; empty: keep it only
+    std::string dicomweb_forward;         // or a DICOMweb root URL to STOW-RS them to (dicomweb_client.h); not both
     // Tries per SR: a failed send is retried after 1 s, then 2, 4, ... (at most kForwardMaxWaitS) while
     // the row is listed "pending: ..."; then "failed: ...". Sent: "forwarded". Rows still pending at a
     // stop are sent again after the next start (at least once: a PACS may get an SR twice).

@@ -274,11 +274,12 @@ json measure_path() {
          {"ga_weeks", num("known GA in weeks (0, 45), for the centile")},
          {"pregnancy_id", pregnancy_id_schema()},
          {"exam_date", date()},
-         {"format", {{"type", "string"}, {"enum", {"json", "sr", "fhir"}}, {"default", "json"},
+         {"format", {{"type", "string"}, {"enum", {"json", "sr", "key-image", "fhir"}}, {"default", "json"},
                      {"description", "json: the measurement; sr: a DICOM Comprehensive SR (TID 5000, application/dicom); "
-                                     "fhir: a FHIR R4 Bundle (collection) of HC, BPD and OFD Observations"}}}},
+                                     "key-image: a DICOM Secondary Capture of the image with the ellipse and numbers burned in "
+                                     "(application/dicom); fhir: a FHIR R4 Bundle (collection) of HC, BPD and OFD Observations"}}}},
         {"image"});
-    const json ok = {{"description", "the measurement (format json), the SR (format sr) or the Bundle (format fhir)"},
+    const json ok = {{"description", "the measurement (format json), the SR (format sr), the key image (format key-image) or the Bundle (format fhir)"},
                      {"content", {{"application/json", {{"schema", ref("Measurement")}}},
                                   {"application/dicom", {{"schema", {{"type", "string"}, {"format", "binary"}}}}}}}};
     return {{"summary", "Measure HC, BPD, OFD, GA and centile on an image or a DICOM file; stores the upload by content hash "
@@ -331,6 +332,7 @@ json dicom_instances_path() {
                                   {"image_sha256", str()},
                                   {"image_url", str()},
                                   {"sr_url", {{"type", "string"}, {"description", "the SR written for it, when measured"}}},
+                                  {"key_image_url", {{"type", "string"}, {"description", "its key image (a DICOM Secondary Capture with the measurement drawn on the image), when measured"}}},
                                   {"frames", integer()},
                                   {"hc_mm", nullable_num("HC (median over the ok frames for a multi-frame file)")},
                                   {"bpd_mm", nullable_num("BPD")},

@@ -38,6 +38,7 @@ json instance_json(const DicomInstance& d) {
            {"error", d.error.empty() ? json(nullptr) : json(d.error)},
            {"forward_status", d.forward_status.empty() ? json(nullptr) : json(d.forward_status)}};
     if (!d.sr_sha256.empty()) j["sr_url"] = "/v1/images/" + d.sr_sha256;
+    if (!d.key_image_sha256.empty()) j["key_image_url"] = "/v1/images/" + d.key_image_sha256;
     return j;
 }
 

@@ -35,16 +35,19 @@ long long mask_boundary_pixels(const cv::Mat& mask8) {
     return n;
 }
 
-// format=json (default), sr (the DICOM SR, application/dicom) or fhir (a FHIR R4 Bundle).
+// format=json (default), sr (the DICOM SR, application/dicom), key-image (a DICOM Secondary Capture
+// with the measurement burned in, application/dicom) or fhir (a FHIR R4 Bundle).
 std::string form_format(const HttpRequest& req) {
     const std::string format = form_text(req, "format").value_or("json");
-    if (format != "json" && format != "sr" && format != "fhir")
-        fail(ErrorCode::InvalidField, "'format' must be 'json' (the measurement), 'sr' (a DICOM Structured Report) or "
-                                      "'fhir' (a FHIR R4 Bundle of Observations)");
+    if (format != "json" && format != "sr" && format != "key-image" && format != "fhir")
+        fail(ErrorCode::InvalidField, "'format' must be 'json' (the measurement), 'sr' (a DICOM Structured Report), "
+                                      "'key-image' (a DICOM Secondary Capture of the image with the measurement drawn on it) "
+                                      "or 'fhir' (a FHIR R4 Bundle of Observations)");
     return format;
 }
 
-HttpResponse sr_response(const std::vector<unsigned char>& sr) {
+// A DICOM object (the SR or the key image) as the body.
+HttpResponse dicom_response(const std::vector<unsigned char>& sr) {
     HttpResponse r;
     r.content_type = "application/dicom";
     r.body.assign(sr.begin(), sr.end());
@@ -62,7 +65,8 @@ HttpResponse measure_dicom_route(const HttpRequest& req, Services& s, const Uplo
     const auto date = form_exam_date(req);
     auto stored = measure_dicom_and_store(s.engine, s.store, up.bytes, upload_name(up), o).value_or_throw();
     const DicomMeasured& r = stored.result;
-    if (format == "sr") return sr_response(dicom_result_sr(r).value_or_throw());
+    if (format == "sr") return dicom_response(dicom_result_sr(r).value_or_throw());
+    if (format == "key-image") return dicom_response(dicom_result_key_image(s.engine, r, up.bytes, upload_name(up)).value_or_throw());
     if (format == "fhir") return json_response(200, fhir_bundle({{r.measurement, r.header}}));
     // The library's JSON of the result (the CLI's --format json entry too), and the server's own keys.
     json j = to_json(static_cast<const DicomResult&>(r), kGivenPixelSizeField);
@@ -95,7 +99,12 @@ HttpResponse measure(const HttpRequest& req, Services& s) {
     if (format == "sr") {
         auto sr = write_biometry_sr(m.measurement, nullptr);
         if (!sr) throw api_error(sr.error_value());
-        return sr_response(*sr);
+        return dicom_response(*sr);
+    }
+    if (format == "key-image") {
+        auto key = write_key_image(m.measurement, m.image, nullptr);
+        if (!key) throw api_error(key.error_value());
+        return dicom_response(*key);
     }
     if (format == "fhir") return json_response(200, fhir_bundle({{m.measurement, std::nullopt}}));
     json j = to_json(m.measurement);

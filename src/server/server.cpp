@@ -93,6 +93,7 @@ server::DicomNodeOptions dicom_node_options(const ServerOptions& o) {
     d.host = o.host;
     d.aet = o.dicom_aet;
     d.forward = o.dicom_forward;
+    d.dicomweb_forward = o.dicomweb_forward;
     d.forward_attempts = o.dicom_forward_attempts;
     d.allow = o.dicom_allow;
     d.max_object_bytes = o.max_upload_bytes;

@@ -41,6 +41,7 @@ Result<StoredMeasurement> measure_and_store(Engine& engine, Store& store, const 
         auto model = engine.measurer();
         if (!model) return model.error();
         m = (*model)->measure(*gray, options, name);
+        out.image = std::move(*gray);
     }
     if (!m) return api_error(m.error_value());  // no_head_found, no_ellipse_fit, ...
     out.measurement = std::move(*m);
@@ -124,6 +125,29 @@ Result<std::vector<unsigned char>> dicom_result_sr(const DicomMeasured& r) {
     auto sr = write_biometry_sr(r.measurement, &r.header, o);
     if (!sr) return api_error(sr.error_value());
     return *sr;
+}
+
+Result<std::vector<unsigned char>> dicom_result_key_image(Engine& engine, const DicomMeasured& r, const std::string& bytes,
+                                                          const std::string& name) {
+    KeyImageOptions o;
+    if (!r.summary) {
+        auto key = write_key_image(r.measurement, r.image, &r.header, o);
+        if (!key) return api_error(key.error_value());
+        return *key;
+    }
+    if (!r.summary->has_estimate || r.summary->estimate_frame < 0)
+        return api_error(make_error(ErrorKind::InvalidArgument, "'" + name + "': no frame was judged ok, so there is no key image"));
+    Expected<cv::Mat> frame = make_error(ErrorKind::Internal, "not decoded");
+    {
+        SlotGuard decode(engine.decode_slots());
+        auto reader = DicomFrameReader::open(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), name);
+        frame = reader ? (*reader)->frame(r.summary->estimate_frame) : Expected<cv::Mat>(reader.error_value());
+    }
+    if (!frame) return api_error(frame.error_value());
+    o.referenced_frame = r.summary->estimate_frame + 1;
+    auto key = write_key_image(r.measurement, *frame, &r.header, o);
+    if (!key) return api_error(key.error_value());
+    return *key;
 }
 
 }  // namespace fetalhc::server

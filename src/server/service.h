@@ -41,6 +41,7 @@ struct StoredMeasurement {
     Measurement measurement;   // timings include the decode; the queue wait is apart
     std::string image_sha256;  // the image is kept in the store under this id
     double queue_ms = 0;       // time spent waiting for a network slot
+    cv::Mat image;             // the decoded image (8-bit gray), for a key image
 };
 
 // Checks the pixel size and GA in `options`, takes a network slot (waiting at most the engine's
@@ -101,5 +102,9 @@ Result<StoredDicomMeasurement> measure_dicom_and_store(Engine& engine, Store& st
 // The DICOM SR (report.h) of a result: the image's measurement, or the summary's (no outline) for
 // a multi-frame file. storage_failed-free: errors are internal (DCMTK refusing the document).
 Result<std::vector<unsigned char>> dicom_result_sr(const DicomMeasured& r);
+// Its key image (report.h): the measured image, or for a multi-frame file the frame the summary's
+// ellipse comes from (decoded again from `bytes`, the received object, on a decode slot).
+Result<std::vector<unsigned char>> dicom_result_key_image(Engine& engine, const DicomMeasured& r, const std::string& bytes,
+                                                          const std::string& name);
 
 }  // namespace fetalhc::server

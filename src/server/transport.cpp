@@ -1,7 +1,8 @@
-// The HTTP transport (transport.h): the only file that sees cpp-httplib. It owns the listening
-// socket, the connection threads, the slow-client limits, the body framing and size limit, the
-// origin policy, the bearer token, the request log and the request metrics; it turns each httplib
-// request into an HttpRequest, lets routes::handle answer it, and writes the HttpResponse back.
+// The HTTP transport (transport.h): the only file that sees cpp-httplib's server (its client is in
+// dicomweb_client.cpp). It owns the listening socket, the connection threads, the slow-client
+// limits, the body framing and size limit, the origin policy, the bearer token, the request log
+// and the request metrics; it turns each httplib request into an HttpRequest, lets routes::handle
+// answer it, and writes the HttpResponse back.
 #include "transport.h"
 
 #include "errors.h"

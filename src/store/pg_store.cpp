@@ -82,9 +82,14 @@ ALTER TABLE exams ADD COLUMN idempotency_key TEXT UNIQUE;
 ALTER TABLE exams ADD COLUMN idempotency_fingerprint TEXT;
 )sql";
 
+constexpr const char* kSchemaV3 = R"sql(
+ALTER TABLE dicom_instances ADD COLUMN key_image_sha256 TEXT NOT NULL DEFAULT '';
+CREATE INDEX dicom_instances_by_key_image ON dicom_instances(key_image_sha256);
+)sql";
+
 constexpr const char* kUnreferenced =
     "NOT EXISTS (SELECT 1 FROM exams e WHERE e.image_sha256 = i.sha256) AND "
-    "NOT EXISTS (SELECT 1 FROM dicom_instances d WHERE d.image_sha256 = i.sha256 OR d.sr_sha256 = i.sha256)";
+    "NOT EXISTS (SELECT 1 FROM dicom_instances d WHERE d.image_sha256 = i.sha256 OR d.sr_sha256 = i.sha256 OR d.key_image_sha256 = i.sha256)";
 
 // Parameters as text (NULL for nullptr); doubles in their shortest exact form.
 std::vector<std::optional<std::string>> params_of(const std::vector<Value>& values) {
@@ -175,7 +180,7 @@ public:
             }
             for (const MigrationInfo& m : kMigrations) {
                 if (m.version <= current) continue;
-                w.exec(m.version == 1 ? kSchemaV1 : kSchemaV2);
+                w.exec(m.version == 1 ? kSchemaV1 : m.version == 2 ? kSchemaV2 : kSchemaV3);
                 w.exec_params("INSERT INTO schema_version(version, applied_at, description) VALUES($1, "
                               "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), $2)",
                               m.version, std::string(m.what));
@@ -347,7 +352,7 @@ public:
             w.exec_params("SELECT pg_advisory_xact_lock_shared($1)", kImageLock);
             std::vector<Value> values = dicom_result_values(d);
             values.emplace_back(d.id);
-            const auto r = w.exec_params("UPDATE dicom_instances SET " + dicom_update_set('$') + " WHERE id = $14",
+            const auto r = w.exec_params("UPDATE dicom_instances SET " + dicom_update_set('$') + " WHERE id = $" + std::to_string(kDicomResultCount + 1),
                                          pqxx::prepare::make_dynamic_params(params_of(values)));
             w.commit();
             return r.affected_rows() > 0;

@@ -75,6 +75,10 @@ ALTER TABLE exams ADD COLUMN idempotency_fingerprint TEXT;
 CREATE UNIQUE INDEX exams_by_idempotency_key ON exams(idempotency_key);
 )sql";
 
+constexpr const char* kSchemaV3 = R"sql(
+ALTER TABLE dicom_instances ADD COLUMN key_image_sha256 TEXT NOT NULL DEFAULT '';
+)sql";
+
 constexpr int kApplicationId = 0x46484331;  // "FHC1" in PRAGMA application_id
 
 // A prepared statement that finalizes itself; also the row reader of read_exam and friends.
@@ -239,6 +243,7 @@ public:
             return exec(kSchemaV1) &&
                    (has_column("exams", "sop_instance_uid") || exec("ALTER TABLE exams ADD COLUMN sop_instance_uid TEXT"));
         if (version == 2) return exec(kSchemaV2);
+        if (version == 3) return exec(kSchemaV3);
         return false;
     }
 
@@ -274,7 +279,7 @@ public:
         {
             std::lock_guard<std::mutex> lock(mu);
             Stmt s(db, "SELECT image_sha256 FROM exams UNION SELECT image_sha256 FROM dicom_instances "
-                       "UNION SELECT sr_sha256 FROM dicom_instances");
+                       "UNION SELECT sr_sha256 FROM dicom_instances UNION SELECT key_image_sha256 FROM dicom_instances");
             if (!s.ok()) return storage_failed(error("cannot list the referenced images"));
             while (s.step() == SQLITE_ROW) referenced.insert(s.text(0));
         }
@@ -468,7 +473,7 @@ public:
 
     Expected<bool> update_dicom_instance(const DicomInstance& d) override {
         std::lock_guard<std::mutex> lock(mu);
-        Stmt s(db, "UPDATE dicom_instances SET " + dicom_update_set('?') + " WHERE id = ?14");
+        Stmt s(db, "UPDATE dicom_instances SET " + dicom_update_set('?') + " WHERE id = ?" + std::to_string(kDicomResultCount + 1));
         if (!s.ok()) return storage_failed(error("cannot update the DICOM instance"));
         s.bind_all(dicom_result_values(d));
         s.bind(kDicomResultCount + 1, Value(d.id));

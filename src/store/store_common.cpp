@@ -26,16 +26,16 @@ const char* const kExamInsertColumns =
 
 const char* const kDicomColumns =
     "id, sop_instance_uid, sop_class_uid, calling_aet, received_at, image_sha256, status, hc_mm, bpd_mm, ofd_mm, "
-    "ga_hadlock_weeks, pixel_size_mm, calibration_source, quality, reasons, frames, error, forward_status, sr_sha256";
+    "ga_hadlock_weeks, pixel_size_mm, calibration_source, quality, reasons, frames, error, forward_status, sr_sha256, key_image_sha256";
 
 const char* const kDicomInsertColumns =
     "sop_instance_uid, sop_class_uid, calling_aet, received_at, image_sha256, status, hc_mm, bpd_mm, ofd_mm, "
-    "ga_hadlock_weeks, pixel_size_mm, calibration_source, quality, reasons, frames, error, forward_status, sr_sha256";
+    "ga_hadlock_weeks, pixel_size_mm, calibration_source, quality, reasons, frames, error, forward_status, sr_sha256, key_image_sha256";
 
 std::string dicom_update_set(char mark) {
     static const char* const columns[] = {"status", "hc_mm", "bpd_mm", "ofd_mm", "ga_hadlock_weeks", "pixel_size_mm",
                                           "calibration_source", "quality", "reasons", "frames", "error", "forward_status",
-                                          "sr_sha256"};
+                                          "sr_sha256", "key_image_sha256"};
     std::string out;
     for (int i = 0; i < kDicomResultCount; ++i)
         out += (i ? ", " : "") + std::string(columns[i]) + " = " + mark + std::to_string(i + 1);
@@ -63,7 +63,7 @@ std::vector<Value> exam_values(const Exam& in, const std::string& key, const std
 std::vector<Value> dicom_result_values(const DicomInstance& d) {
     return {d.status, opt_value(d.hc_mm), opt_value(d.bpd_mm), opt_value(d.ofd_mm), opt_value(d.ga_hadlock_weeks),
             opt_value(d.pixel_size_mm), d.calibration_source, d.quality, reasons_text(d.reasons), static_cast<long long>(d.frames),
-            d.error, d.forward_status, d.sr_sha256};
+            d.error, d.forward_status, d.sr_sha256, d.key_image_sha256};
 }
 
 std::vector<Value> dicom_values(const DicomInstance& d, const std::string& received_at) {

@@ -28,8 +28,9 @@ struct MigrationInfo {
 inline constexpr MigrationInfo kMigrations[] = {
     {1, "pregnancies, exams and DICOM instances (the schema before versioning)"},
     {2, "idempotency keys of exam writes"},
+    {3, "the key image written with each DICOM instance's SR"},
 };
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 // A store whose schema is newer than this program: the message that refuses it.
 std::string newer_schema_message(const std::string& where, int version);
@@ -42,13 +43,13 @@ std::vector<Value> exam_values(const Exam& e, const std::string& key, const std:
 
 extern const char* const kDicomColumns;
 extern const char* const kDicomInsertColumns;
-inline constexpr int kDicomInsertCount = 18;
+inline constexpr int kDicomInsertCount = 19;
 // The identity (sop_instance_uid, sop_class_uid, calling_aet, received_at, image_sha256), then
 // dicom_result_values.
 std::vector<Value> dicom_values(const DicomInstance& d, const std::string& received_at);
 // The fields update_dicom_instance rewrites, in the order of its SET list: "status = ?1, ...,
-// sr_sha256 = ?13" (mark '?', SQLite) or with "$1" (mark '$', PostgreSQL); the id is parameter 14.
-inline constexpr int kDicomResultCount = 13;
+// key_image_sha256 = ?14" (mark '?', SQLite) or with "$1" (mark '$', PostgreSQL); the id is parameter 15.
+inline constexpr int kDicomResultCount = 14;
 std::vector<Value> dicom_result_values(const DicomInstance& d);
 std::string dicom_update_set(char mark);
 
@@ -107,6 +108,7 @@ DicomInstance read_dicom_instance(const Row& r) {
     d.error = r.text(16);
     d.forward_status = r.text(17);
     d.sr_sha256 = r.text(18);
+    d.key_image_sha256 = r.text(19);
     return d;
 }
 
