@@ -782,6 +782,14 @@ measure_real_images() {
     check "hc18 format: every row has five numbers" "a row without numbers" \
         bash -c '! sed -n "2,\$p" "$1" | grep -vqE "$2"' _ "$T/out" "$HC18_ROW_RE"
 
+    # Images in flight (--workers 2): the same rows, in input order, as one at a time; a failure keeps its place.
+    run measure --model "$MODEL" --pixel-size 0.13 --format csv --workers 1 "$T/in/011_HC.png" "$T/in/notes_as_image.png" "$T/in/010_HC.png"
+    cp "$T/out" "$T/one_at_a_time.csv"
+    run measure --model "$MODEL" --pixel-size 0.13 --format csv --workers 2 "$T/in/011_HC.png" "$T/in/notes_as_image.png" "$T/in/010_HC.png"
+    expect "--workers 2 over three inputs: exit 1 for the text file" 1 --err "notes_as_image.png"
+    check "--workers 2: the rows of --workers 1, in input order" "$(cut -d, -f1,2 "$T/out" | tr '\n' ' ')" \
+        cmp -s "$T/out" "$T/one_at_a_time.csv"
+
     # A measured scan whose file name holds a comma keeps a valid row.
     mkdir -p "$T/odd_real"
     cp "$img" "$T/odd_real/a,b.png"

@@ -18,7 +18,10 @@
 #include <filesystem>
 #include <iostream>
 #include <limits>
+#include <deque>
 #include <functional>
+#include <future>
+#include <thread>
 #include <map>
 #include <optional>
 
@@ -434,43 +437,53 @@ bool measure_one_dicom(const fetalhc::Measurer& measurer, const std::string& pat
     return true;
 }
 
-// One still image (or an input that expand_inputs already refused). Returns false when it failed.
-bool measure_one_image(const fetalhc::Measurer& measurer, const fetalhc::InputItem& item, const MeasureArgs& a,
-                       const std::map<std::string, double>& sizes, Output& out) {
-    const std::string name = fs::path(item.path).filename().string();
-    fetalhc::Expected<fetalhc::Measurement> r = fetalhc::make_error(fetalhc::ErrorKind::ImageUnreadable, item.error);
+// One still image measured (or an input that expand_inputs already refused): the result and the
+// decoded image. Touches no output, so several run at once (run_measure's images in flight).
+struct StillResult {
+    fetalhc::Expected<fetalhc::Measurement> r = fetalhc::make_error(fetalhc::ErrorKind::Internal, "not measured");
     cv::Mat gray;
-    if (item.error.empty()) {
-        fetalhc::MeasureOptions o;
-        o.pixel_size_mm = pixel_size_for(name, a, sizes);
-        o.targeted_second_opinion = !a.single_look;
-        if (!std::isnan(a.ga_weeks)) o.ga_weeks = a.ga_weeks;
-        if (!std::isfinite(o.pixel_size_mm) && !sizes.empty()) {
-            r = fetalhc::make_error(fetalhc::ErrorKind::InvalidArgument, "'" + name + "' has no row in '" + a.pixel_sizes_csv + "'; add `" + name +
-                                    ",<mm per pixel>` or use --pixel-size");
-        } else {
-            const auto t0 = std::chrono::steady_clock::now();
-            auto img = fetalhc::load_grayscale(item.path);
-            const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-            if (!img) {
-                r = img.error_value();
-            } else {
-                gray = *img;
-                r = measurer.measure(gray, o, item.path);
-                if (r) {
-                    r->timings.decode_ms = decode_ms;
-                    r->timings.total_ms += decode_ms;
-                }
-            }
-        }
+};
+StillResult measure_still(const fetalhc::Measurer& measurer, const fetalhc::InputItem& item, const MeasureArgs& a,
+                          const std::map<std::string, double>& sizes) {
+    const std::string name = fs::path(item.path).filename().string();
+    StillResult out;
+    out.r = fetalhc::make_error(fetalhc::ErrorKind::ImageUnreadable, item.error);
+    if (!item.error.empty()) return out;
+    fetalhc::MeasureOptions o;
+    o.pixel_size_mm = pixel_size_for(name, a, sizes);
+    o.targeted_second_opinion = !a.single_look;
+    if (!std::isnan(a.ga_weeks)) o.ga_weeks = a.ga_weeks;
+    if (!std::isfinite(o.pixel_size_mm) && !sizes.empty()) {
+        out.r = fetalhc::make_error(fetalhc::ErrorKind::InvalidArgument, "'" + name + "' has no row in '" + a.pixel_sizes_csv +
+                                                                             "'; add `" + name + ",<mm per pixel>` or use --pixel-size");
+        return out;
     }
+    const auto t0 = std::chrono::steady_clock::now();
+    auto img = fetalhc::load_grayscale(item.path);
+    const double decode_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (!img) {
+        out.r = img.error_value();
+        return out;
+    }
+    out.gray = std::move(*img);
+    out.r = measurer.measure(out.gray, o, item.path);
+    if (out.r) {
+        out.r->timings.decode_ms = decode_ms;
+        out.r->timings.total_ms += decode_ms;
+    }
+    return out;
+}
+
+// A still image's result to the output (its error to stderr, its overlay). Returns false when it failed.
+bool emit_still(const fetalhc::InputItem& item, StillResult& res, const MeasureArgs& a, Output& out) {
+    auto& r = res.r;
     if (!r) error(cli_message(r.error_value()));
     if (r && !a.overlay_dir.empty()) {
         const fs::path overlay = fs::path(a.overlay_dir) / (fs::path(item.path).stem().string() + "_overlay.png");
-        if (!cv::imwrite(overlay.string(), fetalhc::draw_overlay(gray, *r)))
+        if (!cv::imwrite(overlay.string(), fetalhc::draw_overlay(res.gray, *r)))
             error("cannot write overlay '" + overlay.string() + "'");
     }
-    out.set_image(gray.empty() ? nullptr : &gray);
+    out.set_image(res.gray.empty() ? nullptr : &res.gray);
     out.image(item.path, r);
     out.set_image(nullptr);
     return bool(r);
@@ -504,7 +517,18 @@ int run_measure(MeasureArgs a) {
     if (!inputs_of(a, items)) return kExitUsage;
     std::map<std::string, double> sizes;
     if (const int rc = check_measure_args(a, items, sizes); rc != kExitOk) return rc;
-    auto seg = load_segmenter(a.model, a.ensemble, {a.threads, a.mirror});
+    // Images in flight at once (--workers, default one per core; one for a single still image,
+    // whose time is then its latency), and the network's threads: by default the cores shared
+    // between them (two passes of 2 threads each on 2 cores run slower than one pass at a time).
+    const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+    bool one_still = items.size() == 1 && !fetalhc::has_video_extension(items[0].path);
+    if (one_still && items[0].error.empty() && fetalhc::is_dicom_file(items[0].path)) {
+        auto h = fetalhc::read_dicom_header(items[0].path);  // a cine's frames are in flight
+        one_still = !h || h->frames <= 1;
+    }
+    const int workers = one_still ? 1 : a.workers > 0 ? a.workers : hw;
+    a.workers = workers;
+    auto seg = load_segmenter(a.model, a.ensemble, {a.threads > 0 ? a.threads : std::max(1, hw / workers), a.mirror});
     if (!seg) return kExitUsage;
     // An HC18 submission is a set of heads by construction, and each row needs an ellipse: the
     // check refuses nothing there unless asked for by name.
@@ -516,14 +540,40 @@ int run_measure(MeasureArgs a) {
     out.begin();
     Progress progress(int(items.size()), !a.quiet);
     int failed = 0;
+    // Still images are measured `workers` at once (each network pass on one core uses a small
+    // network better than one pass split over cores) and written in input order; DICOM files and
+    // videos one at a time, with their frames in flight instead.
+    std::deque<std::pair<const fetalhc::InputItem*, std::future<StillResult>>> in_flight;
+    auto drain = [&](size_t keep) {
+        while (in_flight.size() > keep) {
+            StillResult res = in_flight.front().second.get();
+            if (!emit_still(*in_flight.front().first, res, a, out)) ++failed;
+            in_flight.pop_front();
+            progress.step();
+        }
+    };
     for (const auto& item : items) {
-        bool ok = false;
-        if (item.error.empty() && fetalhc::is_dicom_file(item.path)) ok = measure_one_dicom(measurer, item.path, a, sizes, out);
-        else if (item.error.empty() && fetalhc::has_video_extension(item.path)) ok = measure_one_video(measurer, item.path, a, sizes, out);
-        else ok = measure_one_image(measurer, item, a, sizes, out);
+        const bool dicom = item.error.empty() && fetalhc::is_dicom_file(item.path);
+        const bool video = !dicom && item.error.empty() && fetalhc::has_video_extension(item.path);
+        if (!dicom && !video) {
+            drain(size_t(workers - 1));
+            if (workers == 1) {
+                StillResult res = measure_still(measurer, item, a, sizes);
+                if (!emit_still(item, res, a, out)) ++failed;
+                progress.step();
+            } else {
+                in_flight.emplace_back(&item, std::async(std::launch::async, [&measurer, &item, &a, &sizes] {
+                                           return measure_still(measurer, item, a, sizes);
+                                       }));
+            }
+            continue;
+        }
+        drain(0);
+        const bool ok = dicom ? measure_one_dicom(measurer, item.path, a, sizes, out) : measure_one_video(measurer, item.path, a, sizes, out);
         if (!ok) ++failed;
         progress.step();
     }
+    drain(0);
     progress.finish();
     out.end();
     return failed || out.record_failed() ? kExitSomeFailed : kExitOk;
@@ -557,7 +607,8 @@ void add_measure_command(CLI::App& app, Commands& commands) {
                     "per measured input here")
         ->check(CLI::ExistingDirectory);
     cmd->add_option("--overlay", a->overlay_dir, "write <image>_overlay.png with the ellipse and numbers into this folder");
-    cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
+    cmd->add_option("--threads", a->threads,
+                    "CPU threads per network pass (0 = the cores shared between --workers; at most the core count)")
         ->capture_default_str();
     add_ensemble_option(cmd, a->ensemble)->excludes(add_model_option(cmd, a->model));
     add_mirror_flag(cmd, a->mirror);
@@ -568,7 +619,8 @@ void add_measure_command(CLI::App& app, Commands& commands) {
         ->check(CLI::Range(1, 100000))
         ->capture_default_str();
     cmd->add_option("--workers", a->workers,
-                    "videos: frames measured at once, each on one core (0 = one per core; at most the core count)")
+                    "images (still images of a folder, a video's frames) measured at once, each on one core, output in input order "
+                    "(0 = one per core; at most the core count)")
         ->capture_default_str();
     cmd->add_option("--shard", a->shard,
                     "I/N: measure only part I (0..N-1) of N, the inputs whose position in the expanded list (folders in "
