@@ -52,8 +52,8 @@ cv::Point2d ellipse_point(const Ellipse& e, double t) {
 namespace {
 
 struct Closest {
-    double dist;   // signed: > 0 outside
-    double phi;    // parametric angle of the closest point
+    double dist;    // signed: > 0 outside
+    double cp, sp;  // cos and sin of the closest point's parametric angle: the point is (a cp, b sp)
 };
 
 // Closest point on an axis-aligned ellipse (semi-axes a >= b) to (u, v): the root of
@@ -101,9 +101,13 @@ Closest closest_axis_aligned(double a, double b, double u, double v) {
             y = 0;
         }
     }
-    const double d = std::hypot(u - x, v - y);
+    const double dxu = u - x, dyv = v - y;
+    const double d = std::sqrt(dxu * dxu + dyv * dyv);
     const bool outside = (u / a) * (u / a) + (v / b) * (v / b) > 1;
-    return {outside ? d : -d, std::atan2(sv * y / b, su * x / a)};
+    // The point is on the ellipse, so (x/a, y/b) is already the unit vector (cos, sin) of its
+    // parametric angle; normalised against rounding (no atan2 and sincos per point).
+    const double ca = su * x / a, sb = sv * y / b, r = std::sqrt(ca * ca + sb * sb);
+    return {outside ? d : -d, ca / r, sb / r};
 }
 
 Closest closest(const Ellipse& e, cv::Point2d p) {
@@ -146,7 +150,7 @@ Ellipse geometric_refine(Ellipse e, const std::vector<cv::Point2d>& pts, int ite
         const double c = std::cos(e.angle), s = std::sin(e.angle);
         for (const auto& p : pts) {
             const Closest q = closest(e, p);
-            const double cp = std::cos(q.phi), sp = std::sin(q.phi);
+            const double cp = q.cp, sp = q.sp;
             // Outward unit normal at the closest point, in image axes.
             double nx_l = cp / e.a, ny_l = sp / e.b;
             const double nn = std::hypot(nx_l, ny_l);
