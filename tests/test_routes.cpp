@@ -2,6 +2,7 @@
 // Every route, its error paths (status, stable code, message), the route table, the error catalog
 // and the OpenAPI document, the measure-and-store service. Only the tests that run the network
 // (RouteModel) need the model file; they skip with a message when it is absent.
+#include "auth.h"
 #include "dicom_node.h"
 #include "dicomweb_client.h"
 #include "dicom_wrap.h"
@@ -935,6 +936,92 @@ TEST(DicomwebForward, ParsesTheRootUrlAndRefusesWhatItCannotReach) {
     ASSERT_TRUE(closed);
     const std::string r = stow_rs(*closed, {"not sent"}, 2);
     EXPECT_EQ(r.rfind("failed: cannot POST to http://127.0.0.1:1/dicom-web/studies", 0), 0u) << r;
+}
+
+// A path that matches the route's pattern: each {name} filled with a plausible value.
+std::string concrete_path(const Route& r) {
+    std::string p = r.pattern;
+    for (auto [param, value] : {std::pair<std::string, std::string>{"{file*}", "app.js"}, {"{sha256}", std::string(64, '0')},
+                                {"{id}", "P-001"}, {"{study}", "1.2.3"}}) {
+        const size_t at = p.find(param);
+        if (at != std::string::npos) p.replace(at, param.size(), value);
+    }
+    return p;
+}
+
+// Issue 26: every route of the table has a role rule, and each role gets exactly the routes its
+// rule allows (derived from the route table: a new route without a rule fails here).
+TEST_F(RouteApi, RoleMatrixOverEveryRoute) {
+    Store& store = *api.store;
+    auto viewer = store.add_user("vera", Role::Viewer), sono = store.add_user("sam", Role::Sonographer),
+         admin = store.add_user("ada", Role::Admin);
+    ASSERT_TRUE(viewer && sono && admin);
+    const std::map<Role, std::string> tokens{{Role::Viewer, *viewer}, {Role::Sonographer, *sono}, {Role::Admin, *admin}};
+    int open_routes = 0;
+    for (const Route& r : route_table()) {
+        const std::string path = concrete_path(r), label = r.method + " " + r.pattern;
+        ASSERT_TRUE(route_has_rule(r)) << label << " has no role rule in auth.cpp";
+        ASSERT_EQ(match_route(r.method, path)->route, &r) << label;
+        const std::optional<Role> needs = route_role(r);
+        Authorization none = authorize_request(r.method, path, "", store, "");
+        if (!needs) {
+            ++open_routes;
+            EXPECT_FALSE(none.refused) << label << " is open to anyone";
+            continue;
+        }
+        ASSERT_TRUE(none.refused) << label;
+        EXPECT_EQ(none.refused->status, 401) << label;
+        for (const auto& [role, token] : tokens) {
+            Authorization a = authorize_request(r.method, path, token, store, "");
+            if (int(role) >= int(*needs)) {
+                EXPECT_FALSE(a.refused) << label << " refused to " << role_name(role);
+                ASSERT_TRUE(a.who);
+                EXPECT_EQ(a.who->role, role);
+            } else {
+                ASSERT_TRUE(a.refused) << label << " let " << role_name(role) << " in";
+                EXPECT_EQ(a.refused->status, 403) << label;
+                EXPECT_NE(a.refused->body.find(role_name(*needs)), std::string::npos) << a.refused->body;
+            }
+        }
+        // The service token (--token-file) is an admin; a wrong token is 401 and is not echoed.
+        EXPECT_FALSE(authorize_request(r.method, path, "service-token-of-32-characters!!", store, "service-token-of-32-characters!!").refused);
+        Authorization wrong = authorize_request(r.method, path, "fhc_not-a-token", store, "");
+        ASSERT_TRUE(wrong.refused);
+        EXPECT_EQ(wrong.refused->status, 401);
+        EXPECT_EQ(wrong.refused->body.find("fhc_not-a-token"), std::string::npos);
+    }
+    EXPECT_EQ(open_routes, 4);  // the page, its files, /health, /openapi.json
+    // What the issue names: viewers read and export nothing; sonographers measure, save and export.
+    auto role_of = [](const char* method, const char* path) { return route_role(*match_route(method, path)->route); };
+    EXPECT_EQ(role_of("GET", "/v1/pregnancies/P-001"), Role::Viewer);
+    EXPECT_EQ(role_of("GET", "/v1/pregnancies/P-001/export.csv"), Role::Sonographer);
+    EXPECT_EQ(role_of("POST", "/v1/exams"), Role::Sonographer);
+    EXPECT_EQ(role_of("POST", "/v1/measure"), Role::Sonographer);
+}
+
+// Revocation takes effect at the next request; a store without users and a server without a
+// token stay open, as before users existed.
+TEST_F(RouteApi, RevokedTokensAreRefusedAtTheNextRequestAndAnOpenServerStaysOpen) {
+    Store& store = *api.store;
+    Authorization open = authorize_request("POST", "/v1/exams", "", store, "");
+    EXPECT_FALSE(open.refused);
+    auto token = store.add_user("sam", Role::Sonographer);
+    ASSERT_TRUE(token);
+    EXPECT_EQ(authorize_request("POST", "/v1/exams", "", store, "").refused->status, 401);
+    Authorization ok = authorize_request("POST", "/v1/exams", *token, store, "");
+    ASSERT_FALSE(ok.refused);
+    EXPECT_EQ(ok.who->user, "sam");
+    ASSERT_TRUE(store.revoke_user("sam"));
+    Authorization after = authorize_request("POST", "/v1/exams", *token, store, "");
+    ASSERT_TRUE(after.refused);
+    EXPECT_EQ(after.refused->status, 401);
+    EXPECT_NE(after.refused->body.find("revoked"), std::string::npos) << after.refused->body;
+    // Bearer in any case, or a cookie for reads only.
+    auto t2 = store.add_user("vera", Role::Viewer);
+    EXPECT_EQ(presented_token("GET", "bEaReR  " + *t2, ""), *t2);
+    EXPECT_EQ(presented_token("GET", "", "a=1; fetalhc_token=" + *t2), *t2);
+    EXPECT_EQ(presented_token("POST", "", "fetalhc_token=" + *t2), "");
+    EXPECT_EQ(presented_token("GET", "Basic abc", "fetalhc_token=" + *t2), "");
 }
 
 TEST_F(RouteApi, DicomInstancesAreListedNewestFirst) {

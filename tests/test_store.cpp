@@ -235,6 +235,63 @@ TEST_P(StoreEngines, AnExamNeedsItsImageStored) {
     EXPECT_NE(bad.error().find("pregnancy id"), std::string::npos) << bad.error();
 }
 
+// Users (issue 26): tokens shown once and kept only as their SHA-256; rotation and revocation take
+// effect at the next authenticate; names and roles checked.
+TEST_P(StoreEngines, UsersHaveRolesAndTokensKeptOnlyAsHashes) {
+    FakeClock clock;
+    auto s = open();
+    s->set_clock(clock.fn());
+    EXPECT_FALSE(*s->has_users());
+    auto alice = s->add_user("alice", Role::Sonographer);
+    ASSERT_TRUE(alice) << alice.error();
+    EXPECT_EQ(alice->size(), 4u + 64u);
+    EXPECT_EQ(alice->rfind("fhc_", 0), 0u);
+    auto bob = s->add_user("bob@ward-3", Role::Viewer);
+    ASSERT_TRUE(bob) << bob.error();
+    EXPECT_NE(*alice, *bob);
+    EXPECT_TRUE(*s->has_users());
+    // Refusals: a taken name, an invalid one; no token in any message.
+    auto again = s->add_user("alice", Role::Admin);
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error_value().kind, ErrorKind::Conflict);
+    auto bad = s->add_user("a b", Role::Admin);
+    ASSERT_FALSE(bad);
+    EXPECT_EQ(bad.error_value().field, "name");
+    EXPECT_EQ(s->rotate_user_token("carol").error_value().kind, ErrorKind::NotFound);
+    EXPECT_EQ(s->revoke_user("carol").error_value().kind, ErrorKind::NotFound);
+    // authenticate: the user behind a token, stamping last use; nothing for a wrong one.
+    auto who = s->authenticate(*alice);
+    ASSERT_TRUE(who && *who) << (who ? "no user" : who.error());
+    EXPECT_EQ((*who)->name, "alice");
+    EXPECT_EQ((*who)->role, Role::Sonographer);
+    EXPECT_TRUE((*who)->last_used_at);
+    EXPECT_FALSE(s->authenticate(*alice + "0")->has_value());
+    EXPECT_FALSE(s->authenticate("")->has_value());
+    // The database holds the hash, never the token.
+    EXPECT_EQ(query_value("SELECT token_sha256 FROM users WHERE name = 'alice'"), sha256_hex(*alice));
+    EXPECT_EQ(query_value("SELECT count(*) FROM users WHERE token_sha256 LIKE '%" + alice->substr(4, 16) + "%'"), "0");
+    // Rotation: the old token stops, the new one works.
+    auto rotated = s->rotate_user_token("alice");
+    ASSERT_TRUE(rotated) << rotated.error();
+    EXPECT_FALSE(s->authenticate(*alice)->has_value());
+    EXPECT_TRUE(s->authenticate(*rotated)->has_value());
+    // Revocation: at once; the user stays listed with the time.
+    clock.seconds += 120;
+    auto revoked = s->revoke_user("bob@ward-3");
+    ASSERT_TRUE(revoked) << revoked.error();
+    ASSERT_TRUE(revoked->revoked_at);
+    EXPECT_FALSE(s->authenticate(*bob)->has_value());
+    auto list = s->users();
+    ASSERT_TRUE(list) << list.error();
+    ASSERT_EQ(list->size(), 2u);
+    EXPECT_EQ((*list)[0].name, "alice");
+    EXPECT_EQ((*list)[1].name, "bob@ward-3");
+    EXPECT_EQ((*list)[1].role, Role::Viewer);
+    EXPECT_TRUE((*list)[1].revoked_at);
+    EXPECT_FALSE((*list)[0].revoked_at);
+    EXPECT_TRUE(*s->has_users());  // a revoked user still counts: revoking everyone does not open the server
+}
+
 TEST_P(StoreEngines, DicomInstancesAreAddedUpdatedAndListedNewestFirst) {
     FakeClock clock;
     auto s = open();
@@ -605,7 +662,7 @@ TEST(SqliteStore, UnversionedDatabaseIsUpgradedKeepingItsRows) {
         sqlite3_stmt* st = nullptr;
         ASSERT_EQ(sqlite3_prepare_v2(h, "SELECT group_concat(version) FROM schema_version", -1, &st, nullptr), SQLITE_OK);
         ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-        EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "1,2,3");
+        EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)), "1,2,3,4");
         sqlite3_finalize(st);
         sqlite3_close(h);
         fs::remove_all(dir);

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
     add_bench_command(app, commands);
     add_dicom_command(app, commands);
     add_train_head_check_command(app, commands);
+    add_user_command(app, commands);
 
     try {
         app.parse(argc, argv);

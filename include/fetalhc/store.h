@@ -75,6 +75,22 @@ struct History {
     std::vector<Exam> exams;             // sorted by exam_date, then id
 };
 
+// Users of the HTTP API and what they may do (issue 26): a viewer reads pregnancies, exams, images
+// and DICOM lists; a sonographer also measures, saves and corrects exams and exports; an admin also
+// manages the server (and reads the audit trail). Each role has the rights of those before it.
+enum class Role { Viewer = 0, Sonographer = 1, Admin = 2 };
+const char* role_name(Role r);                                   // "viewer", "sonographer", "admin"
+std::optional<Role> parse_role(const std::string& s);            // the inverse; nullopt for anything else
+bool valid_user_name(const std::string& s);                      // 1..64 chars of [A-Za-z0-9_.@-]
+
+struct User {
+    std::string name;
+    Role role = Role::Viewer;
+    std::string created_at;                  // UTC, YYYY-MM-DDTHH:MM:SSZ
+    std::optional<std::string> last_used_at; // the last request with its token (stamped at most once a minute)
+    std::optional<std::string> revoked_at;   // set by revoke_user: its token no longer works
+};
+
 // What remove_unreferenced_images removed.
 struct ImageSweep {
     int removed = 0;
@@ -144,6 +160,20 @@ public:
     // The instances still "pending" (received and acknowledged, not yet measured), oldest first:
     // what the node resumes at start.
     Expected<std::vector<DicomInstance>> pending_dicom_instances(int limit) const;
+
+    // Users. A token is 256 random bits as "fhc_" + 64 hex digits, returned once by add_user and
+    // rotate_user_token; the store keeps only its SHA-256 (a token of that entropy needs no slow
+    // hash), so neither the database nor any message holds it. Errors: an invalid name
+    // (InvalidArgument, field "name"), a name taken (Conflict), an unknown name (NotFound).
+    Expected<std::string> add_user(const std::string& name, Role role);
+    Expected<std::string> rotate_user_token(const std::string& name);  // the old token stops working
+    Expected<User> revoke_user(const std::string& name);               // at once; the user stays listed
+    Expected<std::vector<User>> users() const;                          // by name
+    // Whether any user was ever added (revoked ones count: revoking every user does not open the server).
+    Expected<bool> has_users() const;
+    // The user a token belongs to, unless revoked (nullopt: no such user, or revoked). Stamps
+    // last_used_at when it is a minute old or more.
+    Expected<std::optional<User>> authenticate(const std::string& token);
 
     struct Impl;
 

@@ -26,9 +26,10 @@ const std::vector<ErrorInfo>& error_catalog() {
         {E::UnknownImage, "unknown_image", 400, "the exam names an image that was never uploaded (POST /v1/measure first)"},
         {E::ImageUnreadable, "image_unreadable", 400,
          "the upload is empty, not a PNG, JPEG, BMP or TIFF image, corrupt, or too small to hold a head"},
-        {E::Unauthorized, "unauthorized", 401, "the bearer token is missing or wrong (servers started with a token file)"},
+        {E::Unauthorized, "unauthorized", 401,
+         "the bearer token is missing, wrong or revoked (servers with users or a token file)"},
         {E::Forbidden, "forbidden", 403,
-         "refused before routing: a Host header that is not this server's address (DNS rebinding), an Origin not allowed "
+         "refused before routing: the user's role is below the route's (viewer < sonographer < admin), a Host header that is not this server's address (DNS rebinding), an Origin not allowed "
          "(--allow-origin), or a write a web page on another site could send (POST needs Content-Type application/json, "
          "or X-Fetalhc-Request: 1 / Authorization for multipart)"},
         {E::NotFound, "not_found", 404, "no endpoint or web page file at this path"},

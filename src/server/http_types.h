@@ -38,6 +38,8 @@ struct HttpRequest {
     std::map<std::string, std::string> headers;       // names in lower case
     std::string body;                                 // raw body of non-multipart requests (JSON)
     bool multipart = false;                           // Content-Type multipart/form-data
+    std::string user;                                 // who sent it (auth.h): a user, "service", "" on an open server
+    std::string role;                                 // that user's role ("admin" on an open server)
 
     // A header's value, "" when absent (name in any case).
     std::string header(const std::string& name) const;

@@ -265,6 +265,13 @@ void site_paths(json& paths) {
         {"summary", "INTERGROWTH-21st HC standard: 3rd, 50th and 97th centiles (mm) for GA 14..40 weeks in 0.5-week steps"},
         {"security", kSecured},
         {"responses", {{"200", json_response("the curves", curves)}}}};
+    paths["/v1/me"]["get"] = {
+        {"summary", "Who the bearer token belongs to: the user's name (null on a server without users or tokens) and role "
+                    "(viewer, sonographer or admin; the --token-file token is the admin 'service')"},
+        {"security", kSecured},
+        {"responses", responses_with({{"200", json_response("the user", object({{"user", {{"type", {"string", "null"}}}},
+                                                                                 {"role", {{"type", "string"}, {"enum", {"viewer", "sonographer", "admin"}}}}}))}},
+                                     {E::Unauthorized})}};
 }
 
 json measure_path() {

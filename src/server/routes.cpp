@@ -1,5 +1,6 @@
 #include "routes.h"
 
+#include "auth.h"
 #include "errors.h"
 
 #include "fetalhc/measure.h"
@@ -75,10 +76,7 @@ std::optional<RouteMatch> match_route(const std::string& method, const std::stri
     return std::nullopt;
 }
 
-bool route_needs_token(const Route& r) {
-    if (r.method != "GET") return true;
-    return !(r.pattern == "/" || r.pattern.rfind("/static/", 0) == 0 || r.pattern == "/health" || r.pattern == "/openapi.json");
-}
+bool route_needs_token(const Route& r) { return route_role(r).has_value(); }
 
 namespace {
 

@@ -56,8 +56,9 @@ struct RouteMatch {
 // The route for a method (HEAD = GET) and a path, with its path parameters.
 std::optional<RouteMatch> match_route(const std::string& method, const std::string& path);
 
-// A server with a token requires it on every route except the page (/ and /static/*), /health and
-// /openapi.json (no patient data in them): writes, and reads of exams, images, CSV, metrics, DICOM.
+// A server with a token or users requires one on every route except the page (/ and /static/*),
+// /health and /openapi.json (no patient data in them): writes, and reads of exams, images, CSV,
+// metrics, DICOM. The role each route needs: auth.h.
 bool route_needs_token(const Route& r);
 
 // Browser-origin protection, checked before routing and before the body is read (the transport

@@ -45,6 +45,11 @@ HttpResponse openapi(const HttpRequest&, Services& s) {
     return r;
 }
 
+// Who the request's token belongs to: the page shows it once signed in.
+HttpResponse me(const HttpRequest& req, Services&) {
+    return json_response(200, {{"user", req.user.empty() ? json(nullptr) : json(req.user)}, {"role", req.role}});
+}
+
 HttpResponse health(const HttpRequest&, Services& s) {
     switch (s.engine.state()) {
         case Engine::State::Ready: {
@@ -107,7 +112,8 @@ std::vector<Route> site_routes() {
             {"GET", "/openapi.json", openapi},
             {"GET", "/health", health},
             {"GET", "/metrics", metrics},
-            {"GET", "/v1/growth-curve", growth_curve}};
+            {"GET", "/v1/growth-curve", growth_curve},
+            {"GET", "/v1/me", me}};
 }
 
 }  // namespace fetalhc::server

@@ -5,6 +5,8 @@
 // answer it, and writes the HttpResponse back.
 #include "transport.h"
 
+#include "auth.h"
+
 #include "errors.h"
 #include "http_metrics.h"
 #include "routes.h"
@@ -48,6 +50,7 @@ thread_local bool t_request_timed = false;
 // request (a cross-site page could otherwise smuggle a whole request inside a refused one's body).
 thread_local bool t_close_connection = false;
 thread_local bool t_routed = false;  // the router answered the request (its body was read whole)
+thread_local server::Identity t_identity;  // who sent the request being served (set before its body is read)
 
 std::string lower(std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return char(std::tolower(c)); });
@@ -92,13 +95,6 @@ std::optional<unsigned long long> content_length(const httplib::Request& req) {
 // error into HTML).
 void add_common_headers(httplib::Response& res) {
     if (!res.has_header("X-Content-Type-Options")) res.set_header("X-Content-Type-Options", "nosniff");
-}
-
-// Constant-time comparison of a presented token with the expected one.
-bool same_token(const std::string& a, const std::string& b) {
-    unsigned char diff = a.size() != b.size();
-    for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % std::max<size_t>(1, b.size())];
-    return diff == 0;
 }
 
 // The route pattern for logs and metrics (never the path: it may hold an id or an image hash).
@@ -421,21 +417,6 @@ struct HttpTransport::Impl {
     std::atomic<bool> listen_returned{false};
     server::OriginPolicy origin;
 
-    static std::string cookie_token(const httplib::Request& req) {
-        const std::string cookies = req.get_header_value("Cookie");
-        const std::string key = "fetalhc_token=";
-        size_t at = 0;
-        while ((at = cookies.find(key, at)) != std::string::npos) {
-            if (at == 0 || cookies[at - 1] == ' ' || cookies[at - 1] == ';') {
-                const size_t start = at + key.size();
-                const size_t end = cookies.find(';', start);
-                return cookies.substr(start, end == std::string::npos ? std::string::npos : end - start);
-            }
-            at += key.size();
-        }
-        return "";
-    }
-
     // Everything decided from the request line and headers alone, before the body is read:
     // origin policy, token, body framing and size. A refusal closes the connection (the body,
     // if any, is never read).
@@ -481,31 +462,15 @@ struct HttpTransport::Impl {
         return std::nullopt;
     }
 
-    // The token is checked from the headers, before the body is read (before_body); a refused
-    // request's connection is then closed, so its unread body is never taken for a request. Only
-    // routes that exist need it: an unknown path is a 404 either way.
+    // The token and the role are checked from the headers, before the body is read (before_body);
+    // a refused request's connection is then closed, so its unread body is never taken for a
+    // request. Only routes that exist need them: an unknown path is a 404 either way.
     std::optional<server::HttpResponse> reject_token(const httplib::Request& req) const {
-        if (token.empty()) return std::nullopt;
-        auto m = server::match_route(req.method, req.path);
-        if (!m || !server::route_needs_token(*m->route)) return std::nullopt;
-        const std::string auth = req.get_header_value("Authorization");
-        // The scheme is case-insensitive (RFC 9110 11.1); one or more spaces before the token.
-        const size_t space = auth.find(' ');
-        if (space != std::string::npos && lower(auth.substr(0, space)) == "bearer") {
-            const size_t at = auth.find_first_not_of(' ', space);
-            if (at != std::string::npos && same_token(auth.substr(at), token)) return std::nullopt;
-        }
-        // Reads may carry the token as a cookie (images and CSV links of the page); writes may not.
-        if (auth.empty() && (req.method == "GET" || req.method == "HEAD")) {
-            const std::string c = cookie_token(req);
-            if (!c.empty() && same_token(c, token)) return std::nullopt;
-        }
-        server::HttpResponse r = server::error_response(
-            {ErrorCode::Unauthorized, auth.empty() ? "this server requires 'Authorization: Bearer <token>' on every API request; the "
-                                                     "token is the first line of the server's --token-file"
-                                                   : "the bearer token is wrong; use the first line of the server's --token-file"});
-        r.headers.emplace_back("WWW-Authenticate", "Bearer");
-        return r;
+        const std::string presented =
+            server::presented_token(req.method, req.get_header_value("Authorization"), req.get_header_value("Cookie"));
+        server::Authorization a = server::authorize_request(req.method, req.path, presented, services.store, token);
+        t_identity = a.who.value_or(server::Identity{});
+        return a.refused;
     }
 
     void serve(const httplib::Request& req, httplib::Response& res) {
@@ -519,7 +484,10 @@ struct HttpTransport::Impl {
                                res);
                 return;
             }
-        write_response(server::handle(to_request(req), services), res);
+        server::HttpRequest request = to_request(req);
+        request.user = t_identity.user;
+        request.role = role_name(t_identity.role);
+        write_response(server::handle(request, services), res);
         // A large upload's decoded pixels were freed: give the pages back (RSS otherwise ratchets
         // up to the largest concurrent peak and stays there).
         if (std::max(req.body.size(), req.content_length_) > kTrimAfterBytes) malloc_trim(0);

@@ -180,7 +180,7 @@ public:
             }
             for (const MigrationInfo& m : kMigrations) {
                 if (m.version <= current) continue;
-                w.exec(m.version == 1 ? kSchemaV1 : m.version == 2 ? kSchemaV2 : kSchemaV3);
+                w.exec(m.version == 1 ? kSchemaV1 : m.version == 2 ? kSchemaV2 : m.version == 3 ? kSchemaV3 : kSchemaV4);
                 w.exec_params("INSERT INTO schema_version(version, applied_at, description) VALUES($1, "
                               "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), $2)",
                               m.version, std::string(m.what));
@@ -356,6 +356,23 @@ public:
                                          pqxx::prepare::make_dynamic_params(params_of(values)));
             w.commit();
             return r.affected_rows() > 0;
+        });
+    }
+
+    Expected<std::vector<TextRow>> run_sql(const std::string& what, const std::string& sql, const std::vector<Value>& params,
+                                           long long* changed) override {
+        return run(what, [&](pqxx::connection& c) -> Expected<std::vector<TextRow>> {
+            pqxx::work w(c);
+            const auto r = w.exec_params(sql, pqxx::prepare::make_dynamic_params(params_of(params)));
+            w.commit();
+            std::vector<TextRow> rows;
+            for (const auto& row : r) {
+                TextRow out;
+                for (const auto& f : row) out.push_back(f.is_null() ? std::nullopt : std::optional<std::string>(f.c_str()));
+                rows.push_back(std::move(out));
+            }
+            if (changed) *changed = r.affected_rows();
+            return rows;
         });
     }
 

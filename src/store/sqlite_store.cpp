@@ -89,6 +89,7 @@ public:
     Stmt(const Stmt&) = delete;
     Stmt& operator=(const Stmt&) = delete;
     bool ok() const { return ok_; }
+    sqlite3_stmt* get() const { return s_; }
     void bind(int i, const Value& v) {
         if (const auto* s = std::get_if<std::string>(&v)) sqlite3_bind_text(s_, i, s->c_str(), int(s->size()), SQLITE_TRANSIENT);
         else if (const auto* d = std::get_if<double>(&v)) sqlite3_bind_double(s_, i, *d);
@@ -244,6 +245,7 @@ public:
                    (has_column("exams", "sop_instance_uid") || exec("ALTER TABLE exams ADD COLUMN sop_instance_uid TEXT"));
         if (version == 2) return exec(kSchemaV2);
         if (version == 3) return exec(kSchemaV3);
+        if (version == 4) return exec(kSchemaV4);
         return false;
     }
 
@@ -479,6 +481,26 @@ public:
         s.bind(kDicomResultCount + 1, Value(d.id));
         if (s.step() != SQLITE_DONE) return storage_failed(error("cannot update the DICOM instance"));
         return sqlite3_changes(db) > 0;
+    }
+
+    Expected<std::vector<TextRow>> run_sql(const std::string& what, const std::string& sql, const std::vector<Value>& params,
+                                           long long* changed) override {
+        std::string q = sql;
+        std::replace(q.begin(), q.end(), '$', '?');
+        std::lock_guard<std::mutex> lock(mu);
+        Stmt s(db, q);
+        if (!s.ok()) return storage_failed(error(what));
+        s.bind_all(params);
+        std::vector<TextRow> rows;
+        int rc;
+        while ((rc = s.step()) == SQLITE_ROW) {
+            TextRow row;
+            for (int c = 0, n = sqlite3_column_count(s.get()); c < n; ++c) row.push_back(s.opt_text(c));
+            rows.push_back(std::move(row));
+        }
+        if (rc != SQLITE_DONE) return storage_failed(error(what));
+        if (changed) *changed = sqlite3_changes(db);
+        return rows;
     }
 
     Expected<std::vector<DicomInstance>> dicom_instances(int limit, bool pending_only) override {

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
 #include <cctype>
@@ -368,6 +369,129 @@ std::string redact_uri(const std::string& uri) {
         out = out.substr(0, q) + "password=***" + (end == std::string::npos ? "" : out.substr(end));
     }
     return out;
+}
+
+// ---- Users ----------------------------------------------------------------------------------------
+
+const char* role_name(Role r) {
+    switch (r) {
+        case Role::Viewer: return "viewer";
+        case Role::Sonographer: return "sonographer";
+        case Role::Admin: return "admin";
+    }
+    return "viewer";
+}
+
+std::optional<Role> parse_role(const std::string& s) {
+    for (Role r : {Role::Viewer, Role::Sonographer, Role::Admin})
+        if (s == role_name(r)) return r;
+    return std::nullopt;
+}
+
+bool valid_user_name(const std::string& s) {
+    if (s.empty() || s.size() > 64) return false;
+    for (unsigned char c : s)
+        if (!(std::isalnum(c) || c == '_' || c == '.' || c == '@' || c == '-')) return false;
+    return true;
+}
+
+namespace {
+
+constexpr const char* kUserColumns = "name, role, created_at, last_used_at, revoked_at";
+
+Expected<std::string> new_token() {
+    unsigned char bytes[32];
+    if (RAND_bytes(bytes, sizeof bytes) != 1) return make_error(ErrorKind::Internal, "cannot draw random bytes for a token (OpenSSL RAND_bytes)");
+    static const char hex[] = "0123456789abcdef";
+    std::string t = "fhc_";
+    for (unsigned char b : bytes) t += hex[b >> 4], t += hex[b & 15];
+    OPENSSL_cleanse(bytes, sizeof bytes);
+    return t;
+}
+
+User user_of(const Store::Impl::TextRow& r) {
+    User u;
+    u.name = r[0].value_or("");
+    u.role = parse_role(r[1].value_or("")).value_or(Role::Viewer);
+    u.created_at = r[2].value_or("");
+    u.last_used_at = r[3];
+    u.revoked_at = r[4];
+    return u;
+}
+
+Error bad_user_name(const std::string& name) {
+    return make_error(ErrorKind::InvalidArgument, "'" + name + "' is not a user name: use 1 to 64 letters, digits, '_', '.', '@' or '-'", "name");
+}
+
+}  // namespace
+
+Expected<std::string> Store::add_user(const std::string& name, Role role) {
+    if (!valid_user_name(name)) return bad_user_name(name);
+    auto existing = impl_->run_sql("cannot look up the user", "SELECT name FROM users WHERE name = $1", {name});
+    if (!existing) return existing.error_value();
+    if (!existing->empty()) return make_error(ErrorKind::Conflict, "a user '" + name + "' exists; rotate its token or revoke it", "name");
+    auto token = new_token();
+    if (!token) return token;
+    auto r = impl_->run_sql("cannot add the user",
+                            "INSERT INTO users (name, role, token_sha256, created_at) VALUES ($1, $2, $3, $4)",
+                            {name, std::string(role_name(role)), sha256_hex(*token), utc_text(now_of(*impl_))});
+    if (!r) return r.error_value();
+    return token;
+}
+
+Expected<std::string> Store::rotate_user_token(const std::string& name) {
+    if (!valid_user_name(name)) return bad_user_name(name);
+    auto token = new_token();
+    if (!token) return token;
+    long long changed = 0;
+    auto r = impl_->run_sql("cannot rotate the token", "UPDATE users SET token_sha256 = $1 WHERE name = $2", {sha256_hex(*token), name},
+                            &changed);
+    if (!r) return r.error_value();
+    if (changed == 0) return make_error(ErrorKind::NotFound, "no user '" + name + "' (see `fetalhc user list`)", "name");
+    return token;
+}
+
+Expected<User> Store::revoke_user(const std::string& name) {
+    if (!valid_user_name(name)) return bad_user_name(name);
+    auto r = impl_->run_sql("cannot revoke the user", "UPDATE users SET revoked_at = COALESCE(revoked_at, $1) WHERE name = $2",
+                            {utc_text(now_of(*impl_)), name});
+    if (!r) return r.error_value();
+    auto rows = impl_->run_sql("cannot read the user", std::string("SELECT ") + kUserColumns + " FROM users WHERE name = $1", {name});
+    if (!rows) return rows.error_value();
+    if (rows->empty()) return make_error(ErrorKind::NotFound, "no user '" + name + "' (see `fetalhc user list`)", "name");
+    return user_of(rows->front());
+}
+
+Expected<std::vector<User>> Store::users() const {
+    auto rows = impl_->run_sql("cannot list the users", std::string("SELECT ") + kUserColumns + " FROM users ORDER BY name", {});
+    if (!rows) return rows.error_value();
+    std::vector<User> out;
+    for (const auto& r : *rows) out.push_back(user_of(r));
+    return out;
+}
+
+Expected<bool> Store::has_users() const {
+    auto rows = impl_->run_sql("cannot look up the users", "SELECT 1 FROM users LIMIT 1", {});
+    if (!rows) return rows.error_value();
+    return !rows->empty();
+}
+
+Expected<std::optional<User>> Store::authenticate(const std::string& token) {
+    if (token.empty() || token.size() > 256) return std::optional<User>();
+    auto rows = impl_->run_sql("cannot look up the token",
+                               std::string("SELECT ") + kUserColumns + " FROM users WHERE token_sha256 = $1", {sha256_hex(token)});
+    if (!rows) return rows.error_value();
+    if (rows->empty()) return std::optional<User>();
+    User u = user_of(rows->front());
+    if (u.revoked_at) return std::optional<User>();
+    const std::string now = utc_text(now_of(*impl_));
+    // YYYY-MM-DDTHH:MM: a minute's resolution is enough for "last used", and spares a write per request.
+    if (!u.last_used_at || u.last_used_at->compare(0, 16, now, 0, 16) != 0) {
+        auto w = impl_->run_sql("cannot stamp the user's last use", "UPDATE users SET last_used_at = $1 WHERE name = $2", {now, u.name});
+        if (!w) return w.error_value();
+        u.last_used_at = now;
+    }
+    return std::optional<User>(std::move(u));
 }
 
 }  // namespace fetalhc

@@ -29,8 +29,21 @@ inline constexpr MigrationInfo kMigrations[] = {
     {1, "pregnancies, exams and DICOM instances (the schema before versioning)"},
     {2, "idempotency keys of exam writes"},
     {3, "the key image written with each DICOM instance's SR"},
+    {4, "users, their roles and token hashes"},
 };
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
+
+// Migration 4, the same SQL for both engines.
+inline constexpr const char* kSchemaV4 = R"sql(
+CREATE TABLE users (
+  name TEXT PRIMARY KEY,
+  role TEXT NOT NULL,
+  token_sha256 TEXT NOT NULL UNIQUE,
+  created_at TEXT NOT NULL,
+  last_used_at TEXT,
+  revoked_at TEXT
+);
+)sql";
 
 // A store whose schema is newer than this program: the message that refuses it.
 std::string newer_schema_message(const std::string& where, int version);
@@ -166,6 +179,12 @@ struct Store::Impl {
     virtual Expected<DicomInstance> add_dicom_instance(const DicomInstance& d, const std::string& now) = 0;
     virtual Expected<bool> update_dicom_instance(const DicomInstance& d) = 0;
     virtual Expected<std::vector<DicomInstance>> dicom_instances(int limit, bool pending_only) = 0;
+    // One statement with parameters $1, $2, ... (the SQLite engine reads them as ?1, ?2, ...): its
+    // rows as text cells (nullopt: NULL); `changed` (when given) gets the rows it changed. For the
+    // small tables whose SQL is written once for both engines (users).
+    using TextRow = std::vector<std::optional<std::string>>;
+    virtual Expected<std::vector<TextRow>> run_sql(const std::string& what, const std::string& sql,
+                                                   const std::vector<store_detail::Value>& params, long long* changed = nullptr) = 0;
 
     // Shared by both engines (store_common.cpp).
     std::atomic<unsigned long long> quota_bytes{0};

@@ -75,6 +75,9 @@ export async function healthReady() {
   return res.ok;
 }
 
+// GET /v1/me: {user, role} of the token in use (user null on a server without users or tokens).
+export const whoAmI = () => request('/v1/me');
+
 // POST /v1/measure with a FormData (image, pixel_size_mm, optional ga_weeks, pregnancy_id, exam_date).
 export const measure = (formData) => request('/v1/measure', { method: 'POST', body: formData });
 

@@ -23,7 +23,7 @@ export const el = {
   openPregnancy: $('open-pregnancy'),
   // page chrome
   message: $('message'), messageText: $('message-text'), messageClose: $('message-close'),
-  serverStatus: $('server-status'),
+  serverStatus: $('server-status'), signedIn: $('signed-in'),
   tabMeasure: $('tab-measure'), tabPregnancy: $('tab-pregnancy'),
   viewMeasure: $('view-measure'), viewPregnancy: $('view-pregnancy'),
   // pregnancy view

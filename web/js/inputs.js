@@ -94,3 +94,8 @@ export function initInputs() {
   el.token.value = sessionStorage.getItem(STORAGE_TOKEN) || '';
   el.token.addEventListener('change', () => sessionStorage.setItem(STORAGE_TOKEN, el.token.value.trim()));
 }
+
+// Calls `changed` whenever the token field is changed.
+export function onTokenChange(changed) {
+  el.token.addEventListener('change', changed);
+}

@@ -10,10 +10,10 @@
 //   pregnancy-view.js  exam table, growth chart, CSV link
 //   tabs.js, inputs.js, messages.js, dom.js, geometry.js, format.js: shared pieces
 
-import { configureApi, healthReady } from './api.js';
+import { configureApi, healthReady, whoAmI } from './api.js';
 import { el } from './dom.js';
 import { initEllipseEditor } from './ellipse-editor.js';
-import { initInputs, revealToken, tokenValue } from './inputs.js';
+import { initInputs, onTokenChange, revealToken, tokenValue } from './inputs.js';
 import { ellipseChanged, initMeasureView } from './measure-view.js';
 import { initMessages } from './messages.js';
 import { initPregnancyView, showPregnancyView } from './pregnancy-view.js';
@@ -40,6 +40,16 @@ async function checkHealth() {
   setTimeout(checkHealth, HEALTH_RETRY_MS);
 }
 
+// Who the token in use belongs to, in the header ("" on a server without users or tokens).
+async function showSignedIn() {
+  try {
+    const me = await whoAmI();
+    el.signedIn.textContent = me && me.user ? `Signed in as ${me.user} (${me.role})` : '';
+  } catch (_) {
+    el.signedIn.textContent = tokenValue() ? 'Token not accepted' : '';
+  }
+}
+
 configureApi({ token: tokenValue, unauthorized: revealToken });
 initMessages();
 initInputs();
@@ -50,3 +60,5 @@ initTabs({ pregnancyShown: showPregnancyView });
 el.openPregnancy.addEventListener('click', () => selectTab('pregnancy', true));
 document.body.dataset.ready = '1';
 checkHealth();
+onTokenChange(showSignedIn);
+showSignedIn();

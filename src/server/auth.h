@@ -1,0 +1,52 @@
+// Who sends a request and whether the route lets them (issue 26): the bearer token of a user of
+// the store (fetalhc user add) or the service token (--token-file, the admin role), each route's
+// least role, and the refusals (401 without a valid token, 403 with too little a role). Decided
+// from the request line and headers alone, before the body is read (the transport calls
+// authorize_request; tests call it directly).
+//
+// Without users in the store and without a service token, every route is open, as before users
+// existed; once either exists, every route but the page, /static/*, /health and /openapi.json
+// needs a token, on loopback too.
+// Thread safety: the functions may be called from many threads at once (the Store's members are).
+#pragma once
+
+#include "http_types.h"
+#include "routes.h"
+
+#include "fetalhc/store.h"
+
+#include <optional>
+#include <string>
+
+namespace fetalhc::server {
+
+// The least role a route needs; nullopt: open to anyone (the page, its files, /health,
+// /openapi.json). A route without a rule in the table needs admin (a test checks that every
+// route has one).
+std::optional<Role> route_role(const Route& r);
+bool route_has_rule(const Route& r);
+
+// Constant-time comparison of a presented secret with the expected one.
+bool same_secret(const std::string& presented, const std::string& expected);
+
+// The token a request carries: "Authorization: Bearer <token>" (scheme in any case), or, for a
+// read without an Authorization header, the `fetalhc_token` cookie (the page's image and CSV links).
+std::string presented_token(const std::string& method, const std::string& authorization, const std::string& cookie_header);
+
+struct Identity {
+    std::string user;  // a user's name, "service" for the --token-file token, "" when nobody signed in (an open server)
+    Role role = Role::Admin;
+};
+
+// Who the request is from, or the response that refuses it: 401 unauthorized (no token, or one
+// that no user has or that was revoked; the message never holds the token), 403 forbidden (a role
+// below the route's), 500 storage_failed when the users cannot be read. An unknown path passes
+// (it is a 404 either way).
+struct Authorization {
+    std::optional<Identity> who;
+    std::optional<HttpResponse> refused;
+};
+Authorization authorize_request(const std::string& method, const std::string& path, const std::string& token, Store& store,
+                                const std::string& service_token);
+
+}  // namespace fetalhc::server
