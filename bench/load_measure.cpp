@@ -128,13 +128,17 @@ double percentile(std::vector<double> v, double p) {
 // ---- options ------------------------------------------------------------------------------------
 
 struct Options {
-    std::string fetalhc = FETALHC_CLI_PATH, model = FETALHC_DEFAULT_MODEL, image, url, acked, json_out, save_synthetic;
+    std::string fetalhc = FETALHC_CLI_PATH, model = FETALHC_DEFAULT_MODEL, image, url, acked, json_out, save_synthetic, token_file;
     std::string arrivals = "poisson", on_503 = "wait";
     std::vector<std::string> serve_args;  // more options for `fetalhc serve`
     int clients = 50, threads = 0;
     double duration = 60, pixel_size = 0.15, rate = 0, exam_writes = 0, max_queue_ms = -1;
     unsigned seed = 1;
 };
+
+// Headers of every request: the marker the server wants on multipart writes, and the bearer token
+// (--token-file: a user's token or the server's service token) when given.
+httplib::Headers g_headers{{"X-Fetalhc-Request", "1"}};
 
 // Where requests go: host, port and a path prefix (a proxy may serve the API under one).
 struct Target {
@@ -202,6 +206,7 @@ std::optional<int> parse_options(int argc, char** argv, Options& o) {
         ->allow_extra_args(false);
     app.add_option("--fetalhc", o.fetalhc, "fetalhc binary to start")->capture_default_str();
     app.add_option("--model", o.model, "model for the server")->capture_default_str();
+    app.add_option("--token-file", o.token_file, "send 'Authorization: Bearer' with the first line of this file (a user's token)");
     app.add_option("--url,--base-url", o.url,
                    "use this running server (host:port or http://host:port[/prefix]) instead of starting one; no RSS/CPU then");
     app.add_option("--exam-writes", o.exam_writes, "share of served measurements followed by POST /v1/exams (0..1)")
@@ -220,6 +225,15 @@ std::optional<int> parse_options(int argc, char** argv, Options& o) {
     if (auto p = option_problem(o)) {
         std::fprintf(stderr, "error: %s\n", p->c_str());
         return 2;
+    }
+    if (!o.token_file.empty()) {
+        std::ifstream in(o.token_file);
+        std::string token;
+        if (!std::getline(in, token) || token.empty()) {
+            std::fprintf(stderr, "error: cannot read a token from --token-file '%s'\n", o.token_file.c_str());
+            return 2;
+        }
+        g_headers.emplace("Authorization", "Bearer " + token);
     }
     return std::nullopt;
 }
@@ -321,7 +335,7 @@ std::unique_ptr<httplib::Client> make_client(const Target& t) {
     c->set_connection_timeout(10, 0);
     c->set_read_timeout(120, 0);
     c->set_write_timeout(60, 0);
-    c->set_default_headers({{"X-Fetalhc-Request", "1"}});  // the server refuses simple cross-site writes
+    c->set_default_headers(g_headers);  // the server refuses simple cross-site writes
     return c;
 }
 
@@ -593,7 +607,7 @@ void print_report(const json& j) {
 // The warm-up request (the first image must measure) and the --acked file; false with a message.
 bool prepare(Run& run, httplib::Client& probe) {
     const Upload& up = run.uploads.front();
-    probe.set_default_headers({{"X-Fetalhc-Request", "1"}});
+    probe.set_default_headers(g_headers);
     auto r = probe.Post(run.target.prefix + "/v1/measure",
                         httplib::MultipartFormDataItems{{"image", up.bytes, up.filename, ""},
                                                         {"pixel_size_mm", std::to_string(run.o.pixel_size), "", ""}});

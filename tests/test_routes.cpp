@@ -999,6 +999,49 @@ TEST_F(RouteApi, RoleMatrixOverEveryRoute) {
     EXPECT_EQ(role_of("POST", "/v1/measure"), Role::Sonographer);
 }
 
+// Audit completeness (derived from the route table): every request to a route that touches patient
+// data leaves exactly one entry naming the route, whatever its outcome; the other routes none.
+TEST_F(RouteApi, EveryPatientDataRouteLeavesOneAuditEntry) {
+    Store& store = *api.store;
+    int audited = 0;
+    for (const Route& r : route_table()) {
+        const size_t before = store.audit_entries({})->size();
+        HttpRequest req;
+        req.method = r.method;
+        req.path = concrete_path(r);
+        req.user = "sam";
+        req.role = "sonographer";
+        req.client = "192.0.2.7";
+        req.request_id = "req-" + std::to_string(audited);
+        const HttpResponse res = api(req);
+        auto entries = store.audit_entries({});
+        ASSERT_TRUE(entries);
+        if (!route_is_audited(r)) {
+            EXPECT_EQ(entries->size(), before) << r.method << " " << r.pattern << " is audited but should not be";
+            continue;
+        }
+        ++audited;
+        ASSERT_EQ(entries->size(), before + 1) << r.method << " " << r.pattern << " left no audit entry";
+        const AuditEntry& e = entries->front();
+        EXPECT_EQ(e.action, r.method + " " + r.pattern);
+        EXPECT_EQ(e.outcome, res.status) << e.action;
+        EXPECT_EQ(e.user, "sam");
+        EXPECT_EQ(e.client, "192.0.2.7");
+        EXPECT_EQ(e.request_id, req.request_id);
+        if (r.pattern.find("{id}") != std::string::npos) EXPECT_EQ(e.pregnancy_id, "P-001") << e.action;
+    }
+    EXPECT_GE(audited, 14);
+    // The trail itself, for an admin: newest first, filtered.
+    HttpRequest q = get("/v1/audit");
+    q.query = {{"user", "sam"}, {"limit", "2"}};
+    const json j = body_json(api(q));
+    ASSERT_EQ(j["entries"].size(), 2u) << j.dump();
+    EXPECT_EQ(j["entries"][0]["user"], "sam");
+    EXPECT_TRUE(j["next_before"].is_number());
+    q.query = {{"since", "yesterday"}};
+    expect_error(api(q), 400, "invalid_field", "since");
+}
+
 // Revocation takes effect at the next request; a store without users and a server without a
 // token stay open, as before users existed.
 TEST_F(RouteApi, RevokedTokensAreRefusedAtTheNextRequestAndAnOpenServerStaysOpen) {

@@ -292,6 +292,82 @@ TEST_P(StoreEngines, UsersHaveRolesAndTokensKeptOnlyAsHashes) {
     EXPECT_TRUE(*s->has_users());  // a revoked user still counts: revoking everyone does not open the server
 }
 
+// The audit trail: entries appended and read back newest first, filtered and paged; an exam's
+// entry is written in the exam's transaction (with its id), a replay or a refused exam adds none.
+TEST_P(StoreEngines, AuditTrailIsAppendOnlyAndWrittenWithTheExam) {
+    FakeClock clock;
+    auto s = open();
+    s->set_clock(clock.fn());
+    AuditEntry read;
+    read.user = "vera";
+    read.role = "viewer";
+    read.action = "GET /v1/pregnancies/{id}";
+    read.pregnancy_id = "P-1";
+    read.outcome = 200;
+    read.client = "127.0.0.1";
+    read.request_id = "r1";
+    auto a1 = s->append_audit(read);
+    ASSERT_TRUE(a1) << a1.error();
+    EXPECT_GT(a1->id, 0);
+    EXPECT_EQ(a1->at, "2027-01-15T08:00:00Z");
+    clock.seconds += 86400;
+    const std::string sha = *s->put_image("image bytes");
+    AuditEntry write = read;
+    write.user = "sam";
+    write.role = "sonographer";
+    write.action = "POST /v1/exams";
+    write.outcome = 201;
+    write.request_id = "r2";
+    auto saved = s->add_exam(sample_exam("P-2", sha), "key-1", write);
+    ASSERT_TRUE(saved) << saved.error();
+    auto replay = s->add_exam(sample_exam("P-2", sha), "key-1", write);
+    ASSERT_TRUE(replay && replay->replayed);
+    auto refused = s->add_exam(sample_exam("P-3", std::string(64, 'a')), "", write);
+    ASSERT_FALSE(refused);
+    auto all = s->audit_entries({});
+    ASSERT_TRUE(all) << all.error();
+    ASSERT_EQ(all->size(), 2u);  // the read and the one saved exam: nothing for the replay or the refusal
+    const AuditEntry& e = all->front();
+    EXPECT_EQ(e.action, "POST /v1/exams");
+    EXPECT_EQ(e.user, "sam");
+    EXPECT_EQ(e.pregnancy_id, "P-2");
+    EXPECT_EQ(e.exam_id, std::optional<long long>(saved->exam.id));
+    EXPECT_EQ(e.image_sha256, sha);
+    EXPECT_EQ(e.outcome, 201);
+    EXPECT_EQ(e.request_id, "r2");
+    EXPECT_EQ(e.at, "2027-01-16T08:00:00Z");
+    EXPECT_EQ((*all)[1].user, "vera");
+    EXPECT_FALSE((*all)[1].exam_id);
+    // Filters and pages.
+    AuditQuery q;
+    q.user = "vera";
+    EXPECT_EQ(s->audit_entries(q)->size(), 1u);
+    q = {};
+    q.pregnancy_id = "P-2";
+    EXPECT_EQ(s->audit_entries(q)->size(), 1u);
+    q = {};
+    q.since = "2027-01-16";
+    EXPECT_EQ(s->audit_entries(q)->size(), 1u);
+    q = {};
+    q.until = "2027-01-15";
+    ASSERT_EQ(s->audit_entries(q)->size(), 1u);
+    EXPECT_EQ(s->audit_entries(q)->front().user, "vera");
+    q = {};
+    q.limit = 1;
+    auto first = s->audit_entries(q);
+    ASSERT_EQ(first->size(), 1u);
+    q.before_id = first->front().id;
+    auto second = s->audit_entries(q);
+    ASSERT_EQ(second->size(), 1u);
+    EXPECT_EQ(second->front().user, "vera");
+    // Image retention leaves the trail alone.
+    clock.seconds += 400 * 86400;
+    ASSERT_TRUE(s->remove_unreferenced_images(clock.now()));
+    EXPECT_EQ(s->audit_entries({})->size(), 2u);
+    const std::string csv = audit_csv(*all);
+    EXPECT_EQ(csv.substr(0, csv.find('\n')), "id,at,user,role,action,pregnancy_id,exam_id,image_sha256,sop_instance_uid,outcome,client,request_id");
+}
+
 TEST_P(StoreEngines, DicomInstancesAreAddedUpdatedAndListedNewestFirst) {
     FakeClock clock;
     auto s = open();

@@ -100,6 +100,6 @@ void add_serve_command(CLI::App& app, Commands& commands);     // serve.cpp
 void add_bench_command(CLI::App& app, Commands& commands);     // bench.cpp
 void add_dicom_command(CLI::App& app, Commands& commands);     // dicom.cpp: info
 void add_train_head_check_command(CLI::App& app, Commands& commands);
-void add_user_command(CLI::App& app, Commands& commands);      // user.cpp: add, list, revoke, rotate  // head_check.cpp
+void add_user_command(CLI::App& app, Commands& commands);      // user.cpp: user add/list/revoke/rotate, audit export  // head_check.cpp
 
 }  // namespace fetalhc_cli

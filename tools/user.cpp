@@ -1,6 +1,6 @@
 // `fetalhc user add|list|revoke|rotate`: the users of the HTTP API and their roles, in the store
 // `serve --db` uses (SQLite file or PostgreSQL URI). A new token is printed once, alone on the last
-// line of stdout; the store keeps only its SHA-256.
+// line of stdout; the store keeps only its SHA-256. `fetalhc audit export`: the audit trail.
 #include "cli.h"
 
 #include "fetalhc/store.h"
@@ -27,6 +27,10 @@ std::unique_ptr<fetalhc::Store> open_store(const std::string& db) {
         return nullptr;
     }
     return std::move(*s);
+}
+
+void add_db_option(CLI::App* cmd, std::string& db) {
+    cmd->add_option("--db", db, "the store serve --db uses (SQLite file or postgresql:// URI)")->capture_default_str();
 }
 
 int print_token(const fetalhc::Expected<std::string>& token, const std::string& what) {
@@ -82,15 +86,47 @@ int run_user_list(const UserArgs& a) {
     return kExitOk;
 }
 
+struct AuditArgs {
+    std::string db = "fetalhc.db";
+    fetalhc::AuditQuery query;
+    std::string format = "csv";
+};
+
+// Every entry matching the query, newest first, page by page.
+int run_audit_export(AuditArgs a) {
+    for (const auto* t : {&a.query.since, &a.query.until})
+        if (!t->empty() && !fetalhc::valid_audit_time(*t)) {
+            error("--since and --until take a date (YYYY-MM-DD) or a UTC time (YYYY-MM-DDTHH:MM:SSZ), not '" + *t + "'");
+            return kExitUsage;
+        }
+    auto store = open_store(a.db);
+    if (!store) return kExitUsage;
+    std::vector<fetalhc::AuditEntry> all;
+    a.query.limit = 1000;
+    for (;;) {
+        auto page = store->audit_entries(a.query);
+        if (!page) return fail(page.error_value());
+        all.insert(all.end(), page->begin(), page->end());
+        if (int(page->size()) < a.query.limit) break;
+        a.query.before_id = page->back().id;
+    }
+    if (a.format == "json") {
+        nlohmann::json j = nlohmann::json::array();
+        for (const auto& e : all) j.push_back(fetalhc::audit_json(e));
+        std::printf("%s\n", j.dump(2).c_str());
+    } else {
+        std::fputs(fetalhc::audit_csv(all).c_str(), stdout);
+    }
+    return kExitOk;
+}
+
 }  // namespace
 
 void add_user_command(CLI::App& app, Commands& commands) {
     auto* user = app.add_subcommand("user", "users of the HTTP API: each signs in with a token of their own and has a role "
                                             "(viewer, sonographer, admin)");
     user->require_subcommand(1);
-    auto add_db = [](CLI::App* cmd, UserArgs& a) {
-        cmd->add_option("--db", a.db, "the store serve --db uses (SQLite file or postgresql:// URI)")->capture_default_str();
-    };
+    auto add_db = [](CLI::App* cmd, UserArgs& a) { add_db_option(cmd, a.db); };
     auto add = std::make_shared<UserArgs>();
     auto* add_cmd = user->add_subcommand("add", "add a user and print its token (once, on the last line)");
     add_cmd->add_option("name", add->name, "the user's name: 1 to 64 letters, digits, '_', '.', '@' or '-'")->required();
@@ -113,6 +149,18 @@ void add_user_command(CLI::App& app, Commands& commands) {
     rotate_cmd->add_option("name", rotate->name, "the user")->required();
     add_db(rotate_cmd, *rotate);
     commands.push_back({rotate_cmd, [rotate] { return run_user_rotate(*rotate); }});
+
+    auto* audit = app.add_subcommand("audit", "the audit trail: who read or wrote which patient data, and who was refused");
+    audit->require_subcommand(1);
+    auto ex = std::make_shared<AuditArgs>();
+    auto* export_cmd = audit->add_subcommand("export", "the entries (newest first) as CSV or JSON, for offline review");
+    add_db_option(export_cmd, ex->db);
+    export_cmd->add_option("--since", ex->query.since, "from this UTC date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)");
+    export_cmd->add_option("--until", ex->query.until, "up to this UTC date (the whole day) or time");
+    export_cmd->add_option("--user", ex->query.user, "one user's entries");
+    export_cmd->add_option("--pregnancy-id", ex->query.pregnancy_id, "one pregnancy's entries");
+    export_cmd->add_option("--format", ex->format, "csv or json")->check(CLI::IsMember({"csv", "json"}))->capture_default_str();
+    commands.push_back({export_cmd, [ex] { return run_audit_export(*ex); }});
 }
 
 }  // namespace fetalhc_cli

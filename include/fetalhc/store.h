@@ -31,6 +31,8 @@
 #include "fetalhc/ellipse.h"
 #include "fetalhc/expected.h"
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -91,6 +93,33 @@ struct User {
     std::optional<std::string> revoked_at;   // set by revoke_user: its token no longer works
 };
 
+// One entry of the audit trail: who did what to which patient data, and how it ended. Append-only:
+// the store has no member that changes or removes an entry, and image retention leaves them.
+struct AuditEntry {
+    long long id = 0;                    // set by the store, increasing
+    std::string at;                      // UTC, YYYY-MM-DDTHH:MM:SSZ; set by the store
+    std::string user, role;              // who ("" on a server without users or tokens: "anonymous")
+    std::string action;                  // "GET /v1/pregnancies/{id}" (method and route), "dicom C-STORE", ...
+    std::string pregnancy_id, image_sha256, sop_instance_uid;  // the objects touched ("" when none)
+    std::optional<long long> exam_id;
+    int outcome = 0;                     // the HTTP status answered (or 0 when none applies)
+    std::string client;                  // the client's address
+    std::string request_id;              // the X-Request-Id the server answered with
+};
+struct AuditQuery {
+    std::string since, until;            // UTC times or dates (YYYY-MM-DD[THH:MM:SSZ]); "" = open
+    std::string user, pregnancy_id;      // "" = any
+    int limit = 100;                     // at most this many, newest first
+    long long before_id = 0;             // > 0: only entries older than this id (the next page)
+};
+
+// An entry as JSON (keys as AuditEntry's fields; exam_id null when none), and entries as CSV
+// (header first; every cell through the one CSV writer, so client text cannot become a formula).
+nlohmann::json audit_json(const AuditEntry& e);
+std::string audit_csv(const std::vector<AuditEntry>& entries);
+// A time bound of AuditQuery: YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ.
+bool valid_audit_time(const std::string& s);
+
 // What remove_unreferenced_images removed.
 struct ImageSweep {
     int removed = 0;
@@ -140,6 +169,10 @@ public:
     // Replaces the clock (tests; the default is Clock::now).
     void set_clock(std::function<Clock::time_point()> now);
 
+    // The audit trail: one entry appended (id and at set by the store), and entries read back.
+    Expected<AuditEntry> append_audit(const AuditEntry& e);
+    Expected<std::vector<AuditEntry>> audit_entries(const AuditQuery& q) const;
+
     // Saves an exam, creating its pregnancy when new; returns it with id and created_at set. The
     // exam's image must be stored (else ErrorKind::UnknownImage); an invalid pregnancy id is
     // ErrorKind::InvalidArgument (field "pregnancy_id").
@@ -150,6 +183,10 @@ public:
     // ErrorKind::Conflict (field "idempotency_key"). An empty key is a plain add_exam. Keys are kept in
     // the store (they hold across restarts and replicas); see valid_idempotency_key.
     Expected<ExamWrite> add_exam(const Exam& exam, const std::string& idempotency_key);
+    // The same, with its audit entry appended in the same transaction (its exam_id and
+    // pregnancy_id set from the exam saved): no exam without its entry, no entry without its exam.
+    // A replayed write saves nothing and appends nothing.
+    Expected<ExamWrite> add_exam(const Exam& exam, const std::string& idempotency_key, const AuditEntry& audit);
     Expected<History> history(const std::string& pregnancy_id) const;
 
     // DICOM node bookkeeping: add returns the row with id and received_at set; update rewrites
@@ -179,6 +216,7 @@ public:
 
 private:
     explicit Store(std::unique_ptr<Impl> impl);
+    Expected<ExamWrite> add_exam_audited(const Exam& exam, const std::string& key, const AuditEntry* audit);
     std::unique_ptr<Impl> impl_;
 };
 

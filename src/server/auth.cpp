@@ -32,6 +32,7 @@ const std::map<std::string, std::optional<Role>>& rules() {
         {"GET /v1/pregnancies/{id}", Role::Viewer},
         {"GET /v1/pregnancies/{id}/export.csv", Role::Sonographer},
         {"GET /v1/dicom/instances", Role::Viewer},
+        {"GET /v1/audit", Role::Admin},
         {"POST /dicomweb/studies", Role::Sonographer},
         {"POST /dicomweb/studies/{study}", Role::Sonographer},
     };
@@ -52,6 +53,11 @@ HttpResponse unauthorized(const std::string& message) {
 }  // namespace
 
 bool route_has_rule(const Route& r) { return rules().count(r.method + " " + r.pattern) > 0; }
+
+bool route_is_audited(const Route& r) {
+    if (!route_role(r)) return false;
+    return !(r.method == "GET" && (r.pattern == "/metrics" || r.pattern == "/v1/growth-curve" || r.pattern == "/v1/me"));
+}
 
 std::optional<Role> route_role(const Route& r) {
     auto it = rules().find(r.method + " " + r.pattern);
@@ -106,7 +112,7 @@ Authorization authorize_request(const std::string& method, const std::string& pa
         return {std::nullopt, unauthorized("the bearer token is wrong; use " + how)};
     }
     if (int(who.role) < int(*needs))
-        return {std::nullopt,
+        return {who,
                 error_response({ErrorCode::Forbidden, "user '" + who.user + "' (" + role_name(who.role) + ") may not " + method + " " +
                                                           m->route->pattern + ": it needs the " + role_name(*needs) + " role"})};
     return {who, std::nullopt};

@@ -25,6 +25,9 @@ namespace fetalhc::server {
 // route has one).
 std::optional<Role> route_role(const Route& r);
 bool route_has_rule(const Route& r);
+// Whether a route touches patient data, so that each request to it (and each refusal) leaves an
+// audit entry: every route that needs a token but /metrics, /v1/growth-curve and /v1/me.
+bool route_is_audited(const Route& r);
 
 // Constant-time comparison of a presented secret with the expected one.
 bool same_secret(const std::string& presented, const std::string& expected);
@@ -43,7 +46,7 @@ struct Identity {
 // below the route's), 500 storage_failed when the users cannot be read. An unknown path passes
 // (it is a 404 either way).
 struct Authorization {
-    std::optional<Identity> who;
+    std::optional<Identity> who;  // also set with a 403: the user is known, the role too low
     std::optional<HttpResponse> refused;
 };
 Authorization authorize_request(const std::string& method, const std::string& path, const std::string& token, Store& store,

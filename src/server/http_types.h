@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +41,8 @@ struct HttpRequest {
     bool multipart = false;                           // Content-Type multipart/form-data
     std::string user;                                 // who sent it (auth.h): a user, "service", "" on an open server
     std::string role;                                 // that user's role ("admin" on an open server)
+    std::string client;                               // the client's address (for the audit trail)
+    std::string request_id;                           // answered as X-Request-Id; kept in the audit trail
 
     // A header's value, "" when absent (name in any case).
     std::string header(const std::string& name) const;
@@ -50,6 +53,13 @@ struct HttpResponse {
     std::string content_type = "application/json";
     std::string body;
     std::vector<std::pair<std::string, std::string>> headers;  // extra headers (Content-Type is above)
+    // What the handler touched, for the audit trail (routes.cpp adds the path's ids); `written`:
+    // the handler already appended the entry in its own write's transaction.
+    struct Audit {
+        std::string pregnancy_id, image_sha256, sop_instance_uid;
+        std::optional<long long> exam_id;
+        bool written = false;
+    } audit;
 
     // A header's value, "" when absent (exact name).
     std::string header(const std::string& name) const;

@@ -479,6 +479,34 @@ void history_paths(json& paths) {
                                      {E::InvalidImageId, E::InvalidField, E::ImageNotFound, E::ImageUnreadable, E::StorageFailed})}};
 }
 
+json audit_path() {
+    auto query = [](const char* name, const char* description) {
+        return json{{"name", name}, {"in", "query"}, {"required", false}, {"schema", {{"type", "string"}}}, {"description", description}};
+    };
+    const json entry = object({{"id", integer()},
+                               {"at", {{"type", "string"}, {"format", "date-time"}}},
+                               {"user", str()},
+                               {"role", str()},
+                               {"action", {{"type", "string"}, {"description", "METHOD and route, e.g. GET /v1/pregnancies/{id}"}}},
+                               {"pregnancy_id", str()},
+                               {"exam_id", {{"type", {"integer", "null"}}}},
+                               {"image_sha256", str()},
+                               {"sop_instance_uid", str()},
+                               {"outcome", {{"type", "integer"}, {"description", "the HTTP status answered"}}},
+                               {"client", str()},
+                               {"request_id", {{"type", "string"}, {"description", "the X-Request-Id answered"}}}});
+    return {{"summary", "The audit trail (admin): every read or write of patient data and every refusal for lack of rights, "
+                        "newest first; append-only"},
+            {"security", kSecured},
+            {"parameters", {query("since", "from this UTC date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)"),
+                            query("until", "up to this UTC date (the whole day) or time"), query("user", "one user's entries"),
+                            query("pregnancy_id", "one pregnancy's entries"), query("limit", "at most this many (1..1000, default 100)"),
+                            query("before", "entries older than this id: next_before of the previous page")}},
+            {"responses", responses_with({{"200", json_response("a page of entries", object({{"entries", array_of(entry)},
+                                                                                             {"next_before", {{"type", {"integer", "null"}}}}}))}},
+                                         {E::InvalidField, E::Unauthorized, E::Forbidden, E::StorageFailed})}};
+}
+
 }  // namespace
 
 std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
@@ -491,6 +519,7 @@ std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
     paths["/v1/head-check"]["post"] = head_check_path();
     history_paths(paths);
     paths["/v1/dicom/instances"]["get"] = dicom_instances_path();
+    paths["/v1/audit"]["get"] = audit_path();
     paths["/dicomweb/studies"]["post"] = stow_path(false);
     paths["/dicomweb/studies/{study}"]["post"] = stow_path(true);
     const std::string description =

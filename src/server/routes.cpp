@@ -154,24 +154,67 @@ std::optional<HttpResponse> check_request_origin(const std::string& method, cons
     return std::nullopt;
 }
 
+AuditEntry audit_entry_for(const HttpRequest& req, const Route& route) {
+    AuditEntry e;
+    e.user = req.user.empty() ? "anonymous" : req.user;
+    e.role = req.role.empty() ? "admin" : req.role;
+    e.action = route.method + " " + route.pattern;
+    e.client = req.client;
+    e.request_id = req.request_id;
+    auto param = [&](const char* name) {
+        auto it = req.path_params.find(name);
+        return it == req.path_params.end() ? std::string() : it->second.substr(0, 128);
+    };
+    e.pregnancy_id = param("id");
+    e.image_sha256 = param("sha256");
+    return e;
+}
+
+namespace {
+
+// An id for a failure whose details go to the log only.
+std::string new_error_id() {
+    static std::atomic<unsigned long long> next_id{1};
+    return std::to_string(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()) +
+           "-" + std::to_string(next_id++);
+}
+
+HttpResponse run_handler(const HttpRequest& req, const Route& route, Services& services) {
+    try {
+        return route.handler(req, services);
+    } catch (const ApiError& e) {
+        return error_response(e);
+    } catch (const std::exception& e) {
+        // The message may name a path or a database detail: it goes to the log only, under an id.
+        const std::string id = new_error_id();
+        spdlog::error("{} {} handler failed (error id {}): {}", req.method, route.pattern, id, e.what());
+        return error_response({ErrorCode::Internal, "internal error (id " + id + "); the server log has the details"});
+    }
+}
+
+}  // namespace
+
 HttpResponse handle(HttpRequest req, Services& services) {
     auto match = match_route(req.method, req.path);
     if (!match)
         return error_response({ErrorCode::NotFound, "no endpoint " + req.method + " " + req.path + "; the API is described at /openapi.json"});
     req.path_params = std::move(match->params);
-    try {
-        return match->route->handler(req, services);
-    } catch (const ApiError& e) {
-        return error_response(e);
-    } catch (const std::exception& e) {
-        // The message may name a path or a database detail: it goes to the log only, under an id.
-        static std::atomic<unsigned long long> next_id{1};
-        const std::string id = std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
-                                                  std::chrono::system_clock::now().time_since_epoch()).count()) +
-                               "-" + std::to_string(next_id++);
-        spdlog::error("{} {} handler failed (error id {}): {}", req.method, match->route->pattern, id, e.what());
-        return error_response({ErrorCode::Internal, "internal error (id " + id + "); the server log has the details"});
+    HttpResponse res = run_handler(req, *match->route, services);
+    if (!route_is_audited(*match->route) || res.audit.written) return res;
+    AuditEntry e = audit_entry_for(req, *match->route);
+    const HttpResponse::Audit& touched = res.audit;
+    if (!touched.pregnancy_id.empty()) e.pregnancy_id = touched.pregnancy_id;
+    if (!touched.image_sha256.empty()) e.image_sha256 = touched.image_sha256;
+    if (!touched.sop_instance_uid.empty()) e.sop_instance_uid = touched.sop_instance_uid;
+    e.exam_id = touched.exam_id;
+    e.outcome = res.status;
+    if (auto a = services.store.append_audit(e); !a) {
+        const std::string id = new_error_id();
+        spdlog::error("{} {}: the audit entry could not be written (error id {}): {}", req.method, match->route->pattern, id, a.error());
+        return error_response({ErrorCode::StorageFailed, "the audit trail could not be written, so the answer is withheld (error id " +
+                                                             id + "); the server log has the details"});
     }
+    return res;
 }
 
 nlohmann::json ellipse_json(const Ellipse& e) {

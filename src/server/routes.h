@@ -78,7 +78,13 @@ OriginPolicy origin_policy(const std::string& host, int port, const std::vector<
 std::optional<HttpResponse> check_request_origin(const std::string& method, const std::map<std::string, std::string>& headers_lower,
                                                  const OriginPolicy& policy);
 
-// Routes `req` (its path_params are set from the pattern) and runs the handler.
+// The audit entry of a request to `route` (auth.h route_is_audited): who (user "anonymous" on an
+// open server), the action ("METHOD pattern"), the client, the request id and the ids in its path.
+AuditEntry audit_entry_for(const HttpRequest& req, const Route& route);
+
+// Routes `req` (its path_params are set from the pattern) and runs the handler. A route that
+// touches patient data (route_is_audited) appends its audit entry once the answer is built, before
+// it is sent; when that append fails the answer is a 500 (the entry is never skipped).
 HttpResponse handle(HttpRequest req, Services& services);
 
 // ---- pieces shared by the route files -----------------------------------------------------------

@@ -6,6 +6,7 @@
 #include "fetalhc/csv.h"
 #include "fetalhc/dicom.h"
 
+#include <limits>
 #include <opencv2/imgcodecs.hpp>
 
 #include <algorithm>
@@ -164,10 +165,18 @@ HttpResponse add_exam(const HttpRequest& req, Services& s) {
     ex.quality = m.quality;
     ex.reasons = m.reasons;
     ex.accepted = true;
-    auto saved = s.store.add_exam(ex, key);
+    // The audit entry is written in the exam's own transaction (a replay saves nothing and is
+    // audited like any other request, by handle()).
+    AuditEntry audit = audit_entry_for(req, *match_route("POST", "/v1/exams")->route);
+    audit.outcome = 201;
+    auto saved = s.store.add_exam(ex, key, audit);
     if (!saved) throw api_error(saved.error_value());  // idempotency_key_reused, unknown_image, storage_failed
     HttpResponse r = json_response(201, exam_json(saved->exam));
     if (saved->replayed) r.headers.emplace_back("Idempotent-Replayed", "true");
+    r.audit.pregnancy_id = saved->exam.pregnancy_id;
+    r.audit.exam_id = saved->exam.id;
+    r.audit.image_sha256 = saved->exam.image_sha256;
+    r.audit.written = !saved->replayed;
     return r;
 }
 
@@ -230,6 +239,43 @@ History pregnancy_history(const HttpRequest& req, Services& s) {
     return std::move(*h);
 }
 
+// GET /v1/audit?since=&until=&user=&pregnancy_id=&limit=&before= (admin): the audit trail, newest
+// first; `next_before` gives the next page's `before` (null on the last page).
+HttpResponse audit(const HttpRequest& req, Services& s) {
+    AuditQuery q;
+    auto text = [&](const char* name) {
+        auto it = req.query.find(name);
+        return it == req.query.end() ? std::string() : it->second;
+    };
+    q.since = text("since");
+    q.until = text("until");
+    for (const auto* t : {&q.since, &q.until})
+        if (!t->empty() && !valid_audit_time(*t))
+            fail(ErrorCode::InvalidField, "'since' and 'until' must be dates (YYYY-MM-DD) or UTC times (YYYY-MM-DDTHH:MM:SSZ)");
+    q.user = text("user");
+    if (!q.user.empty() && !valid_user_name(q.user)) fail(ErrorCode::InvalidField, "'user' is not a user name");
+    q.pregnancy_id = text("pregnancy_id");
+    if (!q.pregnancy_id.empty() && !valid_pregnancy_id(q.pregnancy_id)) fail(ErrorCode::InvalidField, "'pregnancy_id' is not a pregnancy id");
+    auto integer = [&](const char* name, long long lo, long long hi, long long fallback) {
+        const std::string v = text(name);
+        if (v.empty()) return fallback;
+        if (v.size() > 18 || v.find_first_not_of("0123456789") != std::string::npos || std::stoll(v) < lo || std::stoll(v) > hi)
+            fail(ErrorCode::InvalidField, "'" + std::string(name) + "' must be a whole number from " + std::to_string(lo) + " to " +
+                                              std::to_string(hi));
+        return std::stoll(v);
+    };
+    q.limit = int(integer("limit", 1, 1000, 100));
+    q.before_id = integer("before", 1, std::numeric_limits<long long>::max() / 2, 0);
+    auto entries = s.store.audit_entries(q);
+    if (!entries) throw api_error(entries.error_value());
+    json list = json::array();
+    for (const auto& e : *entries) list.push_back(audit_json(e));
+    const bool more = int(entries->size()) == q.limit;
+    HttpResponse r = json_response(200, {{"entries", list}, {"next_before", more ? json(entries->back().id) : json(nullptr)}});
+    r.audit.pregnancy_id = q.pregnancy_id;
+    return r;
+}
+
 HttpResponse pregnancy(const HttpRequest& req, Services& s) {
     const History h = pregnancy_history(req, s);
     json exams = json::array();
@@ -251,6 +297,7 @@ HttpResponse pregnancy_csv(const HttpRequest& req, Services& s) {
 
 std::vector<Route> exam_routes() {
     return {{"POST", "/v1/exams", add_exam},
+            {"GET", "/v1/audit", audit},
             {"GET", "/v1/images/{sha256}", image},
             {"GET", "/v1/images/{sha256}/preview.png", image_preview},
             {"GET", "/v1/pregnancies/{id}", pregnancy},

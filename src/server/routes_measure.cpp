@@ -65,9 +65,15 @@ HttpResponse measure_dicom_route(const HttpRequest& req, Services& s, const Uplo
     const auto date = form_exam_date(req);
     auto stored = measure_dicom_and_store(s.engine, s.store, up.bytes, upload_name(up), o).value_or_throw();
     const DicomMeasured& r = stored.result;
-    if (format == "sr") return dicom_response(dicom_result_sr(r).value_or_throw());
-    if (format == "key-image") return dicom_response(dicom_result_key_image(s.engine, r, up.bytes, upload_name(up)).value_or_throw());
-    if (format == "fhir") return json_response(200, fhir_bundle({{r.measurement, r.header}}));
+    auto touched = [&](HttpResponse res) {  // for the audit trail
+        res.audit.image_sha256 = stored.image_sha256;
+        res.audit.sop_instance_uid = r.header.sop_instance_uid.substr(0, 64);
+        res.audit.pregnancy_id = pid.value_or("");
+        return res;
+    };
+    if (format == "sr") return touched(dicom_response(dicom_result_sr(r).value_or_throw()));
+    if (format == "key-image") return touched(dicom_response(dicom_result_key_image(s.engine, r, up.bytes, upload_name(up)).value_or_throw()));
+    if (format == "fhir") return touched(json_response(200, fhir_bundle({{r.measurement, r.header}})));
     // The library's JSON of the result (the CLI's --format json entry too), and the server's own keys.
     json j = to_json(static_cast<const DicomResult&>(r), kGivenPixelSizeField);
     j["timings_ms"]["queue"] = r.queue_ms;
@@ -81,7 +87,7 @@ HttpResponse measure_dicom_route(const HttpRequest& req, Services& s, const Uplo
     j["preview_frame"] = preview_frame;
     if (pid) j["pregnancy_id"] = *pid;
     if (date) j["exam_date"] = *date;
-    return json_response(200, j);
+    return touched(json_response(200, j));
 }
 
 HttpResponse measure(const HttpRequest& req, Services& s) {
@@ -96,17 +102,22 @@ HttpResponse measure(const HttpRequest& req, Services& s) {
     const auto date = form_exam_date(req);
     auto r = measure_and_store(s.engine, s.store, up.bytes, upload_name(up), o);
     const StoredMeasurement& m = r.value_or_throw();
+    auto touched = [&](HttpResponse res) {  // for the audit trail
+        res.audit.image_sha256 = m.image_sha256;
+        res.audit.pregnancy_id = pid.value_or("");
+        return res;
+    };
     if (format == "sr") {
         auto sr = write_biometry_sr(m.measurement, nullptr);
         if (!sr) throw api_error(sr.error_value());
-        return dicom_response(*sr);
+        return touched(dicom_response(*sr));
     }
     if (format == "key-image") {
         auto key = write_key_image(m.measurement, m.image, nullptr);
         if (!key) throw api_error(key.error_value());
-        return dicom_response(*key);
+        return touched(dicom_response(*key));
     }
-    if (format == "fhir") return json_response(200, fhir_bundle({{m.measurement, std::nullopt}}));
+    if (format == "fhir") return touched(json_response(200, fhir_bundle({{m.measurement, std::nullopt}})));
     json j = to_json(m.measurement);
     j["timings_ms"]["queue"] = m.queue_ms;  // waiting for a network slot (not part of total)
     j["image_sha256"] = m.image_sha256;
@@ -115,7 +126,7 @@ HttpResponse measure(const HttpRequest& req, Services& s) {
                         {"mm_per_px_y", m.measurement.pixel_size_mm}};
     if (pid) j["pregnancy_id"] = *pid;
     if (date) j["exam_date"] = *date;
-    return json_response(200, j);
+    return touched(json_response(200, j));
 }
 
 HttpResponse mask_png(const Segmentation& seg, const Boundary& b) {

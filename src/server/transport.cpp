@@ -22,6 +22,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 
 #include <arpa/inet.h>
 #include <malloc.h>
@@ -51,6 +52,17 @@ thread_local bool t_request_timed = false;
 thread_local bool t_close_connection = false;
 thread_local bool t_routed = false;  // the router answered the request (its body was read whole)
 thread_local server::Identity t_identity;  // who sent the request being served (set before its body is read)
+thread_local std::string t_request_id;     // answered as X-Request-Id, kept in the audit trail
+
+// 16 random hex digits naming one request (in the X-Request-Id answer and the audit trail).
+std::string new_request_id() {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    static const char hex[] = "0123456789abcdef";
+    std::string id;
+    uint64_t v = rng();
+    for (int i = 0; i < 16; ++i, v >>= 4) id += hex[v & 15];
+    return id;
+}
 
 std::string lower(std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return char(std::tolower(c)); });
@@ -470,6 +482,25 @@ struct HttpTransport::Impl {
             server::presented_token(req.method, req.get_header_value("Authorization"), req.get_header_value("Cookie"));
         server::Authorization a = server::authorize_request(req.method, req.path, presented, services.store, token);
         t_identity = a.who.value_or(server::Identity{});
+        t_request_id = new_request_id();
+        // A refusal on a route that touches patient data is in the audit trail too (who, if the
+        // token named someone, and the status); the refusal stands even when that append fails.
+        if (a.refused && (a.refused->status == 401 || a.refused->status == 403)) {
+            auto m = server::match_route(req.method, req.path);
+            if (m && server::route_is_audited(*m->route)) {
+                server::HttpRequest shown;
+                shown.path_params = m->params;
+                shown.user = a.who ? a.who->user : std::string("unknown");
+                shown.role = a.who ? role_name(a.who->role) : "";
+                shown.client = req.remote_addr;
+                shown.request_id = t_request_id;
+                AuditEntry e = server::audit_entry_for(shown, *m->route);
+                e.role = shown.role;
+                e.outcome = a.refused->status;
+                if (auto w = services.store.append_audit(e); !w) spdlog::error("cannot audit a refused request: {}", w.error());
+            }
+            a.refused->headers.emplace_back("X-Request-Id", t_request_id);
+        }
         return a.refused;
     }
 
@@ -487,7 +518,11 @@ struct HttpTransport::Impl {
         server::HttpRequest request = to_request(req);
         request.user = t_identity.user;
         request.role = role_name(t_identity.role);
-        write_response(server::handle(request, services), res);
+        request.client = req.remote_addr;
+        request.request_id = t_request_id.empty() ? new_request_id() : t_request_id;
+        server::HttpResponse answer = server::handle(request, services);
+        answer.headers.emplace_back("X-Request-Id", request.request_id);
+        write_response(answer, res);
         // A large upload's decoded pixels were freed: give the pages back (RSS otherwise ratchets
         // up to the largest concurrent peak and stays there).
         if (std::max(req.body.size(), req.content_length_) > kTrimAfterBytes) malloc_trim(0);

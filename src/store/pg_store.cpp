@@ -87,6 +87,7 @@ ALTER TABLE dicom_instances ADD COLUMN key_image_sha256 TEXT NOT NULL DEFAULT ''
 CREATE INDEX dicom_instances_by_key_image ON dicom_instances(key_image_sha256);
 )sql";
 
+
 constexpr const char* kUnreferenced =
     "NOT EXISTS (SELECT 1 FROM exams e WHERE e.image_sha256 = i.sha256) AND "
     "NOT EXISTS (SELECT 1 FROM dicom_instances d WHERE d.image_sha256 = i.sha256 OR d.sr_sha256 = i.sha256 OR d.key_image_sha256 = i.sha256)";
@@ -181,6 +182,7 @@ public:
             for (const MigrationInfo& m : kMigrations) {
                 if (m.version <= current) continue;
                 w.exec(m.version == 1 ? kSchemaV1 : m.version == 2 ? kSchemaV2 : m.version == 3 ? kSchemaV3 : kSchemaV4);
+                if (m.version == 4) w.exec(audit_table_sql("BIGSERIAL PRIMARY KEY"));
                 w.exec_params("INSERT INTO schema_version(version, applied_at, description) VALUES($1, "
                               "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), $2)",
                               m.version, std::string(m.what));
@@ -295,7 +297,7 @@ public:
     }
 
     Expected<ExamWrite> add_exam(const Exam& in, const std::string& key, const std::string& fingerprint,
-                                 const std::string& now) override {
+                                 const std::string& now, const AuditEntry* audit) override {
         return run("cannot save the exam", [&](pqxx::connection& c) -> Expected<ExamWrite> {
             pqxx::work w(c);
             w.exec_params("SELECT pg_advisory_xact_lock_shared($1)", kImageLock);
@@ -314,6 +316,15 @@ public:
                 return std::move(*earlier);
             }
             ExamWrite out{exam_by_id(w, r[0][0].as<long long>()), false};
+            if (audit) {
+                AuditEntry a = *audit;
+                a.exam_id = out.exam.id;
+                a.pregnancy_id = in.pregnancy_id;
+                if (a.image_sha256.empty()) a.image_sha256 = in.image_sha256;
+                w.exec_params(std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" +
+                                  placeholders('$', 1, kAuditInsertCount) + ")",
+                              pqxx::prepare::make_dynamic_params(params_of(audit_values(a, now))));
+            }
             w.commit();
             return out;
         });

@@ -79,6 +79,7 @@ constexpr const char* kSchemaV3 = R"sql(
 ALTER TABLE dicom_instances ADD COLUMN key_image_sha256 TEXT NOT NULL DEFAULT '';
 )sql";
 
+
 constexpr int kApplicationId = 0x46484331;  // "FHC1" in PRAGMA application_id
 
 // A prepared statement that finalizes itself; also the row reader of read_exam and friends.
@@ -245,7 +246,7 @@ public:
                    (has_column("exams", "sop_instance_uid") || exec("ALTER TABLE exams ADD COLUMN sop_instance_uid TEXT"));
         if (version == 2) return exec(kSchemaV2);
         if (version == 3) return exec(kSchemaV3);
-        if (version == 4) return exec(kSchemaV4);
+        if (version == 4) return exec(kSchemaV4) && exec(audit_table_sql("INTEGER PRIMARY KEY AUTOINCREMENT"));
         return false;
     }
 
@@ -403,7 +404,7 @@ public:
     }
 
     Expected<ExamWrite> add_exam(const Exam& in, const std::string& key, const std::string& fingerprint,
-                                 const std::string& now) override {
+                                 const std::string& now, const AuditEntry* audit) override {
         // The image is checked under images_mu, so no removal can take it before the exam references it.
         std::lock_guard<std::mutex> images_lock(images_mu);
         std::error_code ec;
@@ -436,6 +437,16 @@ public:
         s.bind_all(exam_values(in, key, fingerprint, now));
         if (s.step() != SQLITE_DONE) return fail(error("cannot save the exam"));
         const long long id = sqlite3_last_insert_rowid(db);
+        if (audit) {
+            AuditEntry a = *audit;
+            a.exam_id = id;
+            a.pregnancy_id = in.pregnancy_id;
+            if (a.image_sha256.empty()) a.image_sha256 = in.image_sha256;
+            Stmt q(db, std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" + placeholders('?', 1, kAuditInsertCount) + ")");
+            if (!q.ok()) return fail(error("cannot prepare the audit entry"));
+            q.bind_all(audit_values(a, now));
+            if (q.step() != SQLITE_DONE) return fail(error("cannot append the exam's audit entry"));
+        }
         if (!exec("COMMIT")) return fail(error("cannot commit the exam"));
         auto e = read_exam_by_id(id);
         if (!e) return e.error_value();

@@ -2,12 +2,15 @@
 // hashing, idempotency fingerprints, times, image retention, and the helpers both engines share.
 #include "store_impl.h"
 
+#include "fetalhc/csv.h"
+
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
 #include <cctype>
+#include <sstream>
 #include <charconv>
 #include <ctime>
 
@@ -24,6 +27,42 @@ const char* const kExamInsertColumns =
     "pregnancy_id, exam_date, image_sha256, pixel_size_mm, center_x, center_y, semi_axis_a, semi_axis_b, angle_rad, hc_mm, "
     "bpd_mm, ofd_mm, ga_hadlock_weeks, ga_intergrowth_weeks, ga_weeks_given, centile, quality, reasons, corrected, accepted, "
     "sop_instance_uid, created_at, idempotency_key, idempotency_fingerprint";
+
+const char* const kAuditColumns =
+    "id, at, user_name, role, action, pregnancy_id, exam_id, image_sha256, sop_instance_uid, outcome, client, request_id";
+const char* const kAuditInsertColumns =
+    "at, user_name, role, action, pregnancy_id, exam_id, image_sha256, sop_instance_uid, outcome, client, request_id";
+
+std::string audit_table_sql(const std::string& id_column) {
+    return "CREATE TABLE audit (id " + id_column +
+           ", at TEXT NOT NULL, user_name TEXT NOT NULL, role TEXT NOT NULL, action TEXT NOT NULL, "
+           "pregnancy_id TEXT NOT NULL, exam_id BIGINT, image_sha256 TEXT NOT NULL, sop_instance_uid TEXT NOT NULL, "
+           "outcome INTEGER NOT NULL, client TEXT NOT NULL, request_id TEXT NOT NULL); "
+           "CREATE INDEX audit_by_time ON audit(at); CREATE INDEX audit_by_pregnancy ON audit(pregnancy_id, id);";
+}
+
+std::vector<Value> audit_values(const AuditEntry& e, const std::string& at) {
+    return {at, e.user, e.role, e.action, e.pregnancy_id, e.exam_id ? Value(*e.exam_id) : Value(nullptr), e.image_sha256,
+            e.sop_instance_uid, static_cast<long long>(e.outcome), e.client, e.request_id};
+}
+
+AuditEntry read_audit(const std::vector<std::optional<std::string>>& r) {
+    AuditEntry e;
+    auto text = [&](size_t i) { return i < r.size() ? r[i].value_or("") : std::string(); };
+    e.id = std::stoll(text(0).empty() ? "0" : text(0));
+    e.at = text(1);
+    e.user = text(2);
+    e.role = text(3);
+    e.action = text(4);
+    e.pregnancy_id = text(5);
+    if (r.size() > 6 && r[6]) e.exam_id = std::stoll(*r[6]);
+    e.image_sha256 = text(7);
+    e.sop_instance_uid = text(8);
+    e.outcome = text(9).empty() ? 0 : std::stoi(text(9));
+    e.client = text(10);
+    e.request_id = text(11);
+    return e;
+}
 
 const char* const kDicomColumns =
     "id, sop_instance_uid, sop_class_uid, calling_aet, received_at, image_sha256, status, hc_mm, bpd_mm, ofd_mm, "
@@ -247,13 +286,19 @@ Expected<Exam> Store::add_exam(const Exam& exam) {
     return std::move(w->exam);
 }
 
-Expected<ExamWrite> Store::add_exam(const Exam& exam, const std::string& key) {
+Expected<ExamWrite> Store::add_exam(const Exam& exam, const std::string& key) { return add_exam_audited(exam, key, nullptr); }
+
+Expected<ExamWrite> Store::add_exam(const Exam& exam, const std::string& key, const AuditEntry& audit) {
+    return add_exam_audited(exam, key, &audit);
+}
+
+Expected<ExamWrite> Store::add_exam_audited(const Exam& exam, const std::string& key, const AuditEntry* audit) {
     if (!valid_pregnancy_id(exam.pregnancy_id))
         return make_error(ErrorKind::InvalidArgument, "invalid pregnancy id '" + exam.pregnancy_id + "'", "pregnancy_id");
     if (!key.empty() && !valid_idempotency_key(key))
         return make_error(ErrorKind::InvalidArgument, "invalid idempotency key: it must be 1 to 128 printable ASCII characters",
                           "idempotency_key");
-    return impl_->add_exam(exam, key, key.empty() ? std::string() : exam_fingerprint(exam), utc_text(now_of(*impl_)));
+    return impl_->add_exam(exam, key, key.empty() ? std::string() : exam_fingerprint(exam), utc_text(now_of(*impl_)), audit);
 }
 
 Expected<History> Store::history(const std::string& pregnancy_id) const { return impl_->history(pregnancy_id); }
@@ -492,6 +537,82 @@ Expected<std::optional<User>> Store::authenticate(const std::string& token) {
         u.last_used_at = now;
     }
     return std::optional<User>(std::move(u));
+}
+
+// ---- Audit trail -----------------------------------------------------------------------------------
+
+Expected<AuditEntry> Store::append_audit(const AuditEntry& e) {
+    const std::string at = utc_text(now_of(*impl_));
+    auto rows = impl_->run_sql("cannot append to the audit trail",
+                               std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" +
+                                   placeholders('$', 1, kAuditInsertCount) + ") RETURNING id",
+                               audit_values(e, at));
+    if (!rows) return rows.error_value();
+    AuditEntry out = e;
+    out.at = at;
+    if (!rows->empty() && rows->front()[0]) out.id = std::stoll(*rows->front()[0]);
+    return out;
+}
+
+Expected<std::vector<AuditEntry>> Store::audit_entries(const AuditQuery& q) const {
+    std::string sql = std::string("SELECT ") + kAuditColumns + " FROM audit WHERE 1 = 1";
+    std::vector<Value> params;
+    auto add = [&](const std::string& condition, Value v) {
+        params.push_back(std::move(v));
+        sql += " AND " + condition + " $" + std::to_string(params.size());
+    };
+    if (!q.since.empty()) add("at >=", q.since);
+    // A date alone as `until` takes that whole day.
+    if (!q.until.empty()) add("at <=", q.until.size() == 10 ? q.until + "T23:59:59Z" : q.until);
+    if (!q.user.empty()) add("user_name =", q.user);
+    if (!q.pregnancy_id.empty()) add("pregnancy_id =", q.pregnancy_id);
+    if (q.before_id > 0) add("id <", Value(q.before_id));
+    params.push_back(Value(static_cast<long long>(std::clamp(q.limit, 1, 10000))));
+    sql += " ORDER BY id DESC LIMIT $" + std::to_string(params.size());
+    auto rows = impl_->run_sql("cannot read the audit trail", sql, params);
+    if (!rows) return rows.error_value();
+    std::vector<AuditEntry> out;
+    for (const auto& r : *rows) out.push_back(read_audit(r));
+    return out;
+}
+
+nlohmann::json audit_json(const AuditEntry& e) {
+    return {{"id", e.id},
+            {"at", e.at},
+            {"user", e.user},
+            {"role", e.role},
+            {"action", e.action},
+            {"pregnancy_id", e.pregnancy_id},
+            {"exam_id", e.exam_id ? nlohmann::json(*e.exam_id) : nlohmann::json(nullptr)},
+            {"image_sha256", e.image_sha256},
+            {"sop_instance_uid", e.sop_instance_uid},
+            {"outcome", e.outcome},
+            {"client", e.client},
+            {"request_id", e.request_id}};
+}
+
+std::string audit_csv(const std::vector<AuditEntry>& entries) {
+    std::ostringstream out;
+    CsvWriter csv(out);
+    for (const char* h : {"id", "at", "user", "role", "action", "pregnancy_id", "exam_id", "image_sha256", "sop_instance_uid",
+                          "outcome", "client", "request_id"})
+        csv.raw(h);
+    csv.end_row();
+    for (const auto& e : entries) {
+        csv.integer(e.id).text(e.at).text(e.user).text(e.role).text(e.action).text(e.pregnancy_id);
+        if (e.exam_id) csv.integer(*e.exam_id);
+        else csv.empty();
+        csv.text(e.image_sha256).text(e.sop_instance_uid).integer(e.outcome).text(e.client).text(e.request_id);
+        csv.end_row();
+    }
+    return out.str();
+}
+
+bool valid_audit_time(const std::string& s) {
+    if (s.size() == 10) return valid_date(s);
+    return s.size() == 20 && valid_date(s.substr(0, 10)) && s[10] == 'T' && s[19] == 'Z' && std::isdigit((unsigned char)s[11]) &&
+           std::isdigit((unsigned char)s[12]) && s[13] == ':' && std::isdigit((unsigned char)s[14]) &&
+           std::isdigit((unsigned char)s[15]) && s[16] == ':' && std::isdigit((unsigned char)s[17]) && std::isdigit((unsigned char)s[18]);
 }
 
 }  // namespace fetalhc

@@ -29,7 +29,7 @@ inline constexpr MigrationInfo kMigrations[] = {
     {1, "pregnancies, exams and DICOM instances (the schema before versioning)"},
     {2, "idempotency keys of exam writes"},
     {3, "the key image written with each DICOM instance's SR"},
-    {4, "users, their roles and token hashes"},
+    {4, "users, their roles and token hashes; the audit trail"},
 };
 inline constexpr int kSchemaVersion = 4;
 
@@ -53,6 +53,17 @@ extern const char* const kExamColumns;
 extern const char* const kExamInsertColumns;
 inline constexpr int kExamInsertCount = 24;
 std::vector<Value> exam_values(const Exam& e, const std::string& key, const std::string& fingerprint, const std::string& created_at);
+
+// Migration 4's audit table, with the engine's auto-increment id column ("INTEGER PRIMARY KEY
+// AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"). Append-only: no statement of fetalhc updates or deletes it.
+std::string audit_table_sql(const std::string& id_column);
+
+// Audit columns as read back and as inserted (audit_values' order: the insert columns).
+extern const char* const kAuditColumns;
+extern const char* const kAuditInsertColumns;
+inline constexpr int kAuditInsertCount = 11;
+std::vector<Value> audit_values(const AuditEntry& e, const std::string& at);
+AuditEntry read_audit(const std::vector<std::optional<std::string>>& row);
 
 extern const char* const kDicomColumns;
 extern const char* const kDicomInsertColumns;
@@ -173,8 +184,9 @@ struct Store::Impl {
     virtual Expected<unsigned long long> stored_image_bytes() = 0;
     virtual Expected<ImageSweep> remove_unreferenced_images(long long stored_before) = 0;
     // `key` empty: no idempotency key.
+    // `audit` (when given) is appended in the exam's transaction, with the exam's id.
     virtual Expected<ExamWrite> add_exam(const Exam& e, const std::string& key, const std::string& fingerprint,
-                                         const std::string& now) = 0;
+                                         const std::string& now, const AuditEntry* audit) = 0;
     virtual Expected<History> history(const std::string& pregnancy_id) = 0;
     virtual Expected<DicomInstance> add_dicom_instance(const DicomInstance& d, const std::string& now) = 0;
     virtual Expected<bool> update_dicom_instance(const DicomInstance& d) = 0;
