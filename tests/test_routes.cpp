@@ -540,7 +540,10 @@ TEST_F(RouteApi, ExamsBuildAPregnancyHistoryAndCsv) {
     exam["corrected"] = false;
     exam["ellipse_px"] = measured;
     exam.erase("ga_weeks");
-    r = api(post_json("/v1/exams", exam.dump()));
+    HttpRequest by_sam = post_json("/v1/exams", exam.dump());
+    by_sam.user = "sam";
+    by_sam.role = "sonographer";
+    r = api(by_sam);
     ASSERT_EQ(r.status, 201) << r.body;
     EXPECT_TRUE(body_json(r)["centile"].is_null());
 
@@ -552,6 +555,9 @@ TEST_F(RouteApi, ExamsBuildAPregnancyHistoryAndCsv) {
     EXPECT_EQ(hist["exams"][0]["exam_date"], "2026-03-01");
     EXPECT_EQ(hist["exams"][1]["exam_date"], "2026-05-02");
     EXPECT_FALSE(hist["exams"][0]["corrected"].get<bool>());
+    // Who saved each exam, from the audit trail (the first saved without a user: an open server).
+    EXPECT_EQ(hist["exams"][0]["saved_by"], "sam");
+    EXPECT_EQ(hist["exams"][1]["saved_by"], "anonymous");
     EXPECT_NEAR(hist["exams"][1]["hc_mm"].get<double>(), saved["hc_mm"].get<double>(), 1e-9);
     for (const char* k : {"id", "exam_date", "image_sha256", "pixel_size_mm", "ellipse_px", "hc_mm", "bpd_mm", "ofd_mm",
                           "ga_hadlock_weeks", "ga_intergrowth_weeks", "ga_weeks_given", "centile", "quality", "corrected",

@@ -109,6 +109,7 @@ struct AuditEntry {
 struct AuditQuery {
     std::string since, until;            // UTC times or dates (YYYY-MM-DD[THH:MM:SSZ]); "" = open
     std::string user, pregnancy_id;      // "" = any
+    std::string action;                  // "" = any, else exactly this action ("POST /v1/exams")
     int limit = 100;                     // at most this many, newest first
     long long before_id = 0;             // > 0: only entries older than this id (the next page)
 };

@@ -224,7 +224,10 @@ void exam_schemas(json& s) {
                         {"accepted", boolean()},
                         {"created_at", {{"type", "string"}, {"format", "date-time"}}},
                         {"sop_instance_uid", {{"type", "string"}, {"nullable", true},
-                                              {"description", "the DICOM image's SOP Instance UID; null for other images"}}}});
+                                              {"description", "the DICOM image's SOP Instance UID; null for other images"}}},
+                        {"saved_by", {{"type", "string"}, {"nullable", true},
+                                      {"description", "in a history: the user who saved (and, when corrected, corrected) the exam, "
+                                                      "from the audit trail; null when unknown (saved before users existed)"}}}});
     s["History"] = object({{"pregnancy_id", str()}, {"exams", array_of(ref("Exam"))}});
 }
 

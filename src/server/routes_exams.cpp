@@ -6,11 +6,12 @@
 #include "fetalhc/csv.h"
 #include "fetalhc/dicom.h"
 
-#include <limits>
 #include <opencv2/imgcodecs.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <map>
 #include <ctime>
 #include <sstream>
 
@@ -279,7 +280,22 @@ HttpResponse audit(const HttpRequest& req, Services& s) {
 HttpResponse pregnancy(const HttpRequest& req, Services& s) {
     const History h = pregnancy_history(req, s);
     json exams = json::array();
-    for (const auto& e : h.exams) exams.push_back(exam_json(e));
+    // Who saved each exam (and so corrected it, when it is corrected): its audit entry.
+    AuditQuery q;
+    q.pregnancy_id = req.path_params.at("id");
+    q.action = "POST /v1/exams";
+    q.limit = 10000;
+    auto saves = s.store.audit_entries(q);
+    if (!saves) throw api_error(saves.error_value());
+    std::map<long long, std::string> saved_by;
+    for (const auto& a : *saves)
+        if (a.exam_id && a.outcome == 201) saved_by.emplace(*a.exam_id, a.user);
+    for (const auto& e : h.exams) {
+        json j = exam_json(e);
+        auto it = saved_by.find(e.id);
+        j["saved_by"] = it == saved_by.end() ? json(nullptr) : json(it->second);
+        exams.push_back(std::move(j));
+    }
     return json_response(200, {{"pregnancy_id", req.path_params.at("id")}, {"exams", exams}});
 }
 

@@ -566,6 +566,7 @@ Expected<std::vector<AuditEntry>> Store::audit_entries(const AuditQuery& q) cons
     if (!q.until.empty()) add("at <=", q.until.size() == 10 ? q.until + "T23:59:59Z" : q.until);
     if (!q.user.empty()) add("user_name =", q.user);
     if (!q.pregnancy_id.empty()) add("pregnancy_id =", q.pregnancy_id);
+    if (!q.action.empty()) add("action =", q.action);
     if (q.before_id > 0) add("id <", Value(q.before_id));
     params.push_back(Value(static_cast<long long>(std::clamp(q.limit, 1, 10000))));
     sql += " ORDER BY id DESC LIMIT $" + std::to_string(params.size());

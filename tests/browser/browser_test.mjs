@@ -25,6 +25,11 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
+// The user the test signs in as (a fresh server's store gets one), its token, and the header every
+// request of the test itself sends; empty against --server-url (that server's own access rules).
+let userToken = '', signedInAs = '', authHeaders = {};
+const authed = (init = {}) => ({ ...init, headers: { ...(init.headers || {}), ...authHeaders } });
+
 const SKIP = 77;
 
 // ---------------------------------------------------------------- arguments
@@ -320,6 +325,15 @@ async function run(opts, ctx) {
   const external = scripts.filter((u) => !u.startsWith(base + '/') && !u.startsWith('data:'));
   check(external.length === 0, `the page loads assets from elsewhere: ${external.join(', ')}`);
 
+  // 1b. Sign in as the sonographer (the server's store holds users): the token in the page's
+  // settings, and the page says who is signed in.
+  if (signedInAs) {
+    await wd.exec(`const d = document.getElementById('token-settings'); d.open = true;
+      const t = document.getElementById('token'); t.value = arguments[0]; t.dispatchEvent(new Event('change'));`, userToken);
+    await waitFor(`the page to say it is signed in as ${signedInAs}`, async () =>
+      (await wd.exec(`return document.getElementById('signed-in').textContent;`)) === `Signed in as ${signedInAs} (sonographer)`, 15000);
+  }
+
   // 2. Upload an image with its pixel size, known GA, pregnancy id and exam date.
   const pregnancyId = `browser-test-${process.pid}-${Date.now()}`;
   const examDate = '2026-03-14';
@@ -456,7 +470,7 @@ async function run(opts, ctx) {
     const m = await pageMessage(wd);
     return m && m.kind.includes('message-success');
   }, 15000);
-  const stored = await (await fetch(`${base}/v1/pregnancies/${encodeURIComponent(pregnancyId)}`)).json();
+  const stored = await (await fetch(`${base}/v1/pregnancies/${encodeURIComponent(pregnancyId)}`, authed())).json();
   check(Array.isArray(stored.exams) && stored.exams.length === 1,
     `the server should hold 1 exam for ${pregnancyId}, got ${JSON.stringify(stored).slice(0, 300)}`);
   const exam = stored.exams[0];
@@ -485,6 +499,7 @@ async function run(opts, ctx) {
   const rows = await wd.exec(`return Array.from(document.querySelectorAll('#exams-body tr')).map(r => r.textContent);`);
   check(rows.length === 1 && rows[0].includes(examDate) && rows[0].includes('corrected'),
     `the exams table should list the corrected exam, got ${JSON.stringify(rows)}`);
+  if (signedInAs) check(rows[0].includes(signedInAs), `the exams table should say ${signedInAs} saved the exam, got ${JSON.stringify(rows)}`);
   const table = await wd.exec(`const p = document.querySelector('.exams-panel');
     return {scroll: p.scrollWidth, client: p.clientWidth};`);
   check(table.scroll <= table.client + 1,
@@ -493,7 +508,7 @@ async function run(opts, ctx) {
 
   // 7. CSV export link.
   const href = await wd.exec('return document.getElementById("export-csv").href;');
-  const csvRes = await fetch(href);
+  const csvRes = await fetch(href, authed());
   const csv = await csvRes.text();
   check(csvRes.ok && csv.trim().split('\n').length >= 2, `CSV export ${href}: ${csvRes.status} ${csv.slice(0, 200)}`);
 
@@ -573,7 +588,7 @@ async function runDicom(opts, ctx, { pregnancyId, pngHc }) {
     const m = await pageMessage(wd);
     return m && m.kind.includes('message-success');
   }, 15000);
-  const stored = await (await fetch(`${base}/v1/pregnancies/${encodeURIComponent(pregnancyId)}`)).json();
+  const stored = await (await fetch(`${base}/v1/pregnancies/${encodeURIComponent(pregnancyId)}`, authed())).json();
   check(Array.isArray(stored.exams) && stored.exams.length === 1,
     `the server should hold 1 DICOM exam for ${pregnancyId}, got ${JSON.stringify(stored).slice(0, 300)}`);
   const exam = stored.exams[0];
@@ -581,7 +596,7 @@ async function runDicom(opts, ctx, { pregnancyId, pngHc }) {
   check(Math.abs(exam.pixel_size_mm - pixelSize) < 1e-9, `the stored pixel size ${exam.pixel_size_mm} is not the file's ${pixelSize}`);
   check(Math.abs(exam.hc_mm - pngHc) <= 0.1, `the stored HC ${exam.hc_mm} differs from the PNG's ${pngHc} by more than 0.1 mm`);
   check(exam.corrected === false, 'the DICOM exam is marked corrected although nothing was moved');
-  const csv = await (await fetch(`${base}/v1/pregnancies/${encodeURIComponent(pregnancyId)}/export.csv`)).text();
+  const csv = await (await fetch(`${base}/v1/pregnancies/${encodeURIComponent(pregnancyId)}/export.csv`, authed())).text();
   check(csv.split('\n')[0].endsWith(',sop_instance_uid') && csv.includes(uid), `the CSV export lacks the UID: ${csv.slice(0, 400)}`);
 }
 
@@ -618,7 +633,7 @@ async function runCrossOrigin(opts, { base, wd, imagePath, pixelSize }) {
   const form = new FormData();
   form.append('image', new Blob([fs.readFileSync(imagePath)], { type: 'image/png' }), 'scan.png');
   form.append('pixel_size_mm', String(pixelSize));
-  const m = await fetch(`${base}/v1/measure`, { method: 'POST', body: form, headers: { 'X-Fetalhc-Request': '1' } });
+  const m = await fetch(`${base}/v1/measure`, authed({ method: 'POST', body: form, headers: { 'X-Fetalhc-Request': '1' } }));
   check(m.ok, `POST /v1/measure from the test: ${m.status}`);
   const measured = await m.json();
   const pid = 'csrf-browser';
@@ -648,7 +663,7 @@ async function runCrossOrigin(opts, { base, wd, imagePath, pixelSize }) {
     });
     console.log(`cross-origin write attempts: ${JSON.stringify(result)}`);
     check(String(result.cors).startsWith('error') || result.cors >= 400, `the CORS JSON write was not refused: ${JSON.stringify(result)}`);
-    const stored = await fetch(`${base}/v1/pregnancies/${pid}`);
+    const stored = await fetch(`${base}/v1/pregnancies/${pid}`, authed());
     check(stored.status === 404, `a page on another origin stored an exam (GET /v1/pregnancies/${pid}: ${stored.status})`);
     // DNS rebinding: the loopback server refuses a foreign Host name, reads included.
     const rebound = await new Promise((resolve, reject) => {
@@ -703,6 +718,12 @@ async function main() {
       const check = path.join(path.dirname(opts.model), 'fetalhc_head_check.pt');
       const checkArgs = fs.existsSync(check) ? ['--head-check', check] : [];
       if (!checkArgs.length) opts.otherPlane = '';
+      // A user of the store: the page signs in with its token, and the test's own requests send it.
+      const added = execFileSync(path.resolve(opts.binary), ['user', 'add', 'sam', '--role', 'sonographer', '--db', path.join(tmp, 't.db')],
+        { env, encoding: 'utf8' }).trim().split('\n');
+      userToken = added[added.length - 1];
+      signedInAs = 'sam';
+      authHeaders = { Authorization: `Bearer ${userToken}` };
       server = startProcess('fetalhc serve', path.resolve(opts.binary),
         ['serve', '--port', String(port), '--db', path.join(tmp, 't.db'), '--model', model, ...checkArgs], { env });
     }

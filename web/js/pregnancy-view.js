@@ -45,7 +45,7 @@ function examGa(x) {
 function emptyRow(text) {
   const tr = document.createElement('tr');
   const td = document.createElement('td');
-  td.colSpan = 8;
+  td.colSpan = 9;
   td.className = 'hint';
   td.textContent = text;
   tr.appendChild(td);
@@ -58,7 +58,8 @@ function examRow(x) {
   const ga = examGa(x);
   const gaText = ga === null ? 'n/a' : `${fmt(ga)}${Number.isFinite(x.ga_weeks_given) ? ' (given)' : ' (Hadlock)'}`;
   const cells = [x.exam_date, fmt(x.hc_mm), fmt(x.bpd_mm), fmt(x.ofd_mm), gaText, fmt(x.centile),
-    x.quality || DASH, x.corrected ? 'corrected' : 'automatic'];
+    x.quality || DASH, x.corrected ? 'corrected' : 'automatic',
+    x.saved_by || DASH];
   cells.forEach((text, i) => {
     const td = document.createElement('td');
     td.textContent = text;
