@@ -88,6 +88,15 @@ check "the head was measured, ok, from the region calibration" \
 forward_status() { curl -sf "$URL/v1/dicom/instances" | json "[i for i in d['instances'] if i['id'] == $1][0]['forward_status']"; }
 for _ in $(seq 1 100); do [ "$(forward_status 1)" = forwarded ] && break; sleep 0.1; done
 check "its SR was forwarded" '[ "$(forward_status 1)" = forwarded ]'
+# Issue 26: every received object is in the audit trail, as the node's user (the built-in dicom-node).
+head_uid=$(head_row '["sop_instance_uid"]')
+check "the audit trail holds the head's C-STORE by dicom-node (status 0)" \
+  '"$BIN" audit export --db "$T/db/f.db" --format json | json "any(e[\"action\"] == \"DICOM C-STORE\" and e[\"user\"] == \"dicom-node\" and e[\"outcome\"] == 0 and e[\"sop_instance_uid\"] == \"$head_uid\" for e in d)" | grep -q True'
+mkdir -p "$T/db6"
+"$BIN" user add vera --role viewer --db "$T/db6/f.db" >/dev/null 2>&1
+"$BIN" serve --model "$MODEL" --port 0 --db "$T/db6/f.db" --dicom-port 65534 --dicom-user vera >"$T/serve6.log" 2>&1
+serve6_rc=$?
+check "--dicom-user naming a viewer: serve refuses to start, saying the role needed" '[ $serve6_rc -ne 0 ] && grep -q "sonographer" "$T/serve6.log"'
 check "no head: listed with its error" \
   'echo "$list" | json "[i for i in d[\"instances\"] if i[\"id\"] == 2][0][\"error\"]" | grep -q "no fetal head"'
 check "no calibration: listed with its error" \

@@ -170,6 +170,10 @@ void add_serve_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--dicom-aet", so.dicom_aet, "the node's AE title")->capture_default_str();
     cmd->add_option("--dicom-forward", so.dicom_forward,
                     "send each result's DICOM SR and key image by C-STORE to AET@HOST:PORT (a PACS)");
+    cmd->add_option("--dicom-user", so.dicom_user,
+                    "who the DICOM node's received objects are audited as: a user of the store with the sonographer or "
+                    "admin role (default: the built-in dicom-node, a sonographer)")
+        ->capture_default_str();
     cmd->add_option("--dicomweb-forward", so.dicomweb_forward,
                     "or send them by DICOMweb STOW-RS to this DICOMweb root URL (http[s]://HOST[:PORT]/PATH, e.g. Orthanc's "
                     "http://pacs:8042/dicom-web)");

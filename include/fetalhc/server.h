@@ -92,6 +92,7 @@ struct ServerOptions {
     std::string dicom_aet = "FETALHC";     // our AE title
     std::string dicom_forward;             // "AET@HOST:PORT": each SR (and key image) is sent there; empty = kept only
     std::string dicomweb_forward;          // or a DICOMweb root ("http://host:8042/dicom-web"): STOW-RS there
+    std::string dicom_user = "dicom-node"; // who the node's received objects are audited as (a sonographer or admin user)
     int dicom_forward_attempts = 8;        // tries per SR before it is listed "failed" (waits 1, 2, 4 .. 60 s between)
     std::vector<std::string> dicom_allow;  // calling AE titles accepted; empty = any, loopback peers only
     int dicom_max_pending = 64;            // instances waiting to be measured; more are refused with A700

@@ -193,6 +193,9 @@ public:
     // DICOM node bookkeeping: add returns the row with id and received_at set; update rewrites
     // every field but id, received_at and the identity (by id); list gives the newest first.
     Expected<DicomInstance> add_dicom_instance(const DicomInstance& d);
+    // The same with its audit entry in the same transaction (its SOP Instance UID and image hash
+    // set from the row): every received object is traced to the node's user.
+    Expected<DicomInstance> add_dicom_instance(const DicomInstance& d, const AuditEntry& audit);
     Expected<bool> update_dicom_instance(const DicomInstance& d);
     Expected<std::vector<DicomInstance>> dicom_instances(int limit) const;
     // The instances still "pending" (received and acknowledged, not yet measured), oldest first:

@@ -286,6 +286,17 @@ struct DicomNode::Impl {
     std::optional<ForwardTarget> forward;
     std::optional<DicomwebTarget> dicomweb;
     bool forwarding() const { return forward || dicomweb; }
+    std::string user_role = "sonographer";  // opt.user's role
+    // The audit entry of an object received from `aet` (DICOMweb uploads come as "DICOMWEB").
+    AuditEntry audit_of(const std::string& aet, Uint16 status) const {
+        AuditEntry e;
+        e.user = opt.user;
+        e.role = user_role;
+        e.action = aet == "DICOMWEB" ? "DICOMweb STOW-RS instance" : "DICOM C-STORE";
+        e.client = "AE " + log_escape(aet, 16);
+        e.outcome = status;
+        return e;
+    }
     Engine& engine;
     Store& store;
     T_ASC_Network* net = nullptr;
@@ -325,6 +336,12 @@ struct DicomNode::Impl {
     void receive_loop();
     // Keeps and lists a received object; the DIMSE status of the C-STORE response.
     Uint16 accept(std::string bytes, const std::string& sop_instance, const std::string& sop_class, const std::string& aet);
+    // An object refused for lack of room (A700): in the audit trail too (best effort: the store may be what failed).
+    void refused_audit(const std::string& aet, const std::string& sop_instance) {
+        AuditEntry e = audit_of(aet, kStatusOutOfResources);
+        e.sop_instance_uid = log_escape(sop_instance, 64);
+        if (auto a = store.append_audit(e); !a) spdlog::error("dicom: cannot audit a refused object: {}", a.error());
+    }
     void work();
     void process(DicomInstance& row, std::optional<Clock::time_point> received);
     // Sends the objects (the SR, then its key image) in one association: "sent", or "failed: why".
@@ -494,7 +511,8 @@ Uint16 DicomNode::Impl::accept(std::string bytes, const std::string& sop_instanc
                         "' is not a DICOM UID (1 to 64 characters, digits in dot-separated components without leading zeros); "
                         "the object was refused with status C000";
             spdlog::warn("dicom: refused an object from '{}' with status C000: {}", log_escape(aet), row.error);
-            if (auto added = store.add_dicom_instance(row); !added) spdlog::error("dicom: cannot list a refused object: {}", added.error());
+            if (auto added = store.add_dicom_instance(row, audit_of(aet, kStatusCannotUnderstand)); !added)
+                spdlog::error("dicom: cannot list a refused object: {}", added.error());
             return kStatusCannotUnderstand;
         }
     {
@@ -503,6 +521,7 @@ Uint16 DicomNode::Impl::accept(std::string bytes, const std::string& sop_instanc
             spdlog::warn("dicom: refused an object from '{}' with status A700 (Refused: Out of Resources): {} instances are "
                          "waiting to be measured (the node's limit)",
                          log_escape(aet), queue.size() + size_t(busy));
+            refused_audit(aet, sop_instance);
             return kStatusOutOfResources;
         }
     }
@@ -512,10 +531,11 @@ Uint16 DicomNode::Impl::accept(std::string bytes, const std::string& sop_instanc
     if (!sha) {
         // The store's quota (--max-store-mb) is full, or the disk: the sender may retry later.
         spdlog::warn("dicom: refused an object from '{}' with status A700 (Refused: Out of Resources): {}", log_escape(aet), sha.error());
+        refused_audit(aet, sop_instance);
         return kStatusOutOfResources;
     }
     row.image_sha256 = *sha;
-    auto added = store.add_dicom_instance(row);
+    auto added = store.add_dicom_instance(row, audit_of(aet, kStatusSuccess));
     if (!added) {
         spdlog::error("dicom: cannot list a received object: {}", added.error());
         return kStatusOutOfResources;
@@ -782,12 +802,27 @@ DicomNode::~DicomNode() { stop(); }
 Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o, Engine& engine, Store& store) {
     if (o.listen && (o.port < 1 || o.port > 65535)) return make_error("--dicom-port must be in 1..65535");
     if (!valid_ae_title(o.aet)) return make_error("--dicom-aet '" + o.aet + "' is not an AE title (1 to 16 printable characters, no '\\')");
+    std::string user_role = "sonographer";
+    if (o.user != "dicom-node") {  // a user of the store: it must be able to store images
+        auto users = store.users();
+        if (!users) return users.error_value();
+        auto it = std::find_if(users->begin(), users->end(), [&](const User& u) { return u.name == o.user; });
+        if (it == users->end())
+            return make_error("--dicom-user '" + o.user + "' is no user of the store; add it (fetalhc user add " + o.user +
+                              " --role sonographer) or leave the option out (the built-in dicom-node)");
+        if (it->revoked_at) return make_error("--dicom-user '" + o.user + "' was revoked; name another user");
+        if (int(it->role) < int(Role::Sonographer))
+            return make_error("--dicom-user '" + o.user + "' is a " + role_name(it->role) +
+                              ": the DICOM node stores images, which needs the sonographer role");
+        user_role = role_name(it->role);
+    }
     for (const auto& a : o.allow)
         if (!valid_ae_title(a)) return make_error("--dicom-allow: '" + a + "' is not an AE title (1 to 16 printable characters, no '\\')");
     if (o.max_associations < 1 || o.max_pending < 1 || o.workers < 1 || !(o.association_timeout_s > 0) || !(o.idle_timeout_s > 0))
         return make_error("the DICOM node's limits must be positive");
     auto impl = std::make_unique<Impl>(engine, store);
     impl->opt = o;
+    impl->user_role = user_role;
     auto spool = make_spool_folder();
     if (!spool) return spool.error_value();
     impl->spool = *spool;

@@ -45,6 +45,9 @@ struct DicomNodeOptions {
     std::string aet = "FETALHC";          // our AE title (1..16 characters, no backslash)
     std::string forward;                  // "AET@HOST:PORT" to send each SR (and key image) to; empty: keep it only
     std::string dicomweb_forward;         // or a DICOMweb root URL to STOW-RS them to (dicomweb_client.h); not both
+    // Who the node's received objects are audited as: the built-in "dicom-node" (sonographer's
+    // rights), or a user of the store with at least the sonographer role (not revoked).
+    std::string user = "dicom-node";
     // Tries per SR: a failed send is retried after 1 s, then 2, 4, ... (at most kForwardMaxWaitS) while
     // the row is listed "pending: ..."; then "failed: ...". Sent: "forwarded". Rows still pending at a
     // stop are sent again after the next start (at least once: a PACS may get an SR twice).

@@ -94,6 +94,7 @@ server::DicomNodeOptions dicom_node_options(const ServerOptions& o) {
     d.aet = o.dicom_aet;
     d.forward = o.dicom_forward;
     d.dicomweb_forward = o.dicomweb_forward;
+    d.user = o.dicom_user;
     d.forward_attempts = o.dicom_forward_attempts;
     d.allow = o.dicom_allow;
     d.max_object_bytes = o.max_upload_bytes;

@@ -344,7 +344,7 @@ public:
         });
     }
 
-    Expected<DicomInstance> add_dicom_instance(const DicomInstance& in, const std::string& now) override {
+    Expected<DicomInstance> add_dicom_instance(const DicomInstance& in, const std::string& now, const AuditEntry* audit) override {
         return run("cannot record the DICOM instance", [&](pqxx::connection& c) -> Expected<DicomInstance> {
             pqxx::work w(c);
             w.exec_params("SELECT pg_advisory_xact_lock_shared($1)", kImageLock);
@@ -352,6 +352,10 @@ public:
                                              placeholders('$', 1, kDicomInsertCount) + ") RETURNING " + kDicomColumns,
                                          pqxx::prepare::make_dynamic_params(params_of(dicom_values(in, now))));
             DicomInstance d = read_dicom_instance(PgRow{r.at(0)});
+            if (audit)
+                w.exec_params(std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" +
+                                  placeholders('$', 1, kAuditInsertCount) + ")",
+                              pqxx::prepare::make_dynamic_params(params_of(audit_values(*audit, now))));
             w.commit();
             return d;
         });

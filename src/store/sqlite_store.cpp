@@ -470,16 +470,31 @@ public:
         return h;
     }
 
-    Expected<DicomInstance> add_dicom_instance(const DicomInstance& in, const std::string& now) override {
+    Expected<DicomInstance> add_dicom_instance(const DicomInstance& in, const std::string& now, const AuditEntry* audit) override {
         std::lock_guard<std::mutex> lock(mu);
-        Stmt s(db, std::string("INSERT INTO dicom_instances (") + kDicomInsertColumns + ") VALUES (" +
-                       placeholders('?', 1, kDicomInsertCount) + ")");
-        if (!s.ok()) return storage_failed(error("cannot record the DICOM instance"));
-        s.bind_all(dicom_values(in, now));
-        if (s.step() != SQLITE_DONE) return storage_failed(error("cannot record the DICOM instance"));
+        if (!exec("BEGIN IMMEDIATE")) return storage_failed(error("cannot start a transaction"));
+        auto fail = [&](const std::string& message) {
+            exec("ROLLBACK");
+            return storage_failed(message);
+        };
+        {
+            Stmt s(db, std::string("INSERT INTO dicom_instances (") + kDicomInsertColumns + ") VALUES (" +
+                           placeholders('?', 1, kDicomInsertCount) + ")");
+            if (!s.ok()) return fail(error("cannot record the DICOM instance"));
+            s.bind_all(dicom_values(in, now));
+            if (s.step() != SQLITE_DONE) return fail(error("cannot record the DICOM instance"));
+        }
+        const long long id = sqlite3_last_insert_rowid(db);
+        if (audit) {
+            Stmt a(db, std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" + placeholders('?', 1, kAuditInsertCount) + ")");
+            if (!a.ok()) return fail(error("cannot prepare the audit entry"));
+            a.bind_all(audit_values(*audit, now));
+            if (a.step() != SQLITE_DONE) return fail(error("cannot append the DICOM instance's audit entry"));
+        }
+        if (!exec("COMMIT")) return fail(error("cannot commit the DICOM instance"));
         Stmt q(db, std::string("SELECT ") + kDicomColumns + " FROM dicom_instances WHERE id = ?1");
         if (!q.ok()) return storage_failed(error("cannot read back the DICOM instance"));
-        q.bind(1, Value(static_cast<long long>(sqlite3_last_insert_rowid(db))));
+        q.bind(1, Value(id));
         if (q.step() != SQLITE_ROW) return storage_failed(error("cannot read back the DICOM instance"));
         return read_dicom_instance(q);
     }

@@ -304,7 +304,14 @@ Expected<ExamWrite> Store::add_exam_audited(const Exam& exam, const std::string&
 Expected<History> Store::history(const std::string& pregnancy_id) const { return impl_->history(pregnancy_id); }
 
 Expected<DicomInstance> Store::add_dicom_instance(const DicomInstance& d) {
-    return impl_->add_dicom_instance(d, utc_text(now_of(*impl_)));
+    return impl_->add_dicom_instance(d, utc_text(now_of(*impl_)), nullptr);
+}
+
+Expected<DicomInstance> Store::add_dicom_instance(const DicomInstance& d, const AuditEntry& audit) {
+    AuditEntry a = audit;
+    a.sop_instance_uid = d.sop_instance_uid;
+    a.image_sha256 = d.image_sha256;
+    return impl_->add_dicom_instance(d, utc_text(now_of(*impl_)), &a);
 }
 
 Expected<bool> Store::update_dicom_instance(const DicomInstance& d) { return impl_->update_dicom_instance(d); }

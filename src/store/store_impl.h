@@ -188,7 +188,7 @@ struct Store::Impl {
     virtual Expected<ExamWrite> add_exam(const Exam& e, const std::string& key, const std::string& fingerprint,
                                          const std::string& now, const AuditEntry* audit) = 0;
     virtual Expected<History> history(const std::string& pregnancy_id) = 0;
-    virtual Expected<DicomInstance> add_dicom_instance(const DicomInstance& d, const std::string& now) = 0;
+    virtual Expected<DicomInstance> add_dicom_instance(const DicomInstance& d, const std::string& now, const AuditEntry* audit) = 0;
     virtual Expected<bool> update_dicom_instance(const DicomInstance& d) = 0;
     virtual Expected<std::vector<DicomInstance>> dicom_instances(int limit, bool pending_only) = 0;
     // One statement with parameters $1, $2, ... (the SQLite engine reads them as ?1, ?2, ...): its
