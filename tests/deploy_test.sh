@@ -125,6 +125,15 @@ EOF
 if nginx -t -q -p "$S" -e "$S/error.log" -c "$S/nginx.conf" >"$T/nginx_t.out" 2>&1; then pass "nginx -t accepts deploy/nginx/fetalhc.conf"
 else fail "nginx -t" "$(cat "$T/nginx_t.out")"; fi
 rm -f "$S/nginx.pid"
+# The single sign-on variant (fetalhc-sso.conf, issue 26) in the same site, in place of the proxy part.
+echo 'set $fetalhc_proxy_secret "0123456789abcdef0123456789abcdef";' >"$S/proxy-secret.conf"
+sed -e "s#/etc/nginx/fetalhc/#$S/#g" "$SRC/deploy/nginx/fetalhc-sso.conf" >"$S/fetalhc-sso.conf"
+sed -e "s#include $S/fetalhc-proxy.conf;#include $S/fetalhc-sso.conf;#" "$S/fetalhc.conf" >"$S/fetalhc-with-sso.conf"
+sed -e "s#include $S/fetalhc.conf;#include $S/fetalhc-with-sso.conf;#" "$S/nginx.conf" >"$S/nginx-sso.conf"
+if grep -q "fetalhc-sso.conf" "$S/fetalhc-with-sso.conf" && nginx -t -q -p "$S" -e "$S/error.log" -c "$S/nginx-sso.conf" >"$T/nginx_sso.out" 2>&1
+then pass "nginx -t accepts deploy/nginx/fetalhc-sso.conf in the site"
+else fail "nginx -t (sso)" "$(cat "$T/nginx_sso.out" 2>/dev/null) (fetalhc.conf includes the proxy part: $(grep -c fetalhc-proxy.conf "$S/fetalhc.conf"))"; fi
+rm -f "$S/nginx.pid"
 
 # ---- 3. the retry policy, against stand-in replicas -------------------------------------------------
 LISTEN=$(free_port)

@@ -1065,6 +1065,23 @@ TEST_F(RouteApi, RevokedTokensAreRefusedAtTheNextRequestAndAnOpenServerStaysOpen
     ASSERT_TRUE(after.refused);
     EXPECT_EQ(after.refused->status, 401);
     EXPECT_NE(after.refused->body.find("revoked"), std::string::npos) << after.refused->body;
+    // A trusted proxy's user: believed with the proxy's secret only; the user's own role applies.
+    const TrustedProxy proxy{"x-forwarded-user", "proxy-secret-of-24-chars"};
+    auto viewer = store.add_user("vic", Role::Viewer);
+    ASSERT_TRUE(viewer);
+    Authorization p = authorize_request("GET", "/v1/dicom/instances", Credentials{"", "vic", "proxy-secret-of-24-chars"}, store, "", proxy);
+    ASSERT_FALSE(p.refused) << p.refused->body;
+    EXPECT_EQ(p.who->user, "vic");
+    EXPECT_EQ(p.who->role, Role::Viewer);
+    EXPECT_EQ(authorize_request("POST", "/v1/exams", Credentials{"", "vic", "proxy-secret-of-24-chars"}, store, "", proxy).refused->status, 403);
+    EXPECT_EQ(authorize_request("GET", "/v1/dicom/instances", Credentials{"", "vic", "wrong-secret-of-24-chars"}, store, "", proxy).refused->status,
+              401);  // the header without the secret is ignored: no token
+    EXPECT_EQ(authorize_request("GET", "/v1/dicom/instances", Credentials{"", "mallory", "proxy-secret-of-24-chars"}, store, "", proxy).refused->status,
+              401);  // the proxy's user must be a user of the store
+    EXPECT_EQ(authorize_request("GET", "/v1/dicom/instances", Credentials{"", "vic", "proxy-secret-of-24-chars"}, store, "", TrustedProxy{})
+                  .refused->status,
+              401);  // no proxy configured: the header means nothing
+
     // Bearer in any case, or a cookie for reads only.
     auto t2 = store.add_user("vera", Role::Viewer);
     EXPECT_EQ(presented_token("GET", "bEaReR  " + *t2, ""), *t2);

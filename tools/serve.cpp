@@ -170,6 +170,11 @@ void add_serve_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--dicom-aet", so.dicom_aet, "the node's AE title")->capture_default_str();
     cmd->add_option("--dicom-forward", so.dicom_forward,
                     "send each result's DICOM SR and key image by C-STORE to AET@HOST:PORT (a PACS)");
+    cmd->add_option("--trusted-proxy-header", so.trusted_proxy_header,
+                    "sign-in by a trusted reverse proxy: the user named in this header (e.g. X-Forwarded-User), believed "
+                    "only with the proxy's secret in X-Fetalhc-Proxy-Secret (see deploy/nginx/)");
+    cmd->add_option("--trusted-proxy-secret", so.trusted_proxy_secret_file,
+                    "file whose first line is the proxy's shared secret (at least 16 characters)");
     cmd->add_option("--dicom-user", so.dicom_user,
                     "who the DICOM node's received objects are audited as: a user of the store with the sonographer or "
                     "admin role (default: the built-in dicom-node, a sonographer)")

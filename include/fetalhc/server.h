@@ -75,6 +75,10 @@ struct ServerOptions {
     // Retry-After at once instead. 0 = wait as long as it takes.
     double max_queue_ms = 5000;
     std::string token_file;                // first line is the bearer token
+    // A trusted reverse proxy's sign-in: the user named in this header (e.g. X-Forwarded-User) is
+    // believed on requests carrying the first line of trusted_proxy_secret_file in
+    // X-Fetalhc-Proxy-Secret. Both or neither.
+    std::string trusted_proxy_header, trusted_proxy_secret_file;
     size_t max_upload_bytes = 20u << 20;   // larger request bodies get 413
     // Quota of the image folder: the oldest images no exam references are removed to make room;
     // when that is not enough, 507 store_full. 0 = none.

@@ -210,6 +210,7 @@ public:
     Expected<std::string> rotate_user_token(const std::string& name);  // the old token stops working
     Expected<User> revoke_user(const std::string& name);               // at once; the user stays listed
     Expected<std::vector<User>> users() const;                          // by name
+    Expected<std::optional<User>> user(const std::string& name) const;  // nullopt: no such user
     // Whether any user was ever added (revoked ones count: revoking every user does not open the server).
     Expected<bool> has_users() const;
     // The user a token belongs to, unless revoked (nullopt: no such user, or revoked). Stamps

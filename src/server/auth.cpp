@@ -90,18 +90,35 @@ std::string presented_token(const std::string& method, const std::string& auth, 
 
 Authorization authorize_request(const std::string& method, const std::string& path, const std::string& token, Store& store,
                                 const std::string& service_token) {
+    return authorize_request(method, path, Credentials{token, "", ""}, store, service_token);
+}
+
+Authorization authorize_request(const std::string& method, const std::string& path, const Credentials& presented, Store& store,
+                                const std::string& service_token, const TrustedProxy& proxy) {
+    const std::string& token = presented.token;
     auto m = match_route(method, path);
     if (!m) return {};
     const std::optional<Role> needs = route_role(*m->route);
     if (!needs) return {};
     auto has_users = store.has_users();
     if (!has_users) return {std::nullopt, error_response({ErrorCode::StorageFailed, "cannot read the users: " + has_users.error()})};
-    if (service_token.empty() && !*has_users) return {Identity{}, std::nullopt};  // an open server, as before users
+    // The proxy's user, on requests that carry its secret (a user header without it is ignored).
+    const bool from_proxy = !proxy.user_header.empty() && !proxy.secret.empty() && !presented.proxy_secret.empty() &&
+                            same_secret(presented.proxy_secret, proxy.secret) && !presented.proxy_user.empty();
+    if (!from_proxy && service_token.empty() && !*has_users) return {Identity{}, std::nullopt};  // an open server, as before users
     const std::string how = *has_users ? "a user's token (`fetalhc user add NAME --role ROLE`)" : "the first line of the server's --token-file";
-    if (token.empty())
-        return {std::nullopt, unauthorized("this server requires 'Authorization: Bearer <token>' on every API request: " + how)};
     Identity who;
-    if (!service_token.empty() && same_secret(token, service_token)) {
+    if (from_proxy) {
+        auto u = store.user(presented.proxy_user);
+        if (!u) return {std::nullopt, error_response({ErrorCode::StorageFailed, "cannot read the users: " + u.error()})};
+        if (!*u || (*u)->revoked_at)
+            return {std::nullopt, unauthorized("the signed-in user '" + presented.proxy_user.substr(0, 64) +
+                                               "' (from the trusted proxy) is no user of this server, or was revoked: add it "
+                                               "with `fetalhc user add`")};
+        who = {(*u)->name, (*u)->role};
+    } else if (token.empty()) {
+        return {std::nullopt, unauthorized("this server requires 'Authorization: Bearer <token>' on every API request: " + how)};
+    } else if (!service_token.empty() && same_secret(token, service_token)) {
         who = {"service", Role::Admin};
     } else if (*has_users) {
         auto u = store.authenticate(token);

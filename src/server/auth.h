@@ -45,10 +45,28 @@ struct Identity {
 // that no user has or that was revoked; the message never holds the token), 403 forbidden (a role
 // below the route's), 500 storage_failed when the users cannot be read. An unknown path passes
 // (it is a 404 either way).
+// A trusted reverse proxy's sign-in (serve --trusted-proxy-header NAME --trusted-proxy-secret FILE):
+// the user named in the header NAME (set by oauth2-proxy, nginx auth_request, ...) is believed only
+// on requests that also carry the proxy's shared secret in X-Fetalhc-Proxy-Secret; on any other
+// request the header is ignored. The user must be a user of the store (its role applies), not revoked.
+struct TrustedProxy {
+    std::string user_header;  // lower case; empty: off
+    std::string secret;
+};
+inline constexpr const char* kProxySecretHeader = "x-fetalhc-proxy-secret";
+
+// What a request presents: a bearer token (presented_token), and the proxy's user and secret headers.
+struct Credentials {
+    std::string token, proxy_user, proxy_secret;
+};
+
 struct Authorization {
     std::optional<Identity> who;  // also set with a 403: the user is known, the role too low
     std::optional<HttpResponse> refused;
 };
+Authorization authorize_request(const std::string& method, const std::string& path, const Credentials& presented, Store& store,
+                                const std::string& service_token, const TrustedProxy& proxy = {});
+// The same with a bearer token only.
 Authorization authorize_request(const std::string& method, const std::string& path, const std::string& token, Store& store,
                                 const std::string& service_token);
 

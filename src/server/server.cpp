@@ -33,11 +33,12 @@ namespace {
 // freed memory of one arena serves no other; a few are enough for the slots that decode.
 constexpr int kMallocArenas = 4;
 
-Expected<std::string> read_token(const std::string& token_file) {
+// The first line of a secret's file (`option` names it in messages: --token-file, --trusted-proxy-secret).
+Expected<std::string> read_token(const std::string& token_file, const std::string& option = "--token-file") {
     // A FIFO or a device would block or never end: a token file is a regular file.
-    if (auto p = regular_file_problem(token_file, "a token file (--token-file)", false); !p.empty()) return make_error(p);
+    if (auto p = regular_file_problem(token_file, "a secret's file (" + option + ")", false); !p.empty()) return make_error(p);
     std::ifstream in(token_file);
-    if (!in) return make_error("cannot read --token-file '" + token_file + "'; check the path and its permissions");
+    if (!in) return make_error("cannot read " + option + " '" + token_file + "'; check the path and its permissions");
     std::string line;
     std::getline(in, line);
     while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
@@ -45,7 +46,7 @@ Expected<std::string> read_token(const std::string& token_file) {
     while (i < line.size() && std::isspace(static_cast<unsigned char>(line[i]))) ++i;
     std::string token = line.substr(i);
     if (token.size() < 16)
-        return make_error("the first line of --token-file '" + token_file +
+        return make_error("the first line of " + option + " '" + token_file +
                           "' must hold a token of at least 16 characters (e.g. from `openssl rand -hex 32`)");
     return token;
 }
@@ -155,7 +156,16 @@ Expected<std::unique_ptr<Server>> Server::create(const ServerOptions& o) {
     impl->store = std::move(*store);
     impl->services = std::make_unique<server::Services>(
         server::Services{*impl->store, *impl->engine, impl->metrics, server::openapi_json(FETALHC_VERSION, o.max_upload_bytes)});
-    auto http = server::HttpTransport::bind(o, token, *impl->services);
+    std::string proxy_secret;
+    if (o.trusted_proxy_header.empty() != o.trusted_proxy_secret_file.empty())
+        return make_error("give --trusted-proxy-header and --trusted-proxy-secret together (the header alone would let anyone "
+                          "name themselves)");
+    if (!o.trusted_proxy_secret_file.empty()) {
+        auto p = read_token(o.trusted_proxy_secret_file, "--trusted-proxy-secret");
+        if (!p) return p.error_value();
+        proxy_secret = *p;
+    }
+    auto http = server::HttpTransport::bind(o, token, proxy_secret, *impl->services);
     if (!http) return http.error_value();
     impl->http = std::move(*http);
     if (o.dicom_port != 0 || o.dicomweb) {

@@ -418,10 +418,15 @@ constexpr size_t kTrimAfterBytes = 1u << 20;  // requests larger than this retur
 }  // namespace
 
 struct HttpTransport::Impl {
-    Impl(const ServerOptions& o, const std::string& t, Services& s) : opt(o), token(t), services(s) {}
+    Impl(const ServerOptions& o, const std::string& t, const std::string& proxy_secret, Services& s)
+        : opt(o), token(t), services(s) {
+        proxy.user_header = lower(o.trusted_proxy_header);
+        proxy.secret = proxy_secret;
+    }
 
     ServerOptions opt;
     std::string token;  // empty: no token required
+    server::TrustedProxy proxy;  // --trusted-proxy-header / --trusted-proxy-secret
     Services& services;
     GuardedServer http;  // httplib's server with the slow-client limits
     int port = 0;
@@ -478,9 +483,13 @@ struct HttpTransport::Impl {
     // a refused request's connection is then closed, so its unread body is never taken for a
     // request. Only routes that exist need them: an unknown path is a 404 either way.
     std::optional<server::HttpResponse> reject_token(const httplib::Request& req) const {
-        const std::string presented =
-            server::presented_token(req.method, req.get_header_value("Authorization"), req.get_header_value("Cookie"));
-        server::Authorization a = server::authorize_request(req.method, req.path, presented, services.store, token);
+        server::Credentials presented;
+        presented.token = server::presented_token(req.method, req.get_header_value("Authorization"), req.get_header_value("Cookie"));
+        if (!proxy.user_header.empty()) {
+            presented.proxy_user = req.get_header_value(proxy.user_header.c_str());
+            presented.proxy_secret = req.get_header_value(server::kProxySecretHeader);
+        }
+        server::Authorization a = server::authorize_request(req.method, req.path, presented, services.store, token, proxy);
         t_identity = a.who.value_or(server::Identity{});
         t_request_id = new_request_id();
         // A refusal on a route that touches patient data is in the audit trail too (who, if the
@@ -602,8 +611,9 @@ HttpTransport::HttpTransport(std::unique_ptr<Impl> impl) : impl_(std::move(impl)
 
 HttpTransport::~HttpTransport() = default;
 
-Expected<std::unique_ptr<HttpTransport>> HttpTransport::bind(const ServerOptions& o, const std::string& token, Services& services) {
-    auto impl = std::make_unique<Impl>(o, token, services);
+Expected<std::unique_ptr<HttpTransport>> HttpTransport::bind(const ServerOptions& o, const std::string& token,
+                                                             const std::string& proxy_secret, Services& services) {
+    auto impl = std::make_unique<Impl>(o, token, proxy_secret, services);
     impl->install();
     if (o.port == 0) impl->port = impl->http.bind_to_any_port(o.host);
     else impl->port = impl->http.bind_to_port(o.host, o.port) ? o.port : -1;

@@ -26,10 +26,12 @@ class HttpTransport {
 public:
     // Binds options.host:options.port (0: any free port) and raises the listen backlog. Uses the
     // options' connection threads, request and header timeouts, connections per client, upload
-    // limit, request log switch and allowed origins. token: the bearer token the routes that need
-    // one require ("" = none). `services` (whose metrics the transport feeds) must outlive it.
+    // limit, request log switch and allowed origins. token: the service token the routes that need
+    // one take ("" = none; users of the store have their own, auth.h); proxy_secret: the trusted
+    // proxy's shared secret (--trusted-proxy-secret; "" = no proxy sign-in). `services` (whose
+    // metrics the transport feeds) must outlive it.
     static Expected<std::unique_ptr<HttpTransport>> bind(const ServerOptions& options, const std::string& token,
-                                                          Services& services);
+                                                          const std::string& proxy_secret, Services& services);
     ~HttpTransport();
     HttpTransport(const HttpTransport&) = delete;
     HttpTransport& operator=(const HttpTransport&) = delete;

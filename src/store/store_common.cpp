@@ -522,6 +522,14 @@ Expected<std::vector<User>> Store::users() const {
     return out;
 }
 
+Expected<std::optional<User>> Store::user(const std::string& name) const {
+    if (!valid_user_name(name)) return std::optional<User>();
+    auto rows = impl_->run_sql("cannot read the user", std::string("SELECT ") + kUserColumns + " FROM users WHERE name = $1", {name});
+    if (!rows) return rows.error_value();
+    if (rows->empty()) return std::optional<User>();
+    return std::optional<User>(user_of(rows->front()));
+}
+
 Expected<bool> Store::has_users() const {
     auto rows = impl_->run_sql("cannot look up the users", "SELECT 1 FROM users LIMIT 1", {});
     if (!rows) return rows.error_value();
