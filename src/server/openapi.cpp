@@ -529,7 +529,9 @@ std::string openapi_json(const std::string& version, size_t max_upload_bytes) {
         "Fetal head circumference from 2D ultrasound: segmentation, ellipse fit, HC/BPD/OFD, GA and centiles, with a "
         "per-pregnancy history. Lengths in mm unless a name ends in _px. Every operation marked with bearerAuth (all but "
         "/, /static/*, /health and /openapi.json) needs a bearer token when the server runs with a token file (always "
-        "when bound to a non-loopback address); reads may carry it as the page's cookie. Request bodies over " +
+        "when bound to a non-loopback address) or its store has users (each with a role: viewer, sonographer, admin; "
+        "403 forbidden when the role is too low); reads may carry it as the page's cookie. Requests that touch patient "
+        "data are kept in an audit trail (GET /v1/audit). Request bodies over " +
         std::to_string(max_upload_bytes) + " bytes get 413 payload_too_large. Every error is {\"error\": {\"code\", "
         "\"message\"}} (schema Error, which lists the codes).";
     json doc{{"openapi", "3.0.3"},
