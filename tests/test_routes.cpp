@@ -9,6 +9,7 @@
 #include "errors.h"
 #include "http_metrics.h"
 #include "openapi.h"
+#include "pg_cluster.h"
 #include "routes.h"
 #include "server_test_util.h"
 #include "service.h"
@@ -126,8 +127,9 @@ void expect_error(const HttpResponse& r, int status, const std::string& code, co
 // A service set with its own temporary database. The engine stays "loading" unless a test loads
 // a model into it.
 struct Api {
-    explicit Api(const std::string& tag = "routes") : dir(temp_dir(tag)) {
-        auto s = Store::open((dir / "fetalhc.db").string());
+    // `target`: a store to open (a PostgreSQL URI); "" = a fresh SQLite file in a temporary folder.
+    explicit Api(const std::string& tag = "routes", const std::string& target = "") : dir(temp_dir(tag)) {
+        auto s = Store::open(target.empty() ? (dir / "fetalhc.db").string() : target);
         if (!s) throw std::runtime_error(s.error());
         store = std::move(*s);
         services = std::make_unique<Services>(Services{*store, engine, metrics, openapi_json("test", 4u << 20)});
@@ -956,8 +958,9 @@ std::string concrete_path(const Route& r) {
 }
 
 // Issue 26: every route of the table has a role rule, and each role gets exactly the routes its
-// rule allows (derived from the route table: a new route without a rule fails here).
-TEST_F(RouteApi, RoleMatrixOverEveryRoute) {
+// rule allows (derived from the route table: a new route without a rule fails here). Run on SQLite
+// and on PostgreSQL (RoutePostgres below).
+void role_matrix(const Api& api) {
     Store& store = *api.store;
     auto viewer = store.add_user("vera", Role::Viewer), sono = store.add_user("sam", Role::Sonographer),
          admin = store.add_user("ada", Role::Admin);
@@ -1004,10 +1007,11 @@ TEST_F(RouteApi, RoleMatrixOverEveryRoute) {
     EXPECT_EQ(role_of("POST", "/v1/exams"), Role::Sonographer);
     EXPECT_EQ(role_of("POST", "/v1/measure"), Role::Sonographer);
 }
+TEST_F(RouteApi, RoleMatrixOverEveryRoute) { role_matrix(api); }
 
 // Audit completeness (derived from the route table): every request to a route that touches patient
 // data leaves exactly one entry naming the route, whatever its outcome; the other routes none.
-TEST_F(RouteApi, EveryPatientDataRouteLeavesOneAuditEntry) {
+void audit_completeness(const Api& api) {
     Store& store = *api.store;
     int audited = 0;
     for (const Route& r : route_table()) {
@@ -1046,6 +1050,24 @@ TEST_F(RouteApi, EveryPatientDataRouteLeavesOneAuditEntry) {
     EXPECT_TRUE(j["next_before"].is_number());
     q.query = {{"since", "yesterday"}};
     expect_error(api(q), 400, "invalid_field", "since");
+}
+TEST_F(RouteApi, EveryPatientDataRouteLeavesOneAuditEntry) { audit_completeness(api); }
+
+// The same two on PostgreSQL (a throw-away server; skipped without the server binaries).
+TEST(RoutePostgres, RoleMatrixAndAuditCompletenessHoldOnPostgresql) {
+    std::string why;
+    PgCluster* pg = PgCluster::get(&why);
+    if (!pg) GTEST_SKIP() << why;
+    for (auto check : {role_matrix, audit_completeness}) {
+        const std::string uri = pg->create_database(&why);
+        ASSERT_FALSE(uri.empty()) << why;
+        {
+            Api api("routes_pg", uri);
+            ASSERT_EQ(api.store->engine(), "postgresql");
+            check(api);
+        }
+        pg->drop_database(uri);
+    }
 }
 
 // Revocation takes effect at the next request; a store without users and a server without a
