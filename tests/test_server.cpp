@@ -4,6 +4,7 @@
 // content types and headers, the request log and metrics, the model loading in the background),
 // plus the server's options. The handlers themselves are tested without sockets in test_routes.cpp,
 // the store on its own in test_store.cpp. Only ServerWithModel runs the network (skips without the model).
+#include "dicomweb_client.h"
 #include "server_test_util.h"
 
 #include "fetalhc/ellipse.h"
@@ -893,3 +894,33 @@ TEST(ServerOptionsCheck, MaxQueueMsMustBeZeroOrPositive) {
     EXPECT_TRUE(Server::create(o));
     fs::remove_all(dir);
 }
+
+// The DICOMweb forward client against a hostile archive: an answer far over its 1 MiB budget (here
+// 64 MiB, streamed) is cut off and the forward fails saying so; a plain 200 is "sent".
+TEST(DicomwebForwardClient, AnAnswerOverItsBudgetIsCutOffNotKept) {
+    httplib::Server archive;
+    archive.Post("/dicom-web/studies", [](const httplib::Request& req, httplib::Response& res) {
+        if (req.get_header_value("X-Answer") != "huge" && req.body.find("object one") != std::string::npos) {
+            res.set_content("{}", "application/dicom+json");
+            return;
+        }
+        res.set_content_provider(64u << 20, "application/dicom+json", [](size_t offset, size_t length, httplib::DataSink& sink) {
+            static const std::string chunk(1 << 16, ' ');
+            sink.write(chunk.data(), std::min(length, chunk.size()));
+            (void)offset;
+            return true;
+        });
+    });
+    const int port = archive.bind_to_any_port("127.0.0.1");
+    ASSERT_GT(port, 0);
+    std::thread serving([&] { archive.listen_after_bind(); });
+    auto target = fetalhc::server::parse_dicomweb_target("http://127.0.0.1:" + std::to_string(port) + "/dicom-web");
+    ASSERT_TRUE(target) << target.error();
+    EXPECT_EQ(fetalhc::server::stow_rs(*target, {"object one"}, 10), "sent");
+    const std::string r = fetalhc::server::stow_rs(*target, {"object two"}, 10);
+    EXPECT_EQ(r.rfind("failed: ", 0), 0u) << r;
+    EXPECT_NE(r.find("more than 1048576 bytes"), std::string::npos) << r;
+    archive.stop();
+    serving.join();
+}
+

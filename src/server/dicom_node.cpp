@@ -678,14 +678,14 @@ void DicomNode::Impl::forward_once(Forwarding& f) {
     std::string result;
     bool retry = true;
     for (const auto& [sha, what] : {std::pair{row.sr_sha256, "the SR"}, std::pair{row.key_image_sha256, "the key image"}}) {
-        if (sha.empty() || !result.empty()) continue;  // rows from before key images have none
+        if (sha.empty()) continue;  // rows from before key images have none
         auto obj = store.read_image(sha);
         if (!obj || !*obj) {
             result = std::string("failed: ") + what + " is no longer in the store" + (obj ? std::string() : " (" + obj.error() + ")");
             retry = false;
-        } else {
-            objects.push_back(std::move(**obj));
+            break;
         }
+        objects.push_back(std::move(**obj));
     }
     if (result.empty()) result = dicomweb ? stow_rs(*dicomweb, objects, 30) : send_objects(objects);
     ++f.attempts;
@@ -804,10 +804,10 @@ Expected<std::unique_ptr<DicomNode>> DicomNode::create(const DicomNodeOptions& o
     if (!valid_ae_title(o.aet)) return make_error("--dicom-aet '" + o.aet + "' is not an AE title (1 to 16 printable characters, no '\\')");
     std::string user_role = "sonographer";
     if (o.user != "dicom-node") {  // a user of the store: it must be able to store images
-        auto users = store.users();
-        if (!users) return users.error_value();
-        auto it = std::find_if(users->begin(), users->end(), [&](const User& u) { return u.name == o.user; });
-        if (it == users->end())
+        auto found = store.user(o.user);
+        if (!found) return found.error_value();
+        const std::optional<User>& it = *found;
+        if (!it)
             return make_error("--dicom-user '" + o.user + "' is no user of the store; add it (fetalhc user add " + o.user +
                               " --role sonographer) or leave the option out (the built-in dicom-node)");
         if (it->revoked_at) return make_error("--dicom-user '" + o.user + "' was revoked; name another user");

@@ -19,6 +19,8 @@ std::string new_boundary() {
     return b;
 }
 
+constexpr size_t kMaxAnswerBytes = 1u << 20;  // a STOW-RS answer lists the instances sent: a few KB
+
 // What an answer says, for a message: printable ASCII only, at most `max` characters.
 std::string excerpt(const std::string& body, size_t max = 200) {
     std::string out;
@@ -77,12 +79,27 @@ std::string stow_rs(const DicomwebTarget& target, const std::vector<std::string>
     client.set_connection_timeout(secs, 0);
     client.set_read_timeout(secs, 0);
     client.set_write_timeout(secs, 0);
-    const httplib::Headers headers{{"Accept", "application/dicom+json"}};
     const std::string url = target.path + "/studies";
-    auto res = client.Post(url, headers, body,
-                           "multipart/related; type=\"application/dicom\"; boundary=" + boundary);
+    httplib::Request req;
+    req.method = "POST";
+    req.path = url;
+    req.headers = {{"Accept", "application/dicom+json"},
+                   {"Content-Type", "multipart/related; type=\"application/dicom\"; boundary=" + boundary}};
+    req.body = std::move(body);
+    // The answer is read within a budget: only an excerpt is ever shown, and an archive that sends
+    // more than kMaxAnswerBytes is cut off (the forward then fails and is retried).
+    std::string answer;
+    bool too_large = false;
+    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+        if (answer.size() + n > kMaxAnswerBytes) return !(too_large = true);
+        answer.append(data, n);
+        return true;
+    };
+    auto res = client.send(req);
     const std::string to = target.origin + url;
+    if (too_large) return "failed: " + to + " answered more than " + std::to_string(kMaxAnswerBytes) + " bytes";
     if (!res) return "failed: cannot POST to " + to + ": " + httplib::to_string(res.error());
+    res->body = std::move(answer);
     if (res->status == 200) return "sent";
     if (res->status == 202)
         return "failed: " + to + " stored only some instances (202): " + excerpt(res->body);

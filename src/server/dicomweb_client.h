@@ -27,6 +27,7 @@ Expected<DicomwebTarget> parse_dicomweb_target(const std::string& url);
 // POSTs `objects` (DICOM Part 10 files) to target.path + "/studies" as multipart/related;
 // type="application/dicom". "sent" when the archive answers 200 (every instance stored); else
 // "failed: " and why (no connection, the status and what the answer says, at most 200 characters).
+// The answer is read up to 1 MiB; a longer one is cut off and counts as a failure.
 std::string stow_rs(const DicomwebTarget& target, const std::vector<std::string>& objects, double timeout_s);
 
 }  // namespace fetalhc::server

@@ -87,7 +87,6 @@ ALTER TABLE dicom_instances ADD COLUMN key_image_sha256 TEXT NOT NULL DEFAULT ''
 CREATE INDEX dicom_instances_by_key_image ON dicom_instances(key_image_sha256);
 )sql";
 
-
 constexpr const char* kUnreferenced =
     "NOT EXISTS (SELECT 1 FROM exams e WHERE e.image_sha256 = i.sha256) AND "
     "NOT EXISTS (SELECT 1 FROM dicom_instances d WHERE d.image_sha256 = i.sha256 OR d.sr_sha256 = i.sha256 OR d.key_image_sha256 = i.sha256)";
@@ -316,15 +315,9 @@ public:
                 return std::move(*earlier);
             }
             ExamWrite out{exam_by_id(w, r[0][0].as<long long>()), false};
-            if (audit) {
-                AuditEntry a = *audit;
-                a.exam_id = out.exam.id;
-                a.pregnancy_id = in.pregnancy_id;
-                if (a.image_sha256.empty()) a.image_sha256 = in.image_sha256;
-                w.exec_params(std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" +
-                                  placeholders('$', 1, kAuditInsertCount) + ")",
-                              pqxx::prepare::make_dynamic_params(params_of(audit_values(a, now))));
-            }
+            if (audit)
+                w.exec_params(audit_insert_sql('$'),
+                              pqxx::prepare::make_dynamic_params(params_of(audit_values(exam_audit(*audit, in, out.exam.id), now))));
             w.commit();
             return out;
         });
@@ -353,9 +346,7 @@ public:
                                          pqxx::prepare::make_dynamic_params(params_of(dicom_values(in, now))));
             DicomInstance d = read_dicom_instance(PgRow{r.at(0)});
             if (audit)
-                w.exec_params(std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" +
-                                  placeholders('$', 1, kAuditInsertCount) + ")",
-                              pqxx::prepare::make_dynamic_params(params_of(audit_values(*audit, now))));
+                w.exec_params(audit_insert_sql('$'), pqxx::prepare::make_dynamic_params(params_of(audit_values(*audit, now))));
             w.commit();
             return d;
         });

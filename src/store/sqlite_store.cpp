@@ -79,7 +79,6 @@ constexpr const char* kSchemaV3 = R"sql(
 ALTER TABLE dicom_instances ADD COLUMN key_image_sha256 TEXT NOT NULL DEFAULT '';
 )sql";
 
-
 constexpr int kApplicationId = 0x46484331;  // "FHC1" in PRAGMA application_id
 
 // A prepared statement that finalizes itself; also the row reader of read_exam and friends.
@@ -438,13 +437,9 @@ public:
         if (s.step() != SQLITE_DONE) return fail(error("cannot save the exam"));
         const long long id = sqlite3_last_insert_rowid(db);
         if (audit) {
-            AuditEntry a = *audit;
-            a.exam_id = id;
-            a.pregnancy_id = in.pregnancy_id;
-            if (a.image_sha256.empty()) a.image_sha256 = in.image_sha256;
-            Stmt q(db, std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" + placeholders('?', 1, kAuditInsertCount) + ")");
+            Stmt q(db, audit_insert_sql('?'));
             if (!q.ok()) return fail(error("cannot prepare the audit entry"));
-            q.bind_all(audit_values(a, now));
+            q.bind_all(audit_values(exam_audit(*audit, in, id), now));
             if (q.step() != SQLITE_DONE) return fail(error("cannot append the exam's audit entry"));
         }
         if (!exec("COMMIT")) return fail(error("cannot commit the exam"));
@@ -486,7 +481,7 @@ public:
         }
         const long long id = sqlite3_last_insert_rowid(db);
         if (audit) {
-            Stmt a(db, std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" + placeholders('?', 1, kAuditInsertCount) + ")");
+            Stmt a(db, audit_insert_sql('?'));
             if (!a.ok()) return fail(error("cannot prepare the audit entry"));
             a.bind_all(audit_values(*audit, now));
             if (a.step() != SQLITE_DONE) return fail(error("cannot append the DICOM instance's audit entry"));

@@ -46,6 +46,18 @@ std::vector<Value> audit_values(const AuditEntry& e, const std::string& at) {
             e.sop_instance_uid, static_cast<long long>(e.outcome), e.client, e.request_id};
 }
 
+std::string audit_insert_sql(char mark) {
+    return std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" + placeholders(mark, 1, kAuditInsertCount) + ")";
+}
+
+AuditEntry exam_audit(const AuditEntry& a, const Exam& exam, long long id) {
+    AuditEntry out = a;
+    out.exam_id = id;
+    out.pregnancy_id = exam.pregnancy_id;
+    if (out.image_sha256.empty()) out.image_sha256 = exam.image_sha256;
+    return out;
+}
+
 AuditEntry read_audit(const std::vector<std::optional<std::string>>& r) {
     AuditEntry e;
     auto text = [&](size_t i) { return i < r.size() ? r[i].value_or("") : std::string(); };
@@ -559,8 +571,7 @@ Expected<std::optional<User>> Store::authenticate(const std::string& token) {
 Expected<AuditEntry> Store::append_audit(const AuditEntry& e) {
     const std::string at = utc_text(now_of(*impl_));
     auto rows = impl_->run_sql("cannot append to the audit trail",
-                               std::string("INSERT INTO audit (") + kAuditInsertColumns + ") VALUES (" +
-                                   placeholders('$', 1, kAuditInsertCount) + ") RETURNING id",
+                               audit_insert_sql('$') + " RETURNING id",
                                audit_values(e, at));
     if (!rows) return rows.error_value();
     AuditEntry out = e;

@@ -63,6 +63,10 @@ extern const char* const kAuditColumns;
 extern const char* const kAuditInsertColumns;
 inline constexpr int kAuditInsertCount = 11;
 std::vector<Value> audit_values(const AuditEntry& e, const std::string& at);
+// "INSERT INTO audit (...) VALUES (?1, ...)" with the engine's parameter mark ('?' or '$').
+std::string audit_insert_sql(char mark);
+// An exam's audit entry once the exam is saved with `id`: its id, pregnancy and (unless set) image.
+AuditEntry exam_audit(const AuditEntry& a, const Exam& exam, long long id);
 AuditEntry read_audit(const std::vector<std::optional<std::string>>& row);
 
 extern const char* const kDicomColumns;
