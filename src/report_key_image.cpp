@@ -134,6 +134,16 @@ Expected<std::vector<unsigned char>> write_key_image(const Measurement& m, const
     return report_detail::encode_part10(file, "the key image for '" + m.source + "'");
 }
 
+Expected<KeyImageFrame> key_image_frame(const DicomResult& r, DicomFrameReader& reader) {
+    if (!r.summary) return KeyImageFrame{r.image, std::nullopt};
+    if (!r.summary->has_estimate || r.summary->estimate_frame < 0)
+        return make_error(ErrorKind::InvalidArgument,
+                          "'" + reader.header().path + "': no frame was judged ok, so there is no key image");
+    auto f = reader.frame(r.summary->estimate_frame);
+    if (!f) return f.error_value();
+    return KeyImageFrame{std::move(*f), r.summary->estimate_frame + 1};
+}
+
 Expected<std::string> write_key_image_file(const Measurement& m, const cv::Mat& image, const DicomHeader* source,
                                            const std::string& path, const KeyImageOptions& opt) {
     auto bytes = write_key_image(m, image, source, opt);

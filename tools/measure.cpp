@@ -415,11 +415,11 @@ bool measure_one_dicom(const fetalhc::Measurer& measurer, const std::string& pat
         Output& o;
         ~ClearImage() { o.set_image(nullptr); }
     } clear_image{out};
-    cv::Mat estimate_frame;  // a cine's key image shows the frame its summary's ellipse comes from
+    fetalhc::KeyImageFrame key_frame;  // a cine's key image shows the frame its summary's ellipse comes from
     if (r->summary) {
-        if (!a.key_image_dir.empty() && r->summary->has_estimate && r->summary->estimate_frame >= 0) {
-            auto f = (*reader)->frame(r->summary->estimate_frame);
-            if (f) estimate_frame = std::move(*f), out.set_image(&estimate_frame, r->summary->estimate_frame + 1);
+        if (!a.key_image_dir.empty() && r->summary->has_estimate) {
+            auto f = fetalhc::key_image_frame(*r, **reader);
+            if (f) key_frame = std::move(*f), out.set_image(&key_frame.image, key_frame.referenced_frame);
             else error(cli_message(f.error_value()));
         }
         out.dicom_cine(path, *r);

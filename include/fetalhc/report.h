@@ -119,6 +119,15 @@ Expected<std::vector<unsigned char>> write_key_image(const Measurement& m, const
                                                      const KeyImageOptions& opt = {});
 Expected<std::string> write_key_image_file(const Measurement& m, const cv::Mat& image, const DicomHeader* source,
                                            const std::string& path, const KeyImageOptions& opt = {});
+// The image a DICOM result's key image draws on: the frame measured (DicomResult::image), or for a
+// multi-frame file the frame its summary's ellipse comes from, decoded from `reader` and named by
+// its 1-based number. The CLI and the server both take it from here. Error: a cine without an estimate.
+struct KeyImageFrame {
+    cv::Mat image;
+    std::optional<int> referenced_frame;
+};
+Expected<KeyImageFrame> key_image_frame(const DicomResult& r, DicomFrameReader& reader);
+
 // sr_file_name's stem with "_key.dcm" ("scans/a b.dcm" -> "a_b_key.dcm").
 std::string key_image_file_name(const std::string& source);
 

@@ -129,23 +129,16 @@ Result<std::vector<unsigned char>> dicom_result_sr(const DicomMeasured& r) {
 
 Result<std::vector<unsigned char>> dicom_result_key_image(Engine& engine, const DicomMeasured& r, const std::string& bytes,
                                                           const std::string& name) {
-    KeyImageOptions o;
-    if (!r.summary) {
-        auto key = write_key_image(r.measurement, r.image, &r.header, o);
-        if (!key) return api_error(key.error_value());
-        return *key;
-    }
-    if (!r.summary->has_estimate || r.summary->estimate_frame < 0)
-        return api_error(make_error(ErrorKind::InvalidArgument, "'" + name + "': no frame was judged ok, so there is no key image"));
-    Expected<cv::Mat> frame = make_error(ErrorKind::Internal, "not decoded");
-    {
+    Expected<KeyImageFrame> frame = KeyImageFrame{r.image, std::nullopt};
+    if (r.summary) {  // a cine: its estimate frame decoded again, on a decode slot
         SlotGuard decode(engine.decode_slots());
         auto reader = DicomFrameReader::open(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), name);
-        frame = reader ? (*reader)->frame(r.summary->estimate_frame) : Expected<cv::Mat>(reader.error_value());
+        frame = reader ? key_image_frame(r, **reader) : Expected<KeyImageFrame>(reader.error_value());
     }
     if (!frame) return api_error(frame.error_value());
-    o.referenced_frame = r.summary->estimate_frame + 1;
-    auto key = write_key_image(r.measurement, *frame, &r.header, o);
+    KeyImageOptions o;
+    o.referenced_frame = frame->referenced_frame;
+    auto key = write_key_image(r.measurement, frame->image, &r.header, o);
     if (!key) return api_error(key.error_value());
     return *key;
 }
