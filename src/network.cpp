@@ -1,5 +1,7 @@
 #include "network.h"
 
+#include "unet_traverse.h"
+
 #include "fetalhc/hc18.h"
 
 #include <ATen/Config.h>
@@ -49,30 +51,18 @@ UNetImpl::UNetImpl(const NetworkConfig& c) : cfg(c) {
     presence = register_module("presence", nn::Linear(channels_at(cfg, cfg.depth), 1));
 }
 
-// The U-Net traversal, shared by the training form (forward) and the frozen form (infer), which
-// differ only in their layers: down(l, x) and up(i, x) run a level's convolution block, head(x)
-// gives the logits and presence(pooled) the presence logits. Logits of a stride-2 stem come at half
-// the input size and are upsampled bilinearly to it.
+// The float forms' traversal (unet_traverse.h): presence(pooled) gets the bottleneck's channel
+// means, sizes change by torch's max pooling and bilinear upsampling.
 template <class Down, class Up, class Head, class Presence>
 static std::pair<torch::Tensor, torch::Tensor> run_unet(int depth, torch::Tensor x, Down down, Up up, Head head,
                                                         Presence presence) {
-    const std::vector<int64_t> input_size{x.size(2), x.size(3)};
-    std::vector<torch::Tensor> skips;
-    x = down(0, x);
-    for (int l = 1; l <= depth; ++l) {
-        skips.push_back(x);
-        x = down(l, torch::max_pool2d(x, 2));
-    }
-    auto pres = presence(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1)).squeeze(1);
-    for (int i = 0; i < depth; ++i) {
-        const auto& skip = skips[skips.size() - 1 - i];
-        x = torch::upsample_bilinear2d(x, {skip.size(2), skip.size(3)}, false);
-        x = up(i, torch::cat({x, skip}, 1));
-    }
-    auto logits = head(x);
-    if (logits.size(2) != input_size[0] || logits.size(3) != input_size[1])
-        logits = torch::upsample_bilinear2d(logits, input_size, false);
-    return {logits, pres};
+    return run_unet_with(
+        depth, std::move(x), down, up, head,
+        [&](const torch::Tensor& t) { return presence(torch::adaptive_avg_pool2d(t, {1, 1}).flatten(1)).squeeze(1); },
+        [](const torch::Tensor& t) { return max_pool2x(t); },
+        [](const torch::Tensor& t, const torch::Tensor& skip) {
+            return torch::upsample_bilinear2d(t, {skip.size(2), skip.size(3)}, false);
+        });
 }
 
 std::pair<torch::Tensor, torch::Tensor> UNetImpl::forward(torch::Tensor x) {
@@ -81,24 +71,6 @@ std::pair<torch::Tensor, torch::Tensor> UNetImpl::forward(torch::Tensor x) {
         [this](int i, const torch::Tensor& t) { return up[i]->as<ConvBlock>()->forward(t); },
         [this](const torch::Tensor& t) { return head(t); }, [this](const torch::Tensor& t) { return presence(t); });
 }
-
-struct FrozenConv {
-    torch::Tensor weight, bias;
-    int padding = 0, stride = 1;
-    torch::Tensor operator()(const torch::Tensor& x) const {
-#if AT_MKLDNN_ENABLED()
-        if (x.scalar_type() == torch::kFloat && at::globalContext().userEnabledMkldnn())
-            return at::mkldnn_convolution(x, weight, bias, {padding, padding}, {stride, stride}, {1, 1}, 1);
-#endif
-        return torch::conv2d(x, weight, bias, stride, padding);
-    }
-};
-
-struct FrozenUNet {
-    std::vector<std::pair<FrozenConv, FrozenConv>> down, up;
-    FrozenConv head;
-    torch::Tensor presence_weight, presence_bias;
-};
 
 // Eval-mode batch norm y = (x - mean) / sqrt(var + eps) * gamma + beta folded into the bias-free
 // convolution before it: w' = w * s, b' = beta - mean * s with s = gamma / sqrt(var + eps).
@@ -130,14 +102,26 @@ void UNetImpl::freeze() {
 
 std::pair<torch::Tensor, torch::Tensor> UNetImpl::infer(const torch::Tensor& input) const {
     if (!frozen) return const_cast<UNetImpl*>(this)->forward(input);
+    if (quant) return infer_int8(*quant, cfg.depth, input);
     const FrozenUNet& f = *frozen;
-    auto block = [](const std::pair<FrozenConv, FrozenConv>& b, const torch::Tensor& x) {
-        return b.second(b.first(x).relu_()).relu_();
+    // With a recorder (int8 calibration), each convolution's largest output after its ReLU.
+    std::vector<float>* record = nullptr;
+    if (auto* r = current_recorder()) {
+        record = &r->max[this];
+        record->resize(int8_layer_count(cfg), 0.0f);
+    }
+    auto block = [record](const std::pair<FrozenConv, FrozenConv>& b, const torch::Tensor& x, int index) {
+        auto y = b.first(x).relu_();
+        if (record) (*record)[2 * index] = std::max((*record)[2 * index], y.max().item<float>());
+        y = b.second(y).relu_();
+        if (record) (*record)[2 * index + 1] = std::max((*record)[2 * index + 1], y.max().item<float>());
+        return y;
     };
     return run_unet(
         cfg.depth, input.contiguous(torch::MemoryFormat::ChannelsLast),
-        [&](int l, const torch::Tensor& t) { return block(f.down[l], t); },
-        [&](int i, const torch::Tensor& t) { return block(f.up[i], t); }, [&](const torch::Tensor& t) { return f.head(t); },
+        [&](int l, const torch::Tensor& t) { return block(f.down[l], t, l); },
+        [&](int i, const torch::Tensor& t) { return block(f.up[i], t, cfg.depth + 1 + i); },
+        [&](const torch::Tensor& t) { return f.head(t); },
         [&](const torch::Tensor& t) { return torch::linear(t, f.presence_weight, f.presence_bias); });
 }
 

@@ -7,8 +7,10 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace fetalhc::detail {
 
@@ -22,6 +24,7 @@ struct ConvBlockImpl : torch::nn::Module {
 TORCH_MODULE(ConvBlock);
 
 struct FrozenUNet;
+struct QuantUNet;
 
 // U-Net style encoder-decoder for one object per image. Outputs the per-pixel head logit at the
 // input resolution and, from the pooled bottleneck, one presence logit (is a head in view?).
@@ -39,12 +42,44 @@ struct UNetImpl : torch::nn::Module {
     std::pair<torch::Tensor, torch::Tensor> infer(const torch::Tensor& x) const;
     std::shared_ptr<const FrozenUNet> frozen;
 
+    // int8 inference (src/network_int8.cpp). After freeze(): quantize() makes infer() run the
+    // frozen weights as int8 (per output channel, symmetric) on 8-bit activations whose ranges are
+    // `activation_max`, the largest output of each convolution after its ReLU (int8_layer_count()
+    // values in infer()'s order: the down blocks' two convolutions, then the up blocks'), measured
+    // on training images with ActivationRecorder. Throws when the ranges do not fit the network or
+    // no quantized engine is available (int8_engine_problem()).
+    void quantize(const std::vector<float>& activation_max);
+    std::shared_ptr<const QuantUNet> quant;
+
     NetworkConfig cfg;
     torch::nn::ModuleList down{nullptr}, up{nullptr};
     torch::nn::Conv2d head{nullptr};
     torch::nn::Linear presence{nullptr};
 };
 TORCH_MODULE(UNet);
+
+int int8_layer_count(const NetworkConfig& cfg);
+
+// "" when LibTorch here has a quantized CPU engine for int8 convolutions (oneDNN, else FBGEMM);
+// otherwise why not.
+std::string int8_engine_problem();
+// Whether this CPU has 8-bit dot-product instructions (AVX512-VNNI or AVX-VNNI, /proc/cpuinfo).
+bool cpu_has_vnni();
+
+// Calibration of the int8 ranges: while a RecordActivations is alive on a thread, every infer() of
+// a frozen float network on that thread records, per network, the largest output of each
+// convolution after its ReLU (the running max over calls).
+struct ActivationRecorder {
+    std::map<const UNetImpl*, std::vector<float>> max;
+};
+class RecordActivations {
+public:
+    explicit RecordActivations(ActivationRecorder& r);
+    ~RecordActivations();
+    RecordActivations(const RecordActivations&) = delete;
+    RecordActivations& operator=(const RecordActivations&) = delete;
+};
+ActivationRecorder* current_recorder();
 
 // Intensity normalisation shared by training and inference: 8-bit value v -> (v/255 - 0.5) / 0.25.
 torch::Tensor normalise_batch(const torch::Tensor& u8_or_float01);

@@ -162,6 +162,52 @@ Segmenter::Segmenter(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) 
 
 const ModelInfo& Segmenter::info() const { return impl_->info; }
 
+namespace {
+
+// SegmenterOptions::int8: the model's networks switched to their int8 form with the ranges in its
+// metadata ("int8": {"coarse": [...], "refine": [...]}).
+void quantize_from_metadata(detail::LoadedModel& lm) {
+    auto meta = nlohmann::json::parse(lm.metadata.empty() ? "{}" : lm.metadata, nullptr, false);
+    if (!meta.is_object() || !meta.contains("int8") || !meta["int8"].is_object())
+        throw std::runtime_error("it holds no int8 ranges; measure them once with `fetalhc model quantize --data HC18_DIR "
+                                 "--model MODEL --out MODEL`, or run without --int8");
+    const auto& q = meta["int8"];
+    auto ranges = [&](const char* key) {
+        if (!q.contains(key) || !q[key].is_array()) throw std::runtime_error(std::string("its int8 ranges have no \"") + key + "\" list");
+        return q[key].get<std::vector<float>>();
+    };
+    lm.net->quantize(ranges("coarse"));
+    if (lm.refine.net) lm.refine.net->quantize(ranges("refine"));
+}
+
+}  // namespace
+
+Expected<std::string> Segmenter::calibrate_int8(const std::string& in, const std::string& out,
+                                                const std::vector<cv::Mat>& images, const std::string& note) {
+    if (images.empty()) return make_error(ErrorKind::InvalidArgument, "int8 calibration needs at least one image");
+    auto seg = load(in, {});
+    if (!seg) return seg.error_value();
+    try {
+        detail::ActivationRecorder rec;
+        {
+            detail::RecordActivations recording(rec);
+            for (const auto& img : images) seg->segment(img);
+        }
+        const auto& impl = *seg->impl_;
+        nlohmann::json q{{"images", images.size()}, {"note", note}};
+        auto ranges = [&](const detail::UNet& net) {
+            auto it = rec.max.find(net.get());
+            if (it == rec.max.end()) throw std::runtime_error("a network never ran on the calibration images");
+            return it->second;
+        };
+        q["coarse"] = ranges(impl.nets.front());
+        if (!impl.refiners.empty()) q["refine"] = ranges(impl.refiners.front().net);
+        return rewrite_metadata(in, out, nlohmann::json{{"int8", q}}.dump());
+    } catch (const std::exception& e) {
+        return make_error(ErrorKind::ModelUnavailable, "int8 calibration of '" + in + "': " + e.what());
+    }
+}
+
 Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOptions& opt) {
     // Regular files only: a pipe (a model streamed in) cannot be read twice.
     std::error_code ec;
@@ -180,6 +226,7 @@ Expected<Segmenter> Segmenter::load(const std::string& path, const SegmenterOpti
             impl->info.refine_margin = lm.refine.margin;
         }
         impl->mirror_average = opt.mirror_average;
+        if (opt.int8) quantize_from_metadata(lm);
         impl->info.path = path;
         impl->info.config = lm.cfg;
         impl->info.metadata = lm.metadata;
@@ -234,6 +281,9 @@ Expected<Segmenter> Segmenter::load_ensemble(const std::vector<std::string>& pat
     impl->info.metadata = meta.dump();
     return Segmenter(impl);
 }
+
+std::string int8_problem() { return detail::int8_engine_problem(); }
+bool cpu_has_vnni() { return detail::cpu_has_vnni(); }
 
 Expected<std::vector<std::string>> ensemble_model_files(const std::string& dir) {
     namespace fs = std::filesystem;

@@ -904,6 +904,15 @@ evaluate_small_folder() {
         --err "training images" --err "$T/calibrated.pt"
     run evaluate --data "$T/hc18" --model "$T/calibrated.pt" --split all
     expect "model calibrate: its output is a model that measures" 0 --out-re "n= *3 "
+    run model quantize --data "$T/hc18" --model "$MODEL" --images 2 --out "$T/int8.pt"
+    expect "model quantize: exit 0, says on how many training images and what it wrote" 0 \
+        --err "measured on 2 training images" --err "$T/int8.pt"
+    run evaluate --data "$T/hc18" --model "$T/int8.pt" --split all --int8 --json --quiet
+    expect "evaluate --int8: the quantized model measures, and the output says int8" 0 --out '"int8": true' \
+        --out '"images": 3'
+    run model quantize --data "$T/empty_folder" --model "$MODEL" --out "$T/never.pt"
+    expect "model quantize on a folder without the HC18 layout: exit 2, nothing written" 2 --err training_set
+    check "model quantize: no output file after an error" "$T/never.pt exists" test ! -e "$T/never.pt"
     run model calibrate --data "$T/empty_folder" --model "$MODEL" --out "$T/never.pt"
     expect "model calibrate on a folder without the HC18 layout: exit 2, nothing written" 2 --err training_set
     check "model calibrate: no output file after an error" "$T/never.pt exists" test ! -e "$T/never.pt"

@@ -4,6 +4,7 @@
 #include "geometry.h"
 #include "net_frame.h"
 #include "network.h"
+#include "unet_traverse.h"
 
 #include "fetalhc/ellipse.h"
 
@@ -11,6 +12,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include <filesystem>
+#include <thread>
 
 #include <unistd.h>
 
@@ -264,4 +266,114 @@ TEST(MirrorAverage, IsTheMeanOfBothViewsAndMirrorSymmetric) {
     EXPECT_NEAR(avg.presence, 0.5f * (plain.presence + plain_m.presence), 1e-6);
     cv::flip(avg_m.probability, back, 1);
     EXPECT_LT(cv::norm(avg.probability, back, cv::NORM_INF), 1e-6);
+}
+
+// int8 form (network_int8.cpp): its 2x upsampling is torch's bilinear one on the 8-bit values,
+// rounded; the whole network stays close to the float form on the inputs it was calibrated on; a
+// model file without ranges is refused with the command that makes them; concurrent calls agree.
+TEST(Int8Network, UpsamplingIsBilinearRoundedToTheInputsSteps) {
+    if (!fetalhc::int8_problem().empty()) GTEST_SKIP() << fetalhc::int8_problem();
+    torch::manual_seed(3);
+    auto x = torch::rand({2, 5, 6, 7}) * 3.0;
+    auto q = torch::quantize_per_tensor(x, 3.0 / 255, 0, torch::kQUInt8).contiguous(torch::MemoryFormat::ChannelsLast);
+    auto up = fetalhc::detail::upsample2x_int8(q);
+    ASSERT_EQ(up.sizes(), (std::vector<int64_t>{2, 5, 12, 14}));
+    EXPECT_EQ(up.q_scale(), q.q_scale());
+    auto ref = torch::upsample_bilinear2d(q.dequantize(), {12, 14}, false);
+    // Rounding to the nearest step: at most half a step away (plus float noise).
+    EXPECT_LE((up.dequantize() - ref).abs().max().item<float>(), 0.5f * 3.0f / 255 + 1e-5f);
+    EXPECT_GT((up.dequantize() - ref).abs().max().item<float>(), 0.0f) << "rounding should show somewhere";
+}
+
+namespace {
+
+// A frozen random network quantized with ranges recorded on `inputs`.
+void calibrate(UNet& net, const std::vector<torch::Tensor>& inputs) {
+    fetalhc::detail::ActivationRecorder rec;
+    {
+        fetalhc::detail::RecordActivations recording(rec);
+        c10::InferenceMode guard;
+        for (const auto& x : inputs) net->infer(x);
+    }
+    ASSERT_EQ(rec.max.size(), 1u);
+    const auto& ranges = rec.max.begin()->second;
+    ASSERT_EQ(static_cast<int>(ranges.size()), fetalhc::detail::int8_layer_count(net->cfg));
+    for (float r : ranges) EXPECT_GT(r, 0.0f);
+    net->quantize(ranges);
+}
+
+}  // namespace
+
+TEST(Int8Network, CloseToTheFloatFormOnCalibratedInputs) {
+    if (!fetalhc::int8_problem().empty()) GTEST_SKIP() << fetalhc::int8_problem();
+    for (int stem : {1, 2}) {
+        UNet net = random_eval_net(192, 128, 8, 4, stem);
+        net->freeze();
+        std::vector<torch::Tensor> inputs;
+        for (int i = 0; i < 4; ++i) inputs.push_back(fetalhc::detail::normalise_batch(torch::randint(0, 256, {1, 1, 128, 192}).to(torch::kByte)));
+        torch::Tensor ref_logits, ref_presence;
+        {
+            c10::InferenceMode guard;
+            std::tie(ref_logits, ref_presence) = net->infer(inputs[0]);
+        }
+        calibrate(net, inputs);
+        ASSERT_TRUE(net->quant);
+        c10::InferenceMode guard;
+        auto [logits, presence] = net->infer(inputs[0]);
+        ASSERT_EQ(logits.sizes(), ref_logits.sizes());
+        // The map's shape is what the boundary is taken from: the two forms' logits must correlate.
+        auto a = logits.flatten() - logits.mean(), b = ref_logits.flatten() - ref_logits.mean();
+        const float corr = (a * b).sum().item<float>() / std::sqrt((a * a).sum().item<float>() * (b * b).sum().item<float>());
+        EXPECT_GT(corr, 0.98f) << "stem " << stem;
+        EXPECT_LT(corr, 1.0f) << "the int8 form should not be the float one";
+        std::printf("stem %d: correlation %.5f\n", stem, corr);
+        EXPECT_NEAR(presence.item<float>(), ref_presence.item<float>(), 0.1f * std::max(1.0f, std::abs(ref_presence.item<float>())));
+    }
+}
+
+TEST(Int8Network, RangesMustFitTheNetwork) {
+    if (!fetalhc::int8_problem().empty()) GTEST_SKIP() << fetalhc::int8_problem();
+    UNet net = random_eval_net(64, 48, 4, 2);
+    EXPECT_THROW(net->quantize(std::vector<float>(10, 1.0f)), std::logic_error) << "not frozen";
+    net->freeze();
+    EXPECT_THROW(net->quantize(std::vector<float>(3, 1.0f)), std::runtime_error);
+    EXPECT_NO_THROW(net->quantize(std::vector<float>(fetalhc::detail::int8_layer_count(net->cfg), 1.0f)));
+}
+
+TEST(Int8Segmenter, CalibratedModelLoadsInt8AndAgreesAcrossThreads) {
+    if (!fetalhc::int8_problem().empty()) GTEST_SKIP() << fetalhc::int8_problem();
+    TempFolder t;
+    UNet net = random_eval_net(64, 64, 4, 2);
+    const auto plain = (t.path / "plain.pt").string(), calibrated = (t.path / "int8.pt").string();
+    fetalhc::detail::save_model(net, plain, R"({"axis_scale": 0.99})");
+
+    auto refused = fetalhc::Segmenter::load(plain, {1, false, true});
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().find("model quantize"), std::string::npos) << refused.error();
+
+    const cv::Mat img = head_scan();
+    auto meta = fetalhc::Segmenter::calibrate_int8(plain, calibrated, {img, 255 - img}, "two test scans");
+    ASSERT_TRUE(meta) << meta.error();
+    EXPECT_NE(meta->find("\"coarse\""), std::string::npos);
+    EXPECT_NE(meta->find("two test scans"), std::string::npos);
+    EXPECT_NE(meta->find("0.99"), std::string::npos) << "the other metadata is kept";
+
+    auto f32 = fetalhc::Segmenter::load(calibrated, {1});
+    auto i8 = fetalhc::Segmenter::load(calibrated, {1, false, true});
+    ASSERT_TRUE(f32 && i8) << (f32 ? i8.error() : f32.error());
+    const cv::Mat p32 = fetalhc::net_frame(f32->segment(img)).probability;
+    const cv::Mat p8 = fetalhc::net_frame(i8->segment(img)).probability;
+    const double diff = cv::norm(p32, p8, cv::NORM_L1) / double(p32.total());
+    EXPECT_LT(diff, 0.02) << "mean probability difference";
+    EXPECT_GT(diff, 0.0);
+
+    // Two threads at once give what one gives alone.
+    std::vector<cv::Mat> maps(2);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 2; ++i)
+        threads.emplace_back([&, i] {
+            for (int k = 0; k < 20; ++k) maps[i] = fetalhc::net_frame(i8->segment(img)).probability.clone();
+        });
+    for (auto& th : threads) th.join();
+    for (const auto& m : maps) EXPECT_EQ(cv::norm(m, p8, cv::NORM_INF), 0.0);
 }

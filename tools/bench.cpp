@@ -31,6 +31,7 @@ struct BenchArgs {
     double pixel_size = 0.15;   // mm per pixel (scales the numbers; an HC under 100 mm also gets the second look)
     int threads = 2;
     bool mirror = false;        // --mirror: time the second pass with its mirrored copy
+    bool int8 = false;          // --int8: both networks in 8 bits
     bool single_look = false;   // --single-look: no targeted second opinion
     std::string head_check;     // --head-check: "" (beside the model), "none" or a file
     int runs = 30;              // timed end-to-end runs (after the warm-up runs)
@@ -127,6 +128,7 @@ void print_json(const BenchArgs& a, const fetalhc::ModelInfo& info, const cv::Ma
                      {"two_pass", info.refine_config.input_width > 0},
                      {"threads", a.threads},
                      {"mirror_average", a.mirror},
+                     {"int8", a.int8},
                      {"image", a.image.empty() ? "synthetic 800x540" : a.image},
                      {"image_width", frame0.cols},
                      {"image_height", frame0.rows},
@@ -172,7 +174,7 @@ int run_bench(BenchArgs a) {
         return kExitUsage;
     }
     if (!bound_thread_count(a.threads, "--threads") || !bound_thread_count(a.workers, "--workers")) return kExitUsage;
-    auto seg = load_segmenter(a.model, a.ensemble, {a.threads, a.mirror});
+    auto seg = load_segmenter(a.model, a.ensemble, {a.threads, a.mirror, a.int8});
     if (!seg) return kExitUsage;
     std::optional<fetalhc::HeadCheck> check;
     if (!load_head_check(a.head_check, a.model, check)) return kExitUsage;
@@ -221,6 +223,7 @@ void add_bench_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--threads", a->threads, "CPU threads for the network (0 = all cores; at most the core count)")
         ->capture_default_str();
     add_mirror_flag(cmd, a->mirror);
+    add_int8_flag(cmd, a->int8);
     add_single_look_flag(cmd, a->single_look);
     add_head_check_option(cmd, a->head_check);
     cmd->add_option("--runs", a->runs, "timed end-to-end runs, after 3 warm-up runs")->capture_default_str();

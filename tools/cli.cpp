@@ -153,6 +153,12 @@ CLI::Option* add_mirror_flag(CLI::App* cmd, bool& mirror) {
                          "more time per image; out-of-fold HC error 1.89 instead of 1.93 mm)");
 }
 
+CLI::Option* add_int8_flag(CLI::App* cmd, bool& int8) {
+    return cmd->add_flag("--int8", int8,
+                         "run both networks in 8 bits (the model must hold int8 ranges: `fetalhc model quantize`); "
+                         "fastest on CPUs with VNNI");
+}
+
 CLI::Option* add_single_look_flag(CLI::App* cmd, bool& single_look) {
     return cmd->add_flag("--single-look", single_look,
                          "no targeted second opinion: one path for every image (by default, with a head check, a small "

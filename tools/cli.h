@@ -87,6 +87,8 @@ CLI::Option* add_head_check_option(CLI::App* cmd, std::string& choice);
 bool load_head_check(const std::string& choice, const std::string& model, std::optional<fetalhc::HeadCheck>& out);
 // --mirror: the second pass averages each crop with its mirror image (SegmenterOptions::mirror_average).
 CLI::Option* add_mirror_flag(CLI::App* cmd, bool& mirror);
+// --int8: both networks in 8 bits (SegmenterOptions::int8).
+CLI::Option* add_int8_flag(CLI::App* cmd, bool& int8);
 // --single-look: no targeted second opinion (MeasureOptions::targeted_second_opinion), to compare.
 CLI::Option* add_single_look_flag(CLI::App* cmd, bool& single_look);
 

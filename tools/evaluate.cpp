@@ -19,7 +19,7 @@ namespace {
 
 struct EvalArgs {
     std::string data, model = default_model(), split = "validation";
-    bool json_out = false, quiet = false, second_opinion = false, mirror = false, single_look = false;
+    bool json_out = false, quiet = false, second_opinion = false, mirror = false, single_look = false, int8 = false;
     int worst = 10, threads = 0;
     std::string per_image_csv;
     std::string oof;  // k-fold run folder: out-of-fold evaluation
@@ -93,7 +93,7 @@ int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& r
                          "' is not a folder"), kExitUsage;
         so.head_check_run = a.head_check;
     }
-    auto oof = fetalhc::evaluate_out_of_fold(recs, a.oof, {a.threads, a.mirror}, so);
+    auto oof = fetalhc::evaluate_out_of_fold(recs, a.oof, {a.threads, a.mirror, a.int8}, so);
     if (!oof) return error(oof.error() + " (k-fold run folder '" + a.oof + "'; `fetalhc train --data " + a.data +
                            " --kfold K --out " + a.oof + "` finishes or resumes it)"), kExitUsage;
     progress.finish();
@@ -107,6 +107,7 @@ int run_out_of_fold(const EvalArgs& a, const std::vector<fetalhc::Hc18Record>& r
     out["oof"] = a.oof;
     out["split"] = "out-of-fold";
     out["mirror_average"] = a.mirror;
+    out["int8"] = a.int8;
     out["head_check"] = so.head_check_run.empty() ? json(nullptr) : json(so.head_check_run);
     out["folds"] = json::array();
     for (const auto& f : ff.folds) out["folds"].push_back(fetalhc::to_json(f));
@@ -135,7 +136,7 @@ int run_evaluate(const EvalArgs& a) {
     if (!recs) return fail(recs.error_value());
     if (!a.oof.empty()) return run_out_of_fold(a, *recs);
     if (!check_model_file(a.model)) return kExitUsage;
-    auto seg = fetalhc::Segmenter::load(a.model, {a.threads, a.mirror});
+    auto seg = fetalhc::Segmenter::load(a.model, {a.threads, a.mirror, a.int8});
     if (!seg) return fail(seg.error_value());
     const auto split = fetalhc::model_split(*recs, seg->info().metadata);
     auto chosen = chosen_records(a, *recs, split);
@@ -157,6 +158,7 @@ int run_evaluate(const EvalArgs& a) {
     out["model"] = a.model;
     out["split"] = a.split;
     out["mirror_average"] = a.mirror;
+    out["int8"] = a.int8;
     if (!a.per_image_csv.empty()) {
         std::ofstream f(a.per_image_csv);
         fetalhc::write_per_image_csv(rep, f);
@@ -195,6 +197,7 @@ void add_evaluate_command(CLI::App& app, Commands& commands) {
                       "whose fold i scores fold i's images, and none by default");
     add_quiet_flag(cmd, a->quiet);
     add_mirror_flag(cmd, a->mirror);
+    add_int8_flag(cmd, a->int8);
     add_single_look_flag(cmd, a->single_look);
     cmd->add_flag("--second-opinion", a->second_opinion,
                   "also measure each image mirrored (its second pass on another crop) and record the relative HC difference");

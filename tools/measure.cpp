@@ -44,7 +44,7 @@ struct MeasureArgs {
     std::string pixel_sizes_csv, format = "text", overlay_dir, model, sr_dir, key_image_dir, ensemble;
     double ga_weeks = kNaN;
     int threads = 0;
-    bool mirror = false, single_look = false;
+    bool mirror = false, single_look = false, int8 = false;
     std::string head_check;  // --head-check: "" (beside the model), "none" or a file
     int redetect_every = 10;
     int workers = 0;
@@ -528,7 +528,7 @@ int run_measure(MeasureArgs a) {
     }
     const int workers = one_still ? 1 : a.workers > 0 ? a.workers : hw;
     a.workers = workers;
-    auto seg = load_segmenter(a.model, a.ensemble, {a.threads > 0 ? a.threads : std::max(1, hw / workers), a.mirror});
+    auto seg = load_segmenter(a.model, a.ensemble, {a.threads > 0 ? a.threads : std::max(1, hw / workers), a.mirror, a.int8});
     if (!seg) return kExitUsage;
     // An HC18 submission is a set of heads by construction, and each row needs an ellipse: the
     // check refuses nothing there unless asked for by name.
@@ -612,6 +612,7 @@ void add_measure_command(CLI::App& app, Commands& commands) {
         ->capture_default_str();
     add_ensemble_option(cmd, a->ensemble)->excludes(add_model_option(cmd, a->model));
     add_mirror_flag(cmd, a->mirror);
+    add_int8_flag(cmd, a->int8);
     add_single_look_flag(cmd, a->single_look);
     add_head_check_option(cmd, a->head_check);
     cmd->add_option("--redetect-every", a->redetect_every,

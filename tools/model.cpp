@@ -17,17 +17,29 @@ using nlohmann::json;
 namespace fetalhc_cli {
 namespace {
 
-// Rewrites the model's axis scale from its TRAINING split only (fetalhc::calibrate_axis_scale).
-int run_calibrate(const std::string& data, const std::string& in, const std::string& out) {
+// The model at `in` (float) and the split of `data` it records (model_split); kExitOk or the exit
+// code after the error was printed.
+int load_with_split(const std::string& data, const std::string& in, std::optional<fetalhc::Segmenter>& seg,
+                    fetalhc::Split& split) {
     if (!check_model_file(in)) return kExitUsage;
-    auto seg = fetalhc::Segmenter::load(in, {});
-    if (!seg) return fail(seg.error_value());
+    auto loaded = fetalhc::Segmenter::load(in, {});
+    if (!loaded) return fail(loaded.error_value());
     auto recs = fetalhc::read_hc18_training(data);
     if (!recs) return fail(recs.error_value());
-    auto split = fetalhc::model_split(*recs, seg->info().metadata);
-    if (!split) return fail(split.error_value().prefixed("model '" + in + "': "));
+    auto sp = fetalhc::model_split(*recs, loaded->info().metadata);
+    if (!sp) return fail(sp.error_value().prefixed("model '" + in + "': "));
+    seg = std::move(*loaded);
+    split = std::move(*sp);
+    return kExitOk;
+}
+
+// Rewrites the model's axis scale from its TRAINING split only (fetalhc::calibrate_axis_scale).
+int run_calibrate(const std::string& data, const std::string& in, const std::string& out) {
+    std::optional<fetalhc::Segmenter> seg;
+    fetalhc::Split split;
+    if (int rc = load_with_split(data, in, seg, split); rc != kExitOk) return rc;
     fetalhc::Measurer measurer(*seg);
-    auto c = fetalhc::calibrate_axis_scale(*split, seg->info().axis_scale, fetalhc::measure_with(measurer));
+    auto c = fetalhc::calibrate_axis_scale(split, seg->info().axis_scale, fetalhc::measure_with(measurer));
     if (!c) return fail(c.error_value().prefixed("model '" + in + "' on '" + data + "': "));
     auto r = fetalhc::Segmenter::rewrite_metadata(in, out,
                                                   json{{"axis_scale", c->axis_scale},
@@ -38,6 +50,32 @@ int run_calibrate(const std::string& data, const std::string& in, const std::str
     if (!r) return fail(r.error_value());
     std::fprintf(stderr, "axis scale %.5f = %.5f (masks -> reference ellipses, %d training images) x %.5f (this model's HC -> reference HC, median of %d); wrote %s\n",
                  c->axis_scale, c->masks_factor, c->training_images, c->measured_factor, c->measured_images, out.c_str());
+    return kExitOk;
+}
+
+// Measures the int8 activation ranges on up to `images` of the model's TRAINING split (evenly
+// spaced in file order) and stores them in the model file (Segmenter::calibrate_int8).
+int run_quantize(const std::string& data, const std::string& in, int images, const std::string& out) {
+    if (auto problem = fetalhc::int8_problem(); !problem.empty())
+        return fail(fetalhc::make_error(fetalhc::ErrorKind::ModelUnavailable, problem));
+    std::optional<fetalhc::Segmenter> seg;
+    fetalhc::Split split;
+    if (int rc = load_with_split(data, in, seg, split); rc != kExitOk) return rc;
+    auto train = split.train;
+    std::sort(train.begin(), train.end(), [](const auto& a, const auto& b) { return a.image_path < b.image_path; });
+    const size_t n = std::min(train.size(), static_cast<size_t>(images));
+    std::vector<cv::Mat> scans;
+    for (size_t i = 0; i < n; ++i) {
+        const auto& r = train[i * train.size() / n];
+        auto img = fetalhc::load_grayscale(r.image_path);
+        if (!img) return fail(img.error_value());
+        scans.push_back(*img);
+    }
+    auto r = fetalhc::Segmenter::calibrate_int8(in, out, scans,
+                                                std::to_string(n) + " of the " + std::to_string(train.size()) +
+                                                    " training images of '" + data + "', evenly spaced in name order");
+    if (!r) return fail(r.error_value());
+    std::fprintf(stderr, "int8 ranges measured on %zu training images; wrote %s (use it with --int8)\n", n, out.c_str());
     return kExitOk;
 }
 
@@ -118,6 +156,8 @@ struct ModelArgs {
     std::string cal_data, cal_in, cal_out;
     std::vector<std::string> avg_in;
     std::string avg_out;
+    std::string q_data, q_in, q_out;
+    int q_images = 128;
     std::string comb_coarse, comb_two, comb_out;
     std::string iv_in, iv_csv, iv_out;
     double iv_coverage = 0.9;
@@ -139,6 +179,14 @@ void add_model_command(CLI::App& app, Commands& commands) {
     cal->add_option("--model", a->cal_in, "model to read")->capture_default_str();
     cal->add_option("--out", a->cal_out, "model file to write (may equal --model)")->required();
     commands.push_back({cal, [a] { return run_calibrate(a->cal_data, a->cal_in, a->cal_out); }});
+
+    auto* qz = mdl->add_subcommand("quantize", "store the int8 activation ranges (for --int8), measured on the model's training split");
+    qz->add_option("--data", a->q_data, "HC18-layout folder the model was trained on")->required();
+    a->q_in = default_model();
+    qz->add_option("--model", a->q_in, "model to read")->capture_default_str();
+    qz->add_option("--images", a->q_images, "training images to measure")->capture_default_str()->check(CLI::Range(1, 100000));
+    qz->add_option("--out", a->q_out, "model file to write (may equal --model)")->required();
+    commands.push_back({qz, [a] { return run_quantize(a->q_data, a->q_in, a->q_images, a->q_out); }});
 
     auto* avg = mdl->add_subcommand("average", "average the weights of models from one training run (same network)");
     avg->add_option("models", a->avg_in, "model files to average")->required();

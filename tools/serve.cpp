@@ -130,6 +130,7 @@ void add_serve_command(CLI::App& app, Commands& commands) {
     cmd->add_option("--threads", so.threads, "requests running the network at once (0 = CPU cores; at most the core count)")
         ->capture_default_str();
     add_mirror_flag(cmd, so.mirror_average);
+    add_int8_flag(cmd, so.int8);
     add_head_check_option(cmd, so.head_check);
     cmd->add_option("--token-file", so.token_file, "file whose first line is the bearer token (required off loopback)");
     cmd->add_option("--allow-origin", a->allow_origin,

@@ -45,6 +45,11 @@ struct SegmenterOptions {
     // same head seen the other way round). One more forward of the second network per crop, about
     // a third more time per image; out-of-fold HC error 1.89 instead of 1.93 mm (models/MODEL_CARD.md).
     bool mirror_average = false;
+    // Run both networks in 8 bits (weights per output channel, activations per layer in the ranges
+    // stored by Segmenter::calibrate_int8): about a quarter of the convolution time where the CPU
+    // has 8-bit dot products (VNNI), the same HC to a fraction of a millimetre (models/MODEL_CARD.md).
+    // Loading fails when the model holds no int8 ranges or LibTorch has no quantized engine.
+    bool int8 = false;
 };
 
 struct ModelInfo {
@@ -88,6 +93,14 @@ public:
     static Expected<std::string> rewrite_metadata(const std::string& in, const std::string& out,
                                                   const std::string& json_patch);
 
+    // int8 calibration (SegmenterOptions::int8): segments each of `images` (CV_8UC1 scans the
+    // model trained on, never its validation images) in float and writes a copy of the model file
+    // at `in` to `out` whose metadata key "int8" holds, per network, the largest output of each
+    // convolution after its ReLU. `note` (free text, e.g. which images) is stored beside them.
+    // Returns the merged metadata.
+    static Expected<std::string> calibrate_int8(const std::string& in, const std::string& out,
+                                                const std::vector<cv::Mat>& images, const std::string& note);
+
     // Writes the element-wise mean of the parameters and batch-norm statistics of models that share
     // one network config (weight averaging of checkpoints from one training run). The metadata of
     // the first model is kept, with "averaged_from" added.
@@ -109,6 +122,12 @@ private:
     explicit Segmenter(std::shared_ptr<const Impl> impl);
     std::shared_ptr<const Impl> impl_;
 };
+
+// "" when this build can run SegmenterOptions::int8 (LibTorch has a quantized CPU engine, oneDNN or
+// FBGEMM); otherwise why not.
+std::string int8_problem();
+// Whether this CPU has 8-bit dot-product instructions (AVX512-VNNI or AVX-VNNI), where int8 pays most.
+bool cpu_has_vnni();
 
 // The members of an ensemble folder: DIR/fold<i>/model.pt of a k-fold run (`fetalhc train --kfold`),
 // else the *.pt files directly in DIR; sorted by path. Error when there are fewer than two.

@@ -54,6 +54,7 @@ struct ServerOptions {
     int threads = 0;                       // requests running the network at once; 0 = CPU cores
     int torch_threads = 0;                 // LibTorch threads per request; 0 = cores / threads (>= 1)
     bool mirror_average = false;           // SegmenterOptions::mirror_average (serve --mirror)
+    bool int8 = false;                     // SegmenterOptions::int8 (serve --int8)
     // The head check (fetalhc/head_check.h; serve --head-check): "" = fetalhc_head_check.pt beside
     // model_path when present, "none" = without, else that file (the model then fails to load
     // when the check cannot be loaded).

@@ -20,11 +20,12 @@ double ms_since(Clock::time_point t) { return std::chrono::duration<double, std:
 
 Engine::Engine(int slots, double max_queue_ms) : slots_(slots, max_queue_ms), decode_slots_(slots) {}
 
-void Engine::load(const std::string& model_path, int torch_threads, bool mirror_average, const std::string& head_check) {
+void Engine::load(const std::string& model_path, int torch_threads, bool mirror_average, const std::string& head_check,
+                  bool int8) {
     const auto t0 = Clock::now();
     const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
     const int threads = torch_threads > 0 ? torch_threads : std::max(1, hw / slots_.total());
-    auto seg = Segmenter::load(model_path, {threads, mirror_average});
+    auto seg = Segmenter::load(model_path, {threads, mirror_average, int8});
     std::string missing;
     auto check = seg ? head_check_for_model(head_check, model_path, &missing) : std::optional<HeadCheck>();
     if (seg && !check) seg = check.error_value();
@@ -53,8 +54,8 @@ void Engine::load(const std::string& model_path, int torch_threads, bool mirror_
     }
     cv_.notify_all();
     if (seg)
-        spdlog::info("model loaded in {:.1f} s ({} requests at once, {} LibTorch threads each{})", ms_since(t0) / 1000,
-                     slots_.total(), threads, mirror_average ? ", mirror averaging on" : "");
+        spdlog::info("model loaded in {:.1f} s ({} requests at once, {} LibTorch threads each{}{})", ms_since(t0) / 1000,
+                     slots_.total(), threads, mirror_average ? ", mirror averaging on" : "", int8 ? ", int8" : "");
     else
         spdlog::error("{}", seg.error());
 }

@@ -33,8 +33,9 @@ public:
     // Loads the model (blocking: call it on a background thread). torch_threads: LibTorch threads
     // per request; 0 = cores / slots (at least 1). mirror_average: SegmenterOptions::mirror_average.
     // head_check: as ServerOptions::head_check; a check that cannot be loaded fails the load.
+    // int8: SegmenterOptions::int8.
     void load(const std::string& model_path, int torch_threads, bool mirror_average = false,
-              const std::string& head_check = "");
+              const std::string& head_check = "", bool int8 = false);
 
     State state() const;
     std::string load_error() const;     // why loading failed ("" otherwise)

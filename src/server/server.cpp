@@ -128,7 +128,7 @@ struct Server::Impl {
         if (started) return false;
         started = true;
         if (background) listener = std::thread([this] { http->listen(); });
-        loader = std::thread([this] { engine->load(opt.model_path, opt.torch_threads, opt.mirror_average, opt.head_check); });
+        loader = std::thread([this] { engine->load(opt.model_path, opt.torch_threads, opt.mirror_average, opt.head_check, opt.int8); });
         if (dicom) dicom->start();
         return true;
     }
