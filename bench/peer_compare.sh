@@ -73,4 +73,4 @@ echo
 echo "image ms: \`fetalhc bench --runs 30\` median total vs peer median total (file on disk -> HC), 3 warm-ups each."
 echo "folder: fetalhc = N / wall seconds of \`fetalhc measure\` as a user runs it (images in flight on the $(nproc) cores, start-up included);"
 echo "peer = its own loop timing (Python start-up and model build excluded), wall incl. start-up in brackets."
-echo "fetalhc extra passes on the image (two_pass): $(get $T/fh.json two_pass); peer peak RSS (image mode): $(calc $PY_RSS 0) MB"
+echo "fetalhc two-pass model: $(get $T/fh.json two_pass); peer peak RSS (image mode): $(calc $PY_RSS 0) MB"
