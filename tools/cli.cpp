@@ -167,6 +167,8 @@ CLI::Option* add_single_look_flag(CLI::App* cmd, bool& single_look) {
 
 std::optional<fetalhc::Segmenter> load_segmenter(const std::string& model, const std::string& ensemble_dir,
                                                  const fetalhc::SegmenterOptions& options) {
+    if (options.int8 && !fetalhc::cpu_has_vnni())
+        note("--int8 on a CPU without 8-bit dot products (VNNI): it may be no faster than the float path here");
     if (ensemble_dir.empty()) {
         if (!check_model_file(model)) return std::nullopt;
         auto seg = fetalhc::Segmenter::load(model, options);

@@ -25,6 +25,7 @@ void Engine::load(const std::string& model_path, int torch_threads, bool mirror_
     const auto t0 = Clock::now();
     const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
     const int threads = torch_threads > 0 ? torch_threads : std::max(1, hw / slots_.total());
+    if (int8 && !cpu_has_vnni()) spdlog::warn("--int8 on a CPU without 8-bit dot products (VNNI): it may be no faster here");
     auto seg = Segmenter::load(model_path, {threads, mirror_average, int8});
     std::string missing;
     auto check = seg ? head_check_for_model(head_check, model_path, &missing) : std::optional<HeadCheck>();
