@@ -98,6 +98,93 @@ TEST(ShippedModel, SecondOpinionOnTheMirroredScanIsRecordedOnlyWhenAsked) {
     EXPECT_DOUBLE_EQ(twice->hc_mm, plain->hc_mm);
 }
 
+// The recipe's out-of-fold figures in the model card are those of the committed per-image file
+// (models/oof_per_image.csv, written by `fetalhc evaluate --oof runs/kfold --per-image`), recomputed
+// here, so the card cannot drift from its data. A refused image counts as missing the whole head,
+// as `evaluate` counts it. Needs no data: the file is in the repository.
+TEST(ShippedModel, CardsOutOfFoldFiguresAreThoseOfTheCommittedPerImageFile) {
+    const fs::path csv_path = fs::path(FETALHC_MODEL_CARD).parent_path() / "oof_per_image.csv";
+    std::ifstream in(csv_path);
+    ASSERT_TRUE(in) << csv_path << " is missing";
+    std::vector<std::vector<std::string>> rows;
+    for (std::string line; std::getline(in, line);) {
+        auto cells = fetalhc::parse_csv_record(line);
+        ASSERT_TRUE(cells) << cells.error() << " in line " << rows.size() + 1;
+        rows.push_back(std::move(*cells));
+    }
+    const auto* table = &rows;
+    ASSERT_GT(table->size(), 1u);
+    const auto& header = table->front();
+    auto column = [&](const std::string& name) {
+        auto it = std::find(header.begin(), header.end(), name);
+        EXPECT_NE(it, header.end()) << "no column " << name;
+        return static_cast<size_t>(it - header.begin());
+    };
+    const size_t ref_c = column("ref_hc_mm"), hc_c = column("hc_mm"), quality_c = column("quality");
+    int images = 0, refused = 0, over_10mm = 0, over_10pct = 0, over_10pct_flagged = 0, close = 0, close_flagged = 0;
+    double abs_sum = 0;
+    for (size_t i = 1; i < table->size(); ++i) {
+        const auto& row = (*table)[i];
+        ASSERT_GT(row.size(), std::max({ref_c, hc_c, quality_c})) << "row " << i;
+        const double ref = std::stod(row[ref_c]);
+        ++images;
+        if (row[hc_c].empty()) {  // refused: the whole head missed
+            ++refused;
+            abs_sum += ref;
+            over_10mm += ref > 10;
+            continue;
+        }
+        const double err = std::abs(std::stod(row[hc_c]) - ref);
+        const bool flagged = row[quality_c] != "ok";
+        abs_sum += err;
+        over_10mm += err > 10;
+        if (err > 0.1 * ref) over_10pct += 1, over_10pct_flagged += flagged;
+        if (err <= 0.05 * ref) close += 1, close_flagged += flagged;
+    }
+    ASSERT_GT(close, 0);
+    EXPECT_EQ(images, static_cast<int>(model_card_mad("oof_images")));
+    EXPECT_NEAR(abs_sum / images, model_card_mad("oof_hc_mad_mm"), 0.005) << "the card's oof_hc_mad_mm";
+    EXPECT_EQ(over_10mm, static_cast<int>(model_card_mad("oof_over_10mm")));
+    EXPECT_EQ(refused, static_cast<int>(model_card_mad("oof_refused")));
+    EXPECT_EQ(over_10pct, static_cast<int>(model_card_mad("oof_over_10pct")));
+    EXPECT_EQ(over_10pct_flagged, static_cast<int>(model_card_mad("oof_over_10pct_flagged")));
+    EXPECT_NEAR(100.0 * close_flagged / close, model_card_mad("oof_needless_review_pct"), 0.05)
+        << "share of the images within 5% of the reference that are flagged review";
+}
+
+// The five fold models of the k-fold run are shipped (models/ensemble/, `--ensemble models/ensemble`):
+// they load as one ensemble from a clean clone, each records its own fold of one split, the first
+// carries the HC interval, and on a scan the ensemble's HC is close to the shipped model's.
+TEST(ShippedModel, TheFoldEnsembleIsShippedAndMeasures) {
+    const fs::path dir = fs::path(FETALHC_MODEL_CARD).parent_path() / "ensemble";
+    auto files = fetalhc::ensemble_model_files(dir.string());
+    ASSERT_TRUE(files) << files.error();
+    ASSERT_EQ(files->size(), 5u);
+    auto ens = Segmenter::load_ensemble(*files, {1});
+    ASSERT_TRUE(ens) << ens.error();
+    for (int i = 0; i < 5; ++i) {
+        auto one = Segmenter::load((*files)[i], {1});
+        ASSERT_TRUE(one) << one.error();
+        auto split = fetalhc::recorded_split(one->info().metadata);
+        ASSERT_TRUE(split) << (*files)[i];
+        EXPECT_EQ(split->folds, 5);
+        EXPECT_EQ(split->fold, i) << (*files)[i];
+        EXPECT_EQ(split->salt, "fetalhc-split-v1");
+    }
+    EXPECT_NE(ens->info().metadata.find("hc_interval"), std::string::npos) << "the first member holds the interval";
+    const fs::path img = fs::path(FETALHC_DATA_DIR) / "training_set" / "100_HC.png";
+    if (!fs::exists(img)) GTEST_SKIP() << "HC18 scan not found at " << img << "; the ensemble's HC not checked";
+    auto single = Segmenter::load(FETALHC_DEFAULT_MODEL, {1});
+    ASSERT_TRUE(single);
+    MeasureOptions o;
+    o.pixel_size_mm = 0.1;
+    auto a = Measurer(*ens).measure_file(img.string(), o), b = Measurer(*single).measure_file(img.string(), o);
+    ASSERT_TRUE(a && b);
+    EXPECT_GT(a->signals.member_disagreement, 0.0) << "five different networks";
+    EXPECT_LT(std::abs(a->hc_mm / b->hc_mm - 1), 0.03);
+    EXPECT_TRUE(a->interval.has_value());
+}
+
 // SegmenterOptions::mirror_average (off by default, `--mirror`) averages the second pass over the
 // crop and its mirror image: another probability map than one forward, and an HC close to it (over
 // the 845 out-of-fold scans the two HCs differ by 0.09% in median, by under 2% for 99% of them).
