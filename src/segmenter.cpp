@@ -401,6 +401,7 @@ Expected<std::string> Segmenter::combine_models(const std::string& coarse, const
             return make_error(ErrorKind::ModelUnavailable, "model combine: " + e);
         auto meta = metadata_object(t.metadata);
         meta["coarse_model"] = coarse;
+        meta.erase("int8");  // ranges of other weights: `fetalhc model quantize` measures the new ones
         detail::save_model(c.net, out, meta.dump(), &t.refine);
         return meta.dump(2);
     } catch (const std::exception& e) {
@@ -444,6 +445,7 @@ Expected<std::string> Segmenter::average_models(const std::vector<std::string>& 
             if (b.value().is_floating_point()) b.value().div_(n);
         auto meta = metadata_object(first.metadata);
         meta["averaged_from"] = in;
+        meta.erase("int8");  // ranges of other weights: `fetalhc model quantize` measures the new ones
         detail::save_model(first.net, out, meta.dump());
         return meta.dump(2);
     } catch (const std::exception& e) {

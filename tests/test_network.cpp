@@ -367,6 +367,13 @@ TEST(Int8Segmenter, CalibratedModelLoadsInt8AndAgreesAcrossThreads) {
     EXPECT_LT(diff, 0.02) << "mean probability difference";
     EXPECT_GT(diff, 0.0);
 
+    // Averaged weights are other weights: their file keeps no int8 ranges (measure them again).
+    const auto averaged = (t.path / "averaged.pt").string();
+    auto avg_meta = fetalhc::Segmenter::average_models({calibrated, calibrated}, averaged);
+    ASSERT_TRUE(avg_meta) << avg_meta.error();
+    EXPECT_EQ(avg_meta->find("\"int8\""), std::string::npos);
+    EXPECT_FALSE(fetalhc::Segmenter::load(averaged, {1, false, true}));
+
     // Two threads at once give what one gives alone.
     std::vector<cv::Mat> maps(2);
     std::vector<std::thread> threads;
