@@ -171,6 +171,8 @@ std::string regular_file_problem(const std::string& path, const std::string& wha
         if (missing_ok && err == ENOENT) {
             struct stat l{};
             if (::lstat(path.c_str(), &l) != 0) return "";  // nothing there; a dangling link is still refused
+            // Created between the two calls (another process opening the same new file): check it.
+            if (!S_ISLNK(l.st_mode)) return regular_file_problem(path, what, false);
         }
         return unreachable(path, err, what);
     }

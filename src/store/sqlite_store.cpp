@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include <iterator>
 #include <random>
 #include <set>
+#include <thread>
 
 namespace fs = std::filesystem;
 
@@ -80,6 +82,7 @@ ALTER TABLE dicom_instances ADD COLUMN key_image_sha256 TEXT NOT NULL DEFAULT ''
 )sql";
 
 constexpr int kApplicationId = 0x46484331;  // "FHC1" in PRAGMA application_id
+constexpr int kBusyTimeoutMs = 5000;         // how long a connection waits for another one's lock
 
 // A prepared statement that finalizes itself; also the row reader of read_exam and friends.
 class Stmt {
@@ -190,6 +193,7 @@ Expected<bool> check_existing_database(const std::string& path) {
         sqlite3_close(db);
         return db_problem("cannot open the database '" + path + "'; check the database path");
     }
+    sqlite3_busy_timeout(db, kBusyTimeoutMs);  // another connection may be setting the file up
     std::string problem;
     {
         Stmt app(db, "PRAGMA application_id");
@@ -580,9 +584,18 @@ Expected<std::unique_ptr<Store::Impl>> open_sqlite_store(const std::string& db_p
         return storage_failed(on_read_only_fs(db_path)
                                   ? unwritable("the database '" + db_path + "'", EROFS)
                                   : "the database '" + db_path + "' is read-only; fix its permissions (or run as its owner)");
-    sqlite3_busy_timeout(impl->db, 5000);
+    sqlite3_busy_timeout(impl->db, kBusyTimeoutMs);
     // WAL keeps readers and the writer apart; NORMAL sync is durable across application crashes.
-    if (!impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"))
+    // Switching a new file to WAL needs it alone: while another process or thread opens the same new
+    // file, SQLite answers BUSY at once (its busy handler is skipped there), so the switch is retried
+    // within the busy timeout.
+    bool wal = false;
+    for (int waited_ms = 0; !(wal = impl->exec("PRAGMA journal_mode=WAL;")) && waited_ms < kBusyTimeoutMs; waited_ms += 20) {
+        const int code = sqlite3_errcode(impl->db);
+        if (code != SQLITE_BUSY && code != SQLITE_LOCKED) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!wal || !impl->exec("PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"))
         return storage_failed(impl->error("cannot set up the database") + "; is it a fetalhc database?");
     if (auto migrated = impl->migrate(); !migrated) return migrated.error_value();
     for (fs::directory_iterator it(impl->images, ec), end; !ec && it != end; it.increment(ec)) {
