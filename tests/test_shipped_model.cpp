@@ -1,8 +1,9 @@
 // The shipped model (models/fetalhc_unet.pt) on ../shared/hc18: it is the file its card describes
 // (trained on every labelled image, with the card's fit on those images and a calibrated HC
 // interval), and its optional passes behave as documented. Not an accuracy figure: the recipe's
-// out-of-fold figure needs the fold models, which are not shipped. Skips (with a message) when the
-// data or the model is absent.
+// out-of-fold figure is checked against its committed per-image file (models/oof_per_image.csv);
+// remeasuring it takes the shipped fold models (models/ensemble) and a minute of `evaluate --oof`.
+// Skips (with a message) when the data or the model is absent.
 #include "fetalhc/csv.h"
 #include "fetalhc/evaluation.h"
 #include "fetalhc/hc18.h"
@@ -40,8 +41,8 @@ double model_card_mad(const std::string& key) {
 
 // The shipped model is the recipe trained on every labelled image (`fetalhc train --all-images`):
 // it holds no image out, so it has no validation figure; the recipe's figure is the out-of-fold one
-// of the k-fold run (model card, `oof_hc_mad_mm`), which needs the fold models (not shipped) to
-// remeasure. Checked here: the file records that it saw every labelled image, and on them (its
+// of the k-fold run (model card, `oof_hc_mad_mm`; its rows in models/oof_per_image.csv, checked by
+// the test below). Checked here: the file records that it saw every labelled image, and on them (its
 // training images, so a fit and not an accuracy figure) it measures what the card says, so the
 // committed file is the documented one.
 TEST(ShippedModel, TrainedOnEveryImageAndFitsThemAsItsCardStates) {
