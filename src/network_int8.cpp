@@ -13,6 +13,7 @@
 #include <ATen/native/quantized/PackedParams.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <mutex>
@@ -82,7 +83,6 @@ const uint8_t* bytes(const torch::Tensor& q) { return reinterpret_cast<const uin
 // Bilinear upsampling by exactly 2 (align_corners false, as torch::upsample_bilinear2d) of an
 // 8-bit channels-last tensor: each output is 9/16, 3/16, 3/16 and 1/16 of its four nearest inputs
 // (the edge repeated), rounded; the scale and zero point are kept.
-
 torch::Tensor upsample2x_int8(const torch::Tensor& in) {
     auto x = in.contiguous(torch::MemoryFormat::ChannelsLast);
     const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
@@ -162,6 +162,12 @@ void UNetImpl::quantize(const std::vector<float>& activation_max) {
     if (static_cast<int>(activation_max.size()) != int8_layer_count(cfg))
         throw std::runtime_error("int8 ranges: " + std::to_string(activation_max.size()) + " values for a network of " +
                                  std::to_string(int8_layer_count(cfg)) + " convolutions");
+    // The ranges come from a model file: a value that is not a finite, non-negative number (a
+    // damaged or edited file) would give the convolutions a scale they cannot use.
+    for (float m : activation_max)
+        if (!std::isfinite(m) || m < 0)
+            throw std::runtime_error("int8 ranges: " + std::to_string(m) +
+                                     " is not a range; measure them again with `fetalhc model quantize`");
     if (auto problem = int8_engine_problem(); !problem.empty()) throw std::runtime_error(problem);
     use_engine();
     torch::NoGradGuard no_grad;

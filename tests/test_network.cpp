@@ -12,6 +12,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include <filesystem>
+#include <limits>
 #include <thread>
 
 #include <unistd.h>
@@ -337,6 +338,14 @@ TEST(Int8Network, RangesMustFitTheNetwork) {
     EXPECT_THROW(net->quantize(std::vector<float>(10, 1.0f)), std::logic_error) << "not frozen";
     net->freeze();
     EXPECT_THROW(net->quantize(std::vector<float>(3, 1.0f)), std::runtime_error);
+    // Values a damaged model file could hold (JSON's 1e39 reads as an infinite float).
+    const int n = fetalhc::detail::int8_layer_count(net->cfg);
+    for (float bad : {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(), -1.0f}) {
+        std::vector<float> ranges(n, 1.0f);
+        ranges[1] = bad;
+        EXPECT_THROW(net->quantize(ranges), std::runtime_error) << bad;
+        EXPECT_FALSE(net->quant) << "a refused calibration leaves the float form";
+    }
     EXPECT_NO_THROW(net->quantize(std::vector<float>(fetalhc::detail::int8_layer_count(net->cfg), 1.0f)));
 }
 
