@@ -167,12 +167,13 @@ void add_image_reasons(Measurement& m, const MeasureOptions& opt) {
         m.reasons.push_back("head cut by the image border or sector edge (" + fixed_text(100 * cut_share, 0) +
                             "% of the boundary): the hidden part of the ellipse is a guess");
     if (m.signals.skull_evidence >= 0) {
-        // The length of the outline with no skull under it: a large head whose far side fades out
-        // (or lies in a shadow) is where the ellipse edge is placed by guess (models/MODEL_CARD.md).
-        const double unseen_mm = m.hc_mm * (1 - m.signals.skull_evidence);
-        if (unseen_mm > opt.max_unseen_outline_mm)
-            m.reasons.push_back("skull not seen under " + fixed_text(unseen_mm, 0) + " mm of the " + fixed_text(m.hc_mm, 0) +
-                                " mm outline: check the ellipse where the skull is faint or in shadow");
+        // The share of the outline with no skull under it: where the ellipse edge is placed by
+        // guess (a far side that fades out or lies in shadow; models/MODEL_CARD.md).
+        const double unseen = 1 - m.signals.skull_evidence;
+        if (unseen > opt.max_unseen_outline_share)
+            m.reasons.push_back("skull not seen under " + fixed_text(100 * unseen, 0) + "% of the outline (" +
+                                fixed_text(unseen * m.hc_mm, 0) + " of " + fixed_text(m.hc_mm, 0) +
+                                " mm): check the ellipse where the skull is faint or in shadow");
     }
 }
 

@@ -39,7 +39,7 @@ ReviewSignals review_signals(const Segmentation& seg, const cv::Mat& gray8, cons
 // The reasons of a measurement of an image, added to m.reasons in this order: HC outside 40..400 mm,
 // detection score under opt.min_presence, certainty under opt.min_certainty, fit RMS over
 // opt.max_fit_rms_px, under 80% of the boundary points kept by the fit, a cut share over
-// opt.max_cut_fraction, over opt.max_unseen_outline_mm of the outline with no skull under it, a
+// opt.max_cut_fraction, over opt.max_unseen_outline_share of the outline with no skull under it, a
 // cephalic index outside opt.min/max_cephalic_index. Then decide_quality. Reads the numbers, the
 // fit's counts and m.signals, so set those first.
 void review_measurement(Measurement& m, const MeasureOptions& opt);

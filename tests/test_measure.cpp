@@ -85,12 +85,12 @@ TEST(MeasureQuality, CleanSegmentationIsOk) {
 }
 
 // The unseen-outline reason: a skull ring drawn all round passes; the same head with the ring over
-// a third of it is flagged once the unseen length (about 67 mm of 101 mm) passes the threshold,
-// and the reason gives both lengths.
+// a third of it (about 2/3 of the outline unseen) is flagged once that share passes the threshold,
+// and the reason gives the share and the length.
 TEST(MeasureQuality, SkullUnseenOverMuchOfTheOutlineIsReview) {
     const Segmentation seg = from_mask(rasterize(kHead, kImage));
     MeasureOptions o = options();
-    o.max_unseen_outline_mm = 40;
+    o.max_unseen_outline_share = 0.5;
     auto whole = measure_from_segmentation(seg, skull_ring(360), o, "whole ring");
     ASSERT_TRUE(whole) << whole.error();
     EXPECT_GT(whole->signals.skull_evidence, 0.9);
@@ -100,12 +100,24 @@ TEST(MeasureQuality, SkullUnseenOverMuchOfTheOutlineIsReview) {
     EXPECT_NEAR(third->signals.skull_evidence, 1.0 / 3, 0.08);
     ASSERT_TRUE(has_reason(*third, "skull not seen")) << (third->reasons.empty() ? "" : third->reasons.front());
     EXPECT_EQ(third->quality, "review");
-    const double unseen = third->hc_mm * (1 - third->signals.skull_evidence);
-    EXPECT_TRUE(has_reason(*third, "under " + std::to_string(int(std::lround(unseen))) + " mm"));
-    o.max_unseen_outline_mm = 90;  // above the unseen length
+    const double unseen = 1 - third->signals.skull_evidence;
+    EXPECT_TRUE(has_reason(*third, "under " + std::to_string(int(std::lround(100 * unseen))) + "% of the outline (" +
+                                       std::to_string(int(std::lround(unseen * third->hc_mm))) + " of "));
+    o.max_unseen_outline_share = 0.8;  // above the unseen share
     auto lenient = measure_from_segmentation(seg, skull_ring(120), o, "a third, lenient");
     ASSERT_TRUE(lenient) << lenient.error();
     EXPECT_FALSE(has_reason(*lenient, "skull not seen"));
+    // The default limit: a ring over a sixth of the head (about 5/6 unseen) is flagged, whatever
+    // the pixel size (the rule is a share, not a length); the whole ring is not.
+    for (double pixel_mm : {0.05, 0.15, 0.6}) {
+        auto sixth = measure_from_segmentation(seg, skull_ring(60), options(pixel_mm), "a sixth, default");
+        ASSERT_TRUE(sixth) << sixth.error();
+        EXPECT_GT(1 - sixth->signals.skull_evidence, MeasureOptions{}.max_unseen_outline_share);
+        EXPECT_TRUE(has_reason(*sixth, "skull not seen")) << pixel_mm;
+        auto ring = measure_from_segmentation(seg, skull_ring(360), options(pixel_mm), "whole ring, default");
+        ASSERT_TRUE(ring) << ring.error();
+        EXPECT_FALSE(has_reason(*ring, "skull not seen")) << pixel_mm;
+    }
 }
 
 // Each check of measure_from_segmentation, triggered on its own: the reason is there, the
@@ -127,10 +139,10 @@ TEST(MeasureQuality, EveryReasonEndsInReview) {
         {"head cut", from_mask(head), [](MeasureOptions& o) { o.max_cut_fraction = -1; }},
         {"cephalic index", from_mask(head), [](MeasureOptions& o) { o.min_cephalic_index = 85; }},
         {"plausible", from_mask(head), [](MeasureOptions& o) { o.pixel_size_mm = 2.0; }},
-        {"skull not seen", from_mask(head), [](MeasureOptions& o) { o.max_unseen_outline_mm = 40; }},
+        {"skull not seen", from_mask(head), [](MeasureOptions& o) { o.max_unseen_outline_share = 0.5; }},
     };
     // The image: the skull drawn as a bright ring over a third of the head only (skull evidence
-    // about 1/3, HC about 101 mm, so about 67 mm of the outline unseen).
+    // about 1/3, so about 2/3 of the outline unseen).
     const cv::Mat gray = skull_ring(120);
     for (const Case& c : cases) {
         MeasureOptions o = options();

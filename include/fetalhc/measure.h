@@ -63,9 +63,10 @@ struct MeasureOptions {
     double min_certainty = 0.6;          // mean |2p-1| inside the head below this -> review
     double max_fit_rms_px = 2.5;         // RMS orthogonal residual above this -> review
     double max_cut_fraction = 0.10;      // share of the boundary on the border/sector edge
-    // HC x (1 - ReviewSignals::skull_evidence): mm of the fitted outline with no skull ridge under
-    // it; above this -> review. Chosen on the k-fold out-of-fold results (models/MODEL_CARD.md).
-    double max_unseen_outline_mm = 130;
+    // 1 - ReviewSignals::skull_evidence: the share of the fitted outline with no skull ridge under
+    // it; above this -> review. A share, not a length, so that the rule does not grow with the head:
+    // chosen on the k-fold out-of-fold results (models/MODEL_CARD.md, "Review flag").
+    double max_unseen_outline_share = 0.65;
     double min_cephalic_index = 65, max_cephalic_index = 95;
 };
 
