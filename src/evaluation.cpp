@@ -134,6 +134,13 @@ ScoreSummary summarize(const std::vector<ImageScore>& scores, int trimester) {
             ++s.errors_over_10pct;
             s.errors_over_10pct_flagged += flagged;
         }
+        if (r.abs_error_mm > 0.05 * r.ref_hc_mm) {
+            ++s.errors_over_5pct;
+            s.errors_over_5pct_flagged += flagged;
+        } else {
+            ++s.within_5pct;
+            s.within_5pct_flagged += flagged;
+        }
         if (const auto& iv = r.measurement->interval) {
             ++s.interval_images;
             s.interval_covered += r.ref_hc_mm >= iv->low_mm && r.ref_hc_mm <= iv->high_mm;
@@ -187,7 +194,11 @@ json to_json(const ScoreSummary& s) {
               {"good_flagged", s.good_flagged},
               {"good", s.good},
               {"errors_over_10pct", s.errors_over_10pct},
-              {"errors_over_10pct_flagged", s.errors_over_10pct_flagged}}},
+              {"errors_over_10pct_flagged", s.errors_over_10pct_flagged},
+              {"errors_over_5pct", s.errors_over_5pct},
+              {"errors_over_5pct_flagged", s.errors_over_5pct_flagged},
+              {"within_5pct", s.within_5pct},
+              {"within_5pct_flagged", s.within_5pct_flagged}}},
             {"hc_interval",
              {{"images", s.interval_images},
               {"covered", s.interval_covered},

@@ -103,6 +103,25 @@ TEST(Evaluation, GrossRelativeErrorsAndIntervalCoverage) {
     EXPECT_DOUBLE_EQ(to_json(sum)["hc_interval"]["coverage"].get<double>(), 1.0 / 3);
 }
 
+// The relative count: over 5% of the reference HC is an error, within 5% but flagged is
+// a needless flag, whatever the head size (12 mm on 300 is within, 4 mm on 60 is not).
+TEST(Evaluation, ReviewFlagRelativeToTheReferenceHc) {
+    std::vector<ImageScore> s{score_hc("small_off_flagged", 60, 0.1, measured(64, "review")),
+                              score_hc("small_off_missed", 60, 0.1, measured(56.5)),
+                              score_hc("large_close_flagged", 300, 0.1, measured(312, "review")),
+                              score_hc("large_close", 300, 0.1, measured(304)),
+                              score_hc("mid_close", 180, 0.1, measured(181))};
+    const ScoreSummary sum = summarize(s);
+    EXPECT_EQ(sum.errors_over_5pct, 2);
+    EXPECT_EQ(sum.errors_over_5pct_flagged, 1);
+    EXPECT_EQ(sum.within_5pct, 3);
+    EXPECT_EQ(sum.within_5pct_flagged, 1);
+    EXPECT_EQ(sum.errors_over_5mm, 1);  // only the 12 mm error is one in millimetres
+    const auto j = to_json(sum)["review_flag"];
+    EXPECT_EQ(j["errors_over_5pct_flagged"].get<int>(), 1);
+    EXPECT_EQ(j["within_5pct_flagged"].get<int>(), 1);
+}
+
 TEST(Evaluation, ShapeMetricsAgainstTheReferenceMask) {
     Hc18Record r = record("c.png", 0);
     Measurement m = measured(150);

@@ -63,6 +63,9 @@ void print_table(const EvalArgs& a, const fetalhc::EvaluationReport& rep, const 
     std::printf("review flag: %d of %d errors > 5 mm flagged; %d of %d others flagged needlessly\n",
                 o.errors_over_5mm_flagged, o.errors_over_5mm, o.good_flagged, o.good);
     std::printf("            %d of %d errors > 10%% of the reference HC flagged\n", o.errors_over_10pct_flagged, o.errors_over_10pct);
+    std::printf("            %d of %d errors > 5%% of the reference HC flagged; %d of %d within 5%% flagged needlessly (%.1f%%)\n",
+                o.errors_over_5pct_flagged, o.errors_over_5pct, o.within_5pct_flagged, o.within_5pct,
+                o.within_5pct ? 100.0 * o.within_5pct_flagged / o.within_5pct : 0.0);
     if (o.interval_images)
         std::printf("HC interval: reference inside for %d of %d measured images (%.1f%%)\n", o.interval_covered,
                     o.interval_images, 100.0 * o.interval_covered / o.interval_images);

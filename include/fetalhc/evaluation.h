@@ -24,7 +24,8 @@
 // - Trimesters by reference HC against the INTERGROWTH-21st median HC at 14 and 28 weeks
 //   (first: HC below the 14-week median, third: at or above the 28-week median).
 // - Review flag: among measured images, an error over 5 mm is a gross error; the report counts
-//   how many gross errors were flagged `review` and how many other images were flagged needlessly.
+//   how many gross errors were flagged `review` and how many other images were flagged needlessly;
+//   the same relative to the reference HC (over 10%, over 5%, and within 5% but flagged).
 // - Mask AP / AR: one object per image, COCO-style thresholds 0.50:0.05:0.95 (see metrics.h);
 //   the detection score is the measurement's presence score.
 // Thread safety: pure functions; score_records calls `measure` from the calling thread only.
@@ -103,6 +104,8 @@ struct ScoreSummary {
     int errors_over_5mm = 0, errors_over_5mm_flagged = 0;  // measured images
     int good = 0, good_flagged = 0;                          // measured, |error| <= 5 mm
     int errors_over_10pct = 0, errors_over_10pct_flagged = 0;  // measured, |error| > 10% of the reference HC
+    int errors_over_5pct = 0, errors_over_5pct_flagged = 0;    // measured, |error| > 5% of the reference HC
+    int within_5pct = 0, within_5pct_flagged = 0;              // measured, |error| <= 5%: flagged needlessly
     int interval_images = 0, interval_covered = 0;  // measured with an HC interval; reference HC inside it
 };
 
