@@ -113,9 +113,8 @@ TEST(ShippedModel, CardsOutOfFoldFiguresAreThoseOfTheCommittedPerImageFile) {
         ASSERT_TRUE(cells) << cells.error() << " in line " << rows.size() + 1;
         rows.push_back(std::move(*cells));
     }
-    const auto* table = &rows;
-    ASSERT_GT(table->size(), 1u);
-    const auto& header = table->front();
+    ASSERT_GT(rows.size(), 1u);
+    const auto& header = rows.front();
     auto column = [&](const std::string& name) {
         auto it = std::find(header.begin(), header.end(), name);
         EXPECT_NE(it, header.end()) << "no column " << name;
@@ -124,8 +123,8 @@ TEST(ShippedModel, CardsOutOfFoldFiguresAreThoseOfTheCommittedPerImageFile) {
     const size_t ref_c = column("ref_hc_mm"), hc_c = column("hc_mm"), quality_c = column("quality");
     int images = 0, refused = 0, over_10mm = 0, over_10pct = 0, over_10pct_flagged = 0, close = 0, close_flagged = 0;
     double abs_sum = 0;
-    for (size_t i = 1; i < table->size(); ++i) {
-        const auto& row = (*table)[i];
+    for (size_t i = 1; i < rows.size(); ++i) {
+        const auto& row = rows[i];
         ASSERT_GT(row.size(), std::max({ref_c, hc_c, quality_c})) << "row " << i;
         const double ref = std::stod(row[ref_c]);
         ++images;
